@@ -1,0 +1,286 @@
+//! The rules CI applies to a submitted job, as its documents state them. Shared by the worker (which
+//! refuses a bad request before spending a CI call on it) and the emulator (which refuses it like CI).
+//! Input is the `<Request>` tree as JSON (the Python SDK's dict), so scalars may be strings or numbers.
+
+use super::model::text_at;
+use crate::config::MQ_REGIONS;
+use crate::correlation::{is_printable_ascii, USER_DATA_MAX};
+use serde_json::Value;
+
+/// Why a job is refused: the element at fault and the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{element}: {rule}")]
+pub struct Violation {
+    /// Path of the element, e.g. `Request.Operation.DigitalWatermark.Message`.
+    pub element: String,
+    pub rule: String,
+}
+
+fn violation(element: &str, rule: impl Into<String>) -> Violation {
+    Violation {
+        element: element.to_string(),
+        rule: rule.into(),
+    }
+}
+
+/// Longest DigitalWatermark `Message`.
+pub const WATERMARK_MESSAGE_MAX: usize = 64;
+
+/// Checks a `<Request>` tree against CI's documented rules.
+pub fn validate_job(job: &Value) -> Result<(), Violation> {
+    if !job.is_object() {
+        return Err(violation("Request", "must be an object"));
+    }
+    let tag = text_at(job, &["Tag"]).ok_or_else(|| violation("Request.Tag", "is required"))?;
+    text_at(job, &["Input", "Object"])
+        .ok_or_else(|| violation("Request.Input.Object", "is required"))?;
+    let operation = job
+        .get("Operation")
+        .filter(|o| o.is_object())
+        .ok_or_else(|| violation("Request.Operation", "is required"))?;
+
+    if let Some(user_data) = text_at(operation, &["UserData"]) {
+        if !is_printable_ascii(&user_data) {
+            return Err(violation(
+                "Request.Operation.UserData",
+                "must be printable ASCII",
+            ));
+        }
+        if user_data.len() > USER_DATA_MAX {
+            return Err(violation(
+                "Request.Operation.UserData",
+                format!("must be at most {USER_DATA_MAX} characters"),
+            ));
+        }
+    }
+    if let Some(level) = text_at(operation, &["JobLevel"]) {
+        if !matches!(level.as_str(), "0" | "1" | "2") {
+            return Err(violation("Request.Operation.JobLevel", "must be 0, 1 or 2"));
+        }
+    }
+    if tag == "DigitalWatermark" {
+        validate_digital_watermark(operation)?;
+    }
+
+    if let Some(format) = text_at(job, &["CallBackFormat"]) {
+        if !matches!(format.as_str(), "JSON" | "XML") {
+            return Err(violation("Request.CallBackFormat", "must be JSON or XML"));
+        }
+    }
+    let callback_type = text_at(job, &["CallBackType"]).unwrap_or_else(|| "Url".into());
+    match callback_type.as_str() {
+        "Url" => {}
+        "TDMQ" => validate_mq_config(job)?,
+        _ => return Err(violation("Request.CallBackType", "must be Url or TDMQ")),
+    }
+    Ok(())
+}
+
+fn validate_digital_watermark(operation: &Value) -> Result<(), Violation> {
+    const P: &str = "Request.Operation.DigitalWatermark";
+    if operation.get("DigitalWatermark").is_none() {
+        return Err(violation(P, "is required for Tag DigitalWatermark"));
+    }
+    let field = |name: &str| text_at(operation, &["DigitalWatermark", name]);
+    match field("Type").as_deref() {
+        Some("Text") => {}
+        Some(_) => return Err(violation(&format!("{P}.Type"), "must be Text")),
+        None => return Err(violation(&format!("{P}.Type"), "is required")),
+    }
+    match field("Version").as_deref() {
+        Some("V1") => {}
+        Some(_) => return Err(violation(&format!("{P}.Version"), "must be V1")),
+        None => return Err(violation(&format!("{P}.Version"), "is required")),
+    }
+    let message =
+        field("Message").ok_or_else(|| violation(&format!("{P}.Message"), "is required"))?;
+    if message.chars().count() > WATERMARK_MESSAGE_MAX {
+        return Err(violation(
+            &format!("{P}.Message"),
+            format!("must be at most {WATERMARK_MESSAGE_MAX} characters"),
+        ));
+    }
+    if !message.chars().all(is_watermark_char) {
+        return Err(violation(
+            &format!("{P}.Message"),
+            "may contain only Chinese characters, letters, digits, _, - and *",
+        ));
+    }
+    if let Some(ignore) = field("IgnoreError") {
+        if !matches!(ignore.as_str(), "true" | "false") {
+            return Err(violation(
+                &format!("{P}.IgnoreError"),
+                "must be true or false",
+            ));
+        }
+    }
+    for name in ["Region", "Bucket", "Object"] {
+        if text_at(operation, &["Output", name]).is_none() {
+            return Err(violation(
+                &format!("Request.Operation.Output.{name}"),
+                "is required",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Letters, digits, `_ - *` and CJK ideographs (the "Chinese characters" of the document).
+fn is_watermark_char(c: char) -> bool {
+    c.is_ascii_alphanumeric()
+        || matches!(c, '_' | '-' | '*')
+        || ('\u{4e00}'..='\u{9fff}').contains(&c)
+        || ('\u{3400}'..='\u{4dbf}').contains(&c)
+}
+
+fn validate_mq_config(job: &Value) -> Result<(), Violation> {
+    const P: &str = "Request.CallBackMqConfig";
+    if job.get("CallBackMqConfig").is_none() {
+        return Err(violation(P, "is required when CallBackType is TDMQ"));
+    }
+    let field = |name: &str| text_at(job, &["CallBackMqConfig", name]);
+    match field("MqRegion") {
+        Some(r) if MQ_REGIONS.contains(&r.as_str()) => {}
+        Some(_) => {
+            return Err(violation(
+                &format!("{P}.MqRegion"),
+                "must be one of sh, bj, gz, cd, hk",
+            ))
+        }
+        None => return Err(violation(&format!("{P}.MqRegion"), "is required")),
+    }
+    match field("MqMode").as_deref() {
+        Some("Queue" | "Topic") => {}
+        Some(_) => return Err(violation(&format!("{P}.MqMode"), "must be Queue or Topic")),
+        None => return Err(violation(&format!("{P}.MqMode"), "is required")),
+    }
+    if field("MqName").is_none() {
+        return Err(violation(&format!("{P}.MqName"), "is required"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn seed_job() -> Value {
+        json!({"Tag": "DigitalWatermark", "Input": {"Object": "input/demo.mp4"},
+               "Operation": {"DigitalWatermark": {"Type": "Text", "Message": "123456789ab", "Version": "V1"},
+                             "Output": {"Region": "ap-guangzhou", "Bucket": "examplebucket-1250000000", "Object": "output/out.mp4"},
+                             "UserData": "This is my data.", "JobLevel": "0"},
+               "CallBackType": "TDMQ",
+               "CallBackMqConfig": {"MqRegion": "gz", "MqMode": "Queue", "MqName": "ci-callbacks"}})
+    }
+
+    #[test]
+    fn the_documented_example_passes() {
+        validate_job(&seed_job()).unwrap();
+        let mut numeric_level = seed_job();
+        numeric_level["Operation"]["JobLevel"] = json!(2);
+        validate_job(&numeric_level).unwrap();
+        let mut chinese = seed_job();
+        chinese["Operation"]["DigitalWatermark"]["Message"] = json!("水印_abc-*");
+        validate_job(&chinese).unwrap();
+    }
+
+    #[test]
+    fn each_rule_names_its_element() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+            (
+                "Request.Tag",
+                Box::new(|j| {
+                    j.as_object_mut().unwrap().remove("Tag");
+                }),
+            ),
+            ("Request.Input.Object", Box::new(|j| j["Input"] = json!({}))),
+            (
+                "Request.Operation",
+                Box::new(|j| {
+                    j.as_object_mut().unwrap().remove("Operation");
+                }),
+            ),
+            (
+                "DigitalWatermark.Type",
+                Box::new(|j| j["Operation"]["DigitalWatermark"]["Type"] = json!("Image")),
+            ),
+            (
+                "DigitalWatermark.Version",
+                Box::new(|j| j["Operation"]["DigitalWatermark"]["Version"] = json!("V2")),
+            ),
+            (
+                "DigitalWatermark.Message",
+                Box::new(|j| j["Operation"]["DigitalWatermark"]["Message"] = json!("a b")),
+            ),
+            (
+                "DigitalWatermark.Message",
+                Box::new(|j| j["Operation"]["DigitalWatermark"]["Message"] = json!("x".repeat(65))),
+            ),
+            (
+                "Output.Bucket",
+                Box::new(|j| {
+                    j["Operation"]["Output"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("Bucket");
+                }),
+            ),
+            (
+                "UserData",
+                Box::new(|j| j["Operation"]["UserData"] = json!("tab\t")),
+            ),
+            (
+                "UserData",
+                Box::new(|j| j["Operation"]["UserData"] = json!("u".repeat(1025))),
+            ),
+            (
+                "JobLevel",
+                Box::new(|j| j["Operation"]["JobLevel"] = json!("3")),
+            ),
+            (
+                "CallBackType",
+                Box::new(|j| j["CallBackType"] = json!("Kafka")),
+            ),
+            (
+                "CallBackFormat",
+                Box::new(|j| j["CallBackFormat"] = json!("YAML")),
+            ),
+            (
+                "CallBackMqConfig",
+                Box::new(|j| {
+                    j.as_object_mut().unwrap().remove("CallBackMqConfig");
+                }),
+            ),
+            (
+                "MqRegion",
+                Box::new(|j| j["CallBackMqConfig"]["MqRegion"] = json!("ap-guangzhou")),
+            ),
+            (
+                "MqMode",
+                Box::new(|j| j["CallBackMqConfig"]["MqMode"] = json!("Fanout")),
+            ),
+            (
+                "MqName",
+                Box::new(|j| {
+                    j["CallBackMqConfig"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("MqName");
+                }),
+            ),
+        ];
+        for (element, mutate) in cases {
+            let mut job = seed_job();
+            mutate(&mut job);
+            let err = validate_job(&job).unwrap_err();
+            assert!(err.element.ends_with(element), "{element}: got {err}");
+        }
+    }
+
+    #[test]
+    fn other_tags_skip_watermark_rules() {
+        let job = json!({"Tag": "Transcode", "Input": {"Object": "a.mp4"}, "Operation": {"TemplateId": "t1"}});
+        validate_job(&job).unwrap();
+    }
+}

@@ -1,0 +1,601 @@
+//! Configuration: a TOML file (`--config FILE` or `CI_WORKER_CONFIG`) overlaid by environment variables
+//! `CI_WORKER__<SECTION>__<KEY>`, plus Tencent Cloud's usual credential variables.
+//!
+//! Precedence, lowest first: built-in defaults, the file, `TENCENTCLOUD_SECRET_ID` /
+//! `TENCENTCLOUD_SECRET_KEY` / `TENCENTCLOUD_SESSION_TOKEN`, then `CI_WORKER__*` (the most specific wins).
+//! Every key is validated at start-up so that a bad value stops the program with one line naming the key.
+
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Environment variable naming the configuration file when `--config` is not given.
+pub const CONFIG_FILE_ENV: &str = "CI_WORKER_CONFIG";
+const ENV_PREFIX: &str = "CI_WORKER";
+const ENV_SEPARATOR: &str = "__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration: invalid {key} = {value:?}: {allowed}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub pulsar: PulsarSettings,
+    pub ci: CiSettings,
+    pub worker: WorkerSettings,
+    pub http: HttpSettings,
+    pub emulator: EmulatorSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PulsarSettings {
+    /// `pulsar://host:port` or `pulsar+ssl://host:port` (the crate speaks no HTTP lookup).
+    pub url: String,
+    /// JWT for token authentication (TDMQ role token); empty = no authentication.
+    pub token: Secret,
+    pub request_topic: String,
+    pub request_subscription: String,
+    pub callback_topic: String,
+    pub callback_subscription: String,
+    pub result_topic: String,
+    pub dead_letter_topic: String,
+}
+
+impl Default for PulsarSettings {
+    fn default() -> Self {
+        PulsarSettings {
+            url: "pulsar://127.0.0.1:6650".into(),
+            token: Secret::default(),
+            request_topic: "persistent://public/default/ci-requests".into(),
+            request_subscription: "ci-worker".into(),
+            callback_topic: "persistent://public/default/ci-callbacks".into(),
+            callback_subscription: "ci-worker".into(),
+            result_topic: "persistent://public/default/ci-results".into(),
+            dead_letter_topic: "persistent://public/default/ci-dead-letter".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CiSettings {
+    /// Address override (e.g. the emulator at `http://127.0.0.1:9000`). Requests still carry and sign
+    /// the real `Host: <bucket>.ci.<region>.myqcloud.com`. Empty = the real CI over HTTPS.
+    pub endpoint: String,
+    pub secret_id: String,
+    pub secret_key: Secret,
+    /// Temporary credentials' token, sent as the signed `x-ci-security-token` header.
+    pub session_token: Secret,
+    /// CI queue for submitted jobs; empty = CI's default queue. A `QueueId` in the job wins.
+    pub queue_id: String,
+    /// `JSON` or `XML`: the format CI writes completion events in. A `CallBackFormat` in the job wins.
+    pub callback_format: String,
+    /// `CallBackMqConfig.MqRegion`: one of sh, bj, gz, cd, hk.
+    pub mq_region: String,
+    /// `CallBackMqConfig.MqMode`: Queue or Topic.
+    pub mq_mode: String,
+    /// `CallBackMqConfig.MqName`: the TDMQ queue/topic name CI publishes to. Kept apart from
+    /// `pulsar.callback_topic` (the full Pulsar name the worker reads) because CI names it differently.
+    pub mq_name: String,
+    /// Timeout of one CI HTTP call.
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+}
+
+impl Default for CiSettings {
+    fn default() -> Self {
+        CiSettings {
+            endpoint: String::new(),
+            secret_id: String::new(),
+            secret_key: Secret::default(),
+            session_token: Secret::default(),
+            queue_id: String::new(),
+            callback_format: "JSON".into(),
+            mq_region: "gz".into(),
+            mq_mode: "Queue".into(),
+            mq_name: "ci-callbacks".into(),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// At most this many CI calls at once (and requests held unacknowledged).
+    pub max_in_flight: usize,
+    /// Drain bound on SIGTERM/SIGINT: in-flight work past it is released (nacked) for redelivery.
+    #[serde(with = "duration_str")]
+    pub shutdown_timeout: Duration,
+    /// Attempts of one CI call on transient failures (429, 5xx, connection errors, QueueSaturated)
+    /// before the request is released for redelivery.
+    pub retry_max_attempts: u32,
+    /// First backoff; doubled each attempt, with full jitter, up to `retry_max_delay`.
+    #[serde(with = "duration_str")]
+    pub retry_base_delay: Duration,
+    #[serde(with = "duration_str")]
+    pub retry_max_delay: Duration,
+    /// Deliveries of one message before it is moved to the dead-letter topic.
+    pub max_redeliveries: u32,
+    /// After this long without a completion event the worker describes the job itself.
+    #[serde(with = "duration_str")]
+    pub job_timeout: Duration,
+    /// After this long a job still not finished gets a `timed_out` result.
+    #[serde(with = "duration_str")]
+    pub job_timeout_max: Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            max_in_flight: 64,
+            shutdown_timeout: Duration::from_secs(20),
+            retry_max_attempts: 6,
+            retry_base_delay: Duration::from_millis(200),
+            retry_max_delay: Duration::from_secs(10),
+            max_redeliveries: 16,
+            job_timeout: Duration::from_secs(600),
+            job_timeout_max: Duration::from_secs(86_400),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Health and metrics endpoint of `ci-worker run`.
+    pub listen: String,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: "0.0.0.0:9464".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmulatorSettings {
+    pub listen: String,
+    /// How long an emulated job runs (Submitted → Running → Success/Failed).
+    pub job_duration_ms: u64,
+    /// Added to every API response, to emulate CI's network latency.
+    pub latency_ms: u64,
+    /// Pulsar topic for TDMQ callbacks; `{MqName}`, `{MqRegion}`, `{MqMode}` are substituted.
+    pub callback_topic_template: String,
+    /// Fraction of `POST /jobs` answered 429 SlowDown.
+    pub throttle_rate: f64,
+    /// Fraction of `POST /jobs` answered 503 ServiceUnavailable.
+    pub error_rate: f64,
+    /// Fraction of completion events delivered twice.
+    pub duplicate_rate: f64,
+    /// Key pairs accepted besides `ci.secret_id` / `ci.secret_key` (TENCENTCLOUD_* variables).
+    pub credentials: Vec<KeyPair>,
+}
+
+impl Default for EmulatorSettings {
+    fn default() -> Self {
+        EmulatorSettings {
+            listen: "127.0.0.1:9000".into(),
+            job_duration_ms: 2000,
+            latency_ms: 0,
+            callback_topic_template: "persistent://public/default/{MqName}".into(),
+            throttle_rate: 0.0,
+            error_rate: 0.0,
+            duplicate_rate: 0.0,
+            credentials: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPair {
+    pub secret_id: String,
+    pub secret_key: Secret,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` (human, for terminals) or `json` (one object per line, for collectors).
+    pub format: String,
+    /// `RUST_LOG`-style filter; the `RUST_LOG` variable wins when set.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults ← file ← TENCENTCLOUD_* ← CI_WORKER__*, then validates.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let vars: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(file, &vars)
+    }
+
+    /// [`Settings::load`] with an explicit environment, so tests need not mutate the process's.
+    pub fn load_from(
+        file: Option<&Path>,
+        vars: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        let tencent: config::Map<String, String> = [
+            ("TENCENTCLOUD_SECRET_ID", "SECRET_ID"),
+            ("TENCENTCLOUD_SECRET_KEY", "SECRET_KEY"),
+            ("TENCENTCLOUD_SESSION_TOKEN", "SESSION_TOKEN"),
+        ]
+        .into_iter()
+        .filter_map(|(var, key)| {
+            vars.get(var).map(|v| {
+                (
+                    format!("{ENV_PREFIX}{ENV_SEPARATOR}CI{ENV_SEPARATOR}{key}"),
+                    v.clone(),
+                )
+            })
+        })
+        .collect();
+        let ours: config::Map<String, String> = vars
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for source in [tencent, ours] {
+            builder = builder.add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator(ENV_SEPARATOR)
+                    .separator(ENV_SEPARATOR)
+                    .source(Some(source)),
+            );
+        }
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every key whose value has a fixed form; the first bad one is reported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, value: &str, allowed: &str) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                allowed: allowed.to_string(),
+            }
+        }
+        let p = &self.pulsar;
+        if !(p.url.starts_with("pulsar://") || p.url.starts_with("pulsar+ssl://"))
+            || url::Url::parse(&p.url)
+                .map(|u| u.host().is_none())
+                .unwrap_or(true)
+        {
+            return Err(invalid(
+                "pulsar.url",
+                &p.url,
+                "must be pulsar://host:port or pulsar+ssl://host:port",
+            ));
+        }
+        for (key, value) in [
+            ("pulsar.request_topic", &p.request_topic),
+            ("pulsar.request_subscription", &p.request_subscription),
+            ("pulsar.callback_topic", &p.callback_topic),
+            ("pulsar.callback_subscription", &p.callback_subscription),
+            ("pulsar.result_topic", &p.result_topic),
+            ("pulsar.dead_letter_topic", &p.dead_letter_topic),
+        ] {
+            if value.trim().is_empty() || value.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    key,
+                    value,
+                    "must be a non-empty name without spaces",
+                ));
+            }
+        }
+        let c = &self.ci;
+        if !c.endpoint.is_empty() {
+            let ok = url::Url::parse(&c.endpoint)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(invalid(
+                    "ci.endpoint",
+                    &c.endpoint,
+                    "must be empty or an http(s):// address such as http://127.0.0.1:9000",
+                ));
+            }
+        }
+        if !matches!(c.callback_format.as_str(), "JSON" | "XML") {
+            return Err(invalid(
+                "ci.callback_format",
+                &c.callback_format,
+                "must be JSON or XML",
+            ));
+        }
+        if !MQ_REGIONS.contains(&c.mq_region.as_str()) {
+            return Err(invalid(
+                "ci.mq_region",
+                &c.mq_region,
+                "must be one of sh, bj, gz, cd, hk",
+            ));
+        }
+        if !matches!(c.mq_mode.as_str(), "Queue" | "Topic") {
+            return Err(invalid("ci.mq_mode", &c.mq_mode, "must be Queue or Topic"));
+        }
+        if c.mq_name.trim().is_empty() {
+            return Err(invalid("ci.mq_name", &c.mq_name, "must not be empty"));
+        }
+        if c.secret_key.is_empty() != c.secret_id.is_empty() {
+            return Err(invalid(
+                "ci.secret_id",
+                if c.secret_id.is_empty() { "" } else { "(set)" },
+                "ci.secret_id and ci.secret_key (or TENCENTCLOUD_SECRET_ID/_KEY) go together",
+            ));
+        }
+        if c.request_timeout.is_zero() {
+            return Err(invalid("ci.request_timeout", "0s", "must be above zero"));
+        }
+        let w = &self.worker;
+        if w.max_in_flight == 0 || w.max_in_flight > 10_000 {
+            return Err(invalid(
+                "worker.max_in_flight",
+                &w.max_in_flight.to_string(),
+                "must be between 1 and 10000",
+            ));
+        }
+        if w.retry_max_attempts == 0 {
+            return Err(invalid(
+                "worker.retry_max_attempts",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if w.retry_base_delay > w.retry_max_delay {
+            return Err(invalid(
+                "worker.retry_base_delay",
+                &format!("{:?}", w.retry_base_delay),
+                "must not exceed worker.retry_max_delay",
+            ));
+        }
+        if w.max_redeliveries == 0 {
+            return Err(invalid(
+                "worker.max_redeliveries",
+                "0",
+                "must be at least 1",
+            ));
+        }
+        if w.job_timeout > w.job_timeout_max {
+            return Err(invalid(
+                "worker.job_timeout",
+                &format!("{:?}", w.job_timeout),
+                "must not exceed worker.job_timeout_max",
+            ));
+        }
+        for (key, value) in [
+            ("http.listen", &self.http.listen),
+            ("emulator.listen", &self.emulator.listen),
+        ] {
+            if value.parse::<SocketAddr>().is_err() {
+                return Err(invalid(
+                    key,
+                    value,
+                    "must be an address such as 127.0.0.1:9000",
+                ));
+            }
+        }
+        let e = &self.emulator;
+        for (key, rate) in [
+            ("emulator.throttle_rate", e.throttle_rate),
+            ("emulator.error_rate", e.error_rate),
+            ("emulator.duplicate_rate", e.duplicate_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(invalid(
+                    key,
+                    &rate.to_string(),
+                    "must be a fraction from 0 to 1",
+                ));
+            }
+        }
+        if !e.callback_topic_template.contains("{MqName}") {
+            return Err(invalid(
+                "emulator.callback_topic_template",
+                &e.callback_topic_template,
+                "must contain {MqName}",
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid(
+                "log.format",
+                &self.log.format,
+                "must be text or json",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted (for `ci-worker config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// The CI credentials, if both halves are configured.
+    pub fn credentials(&self) -> Option<crate::ci::sign::Credentials> {
+        if self.ci.secret_id.is_empty() {
+            return None;
+        }
+        Some(crate::ci::sign::Credentials {
+            secret_id: self.ci.secret_id.clone(),
+            secret_key: self.ci.secret_key.clone(),
+            session_token: (!self.ci.session_token.is_empty())
+                .then(|| self.ci.session_token.clone()),
+        })
+    }
+}
+
+/// `CallBackMqConfig.MqRegion` values CI accepts.
+pub const MQ_REGIONS: [&str; 5] = ["sh", "bj", "gz", "cd", "hk"];
+
+/// Durations as humane strings (`"20s"`, `"500ms"`, `"10m"`); a bare number means seconds.
+mod duration_str {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(n) => Ok(Duration::from_secs(n)),
+            Raw::Text(t) => match t.trim().parse::<u64>() {
+                Ok(n) => Ok(Duration::from_secs(n)),
+                Err(_) => humantime::parse_duration(t.trim()).map_err(|e| {
+                    de::Error::custom(format!("{t:?} is not a duration like 20s or 500ms ({e})"))
+                }),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(s.pulsar.url, "pulsar://127.0.0.1:6650");
+        assert_eq!(s.worker.max_in_flight, 64);
+        assert_eq!(s.http.listen, "0.0.0.0:9464");
+        assert_eq!(s.emulator.listen, "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn file_then_tencent_vars_then_our_vars() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[pulsar]\nurl = \"pulsar://file:6650\"\nresult_topic = \"from-file\"\n[ci]\nsecret_id = \"file-id\"\nsecret_key = \"file-key\"\n[worker]\nshutdown_timeout = \"5s\""
+        )
+        .unwrap();
+        let s = Settings::load_from(
+            Some(f.path()),
+            &env(&[
+                ("CI_WORKER__PULSAR__URL", "pulsar://env:6650"),
+                ("CI_WORKER__WORKER__MAX_IN_FLIGHT", "7"),
+                ("TENCENTCLOUD_SECRET_ID", "tc-id"),
+                ("TENCENTCLOUD_SECRET_KEY", "tc-key"),
+                ("CI_WORKER__CI__SECRET_KEY", "ours-key"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.pulsar.url, "pulsar://env:6650");
+        assert_eq!(s.pulsar.result_topic, "from-file");
+        assert_eq!(s.worker.max_in_flight, 7);
+        assert_eq!(s.worker.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(s.ci.secret_id, "tc-id");
+        assert_eq!(s.ci.secret_key.expose(), "ours-key");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (var, value, key) in [
+            (
+                "CI_WORKER__CI__CALLBACK_FORMAT",
+                "YAML",
+                "ci.callback_format",
+            ),
+            ("CI_WORKER__CI__MQ_REGION", "ap-guangzhou", "ci.mq_region"),
+            ("CI_WORKER__CI__MQ_MODE", "Fanout", "ci.mq_mode"),
+            ("CI_WORKER__PULSAR__URL", "http://x:8080", "pulsar.url"),
+            ("CI_WORKER__HTTP__LISTEN", "nowhere", "http.listen"),
+            (
+                "CI_WORKER__WORKER__MAX_IN_FLIGHT",
+                "0",
+                "worker.max_in_flight",
+            ),
+            (
+                "CI_WORKER__EMULATOR__ERROR_RATE",
+                "1.5",
+                "emulator.error_rate",
+            ),
+            ("CI_WORKER__LOG__FORMAT", "xml", "log.format"),
+        ] {
+            let err = Settings::load_from(None, &env(&[(var, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused() {
+        let err = Settings::load_from(None, &env(&[("CI_WORKER__PULSAR__URLL", "x")])).unwrap_err();
+        assert!(err.to_string().contains("urll"), "{err}");
+        let err = Settings::load_from(None, &env(&[("CI_WORKER__WORKER__JOB_TIMEOUT", "soon")]))
+            .unwrap_err();
+        assert!(err.to_string().contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn redacted_output_hides_secrets() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("TENCENTCLOUD_SECRET_ID", "AKIDvisible"),
+                ("TENCENTCLOUD_SECRET_KEY", "topsecretkey"),
+                ("CI_WORKER__PULSAR__TOKEN", "eyJhbGciOi.secret.jwt"),
+            ]),
+        )
+        .unwrap();
+        let out = s.to_redacted_toml();
+        assert!(out.contains("AKIDvisible"));
+        assert!(!out.contains("topsecretkey"));
+        assert!(!out.contains("secret.jwt"));
+    }
+}

@@ -1,0 +1,132 @@
+//! The `ci-worker` binary: configuration, logging and signals at the edge; the work is in the library.
+
+use anyhow::{Context as _, Result};
+use ci_worker::config::{Settings, CONFIG_FILE_ENV};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "ci-worker", version, about = "Pulsar/TDMQ ⇄ Tencent Cloud Infinite media-job worker")]
+struct Cli {
+    /// TOML configuration file; environment variables CI_WORKER__<SECTION>__<KEY> override it.
+    #[arg(long, short = 'c', global = true, env = CONFIG_FILE_ENV)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume requests, submit CI jobs, turn completion events into results.
+    Run,
+    /// Serve a local Cloud Infinite job API that publishes completion events to Pulsar.
+    Emulator,
+    /// Print the effective configuration (secrets redacted) and exit.
+    Config,
+    /// Publish a request (JSON file, `-` for stdin) and, with --wait, print its results as they arrive.
+    Submit {
+        file: PathBuf,
+        /// Wait for the request's final result (and print every result for it).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ci-worker: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Command::Config = cli.command {
+        print!("{}", settings.to_redacted_toml());
+        return std::process::ExitCode::SUCCESS;
+    }
+    init_logging(&settings);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ci-worker: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, settings)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ci-worker: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command, settings: Settings) -> Result<()> {
+    match command {
+        Command::Run => ci_worker::worker::run(settings, shutdown_signal())
+            .await
+            .context("worker"),
+        Command::Emulator => ci_worker::emulator::run(settings, shutdown_signal())
+            .await
+            .context("emulator"),
+        Command::Submit { file, wait, timeout } => {
+            let payload = if file.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                buf
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            ci_worker::tools::submit_and_wait(
+                &settings,
+                payload,
+                wait.then(|| std::time::Duration::from_secs(timeout)),
+            )
+            .await
+        }
+        Command::Config => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// SIGTERM (Kubernetes, docker) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn init_logging(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.log.format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

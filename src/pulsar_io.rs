@@ -1,0 +1,344 @@
+//! Pulsar I/O: the only module that knows the `pulsar` crate's API.
+//!
+//! - [`connect`] builds one client per process (token auth, generous reconnection budget, since the
+//!   crate gives up after its retry budget and a worker must outlive broker restarts).
+//! - [`Publisher`] keeps one producer per topic (creating a producer per message is the classic
+//!   throughput killer), batching off (the crate has no batch-index acks, so batches consumed by it can
+//!   lose messages on redelivery), and waits for the broker's receipt so callers ack their input only
+//!   after their output is stored.
+//! - [`subscribe`] builds a Shared consumer with a unique consumer name, so replicas share the load.
+
+use crate::config::PulsarSettings;
+use crate::secret::Secret;
+use pulsar::consumer::{ConsumerOptions, DeadLetterPolicy, InitialPosition};
+use pulsar::producer::{Message as OutMessage, ProducerOptions};
+use pulsar::{
+    Authentication, ConnectionRetryOptions, Consumer, OperationRetryOptions, Producer, Pulsar,
+    SubType, TokioExecutor,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Mutex;
+
+pub type Client = Pulsar<TokioExecutor>;
+
+/// Property names the worker writes on dead letters (documented in the README).
+pub mod props {
+    /// Why the message was dead-lettered.
+    pub const DLQ_REASON: &str = "ci-worker-dlq-reason";
+    /// The topic the message was consumed from.
+    pub const SOURCE_TOPIC: &str = "ci-worker-source-topic";
+    /// The message id it had there (`ledger:entry:partition[:batch]`).
+    pub const SOURCE_MESSAGE_ID: &str = "ci-worker-source-message-id";
+    /// RFC 3339 time of dead-lettering.
+    pub const DLQ_AT: &str = "ci-worker-dlq-at";
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PulsarIoError {
+    #[error("cannot connect to Pulsar at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: pulsar::Error,
+    },
+    #[error("cannot create a producer on {topic}: {source}")]
+    Producer {
+        topic: String,
+        #[source]
+        source: pulsar::Error,
+    },
+    #[error("publishing to {topic} failed: {message}")]
+    Publish { topic: String, message: String },
+    #[error("cannot subscribe to {topic} as {subscription}: {source}")]
+    Subscribe {
+        topic: String,
+        subscription: String,
+        #[source]
+        source: pulsar::Error,
+    },
+}
+
+/// Connects to `url`, with JWT authentication when `token` is set.
+pub async fn connect(url: &str, token: &Secret) -> Result<Client, PulsarIoError> {
+    let mut builder = Pulsar::builder(url, TokioExecutor)
+        .with_connection_retry_options(ConnectionRetryOptions {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            // The crate's default (12) gives up within about a minute: a broker restart can take longer.
+            max_retries: 1_000_000,
+            connection_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(30),
+            connection_max_idle: Duration::from_secs(300),
+        })
+        .with_operation_retry_options(OperationRetryOptions {
+            operation_timeout: Duration::from_secs(30),
+            retry_delay: Duration::from_millis(500),
+            max_retries: None,
+        });
+    if !token.is_empty() {
+        builder = builder.with_auth(Authentication {
+            name: "token".into(),
+            data: token.expose().as_bytes().to_vec(),
+        });
+    }
+    builder
+        .build()
+        .await
+        .map_err(|source| PulsarIoError::Connect {
+            url: url.to_string(),
+            source,
+        })
+}
+
+/// Connects with the `[pulsar]` settings.
+pub async fn connect_with(settings: &PulsarSettings) -> Result<Client, PulsarIoError> {
+    connect(&settings.url, &settings.token).await
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, Default)]
+pub struct Outgoing {
+    pub payload: Vec<u8>,
+    pub key: Option<String>,
+    pub properties: HashMap<String, String>,
+    /// Delayed delivery (honoured by Shared / Key_Shared subscriptions only).
+    pub deliver_at: Option<SystemTime>,
+}
+
+impl Outgoing {
+    pub fn new(payload: impl Into<Vec<u8>>) -> Outgoing {
+        Outgoing {
+            payload: payload.into(),
+            ..Outgoing::default()
+        }
+    }
+
+    pub fn with_key(mut self, key: impl Into<String>) -> Outgoing {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn with_property(mut self, name: impl Into<String>, value: impl Into<String>) -> Outgoing {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    fn into_message(self) -> OutMessage {
+        OutMessage {
+            payload: self.payload,
+            properties: self.properties,
+            partition_key: self.key,
+            deliver_at_time: self.deliver_at.and_then(|t| {
+                t.duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_millis() as i64)
+            }),
+            ..OutMessage::default()
+        }
+    }
+}
+
+type SharedProducer = Arc<Mutex<Producer<TokioExecutor>>>;
+
+/// Publishes to any number of topics through one cached producer each. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    client: Client,
+    producers: Arc<Mutex<HashMap<String, SharedProducer>>>,
+    name_prefix: String,
+}
+
+/// Attempts of one publish; each failure drops the producer so the next attempt builds a fresh one
+/// (the crate has had producers that never recover after a broker restart).
+const PUBLISH_ATTEMPTS: u32 = 5;
+
+impl Publisher {
+    /// `name_prefix` names the producers (`<prefix>-<uuid>`), which shows up in the broker's stats.
+    pub fn new(client: Client, name_prefix: &str) -> Publisher {
+        Publisher {
+            client,
+            producers: Arc::new(Mutex::new(HashMap::new())),
+            name_prefix: name_prefix.to_string(),
+        }
+    }
+
+    async fn producer(&self, topic: &str) -> Result<SharedProducer, PulsarIoError> {
+        let mut producers = self.producers.lock().await;
+        if let Some(p) = producers.get(topic) {
+            return Ok(p.clone());
+        }
+        let producer = self
+            .client
+            .producer()
+            .with_topic(topic)
+            .with_name(format!("{}-{}", self.name_prefix, uuid::Uuid::new_v4()))
+            .with_options(ProducerOptions {
+                batch_size: None,
+                ..ProducerOptions::default()
+            })
+            .build()
+            .await
+            .map_err(|source| PulsarIoError::Producer {
+                topic: topic.to_string(),
+                source,
+            })?;
+        let shared = Arc::new(Mutex::new(producer));
+        producers.insert(topic.to_string(), shared.clone());
+        Ok(shared)
+    }
+
+    async fn forget(&self, topic: &str, failed: &SharedProducer) {
+        let mut producers = self.producers.lock().await;
+        if producers.get(topic).is_some_and(|p| Arc::ptr_eq(p, failed)) {
+            producers.remove(topic);
+        }
+    }
+
+    /// Publishes `msg` to `topic` and waits until the broker has stored it.
+    pub async fn publish(&self, topic: &str, msg: Outgoing) -> Result<(), PulsarIoError> {
+        let mut last_error = String::new();
+        for attempt in 0..PUBLISH_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(200 << attempt.min(4))).await;
+            }
+            let producer = match self.producer(topic).await {
+                Ok(p) => p,
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            };
+            // Enqueue under the lock, await the receipt outside it, so concurrent publishes pipeline.
+            let receipt = {
+                let mut guard = producer.lock().await;
+                guard.send_non_blocking(msg.clone().into_message()).await
+            };
+            let outcome = match receipt {
+                Ok(future) => future.await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last_error = e.to_string();
+                    tracing::warn!(topic, attempt, error = %e, "publish failed; rebuilding producer");
+                    self.forget(topic, &producer).await;
+                }
+            }
+        }
+        Err(PulsarIoError::Publish {
+            topic: topic.to_string(),
+            message: last_error,
+        })
+    }
+
+    /// Checks that a producer on `topic` is connected (readiness).
+    pub async fn check(&self, topic: &str) -> Result<(), PulsarIoError> {
+        let producer = self.producer(topic).await?;
+        let result = producer.lock().await.check_connection().await;
+        if let Err(e) = result {
+            self.forget(topic, &producer).await;
+            return Err(PulsarIoError::Publish {
+                topic: topic.to_string(),
+                message: e.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes every producer (flushes what they hold).
+    pub async fn close(&self) {
+        let producers: Vec<SharedProducer> = self
+            .producers
+            .lock()
+            .await
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for p in producers {
+            let _ = p.lock().await.close().await;
+        }
+    }
+}
+
+/// How a consumer is built.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    pub topic: String,
+    pub subscription: String,
+    /// Prefix of the unique consumer name.
+    pub name_prefix: String,
+    /// Messages the broker may push ahead of processing.
+    pub receiver_queue_size: u32,
+    /// After this many redeliveries the crate moves a message to `dead_letter_topic` (Shared only).
+    pub dead_letter: Option<(u32, String)>,
+    /// Where a new subscription starts: the earliest stored message (workers: nothing published before
+    /// the first start is missed) or only new ones (followers such as `ci-worker submit --wait`).
+    pub from_earliest: bool,
+}
+
+/// A Shared consumer with a unique name.
+pub async fn subscribe(
+    client: &Client,
+    opts: &SubscribeOptions,
+) -> Result<Consumer<Vec<u8>, TokioExecutor>, PulsarIoError> {
+    let mut builder = client
+        .consumer()
+        .with_topic(&opts.topic)
+        .with_subscription(&opts.subscription)
+        .with_subscription_type(SubType::Shared)
+        .with_consumer_name(format!("{}-{}", opts.name_prefix, uuid::Uuid::new_v4()))
+        .with_options(
+            ConsumerOptions::default()
+                .with_initial_position(if opts.from_earliest {
+                    InitialPosition::Earliest
+                } else {
+                    InitialPosition::Latest
+                })
+                .with_receiver_queue_size(opts.receiver_queue_size),
+        );
+    if let Some((max, topic)) = &opts.dead_letter {
+        builder = builder.with_dead_letter_policy(DeadLetterPolicy {
+            max_redeliver_count: *max as usize,
+            dead_letter_topic: topic.clone(),
+        });
+    }
+    builder
+        .build()
+        .await
+        .map_err(|source| PulsarIoError::Subscribe {
+            topic: opts.topic.clone(),
+            subscription: opts.subscription.clone(),
+            source,
+        })
+}
+
+/// `ledger:entry:partition[:batch]`, the form Pulsar's tools print.
+pub fn message_id_string(id: &pulsar::proto::MessageIdData) -> String {
+    match id.batch_index {
+        Some(b) => format!(
+            "{}:{}:{}:{}",
+            id.ledger_id,
+            id.entry_id,
+            id.partition.unwrap_or(-1),
+            b
+        ),
+        None => format!(
+            "{}:{}:{}",
+            id.ledger_id,
+            id.entry_id,
+            id.partition.unwrap_or(-1)
+        ),
+    }
+}
+
+/// The properties of a received message.
+pub fn properties_of(msg: &pulsar::consumer::Message<Vec<u8>>) -> HashMap<String, String> {
+    msg.metadata()
+        .properties
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect()
+}

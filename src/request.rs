@@ -1,0 +1,312 @@
+//! The job-submission request (JSON on `pulsar.request_topic`; `schemas/request.schema.json` is the
+//! contract) and how it becomes CI's `<Request>`.
+//!
+//! Two kinds of bad input, handled differently on purpose:
+//! - [`Unreadable`]: not JSON, not an object, no usable `request_id`. Nobody can be told about it through
+//!   a result (results are keyed by `request_id`), so it goes to the dead-letter topic untouched.
+//! - [`Rejection`]: a well-formed request that cannot be submitted (validation, CI's refusal). It has a
+//!   `request_id`, so the caller gets a `rejected` result saying why.
+
+use crate::ci::validate::validate_job;
+use crate::config::CiSettings;
+use crate::correlation;
+use serde_json::{Map, Value};
+
+/// TDMQ's message size limit; a larger request cannot have come from a real producer.
+pub const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
+/// Longest accepted `request_id` (it travels in CI's 1024-character `UserData`).
+pub const MAX_REQUEST_ID: usize = 256;
+
+/// A request that cannot be answered with a result: dead-lettered with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreadable(pub String);
+
+/// A request refused before or by CI: becomes a `rejected` result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Rejection {
+    /// CI's error code, or `InvalidRequest` when the worker refused it.
+    pub code: String,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn invalid(message: impl Into<String>) -> Rejection {
+        Rejection {
+            code: "InvalidRequest".into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A request with a readable `request_id`; the rest is checked by [`SubmitRequest::validate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubmitRequest {
+    pub request_id: String,
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    /// CI's `<Request>` as JSON (the dict Tencent's Python SDK takes).
+    pub job: Value,
+}
+
+/// A request ready to submit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidRequest {
+    pub request_id: String,
+    pub bucket: String,
+    pub region: String,
+    /// The caller's `UserData` (to restore in results).
+    pub user_data: Option<String>,
+    /// The `<Request>` to send: the caller's job plus callback settings and the correlation marker.
+    pub ci_job: Value,
+}
+
+impl SubmitRequest {
+    /// Reads a request message. Only problems that leave no `request_id` are errors here.
+    pub fn parse(payload: &[u8]) -> Result<SubmitRequest, Unreadable> {
+        if payload.len() > MAX_REQUEST_BYTES {
+            return Err(Unreadable(format!(
+                "request is {} bytes, over the {MAX_REQUEST_BYTES}-byte limit",
+                payload.len()
+            )));
+        }
+        let value: Value = serde_json::from_slice(payload)
+            .map_err(|e| Unreadable(format!("request is not valid JSON: {e}")))?;
+        let Value::Object(mut map) = value else {
+            return Err(Unreadable("request is not a JSON object".into()));
+        };
+        let request_id = match map.remove("request_id") {
+            Some(Value::String(id)) if !id.trim().is_empty() && id.len() <= MAX_REQUEST_ID => id,
+            Some(Value::String(id)) if id.len() > MAX_REQUEST_ID => {
+                return Err(Unreadable(format!(
+                    "request_id is {} bytes, over {MAX_REQUEST_ID}",
+                    id.len()
+                )))
+            }
+            Some(Value::Number(n)) => n.to_string(),
+            Some(_) => return Err(Unreadable("request_id must be a non-empty string".into())),
+            None => return Err(Unreadable("request has no request_id".into())),
+        };
+        let text = |v: Option<Value>| match v {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        Ok(SubmitRequest {
+            request_id,
+            bucket: text(map.remove("bucket")),
+            region: text(map.remove("region")),
+            job: map.remove("job").unwrap_or(Value::Null),
+        })
+    }
+
+    /// Checks the request and builds CI's `<Request>`: the caller's job, then `QueueId`,
+    /// `CallBackFormat`, `CallBackType=TDMQ` and `CallBackMqConfig` from configuration (a value in the
+    /// job wins for the format and the queue), with the correlation marker in `Operation.UserData`.
+    pub fn validate(&self, ci: &CiSettings) -> Result<ValidRequest, Rejection> {
+        let bucket = self
+            .bucket
+            .clone()
+            .ok_or_else(|| Rejection::invalid("bucket is required"))?;
+        if !is_bucket_name(&bucket) {
+            return Err(Rejection::invalid(format!(
+                "bucket {bucket:?} is not of the form <BucketName-APPID>"
+            )));
+        }
+        let region = self
+            .region
+            .clone()
+            .ok_or_else(|| Rejection::invalid("region is required"))?;
+        if !is_region(&region) {
+            return Err(Rejection::invalid(format!(
+                "region {region:?} is not a COS region such as ap-guangzhou"
+            )));
+        }
+        let Value::Object(job) = &self.job else {
+            return Err(Rejection::invalid("job must be an object (CI's <Request> as JSON)"));
+        };
+        for reserved in ["CallBackType", "CallBackMqConfig", "CallBack"] {
+            if job.contains_key(reserved) {
+                return Err(Rejection::invalid(format!(
+                    "job.{reserved} is set by the worker; remove it from the request"
+                )));
+            }
+        }
+        let user_data = job
+            .get("Operation")
+            .and_then(|o| o.get("UserData"))
+            .map(|u| match u {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(Rejection::invalid(format!(
+                    "job.Operation.UserData must be a string, not {other}"
+                ))),
+            })
+            .transpose()?;
+        let marker = correlation::encode(&self.request_id, user_data.as_deref())
+            .map_err(|e| Rejection::invalid(e.to_string()))?;
+
+        let mut ci_job: Map<String, Value> = job.clone();
+        if let Some(Value::Object(op)) = ci_job.get_mut("Operation") {
+            op.insert("UserData".into(), Value::String(marker));
+        }
+        if !ci.queue_id.is_empty() && !ci_job.contains_key("QueueId") {
+            ci_job.insert("QueueId".into(), Value::String(ci.queue_id.clone()));
+        }
+        if !ci_job.contains_key("CallBackFormat") {
+            ci_job.insert(
+                "CallBackFormat".into(),
+                Value::String(ci.callback_format.clone()),
+            );
+        }
+        ci_job.insert("CallBackType".into(), Value::String("TDMQ".into()));
+        let mut mq = Map::new();
+        mq.insert("MqRegion".into(), Value::String(ci.mq_region.clone()));
+        mq.insert("MqMode".into(), Value::String(ci.mq_mode.clone()));
+        mq.insert("MqName".into(), Value::String(ci.mq_name.clone()));
+        ci_job.insert("CallBackMqConfig".into(), Value::Object(mq));
+        let ci_job = Value::Object(ci_job);
+
+        validate_job(&ci_job).map_err(|v| {
+            // The marker is the worker's; report the caller's own limit instead of CI's raw one.
+            Rejection::invalid(format!("job.{}", v.to_string().trim_start_matches("Request.")))
+        })?;
+        Ok(ValidRequest {
+            request_id: self.request_id.clone(),
+            bucket,
+            region,
+            user_data,
+            ci_job,
+        })
+    }
+}
+
+/// `<BucketName-APPID>`: lower-case letters, digits and `-`, ending in `-<digits>`.
+pub fn is_bucket_name(s: &str) -> bool {
+    let Some((name, appid)) = s.rsplit_once('-') else {
+        return false;
+    };
+    !name.is_empty()
+        && s.len() <= 63
+        && !appid.is_empty()
+        && appid.bytes().all(|b| b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A COS region id such as `ap-guangzhou` (it becomes part of a host name).
+pub fn is_region(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.contains('-')
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const EXAMPLE: &str = r#"{"request_id": "order-42", "bucket": "examplebucket-1250000000", "region": "ap-guangzhou",
+ "job": {"Tag": "DigitalWatermark", "Input": {"Object": "input/demo.mp4"},
+         "Operation": {"DigitalWatermark": {"Type": "Text", "Message": "123456789ab", "Version": "V1"},
+                       "Output": {"Region": "ap-guangzhou", "Bucket": "examplebucket-1250000000", "Object": "output/out.mp4"},
+                       "UserData": "caller data", "JobLevel": "0"}}}"#;
+
+    fn ci() -> CiSettings {
+        CiSettings {
+            queue_id: "p0123".into(),
+            ..CiSettings::default()
+        }
+    }
+
+    #[test]
+    fn the_documented_request_becomes_ci_request() {
+        let req = SubmitRequest::parse(EXAMPLE.as_bytes()).unwrap();
+        let valid = req.validate(&ci()).unwrap();
+        assert_eq!(valid.request_id, "order-42");
+        assert_eq!(valid.user_data.as_deref(), Some("caller data"));
+        let job = &valid.ci_job;
+        assert_eq!(job["Operation"]["UserData"], "ciw1:order-42;caller data");
+        assert_eq!(job["CallBackType"], "TDMQ");
+        assert_eq!(job["CallBackFormat"], "JSON");
+        assert_eq!(job["QueueId"], "p0123");
+        assert_eq!(
+            job["CallBackMqConfig"],
+            json!({"MqRegion": "gz", "MqMode": "Queue", "MqName": "ci-callbacks"})
+        );
+        let keys: Vec<&str> = job.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["Tag", "Input", "Operation", "QueueId", "CallBackFormat", "CallBackType", "CallBackMqConfig"]
+        );
+    }
+
+    #[test]
+    fn job_values_win_for_format_and_queue() {
+        let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+        v["job"]["CallBackFormat"] = json!("XML");
+        v["job"]["QueueId"] = json!("pmine");
+        let valid = SubmitRequest::parse(v.to_string().as_bytes())
+            .unwrap()
+            .validate(&ci())
+            .unwrap();
+        assert_eq!(valid.ci_job["CallBackFormat"], "XML");
+        assert_eq!(valid.ci_job["QueueId"], "pmine");
+    }
+
+    #[test]
+    fn unreadable_requests_are_for_the_dead_letter_topic() {
+        for (payload, reason) in [
+            (&b"not json"[..], "not valid JSON"),
+            (b"[1,2]", "not a JSON object"),
+            (b"{\"job\": {}}", "no request_id"),
+            (b"{\"request_id\": \"  \"}", "non-empty string"),
+            (b"{\"request_id\": {}}", "non-empty string"),
+            (b"\xff\xfe{}", "not valid JSON"),
+        ] {
+            let err = SubmitRequest::parse(payload).unwrap_err();
+            assert!(err.0.contains(reason), "{err}");
+        }
+        let big = vec![b' '; MAX_REQUEST_BYTES + 1];
+        assert!(SubmitRequest::parse(&big).unwrap_err().0.contains("limit"));
+    }
+
+    #[test]
+    fn invalid_requests_are_rejected_with_a_reason() {
+        let base: Value = serde_json::from_str(EXAMPLE).unwrap();
+        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+            ("bucket is required", Box::new(|v| { v.as_object_mut().unwrap().remove("bucket"); })),
+            ("BucketName-APPID", Box::new(|v| v["bucket"] = json!("Bad_Bucket"))),
+            ("region", Box::new(|v| v["region"] = json!("guangzhou.evil.com/x"))),
+            ("job must be an object", Box::new(|v| v["job"] = json!("x"))),
+            ("set by the worker", Box::new(|v| v["job"]["CallBackType"] = json!("Url"))),
+            ("Message", Box::new(|v| v["job"]["Operation"]["DigitalWatermark"]["Message"] = json!("<script>"))),
+            ("printable ASCII", Box::new(|v| v["job"]["Operation"]["UserData"] = json!("é"))),
+            ("1024", Box::new(|v| v["job"]["Operation"]["UserData"] = json!("x".repeat(1010)))),
+            ("Input.Object", Box::new(|v| v["job"]["Input"] = json!({}))),
+        ];
+        for (expect, mutate) in cases {
+            let mut v = base.clone();
+            mutate(&mut v);
+            let err = SubmitRequest::parse(v.to_string().as_bytes())
+                .unwrap()
+                .validate(&ci())
+                .unwrap_err();
+            assert_eq!(err.code, "InvalidRequest");
+            assert!(err.message.contains(expect), "{expect}: got {}", err.message);
+        }
+    }
+
+    #[test]
+    fn bucket_and_region_forms() {
+        assert!(is_bucket_name("examplebucket-1250000000"));
+        assert!(is_bucket_name("my-bucket-2-1250000000"));
+        assert!(!is_bucket_name("examplebucket"));
+        assert!(!is_bucket_name("Example-125"));
+        assert!(is_region("ap-guangzhou"));
+        assert!(!is_region("ap-guangzhou.evil"));
+    }
+}

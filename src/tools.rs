@@ -1,0 +1,70 @@
+//! Small client-side tools behind `ci-worker submit`: publish a request and follow its results, as a
+//! pipeline would (used by the local-stack demo and handy for smoke tests against a deployment).
+
+use crate::config::Settings;
+use crate::pulsar_io::{self, Outgoing, Publisher, SubscribeOptions};
+use crate::request::SubmitRequest;
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
+use std::time::Duration;
+
+/// Publishes `payload` to the request topic; with `wait`, prints (stdout, one JSON per line) every
+/// result for its `request_id` until a final one arrives.
+pub async fn submit_and_wait(settings: &Settings, payload: Vec<u8>, wait: Option<Duration>) -> Result<()> {
+    let request_id = SubmitRequest::parse(&payload)
+        .map(|r| r.request_id)
+        .map_err(|e| anyhow::anyhow!("not a request: {e}"))?;
+    let client = pulsar_io::connect_with(&settings.pulsar).await?;
+    // Subscribe before publishing so no result can slip past.
+    let mut results = match wait {
+        Some(_) => Some(
+            pulsar_io::subscribe(
+                &client,
+                &SubscribeOptions {
+                    topic: settings.pulsar.result_topic.clone(),
+                    subscription: format!("ci-worker-submit-cli-{}", uuid::Uuid::new_v4()),
+                    name_prefix: "ci-worker-submit-cli".into(),
+                    receiver_queue_size: 1000,
+                    dead_letter: None,
+                    from_earliest: false,
+                },
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let publisher = Publisher::new(client.clone(), "ci-worker-submit-cli");
+    publisher
+        .publish(
+            &settings.pulsar.request_topic,
+            Outgoing::new(payload).with_key(request_id.clone()),
+        )
+        .await?;
+    eprintln!("published request {request_id} to {}", settings.pulsar.request_topic);
+    publisher.close().await;
+    let (Some(consumer), Some(limit)) = (results.as_mut(), wait) else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let next = tokio::time::timeout_at(deadline, consumer.next())
+            .await
+            .with_context(|| format!("no final result for {request_id} within {limit:?}"))?;
+        let Some(msg) = next else {
+            bail!("result consumer ended");
+        };
+        let msg = msg?;
+        consumer.ack(&msg).await.ok();
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&msg.payload.data) else {
+            continue;
+        };
+        if value["request_id"] != request_id.as_str() {
+            continue;
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        if value["state"] != "submitted" {
+            let _ = consumer.unsubscribe().await;
+            return Ok(());
+        }
+    }
+}

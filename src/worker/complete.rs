@@ -1,0 +1,73 @@
+//! The completion path: CI's completion event (XML or JSON, detected per message) → normalized results
+//! on the results topic. Unparseable events are dead-lettered, never dropped.
+
+use super::consume::{self, Delivery, Disposition};
+use super::{dead_letter, Context, WorkerError};
+use crate::completion::normalize::normalize_event;
+use crate::completion::parse::parse_event;
+use crate::pulsar_io::{self, Client, SubscribeOptions};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub async fn run(
+    ctx: Arc<Context>,
+    client: Client,
+    stop: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let p = &ctx.settings.pulsar;
+    let consumer = pulsar_io::subscribe(
+        &client,
+        &SubscribeOptions {
+            topic: p.callback_topic.clone(),
+            subscription: p.callback_subscription.clone(),
+            name_prefix: "ci-worker-complete".into(),
+            receiver_queue_size: 1000,
+            dead_letter: Some((
+                ctx.settings.worker.max_redeliveries,
+                p.dead_letter_topic.clone(),
+            )),
+            from_earliest: true,
+        },
+    )
+    .await?;
+    // Normalizing is cheap; the bound here is publishes awaiting their receipt.
+    let max_in_flight = ctx.settings.worker.max_in_flight.max(256);
+    let drain = ctx.settings.worker.shutdown_timeout;
+    let handler_ctx = ctx.clone();
+    consume::run("complete", consumer, max_in_flight, drain, stop, move |d| {
+        let ctx = handler_ctx.clone();
+        async move { handle(&ctx, d).await }
+    })
+    .await
+}
+
+pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
+    let event = match parse_event(&delivery.payload) {
+        Ok(event) => event,
+        Err(e) => {
+            let outcome = dead_letter::publish(
+                ctx,
+                &delivery.payload,
+                &delivery.properties,
+                &format!("unparseable completion event: {e}"),
+                &delivery.topic,
+                &delivery.message_id,
+            )
+            .await;
+            return if outcome.is_ok() { Disposition::Ack } else { Disposition::Nack };
+        }
+    };
+    for result in normalize_event(&event) {
+        tracing::info!(
+            request_id = result.request_id.as_deref().unwrap_or(""),
+            job_id = result.job_id.as_deref().unwrap_or(""),
+            state = result.state.as_str(),
+            "job finished"
+        );
+        if let Err(e) = ctx.publish_result(&result).await {
+            tracing::warn!(error = %e, "could not store a result; the event will be redelivered");
+            return Disposition::Nack;
+        }
+    }
+    Disposition::Ack
+}

@@ -1,0 +1,104 @@
+//! `ci-worker run`: two independent loops over one Pulsar client.
+//!
+//! - [`submit`]: requests → validate → CI `POST /jobs` → `submitted` event (or `rejected` result).
+//! - [`complete`]: CI completion events → normalized results.
+//!
+//! Both share [`consume`], the consume/settle loop: bounded concurrency, acknowledgement only after the
+//! outcome is confirmed by the broker, and a drain on shutdown that nacks whatever did not finish in
+//! time (so it is redelivered, never lost).
+
+pub mod complete;
+pub mod consume;
+pub mod dead_letter;
+pub mod retry;
+pub mod submit;
+
+use crate::ci::client::{CiClient, CiError};
+use crate::config::Settings;
+use crate::pulsar_io::{self, Outgoing, Publisher, PulsarIoError};
+use crate::result::JobResult;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Pulsar(#[from] PulsarIoError),
+    #[error(transparent)]
+    Ci(#[from] CiError),
+    #[error("worker task failed: {0}")]
+    Task(String),
+}
+
+/// What every handler needs; shared read-only between tasks.
+pub struct Context {
+    pub settings: Settings,
+    pub publisher: Publisher,
+    pub ci: CiClient,
+}
+
+impl Context {
+    /// Publishes a result keyed by `request_id` (or the job id for jobs this worker did not submit) and
+    /// waits for the broker to store it.
+    pub async fn publish_result(&self, result: &JobResult) -> Result<(), PulsarIoError> {
+        let key = result
+            .request_id
+            .clone()
+            .or_else(|| result.job_id.clone())
+            .unwrap_or_default();
+        let mut msg = Outgoing::new(result.to_json())
+            .with_key(key)
+            .with_property("state", result.state.as_str());
+        if let Some(job_id) = &result.job_id {
+            msg = msg.with_property("job_id", job_id.clone());
+        }
+        self.publisher
+            .publish(&self.settings.pulsar.result_topic, msg)
+            .await
+    }
+}
+
+/// Runs both loops until `shutdown` resolves, then drains within `worker.shutdown_timeout`.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let client = pulsar_io::connect_with(&settings.pulsar).await?;
+    let publisher = Publisher::new(client.clone(), "ci-worker");
+    let ci = CiClient::new(
+        (!settings.ci.endpoint.is_empty()).then_some(settings.ci.endpoint.as_str()),
+        settings.credentials(),
+        settings.ci.request_timeout,
+    )?;
+    // Fail fast on a broker that refuses us (bad token, bad topic) instead of at the first result.
+    publisher.check(&settings.pulsar.result_topic).await?;
+    let ctx = Arc::new(Context {
+        settings,
+        publisher,
+        ci,
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    tracing::info!(
+        request_topic = %ctx.settings.pulsar.request_topic,
+        callback_topic = %ctx.settings.pulsar.callback_topic,
+        result_topic = %ctx.settings.pulsar.result_topic,
+        max_in_flight = ctx.settings.worker.max_in_flight,
+        "worker started"
+    );
+    let submit = tokio::spawn(submit::run(ctx.clone(), client.clone(), stop_rx.clone()));
+    let complete = tokio::spawn(complete::run(ctx.clone(), client.clone(), stop_rx));
+    let (a, b) = tokio::join!(submit, complete);
+    ctx.publisher.close().await;
+    for outcome in [a, b] {
+        outcome.map_err(|e| WorkerError::Task(e.to_string()))??;
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}

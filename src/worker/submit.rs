@@ -1,0 +1,166 @@
+//! The submission path: request → validate → CI `POST /jobs` (retried with backoff on transient
+//! failures) → `submitted` event, or a `rejected` result, or a dead letter. The request is acknowledged
+//! only once that outcome is stored on the broker.
+
+use super::consume::{self, Delivery, Disposition};
+use super::{dead_letter, retry, Context, WorkerError};
+use crate::ci::client::CiError;
+use crate::ci::model::{text_at, JobDetail};
+use crate::completion::normalize::normalize_job;
+use crate::pulsar_io::{self, Client, SubscribeOptions};
+use crate::request::{Rejection, SubmitRequest, ValidRequest};
+use crate::result::{JobResult, ObjectRef, ResultState};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub async fn run(
+    ctx: Arc<Context>,
+    client: Client,
+    stop: watch::Receiver<bool>,
+) -> Result<(), WorkerError> {
+    let p = &ctx.settings.pulsar;
+    let consumer = pulsar_io::subscribe(
+        &client,
+        &SubscribeOptions {
+            topic: p.request_topic.clone(),
+            subscription: p.request_subscription.clone(),
+            name_prefix: "ci-worker-submit".into(),
+            receiver_queue_size: ctx.settings.worker.max_in_flight.clamp(1, 1000) as u32,
+            dead_letter: Some((
+                ctx.settings.worker.max_redeliveries,
+                p.dead_letter_topic.clone(),
+            )),
+            from_earliest: true,
+        },
+    )
+    .await?;
+    let w = &ctx.settings.worker;
+    let (max_in_flight, drain) = (w.max_in_flight, w.shutdown_timeout);
+    let handler_ctx = ctx.clone();
+    consume::run("submit", consumer, max_in_flight, drain, stop, move |d| {
+        let ctx = handler_ctx.clone();
+        async move { handle(&ctx, d).await }
+    })
+    .await
+}
+
+/// One request, start to outcome.
+pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
+    let request = match SubmitRequest::parse(&delivery.payload) {
+        Ok(r) => r,
+        Err(unreadable) => {
+            return stored(
+                dead_letter::publish(
+                    ctx,
+                    &delivery.payload,
+                    &delivery.properties,
+                    &unreadable.0,
+                    &delivery.topic,
+                    &delivery.message_id,
+                )
+                .await,
+            )
+        }
+    };
+    let valid = match request.validate(&ctx.settings.ci) {
+        Ok(v) => v,
+        Err(rejection) => {
+            tracing::info!(request_id = %request.request_id, code = %rejection.code, message = %rejection.message, "request rejected");
+            let result = rejected(&request, &rejection);
+            return stored(ctx.publish_result(&result).await);
+        }
+    };
+    match submit_with_retry(ctx, &valid).await {
+        Ok(detail) => {
+            let result = submitted(&valid, &detail);
+            tracing::info!(request_id = %valid.request_id, job_id = result.job_id.as_deref().unwrap_or(""), "job submitted");
+            stored(ctx.publish_result(&result).await)
+        }
+        Err(e) if e.is_transient() => {
+            tracing::warn!(request_id = %valid.request_id, error = %e, "CI still unavailable after retries; releasing the request for redelivery");
+            Disposition::Nack
+        }
+        Err(e) => {
+            let rejection = match &e {
+                CiError::Api { body, .. } => Rejection {
+                    code: if body.code.is_empty() { "CiError".into() } else { body.code.clone() },
+                    message: body.message.clone(),
+                },
+                other => Rejection {
+                    code: "CiError".into(),
+                    message: other.to_string(),
+                },
+            };
+            tracing::info!(request_id = %valid.request_id, code = %rejection.code, message = %rejection.message, "CI refused the job");
+            let result = rejected(&request, &rejection);
+            stored(ctx.publish_result(&result).await)
+        }
+    }
+}
+
+/// Ack only what is stored; a failed publish leaves the input for redelivery.
+fn stored(outcome: Result<(), crate::pulsar_io::PulsarIoError>) -> Disposition {
+    match outcome {
+        Ok(()) => Disposition::Ack,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not store the outcome; will be redelivered");
+            Disposition::Nack
+        }
+    }
+}
+
+async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetail, CiError> {
+    let w = &ctx.settings.worker;
+    let mut attempt = 0;
+    loop {
+        match ctx.ci.submit(&req.bucket, &req.region, &req.ci_job).await {
+            Ok(detail) => return Ok(detail),
+            Err(e) if e.is_transient() && attempt + 1 < w.retry_max_attempts => {
+                let delay = retry::backoff(attempt, w.retry_base_delay, w.retry_max_delay);
+                tracing::warn!(request_id = %req.request_id, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, error = %e, "transient CI failure; retrying");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The `submitted` progress event from CI's answer.
+fn submitted(req: &ValidRequest, detail: &JobDetail) -> JobResult {
+    let mut result = normalize_job(&detail.raw);
+    result.state = ResultState::Submitted;
+    result.request_id = Some(req.request_id.clone());
+    result.user_data = req.user_data.clone();
+    if result.output.is_none() {
+        result.output = output_of(&req.ci_job);
+    }
+    result
+}
+
+/// A `rejected` result, filled from the request as far as it goes.
+fn rejected(req: &SubmitRequest, rejection: &Rejection) -> JobResult {
+    let mut result = JobResult::new(ResultState::Rejected);
+    result.request_id = Some(req.request_id.clone());
+    result.code = rejection.code.clone();
+    result.message = rejection.message.clone();
+    result.tag = text_at(&req.job, &["Tag"]);
+    result.queue_id = text_at(&req.job, &["QueueId"]);
+    result.input = Some(ObjectRef {
+        bucket: req.bucket.clone(),
+        region: req.region.clone(),
+        object: text_at(&req.job, &["Input", "Object"]),
+    });
+    result.output = output_of(&req.job);
+    result.user_data = text_at(&req.job, &["Operation", "UserData"]);
+    result
+}
+
+fn output_of(job: &serde_json::Value) -> Option<ObjectRef> {
+    let o = ObjectRef {
+        bucket: text_at(job, &["Operation", "Output", "Bucket"]),
+        region: text_at(job, &["Operation", "Output", "Region"]),
+        object: text_at(job, &["Operation", "Output", "Object"]),
+    };
+    (o != ObjectRef::default()).then_some(o)
+}
