@@ -187,6 +187,10 @@ pub struct EmulatorSettings {
     pub duplicate_rate: f64,
     /// Key pairs accepted besides `ci.secret_id` / `ci.secret_key` (TENCENTCLOUD_* variables).
     pub credentials: Vec<KeyPair>,
+    /// Accept every request without checking its signature. Without it the emulator refuses to start
+    /// when no key pair is configured, so that a misconfigured setup fails loudly instead of silently
+    /// letting unsigned requests through.
+    pub allow_anonymous: bool,
 }
 
 impl Default for EmulatorSettings {
@@ -200,6 +204,7 @@ impl Default for EmulatorSettings {
             error_rate: 0.0,
             duplicate_rate: 0.0,
             credentials: Vec::new(),
+            allow_anonymous: false,
         }
     }
 }
@@ -597,5 +602,35 @@ mod tests {
         assert!(out.contains("AKIDvisible"));
         assert!(!out.contains("topsecretkey"));
         assert!(!out.contains("secret.jwt"));
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// The shipped example documents every key with its default: it must load, equal the built-in
+    /// defaults, and name every key the program knows (a new key without docs fails here).
+    #[test]
+    fn example_file_is_complete_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("ci-worker.example.toml");
+        let loaded = Settings::load_from(Some(&path), &HashMap::new()).unwrap();
+        let as_value = |s: &Settings| toml::Value::try_from(s).unwrap();
+        assert_eq!(as_value(&loaded), as_value(&Settings::default()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let toml::Value::Table(sections) = as_value(&Settings::default()) else {
+            panic!("settings are a table")
+        };
+        for (section, keys) in sections {
+            assert!(text.contains(&format!("[{section}]")), "[{section}] undocumented");
+            let toml::Value::Table(keys) = keys else { continue };
+            for key in keys.keys() {
+                assert!(
+                    text.lines().any(|l| l.trim_start().starts_with(&format!("{key} ="))
+                        || l.trim_start().starts_with(&format!("# {key} ="))),
+                    "{section}.{key} undocumented in ci-worker.example.toml"
+                );
+            }
+        }
     }
 }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "ci-worker", version, about = "Pulsar/TDMQ ⇄ Tencent Cloud Infinite media-job worker")]
+#[command(
+    name = "ci-worker",
+    version,
+    about = "Pulsar/TDMQ ⇄ Tencent Cloud Infinite media-job worker"
+)]
 struct Cli {
     /// TOML configuration file; environment variables CI_WORKER__<SECTION>__<KEY> override it.
     #[arg(long, short = 'c', global = true, env = CONFIG_FILE_ENV)]
@@ -74,7 +78,11 @@ async fn dispatch(command: Command, settings: Settings) -> Result<()> {
         Command::Emulator => ci_worker::emulator::run(settings, shutdown_signal())
             .await
             .context("emulator"),
-        Command::Submit { file, wait, timeout } => {
+        Command::Submit {
+            file,
+            wait,
+            timeout,
+        } => {
             let payload = if file.as_os_str() == "-" {
                 let mut buf = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;

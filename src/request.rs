@@ -123,7 +123,9 @@ impl SubmitRequest {
             )));
         }
         let Value::Object(job) = &self.job else {
-            return Err(Rejection::invalid("job must be an object (CI's <Request> as JSON)"));
+            return Err(Rejection::invalid(
+                "job must be an object (CI's <Request> as JSON)",
+            ));
         };
         for reserved in ["CallBackType", "CallBackMqConfig", "CallBack"] {
             if job.contains_key(reserved) {
@@ -168,7 +170,10 @@ impl SubmitRequest {
 
         validate_job(&ci_job).map_err(|v| {
             // The marker is the worker's; report the caller's own limit instead of CI's raw one.
-            Rejection::invalid(format!("job.{}", v.to_string().trim_start_matches("Request.")))
+            Rejection::invalid(format!(
+                "job.{}",
+                v.to_string().trim_start_matches("Request.")
+            ))
         })?;
         Ok(ValidRequest {
             request_id: self.request_id.clone(),
@@ -199,8 +204,7 @@ pub fn is_region(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
         && s.contains('-')
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
@@ -237,10 +241,23 @@ mod tests {
             job["CallBackMqConfig"],
             json!({"MqRegion": "gz", "MqMode": "Queue", "MqName": "ci-callbacks"})
         );
-        let keys: Vec<&str> = job.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = job
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             keys,
-            ["Tag", "Input", "Operation", "QueueId", "CallBackFormat", "CallBackType", "CallBackMqConfig"]
+            [
+                "Tag",
+                "Input",
+                "Operation",
+                "QueueId",
+                "CallBackFormat",
+                "CallBackType",
+                "CallBackMqConfig"
+            ]
         );
     }
 
@@ -278,14 +295,39 @@ mod tests {
     fn invalid_requests_are_rejected_with_a_reason() {
         let base: Value = serde_json::from_str(EXAMPLE).unwrap();
         let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-            ("bucket is required", Box::new(|v| { v.as_object_mut().unwrap().remove("bucket"); })),
-            ("BucketName-APPID", Box::new(|v| v["bucket"] = json!("Bad_Bucket"))),
-            ("region", Box::new(|v| v["region"] = json!("guangzhou.evil.com/x"))),
+            (
+                "bucket is required",
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("bucket");
+                }),
+            ),
+            (
+                "BucketName-APPID",
+                Box::new(|v| v["bucket"] = json!("Bad_Bucket")),
+            ),
+            (
+                "region",
+                Box::new(|v| v["region"] = json!("guangzhou.evil.com/x")),
+            ),
             ("job must be an object", Box::new(|v| v["job"] = json!("x"))),
-            ("set by the worker", Box::new(|v| v["job"]["CallBackType"] = json!("Url"))),
-            ("Message", Box::new(|v| v["job"]["Operation"]["DigitalWatermark"]["Message"] = json!("<script>"))),
-            ("printable ASCII", Box::new(|v| v["job"]["Operation"]["UserData"] = json!("é"))),
-            ("1024", Box::new(|v| v["job"]["Operation"]["UserData"] = json!("x".repeat(1010)))),
+            (
+                "set by the worker",
+                Box::new(|v| v["job"]["CallBackType"] = json!("Url")),
+            ),
+            (
+                "Message",
+                Box::new(|v| {
+                    v["job"]["Operation"]["DigitalWatermark"]["Message"] = json!("<script>")
+                }),
+            ),
+            (
+                "printable ASCII",
+                Box::new(|v| v["job"]["Operation"]["UserData"] = json!("é")),
+            ),
+            (
+                "1024",
+                Box::new(|v| v["job"]["Operation"]["UserData"] = json!("x".repeat(1010))),
+            ),
             ("Input.Object", Box::new(|v| v["job"]["Input"] = json!({}))),
         ];
         for (expect, mutate) in cases {
@@ -296,7 +338,11 @@ mod tests {
                 .validate(&ci())
                 .unwrap_err();
             assert_eq!(err.code, "InvalidRequest");
-            assert!(err.message.contains(expect), "{expect}: got {}", err.message);
+            assert!(
+                err.message.contains(expect),
+                "{expect}: got {}",
+                err.message
+            );
         }
     }
 

@@ -104,3 +104,47 @@ impl JobResult {
         serde_json::to_vec(self).expect("JobResult always serializes")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipped examples are what this type reads and writes (the Python test holds them to the
+    /// JSON Schema), so type and schema cannot drift apart unnoticed.
+    #[test]
+    fn schema_examples_round_trip() {
+        for example in [
+            include_str!("../schemas/examples/result-succeeded.json"),
+            include_str!("../schemas/examples/result-rejected.json"),
+        ] {
+            let parsed: JobResult = serde_json::from_str(example).unwrap();
+            let written: Value = serde_json::from_slice(&parsed.to_json()).unwrap();
+            let original: Value = serde_json::from_str(example).unwrap();
+            assert_eq!(written, original);
+        }
+    }
+
+    #[test]
+    fn every_state_is_named_as_the_schema_says() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../schemas/result.schema.json")).unwrap();
+        let names: Vec<&str> = schema["properties"]["state"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for state in [
+            ResultState::Submitted,
+            ResultState::Succeeded,
+            ResultState::Failed,
+            ResultState::Cancelled,
+            ResultState::Rejected,
+            ResultState::TimedOut,
+        ] {
+            assert!(names.contains(&state.as_str()));
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        assert_eq!(names.len(), 6);
+    }
+}

@@ -10,7 +10,11 @@ use std::time::Duration;
 
 /// Publishes `payload` to the request topic; with `wait`, prints (stdout, one JSON per line) every
 /// result for its `request_id` until a final one arrives.
-pub async fn submit_and_wait(settings: &Settings, payload: Vec<u8>, wait: Option<Duration>) -> Result<()> {
+pub async fn submit_and_wait(
+    settings: &Settings,
+    payload: Vec<u8>,
+    wait: Option<Duration>,
+) -> Result<()> {
     let request_id = SubmitRequest::parse(&payload)
         .map(|r| r.request_id)
         .map_err(|e| anyhow::anyhow!("not a request: {e}"))?;
@@ -40,7 +44,10 @@ pub async fn submit_and_wait(settings: &Settings, payload: Vec<u8>, wait: Option
             Outgoing::new(payload).with_key(request_id.clone()),
         )
         .await?;
-    eprintln!("published request {request_id} to {}", settings.pulsar.request_topic);
+    eprintln!(
+        "published request {request_id} to {}",
+        settings.pulsar.request_topic
+    );
     publisher.close().await;
     let (Some(consumer), Some(limit)) = (results.as_mut(), wait) else {
         return Ok(());

@@ -54,7 +54,11 @@ pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
                 &delivery.message_id,
             )
             .await;
-            return if outcome.is_ok() { Disposition::Ack } else { Disposition::Nack };
+            return if outcome.is_ok() {
+                Disposition::Ack
+            } else {
+                Disposition::Nack
+            };
         }
     };
     for result in normalize_event(&event) {

@@ -133,7 +133,11 @@ where
         let _ = consumer.nack_with_id(&topic, msg_id).await;
     }
     if released > 0 {
-        tracing::warn!(loop_name = name, released, "released unfinished messages for redelivery");
+        tracing::warn!(
+            loop_name = name,
+            released,
+            "released unfinished messages for redelivery"
+        );
     }
     let _ = consumer.close().await;
     if ended {

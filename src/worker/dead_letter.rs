@@ -21,7 +21,12 @@ pub async fn publish(
         .with_property(props::SOURCE_TOPIC, source_topic)
         .with_property(props::SOURCE_MESSAGE_ID, source_message_id)
         .with_property(props::DLQ_AT, chrono::Utc::now().to_rfc3339());
-    tracing::warn!(source_topic, source_message_id, reason, "dead-lettering message");
+    tracing::warn!(
+        source_topic,
+        source_message_id,
+        reason,
+        "dead-lettering message"
+    );
     ctx.publisher
         .publish(&ctx.settings.pulsar.dead_letter_topic, msg)
         .await

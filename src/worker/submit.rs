@@ -83,7 +83,11 @@ pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
         Err(e) => {
             let rejection = match &e {
                 CiError::Api { body, .. } => Rejection {
-                    code: if body.code.is_empty() { "CiError".into() } else { body.code.clone() },
+                    code: if body.code.is_empty() {
+                        "CiError".into()
+                    } else {
+                        body.code.clone()
+                    },
                     message: body.message.clone(),
                 },
                 other => Rejection {

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The local stack in one command: installs what it needs, builds ci-worker, starts the Apache Pulsar
+# standalone broker, the CI emulator and the worker, publishes a sample DigitalWatermark request,
+# prints its normalized results (the `submitted` event, then the final result), and stops everything
+# it started (a broker that was already running is left running).
+#
+#   scripts/local-stack.sh [REQUEST.json]     default: schemas/examples/request.json (fresh request_id)
+#
+# Environment: PROFILE [debug|release] (default debug: faster to build), KEEP_RUNNING=1 leaves the
+# stack up (stop it with Ctrl-C), PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh,
+# EMULATOR_PORT [9000], WORKER_HTTP_PORT [9464], JOB_DURATION_MS [2000].
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO_ROOT"
+say() { echo "local-stack: $*" >&2; }
+
+PROFILE=${PROFILE:-debug}
+EMULATOR_PORT=${EMULATOR_PORT:-9000}
+WORKER_HTTP_PORT=${WORKER_HTTP_PORT:-9464}
+JOB_DURATION_MS=${JOB_DURATION_MS:-2000}
+REQUEST=${1:-schemas/examples/request.json}
+RUN_DIR="$REPO_ROOT/.cache/local-stack"
+mkdir -p "$RUN_DIR"
+
+bash scripts/setup.sh
+say "building ci-worker ($PROFILE)"
+if [[ $PROFILE == release ]]; then
+  cargo build --release --quiet
+else
+  cargo build --quiet
+fi
+BIN="$REPO_ROOT/target/$PROFILE/ci-worker"
+
+pids=()
+started_broker=0
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if ((started_broker)); then bash scripts/pulsar.sh stop >/dev/null 2>&1 || true; fi
+  say "stopped"
+}
+trap cleanup EXIT
+
+if ! bash scripts/pulsar.sh status >/dev/null 2>&1; then
+  started_broker=1
+  PULSAR_WIPE=1 bash scripts/pulsar.sh start >&2
+fi
+eval "$(bash scripts/pulsar.sh env)"
+
+# Demo credentials shared by the emulator (which verifies signatures) and the worker (which signs).
+export TENCENTCLOUD_SECRET_ID=AKIDlocalstackdemo0000000000000000
+export TENCENTCLOUD_SECRET_KEY=localstackdemosecretkey000000000
+export CI_WORKER__PULSAR__URL="$PULSAR_URL"
+export CI_WORKER__EMULATOR__LISTEN="127.0.0.1:$EMULATOR_PORT"
+export CI_WORKER__EMULATOR__JOB_DURATION_MS="$JOB_DURATION_MS"
+export CI_WORKER__CI__ENDPOINT="http://127.0.0.1:$EMULATOR_PORT"
+export CI_WORKER__CI__MQ_NAME=ci-callbacks
+export CI_WORKER__PULSAR__CALLBACK_TOPIC=persistent://public/default/ci-callbacks
+export CI_WORKER__HTTP__LISTEN="127.0.0.1:$WORKER_HTTP_PORT"
+
+"$BIN" emulator >"$RUN_DIR/emulator.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$EMULATOR_PORT/healthz" >/dev/null 2>&1 && break
+  kill -0 "${pids[0]}" 2>/dev/null || { cat "$RUN_DIR/emulator.log" >&2; exit 1; }
+  sleep 0.1
+done
+say "emulator on http://127.0.0.1:$EMULATOR_PORT (log: $RUN_DIR/emulator.log)"
+
+"$BIN" run >"$RUN_DIR/worker.log" 2>&1 &
+pids+=($!)
+say "worker started (log: $RUN_DIR/worker.log)"
+
+# A fresh request_id per run, so the printed results are this run's.
+request_file="$RUN_DIR/request.json"
+python3 - "$REQUEST" "$request_file" <<'PY'
+import json, sys, uuid
+req = json.load(open(sys.argv[1]))
+req["request_id"] = f"{req.get('request_id', 'demo')}-{uuid.uuid4().hex[:8]}"
+json.dump(req, open(sys.argv[2], "w"))
+PY
+say "publishing $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["request_id"])' "$request_file") and waiting for its result"
+"$BIN" submit "$request_file" --wait --timeout 120
+
+if [[ ${KEEP_RUNNING:-0} == 1 ]]; then
+  say "stack is up; Ctrl-C stops it"
+  wait
+fi

@@ -1,0 +1,70 @@
+"""The message schemas are a public contract: the shipped examples must satisfy them, and the
+schemas must refuse what the worker refuses (so a schema that accepts everything fails here)."""
+import copy
+import json
+import pathlib
+
+import jsonschema
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SCHEMAS = ROOT / "schemas"
+
+
+def load(name):
+    return json.loads((SCHEMAS / name).read_text())
+
+
+REQUEST = load("request.schema.json")
+RESULT = load("result.schema.json")
+
+
+def validator(schema):
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_request_example_is_valid():
+    validator(REQUEST).validate(load("examples/request.json"))
+
+
+@pytest.mark.parametrize("name", ["examples/result-succeeded.json", "examples/result-rejected.json"])
+def test_result_examples_are_valid(name):
+    validator(RESULT).validate(load(name))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda r: r.pop("request_id"),
+        lambda r: r.update(request_id=""),
+        lambda r: r.update(bucket="NoAppId"),
+        lambda r: r["job"].pop("Tag"),
+        lambda r: r["job"]["Input"].pop("Object"),
+        lambda r: r["job"].update(CallBackType="Url"),
+        lambda r: r["job"]["Operation"]["DigitalWatermark"].update(Version="V2"),
+        lambda r: r["job"]["Operation"].update(UserData="tab\there"),
+    ],
+)
+def test_request_schema_refuses_bad_requests(mutate):
+    bad = copy.deepcopy(load("examples/request.json"))
+    mutate(bad)
+    with pytest.raises(jsonschema.ValidationError):
+        validator(REQUEST).validate(bad)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda r: r.update(state="done"),
+        lambda r: r.update(version=2),
+        lambda r: r.update(created_at="2022-06-30T18:37:37+0800"),
+        lambda r: r.update(surprise=True),
+        lambda r: r.pop("job_id"),
+    ],
+)
+def test_result_schema_refuses_bad_results(mutate):
+    bad = copy.deepcopy(load("examples/result-succeeded.json"))
+    mutate(bad)
+    with pytest.raises(jsonschema.ValidationError):
+        validator(RESULT).validate(bad)

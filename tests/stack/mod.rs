@@ -1,0 +1,225 @@
+//! The local stack as a user runs it, for end-to-end tests: the real `ci-worker` binary as two
+//! processes (`emulator` and `run`) against the real broker of `tests/common`, each test on its own
+//! topics and ports. Processes are killed when the [`Stack`] drops.
+
+#![allow(dead_code)]
+
+use crate::common;
+use futures::StreamExt;
+use pulsar::{Consumer, TokioExecutor};
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const SECRET_ID: &str = "AKIDe2etest00000000000000000000000";
+pub const SECRET_KEY: &str = "e2etestsecretkey0123456789abcdef";
+
+/// Topics and addresses of one stack.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub request: String,
+    pub callback: String,
+    pub result: String,
+    pub dead_letter: String,
+    /// `MqName` the worker sends to CI; the emulator publishes to `persistent://public/default/<it>`.
+    pub mq_name: String,
+}
+
+impl Topics {
+    pub fn unique(prefix: &str) -> Topics {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mq_name = format!("{prefix}-callbacks-{id}");
+        Topics {
+            request: format!("persistent://public/default/{prefix}-requests-{id}"),
+            callback: format!("persistent://public/default/{mq_name}"),
+            result: format!("persistent://public/default/{prefix}-results-{id}"),
+            dead_letter: format!("persistent://public/default/{prefix}-dlq-{id}"),
+            mq_name,
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Stack {
+    pub topics: Topics,
+    pub emulator_port: u16,
+    pub worker_http_port: u16,
+    pub emulator: Option<Child>,
+    pub worker: Option<Child>,
+    /// Extra environment for both processes (e.g. fault rates).
+    pub env: HashMap<String, String>,
+}
+
+impl Stack {
+    /// Environment shared by emulator and worker: credentials, broker, topics.
+    fn base_env(&self) -> HashMap<String, String> {
+        let t = &self.topics;
+        let mut env: HashMap<String, String> = [
+            ("TENCENTCLOUD_SECRET_ID", SECRET_ID.to_string()),
+            ("TENCENTCLOUD_SECRET_KEY", SECRET_KEY.to_string()),
+            ("CI_WORKER__PULSAR__URL", common::pulsar_url()),
+            ("CI_WORKER__PULSAR__REQUEST_TOPIC", t.request.clone()),
+            ("CI_WORKER__PULSAR__CALLBACK_TOPIC", t.callback.clone()),
+            ("CI_WORKER__PULSAR__RESULT_TOPIC", t.result.clone()),
+            ("CI_WORKER__PULSAR__DEAD_LETTER_TOPIC", t.dead_letter.clone()),
+            ("CI_WORKER__CI__MQ_NAME", t.mq_name.clone()),
+            (
+                "CI_WORKER__CI__ENDPOINT",
+                format!("http://127.0.0.1:{}", self.emulator_port),
+            ),
+            (
+                "CI_WORKER__EMULATOR__LISTEN",
+                format!("127.0.0.1:{}", self.emulator_port),
+            ),
+            (
+                "CI_WORKER__HTTP__LISTEN",
+                format!("127.0.0.1:{}", self.worker_http_port),
+            ),
+            ("CI_WORKER__EMULATOR__JOB_DURATION_MS", "200".to_string()),
+            ("RUST_LOG", "info".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(self.env.clone());
+        env
+    }
+
+    pub fn new(prefix: &str) -> Stack {
+        Stack {
+            topics: Topics::unique(prefix),
+            emulator_port: free_port(),
+            worker_http_port: free_port(),
+            emulator: None,
+            worker: None,
+            env: HashMap::new(),
+        }
+    }
+
+    fn spawn(&self, subcommand: &str) -> Child {
+        let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let log = std::fs::File::create(log_dir.join(format!(
+            "{}-{subcommand}.log",
+            self.topics.mq_name
+        )))
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_ci-worker"))
+            .arg(subcommand)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.base_env())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ci-worker")
+    }
+
+    /// Starts the emulator and waits for its `/healthz`.
+    pub async fn start_emulator(&mut self) {
+        self.emulator = Some(self.spawn("emulator"));
+        let url = format!("http://127.0.0.1:{}/healthz", self.emulator_port);
+        let http = reqwest::Client::new();
+        let ready = async {
+            loop {
+                if let Ok(r) = http.get(&url).send().await {
+                    if r.status().is_success() {
+                        return;
+                    }
+                }
+                if let Some(child) = self.emulator.as_mut() {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        panic!("emulator exited early: {status}");
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .expect("emulator did not become healthy");
+    }
+
+    pub fn start_worker(&mut self) {
+        self.worker = Some(self.spawn("run"));
+    }
+
+    /// SIGTERM the worker and wait for it to exit; returns its exit status.
+    pub fn stop_worker(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.worker.take()?;
+        // SAFETY-free: `kill` command sends SIGTERM.
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        Some(child.wait().unwrap())
+    }
+
+    /// A consumer of `topic` created now, reading from the start of the topic.
+    pub async fn follow(&self, topic: &str) -> Consumer<Vec<u8>, TokioExecutor> {
+        common::client()
+            .await
+            .consumer()
+            .with_topic(topic)
+            .with_subscription(format!("e2e-{}", uuid::Uuid::new_v4()))
+            .with_subscription_type(pulsar::SubType::Exclusive)
+            .with_options(
+                pulsar::consumer::ConsumerOptions::default()
+                    .with_initial_position(pulsar::consumer::InitialPosition::Earliest),
+            )
+            .build()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for child in [self.worker.as_mut(), self.emulator.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Receives messages until `done` says so, or panics after `limit` with what was seen.
+pub async fn collect<F>(
+    consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
+    limit: Duration,
+    mut done: F,
+) -> Vec<(Vec<u8>, HashMap<String, String>, Option<String>)>
+where
+    F: FnMut(&[(Vec<u8>, HashMap<String, String>, Option<String>)]) -> bool,
+{
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done(&seen) {
+        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+        let msg = match next {
+            Ok(Some(Ok(msg))) => msg,
+            Ok(other) => panic!("consumer ended: {:?}", other.map(|r| r.err())),
+            Err(_) => panic!("timed out after {limit:?} with {} messages", seen.len()),
+        };
+        consumer.ack(&msg).await.unwrap();
+        let props = msg
+            .metadata()
+            .properties
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        seen.push((msg.payload.data.clone(), props, msg.key()));
+    }
+    seen
+}
