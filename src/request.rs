@@ -213,6 +213,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    type Mutation = Box<dyn Fn(&mut Value)>;
+
     const EXAMPLE: &str = r#"{"request_id": "order-42", "bucket": "examplebucket-1250000000", "region": "ap-guangzhou",
  "job": {"Tag": "DigitalWatermark", "Input": {"Object": "input/demo.mp4"},
          "Operation": {"DigitalWatermark": {"Type": "Text", "Message": "123456789ab", "Version": "V1"},
@@ -294,7 +296,7 @@ mod tests {
     #[test]
     fn invalid_requests_are_rejected_with_a_reason() {
         let base: Value = serde_json::from_str(EXAMPLE).unwrap();
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "bucket is required",
                 Box::new(|v| {

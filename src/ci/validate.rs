@@ -165,6 +165,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    type Mutation = Box<dyn Fn(&mut Value)>;
+
     fn seed_job() -> Value {
         json!({"Tag": "DigitalWatermark", "Input": {"Object": "input/demo.mp4"},
                "Operation": {"DigitalWatermark": {"Type": "Text", "Message": "123456789ab", "Version": "V1"},
@@ -187,7 +189,7 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_element() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "Request.Tag",
                 Box::new(|j| {
