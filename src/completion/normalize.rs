@@ -1,0 +1,749 @@
+//! CI's `JobsDetail` (from an event or from describe) → the stable [`JobResult`].
+//!
+//! # Canonical form of CI's trees (`media_info`, `media_result`)
+//! They are republished as CI's own JSON form, [`crate::ci::xml::to_ci_json`]: CI's element names
+//! kept, every scalar a string (`"JobLevel": 0` → `"0"`), empty elements dropped, one element an object
+//! and several an array (a `[{…}]` becomes `{…}`), nothing else collapsed or renamed. XML and JSON
+//! events for the same job therefore give equal results. A tree that is not a non-empty object after that
+//! (absent, all empty, bare text, repeated) is `null`, as the result schema wants an object or null.
+//!
+//! # States
+//! `Success` → succeeded, `Failed` → failed, `Cancel` → cancelled, `Submitted` / `Running` / `Pause` →
+//! submitted (not final). Matching ignores case (`Canceled`/`Cancelled` also mean cancelled). Any
+//! other or missing state is reported as `submitted` — never guessed final — so an unknown state
+//! cannot end a job early; the worker's timeout still bounds it.
+//!
+//! # A failed DigitalWatermark sub-operation
+//! When `Operation.DigitalWatermark.State` is `Failed` (typically `SubTag` DigitalWatermark inside
+//! another Tag) but the job itself succeeded:
+//! - with `Operation.DigitalWatermark.IgnoreError` = `true` the caller asked the job to go on without
+//!   the watermark: the result stays `succeeded` (code `Success`) and `message` says the watermark was
+//!   not embedded;
+//! - otherwise the result is `failed` with code `DigitalWatermarkFailed` (the output exists but lacks
+//!   the watermark that was asked for).
+//!
+//! A job CI reports failed keeps CI's own code and message.
+
+use super::parse::CompletionEvent;
+use crate::ci::model::{many, one, text_at, JobDetail};
+use crate::ci::xml::to_ci_json;
+use crate::correlation;
+use crate::result::{JobResult, ObjectRef, ResultState};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+
+/// Code of a result whose DigitalWatermark sub-operation failed without `IgnoreError`.
+pub const DIGITAL_WATERMARK_FAILED: &str = "DigitalWatermarkFailed";
+
+/// Every result an event carries (one per job; a workflow event one per task).
+pub fn normalize_event(event: &CompletionEvent) -> Vec<JobResult> {
+    let mut results: Vec<JobResult> = event.jobs.iter().map(normalize_job).collect();
+    if let Some(workflow) = &event.workflow {
+        results.extend(normalize_workflow(workflow));
+    }
+    results
+}
+
+/// One `JobsDetail` tree → a result. CI states map Success→succeeded, Failed→failed, Cancel→cancelled;
+/// Submitted/Running/Pause → `submitted` (not final). The correlation marker is decoded from UserData.
+pub fn normalize_job(detail: &Value) -> JobResult {
+    let job = JobDetail::from_value(detail);
+    let state = map_state(job.state.as_deref());
+    let mut result = JobResult::new(state);
+    let (request_id, user_data) = correlation::decode(job.user_data().as_deref());
+    result.request_id = request_id;
+    result.user_data = user_data;
+    result.job_id = job.job_id.clone();
+    result.tag = job.tag.clone();
+    result.sub_tag = job.sub_tag.clone();
+    result.code = match (&job.code, state) {
+        (Some(code), _) => code.clone(),
+        (None, ResultState::Succeeded) => "Success".to_string(),
+        (None, _) => String::new(),
+    };
+    result.message = job.message.clone().unwrap_or_default();
+    result.queue_id = job.queue_id.clone();
+    result.input = object_ref(
+        job.input.bucket_id.clone(),
+        job.input.region.clone(),
+        job.input.object.clone(),
+    );
+    let out = |key: &str| text_at(&job.operation, &["Output", key]);
+    result.output = object_ref(out("Bucket"), out("Region"), out("Object"));
+    result.created_at = job.creation_time.as_deref().and_then(normalize_time);
+    result.started_at = job.start_time.as_deref().and_then(normalize_time);
+    result.finished_at = job.end_time.as_deref().and_then(normalize_time);
+    result.media_info = canonical(job.operation.get("MediaInfo"));
+    result.media_result = canonical(job.operation.get("MediaResult"));
+    result.workflow = one(detail)
+        .and_then(|d| d.get("Workflow"))
+        .and_then(workflow_ref);
+    apply_digital_watermark_state(&mut result, &job.operation);
+    result
+}
+
+/// See the module doc: a failed DigitalWatermark sub-operation on a successful job.
+fn apply_digital_watermark_state(result: &mut JobResult, operation: &Value) {
+    let dw_state = text_at(operation, &["DigitalWatermark", "State"]);
+    if result.state != ResultState::Succeeded
+        || !dw_state.is_some_and(|s| s.eq_ignore_ascii_case("Failed"))
+    {
+        return;
+    }
+    let ignore_error = text_at(operation, &["DigitalWatermark", "IgnoreError"])
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if ignore_error {
+        result.message =
+            "digital watermark not embedded (DigitalWatermark.State=Failed, IgnoreError=true)"
+                .to_string();
+    } else {
+        result.state = ResultState::Failed;
+        result.code = DIGITAL_WATERMARK_FAILED.to_string();
+        result.message =
+            "digital watermark not embedded (DigitalWatermark.State=Failed)".to_string();
+    }
+}
+
+/// One result per `Tasks` entry of a `WorkflowExecution`.
+fn normalize_workflow(execution: &Value) -> Vec<JobResult> {
+    let t = |key: &str| text_at(execution, &[key]);
+    let input = object_ref(t("BucketId"), None, t("Object"));
+    let workflow = workflow_ref(execution);
+    let tasks = execution.get("Tasks").map(many).unwrap_or_default();
+    tasks
+        .into_iter()
+        .filter(|task| task.is_object())
+        .map(|task| {
+            let tt = |key: &str| text_at(task, &[key]);
+            let state = map_state(tt("State").as_deref());
+            let mut result = JobResult::new(state);
+            result.job_id = tt("JobId");
+            result.tag = tt("Type");
+            result.code = match (tt("Code"), state) {
+                (Some(code), _) => code,
+                (None, ResultState::Succeeded) => "Success".to_string(),
+                (None, _) => String::new(),
+            };
+            result.message = tt("Message").unwrap_or_default();
+            result.input = input.clone();
+            // The field table spells it `Createtime`, the samples `CreateTime`.
+            result.created_at = tt("CreateTime")
+                .or_else(|| tt("Createtime"))
+                .as_deref()
+                .and_then(normalize_time);
+            result.started_at = tt("StartTime").as_deref().and_then(normalize_time);
+            result.finished_at = tt("EndTime").as_deref().and_then(normalize_time);
+            result.workflow = workflow.clone();
+            result
+        })
+        .collect()
+}
+
+/// `{run_id, workflow_id, workflow_name}` from a `Workflow` / `WorkflowExecution` tree; absent ones null.
+fn workflow_ref(tree: &Value) -> Option<Value> {
+    let t = |key: &str| text_at(tree, &[key]);
+    let (run_id, workflow_id, workflow_name) = (t("RunId"), t("WorkflowId"), t("WorkflowName"));
+    if run_id.is_none() && workflow_id.is_none() && workflow_name.is_none() {
+        return None;
+    }
+    Some(json!({"run_id": run_id, "workflow_id": workflow_id, "workflow_name": workflow_name}))
+}
+
+fn object_ref(
+    bucket: Option<String>,
+    region: Option<String>,
+    object: Option<String>,
+) -> Option<ObjectRef> {
+    if bucket.is_none() && region.is_none() && object.is_none() {
+        None
+    } else {
+        Some(ObjectRef {
+            bucket,
+            region,
+            object,
+        })
+    }
+}
+
+/// The canonical form (module doc); `None` when absent, empty, or not a container (the result schema
+/// wants an object: bare text or repeated `MediaInfo` elements are not a documented shape).
+fn canonical(tree: Option<&Value>) -> Option<Value> {
+    match to_ci_json(tree?) {
+        Value::Object(m) if !m.is_empty() => Some(Value::Object(m)),
+        _ => None,
+    }
+}
+
+fn map_state(ci_state: Option<&str>) -> ResultState {
+    let Some(state) = ci_state else {
+        return ResultState::Submitted;
+    };
+    match state.trim().to_ascii_lowercase().as_str() {
+        "success" => ResultState::Succeeded,
+        "failed" => ResultState::Failed,
+        "cancel" | "canceled" | "cancelled" => ResultState::Cancelled,
+        _ => ResultState::Submitted,
+    }
+}
+
+/// CI time (`2022-06-30T18:37:37+0800`, `2020-12-01 11:00:41+0800`, RFC 3339, `-`) → RFC 3339 UTC
+/// (`2022-06-30T10:37:37Z`); `None` for `-`, empty or unreadable.
+///
+/// Accepted: a `T` or a space between date and time; offsets `Z`, `+08:00`, `+0800`, `+08`; fractional
+/// seconds (kept, as 3, 6 or 9 digits). A time without an offset is `None` (CI always writes one, and
+/// guessing the zone would silently shift it).
+pub fn normalize_time(ci_time: &str) -> Option<String> {
+    let s = ci_time.trim();
+    if s.is_empty() || s == "-" || !s.is_ascii() {
+        return None;
+    }
+    let mut t = s.to_string();
+    if t.len() > 10 && t.as_bytes()[10] == b' ' {
+        t.replace_range(10..11, "T");
+    }
+    let b = t.as_bytes();
+    let n = b.len();
+    let is_sign = |c: u8| c == b'+' || c == b'-';
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    if n > 19 && is_sign(b[n - 5]) && b[n - 6].is_ascii_digit() && digits(n - 4..n) {
+        // ±HHMM → ±HH:MM
+        t.insert(n - 2, ':');
+    } else if n > 19 && is_sign(b[n - 3]) && b[n - 4].is_ascii_digit() && digits(n - 2..n) {
+        // ±HH → ±HH:00
+        t.push_str(":00");
+    }
+    let parsed = DateTime::parse_from_rfc3339(&t).ok()?;
+    Some(
+        parsed
+            .with_timezone(&Utc)
+            .to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ci::xml::{parse, to_ci_json};
+    use crate::completion::parse::{parse_event, EventFormat};
+
+    const DW_XML: &str =
+        include_str!("../../tests/fixtures/ci-docs/callback-digital-watermark.xml");
+    const DW_JSON: &str =
+        include_str!("../../tests/fixtures/ci-docs/callback-digital-watermark.json");
+    const JOB_CB_XML: &str = include_str!("../../tests/fixtures/ci-docs/job-callback-content.xml");
+    const WF_XML: &str = include_str!("../../tests/fixtures/ci-docs/workflow-callback-api.xml");
+    const WF_JSON: &str = include_str!("../../tests/fixtures/ci-docs/workflow-callback-api.json");
+    const WF_CONTENT_XML: &str =
+        include_str!("../../tests/fixtures/ci-docs/workflow-callback-content.xml");
+    const WF_CONTENT_NODES: &str =
+        include_str!("../../tests/fixtures/ci-docs/workflow-callback-content-nodes.xml");
+    const SUBMIT_RESP: &str =
+        include_str!("../../tests/fixtures/ci-docs/submit-digital-watermark-response.xml");
+
+    fn results(payload: &str) -> Vec<JobResult> {
+        normalize_event(&parse_event(payload.as_bytes()).unwrap())
+    }
+
+    /// CI's JSON form of an XML event, made the way CI makes it.
+    fn json_form(xml: &str) -> String {
+        serde_json::to_string_pretty(&to_ci_json(&parse(xml).unwrap().value)).unwrap()
+    }
+
+    /// The single JobsDetail of an XML event, after `edit` on the XML text.
+    fn job_with(edit: impl Fn(String) -> String) -> JobResult {
+        let r = results(&edit(DW_XML.to_string()));
+        assert_eq!(r.len(), 1);
+        r.into_iter().next().unwrap()
+    }
+
+    fn obj(bucket: &str, region: Option<&str>, object: &str) -> Option<ObjectRef> {
+        Some(ObjectRef {
+            bucket: Some(bucket.into()),
+            region: region.map(String::from),
+            object: Some(object.into()),
+        })
+    }
+
+    #[test]
+    fn digital_watermark_callback() {
+        let r = results(DW_XML);
+        assert_eq!(r.len(), 1);
+        let r = &r[0];
+        assert_eq!(r.version, 1);
+        assert_eq!(r.request_id, None);
+        assert_eq!(
+            r.user_data.as_deref(),
+            Some("This is my DigitalWatermark job.")
+        );
+        assert_eq!(
+            r.job_id.as_deref(),
+            Some("ja8de3b46f86011ec9452c1c27f56a659")
+        );
+        assert_eq!(r.tag.as_deref(), Some("DigitalWatermark"));
+        assert_eq!(r.sub_tag.as_deref(), Some("DigitalWatermark"));
+        assert_eq!(r.state, ResultState::Succeeded);
+        assert_eq!(r.code, "Success");
+        assert_eq!(r.message, "");
+        assert_eq!(
+            r.queue_id.as_deref(),
+            Some("p2242ab62c7c94486915508540933a2c6")
+        );
+        assert_eq!(
+            r.input,
+            obj("test-123456789", Some("ap-chongqing"), "input/demo.mp4")
+        );
+        assert_eq!(
+            r.output,
+            obj("test-123456789", Some("ap-chongqing"), "output/digital.mp4")
+        );
+        assert_eq!(r.created_at.as_deref(), Some("2022-06-30T10:37:37Z"));
+        assert_eq!(r.started_at.as_deref(), Some("2022-06-30T10:37:38Z"));
+        assert_eq!(r.finished_at.as_deref(), Some("2022-06-30T10:39:08Z"));
+        let mi = r.media_info.as_ref().unwrap();
+        assert_eq!(mi["Format"]["Duration"], "215.638000");
+        assert_eq!(mi["Format"]["Size"], "68290577");
+        assert_eq!(mi["Stream"]["Video"]["Width"], "1920");
+        assert_eq!(mi["Stream"]["Video"]["CodecName"], "h264");
+        assert_eq!(mi["Stream"]["Audio"]["SampleRate"], "48000");
+        assert!(
+            mi["Stream"].get("Subtitle").is_none(),
+            "empty <Subtitle/> is dropped"
+        );
+        let mr = r.media_result.as_ref().unwrap();
+        assert_eq!(
+            mr["OutputFile"]["Md5Info"]["Md5"],
+            "043221daee3f4e15ff13f42329f15eb1"
+        );
+        assert_eq!(mr["OutputFile"]["ObjectName"], "output/digital.mp4");
+        assert!(mr["OutputFile"].get("ObjectPrefix").is_none());
+        assert_eq!(r.workflow, None);
+    }
+
+    #[test]
+    fn xml_and_json_forms_give_equal_results() {
+        // Pages that document both forms.
+        for (xml, json) in [(DW_XML, DW_JSON), (WF_XML, WF_JSON)] {
+            let (x, j) = (results(xml), results(json));
+            assert!(!x.is_empty());
+            assert_eq!(x, j);
+        }
+        // Pages with the XML form only: the JSON form made mechanically.
+        for xml in [DW_XML, JOB_CB_XML, WF_CONTENT_XML, WF_XML] {
+            let json = json_form(xml);
+            assert_eq!(
+                parse_event(json.as_bytes()).unwrap().format,
+                EventFormat::Json
+            );
+            assert_eq!(results(xml), results(&json), "{json}");
+        }
+        // The quirks together: wrapped, [{…}] JobsDetail, `[{…}]` Md5Info, a numeric JobLevel.
+        let mut sample: Value = serde_json::from_str(DW_JSON).unwrap();
+        let md5 = sample["JobsDetail"]["Operation"]["MediaResult"]["OutputFile"]["Md5Info"].take();
+        sample["JobsDetail"]["Operation"]["MediaResult"]["OutputFile"]["Md5Info"] = json!([md5]);
+        sample["JobsDetail"]["Operation"]["JobLevel"] = json!(0);
+        let detail = sample["JobsDetail"].take();
+        sample["JobsDetail"] = json!([detail]);
+        let quirky = json!({ "Response": sample }).to_string();
+        let xml_with_level = DW_XML.replace("</UserData>", "</UserData><JobLevel>0</JobLevel>");
+        assert_eq!(results(&quirky), results(&xml_with_level));
+        // A numeric scalar inside MediaInfo is canonicalized to the XML's string.
+        let numeric = DW_JSON.replace("\"Width\": \"1920\"", "\"Width\": 1920");
+        assert_ne!(numeric, DW_JSON);
+        assert_eq!(results(&numeric), results(DW_XML));
+    }
+
+    #[test]
+    fn workflow_triggered_job() {
+        let r = results(JOB_CB_XML);
+        assert_eq!(r.len(), 1);
+        let r = &r[0];
+        assert_eq!(
+            r.job_id.as_deref(),
+            Some("jccddc41c27e711ebbff5874bc5b36868")
+        );
+        assert_eq!(r.tag.as_deref(), Some("Transcode"));
+        assert_eq!(r.sub_tag, None);
+        assert_eq!(r.state, ResultState::Succeeded);
+        assert_eq!(
+            r.input,
+            obj(
+                "examplebucket-1250000000",
+                Some("ap-beijing"),
+                "1/2/3/4/5/xxx.mp4"
+            )
+        );
+        assert_eq!(
+            r.output,
+            obj(
+                "examplebucket-1250000000",
+                Some("ap-chongqing"),
+                "1/2/Conversion to mp4-xxx_iccba81fa27e711eb989d525400276c76.${ext}"
+            )
+        );
+        assert_eq!(r.created_at.as_deref(), Some("2020-11-16T08:43:29Z"));
+        assert_eq!(r.started_at, None, "no StartTime in this sample");
+        assert_eq!(r.finished_at.as_deref(), Some("2020-11-16T08:43:33Z"));
+        assert_eq!(r.media_info, None);
+        assert_eq!(
+            r.media_result.as_ref().unwrap()["OutputFile"]["ObjectName"],
+            "1/2/Conversion to mp4-xxx_iccba81fa27e711eb989d525400276c76.mp4"
+        );
+        assert_eq!(
+            r.workflow,
+            Some(json!({
+                "run_id": "rccddc41c27e711ebbff5874bc5b36868",
+                "workflow_id": "wccddc41c27e711ebbff5874bc5b36868",
+                "workflow_name": "workflow"
+            }))
+        );
+        assert_eq!(
+            (r.request_id.as_deref(), r.user_data.as_deref()),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn workflow_events_give_one_result_per_task() {
+        let r = results(WF_CONTENT_XML);
+        let ids: Vec<_> = r.iter().map(|t| t.job_id.as_deref().unwrap()).collect();
+        assert_eq!(
+            ids,
+            [
+                "je5195f3e35dc11ebbe6fed17a7c10000",
+                "je55e922035dc11ebbe6fed17a7c10000"
+            ]
+        );
+        for t in &r {
+            assert_eq!(t.tag.as_deref(), Some("Transcode"));
+            assert_eq!(t.state, ResultState::Succeeded);
+            assert_eq!(t.code, "Success");
+            assert_eq!(t.request_id, None);
+            assert_eq!(t.created_at.as_deref(), Some("2020-12-01T03:00:42Z"));
+            assert_eq!(t.finished_at.as_deref(), Some("2020-12-01T03:00:45Z"));
+            assert_eq!(t.input, obj("examplebucket-1250000000", None, "0000.mp4"));
+            assert_eq!(
+                t.workflow,
+                Some(json!({
+                    "run_id": "ie4d9187d35dc11eb9cec525400860000",
+                    "workflow_id": "w2b22307fb0e44107bc8ffe71e1d20000",
+                    "workflow_name": "example"
+                }))
+            );
+        }
+
+        let r = results(WF_XML);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].tag.as_deref(), Some("Snapshot"));
+        assert_eq!(
+            r[0].job_id.as_deref(),
+            Some("j23c11e1e17b011edaab4ab15ec33d076")
+        );
+        assert_eq!(r[0].created_at.as_deref(), Some("2022-08-09T06:54:40Z"));
+        assert_eq!(r[1].tag.as_deref(), Some("Transcode"));
+        assert_eq!(r[1].finished_at.as_deref(), Some("2022-08-09T06:54:39Z"));
+        assert_eq!(r[1].input, obj("test-1234567890", None, "wk-test/game.mp4"));
+        assert_eq!(
+            r[1].workflow.as_ref().unwrap()["workflow_name"],
+            "workflow-3"
+        );
+
+        // The page's all-empty skeleton: one task, nothing known, not final.
+        let r = results(WF_CONTENT_NODES);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].job_id.as_deref(), r[0].state),
+            (None, ResultState::Submitted)
+        );
+        assert_eq!(r[0].workflow, None);
+
+        // A failed task; `Createtime` as the field table spells it.
+        let failed = WF_XML
+            .replacen(
+                "<State>Success</State>\n            <JobId>j23c",
+                "<State>Failed</State>\n            <JobId>j23c",
+                1,
+            )
+            .replace(
+                "<CreateTime>2022-08-09 14:54:40+0800</CreateTime>",
+                "<Createtime>2022-08-09 14:54:40+0800</Createtime>",
+            );
+        let r = results(&failed);
+        assert_eq!((r[0].state, r[0].code.as_str()), (ResultState::Failed, ""));
+        assert_eq!(r[0].created_at.as_deref(), Some("2022-08-09T06:54:40Z"));
+        assert_eq!(r[1].state, ResultState::Succeeded);
+    }
+
+    #[test]
+    fn correlation_marker_is_decoded() {
+        let r = job_with(|x| {
+            x.replace(
+                "This is my DigitalWatermark job.",
+                "ciw1:order-42;caller data",
+            )
+        });
+        assert_eq!(r.request_id.as_deref(), Some("order-42"));
+        assert_eq!(r.user_data.as_deref(), Some("caller data"));
+        let r = job_with(|x| x.replace("This is my DigitalWatermark job.", "ciw1:a%3Bb;"));
+        assert_eq!((r.request_id.as_deref(), r.user_data), (Some("a;b"), None));
+        let r =
+            job_with(|x| x.replace("<UserData>This is my DigitalWatermark job.</UserData>", ""));
+        assert_eq!((r.request_id, r.user_data), (None, None));
+    }
+
+    #[test]
+    fn states_codes_and_messages() {
+        let with_state = |state: &str| {
+            job_with(|x| x.replace("<State>Success</State>", &format!("<State>{state}</State>")))
+        };
+        for (ci, expected) in [
+            ("Success", ResultState::Succeeded),
+            ("Failed", ResultState::Failed),
+            ("Cancel", ResultState::Cancelled),
+            ("Submitted", ResultState::Submitted),
+            ("Running", ResultState::Submitted),
+            ("Pause", ResultState::Submitted),
+            ("success", ResultState::Succeeded),
+            ("Finishing", ResultState::Submitted),
+            ("", ResultState::Submitted),
+        ] {
+            assert_eq!(with_state(ci).state, expected, "{ci}");
+        }
+        let failed = job_with(|x| {
+            x.replace("<State>Success</State>", "<State>Failed</State>")
+                .replace("<Code>Success</Code>", "<Code>InternalError</Code>")
+                .replace(
+                    "<Message/>",
+                    "<Message>decode &amp; encode failed</Message>",
+                )
+        });
+        assert_eq!(failed.state, ResultState::Failed);
+        assert_eq!(failed.code, "InternalError");
+        assert_eq!(failed.message, "decode & encode failed");
+        // Absent code: `Success` for success, empty otherwise.
+        let no_code = job_with(|x| x.replace("<Code>Success</Code>", ""));
+        assert_eq!(no_code.code, "Success");
+        let cancelled = job_with(|x| {
+            x.replace("<Code>Success</Code>", "")
+                .replace("<State>Success</State>", "<State>Cancel</State>")
+        });
+        assert_eq!(
+            (cancelled.state, cancelled.code.as_str()),
+            (ResultState::Cancelled, "")
+        );
+    }
+
+    #[test]
+    fn failed_digital_watermark_sub_operation() {
+        let sub = |dw_extra: &str, job_state: &str| {
+            job_with(|x| {
+                x.replace("<Tag>DigitalWatermark</Tag>", "<Tag>SuperResolution</Tag>")
+                    .replace(
+                        "<Version>V1</Version>",
+                        &format!("<Version>V1</Version>{dw_extra}"),
+                    )
+                    .replace(
+                        "<State>Success</State>",
+                        &format!("<State>{job_state}</State>"),
+                    )
+            })
+        };
+        let r = sub("<State>Failed</State>", "Success");
+        assert_eq!(
+            (r.tag.as_deref(), r.sub_tag.as_deref()),
+            (Some("SuperResolution"), Some("DigitalWatermark"))
+        );
+        assert_eq!(r.state, ResultState::Failed);
+        assert_eq!(r.code, DIGITAL_WATERMARK_FAILED);
+        assert!(r.message.contains("watermark"), "{}", r.message);
+
+        let r = sub(
+            "<IgnoreError>false</IgnoreError><State>Failed</State>",
+            "Success",
+        );
+        assert_eq!(
+            (r.state, r.code.as_str()),
+            (ResultState::Failed, DIGITAL_WATERMARK_FAILED)
+        );
+
+        let r = sub(
+            "<IgnoreError>true</IgnoreError><State>Failed</State>",
+            "Success",
+        );
+        assert_eq!(
+            (r.state, r.code.as_str()),
+            (ResultState::Succeeded, "Success")
+        );
+        assert!(r.message.contains("not embedded"), "{}", r.message);
+
+        let r = sub("<State>Success</State>", "Success");
+        assert_eq!(
+            (r.state, r.code.as_str(), r.message.as_str()),
+            (ResultState::Succeeded, "Success", "")
+        );
+
+        // A job CI failed keeps CI's own code.
+        let r = job_with(|x| {
+            x.replace(
+                "<Version>V1</Version>",
+                "<Version>V1</Version><State>Failed</State>",
+            )
+            .replace("<State>Success</State>", "<State>Failed</State>")
+            .replace("<Code>Success</Code>", "<Code>WatermarkError</Code>")
+        });
+        assert_eq!(
+            (r.state, r.code.as_str()),
+            (ResultState::Failed, "WatermarkError")
+        );
+    }
+
+    #[test]
+    fn submit_response_detail_is_not_final() {
+        let resp = crate::ci::model::parse_jobs_response(SUBMIT_RESP).unwrap();
+        let r = normalize_job(&resp.jobs[0].raw);
+        assert_eq!(r.state, ResultState::Submitted);
+        assert_eq!(
+            r.job_id.as_deref(),
+            Some("j8d121820f5e411ec926ef19d53ba9c6f")
+        );
+        assert_eq!(r.created_at.as_deref(), Some("2022-06-27T07:23:10Z"));
+        assert_eq!(
+            (r.started_at.as_deref(), r.finished_at.as_deref()),
+            (None, None)
+        );
+        assert_eq!(r.user_data.as_deref(), Some("This is my data."));
+        assert_eq!(
+            r.output,
+            obj("test-123456789", Some("ap-chongqing"), "output/out.mp4")
+        );
+        assert_eq!(r.media_info, None);
+    }
+
+    /// Enough of JSON Schema for `schemas/result.schema.json`: required, additionalProperties, type,
+    /// const, enum, $ref, and its one pattern (RFC 3339 UTC) checked by hand.
+    fn check_schema(value: &Value, schema: &Value, root: &Value, path: &str) {
+        let schema = match schema.get("$ref").and_then(Value::as_str) {
+            Some(r) => &root["$defs"][r.trim_start_matches("#/$defs/")],
+            None => schema,
+        };
+        if let Some(c) = schema.get("const") {
+            assert_eq!(value, c, "{path}");
+        }
+        if let Some(e) = schema.get("enum") {
+            assert!(e.as_array().unwrap().contains(value), "{path}: {value}");
+        }
+        if let Some(types) = schema.get("type") {
+            let name = match value {
+                Value::Null => "null",
+                Value::Bool(_) => "boolean",
+                Value::Number(_) => "number",
+                Value::String(_) => "string",
+                Value::Array(_) => "array",
+                Value::Object(_) => "object",
+            };
+            let ok = match types {
+                Value::String(t) => t == name,
+                Value::Array(ts) => ts.iter().any(|t| t == name),
+                _ => false,
+            };
+            assert!(ok, "{path}: {value} is not {types}");
+        }
+        if let (Some(_), Value::String(t)) = (schema.get("pattern"), value) {
+            assert!(
+                t.ends_with('Z') && normalize_time(t).as_deref() == Some(t.as_str()),
+                "{path}: {t}"
+            );
+        }
+        let Value::Object(map) = value else { return };
+        for key in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            assert!(map.contains_key(key.as_str().unwrap()), "{path}: no {key}");
+        }
+        let props = schema.get("properties").and_then(Value::as_object);
+        for (key, v) in map {
+            match props.and_then(|p| p.get(key)) {
+                Some(sub) => check_schema(v, sub, root, &format!("{path}.{key}")),
+                None => assert_ne!(
+                    schema.get("additionalProperties"),
+                    Some(&Value::Bool(false)),
+                    "{path}: unexpected {key}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn results_conform_to_the_result_schema() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schemas/result.schema.json")).unwrap();
+        let mut checked = 0;
+        for payload in [
+            DW_XML,
+            DW_JSON,
+            JOB_CB_XML,
+            WF_XML,
+            WF_JSON,
+            WF_CONTENT_XML,
+            WF_CONTENT_NODES,
+        ] {
+            for r in results(payload) {
+                let v: Value = serde_json::from_slice(&r.to_json()).unwrap();
+                check_schema(&v, &schema, &schema, "result");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 10);
+        // Shapes that are not an object become null, as the schema wants.
+        let text = job_with(|x| {
+            let start = x.find("<MediaInfo>").unwrap();
+            let end = x.find("</MediaInfo>").unwrap();
+            format!("{}<MediaInfo>n/a{}", &x[..start], &x[end..])
+        });
+        assert_eq!(text.media_info, None);
+        let twice = job_with(|x| {
+            x.replace(
+                "</MediaResult>",
+                "</MediaResult><MediaResult><A>1</A></MediaResult>",
+            )
+        });
+        assert_eq!(twice.media_result, None);
+        assert!(twice.media_info.is_some());
+    }
+
+    #[test]
+    fn times() {
+        for (ci, utc) in [
+            ("2022-06-30T18:37:37+0800", Some("2022-06-30T10:37:37Z")),
+            ("2020-12-01 11:00:41+0800", Some("2020-12-01T03:00:41Z")),
+            ("2022-06-30T18:37:37+08:00", Some("2022-06-30T10:37:37Z")),
+            ("2022-06-30T02:37:37-0800", Some("2022-06-30T10:37:37Z")),
+            ("2022-06-30T18:37:37+08", Some("2022-06-30T10:37:37Z")),
+            ("2022-06-30T10:37:37Z", Some("2022-06-30T10:37:37Z")),
+            ("2022-06-30T10:37:37z", Some("2022-06-30T10:37:37Z")),
+            (
+                "2022-06-30T18:37:37.5+0800",
+                Some("2022-06-30T10:37:37.500Z"),
+            ),
+            (
+                "2022-06-30T18:37:37.123456+08:00",
+                Some("2022-06-30T10:37:37.123456Z"),
+            ),
+            ("2022-01-01T01:00:00+0800", Some("2021-12-31T17:00:00Z")),
+            (" 2022-06-30T18:37:37+0800 ", Some("2022-06-30T10:37:37Z")),
+            ("-", None),
+            ("", None),
+            ("   ", None),
+            ("2022-06-30T18:37:37", None),
+            ("2022-06-30", None),
+            ("2022-13-30T18:37:37+0800", None),
+            ("yesterday", None),
+            ("2022-06-30T18:37:37+0800x", None),
+            ("２０２２-06-30T18:37:37+0800", None),
+        ] {
+            assert_eq!(normalize_time(ci).as_deref(), utc, "{ci:?}");
+        }
+    }
+}
