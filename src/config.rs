@@ -622,12 +622,18 @@ mod example_file {
             panic!("settings are a table")
         };
         for (section, keys) in sections {
-            assert!(text.contains(&format!("[{section}]")), "[{section}] undocumented");
-            let toml::Value::Table(keys) = keys else { continue };
+            assert!(
+                text.contains(&format!("[{section}]")),
+                "[{section}] undocumented"
+            );
+            let toml::Value::Table(keys) = keys else {
+                continue;
+            };
             for key in keys.keys() {
                 assert!(
-                    text.lines().any(|l| l.trim_start().starts_with(&format!("{key} ="))
-                        || l.trim_start().starts_with(&format!("# {key} ="))),
+                    text.lines()
+                        .any(|l| l.trim_start().starts_with(&format!("{key} ="))
+                            || l.trim_start().starts_with(&format!("# {key} ="))),
                     "{section}.{key} undocumented in ci-worker.example.toml"
                 );
             }

@@ -15,6 +15,7 @@
 //! - [`emulator`]: `ci-worker emulator`, a local CI that verifies signatures, runs jobs and publishes
 //!   completion events to Pulsar exactly as CI does.
 //! - [`tools`]: `ci-worker submit`, a client that publishes a request and follows its results.
+//! - [`metrics`], [`http`]: Prometheus metrics, `/healthz` and `/readyz` on `http.listen`.
 //! - [`config`]: configuration (TOML file + `CI_WORKER__*` environment), validated at start-up.
 
 pub mod ci;
@@ -22,6 +23,8 @@ pub mod completion;
 pub mod config;
 pub mod correlation;
 pub mod emulator;
+pub mod http;
+pub mod metrics;
 pub mod pulsar_io;
 pub mod request;
 pub mod result;

@@ -148,6 +148,8 @@ pub struct Publisher {
     client: Client,
     producers: Arc<Mutex<HashMap<String, SharedProducer>>>,
     name_prefix: String,
+    /// Counts producers dropped after a failure (the `pulsar_reconnects` metric).
+    rebuilds: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 /// Attempts of one publish; each failure drops the producer so the next attempt builds a fresh one
@@ -161,7 +163,17 @@ impl Publisher {
             client,
             producers: Arc::new(Mutex::new(HashMap::new())),
             name_prefix: name_prefix.to_string(),
+            rebuilds: None,
         }
+    }
+
+    /// Counts every producer rebuilt after a failure on `counter`.
+    pub fn count_rebuilds(
+        mut self,
+        counter: prometheus_client::metrics::counter::Counter,
+    ) -> Publisher {
+        self.rebuilds = Some(counter);
+        self
     }
 
     async fn producer(&self, topic: &str) -> Result<SharedProducer, PulsarIoError> {
@@ -193,6 +205,9 @@ impl Publisher {
         let mut producers = self.producers.lock().await;
         if producers.get(topic).is_some_and(|p| Arc::ptr_eq(p, failed)) {
             producers.remove(topic);
+            if let Some(c) = &self.rebuilds {
+                c.inc();
+            }
         }
     }
 

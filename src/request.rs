@@ -328,7 +328,7 @@ mod tests {
             ),
             (
                 "1024",
-                Box::new(|v| v["job"]["Operation"]["UserData"] = json!("x".repeat(1010))),
+                Box::new(|v| v["job"]["Operation"]["UserData"] = json!("x".repeat(1011))),
             ),
             ("Input.Object", Box::new(|v| v["job"]["Input"] = json!({}))),
         ];

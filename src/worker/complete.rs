@@ -34,10 +34,19 @@ pub async fn run(
     let max_in_flight = ctx.settings.worker.max_in_flight.max(256);
     let drain = ctx.settings.worker.shutdown_timeout;
     let handler_ctx = ctx.clone();
-    consume::run("complete", consumer, max_in_flight, drain, stop, move |d| {
-        let ctx = handler_ctx.clone();
-        async move { handle(&ctx, d).await }
-    })
+    let metrics = ctx.metrics.clone();
+    consume::run(
+        "complete",
+        consumer,
+        max_in_flight,
+        drain,
+        stop,
+        metrics,
+        move |d| {
+            let ctx = handler_ctx.clone();
+            async move { handle(&ctx, d).await }
+        },
+    )
     .await
 }
 
@@ -45,15 +54,8 @@ pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
     let event = match parse_event(&delivery.payload) {
         Ok(event) => event,
         Err(e) => {
-            let outcome = dead_letter::publish(
-                ctx,
-                &delivery.payload,
-                &delivery.properties,
-                &format!("unparseable completion event: {e}"),
-                &delivery.topic,
-                &delivery.message_id,
-            )
-            .await;
+            let reason = format!("unparseable completion event: {e}");
+            let outcome = dead_letter::publish(ctx, &delivery, "callback", &reason).await;
             return if outcome.is_ok() {
                 Disposition::Ack
             } else {
@@ -61,6 +63,16 @@ pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
             };
         }
     };
+    let format = match event.format {
+        crate::completion::parse::EventFormat::Xml => "xml",
+        crate::completion::parse::EventFormat::Json => "json",
+    };
+    ctx.metrics
+        .events_consumed
+        .get_or_create(&crate::metrics::FormatLabel {
+            format: format.into(),
+        })
+        .inc();
     for result in normalize_event(&event) {
         tracing::info!(
             request_id = result.request_id.as_deref().unwrap_or(""),

@@ -6,6 +6,7 @@
 //! timeout and nacks the rest, so that every message taken is either done or redelivered.
 
 use super::WorkerError;
+use crate::metrics::Metrics;
 use crate::pulsar_io::{message_id_string, properties_of};
 use futures::StreamExt;
 use pulsar::proto::MessageIdData;
@@ -44,6 +45,7 @@ pub async fn run<H, F>(
     max_in_flight: usize,
     drain_timeout: Duration,
     mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
     handler: H,
 ) -> Result<(), WorkerError>
 where
@@ -65,7 +67,7 @@ where
                 biased;
                 _ = stopped(&mut stop) => break 'taking,
                 Some((id, verdict)) = done_rx.recv() => {
-                    settle(&mut consumer, &mut pending, id, verdict).await;
+                    settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
                 }
                 permit = permits.clone().acquire_owned() => {
                     break permit.expect("semaphore is never closed");
@@ -77,7 +79,7 @@ where
                 biased;
                 _ = stopped(&mut stop) => break 'taking,
                 Some((id, verdict)) = done_rx.recv() => {
-                    settle(&mut consumer, &mut pending, id, verdict).await;
+                    settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
                 }
                 next = consumer.next() => break next,
             }
@@ -104,10 +106,13 @@ where
         };
         pending.insert(seq, (msg.topic.clone(), msg.message_id().clone()));
         let handler = handler.clone();
+        let in_flight = metrics.in_flight.clone();
+        in_flight.inc();
         let done_tx = done_tx.clone();
         let id = seq;
         tasks.spawn(async move {
             let verdict = handler(delivery).await;
+            in_flight.dec();
             let _ = done_tx.send((id, verdict));
             drop(permit);
         });
@@ -119,17 +124,18 @@ where
     while !pending.is_empty() {
         tokio::select! {
             Some((id, verdict)) = done_rx.recv() => {
-                settle(&mut consumer, &mut pending, id, verdict).await;
+                settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
             }
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
     tasks.abort_all();
     while let Ok((id, verdict)) = done_rx.try_recv() {
-        settle(&mut consumer, &mut pending, id, verdict).await;
+        settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
     }
     let released = pending.len();
     for (_, (topic, msg_id)) in pending.drain() {
+        metrics.redeliveries_requested.inc();
         let _ = consumer.nack_with_id(&topic, msg_id).await;
     }
     if released > 0 {
@@ -155,6 +161,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 async fn settle(
     consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
     pending: &mut HashMap<u64, (String, MessageIdData)>,
+    metrics: &Metrics,
     id: u64,
     verdict: Disposition,
 ) {
@@ -163,7 +170,10 @@ async fn settle(
     };
     let outcome = match verdict {
         Disposition::Ack => consumer.ack_with_id(&topic, msg_id).await,
-        Disposition::Nack => consumer.nack_with_id(&topic, msg_id).await,
+        Disposition::Nack => {
+            metrics.redeliveries_requested.inc();
+            consumer.nack_with_id(&topic, msg_id).await
+        }
     };
     if let Err(e) = outcome {
         // The broker redelivers unacknowledged messages after a reconnect: at-least-once holds.

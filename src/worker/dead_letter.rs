@@ -1,35 +1,39 @@
-//! Dead letters: the original payload untouched, the reason and origin in properties.
+//! Dead letters: the original payload and properties untouched, the reason and origin added.
 
+use super::consume::Delivery;
 use super::Context;
 use crate::pulsar_io::{props, Outgoing, PulsarIoError};
-use std::collections::HashMap;
 
-/// Publishes `payload` to `pulsar.dead_letter_topic`. `reason` must not contain secrets (it never does:
-/// it comes from parsers that see only the payload).
+/// Longest reason kept in the properties (parser messages can quote input).
+const MAX_REASON: usize = 1024;
+
+/// Publishes `delivery` to `pulsar.dead_letter_topic`. `source` labels the metric (`request`,
+/// `callback`); `reason` comes from parsers that see only the payload, so it holds no secrets.
 pub async fn publish(
     ctx: &Context,
-    payload: &[u8],
-    original_properties: &HashMap<String, String>,
+    delivery: &Delivery,
+    source: &str,
     reason: &str,
-    source_topic: &str,
-    source_message_id: &str,
 ) -> Result<(), PulsarIoError> {
-    let mut msg = Outgoing::new(payload.to_vec());
-    msg.properties = original_properties.clone();
+    let mut msg = Outgoing::new(delivery.payload.clone());
+    msg.properties = delivery.properties.clone();
+    msg.key = delivery.key.clone();
     msg = msg
-        .with_property(props::DLQ_REASON, truncate(reason, 1024))
-        .with_property(props::SOURCE_TOPIC, source_topic)
-        .with_property(props::SOURCE_MESSAGE_ID, source_message_id)
+        .with_property(props::DLQ_REASON, truncate(reason, MAX_REASON))
+        .with_property(props::SOURCE_TOPIC, delivery.topic.clone())
+        .with_property(props::SOURCE_MESSAGE_ID, delivery.message_id.clone())
         .with_property(props::DLQ_AT, chrono::Utc::now().to_rfc3339());
     tracing::warn!(
-        source_topic,
-        source_message_id,
+        source_topic = %delivery.topic,
+        source_message_id = %delivery.message_id,
         reason,
         "dead-lettering message"
     );
     ctx.publisher
         .publish(&ctx.settings.pulsar.dead_letter_topic, msg)
-        .await
+        .await?;
+    ctx.metrics.dead_letter(source);
+    Ok(())
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -41,4 +45,13 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn truncates_on_char_boundaries() {
+        assert_eq!(super::truncate("abc", 5), "abc");
+        assert_eq!(super::truncate("ééé", 3), "é…");
+    }
 }

@@ -15,6 +15,7 @@ pub mod submit;
 
 use crate::ci::client::{CiClient, CiError};
 use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::pulsar_io::{self, Outgoing, Publisher, PulsarIoError};
 use crate::result::JobResult;
 use std::future::Future;
@@ -29,6 +30,8 @@ pub enum WorkerError {
     Ci(#[from] CiError),
     #[error("worker task failed: {0}")]
     Task(String),
+    #[error("http: {0}")]
+    Http(String),
 }
 
 /// What every handler needs; shared read-only between tasks.
@@ -36,6 +39,7 @@ pub struct Context {
     pub settings: Settings,
     pub publisher: Publisher,
     pub ci: CiClient,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -55,8 +59,26 @@ impl Context {
         }
         self.publisher
             .publish(&self.settings.pulsar.result_topic, msg)
-            .await
+            .await?;
+        self.metrics.result(result.state.as_str());
+        if result.state.is_final() {
+            if let Some(took) = job_duration(result) {
+                self.metrics.job_duration.observe(took);
+            }
+        }
+        Ok(())
     }
+}
+
+/// Seconds from CI's creation time to the final state, when CI gave both.
+fn job_duration(result: &JobResult) -> Option<f64> {
+    let parse = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+    };
+    let (created, finished) = (parse(&result.created_at)?, parse(&result.finished_at)?);
+    let ms = (finished - created).num_milliseconds();
+    (ms >= 0).then(|| ms as f64 / 1000.0)
 }
 
 /// Runs both loops until `shutdown` resolves, then drains within `worker.shutdown_timeout`.
@@ -64,8 +86,15 @@ pub async fn run(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind(&settings.http.listen)
+        .await
+        .map_err(|e| {
+            WorkerError::Http(format!("cannot listen on {}: {e}", settings.http.listen))
+        })?;
     let client = pulsar_io::connect_with(&settings.pulsar).await?;
-    let publisher = Publisher::new(client.clone(), "ci-worker");
+    let publisher = Publisher::new(client.clone(), "ci-worker")
+        .count_rebuilds(metrics.pulsar_reconnects.clone());
     let ci = CiClient::new(
         (!settings.ci.endpoint.is_empty()).then_some(settings.ci.endpoint.as_str()),
         settings.credentials(),
@@ -77,6 +106,7 @@ pub async fn run(
         settings,
         publisher,
         ci,
+        metrics,
     });
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -84,6 +114,16 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        ctx.metrics.clone(),
+        ctx.publisher.clone(),
+        ctx.settings.pulsar.result_topic.clone(),
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await.map(|_| ());
+        },
+    ));
 
     tracing::info!(
         request_topic = %ctx.settings.pulsar.request_topic,
@@ -96,6 +136,7 @@ pub async fn run(
     let complete = tokio::spawn(complete::run(ctx.clone(), client.clone(), stop_rx));
     let (a, b) = tokio::join!(submit, complete);
     ctx.publisher.close().await;
+    http.abort();
     for outcome in [a, b] {
         outcome.map_err(|e| WorkerError::Task(e.to_string()))??;
     }

@@ -37,41 +37,43 @@ pub async fn run(
     let w = &ctx.settings.worker;
     let (max_in_flight, drain) = (w.max_in_flight, w.shutdown_timeout);
     let handler_ctx = ctx.clone();
-    consume::run("submit", consumer, max_in_flight, drain, stop, move |d| {
-        let ctx = handler_ctx.clone();
-        async move { handle(&ctx, d).await }
-    })
+    let metrics = ctx.metrics.clone();
+    consume::run(
+        "submit",
+        consumer,
+        max_in_flight,
+        drain,
+        stop,
+        metrics,
+        move |d| {
+            let ctx = handler_ctx.clone();
+            async move { handle(&ctx, d).await }
+        },
+    )
     .await
 }
 
 /// One request, start to outcome.
 pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
+    ctx.metrics.requests_consumed.inc();
     let request = match SubmitRequest::parse(&delivery.payload) {
         Ok(r) => r,
         Err(unreadable) => {
-            return stored(
-                dead_letter::publish(
-                    ctx,
-                    &delivery.payload,
-                    &delivery.properties,
-                    &unreadable.0,
-                    &delivery.topic,
-                    &delivery.message_id,
-                )
-                .await,
-            )
+            return stored(dead_letter::publish(ctx, &delivery, "request", &unreadable.0).await)
         }
     };
     let valid = match request.validate(&ctx.settings.ci) {
         Ok(v) => v,
         Err(rejection) => {
             tracing::info!(request_id = %request.request_id, code = %rejection.code, message = %rejection.message, "request rejected");
+            ctx.metrics.requests_rejected.inc();
             let result = rejected(&request, &rejection);
             return stored(ctx.publish_result(&result).await);
         }
     };
     match submit_with_retry(ctx, &valid).await {
         Ok(detail) => {
+            ctx.metrics.jobs_submitted.inc();
             let result = submitted(&valid, &detail);
             tracing::info!(request_id = %valid.request_id, job_id = result.job_id.as_deref().unwrap_or(""), "job submitted");
             stored(ctx.publish_result(&result).await)
@@ -96,6 +98,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
                 },
             };
             tracing::info!(request_id = %valid.request_id, code = %rejection.code, message = %rejection.message, "CI refused the job");
+            ctx.metrics.requests_rejected.inc();
             let result = rejected(&request, &rejection);
             stored(ctx.publish_result(&result).await)
         }
@@ -117,9 +120,13 @@ async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetai
     let w = &ctx.settings.worker;
     let mut attempt = 0;
     loop {
-        match ctx.ci.submit(&req.bucket, &req.region, &req.ci_job).await {
+        let started = std::time::Instant::now();
+        let outcome = ctx.ci.submit(&req.bucket, &req.region, &req.ci_job).await;
+        record_call(ctx, "submit", &outcome, started.elapsed());
+        match outcome {
             Ok(detail) => return Ok(detail),
             Err(e) if e.is_transient() && attempt + 1 < w.retry_max_attempts => {
+                ctx.metrics.ci_retries.inc();
                 let delay = retry::backoff(attempt, w.retry_base_delay, w.retry_max_delay);
                 tracing::warn!(request_id = %req.request_id, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, error = %e, "transient CI failure; retrying");
                 tokio::time::sleep(delay).await;
@@ -128,6 +135,28 @@ async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetai
             Err(e) => return Err(e),
         }
     }
+}
+
+fn record_call<T>(
+    ctx: &Context,
+    op: &str,
+    outcome: &Result<T, CiError>,
+    took: std::time::Duration,
+) {
+    let (label, status) = match outcome {
+        Ok(_) => ("ok", Some(200)),
+        Err(CiError::Api { status, .. }) => (
+            if outcome.as_ref().err().is_some_and(CiError::is_transient) {
+                "transient"
+            } else {
+                "permanent"
+            },
+            Some(*status),
+        ),
+        Err(e) if e.is_transient() => ("transient", None),
+        Err(_) => ("permanent", None),
+    };
+    ctx.metrics.ci_call(op, label, status, took);
 }
 
 /// The `submitted` progress event from CI's answer.

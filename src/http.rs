@@ -1,0 +1,67 @@
+//! The worker's HTTP endpoint on `http.listen`: `/metrics` (Prometheus text), `/healthz` (the process
+//! is alive) and `/readyz` (200 only while the broker accepts our publishes; 503 with the reason).
+
+use crate::metrics::Metrics;
+use crate::pulsar_io::Publisher;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a readiness probe may wait for the broker before answering 503.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+struct Probe {
+    metrics: Arc<Metrics>,
+    publisher: Publisher,
+    /// Topic whose producer readiness checks (the result topic: without it nothing can finish).
+    topic: String,
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    publisher: Publisher,
+    topic: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .with_state(Probe {
+            metrics,
+            publisher,
+            topic,
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn metrics_text(State(p): State<Probe>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        p.metrics.render(),
+    )
+}
+
+async fn ready(State(p): State<Probe>) -> (StatusCode, String) {
+    match tokio::time::timeout(READINESS_TIMEOUT, p.publisher.check(&p.topic)).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready".into()),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the broker did not answer within {READINESS_TIMEOUT:?}"),
+        ),
+    }
+}

@@ -1,0 +1,271 @@
+//! Operations on a running worker: `/metrics` counters move as jobs flow, `/healthz` and `/readyz`
+//! answer, readiness drops when the broker goes away and returns when it is back, and the
+//! `pulsar.token` path works against a broker that enforces JWT authentication.
+
+mod common;
+mod stack;
+
+use serde_json::json;
+use stack::{collect, Stack};
+use std::process::Command;
+use std::time::Duration;
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == name_and_labels).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Polls `url` until it answers `status` (an external observation: there is no event to await).
+async fn wait_status(url: &str, status: u16, limit: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (got, body) = get(url).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} still answers {got} ({body}) after {limit:?}, wanted {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn request(id: &str) -> Vec<u8> {
+    json!({"request_id": id, "bucket": "examplebucket-1250000000", "region": "ap-guangzhou",
+           "job": {"Tag": "DigitalWatermark", "Input": {"Object": format!("input/{id}.mp4")},
+                   "Operation": {"DigitalWatermark": {"Type": "Text", "Message": "ops", "Version": "V1"},
+                                 "Output": {"Region": "ap-guangzhou", "Bucket": "examplebucket-1250000000",
+                                            "Object": format!("output/{id}.mp4")}}}})
+    .to_string()
+    .into_bytes()
+}
+
+async fn publish(url: &str, token: Option<String>, topic: &str, payloads: Vec<Vec<u8>>) {
+    let client = common::client_for(url, token).await;
+    let mut producer = client.producer().with_topic(topic).build().await.unwrap();
+    for p in payloads {
+        producer.send_non_blocking(p).await.unwrap().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_follow_the_jobs() {
+    let mut stack = Stack::new("ops");
+    stack.start_emulator().await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    stack.start_worker();
+    let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
+    wait_status(&format!("{base}/healthz"), 200, Duration::from_secs(30)).await;
+    wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(30)).await;
+    let before = get(&format!("{base}/metrics")).await.1;
+    assert_eq!(metric(&before, "ci_worker_requests_consumed_total"), 0.0);
+
+    let mut payloads: Vec<Vec<u8>> = (0..6).map(|i| request(&format!("ops-{i}"))).collect();
+    payloads.push(b"not json".to_vec());
+    publish(&common::pulsar_url(), None, &stack.topics.request, payloads).await;
+    collect(&mut results, Duration::from_secs(60), |seen| {
+        seen.iter()
+            .filter(|(p, _, _)| !String::from_utf8_lossy(p).contains("\"submitted\""))
+            .count()
+            >= 6
+    })
+    .await;
+
+    let after = get(&format!("{base}/metrics")).await.1;
+    assert_eq!(
+        metric(&after, "ci_worker_requests_consumed_total"),
+        7.0,
+        "{after}"
+    );
+    assert_eq!(metric(&after, "ci_worker_jobs_submitted_total"), 6.0);
+    assert_eq!(
+        metric(&after, "ci_worker_results_total{state=\"submitted\"}"),
+        6.0
+    );
+    assert_eq!(
+        metric(&after, "ci_worker_results_total{state=\"succeeded\"}"),
+        6.0
+    );
+    assert_eq!(
+        metric(&after, "ci_worker_dead_letters_total{source=\"request\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "ci_worker_ci_calls_total{op=\"submit\",outcome=\"ok\",status=\"200\"}"
+        ),
+        6.0
+    );
+    assert_eq!(
+        metric(&after, "ci_worker_completion_events_total{format=\"json\"}"),
+        6.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            "ci_worker_ci_call_duration_seconds_count{op=\"submit\"}"
+        ),
+        6.0
+    );
+    assert_eq!(metric(&after, "ci_worker_job_duration_seconds_count"), 6.0);
+    assert_eq!(metric(&after, "ci_worker_in_flight"), 0.0);
+    assert!(stack.stop_worker().unwrap().success());
+}
+
+/// A broker of this test's own (ports and data apart from the shared one), stopped on drop.
+struct PrivateBroker {
+    env: Vec<(String, String)>,
+    url: String,
+}
+
+impl PrivateBroker {
+    fn script(&self, verb: &str) -> bool {
+        Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pulsar.sh"))
+            .arg(verb)
+            .envs(self.env.iter().cloned())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    fn start() -> PrivateBroker {
+        let port = stack::free_port();
+        let http = stack::free_port();
+        let data = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("private-broker-{port}"));
+        let broker = PrivateBroker {
+            env: vec![
+                ("PULSAR_PORT".into(), port.to_string()),
+                ("PULSAR_HTTP_PORT".into(), http.to_string()),
+                ("PULSAR_BOOKIE_PORT".into(), stack::free_port().to_string()),
+                ("PULSAR_ZK_PORT".into(), stack::free_port().to_string()),
+                ("PULSAR_DATA_DIR".into(), data.display().to_string()),
+                ("PULSAR_WIPE".into(), "1".into()),
+            ],
+            url: format!("pulsar://127.0.0.1:{port}"),
+        };
+        assert!(broker.script("start"), "private broker did not start");
+        broker
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_drops_without_the_broker_and_returns_with_it() {
+    let mut broker = PrivateBroker::start();
+    let mut stack = Stack::new("ready");
+    stack
+        .env
+        .insert("CI_WORKER__PULSAR__URL".into(), broker.url.clone());
+    stack.start_emulator().await;
+    stack.start_worker();
+    let ready = format!("http://127.0.0.1:{}/readyz", stack.worker_http_port);
+    wait_status(&ready, 200, Duration::from_secs(60)).await;
+
+    assert!(broker.script("stop"));
+    let reason = wait_status(&ready, 503, Duration::from_secs(60)).await;
+    assert!(reason.contains("not ready"), "{reason}");
+    // Liveness is not readiness: the process is alive and says so.
+    let (status, _) = get(&format!(
+        "http://127.0.0.1:{}/healthz",
+        stack.worker_http_port
+    ))
+    .await;
+    assert_eq!(status, 200);
+
+    // Same data directory: the worker reconnects by itself and serves again.
+    broker.env.retain(|(k, _)| k != "PULSAR_WIPE");
+    assert!(broker.script("start"));
+    wait_status(&ready, 200, Duration::from_secs(120)).await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    publish(
+        &broker.url,
+        None,
+        &stack.topics.request,
+        vec![request("after-restart")],
+    )
+    .await;
+    collect(&mut results, Duration::from_secs(90), |seen| {
+        seen.iter()
+            .any(|(p, _, _)| String::from_utf8_lossy(p).contains("\"succeeded\""))
+    })
+    .await;
+    assert!(stack.stop_worker().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_authenticates_with_pulsar_token() {
+    let mut stack = Stack::new("auth");
+    for (k, v) in [
+        ("CI_WORKER__PULSAR__URL", common::auth_pulsar_url()),
+        ("CI_WORKER__PULSAR__TOKEN", common::auth_token()),
+    ] {
+        stack.env.insert(k.into(), v);
+    }
+    stack.start_emulator().await;
+    let client = common::auth_client().await;
+    let mut results = client
+        .consumer()
+        .with_topic(&stack.topics.result)
+        .with_subscription(common::unique_name("auth-results"))
+        .with_options(
+            pulsar::consumer::ConsumerOptions::default()
+                .with_initial_position(pulsar::consumer::InitialPosition::Earliest),
+        )
+        .build::<Vec<u8>>()
+        .await
+        .unwrap();
+    stack.start_worker();
+    publish(
+        &common::auth_pulsar_url(),
+        Some(common::auth_token()),
+        &stack.topics.request,
+        vec![request("with-token")],
+    )
+    .await;
+    collect(&mut results, Duration::from_secs(60), |seen| {
+        seen.iter()
+            .any(|(p, _, _)| String::from_utf8_lossy(p).contains("\"succeeded\""))
+    })
+    .await;
+    assert!(stack.stop_worker().unwrap().success());
+
+    // A wrong token: the worker refuses to start, says why, and leaks no token.
+    stack.env.insert(
+        "CI_WORKER__PULSAR__TOKEN".into(),
+        "eyJhbGciOiJIUzI1NiJ9.e30.c2VjcmV0LXRva2Vu".into(),
+    );
+    stack.start_worker();
+    let mut child = stack.worker.take().unwrap();
+    let status = common::within(120, "the worker to give up", async {
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(!status.success());
+}
