@@ -69,7 +69,10 @@ impl Stack {
             ("CI_WORKER__PULSAR__REQUEST_TOPIC", t.request.clone()),
             ("CI_WORKER__PULSAR__CALLBACK_TOPIC", t.callback.clone()),
             ("CI_WORKER__PULSAR__RESULT_TOPIC", t.result.clone()),
-            ("CI_WORKER__PULSAR__DEAD_LETTER_TOPIC", t.dead_letter.clone()),
+            (
+                "CI_WORKER__PULSAR__DEAD_LETTER_TOPIC",
+                t.dead_letter.clone(),
+            ),
             ("CI_WORKER__CI__MQ_NAME", t.mq_name.clone()),
             (
                 "CI_WORKER__CI__ENDPOINT",
@@ -107,10 +110,9 @@ impl Stack {
     fn spawn(&self, subcommand: &str) -> Child {
         let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
-        let log = std::fs::File::create(log_dir.join(format!(
-            "{}-{subcommand}.log",
-            self.topics.mq_name
-        )))
+        let log = std::fs::File::create(
+            log_dir.join(format!("{}-{subcommand}.log", self.topics.mq_name)),
+        )
         .unwrap();
         Command::new(env!("CARGO_BIN_EXE_ci-worker"))
             .arg(subcommand)
@@ -164,9 +166,18 @@ impl Stack {
         Some(child.wait().unwrap())
     }
 
+    /// The broker this stack uses (`CI_WORKER__PULSAR__URL` in [`Stack::env`] overrides the shared one).
+    pub fn pulsar_url(&self) -> String {
+        self.env
+            .get("CI_WORKER__PULSAR__URL")
+            .cloned()
+            .unwrap_or_else(common::pulsar_url)
+    }
+
     /// A consumer of `topic` created now, reading from the start of the topic.
     pub async fn follow(&self, topic: &str) -> Consumer<Vec<u8>, TokioExecutor> {
-        common::client()
+        let token = self.env.get("CI_WORKER__PULSAR__TOKEN").cloned();
+        common::client_for(&self.pulsar_url(), token)
             .await
             .consumer()
             .with_topic(topic)

@@ -1,0 +1,344 @@
+//! Completion events: CI's `TaskFinish` body and its delivery.
+//!
+//! The body is `<Response><EventName>TaskFinish</EventName><JobsDetail>…</JobsDetail></Response>`
+//! (callback-digital-watermark.md, keys in alphabetical order) in the job's `CallBackFormat`; the JSON
+//! form is CI's mechanical conversion of that tree ([`crate::ci::xml::to_ci_json`]: every scalar a
+//! string, empty elements dropped, one child an object).
+//!
+//! `CallBackType=TDMQ`: published to the Pulsar topic `emulator.callback_topic_template` names, with
+//! `{MqName}`, `{MqRegion}` and `{MqMode}` substituted — no key, no properties (CI documents none).
+//! The Pulsar client is connected on first use, so the API serves even while the broker is down;
+//! failed publishes are retried with backoff (a broker restart is survived) for up to
+//! [`TDMQ_DEADLINE`], then logged and dropped. `CallBackType=Url` with a `CallBack` address: the same
+//! body is POSTed there (`Content-Type` `application/xml` or `application/json`), up to
+//! [`URL_ATTEMPTS`] times until a 2xx.
+
+use super::store::Job;
+use super::submit::{CallbackFormat, CallbackTarget, MqConfig};
+use super::{EmulatorEvent, Shared};
+use crate::ci::xml;
+use crate::config::Settings;
+use crate::pulsar_io::{self, Outgoing, Publisher};
+use crate::secret::Secret;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Mutex};
+
+/// How long a TDMQ completion event is retried before it is given up.
+pub(crate) const TDMQ_DEADLINE: Duration = Duration::from_secs(600);
+/// Attempts of one URL callback.
+pub(crate) const URL_ATTEMPTS: u32 = 3;
+/// Timeout of one URL callback attempt.
+const URL_TIMEOUT: Duration = Duration::from_secs(10);
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The completion event body of a finished job, in its `CallBackFormat`.
+pub(crate) fn completion_body(job: &Job) -> (Vec<u8>, &'static str) {
+    let mut root = Map::new();
+    root.insert("EventName".into(), "TaskFinish".into());
+    root.insert("JobsDetail".into(), job.event_detail());
+    let tree = Value::Object(root);
+    match job.spec.format {
+        CallbackFormat::Xml => {
+            let body = xml::to_xml("Response", &tree).unwrap_or_else(|e| {
+                // The tree is built from parsed XML and fixed names, so this cannot happen; still a
+                // well-formed event rather than a panic.
+                tracing::error!(error = %e, "emulator: cannot write the completion event as XML");
+                "<Response><EventName>TaskFinish</EventName></Response>".into()
+            });
+            (body.into_bytes(), "application/xml")
+        }
+        CallbackFormat::Json => {
+            let body = serde_json::to_vec(&xml::to_ci_json(&tree)).unwrap_or_default();
+            (body, "application/json")
+        }
+    }
+}
+
+/// The Pulsar topic for a job's `CallBackMqConfig`.
+pub(crate) fn topic_for(template: &str, mq: &MqConfig) -> String {
+    template
+        .replace("{MqName}", &mq.name)
+        .replace("{MqRegion}", &mq.region)
+        .replace("{MqMode}", &mq.mode)
+}
+
+/// Sends completion events: one lazily connected Pulsar client and one HTTP client.
+pub(crate) struct Deliverer {
+    pulsar_url: String,
+    pulsar_token: Secret,
+    topic_template: String,
+    /// The connected publisher and its generation (bumped on every reconnect).
+    publisher: Mutex<Option<(u64, Publisher)>>,
+    generation: std::sync::atomic::AtomicU64,
+    http: reqwest::Client,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Deliverer {
+    pub(crate) fn new(settings: &Settings, shutdown: watch::Receiver<bool>) -> Deliverer {
+        let http = reqwest::Client::builder()
+            .timeout(URL_TIMEOUT)
+            .user_agent("tencent-ci-emulator")
+            .build()
+            .unwrap_or_default();
+        Deliverer {
+            pulsar_url: settings.pulsar.url.clone(),
+            pulsar_token: settings.pulsar.token.clone(),
+            topic_template: settings.emulator.callback_topic_template.clone(),
+            publisher: Mutex::new(None),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            http,
+            shutdown,
+        }
+    }
+
+    /// The connected publisher, connecting first if needed.
+    async fn publisher(&self) -> Result<(u64, Publisher), String> {
+        let mut slot = self.publisher.lock().await;
+        if let Some((generation, p)) = slot.as_ref() {
+            return Ok((*generation, p.clone()));
+        }
+        let client = pulsar_io::connect(&self.pulsar_url, &self.pulsar_token)
+            .await
+            .map_err(|e| e.to_string())?;
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let publisher = Publisher::new(client, "ci-emulator");
+        *slot = Some((generation, publisher.clone()));
+        tracing::info!(url = %self.pulsar_url, "emulator: connected to Pulsar");
+        Ok((generation, publisher))
+    }
+
+    /// Drops the publisher of `generation` so that the next attempt reconnects.
+    async fn reset(&self, generation: u64) {
+        let mut slot = self.publisher.lock().await;
+        if slot.as_ref().is_some_and(|(g, _)| *g == generation) {
+            if let Some((_, p)) = slot.take() {
+                p.close().await;
+            }
+        }
+    }
+
+    async fn publish_once(&self, topic: &str, body: &[u8]) -> Result<(), String> {
+        let (generation, publisher) = self.publisher().await?;
+        match publisher.publish(topic, Outgoing::new(body.to_vec())).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.reset(generation).await;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    async fn post_once(&self, url: &str, body: &[u8], content_type: &str) -> Result<(), String> {
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body.to_vec())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("the callback URL answered {}", response.status()))
+        }
+    }
+
+    /// Closes the Pulsar producers (on shutdown).
+    pub(crate) async fn close(&self) {
+        if let Some((_, p)) = self.publisher.lock().await.take() {
+            p.close().await;
+        }
+    }
+}
+
+/// Delivers a finished job's completion event (and an injected duplicate) to its target, retrying as
+/// the module doc says. Returns when done, given up, or on shutdown.
+pub(crate) async fn deliver(shared: Arc<Shared>, job: Job) {
+    let target = match &job.spec.target {
+        CallbackTarget::None => return,
+        CallbackTarget::Url(url) => Target::Url(url.clone()),
+        CallbackTarget::Tdmq(mq) => Target::Topic(topic_for(&shared.deliverer.topic_template, mq)),
+    };
+    let (body, content_type) = completion_body(&job);
+    let copies = shared.faults.copies();
+    for copy in 1..=copies {
+        let outcome = deliver_one(&shared, &target, &body, content_type).await;
+        match outcome {
+            Ok(()) => {
+                tracing::info!(job_id = %job.id, target = %target.name(), copy, "emulator: completion event delivered");
+                shared.notify(EmulatorEvent::CallbackDelivered {
+                    job_id: job.id.clone(),
+                    target: target.name().to_string(),
+                    copy,
+                });
+            }
+            Err(error) if *shared.shutdown.borrow() => {
+                tracing::warn!(job_id = %job.id, target = %target.name(), %error, "emulator: completion event dropped at shutdown");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(job_id = %job.id, target = %target.name(), %error, "emulator: completion event given up");
+                shared.notify(EmulatorEvent::CallbackFailed {
+                    job_id: job.id.clone(),
+                    error,
+                });
+                return;
+            }
+        }
+    }
+}
+
+enum Target {
+    Topic(String),
+    Url(String),
+}
+
+impl Target {
+    fn name(&self) -> &str {
+        match self {
+            Target::Topic(t) | Target::Url(t) => t,
+        }
+    }
+}
+
+async fn deliver_one(
+    shared: &Shared,
+    target: &Target,
+    body: &[u8],
+    content_type: &str,
+) -> Result<(), String> {
+    let deliverer = &shared.deliverer;
+    let started = Instant::now();
+    let mut backoff = MIN_BACKOFF;
+    let mut attempt = 0u32;
+    let mut shutdown = deliverer.shutdown.clone();
+    loop {
+        attempt += 1;
+        let result = match target {
+            Target::Topic(topic) => {
+                let remaining = TDMQ_DEADLINE.saturating_sub(started.elapsed());
+                tokio::time::timeout(remaining, deliverer.publish_once(topic, body))
+                    .await
+                    .unwrap_or_else(|_| Err("timed out".into()))
+            }
+            Target::Url(url) => deliverer.post_once(url, body, content_type).await,
+        };
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let exhausted = match target {
+            Target::Topic(_) => started.elapsed() + backoff >= TDMQ_DEADLINE,
+            Target::Url(_) => attempt >= URL_ATTEMPTS,
+        };
+        if exhausted {
+            return Err(format!("after {attempt} attempts: {error}"));
+        }
+        tracing::warn!(target = %target.name(), attempt, %error, "emulator: completion event not delivered yet; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|stopped| *stopped) => return Err("the emulator is shutting down".into()),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emulator::store::Store;
+    use crate::emulator::submit::parse_request;
+
+    fn finished(format: &str, object: &str) -> Job {
+        let spec = parse_request(&format!(
+            "<Request><Tag>DigitalWatermark</Tag><Input><Object>{object}</Object></Input>\
+             <Operation><DigitalWatermark><Type>Text</Type><Message>123456789ab</Message>\
+             <Version>V1</Version></DigitalWatermark><Output><Region>ap-chongqing</Region>\
+             <Bucket>test-123456789</Bucket><Object>output/digital.mp4</Object></Output>\
+             <UserData>This is my DigitalWatermark job.</UserData></Operation>\
+             <CallBackFormat>{format}</CallBackFormat><CallBackType>TDMQ</CallBackType>\
+             <CallBackMqConfig><MqRegion>gz</MqRegion><MqMode>Queue</MqMode><MqName>q1</MqName>\
+             </CallBackMqConfig></Request>"
+        ))
+        .unwrap();
+        let mut job = Store::new().insert("test-123456789", "ap-chongqing", spec);
+        job.state = if object.contains("__fail__") {
+            job.failure = Some(("ResourceNotSupported".into(), "bad".into()));
+            crate::emulator::JobState::Failed
+        } else {
+            crate::emulator::JobState::Success
+        };
+        job.started = Some(job.created);
+        job.ended = Some(job.created);
+        job
+    }
+
+    #[test]
+    fn xml_event_has_the_documented_shape() {
+        let job = finished("XML", "input/demo.mp4");
+        let (body, ct) = completion_body(&job);
+        assert_eq!(ct, "application/xml");
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.starts_with("<Response><EventName>TaskFinish</EventName><JobsDetail><Code>Success</Code><CreationTime>"), "{text}");
+        let doc = xml::parse(&text).unwrap();
+        let d = &doc.value["JobsDetail"];
+        assert_eq!(d["State"], "Success");
+        assert_eq!(d["SubTag"], "DigitalWatermark");
+        assert_eq!(d["Message"], "");
+        assert_eq!(d["Input"]["BucketId"], "test-123456789");
+        assert_eq!(
+            d["Operation"]["UserData"],
+            "This is my DigitalWatermark job."
+        );
+        let file = &d["Operation"]["MediaResult"]["OutputFile"];
+        assert_eq!(file["Md5Info"]["ObjectName"], "output/digital.mp4");
+        assert_eq!(file["ObjectPrefix"], "");
+        assert!(d.get("CallBackType").is_none());
+    }
+
+    #[test]
+    fn json_event_is_the_mechanical_conversion() {
+        let job = finished("JSON", "input/demo.mp4");
+        let (body, ct) = completion_body(&job);
+        assert_eq!(ct, "application/json");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["EventName"], "TaskFinish");
+        let d = &v["JobsDetail"];
+        assert!(d.is_object(), "one JobsDetail is an object");
+        assert!(d.get("Message").is_none(), "empty Message dropped");
+        assert_eq!(d["Operation"]["MediaInfo"]["Format"]["NumStream"], "2");
+        assert!(d["Operation"]["MediaInfo"]["Stream"]
+            .get("Subtitle")
+            .is_none());
+        assert!(d["Operation"]["MediaResult"]["OutputFile"]
+            .get("ObjectPrefix")
+            .is_none());
+
+        let failed = finished("JSON", "input/__fail__.mp4");
+        let v: Value = serde_json::from_slice(&completion_body(&failed).0).unwrap();
+        assert_eq!(v["JobsDetail"]["State"], "Failed");
+        assert_eq!(v["JobsDetail"]["Code"], "ResourceNotSupported");
+        assert_eq!(v["JobsDetail"]["Message"], "bad");
+        assert!(v["JobsDetail"]["Operation"].get("MediaResult").is_none());
+    }
+
+    #[test]
+    fn topic_template_substitutes_all_three() {
+        let mq = MqConfig {
+            region: "gz".into(),
+            mode: "Queue".into(),
+            name: "cb".into(),
+        };
+        assert_eq!(
+            topic_for("persistent://public/{MqRegion}/{MqMode}-{MqName}", &mq),
+            "persistent://public/gz/Queue-cb"
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! Fault injection: the failures a client of CI must survive, on demand.
+//!
+//! By rate (`[emulator]` settings, fractions 0–1): `throttle_rate` answers `POST /jobs` with
+//! 429 `SlowDown`, `error_rate` with 503 `ServiceUnavailable` (no job is created either way);
+//! `duplicate_rate` delivers a completion event twice. `latency_ms` delays every API response.
+//!
+//! By marker in the input object key (`Input/Object`): `__fail__` ends the job `Failed`, `__lost__`
+//! ends it `Success` but never sends its completion event, `__slow__` makes it take ten times
+//! `job_duration_ms`. Markers combine (`a__slow____fail__.mp4`).
+
+use super::EmulatorError;
+use crate::config::EmulatorSettings;
+use rand::Rng;
+use std::time::Duration;
+
+/// Marker: the job fails.
+pub(crate) const FAIL_MARKER: &str = "__fail__";
+/// Marker: the job succeeds but its callback is never sent.
+pub(crate) const LOST_MARKER: &str = "__lost__";
+/// Marker: the job takes ten times longer.
+pub(crate) const SLOW_MARKER: &str = "__slow__";
+/// How much longer a `__slow__` job takes.
+pub(crate) const SLOW_FACTOR: u32 = 10;
+
+/// What the markers of one input object key ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ObjectFaults {
+    pub fail: bool,
+    pub lost: bool,
+    pub slow: bool,
+}
+
+impl ObjectFaults {
+    pub(crate) fn of(object: &str) -> ObjectFaults {
+        ObjectFaults {
+            fail: object.contains(FAIL_MARKER),
+            lost: object.contains(LOST_MARKER),
+            slow: object.contains(SLOW_MARKER),
+        }
+    }
+}
+
+/// A refusal injected into `POST /jobs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Throttle,
+    Unavailable,
+}
+
+/// The configured rates.
+pub(crate) struct Faults {
+    throttle_rate: f64,
+    error_rate: f64,
+    duplicate_rate: f64,
+    latency: Duration,
+}
+
+impl Faults {
+    pub(crate) fn from_settings(e: &EmulatorSettings) -> Result<Faults, EmulatorError> {
+        for (key, rate) in [
+            ("emulator.throttle_rate", e.throttle_rate),
+            ("emulator.error_rate", e.error_rate),
+            ("emulator.duplicate_rate", e.duplicate_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(EmulatorError::InvalidSetting {
+                    key,
+                    reason: format!("{rate} is not a fraction from 0 to 1"),
+                });
+            }
+        }
+        Ok(Faults {
+            throttle_rate: e.throttle_rate,
+            error_rate: e.error_rate,
+            duplicate_rate: e.duplicate_rate,
+            latency: Duration::from_millis(e.latency_ms),
+        })
+    }
+
+    /// Rolls the dice for one `POST /jobs`: throttling first, then the 503.
+    pub(crate) fn submit_refusal(&self) -> Option<Refusal> {
+        let mut rng = rand::rng();
+        if chance(&mut rng, self.throttle_rate) {
+            Some(Refusal::Throttle)
+        } else if chance(&mut rng, self.error_rate) {
+            Some(Refusal::Unavailable)
+        } else {
+            None
+        }
+    }
+
+    /// How many copies of one completion event to deliver (1, or 2 for a duplicate).
+    pub(crate) fn copies(&self) -> u32 {
+        if chance(&mut rand::rng(), self.duplicate_rate) {
+            2
+        } else {
+            1
+        }
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        self.latency
+    }
+}
+
+/// `true` with probability `rate`; exact at 0 and 1.
+fn chance(rng: &mut impl Rng, rate: f64) -> bool {
+    if rate <= 0.0 {
+        false
+    } else if rate >= 1.0 {
+        true
+    } else {
+        rng.random_bool(rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markers_combine() {
+        assert_eq!(ObjectFaults::of("in/a.mp4"), ObjectFaults::default());
+        let f = ObjectFaults::of("in/a__slow____fail__.mp4");
+        assert!(f.fail && f.slow && !f.lost);
+        assert!(ObjectFaults::of("x/__lost__/y").lost);
+    }
+
+    #[test]
+    fn rates_at_the_bounds_are_exact() {
+        let mut s = EmulatorSettings {
+            throttle_rate: 1.0,
+            ..EmulatorSettings::default()
+        };
+        let f = Faults::from_settings(&s).unwrap();
+        assert!((0..100).all(|_| f.submit_refusal() == Some(Refusal::Throttle)));
+        s.throttle_rate = 0.0;
+        s.error_rate = 1.0;
+        s.duplicate_rate = 1.0;
+        let f = Faults::from_settings(&s).unwrap();
+        assert!((0..100).all(|_| f.submit_refusal() == Some(Refusal::Unavailable)));
+        assert!((0..100).all(|_| f.copies() == 2));
+        s.error_rate = 0.0;
+        s.duplicate_rate = 0.0;
+        let f = Faults::from_settings(&s).unwrap();
+        assert!((0..100).all(|_| f.submit_refusal().is_none() && f.copies() == 1));
+        s.error_rate = 1.5;
+        assert!(Faults::from_settings(&s).is_err());
+    }
+}

@@ -1,0 +1,398 @@
+//! The `<Request>` of `POST /jobs`, validated as `submit-digital-watermark.md` and the
+//! `CallBackMqConfig` structure describe. Every refusal is 400 `InvalidArgument` naming the element,
+//! except a body that is not XML at all (400 `InvalidContent`).
+
+use super::api::ApiError;
+use crate::ci::validate::validate_job;
+use crate::ci::xml;
+use serde_json::{Map, Value};
+
+/// The media Tags `POST /jobs` takes (ci-api-facts.md). `DigitalWatermark` is validated in full; the
+/// others are accepted with the common checks and echoed as given.
+pub(crate) const MEDIA_TAGS: [&str; 19] = [
+    "DigitalWatermark",
+    "Transcode",
+    "Snapshot",
+    "Animation",
+    "Concat",
+    "SmartCover",
+    "VoiceSeparate",
+    "VideoMontage",
+    "Segment",
+    "ExtractDigitalWatermark",
+    "SuperResolution",
+    "VideoProcess",
+    "SDRtoHDR",
+    "MediaInfo",
+    "StreamExtract",
+    "VideoTag",
+    "QualityEstimate",
+    "Tts",
+    "NoiseReduction",
+];
+
+/// The elements of `<Request>` that configure the callback, echoed in `JobsDetail`.
+const CALLBACK_ELEMENTS: [&str; 4] = [
+    "CallBackFormat",
+    "CallBackType",
+    "CallBack",
+    "CallBackMqConfig",
+];
+
+/// `CallBackFormat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallbackFormat {
+    Xml,
+    Json,
+}
+
+/// `CallBackMqConfig`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MqConfig {
+    pub region: String,
+    pub mode: String,
+    pub name: String,
+}
+
+/// Where the completion event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CallbackTarget {
+    /// `CallBackType=Url` without a `CallBack` address (CI would use the queue's; the emulator has no
+    /// queue configuration), or `CallBack=no`.
+    None,
+    Url(String),
+    Tdmq(MqConfig),
+}
+
+/// A validated job request.
+#[derive(Debug, Clone)]
+pub(crate) struct JobSpec {
+    pub tag: String,
+    pub input_object: String,
+    /// `Operation` as given, for the echo.
+    pub operation: Map<String, Value>,
+    pub queue_id: Option<String>,
+    pub format: CallbackFormat,
+    pub target: CallbackTarget,
+    /// The callback elements as given, in request order, for the echo.
+    pub callback_echo: Map<String, Value>,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("InvalidArgument", message)
+}
+
+/// A leaf's text: `Ok(None)` when absent or empty, an error when it is a container or repeated.
+fn leaf(map: &Map<String, Value>, name: &str, path: &str) -> Result<Option<String>, ApiError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(Value::Array(_)) => Err(invalid(format!(
+            "The element {path} appears more than once."
+        ))),
+        Some(Value::Object(_)) => Err(invalid(format!("The element {path} must be text."))),
+    }
+}
+
+fn required_leaf(map: &Map<String, Value>, name: &str, path: &str) -> Result<String, ApiError> {
+    leaf(map, name, path)?.ok_or_else(|| invalid(format!("The element {path} is required.")))
+}
+
+/// A container: `Ok(None)` when absent, an error when it is text or repeated.
+fn container<'a>(
+    map: &'a Map<String, Value>,
+    name: &str,
+    path: &str,
+) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+    match map.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(Value::Array(_)) => Err(invalid(format!(
+            "The element {path} appears more than once."
+        ))),
+        Some(_) => Err(invalid(format!(
+            "The element {path} must contain elements."
+        ))),
+    }
+}
+
+fn required_container<'a>(
+    map: &'a Map<String, Value>,
+    name: &str,
+    path: &str,
+) -> Result<&'a Map<String, Value>, ApiError> {
+    container(map, name, path)?.ok_or_else(|| invalid(format!("The element {path} is required.")))
+}
+
+/// Parses and validates a `POST /jobs` body.
+pub(crate) fn parse_request(body: &str) -> Result<JobSpec, ApiError> {
+    let doc = xml::parse(body).map_err(|e| {
+        ApiError::bad_request(
+            "InvalidContent",
+            format!("The request body is not well-formed XML: {e}"),
+        )
+    })?;
+    if doc.root != "Request" {
+        return Err(invalid(format!(
+            "The root element must be Request, not {}.",
+            doc.root
+        )));
+    }
+    let Value::Object(req) = &doc.value else {
+        return Err(invalid("The element Request is empty."));
+    };
+    // CI's documented rules, shared with the worker; what follows is only what the emulator adds
+    // (strict element shapes, known Tags, queue and URL forms) and the values it needs.
+    validate_job(&doc.value).map_err(|v| invalid(format!("{}: {}.", v.element, v.rule)))?;
+
+    let tag = required_leaf(req, "Tag", "Request.Tag")?;
+    if !MEDIA_TAGS.contains(&tag.as_str()) {
+        return Err(invalid(format!(
+            "The value {tag:?} of Request.Tag is not a media job Tag of /jobs."
+        )));
+    }
+    let input = required_container(req, "Input", "Request.Input")?;
+    let input_object = required_leaf(input, "Object", "Request.Input.Object")?;
+    let operation = required_container(req, "Operation", "Request.Operation")?;
+
+    let queue_id = leaf(req, "QueueId", "Request.QueueId")?;
+    if let Some(q) = &queue_id {
+        if q.len() > 64 || !q.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(invalid(format!(
+                "The value {q:?} of Request.QueueId is not a queue ID."
+            )));
+        }
+    }
+
+    let format = match leaf(req, "CallBackFormat", "Request.CallBackFormat")?.as_deref() {
+        None | Some("XML") => CallbackFormat::Xml,
+        Some("JSON") => CallbackFormat::Json,
+        Some(other) => {
+            return Err(invalid(format!(
+                "The value {other:?} of Request.CallBackFormat must be JSON or XML."
+            )))
+        }
+    };
+    let callback_type = leaf(req, "CallBackType", "Request.CallBackType")?;
+    let mq = match container(req, "CallBackMqConfig", "Request.CallBackMqConfig")? {
+        Some(m) => Some(mq_config(m)?),
+        None => None,
+    };
+    let callback = leaf(req, "CallBack", "Request.CallBack")?;
+    if let Some(url) = callback.as_deref().filter(|u| *u != "no") {
+        let ok = url::Url::parse(url)
+            .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .unwrap_or(false);
+        if !ok {
+            return Err(invalid(format!(
+                "The value {url:?} of Request.CallBack is not an http(s) URL (or \"no\")."
+            )));
+        }
+    }
+    let target = match callback_type.as_deref() {
+        None | Some("Url") => match callback {
+            Some(url) if url != "no" => CallbackTarget::Url(url),
+            _ => CallbackTarget::None,
+        },
+        Some("TDMQ") => CallbackTarget::Tdmq(mq.ok_or_else(|| {
+            invalid("The element Request.CallBackMqConfig is required when CallBackType is TDMQ.")
+        })?),
+        Some(other) => {
+            return Err(invalid(format!(
+                "The value {other:?} of Request.CallBackType must be Url or TDMQ."
+            )))
+        }
+    };
+
+    let callback_echo: Map<String, Value> = req
+        .iter()
+        .filter(|(k, _)| CALLBACK_ELEMENTS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    Ok(JobSpec {
+        tag,
+        input_object,
+        operation: operation.clone(),
+        queue_id,
+        format,
+        target,
+        callback_echo,
+    })
+}
+
+/// `CallBackMqConfig`'s values (their rules were checked by [`validate_job`]).
+fn mq_config(m: &Map<String, Value>) -> Result<MqConfig, ApiError> {
+    Ok(MqConfig {
+        region: required_leaf(m, "MqRegion", "Request.CallBackMqConfig.MqRegion")?,
+        mode: required_leaf(m, "MqMode", "Request.CallBackMqConfig.MqMode")?,
+        name: required_leaf(m, "MqName", "Request.CallBackMqConfig.MqName")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(operation: &str, extra: &str) -> String {
+        format!(
+            "<Request><Tag>DigitalWatermark</Tag><Input><Object>in/a.mp4</Object></Input>\
+             <Operation>{operation}</Operation>{extra}</Request>"
+        )
+    }
+
+    const GOOD_OP: &str = "<DigitalWatermark><Type>Text</Type><Message>abc_-*数字</Message>\
+        <Version>V1</Version></DigitalWatermark><Output><Region>ap-guangzhou</Region>\
+        <Bucket>b-1</Bucket><Object>out/a.mp4</Object></Output><UserData>req-1</UserData>";
+
+    fn refusal(body: &str) -> (u16, &'static str, String) {
+        let e = parse_request(body).unwrap_err();
+        (e.status.as_u16(), e.code, e.message)
+    }
+
+    #[test]
+    fn accepts_the_documented_tdmq_job() {
+        let spec = parse_request(&request(
+            GOOD_OP,
+            "<QueueId>p0123456789abcdef</QueueId><CallBackFormat>JSON</CallBackFormat>\
+             <CallBackType>TDMQ</CallBackType><CallBackMqConfig><MqRegion>gz</MqRegion>\
+             <MqMode>Queue</MqMode><MqName>ci-callbacks</MqName></CallBackMqConfig>",
+        ))
+        .unwrap();
+        assert_eq!(spec.tag, "DigitalWatermark");
+        assert_eq!(spec.input_object, "in/a.mp4");
+        assert_eq!(spec.format, CallbackFormat::Json);
+        assert_eq!(
+            spec.target,
+            CallbackTarget::Tdmq(MqConfig {
+                region: "gz".into(),
+                mode: "Queue".into(),
+                name: "ci-callbacks".into()
+            })
+        );
+        let keys: Vec<&str> = spec.callback_echo.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["CallBackFormat", "CallBackType", "CallBackMqConfig"]);
+    }
+
+    #[test]
+    fn defaults_are_xml_and_url() {
+        let spec = parse_request(&request(
+            GOOD_OP,
+            "<CallBack>http://127.0.0.1:1/cb</CallBack>",
+        ))
+        .unwrap();
+        assert_eq!(spec.format, CallbackFormat::Xml);
+        assert_eq!(
+            spec.target,
+            CallbackTarget::Url("http://127.0.0.1:1/cb".into())
+        );
+        let spec = parse_request(&request(GOOD_OP, "<CallBack>no</CallBack>")).unwrap();
+        assert_eq!(spec.target, CallbackTarget::None);
+    }
+
+    #[test]
+    fn refusals_name_the_element() {
+        let cases: Vec<(String, &str, &str)> = vec![
+            ("not xml".into(), "InvalidContent", "well-formed"),
+            ("<Job/>".into(), "InvalidArgument", "root element"),
+            (
+                "<Request><Input><Object>a</Object></Input><Operation><X>1</X></Operation></Request>".into(),
+                "InvalidArgument",
+                "Request.Tag",
+            ),
+            (
+                "<Request><Tag>DigitalWatermark</Tag><Input/><Operation><X>1</X></Operation></Request>".into(),
+                "InvalidArgument",
+                "Request.Input",
+            ),
+            (
+                "<Request><Tag>DigitalWatermark</Tag><Input><Object>a</Object></Input></Request>".into(),
+                "InvalidArgument",
+                "Request.Operation",
+            ),
+            (request(GOOD_OP, "<CallBackType>Kafka</CallBackType>"), "InvalidArgument", "CallBackType"),
+            (request(GOOD_OP, "<CallBackType>TDMQ</CallBackType>"), "InvalidArgument", "CallBackMqConfig"),
+            (
+                request(GOOD_OP, "<CallBackType>TDMQ</CallBackType><CallBackMqConfig><MqRegion>ap-guangzhou</MqRegion><MqMode>Queue</MqMode><MqName>q</MqName></CallBackMqConfig>"),
+                "InvalidArgument",
+                "MqRegion",
+            ),
+            (
+                request(GOOD_OP, "<CallBackType>TDMQ</CallBackType><CallBackMqConfig><MqRegion>gz</MqRegion><MqMode>Fanout</MqMode><MqName>q</MqName></CallBackMqConfig>"),
+                "InvalidArgument",
+                "MqMode",
+            ),
+            (
+                request(GOOD_OP, "<CallBackType>TDMQ</CallBackType><CallBackMqConfig><MqRegion>gz</MqRegion><MqMode>Queue</MqMode></CallBackMqConfig>"),
+                "InvalidArgument",
+                "MqName",
+            ),
+            (request(GOOD_OP, "<CallBackFormat>YAML</CallBackFormat>"), "InvalidArgument", "CallBackFormat"),
+            (request(GOOD_OP, "<CallBack>ftp://x</CallBack>"), "InvalidArgument", "CallBack"),
+            (
+                request(&GOOD_OP.replace("<Type>Text</Type>", "<Type>Image</Type>"), ""),
+                "InvalidArgument",
+                "DigitalWatermark.Type",
+            ),
+            (
+                request(&GOOD_OP.replace("<Version>V1</Version>", "<Version>V2</Version>"), ""),
+                "InvalidArgument",
+                "DigitalWatermark.Version",
+            ),
+            (
+                request(&GOOD_OP.replace("abc_-*数字", "has space"), ""),
+                "InvalidArgument",
+                "DigitalWatermark.Message",
+            ),
+            (
+                request(&GOOD_OP.replace("abc_-*数字", &"a".repeat(65)), ""),
+                "InvalidArgument",
+                "DigitalWatermark.Message",
+            ),
+            (
+                request(&GOOD_OP.replace("<Bucket>b-1</Bucket>", ""), ""),
+                "InvalidArgument",
+                "Request.Operation.Output.Bucket",
+            ),
+            (
+                request(&GOOD_OP.replace("req-1", &"u".repeat(1025)), ""),
+                "InvalidArgument",
+                "UserData",
+            ),
+            (
+                request(&GOOD_OP.replace("req-1", "caf\u{e9}"), ""),
+                "InvalidArgument",
+                "UserData",
+            ),
+            (
+                request(&format!("{GOOD_OP}<JobLevel>3</JobLevel>"), ""),
+                "InvalidArgument",
+                "JobLevel",
+            ),
+            (
+                request(GOOD_OP, "").replace("DigitalWatermark</Tag>", "Unknown</Tag>"),
+                "InvalidArgument",
+                "Request.Tag",
+            ),
+        ];
+        for (body, code, needle) in cases {
+            let (status, got, message) = refusal(&body);
+            assert_eq!((status, got), (400, code), "{body}: {message}");
+            assert!(
+                message.contains(needle),
+                "{body}: {message:?} lacks {needle}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_media_tags_need_only_the_common_elements() {
+        let body = "<Request><Tag>Transcode</Tag><Input><Object>a.mp4</Object></Input>\
+                    <Operation><TemplateId>t1</TemplateId></Operation></Request>";
+        assert_eq!(parse_request(body).unwrap().tag, "Transcode");
+    }
+}

@@ -1,0 +1,247 @@
+"""`ci-worker emulator` driven by Tencent's official Python SDK (cos-python-sdk-v5), its completion
+events read from a real Apache Pulsar broker by Apache's Python `pulsar-client`.
+
+The SDK is configured as sdk-interop.md says: it connects to 127.0.0.1:PORT while sending and signing
+the real CI Host `<bucket>.ci.<region>.myqcloud.com`. Nothing here shares code with the emulator.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+
+import pulsar
+import pytest
+from qcloud_cos import CosConfig, CosS3Client
+from qcloud_cos.cos_exception import CosServiceError
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BINARY = ROOT / "target" / "debug" / "ci-worker"
+BUCKET, REGION = "examplebucket-1250000000", "ap-guangzhou"
+SECRET_ID = "AKIDemulatorPythonInterop0000000"
+SECRET_KEY = "emulatorpythoninteropsecret01234"
+MQ_NAME = "ci-callback-queue"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(proc, port, log_path, timeout=30.0):
+    """Polls /healthz until it answers 200 (the process offers no other readiness signal)."""
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/healthz"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the emulator exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200 and r.read() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"the emulator did not answer {url} within {timeout} s:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def emulator(tmp_path, pulsar_url):
+    """`ci-worker emulator` on a free port with a unique callback topic; yields (port, topic)."""
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: run `cargo build` (scripts/test.sh does)")
+    port = free_port()
+    prefix = f"py-emu-{uuid.uuid4().hex[:12]}"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "TENCENTCLOUD_SECRET_ID": SECRET_ID,
+        "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
+        "CI_WORKER__PULSAR__URL": pulsar_url,
+        "CI_WORKER__EMULATOR__LISTEN": f"127.0.0.1:{port}",
+        "CI_WORKER__EMULATOR__JOB_DURATION_MS": "300",
+        "CI_WORKER__EMULATOR__CALLBACK_TOPIC_TEMPLATE": f"persistent://public/default/{prefix}-{{MqName}}",
+    }
+    log_path = tmp_path / "emulator.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(BINARY), "emulator"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(proc, port, log_path)
+        yield port, f"persistent://public/default/{prefix}-{MQ_NAME}"
+    finally:
+        proc.terminate()
+        try:
+            rc = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the emulator ignored SIGTERM for 20 s:\n{log_path.read_text()}")
+        assert rc == 0, f"the emulator exited with {rc} on SIGTERM:\n{log_path.read_text()}"
+
+
+def sdk_client(port, secret_id=SECRET_ID, secret_key=SECRET_KEY):
+    config = CosConfig(
+        Region=REGION,
+        SecretId=secret_id,
+        SecretKey=secret_key,
+        Scheme="http",
+        IP="127.0.0.1",
+        Port=port,
+        Domain=f"{BUCKET}.ci.{REGION}.myqcloud.com",
+    )
+    return CosS3Client(config, retry=0)
+
+
+def watermark_job(obj, callback_format, user_data):
+    return {
+        "Tag": "DigitalWatermark",
+        "Input": {"Object": obj},
+        "Operation": {
+            "DigitalWatermark": {"Type": "Text", "Message": "123456789ab", "Version": "V1"},
+            "Output": {"Bucket": BUCKET, "Region": REGION, "Object": "output/digital.mp4"},
+            "UserData": user_data,
+        },
+        "QueueId": "p0123456789abcdef",
+        "CallBackFormat": callback_format,
+        "CallBackType": "TDMQ",
+        "CallBackMqConfig": {"MqRegion": "gz", "MqMode": "Queue", "MqName": MQ_NAME},
+    }
+
+
+def parse_event(payload):
+    """A completion event as CI sends it: XML (parsed with ElementTree) or JSON."""
+    text = payload.decode("utf-8")
+    if text.lstrip().startswith("<"):
+        root = ET.fromstring(text)
+        assert root.tag == "Response"
+        assert root.findtext("EventName") == "TaskFinish"
+        detail = root.find("JobsDetail")
+        return "XML", {
+            "JobId": detail.findtext("JobId"),
+            "State": detail.findtext("State"),
+            "Code": detail.findtext("Code"),
+            "UserData": detail.findtext("Operation/UserData"),
+            "SubTag": detail.findtext("SubTag"),
+            "Md5": detail.findtext("Operation/MediaResult/OutputFile/Md5Info/Md5"),
+            "children": [c.tag for c in detail],
+        }
+    event = json.loads(text)
+    assert event["EventName"] == "TaskFinish"
+    detail = event["JobsDetail"]
+    assert isinstance(detail, dict), "one JobsDetail is an object in CI's JSON"
+    assert "Message" not in detail, "CI's JSON drops empty elements"
+    assert all(isinstance(v, str) for v in detail["Operation"]["MediaInfo"]["Format"].values())
+    return "JSON", {
+        "JobId": detail["JobId"],
+        "State": detail["State"],
+        "Code": detail["Code"],
+        "UserData": detail["Operation"]["UserData"],
+        "SubTag": detail["SubTag"],
+        "Md5": detail["Operation"]["MediaResult"]["OutputFile"]["Md5Info"]["Md5"],
+        "children": list(detail),
+    }
+
+
+def test_official_sdk_against_the_emulator(emulator, pulsar_client):
+    port, topic = emulator
+    consumer = pulsar_client.subscribe(
+        topic,
+        f"py-emu-{uuid.uuid4().hex[:8]}",
+        consumer_type=pulsar.ConsumerType.Exclusive,
+        initial_position=pulsar.InitialPosition.Earliest,
+    )
+    client = sdk_client(port)
+
+    created = {}
+    for fmt in ("JSON", "XML"):
+        resp = client.ci_create_media_jobs(
+            Bucket=BUCKET, Jobs=watermark_job("input/demo.mp4", fmt, f"req-{fmt.lower()}")
+        )
+        detail = resp["JobsDetail"][0]
+        assert detail["Code"] == "Success"
+        assert detail["State"] == "Submitted"
+        assert detail["JobId"].startswith("j") and len(detail["JobId"]) == 33
+        assert detail["CreationTime"].endswith("+0800")
+        assert detail["StartTime"] == "-" and detail["EndTime"] == "-"
+        assert detail["QueueId"] == "p0123456789abcdef"
+        assert detail["Tag"] == "DigitalWatermark"
+        assert detail["Input"] == {"BucketId": BUCKET, "Object": "input/demo.mp4", "Region": REGION}
+        assert detail["Operation"]["UserData"] == f"req-{fmt.lower()}"
+        assert detail["CallBackMqConfig"]["MqName"] == MQ_NAME
+        created[fmt] = detail["JobId"]
+
+    # A slow job (ten times the duration) to cancel while it is pending.
+    slow = client.ci_create_media_jobs(
+        Bucket=BUCKET, Jobs=watermark_job("input/__slow__.mp4", "XML", "req-slow")
+    )["JobsDetail"][0]["JobId"]
+    assert client.ci_cancel_jobs(Bucket=BUCKET, JobID=slow) == ""
+
+    got = client.ci_get_media_jobs(Bucket=BUCKET, JobIDs=f"{created['JSON']},{slow},jnotajob")
+    states = {d["JobId"]: d["State"] for d in got["JobsDetail"]}
+    assert states[slow] == "Cancel"
+    assert created["JSON"] in states
+    assert got["NonExistJobIds"] == "jnotajob"
+
+    listed = client.ci_list_media_jobs(Bucket=BUCKET, Tag="DigitalWatermark", Size=10)
+    listed_ids = [d["JobId"] for d in listed["JobsDetail"]]
+    assert listed_ids == [slow, created["XML"], created["JSON"]], "newest first"
+    page = client.ci_list_media_jobs(Bucket=BUCKET, Tag="DigitalWatermark", Size=2)
+    assert len(page["JobsDetail"]) == 2 and page["NextToken"]
+    rest = client.ci_list_media_jobs(
+        Bucket=BUCKET, Tag="DigitalWatermark", Size=2, NextToken=page["NextToken"]
+    )
+    assert [d["JobId"] for d in rest["JobsDetail"]] == [created["JSON"]]
+    cancelled = client.ci_list_media_jobs(Bucket=BUCKET, Tag="DigitalWatermark", States="Cancel")
+    assert [d["JobId"] for d in cancelled["JobsDetail"]] == [slow]
+
+    # Both completion events arrive on the broker, each in its job's CallBackFormat.
+    events = {}
+    for _ in range(2):
+        msg = consumer.receive(timeout_millis=60_000)
+        consumer.acknowledge(msg)
+        fmt, event = parse_event(msg.data())
+        events[fmt] = event
+    for fmt in ("JSON", "XML"):
+        event = events[fmt]
+        assert event["JobId"] == created[fmt]
+        assert event["State"] == "Success" and event["Code"] == "Success"
+        assert event["UserData"] == f"req-{fmt.lower()}"
+        assert event["SubTag"] == "DigitalWatermark"
+        assert len(event["Md5"]) == 32
+        assert event["children"] == sorted(event["children"]), "CI lists event elements alphabetically"
+    consumer.close()
+
+    finished = client.ci_get_media_jobs(Bucket=BUCKET, JobIDs=created["XML"])["JobsDetail"][0]
+    assert finished["State"] == "Success"
+    assert finished["EndTime"] != "-"
+    assert finished["Operation"]["MediaResult"]["OutputFile"]["ObjectName"] == "output/digital.mp4"
+
+
+def test_official_sdk_sees_cis_errors(emulator):
+    port, _ = emulator
+    wrong_key = sdk_client(port, secret_key="not-the-secret-key")
+    with pytest.raises(CosServiceError) as err:
+        wrong_key.ci_get_media_jobs(Bucket=BUCKET, JobIDs="j0")
+    assert (err.value.get_status_code(), err.value.get_error_code()) == (401, "AccessDenied")
+    assert err.value.get_request_id()
+
+    unknown_id = sdk_client(port, secret_id="AKIDnobodyknows")
+    with pytest.raises(CosServiceError) as err:
+        unknown_id.ci_list_media_jobs(Bucket=BUCKET, Tag="DigitalWatermark")
+    assert (err.value.get_status_code(), err.value.get_error_code()) == (401, "SecretidNotExist")
+
+    client = sdk_client(port)
+    bad = watermark_job("input/demo.mp4", "JSON", "u")
+    del bad["CallBackMqConfig"]
+    with pytest.raises(CosServiceError) as err:
+        client.ci_create_media_jobs(Bucket=BUCKET, Jobs=bad)
+    assert (err.value.get_status_code(), err.value.get_error_code()) == (400, "InvalidArgument")
+    assert "CallBackMqConfig" in err.value.get_error_msg()
+
+    with pytest.raises(CosServiceError) as err:
+        client.ci_cancel_jobs(Bucket=BUCKET, JobID="jdoesnotexist")
+    assert (err.value.get_status_code(), err.value.get_error_code()) == (400, "InvalidArgument")
