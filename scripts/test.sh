@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# THE test command: installs what is missing, builds, starts two fresh Apache Pulsar brokers, runs
+# `cargo test --all-targets --no-fail-fast` and `pytest tests/interop`, stops the brokers, exits non-zero if anything
+# failed. Used by CI (.ci/run) and by developers alike.
+#
+# Brokers (both wiped at start, both stopped at exit unless PULSAR_KEEP=1):
+#   plain  PULSAR_PORT [6650] / PULSAR_HTTP_PORT [8080]
+#   token  PULSAR_AUTH_PORT [PULSAR_PORT+1] / PULSAR_AUTH_HTTP_PORT [PULSAR_HTTP_PORT+1], JWT auth
+# The tests get:
+#   PULSAR_URL, PULSAR_ADMIN_URL                 the plain broker
+#   PULSAR_PORT, PULSAR_HTTP_PORT, PULSAR_DATA_DIR  so that tests can `scripts/pulsar.sh restart` it
+#   PULSAR_AUTH_URL, PULSAR_AUTH_ADMIN_URL       the token broker
+#   PULSAR_AUTH_TOKEN, PULSAR_AUTH_TOKEN_FILE    its admin JWT ({"sub":"admin"})
+#   PULSAR_AUTH_DATA_DIR                         its data dir
+# Other knobs: TEST_SKIP_SETUP=1, CARGO_TEST_ARGS (extra args after `cargo test --all-targets`),
+# PYTEST_ARGS (extra pytest args).
+set -uo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO_ROOT" || exit 1
+PULSAR_SH="$REPO_ROOT/scripts/pulsar.sh"
+LOG_DIR="$REPO_ROOT/.cache/test-logs"
+mkdir -p "$LOG_DIR"
+
+T0=$SECONDS
+phase() { echo; echo "=== $* ($((SECONDS - T0)) s)"; }
+die() { echo "test.sh: error: $*" >&2; exit 1; }
+
+# --- 1. tools ---------------------------------------------------------------------------------
+if [[ ${TEST_SKIP_SETUP:-0} != 1 ]]; then
+  phase "setup"
+  bash "$REPO_ROOT/scripts/setup.sh" || die "scripts/setup.sh failed"
+fi
+
+# --- 2. brokers (started in the background while cargo builds) --------------------------------
+PLAIN_PORT=${PULSAR_PORT:-6650}
+PLAIN_HTTP=${PULSAR_HTTP_PORT:-8080}
+AUTH_PORT=${PULSAR_AUTH_PORT:-$((PLAIN_PORT + 1))}
+AUTH_HTTP=${PULSAR_AUTH_HTTP_PORT:-$((PLAIN_HTTP + 1))}
+PLAIN_DATA=${PULSAR_DATA_DIR:-$REPO_ROOT/.cache/pulsar/data-$PLAIN_PORT}
+AUTH_DATA=${PULSAR_AUTH_DATA_DIR:-$REPO_ROOT/.cache/pulsar/data-$AUTH_PORT}
+# Bookie/ZooKeeper ports follow from PULSAR_PORT inside pulsar.sh; never share them between the two.
+unset PULSAR_BOOKIE_PORT PULSAR_ZK_PORT PULSAR_WIPE PULSAR_AUTH PULSAR_METADATA
+
+plain_broker() { PULSAR_PORT=$PLAIN_PORT PULSAR_HTTP_PORT=$PLAIN_HTTP PULSAR_DATA_DIR=$PLAIN_DATA "$@"; }
+auth_broker() { PULSAR_PORT=$AUTH_PORT PULSAR_HTTP_PORT=$AUTH_HTTP PULSAR_DATA_DIR=$AUTH_DATA "$@"; }
+
+stop_brokers() {
+  local rc=$?
+  if [[ ${PULSAR_KEEP:-0} == 1 ]]; then
+    echo "test.sh: PULSAR_KEEP=1: leaving the brokers running (scripts/pulsar.sh stop)" >&2
+  else
+    # Waits for a start still in progress (the per-data-dir lock), then stops.
+    plain_broker bash "$PULSAR_SH" stop || true
+    auth_broker bash "$PULSAR_SH" stop || true
+  fi
+  exit "$rc"
+}
+trap stop_brokers EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+phase "starting brokers: plain on $PLAIN_PORT/$PLAIN_HTTP, token auth on $AUTH_PORT/$AUTH_HTTP (background)"
+plain_broker env PULSAR_WIPE=1 PULSAR_AUTH=none bash "$PULSAR_SH" start >"$LOG_DIR/broker-plain.out" 2>&1 &
+PLAIN_START=$!
+auth_broker env PULSAR_WIPE=1 PULSAR_AUTH=token bash "$PULSAR_SH" start >"$LOG_DIR/broker-auth.out" 2>&1 &
+AUTH_START=$!
+
+# --- 3. build ---------------------------------------------------------------------------------
+phase "cargo build --all-targets"
+if ! cargo build --all-targets; then
+  wait "$PLAIN_START" "$AUTH_START" 2>/dev/null
+  die "cargo build --all-targets failed"
+fi
+
+phase "waiting for the brokers"
+broker_failed=0
+wait "$PLAIN_START" || broker_failed=1
+cat "$LOG_DIR/broker-plain.out"
+wait "$AUTH_START" || broker_failed=1
+cat "$LOG_DIR/broker-auth.out"
+((broker_failed == 0)) || die "a Pulsar broker did not start (output above; logs under .cache/pulsar/*/logs)"
+
+export PULSAR_PORT=$PLAIN_PORT PULSAR_HTTP_PORT=$PLAIN_HTTP PULSAR_DATA_DIR=$PLAIN_DATA
+export PULSAR_URL="pulsar://127.0.0.1:$PLAIN_PORT"
+export PULSAR_ADMIN_URL="http://127.0.0.1:$PLAIN_HTTP"
+export PULSAR_AUTH_URL="pulsar://127.0.0.1:$AUTH_PORT"
+export PULSAR_AUTH_ADMIN_URL="http://127.0.0.1:$AUTH_HTTP"
+export PULSAR_AUTH_DATA_DIR=$AUTH_DATA
+export PULSAR_AUTH_TOKEN_FILE="$AUTH_DATA/auth/admin.token"
+PULSAR_AUTH_TOKEN=$(cat "$PULSAR_AUTH_TOKEN_FILE") || die "no token in $PULSAR_AUTH_TOKEN_FILE"
+export PULSAR_AUTH_TOKEN
+echo "PULSAR_URL=$PULSAR_URL PULSAR_ADMIN_URL=$PULSAR_ADMIN_URL"
+echo "PULSAR_AUTH_URL=$PULSAR_AUTH_URL PULSAR_AUTH_ADMIN_URL=$PULSAR_AUTH_ADMIN_URL PULSAR_AUTH_TOKEN_FILE=$PULSAR_AUTH_TOKEN_FILE"
+
+# --- 4. tests ---------------------------------------------------------------------------------
+failed_phases=()
+
+phase "cargo test --all-targets --no-fail-fast"
+CARGO_LOG="$LOG_DIR/cargo-test.log"
+read -r -a cargo_extra <<<"${CARGO_TEST_ARGS:-}"
+cargo test --all-targets --no-fail-fast "${cargo_extra[@]}" 2>&1 | tee "$CARGO_LOG"
+cargo_rc=${PIPESTATUS[0]}
+((cargo_rc == 0)) || failed_phases+=("cargo test (exit $cargo_rc)")
+
+phase "pytest tests/interop"
+PYTEST_LOG="$LOG_DIR/pytest.log"
+read -r -a pytest_extra <<<"${PYTEST_ARGS:-}"
+"$REPO_ROOT/.venv/bin/pytest" tests/interop -q "${pytest_extra[@]}" 2>&1 | tee "$PYTEST_LOG"
+pytest_rc=${PIPESTATUS[0]}
+case $pytest_rc in
+0) ;;
+5) echo "test.sh: warning: pytest collected no tests" ;;
+*) failed_phases+=("pytest (exit $pytest_rc)") ;;
+esac
+
+# --- 5. summary -------------------------------------------------------------------------------
+phase "summary"
+echo "cargo test:"
+grep -E '^\s*Running |^test result: ' "$CARGO_LOG" | sed 's/^/  /'
+cargo_passed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\1/p' "$CARGO_LOG" | awk '{s+=$1} END {print s+0}')
+cargo_failed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed; \([0-9][0-9]*\) failed.*/\2/p' "$CARGO_LOG" | awk '{s+=$1} END {print s+0}')
+if ((cargo_rc != 0 && cargo_failed == 0)); then
+  echo "  cargo test exited $cargo_rc without a failing test count (build error or a crashed test binary): counted as 1 failure"
+  cargo_failed=1
+fi
+py_line=$(grep -E '^(=+ )?[0-9]+ (passed|failed|error|errors|skipped|deselected)|no tests ran' "$PYTEST_LOG" | tail -n 1)
+echo "pytest: ${py_line:-<no summary line>}"
+py_passed=$(grep -oE '[0-9]+ passed' <<<"$py_line" | grep -oE '[0-9]+' || echo 0)
+py_failed=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$py_line" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+if ((pytest_rc != 0 && pytest_rc != 5 && py_failed == 0)); then
+  echo "  pytest exited $pytest_rc without a failing test count: counted as 1 failure"
+  py_failed=1
+fi
+echo "took $((SECONDS - T0)) s; logs in $LOG_DIR"
+if ((${#failed_phases[@]})); then
+  echo "FAILED: ${failed_phases[*]}"
+fi
+echo "summary: $((cargo_passed + py_passed)) passed, $((cargo_failed + py_failed)) failed"
+((${#failed_phases[@]} == 0))

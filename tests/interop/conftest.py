@@ -1,0 +1,130 @@
+"""Shared fixtures for the interop tests: real independent clients (Apache's pulsar-client,
+Tencent's cos-python-sdk-v5) against the services that scripts/test.sh starts.
+
+Environment (defaults match scripts/pulsar.sh's defaults):
+  PULSAR_URL             pulsar://127.0.0.1:6650   broker without authentication
+  PULSAR_ADMIN_URL       http://127.0.0.1:8080     its admin REST API
+  PULSAR_AUTH_URL        pulsar://127.0.0.1:6651   broker with JWT token authentication
+  PULSAR_AUTH_ADMIN_URL  http://127.0.0.1:8081
+  PULSAR_AUTH_TOKEN      the admin JWT; else read from PULSAR_AUTH_TOKEN_FILE
+  PULSAR_AUTH_TOKEN_FILE <repo>/.cache/pulsar/data-6651/auth/admin.token
+"""
+import os
+import pathlib
+import socket
+import urllib.parse
+import uuid
+
+import pytest
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+HOW_TO_START = (
+    "run the tests with scripts/test.sh (it starts the brokers), or start one by hand with "
+    "scripts/pulsar.sh start (and PULSAR_PORT=6651 PULSAR_HTTP_PORT=8081 PULSAR_AUTH=token "
+    "scripts/pulsar.sh start for the token-auth broker)"
+)
+
+
+def _env(name, default):
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def require_listening(url, what="Pulsar broker"):
+    """Fail (not skip) with a clear message when nothing answers at url's host:port."""
+    parsed = urllib.parse.urlsplit(url)
+    host, port = parsed.hostname, parsed.port
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            pass
+    except OSError as e:
+        pytest.fail(f"no {what} answers at {url} ({e}); {HOW_TO_START}", pytrace=False)
+
+
+def unique_name(prefix="t"):
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="session")
+def pulsar_url():
+    url = _env("PULSAR_URL", "pulsar://127.0.0.1:6650")
+    require_listening(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def pulsar_admin_url():
+    return _env("PULSAR_ADMIN_URL", "http://127.0.0.1:8080")
+
+
+@pytest.fixture(scope="session")
+def pulsar_auth_url():
+    url = _env("PULSAR_AUTH_URL", "pulsar://127.0.0.1:6651")
+    require_listening(url, "token-auth Pulsar broker")
+    return url
+
+
+@pytest.fixture(scope="session")
+def pulsar_auth_admin_url():
+    return _env("PULSAR_AUTH_ADMIN_URL", "http://127.0.0.1:8081")
+
+
+@pytest.fixture(scope="session")
+def pulsar_auth_token():
+    token = _env("PULSAR_AUTH_TOKEN", "")
+    if token:
+        return token
+    path = pathlib.Path(
+        _env("PULSAR_AUTH_TOKEN_FILE", str(REPO_ROOT / ".cache/pulsar/data-6651/auth/admin.token"))
+    )
+    try:
+        token = path.read_text().strip()
+    except OSError:
+        token = ""
+    if not token:
+        pytest.fail(f"no Pulsar auth token: PULSAR_AUTH_TOKEN unset and {path} missing; {HOW_TO_START}",
+                    pytrace=False)
+    return token
+
+
+@pytest.fixture
+def unique_topic():
+    """Factory: unique_topic("prefix") -> persistent://public/default/prefix-<uuid>."""
+
+    def make(prefix="interop"):
+        return f"persistent://public/default/{unique_name(prefix)}"
+
+    return make
+
+
+def _quiet_logger():
+    import pulsar
+
+    # The C++ client logs every connection at INFO on stderr; keep warnings and errors.
+    return pulsar.ConsoleLogger(pulsar.LoggerLevel.Warn)
+
+
+@pytest.fixture
+def pulsar_client(pulsar_url):
+    """An Apache pulsar-client (Python) Client of the unauthenticated broker, closed afterwards."""
+    import pulsar
+
+    client = pulsar.Client(pulsar_url, operation_timeout_seconds=30, logger=_quiet_logger())
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pulsar_auth_client(pulsar_auth_url, pulsar_auth_token):
+    """An Apache pulsar-client Client of the token-auth broker, authenticated as admin."""
+    import pulsar
+
+    client = pulsar.Client(
+        pulsar_auth_url,
+        authentication=pulsar.AuthenticationToken(pulsar_auth_token),
+        operation_timeout_seconds=30,
+        logger=_quiet_logger(),
+    )
+    yield client
+    client.close()
