@@ -137,6 +137,10 @@ pub struct WorkerSettings {
     /// After this long a job still not finished gets a `timed_out` result.
     #[serde(with = "duration_str")]
     pub job_timeout_max: Duration,
+    /// After a restart, how far back the worker looks for jobs an earlier process may have created
+    /// for requests it had not acknowledged (so they are not submitted twice).
+    #[serde(with = "duration_str")]
+    pub recovery_lookback: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -150,6 +154,7 @@ impl Default for WorkerSettings {
             max_redeliveries: 16,
             job_timeout: Duration::from_secs(600),
             job_timeout_max: Duration::from_secs(86_400),
+            recovery_lookback: Duration::from_secs(3600),
         }
     }
 }

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub job_duration: Histogram,
     pub pulsar_reconnects: Counter,
     pub redeliveries_requested: Counter,
+    pub submissions_recovered: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +86,7 @@ impl Metrics {
             job_duration: Histogram::new(exponential_buckets(0.25, 2.0, 16)),
             pulsar_reconnects: Counter::default(),
             redeliveries_requested: Counter::default(),
+            submissions_recovered: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -147,6 +149,11 @@ impl Metrics {
             "redeliveries_requested",
             "Messages released (nacked) for redelivery",
             m.redeliveries_requested.clone(),
+        );
+        registry.register(
+            "submissions_recovered",
+            "Jobs found already created by a lost answer or an earlier process, instead of submitted again",
+            m.submissions_recovered.clone(),
         );
         Metrics { registry, ..m }
     }

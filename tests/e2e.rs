@@ -34,6 +34,11 @@ async fn publish_all(topic: &str, payloads: &[Vec<u8>]) {
         .producer()
         .with_topic(topic)
         .with_name(format!("e2e-{}", uuid::Uuid::new_v4()))
+        .with_options(pulsar::producer::ProducerOptions {
+            // Hundreds of sends in flight: wait for room instead of failing with SlowDown.
+            block_queue_if_full: true,
+            ..Default::default()
+        })
         .build()
         .await
         .unwrap();
@@ -129,16 +134,31 @@ async fn requests_become_exactly_one_final_result_each() {
     let mut by_request: HashMap<String, Vec<Value>> = HashMap::new();
     for (payload, props, key) in &seen {
         let v: Value = serde_json::from_slice(payload).unwrap();
-        let id = v["request_id"].as_str().expect("request_id set").to_string();
-        assert_eq!(key.as_deref(), Some(id.as_str()), "message key = request_id");
+        let id = v["request_id"]
+            .as_str()
+            .expect("request_id set")
+            .to_string();
+        assert_eq!(
+            key.as_deref(),
+            Some(id.as_str()),
+            "message key = request_id"
+        );
         assert_eq!(props.get("state").map(String::as_str), v["state"].as_str());
         by_request.entry(id).or_default().push(v);
     }
 
     for (id, req) in &expected {
-        let results = by_request.get(id).unwrap_or_else(|| panic!("no result for {id}"));
-        let states: Vec<&str> = results.iter().map(|r| r["state"].as_str().unwrap()).collect();
-        let fails = req["job"]["Input"]["Object"].as_str().unwrap().contains("__fail__");
+        let results = by_request
+            .get(id)
+            .unwrap_or_else(|| panic!("no result for {id}"));
+        let states: Vec<&str> = results
+            .iter()
+            .map(|r| r["state"].as_str().unwrap())
+            .collect();
+        let fails = req["job"]["Input"]["Object"]
+            .as_str()
+            .unwrap()
+            .contains("__fail__");
         let final_state = if fails { "failed" } else { "succeeded" };
         assert_eq!(states, ["submitted", final_state], "{id}");
         let (submitted, fin) = (&results[0], &results[1]);
@@ -162,7 +182,10 @@ async fn requests_become_exactly_one_final_result_each() {
             assert!(rfc3339_utc(&r["created_at"]), "{id}: {}", r["created_at"]);
             assert!(r["queue_id"].as_str().is_some_and(|q| !q.is_empty()));
         }
-        assert!(rfc3339_utc(&fin["started_at"]) && rfc3339_utc(&fin["finished_at"]), "{fin}");
+        assert!(
+            rfc3339_utc(&fin["started_at"]) && rfc3339_utc(&fin["finished_at"]),
+            "{fin}"
+        );
         assert!(fin["finished_at"].as_str() >= fin["created_at"].as_str());
         if fails {
             assert_ne!(fin["code"], "Success");
@@ -185,7 +208,10 @@ async fn requests_become_exactly_one_final_result_each() {
     assert_eq!(by_request.len(), total_valid + rejected_ids.len());
 
     // Dead letters: payload untouched, reason and source in properties.
-    let letters = collect(&mut dead, Duration::from_secs(60), |s| s.len() >= unreadable.len()).await;
+    let letters = collect(&mut dead, Duration::from_secs(60), |s| {
+        s.len() >= unreadable.len()
+    })
+    .await;
     let mut payloads_seen: Vec<Vec<u8>> = letters.iter().map(|(p, _, _)| p.clone()).collect();
     let mut wanted = unreadable.clone();
     payloads_seen.sort();

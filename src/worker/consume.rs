@@ -36,6 +36,8 @@ pub struct Delivery {
     pub topic: String,
     /// `ledger:entry:partition[:batch]`, for logs and dead-letter properties.
     pub message_id: String,
+    /// When the producer published it (the broker's clock).
+    pub publish_time: std::time::SystemTime,
 }
 
 /// Runs until `stop` turns true (or the consumer ends), then drains.
@@ -103,6 +105,8 @@ where
             key: msg.key(),
             topic: msg.topic.clone(),
             message_id: message_id_string(msg.message_id()),
+            publish_time: std::time::UNIX_EPOCH
+                + Duration::from_millis(msg.metadata().publish_time),
         };
         pending.insert(seq, (msg.topic.clone(), msg.message_id().clone()));
         let handler = handler.clone();

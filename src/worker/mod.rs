@@ -10,6 +10,7 @@
 pub mod complete;
 pub mod consume;
 pub mod dead_letter;
+pub mod recover;
 pub mod retry;
 pub mod submit;
 
@@ -40,6 +41,7 @@ pub struct Context {
     pub publisher: Publisher,
     pub ci: CiClient,
     pub metrics: Arc<Metrics>,
+    pub recovery: recover::Recovery,
 }
 
 impl Context {
@@ -103,6 +105,7 @@ pub async fn run(
     // Fail fast on a broker that refuses us (bad token, bad topic) instead of at the first result.
     publisher.check(&settings.pulsar.result_topic).await?;
     let ctx = Arc::new(Context {
+        recovery: recover::Recovery::new(settings.worker.recovery_lookback),
         settings,
         publisher,
         ci,

@@ -71,6 +71,26 @@ pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
             return stored(ctx.publish_result(&result).await);
         }
     };
+    if let Some(since) = ctx.recovery.take_in_doubt(&valid.request_id).await {
+        match super::recover::search(ctx, &valid, since).await {
+            Ok(Some(detail)) => return recovered(ctx, &valid, &detail).await,
+            Ok(None) => {}
+            Err(e) => {
+                ctx.recovery.put_in_doubt(&valid.request_id, since).await;
+                tracing::warn!(request_id = %valid.request_id, error = %e, "cannot check for an earlier submission; releasing the request for redelivery");
+                return Disposition::Nack;
+            }
+        }
+    } else if ctx.recovery.maybe_attempted(delivery.publish_time) {
+        match ctx.recovery.lookup(ctx, &valid).await {
+            Ok(Some(detail)) => return recovered(ctx, &valid, &detail).await,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(request_id = %valid.request_id, error = %e, "cannot check for an earlier submission; releasing the request for redelivery");
+                return Disposition::Nack;
+            }
+        }
+    }
     match submit_with_retry(ctx, &valid).await {
         Ok(detail) => {
             ctx.metrics.jobs_submitted.inc();
@@ -116,10 +136,38 @@ fn stored(outcome: Result<(), crate::pulsar_io::PulsarIoError>) -> Disposition {
     }
 }
 
+/// A job an earlier attempt created: announce it (unless it already finished, in which case the
+/// completion path owns its result) instead of submitting again.
+async fn recovered(ctx: &Context, req: &ValidRequest, detail: &JobDetail) -> Disposition {
+    ctx.metrics.submissions_recovered.inc();
+    let result = submitted(req, detail);
+    let finished = normalize_job(&detail.raw).state.is_final();
+    tracing::info!(request_id = %req.request_id, job_id = result.job_id.as_deref().unwrap_or(""), finished, "found the job an earlier attempt created; not submitting again");
+    if finished {
+        return Disposition::Ack;
+    }
+    stored(ctx.publish_result(&result).await)
+}
+
 async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetail, CiError> {
     let w = &ctx.settings.worker;
     let mut attempt = 0;
+    let first_attempt = std::time::SystemTime::now();
+    // Set once an attempt may have created a job whose answer we never read.
+    let mut in_doubt = false;
     loop {
+        if in_doubt {
+            match super::recover::search(ctx, req, first_attempt).await {
+                Ok(Some(detail)) => {
+                    ctx.metrics.submissions_recovered.inc();
+                    tracing::info!(request_id = %req.request_id, job_id = detail.job_id.as_deref().unwrap_or(""), "a lost answer had created the job; not submitting again");
+                    return Ok(detail);
+                }
+                Ok(None) => {}
+                // Cannot tell: do not risk a second job; the request is redelivered later.
+                Err(e) => return Err(e),
+            }
+        }
         let started = std::time::Instant::now();
         let outcome = ctx.ci.submit(&req.bucket, &req.region, &req.ci_job).await;
         record_call(ctx, "submit", &outcome, started.elapsed());
@@ -127,17 +175,39 @@ async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetai
             Ok(detail) => return Ok(detail),
             Err(e) if e.is_transient() && attempt + 1 < w.retry_max_attempts => {
                 ctx.metrics.ci_retries.inc();
+                in_doubt = matches!(
+                    e,
+                    CiError::Transport {
+                        ambiguous: true,
+                        ..
+                    } | CiError::Protocol(_)
+                );
                 let delay = retry::backoff(attempt, w.retry_base_delay, w.retry_max_delay);
                 tracing::warn!(request_id = %req.request_id, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, error = %e, "transient CI failure; retrying");
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                let ambiguous = matches!(
+                    e,
+                    CiError::Transport {
+                        ambiguous: true,
+                        ..
+                    } | CiError::Protocol(_)
+                );
+                if e.is_transient() && (in_doubt || ambiguous) {
+                    // The redelivery must look before it submits.
+                    ctx.recovery
+                        .put_in_doubt(&req.request_id, first_attempt)
+                        .await;
+                }
+                return Err(e);
+            }
         }
     }
 }
 
-fn record_call<T>(
+pub(crate) fn record_call<T>(
     ctx: &Context,
     op: &str,
     outcome: &Result<T, CiError>,

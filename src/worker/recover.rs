@@ -1,0 +1,159 @@
+//! Finding a job CI may already have created for a request, so that a retry never submits it twice.
+//!
+//! `POST /jobs` is not idempotent. Two situations leave the worker unsure whether a job exists:
+//! - an **ambiguous submit**: the request reached CI but the answer was lost (timeout, reset, garbled
+//!   body). Before retrying, the worker lists the jobs created since the first attempt and looks for
+//!   its correlation marker in `UserData` ([`search`]).
+//! - a **restart**: a request published before this process started may have been submitted by the
+//!   previous one (killed before it acknowledged). For those the worker consults one list scan per
+//!   (bucket, region, queue, tag), taken lazily and shared by all such requests ([`Recovery::lookup`]),
+//!   so a backlog after a restart costs a few list calls, not one per request.
+//!
+//! The marker is unique per request id, so a match is the request's own job.
+
+use super::Context;
+use crate::ci::client::{CiError, ListQuery};
+use crate::ci::model::{text_at, JobDetail};
+use crate::request::ValidRequest;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::{Mutex, OnceCell};
+
+/// Pages of 100 jobs one scan reads at most (bounds the cost of a recovery).
+const MAX_PAGES: usize = 50;
+/// Clock skew allowed between this host and CI when choosing `startCreationTime`.
+const SKEW: Duration = Duration::from_secs(120);
+
+type ScanKey = (String, String, Option<String>, String);
+type Scan = HashMap<String, JobDetail>;
+
+/// Restart recovery state: when this process started and the scans taken since.
+pub struct Recovery {
+    pub started_at: SystemTime,
+    /// How far back a restart scan looks (`worker.job_timeout_max` bounds what can still be pending).
+    pub lookback: Duration,
+    scans: Mutex<HashMap<ScanKey, Arc<OnceCell<Option<Scan>>>>>,
+    /// Requests released while a job may exist for them, with their first attempt's time.
+    in_doubt: Mutex<HashMap<String, SystemTime>>,
+}
+
+impl Recovery {
+    pub fn new(lookback: Duration) -> Recovery {
+        Recovery {
+            started_at: SystemTime::now(),
+            lookback,
+            scans: Mutex::new(HashMap::new()),
+            in_doubt: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Remembers that `request_id` was released after an attempt whose answer was lost.
+    pub async fn put_in_doubt(&self, request_id: &str, first_attempt: SystemTime) {
+        self.in_doubt
+            .lock()
+            .await
+            .insert(request_id.to_string(), first_attempt);
+    }
+
+    /// If `request_id` is in doubt: since when (and it no longer is, until put back).
+    pub async fn take_in_doubt(&self, request_id: &str) -> Option<SystemTime> {
+        self.in_doubt.lock().await.remove(request_id)
+    }
+
+    /// Whether a request published at `publish_time` may have been handled by an earlier process.
+    pub fn maybe_attempted(&self, publish_time: SystemTime) -> bool {
+        publish_time < self.started_at
+    }
+
+    /// The job an earlier process created for `req`, from the shared scan of its queue.
+    /// `Err` when CI cannot be listed (the caller retries later rather than risk a duplicate).
+    pub async fn lookup(
+        &self,
+        ctx: &Context,
+        req: &ValidRequest,
+    ) -> Result<Option<JobDetail>, CiError> {
+        let key = scan_key(req);
+        let cell = self.scans.lock().await.entry(key).or_default().clone();
+        let since = self.started_at - self.lookback;
+        let scan = cell
+            .get_or_init(|| async { scan(ctx, req, since, None).await.ok() })
+            .await;
+        match scan {
+            Some(found) => Ok(found.get(&marker(req)).cloned()),
+            None => {
+                // A failed scan is not cached: forget it so the next request tries again.
+                self.scans.lock().await.remove(&scan_key(req));
+                Err(CiError::Protocol(
+                    "could not list jobs to check for an earlier submission".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn scan_key(req: &ValidRequest) -> ScanKey {
+    (
+        req.bucket.clone(),
+        req.region.clone(),
+        text_at(&req.ci_job, &["QueueId"]),
+        text_at(&req.ci_job, &["Tag"]).unwrap_or_default(),
+    )
+}
+
+/// The `UserData` the worker sent for `req` (marker plus the caller's data).
+fn marker(req: &ValidRequest) -> String {
+    text_at(&req.ci_job, &["Operation", "UserData"]).unwrap_or_default()
+}
+
+/// Looks for `req`'s job among those created since `since`.
+pub async fn search(
+    ctx: &Context,
+    req: &ValidRequest,
+    since: SystemTime,
+) -> Result<Option<JobDetail>, CiError> {
+    let wanted = marker(req);
+    Ok(scan(ctx, req, since, Some(&wanted)).await?.remove(&wanted))
+}
+
+/// Lists the jobs of `req`'s bucket, queue and tag created since `since`, keyed by their `UserData`;
+/// stops early once `stop_at` is found.
+async fn scan(
+    ctx: &Context,
+    req: &ValidRequest,
+    since: SystemTime,
+    stop_at: Option<&str>,
+) -> Result<Scan, CiError> {
+    let since: chrono::DateTime<chrono::Utc> = (since - SKEW).into();
+    let mut query = ListQuery {
+        queue_id: text_at(&req.ci_job, &["QueueId"]),
+        tag: text_at(&req.ci_job, &["Tag"]).unwrap_or_default(),
+        states: Some("All".into()),
+        order_by_time: Some("Desc".into()),
+        size: Some(100),
+        next_token: None,
+        start_creation_time: Some(since.format("%Y-%m-%dT%H:%M:%S%z").to_string()),
+        end_creation_time: None,
+    };
+    let mut found = Scan::new();
+    for _ in 0..MAX_PAGES {
+        let started = std::time::Instant::now();
+        let page = ctx.ci.list(&req.bucket, &req.region, &query).await;
+        super::submit::record_call(ctx, "list", &page, started.elapsed());
+        let page = page?;
+        for job in page.jobs {
+            if let Some(user_data) = job.user_data() {
+                let hit = stop_at == Some(user_data.as_str());
+                found.entry(user_data).or_insert(job);
+                if hit {
+                    return Ok(found);
+                }
+            }
+        }
+        match page.next_token {
+            Some(token) => query.next_token = Some(token),
+            None => break,
+        }
+    }
+    Ok(found)
+}
