@@ -53,6 +53,8 @@ pub struct PulsarSettings {
     pub callback_subscription: String,
     pub result_topic: String,
     pub dead_letter_topic: String,
+    /// Internal: one delayed message per pending job, due when the worker should ask CI about it.
+    pub deadline_topic: String,
 }
 
 impl Default for PulsarSettings {
@@ -66,6 +68,7 @@ impl Default for PulsarSettings {
             callback_subscription: "ci-worker".into(),
             result_topic: "persistent://public/default/ci-results".into(),
             dead_letter_topic: "persistent://public/default/ci-dead-letter".into(),
+            deadline_topic: "persistent://public/default/ci-worker-deadlines".into(),
         }
     }
 }
@@ -325,6 +328,7 @@ impl Settings {
             ("pulsar.callback_subscription", &p.callback_subscription),
             ("pulsar.result_topic", &p.result_topic),
             ("pulsar.dead_letter_topic", &p.dead_letter_topic),
+            ("pulsar.deadline_topic", &p.deadline_topic),
         ] {
             if value.trim().is_empty() || value.chars().any(char::is_whitespace) {
                 return Err(invalid(

@@ -3,6 +3,7 @@
 
 use crate::metrics::Metrics;
 use crate::pulsar_io::Publisher;
+use crate::worker::consume::Health;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -11,6 +12,7 @@ use axum::Router;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::OnceCell;
 
 /// How long a readiness probe may wait for the broker before answering 503.
 const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
@@ -18,7 +20,9 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone)]
 struct Probe {
     metrics: Arc<Metrics>,
-    publisher: Publisher,
+    health: Arc<Health>,
+    /// Set once the worker has connected to the broker.
+    publisher: Arc<OnceCell<Publisher>>,
     /// Topic whose producer readiness checks (the result topic: without it nothing can finish).
     topic: String,
 }
@@ -27,7 +31,8 @@ struct Probe {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    publisher: Publisher,
+    health: Arc<Health>,
+    publisher: Arc<OnceCell<Publisher>>,
     topic: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -37,6 +42,7 @@ pub async fn serve(
         .route("/readyz", get(ready))
         .with_state(Probe {
             metrics,
+            health,
             publisher,
             topic,
         });
@@ -56,7 +62,20 @@ async fn metrics_text(State(p): State<Probe>) -> impl IntoResponse {
 }
 
 async fn ready(State(p): State<Probe>) -> (StatusCode, String) {
-    match tokio::time::timeout(READINESS_TIMEOUT, p.publisher.check(&p.topic)).await {
+    let Some(publisher) = p.publisher.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: connecting to the broker".into(),
+        );
+    };
+    let failing = p.health.failing();
+    if !failing.is_empty() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: no working consumer for {}", failing.join(", ")),
+        );
+    }
+    match tokio::time::timeout(READINESS_TIMEOUT, publisher.check(&p.topic)).await {
         Ok(Ok(())) => (StatusCode::OK, "ready".into()),
         Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
         Err(_) => (

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub pulsar_reconnects: Counter,
     pub redeliveries_requested: Counter,
     pub submissions_recovered: Counter,
+    pub deadline_checks: Counter,
+    pub callbacks_lost: Counter,
+    pub duplicates_suppressed: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +90,9 @@ impl Metrics {
             pulsar_reconnects: Counter::default(),
             redeliveries_requested: Counter::default(),
             submissions_recovered: Counter::default(),
+            deadline_checks: Counter::default(),
+            callbacks_lost: Counter::default(),
+            duplicates_suppressed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -154,6 +160,21 @@ impl Metrics {
             "submissions_recovered",
             "Jobs found already created by a lost answer or an earlier process, instead of submitted again",
             m.submissions_recovered.clone(),
+        );
+        registry.register(
+            "deadline_checks",
+            "Jobs described because no completion event came within worker.job_timeout",
+            m.deadline_checks.clone(),
+        );
+        registry.register(
+            "callbacks_lost",
+            "Jobs CI finished whose completion event never arrived (found by a deadline check)",
+            m.callbacks_lost.clone(),
+        );
+        registry.register(
+            "duplicates_suppressed",
+            "Final results not published again for a job already finished (duplicate events)",
+            m.duplicates_suppressed.clone(),
         );
         Metrics { registry, ..m }
     }

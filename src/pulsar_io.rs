@@ -33,6 +33,9 @@ pub mod props {
     pub const SOURCE_MESSAGE_ID: &str = "ci-worker-source-message-id";
     /// RFC 3339 time of dead-lettering.
     pub const DLQ_AT: &str = "ci-worker-dlq-at";
+    /// Poison messages: how many deliveries failed, and when the first did.
+    pub const ATTEMPTS: &str = "ci-worker-attempts";
+    pub const FIRST_FAILURE_AT: &str = "ci-worker-first-failure-at";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,7 +7,6 @@ mod stack;
 
 use serde_json::json;
 use stack::{collect, Stack};
-use std::process::Command;
 use std::time::Duration;
 
 fn metric(text: &str, name_and_labels: &str) -> f64 {
@@ -126,54 +125,9 @@ async fn metrics_and_probes_follow_the_jobs() {
     assert!(stack.stop_worker().unwrap().success());
 }
 
-/// A broker of this test's own (ports and data apart from the shared one), stopped on drop.
-struct PrivateBroker {
-    env: Vec<(String, String)>,
-    url: String,
-}
-
-impl PrivateBroker {
-    fn script(&self, verb: &str) -> bool {
-        Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pulsar.sh"))
-            .arg(verb)
-            .envs(self.env.iter().cloned())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    }
-
-    fn start() -> PrivateBroker {
-        let port = stack::free_port();
-        let http = stack::free_port();
-        let data = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("private-broker-{port}"));
-        let broker = PrivateBroker {
-            env: vec![
-                ("PULSAR_PORT".into(), port.to_string()),
-                ("PULSAR_HTTP_PORT".into(), http.to_string()),
-                ("PULSAR_BOOKIE_PORT".into(), stack::free_port().to_string()),
-                ("PULSAR_ZK_PORT".into(), stack::free_port().to_string()),
-                ("PULSAR_DATA_DIR".into(), data.display().to_string()),
-                ("PULSAR_WIPE".into(), "1".into()),
-            ],
-            url: format!("pulsar://127.0.0.1:{port}"),
-        };
-        assert!(broker.script("start"), "private broker did not start");
-        broker
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        self.script("stop");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_drops_without_the_broker_and_returns_with_it() {
-    let mut broker = PrivateBroker::start();
+    let mut broker = stack::PrivateBroker::start();
     let mut stack = Stack::new("ready");
     stack
         .env

@@ -8,7 +8,7 @@
 //! (see [`error_body`] for `Resource`) with the HTTP status error-codes.md gives the code. `GET /healthz` answers `ok` without any of that.
 
 use super::auth::{self, SignedRequest};
-use super::faults::Refusal;
+use super::faults::{self, Refusal};
 use super::store::{self, CancelRefusal, JobState, ListFilter, CI_TIME_FORMAT};
 use super::submit;
 use super::{EmulatorEvent, Shared};
@@ -339,6 +339,10 @@ async fn submit(
         state: JobState::Submitted,
     });
     store::spawn_lifecycle(shared.clone(), &job);
+    if faults::ObjectFaults::of(&job.spec.input_object).hangup {
+        tracing::info!(job_id = %job.id, "emulator: holding the answer (__hangup__)");
+        tokio::time::sleep(faults::HANGUP_DELAY).await;
+    }
     let mut root = Map::new();
     root.insert("JobsDetail".into(), job.detail());
     write_xml(&Value::Object(root))

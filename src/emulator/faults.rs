@@ -6,7 +6,9 @@
 //!
 //! By marker in the input object key (`Input/Object`): `__fail__` ends the job `Failed`, `__lost__`
 //! ends it `Success` but never sends its completion event, `__slow__` makes it take ten times
-//! `job_duration_ms`. Markers combine (`a__slow____fail__.mp4`).
+//! `job_duration_ms`, `__hangup__` creates the job but holds the answer for [`HANGUP_DELAY`] (longer
+//! than any sane client timeout), so the client cannot know the job exists: the ambiguous submit a
+//! client must not turn into a second job. Markers combine (`a__slow____fail__.mp4`).
 
 use super::EmulatorError;
 use crate::config::EmulatorSettings;
@@ -19,6 +21,10 @@ pub(crate) const FAIL_MARKER: &str = "__fail__";
 pub(crate) const LOST_MARKER: &str = "__lost__";
 /// Marker: the job takes ten times longer.
 pub(crate) const SLOW_MARKER: &str = "__slow__";
+/// Marker: the job is created but the answer comes too late for the client.
+pub(crate) const HANGUP_MARKER: &str = "__hangup__";
+/// How long a `__hangup__` answer is held.
+pub(crate) const HANGUP_DELAY: Duration = Duration::from_secs(15);
 /// How much longer a `__slow__` job takes.
 pub(crate) const SLOW_FACTOR: u32 = 10;
 
@@ -28,6 +34,7 @@ pub(crate) struct ObjectFaults {
     pub fail: bool,
     pub lost: bool,
     pub slow: bool,
+    pub hangup: bool,
 }
 
 impl ObjectFaults {
@@ -36,6 +43,7 @@ impl ObjectFaults {
             fail: object.contains(FAIL_MARKER),
             lost: object.contains(LOST_MARKER),
             slow: object.contains(SLOW_MARKER),
+            hangup: object.contains(HANGUP_MARKER),
         }
     }
 }

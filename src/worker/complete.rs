@@ -2,10 +2,10 @@
 //! on the results topic. Unparseable events are dead-lettered, never dropped.
 
 use super::consume::{self, Delivery, Disposition};
-use super::{dead_letter, Context, WorkerError};
+use super::{dead_letter, deadline, poison, Context, WorkerError};
 use crate::completion::normalize::normalize_event;
 use crate::completion::parse::parse_event;
-use crate::pulsar_io::{self, Client, SubscribeOptions};
+use crate::pulsar_io::{Client, SubscribeOptions};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -15,51 +15,52 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
     let p = &ctx.settings.pulsar;
-    let consumer = pulsar_io::subscribe(
-        &client,
-        &SubscribeOptions {
-            topic: p.callback_topic.clone(),
-            subscription: p.callback_subscription.clone(),
-            name_prefix: "ci-worker-complete".into(),
-            receiver_queue_size: 1000,
-            dead_letter: Some((
-                ctx.settings.worker.max_redeliveries,
-                p.dead_letter_topic.clone(),
-            )),
-            from_earliest: true,
-        },
-    )
-    .await?;
+    let subscribe = SubscribeOptions {
+        topic: p.callback_topic.clone(),
+        subscription: p.callback_subscription.clone(),
+        name_prefix: "ci-worker-complete".into(),
+        receiver_queue_size: 1000,
+        dead_letter: Some((
+            ctx.settings.worker.max_redeliveries,
+            p.dead_letter_topic.clone(),
+        )),
+        from_earliest: true,
+    };
     // Normalizing is cheap; the bound here is publishes awaiting their receipt.
     let max_in_flight = ctx.settings.worker.max_in_flight.max(256);
     let drain = ctx.settings.worker.shutdown_timeout;
     let handler_ctx = ctx.clone();
     let metrics = ctx.metrics.clone();
     consume::run(
-        "complete",
-        consumer,
-        max_in_flight,
-        drain,
+        client,
+        consume::LoopOptions {
+            name: "complete",
+            subscribe,
+            max_in_flight,
+            drain_timeout: drain,
+        },
         stop,
         metrics,
+        ctx.health.clone(),
         move |d| {
             let ctx = handler_ctx.clone();
-            async move { handle(&ctx, d).await }
+            async move {
+                let verdict = handle(&ctx, &d).await;
+                poison::settle(&ctx, &d, "callback", verdict).await
+            }
         },
     )
     .await
 }
 
-pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
+pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
     let event = match parse_event(&delivery.payload) {
         Ok(event) => event,
         Err(e) => {
             let reason = format!("unparseable completion event: {e}");
-            let outcome = dead_letter::publish(ctx, &delivery, "callback", &reason).await;
-            return if outcome.is_ok() {
-                Disposition::Ack
-            } else {
-                Disposition::Nack
+            return match dead_letter::publish(ctx, delivery, "callback", &reason).await {
+                Ok(()) => Disposition::Ack,
+                Err(e) => Disposition::Retry(format!("could not dead-letter: {e}")),
             };
         }
     };
@@ -80,9 +81,17 @@ pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
             state = result.state.as_str(),
             "job finished"
         );
-        if let Err(e) = ctx.publish_result(&result).await {
-            tracing::warn!(error = %e, "could not store a result; the event will be redelivered");
-            return Disposition::Nack;
+        let verdict = if result.state.is_final() {
+            deadline::publish_final(ctx, &result).await
+        } else {
+            match ctx.publish_result(&result).await {
+                Ok(()) => Disposition::Ack,
+                Err(e) => Disposition::Retry(format!("could not store a result: {e}")),
+            }
+        };
+        if let Disposition::Retry(reason) = verdict {
+            tracing::warn!(reason, "the event will be redelivered");
+            return Disposition::Retry(reason);
         }
     }
     Disposition::Ack

@@ -1,13 +1,19 @@
-//! The consume/settle loop both paths share.
+//! The consume/settle loop every path shares.
 //!
 //! One task owns the consumer (the crate's ack/nack need `&mut`), takes a message only when a
 //! concurrency permit is free, hands it to a spawned handler, and settles (acks or nacks) the handler's
 //! verdict when it arrives. On shutdown it stops taking messages, waits for handlers up to the drain
 //! timeout and nacks the rest, so that every message taken is either done or redelivered.
+//!
+//! It also guards the consumer: the `pulsar` crate has had consumers that stay silent forever after a
+//! broker restart while their connection looks fine. Every [`HEALTH_INTERVAL`] the loop asks the broker
+//! for the consumer's stats (which fails when the broker no longer knows the consumer) and rebuilds the
+//! consumer when that fails or hangs. Unacknowledged messages of the old one are redelivered by the
+//! broker; verdicts still pending are settled through the new one (acks apply to the subscription).
 
 use super::WorkerError;
 use crate::metrics::Metrics;
-use crate::pulsar_io::{message_id_string, properties_of};
+use crate::pulsar_io::{self, message_id_string, properties_of, Client, SubscribeOptions};
 use futures::StreamExt;
 use pulsar::proto::MessageIdData;
 use pulsar::{Consumer, TokioExecutor};
@@ -18,13 +24,18 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
+/// How often the consumer's registration at the broker is checked.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
+/// How long a health check may take before the consumer is considered stuck.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A handler's verdict on one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
     /// Done: its outcome is safely on the broker.
     Ack,
-    /// Not done: redeliver it (to this or another replica).
-    Nack,
+    /// Not done, for this reason: redeliver it (to this or another replica).
+    Retry(String),
 }
 
 /// One received message, detached from the consumer.
@@ -40,27 +51,44 @@ pub struct Delivery {
     pub publish_time: std::time::SystemTime,
 }
 
-/// Runs until `stop` turns true (or the consumer ends), then drains.
+type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
+
+/// What the loop needs besides the handler.
+pub struct LoopOptions {
+    pub name: &'static str,
+    pub subscribe: SubscribeOptions,
+    pub max_in_flight: usize,
+    pub drain_timeout: Duration,
+}
+
+/// Subscribes, then runs until `stop` turns true (or the consumer ends), then drains.
 pub async fn run<H, F>(
-    name: &'static str,
-    mut consumer: Consumer<Vec<u8>, TokioExecutor>,
-    max_in_flight: usize,
-    drain_timeout: Duration,
+    client: Client,
+    opts: LoopOptions,
     mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     handler: H,
 ) -> Result<(), WorkerError>
 where
     H: Fn(Delivery) -> F + Send + Sync + 'static,
     F: Future<Output = Disposition> + Send + 'static,
 {
+    let name = opts.name;
+    health.set(name, false);
+    let Some(mut consumer) = subscribe_until_ok(&client, &opts, &mut stop).await else {
+        return Ok(());
+    };
+    health.set(name, true);
     let handler = Arc::new(handler);
-    let permits = Arc::new(Semaphore::new(max_in_flight));
+    let permits = Arc::new(Semaphore::new(opts.max_in_flight));
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(u64, Disposition)>();
     let mut pending: HashMap<u64, (String, MessageIdData)> = HashMap::new();
     let mut tasks = JoinSet::new();
     let mut seq: u64 = 0;
-    let mut ended = false;
+    let mut check = tokio::time::interval(HEALTH_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    check.tick().await;
 
     'taking: loop {
         // A permit first, so the broker keeps the messages we cannot start yet (other replicas may).
@@ -70,6 +98,9 @@ where
                 _ = stopped(&mut stop) => break 'taking,
                 Some((id, verdict)) = done_rx.recv() => {
                     settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
+                }
+                _ = check.tick() => {
+                    guard(&client, &opts, &mut consumer, &metrics, &health, &mut stop).await;
                 }
                 permit = permits.clone().acquire_owned() => {
                     break permit.expect("semaphore is never closed");
@@ -83,6 +114,9 @@ where
                 Some((id, verdict)) = done_rx.recv() => {
                     settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
                 }
+                _ = check.tick() => {
+                    guard(&client, &opts, &mut consumer, &metrics, &health, &mut stop).await;
+                }
                 next = consumer.next() => break next,
             }
         };
@@ -93,9 +127,18 @@ where
                 continue;
             }
             None => {
-                tracing::error!(loop_name = name, "consumer stream ended");
-                ended = true;
-                break;
+                // The crate gave up on this consumer: build another rather than stop serving.
+                tracing::warn!(loop_name = name, "consumer stream ended; rebuilding");
+                health.set(name, false);
+                metrics.pulsar_reconnects.inc();
+                match subscribe_until_ok(&client, &opts, &mut stop).await {
+                    Some(fresh) => {
+                        consumer = fresh;
+                        health.set(name, true);
+                        continue;
+                    }
+                    None => break,
+                }
             }
         };
         seq += 1;
@@ -110,10 +153,10 @@ where
         };
         pending.insert(seq, (msg.topic.clone(), msg.message_id().clone()));
         let handler = handler.clone();
-        let in_flight = metrics.in_flight.clone();
-        in_flight.inc();
         let done_tx = done_tx.clone();
         let id = seq;
+        let in_flight = metrics.in_flight.clone();
+        in_flight.inc();
         tasks.spawn(async move {
             let verdict = handler(delivery).await;
             in_flight.dec();
@@ -124,7 +167,7 @@ where
 
     // Drain: settle what finishes in time, nack the rest.
     tracing::info!(loop_name = name, in_flight = pending.len(), "draining");
-    let deadline = tokio::time::Instant::now() + drain_timeout;
+    let deadline = tokio::time::Instant::now() + opts.drain_timeout;
     while !pending.is_empty() {
         tokio::select! {
             Some((id, verdict)) = done_rx.recv() => {
@@ -150,11 +193,91 @@ where
         );
     }
     let _ = consumer.close().await;
-    if ended {
-        // Exit non-zero so a supervisor restarts the process with a fresh connection.
-        return Err(WorkerError::Task(format!("{name}: consumer stream ended")));
-    }
     Ok(())
+}
+
+/// Which loops have a working consumer (for `/readyz`).
+#[derive(Default)]
+pub struct Health {
+    loops: std::sync::Mutex<HashMap<&'static str, bool>>,
+}
+
+impl Health {
+    pub fn set(&self, name: &'static str, ok: bool) {
+        self.loops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, ok);
+    }
+
+    /// The loops without a working consumer (empty = all subscribed).
+    pub fn failing(&self) -> Vec<&'static str> {
+        let loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failing: Vec<&'static str> = loops
+            .iter()
+            .filter(|(_, ok)| !**ok)
+            .map(|(n, _)| *n)
+            .collect();
+        failing.sort_unstable();
+        failing
+    }
+}
+
+/// Subscribes, retrying with backoff (the broker may be starting or restarting) until it works;
+/// `None` once `stop` turns true.
+async fn subscribe_until_ok(
+    client: &Client,
+    opts: &LoopOptions,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<PulsarConsumer> {
+    let mut attempt = 0u32;
+    loop {
+        match pulsar_io::subscribe(client, &opts.subscribe).await {
+            Ok(consumer) => return Some(consumer),
+            Err(e) => {
+                attempt += 1;
+                tracing::warn!(loop_name = opts.name, attempt, error = %e, "cannot subscribe yet; retrying");
+                let delay = Duration::from_millis(500 * u64::from(attempt.min(10)));
+                tokio::select! {
+                    _ = stopped(stop) => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Checks that the broker still knows `consumer`; rebuilds it (retrying until it works or `stop`)
+/// when not.
+async fn guard(
+    client: &Client,
+    opts: &LoopOptions,
+    consumer: &mut PulsarConsumer,
+    metrics: &Metrics,
+    health: &Health,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let healthy = matches!(
+        tokio::time::timeout(HEALTH_TIMEOUT, consumer.get_stats()).await,
+        Ok(Ok(_))
+    );
+    if healthy {
+        health.set(opts.name, true);
+        return;
+    }
+    health.set(opts.name, false);
+    tracing::warn!(
+        loop_name = opts.name,
+        "consumer unhealthy (the broker does not answer for it); rebuilding"
+    );
+    if let Some(fresh) = subscribe_until_ok(client, opts, stop).await {
+        let mut old = std::mem::replace(consumer, fresh);
+        // Best effort: the broker redelivers its unacknowledged messages either way.
+        let _ = tokio::time::timeout(HEALTH_TIMEOUT, old.close()).await;
+        metrics.pulsar_reconnects.inc();
+        health.set(opts.name, true);
+        tracing::info!(loop_name = opts.name, "consumer rebuilt");
+    }
 }
 
 /// Resolves once `stop` is true (dropping the watch guard before returning, to stay `Send`).
@@ -163,7 +286,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 async fn settle(
-    consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
+    consumer: &mut PulsarConsumer,
     pending: &mut HashMap<u64, (String, MessageIdData)>,
     metrics: &Metrics,
     id: u64,
@@ -172,9 +295,9 @@ async fn settle(
     let Some((topic, msg_id)) = pending.remove(&id) else {
         return;
     };
-    let outcome = match verdict {
+    let outcome = match &verdict {
         Disposition::Ack => consumer.ack_with_id(&topic, msg_id).await,
-        Disposition::Nack => {
+        Disposition::Retry(_) => {
             metrics.redeliveries_requested.inc();
             consumer.nack_with_id(&topic, msg_id).await
         }

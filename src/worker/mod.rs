@@ -10,6 +10,9 @@
 pub mod complete;
 pub mod consume;
 pub mod dead_letter;
+pub mod deadline;
+pub mod finished;
+pub mod poison;
 pub mod recover;
 pub mod retry;
 pub mod submit;
@@ -42,6 +45,9 @@ pub struct Context {
     pub ci: CiClient,
     pub metrics: Arc<Metrics>,
     pub recovery: recover::Recovery,
+    pub finished: finished::Finished,
+    pub failures: poison::Failures,
+    pub health: Arc<consume::Health>,
 }
 
 impl Context {
@@ -89,14 +95,45 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(consume::Health::default());
+    // Not ready until every loop has subscribed.
+    for name in ["submit", "complete", "deadline"] {
+        health.set(name, false);
+    }
     let listener = tokio::net::TcpListener::bind(&settings.http.listen)
         .await
         .map_err(|e| {
             WorkerError::Http(format!("cannot listen on {}: {e}", settings.http.listen))
         })?;
-    let client = pulsar_io::connect_with(&settings.pulsar).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    // Probes answer from the start (alive, not ready) while the broker may still be out of reach.
+    let publisher_slot = Arc::new(tokio::sync::OnceCell::new());
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(crate::http::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        publisher_slot.clone(),
+        settings.pulsar.result_topic.clone(),
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await.map(|_| ());
+        },
+    ));
+    let mut connect_stop = stop_rx.clone();
+    let client = tokio::select! {
+        client = pulsar_io::connect_with(&settings.pulsar) => client?,
+        _ = connect_stop.wait_for(|s| *s) => {
+            http.abort();
+            return Ok(());
+        }
+    };
     let publisher = Publisher::new(client.clone(), "ci-worker")
         .count_rebuilds(metrics.pulsar_reconnects.clone());
+    let _ = publisher_slot.set(publisher.clone());
     let ci = CiClient::new(
         (!settings.ci.endpoint.is_empty()).then_some(settings.ci.endpoint.as_str()),
         settings.credentials(),
@@ -106,27 +143,14 @@ pub async fn run(
     publisher.check(&settings.pulsar.result_topic).await?;
     let ctx = Arc::new(Context {
         recovery: recover::Recovery::new(settings.worker.recovery_lookback),
+        finished: finished::Finished::default(),
+        failures: poison::Failures::default(),
+        health,
         settings,
         publisher,
         ci,
         metrics,
     });
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(crate::http::serve(
-        listener,
-        ctx.metrics.clone(),
-        ctx.publisher.clone(),
-        ctx.settings.pulsar.result_topic.clone(),
-        async move {
-            let _ = http_stop.wait_for(|s| *s).await.map(|_| ());
-        },
-    ));
 
     tracing::info!(
         request_topic = %ctx.settings.pulsar.request_topic,
@@ -136,11 +160,12 @@ pub async fn run(
         "worker started"
     );
     let submit = tokio::spawn(submit::run(ctx.clone(), client.clone(), stop_rx.clone()));
-    let complete = tokio::spawn(complete::run(ctx.clone(), client.clone(), stop_rx));
-    let (a, b) = tokio::join!(submit, complete);
+    let complete = tokio::spawn(complete::run(ctx.clone(), client.clone(), stop_rx.clone()));
+    let deadlines = tokio::spawn(deadline::run(ctx.clone(), client.clone(), stop_rx));
+    let (a, b, c) = tokio::join!(submit, complete, deadlines);
     ctx.publisher.close().await;
     http.abort();
-    for outcome in [a, b] {
+    for outcome in [a, b, c] {
         outcome.map_err(|e| WorkerError::Task(e.to_string()))??;
     }
     tracing::info!("worker stopped");

@@ -3,11 +3,11 @@
 //! only once that outcome is stored on the broker.
 
 use super::consume::{self, Delivery, Disposition};
-use super::{dead_letter, retry, Context, WorkerError};
+use super::{dead_letter, deadline, poison, retry, Context, WorkerError};
 use crate::ci::client::CiError;
 use crate::ci::model::{text_at, JobDetail};
 use crate::completion::normalize::normalize_job;
-use crate::pulsar_io::{self, Client, SubscribeOptions};
+use crate::pulsar_io::{Client, SubscribeOptions};
 use crate::request::{Rejection, SubmitRequest, ValidRequest};
 use crate::result::{JobResult, ObjectRef, ResultState};
 use std::sync::Arc;
@@ -19,47 +19,50 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
     let p = &ctx.settings.pulsar;
-    let consumer = pulsar_io::subscribe(
-        &client,
-        &SubscribeOptions {
-            topic: p.request_topic.clone(),
-            subscription: p.request_subscription.clone(),
-            name_prefix: "ci-worker-submit".into(),
-            receiver_queue_size: ctx.settings.worker.max_in_flight.clamp(1, 1000) as u32,
-            dead_letter: Some((
-                ctx.settings.worker.max_redeliveries,
-                p.dead_letter_topic.clone(),
-            )),
-            from_earliest: true,
-        },
-    )
-    .await?;
+    let subscribe = SubscribeOptions {
+        topic: p.request_topic.clone(),
+        subscription: p.request_subscription.clone(),
+        name_prefix: "ci-worker-submit".into(),
+        receiver_queue_size: ctx.settings.worker.max_in_flight.clamp(1, 1000) as u32,
+        dead_letter: Some((
+            ctx.settings.worker.max_redeliveries,
+            p.dead_letter_topic.clone(),
+        )),
+        from_earliest: true,
+    };
     let w = &ctx.settings.worker;
     let (max_in_flight, drain) = (w.max_in_flight, w.shutdown_timeout);
     let handler_ctx = ctx.clone();
     let metrics = ctx.metrics.clone();
     consume::run(
-        "submit",
-        consumer,
-        max_in_flight,
-        drain,
+        client,
+        consume::LoopOptions {
+            name: "submit",
+            subscribe,
+            max_in_flight,
+            drain_timeout: drain,
+        },
         stop,
         metrics,
+        ctx.health.clone(),
         move |d| {
             let ctx = handler_ctx.clone();
-            async move { handle(&ctx, d).await }
+            async move {
+                let verdict = handle(&ctx, &d).await;
+                poison::settle(&ctx, &d, "request", verdict).await
+            }
         },
     )
     .await
 }
 
 /// One request, start to outcome.
-pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
+pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
     ctx.metrics.requests_consumed.inc();
     let request = match SubmitRequest::parse(&delivery.payload) {
         Ok(r) => r,
         Err(unreadable) => {
-            return stored(dead_letter::publish(ctx, &delivery, "request", &unreadable.0).await)
+            return stored(dead_letter::publish(ctx, delivery, "request", &unreadable.0).await)
         }
     };
     let valid = match request.validate(&ctx.settings.ci) {
@@ -78,7 +81,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
             Err(e) => {
                 ctx.recovery.put_in_doubt(&valid.request_id, since).await;
                 tracing::warn!(request_id = %valid.request_id, error = %e, "cannot check for an earlier submission; releasing the request for redelivery");
-                return Disposition::Nack;
+                return Disposition::Retry(format!("cannot check for an earlier submission: {e}"));
             }
         }
     } else if ctx.recovery.maybe_attempted(delivery.publish_time) {
@@ -87,7 +90,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(request_id = %valid.request_id, error = %e, "cannot check for an earlier submission; releasing the request for redelivery");
-                return Disposition::Nack;
+                return Disposition::Retry(format!("cannot check for an earlier submission: {e}"));
             }
         }
     }
@@ -96,11 +99,11 @@ pub async fn handle(ctx: &Context, delivery: Delivery) -> Disposition {
             ctx.metrics.jobs_submitted.inc();
             let result = submitted(&valid, &detail);
             tracing::info!(request_id = %valid.request_id, job_id = result.job_id.as_deref().unwrap_or(""), "job submitted");
-            stored(ctx.publish_result(&result).await)
+            announce(ctx, &valid, &result).await
         }
         Err(e) if e.is_transient() => {
             tracing::warn!(request_id = %valid.request_id, error = %e, "CI still unavailable after retries; releasing the request for redelivery");
-            Disposition::Nack
+            Disposition::Retry(format!("CI unavailable after retries: {e}"))
         }
         Err(e) => {
             let rejection = match &e {
@@ -131,9 +134,26 @@ fn stored(outcome: Result<(), crate::pulsar_io::PulsarIoError>) -> Disposition {
         Ok(()) => Disposition::Ack,
         Err(e) => {
             tracing::warn!(error = %e, "could not store the outcome; will be redelivered");
-            Disposition::Nack
+            Disposition::Retry(format!("could not store the outcome: {e}"))
         }
     }
+}
+
+/// A job CI accepted: its `submitted` event (first, so that it usually precedes the final result),
+/// then its deadline. If either cannot be stored the request is redelivered, marked in doubt so that
+/// the redelivery finds this job instead of submitting again.
+async fn announce(ctx: &Context, req: &ValidRequest, result: &JobResult) -> Disposition {
+    let deadline = deadline::first(&req.bucket, &req.region, result);
+    let outcome = match ctx.publish_result(result).await {
+        Ok(()) => deadline::schedule(ctx, &deadline, ctx.settings.worker.job_timeout).await,
+        Err(e) => Err(e),
+    };
+    if outcome.is_err() {
+        ctx.recovery
+            .put_in_doubt(&req.request_id, std::time::SystemTime::now())
+            .await;
+    }
+    stored(outcome)
 }
 
 /// A job an earlier attempt created: announce it (unless it already finished, in which case the
@@ -146,7 +166,7 @@ async fn recovered(ctx: &Context, req: &ValidRequest, detail: &JobDetail) -> Dis
     if finished {
         return Disposition::Ack;
     }
-    stored(ctx.publish_result(&result).await)
+    announce(ctx, req, &result).await
 }
 
 async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetail, CiError> {

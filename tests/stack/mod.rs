@@ -56,6 +56,8 @@ pub struct Stack {
     pub worker: Option<Child>,
     /// Extra environment for both processes (e.g. fault rates).
     pub env: HashMap<String, String>,
+    /// Processes started so far (names their log files apart).
+    spawned: usize,
 }
 
 impl Stack {
@@ -104,15 +106,37 @@ impl Stack {
             emulator: None,
             worker: None,
             env: HashMap::new(),
+            spawned: 0,
         }
     }
 
-    fn spawn(&self, subcommand: &str) -> Child {
-        let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
+    /// Where this stack's processes write their logs.
+    pub fn log_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs")
+    }
+
+    /// Everything this stack's processes logged so far.
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        if let Ok(dir) = std::fs::read_dir(Self::log_dir()) {
+            for entry in dir.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.starts_with(&self.topics.mq_name) {
+                    all.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+                }
+            }
+        }
+        all
+    }
+
+    fn spawn(&mut self, subcommand: &str) -> Child {
+        self.spawned += 1;
+        let log_dir = Self::log_dir();
         std::fs::create_dir_all(&log_dir).unwrap();
-        let log = std::fs::File::create(
-            log_dir.join(format!("{}-{subcommand}.log", self.topics.mq_name)),
-        )
+        let log = std::fs::File::create(log_dir.join(format!(
+            "{}-{subcommand}-{}.log",
+            self.topics.mq_name, self.spawned
+        )))
         .unwrap();
         Command::new(env!("CARGO_BIN_EXE_ci-worker"))
             .arg(subcommand)
@@ -153,6 +177,59 @@ impl Stack {
 
     pub fn start_worker(&mut self) {
         self.worker = Some(self.spawn("run"));
+    }
+
+    /// SIGKILL the worker (a crash: no drain, nothing flushed) and reap it.
+    pub fn kill_worker(&mut self) {
+        if let Some(mut child) = self.worker.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// A CI client of this stack's emulator, signed with the stack's key.
+    pub fn ci_client(&self) -> ci_worker::ci::client::CiClient {
+        ci_worker::ci::client::CiClient::new(
+            Some(&format!("http://127.0.0.1:{}", self.emulator_port)),
+            Some(ci_worker::ci::sign::Credentials {
+                secret_id: SECRET_ID.into(),
+                secret_key: ci_worker::secret::Secret::new(SECRET_KEY),
+                session_token: None,
+            }),
+            Duration::from_secs(10),
+        )
+        .unwrap()
+    }
+
+    /// How many CI jobs exist per request id (from the correlation marker), listing every job of
+    /// `tag` in the emulator.
+    pub async fn ci_jobs_per_request(
+        &self,
+        bucket: &str,
+        region: &str,
+        tag: &str,
+    ) -> HashMap<String, usize> {
+        let ci = self.ci_client();
+        let mut query = ci_worker::ci::client::ListQuery {
+            tag: tag.into(),
+            states: Some("All".into()),
+            size: Some(100),
+            ..Default::default()
+        };
+        let mut counts = HashMap::new();
+        loop {
+            let page = ci.list(bucket, region, &query).await.unwrap();
+            for job in &page.jobs {
+                let (request_id, _) = ci_worker::correlation::decode(job.user_data().as_deref());
+                if let Some(id) = request_id {
+                    *counts.entry(id).or_insert(0) += 1;
+                }
+            }
+            match page.next_token {
+                Some(t) => query.next_token = Some(t),
+                None => return counts,
+            }
+        }
     }
 
     /// SIGTERM the worker and wait for it to exit; returns its exit status.
@@ -233,4 +310,56 @@ where
         seen.push((msg.payload.data.clone(), props, msg.key()));
     }
     seen
+}
+
+/// A broker of this test's own (ports and data apart from the shared one), stopped on drop.
+pub struct PrivateBroker {
+    pub env: Vec<(String, String)>,
+    pub url: String,
+}
+
+impl PrivateBroker {
+    /// Runs `scripts/pulsar.sh <verb>` for this broker.
+    pub fn script(&self, verb: &str) -> bool {
+        Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pulsar.sh"))
+            .arg(verb)
+            .envs(self.env.iter().cloned())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    pub fn start() -> PrivateBroker {
+        let port = free_port();
+        let http = free_port();
+        let data = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("private-broker-{port}"));
+        let broker = PrivateBroker {
+            env: vec![
+                ("PULSAR_PORT".into(), port.to_string()),
+                ("PULSAR_HTTP_PORT".into(), http.to_string()),
+                ("PULSAR_BOOKIE_PORT".into(), free_port().to_string()),
+                ("PULSAR_ZK_PORT".into(), free_port().to_string()),
+                ("PULSAR_DATA_DIR".into(), data.display().to_string()),
+                ("PULSAR_WIPE".into(), "1".into()),
+            ],
+            url: format!("pulsar://127.0.0.1:{port}"),
+        };
+        assert!(broker.script("start"), "private broker did not start");
+        broker
+    }
+
+    /// Stops and starts it again on the same data directory.
+    pub fn restart(&mut self) {
+        self.env.retain(|(k, _)| k != "PULSAR_WIPE");
+        assert!(self.script("restart"), "private broker did not restart");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
 }

@@ -1,0 +1,533 @@
+//! What happens when things break, proven against the real broker, the emulator and the `ci-worker`
+//! binary as processes: a worker killed mid-flight, answers lost after CI created the job, a broker
+//! restart, CI throttling and errors with duplicate callbacks, lost callbacks across a restart, hostile
+//! input with secrets kept out of logs and dead letters, and poison messages.
+
+mod common;
+mod stack;
+
+use serde_json::{json, Value};
+use stack::{collect, Stack};
+use std::collections::HashMap;
+use std::time::Duration;
+
+const BUCKET: &str = "examplebucket-1250000000";
+const REGION: &str = "ap-guangzhou";
+
+fn request(id: &str, object: &str) -> Value {
+    json!({"request_id": id, "bucket": BUCKET, "region": REGION,
+           "job": {"Tag": "DigitalWatermark", "Input": {"Object": object},
+                   "Operation": {"DigitalWatermark": {"Type": "Text", "Message": "reliable", "Version": "V1"},
+                                 "Output": {"Region": REGION, "Bucket": BUCKET, "Object": format!("out/{id}.mp4")},
+                                 "UserData": format!("data of {id}")}}})
+}
+
+async fn publish(url: &str, topic: &str, payloads: Vec<Vec<u8>>) {
+    let client = common::client_for(url, None).await;
+    let mut producer = client
+        .producer()
+        .with_topic(topic)
+        .with_options(pulsar::producer::ProducerOptions {
+            block_queue_if_full: true,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let mut receipts = Vec::new();
+    for p in payloads {
+        receipts.push(producer.send_non_blocking(p).await.unwrap());
+    }
+    for r in receipts {
+        r.await.unwrap();
+    }
+}
+
+type Seen = [(Vec<u8>, HashMap<String, String>, Option<String>)];
+
+/// Results grouped by request id, in arrival order.
+fn by_request(seen: &Seen) -> HashMap<String, Vec<Value>> {
+    let mut map: HashMap<String, Vec<Value>> = HashMap::new();
+    for (payload, _, _) in seen {
+        let v: Value = serde_json::from_slice(payload).unwrap();
+        if let Some(id) = v["request_id"].as_str() {
+            map.entry(id.to_string()).or_default().push(v);
+        }
+    }
+    map
+}
+
+fn finals(results: &[Value]) -> Vec<&str> {
+    results
+        .iter()
+        .filter_map(|r| r["state"].as_str())
+        .filter(|s| *s != "submitted")
+        .collect()
+}
+
+fn all_final(seen: &Seen, ids: &[String]) -> bool {
+    let map = by_request(seen);
+    ids.iter()
+        .all(|id| map.get(id).is_some_and(|r| !finals(r).is_empty()))
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (n, v) = l.rsplit_once(' ')?;
+            (n == name).then(|| v.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+async fn metrics_of(stack: &Stack) -> String {
+    reqwest::get(format!(
+        "http://127.0.0.1:{}/metrics",
+        stack.worker_http_port
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap()
+}
+
+/// 1. `kill -9` with 500 requests in flight, then a restart: every request ends with a final result,
+///    none with two different final states, and no request has two CI jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_killed_mid_flight_loses_nothing_and_submits_once() {
+    let mut stack = Stack::new("crash");
+    stack.env.extend([
+        ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "300".into()),
+        ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "5m".into()),
+    ]);
+    stack.start_emulator().await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    stack.start_worker();
+    let ids: Vec<String> = (0..500).map(|i| format!("crash-{i}")).collect();
+    publish(
+        &stack.pulsar_url(),
+        &stack.topics.request,
+        ids.iter()
+            .map(|id| {
+                request(id, &format!("in/{id}.mp4"))
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect(),
+    )
+    .await;
+    // Kill it once a good part of the work is under way.
+    let mut seen = collect(&mut results, Duration::from_secs(120), |s| s.len() >= 150).await;
+    stack.kill_worker();
+    stack.start_worker();
+    let rest = collect(&mut results, Duration::from_secs(240), |s| {
+        let mut all = seen.to_vec();
+        all.extend(s.iter().cloned());
+        all_final(&all, &ids)
+    })
+    .await;
+    seen.extend(rest);
+
+    let map = by_request(&seen);
+    let (mut duplicate_finals, mut duplicate_submitted) = (0, 0);
+    for id in &ids {
+        let results = &map[id];
+        let f = finals(results);
+        assert!(f.iter().all(|s| *s == "succeeded"), "{id}: {f:?}");
+        duplicate_finals += f.len() - 1;
+        duplicate_submitted += results.len() - f.len() - 1.min(results.len() - f.len());
+    }
+    let jobs = stack
+        .ci_jobs_per_request(BUCKET, REGION, "DigitalWatermark")
+        .await;
+    let duplicate_jobs: usize = jobs.values().map(|n| n - 1).sum();
+    eprintln!(
+        "crash test: 500 requests, {duplicate_finals} duplicate final results, \
+         {duplicate_submitted} duplicate submitted events, {duplicate_jobs} duplicate CI jobs"
+    );
+    assert_eq!(jobs.len(), 500, "every request has a CI job");
+    assert_eq!(
+        duplicate_jobs, 0,
+        "no request was submitted twice: {jobs:?}"
+    );
+}
+
+/// 2. A `POST /jobs` whose answer never comes (the job was created): the retry finds the job by its
+///    marker instead of creating a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_submit_answers_do_not_create_second_jobs() {
+    let mut stack = Stack::new("ambiguous");
+    stack.env.extend([
+        // The job outlives the lost answer, so the retry finds it still running.
+        ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "4000".into()),
+        ("CI_WORKER__CI__REQUEST_TIMEOUT".into(), "1s".into()),
+        ("CI_WORKER__WORKER__RETRY_BASE_DELAY".into(), "100ms".into()),
+    ]);
+    stack.start_emulator().await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    stack.start_worker();
+    let ids: Vec<String> = (0..5).map(|i| format!("hangup-{i}")).collect();
+    publish(
+        &stack.pulsar_url(),
+        &stack.topics.request,
+        ids.iter()
+            .map(|id| {
+                request(id, &format!("in/__hangup__/{id}.mp4"))
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect(),
+    )
+    .await;
+    // The `submitted` event can only come from the job the retry found (its answer never came).
+    let seen = collect(&mut results, Duration::from_secs(120), |s| {
+        let map = by_request(s);
+        all_final(s, &ids)
+            && ids
+                .iter()
+                .all(|id| map[id].iter().any(|r| r["state"] == "submitted"))
+    })
+    .await;
+    let map = by_request(&seen);
+    for id in &ids {
+        assert_eq!(finals(&map[id]), ["succeeded"], "{id}");
+    }
+    let jobs = stack
+        .ci_jobs_per_request(BUCKET, REGION, "DigitalWatermark")
+        .await;
+    for id in &ids {
+        assert_eq!(jobs.get(id), Some(&1), "{id}: {jobs:?}");
+    }
+    let m = metrics_of(&stack).await;
+    assert_eq!(
+        metric(&m, "ci_worker_submissions_recovered_total"),
+        5.0,
+        "{m}"
+    );
+}
+
+/// 3. The broker restarts mid-run (same data): the worker reconnects by itself and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing() {
+    let mut broker = stack::PrivateBroker::start();
+    let mut stack = Stack::new("restart");
+    stack
+        .env
+        .insert("CI_WORKER__PULSAR__URL".into(), broker.url.clone());
+    stack.start_emulator().await;
+    stack.start_worker();
+    let first: Vec<String> = (0..100).map(|i| format!("before-{i}")).collect();
+    let second: Vec<String> = (0..100).map(|i| format!("after-{i}")).collect();
+    let encode = |ids: &[String]| -> Vec<Vec<u8>> {
+        ids.iter()
+            .map(|id| {
+                request(id, &format!("in/{id}.mp4"))
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect()
+    };
+    let mut results = stack.follow(&stack.topics.result).await;
+    publish(&broker.url, &stack.topics.request, encode(&first)).await;
+    collect(&mut results, Duration::from_secs(120), |s| s.len() >= 40).await;
+    drop(results);
+    broker.restart();
+    publish(&broker.url, &stack.topics.request, encode(&second)).await;
+    // A new reader from the start of the topic: everything before and after the restart.
+    let mut all = stack.follow(&stack.topics.result).await;
+    let ids: Vec<String> = first.iter().chain(&second).cloned().collect();
+    let seen = collect(&mut all, Duration::from_secs(300), |s| all_final(s, &ids)).await;
+    let map = by_request(&seen);
+    for id in &ids {
+        let f = finals(&map[id]);
+        assert!(
+            !f.is_empty() && f.iter().all(|s| *s == "succeeded"),
+            "{id}: {f:?}"
+        );
+    }
+    assert!(stack.stop_worker().unwrap().success());
+}
+
+/// 4. CI throttles 30% and fails 10% of submissions, and delivers every callback twice: all jobs
+///    complete, retries show in the metrics, and no job gets two final results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ci_faults_and_duplicate_callbacks() {
+    let mut stack = Stack::new("faults");
+    stack.env.extend([
+        ("CI_WORKER__EMULATOR__THROTTLE_RATE".into(), "0.3".into()),
+        ("CI_WORKER__EMULATOR__ERROR_RATE".into(), "0.1".into()),
+        ("CI_WORKER__EMULATOR__DUPLICATE_RATE".into(), "1.0".into()),
+        ("CI_WORKER__WORKER__RETRY_BASE_DELAY".into(), "20ms".into()),
+        ("CI_WORKER__WORKER__RETRY_MAX_DELAY".into(), "200ms".into()),
+        ("CI_WORKER__WORKER__RETRY_MAX_ATTEMPTS".into(), "8".into()),
+    ]);
+    stack.start_emulator().await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    stack.start_worker();
+    let ids: Vec<String> = (0..120).map(|i| format!("faulty-{i}")).collect();
+    publish(
+        &stack.pulsar_url(),
+        &stack.topics.request,
+        ids.iter()
+            .map(|id| {
+                request(id, &format!("in/{id}.mp4"))
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect(),
+    )
+    .await;
+    let seen = collect(&mut results, Duration::from_secs(180), |s| {
+        all_final(s, &ids)
+    })
+    .await;
+    // Every duplicate callback has been consumed once the metrics count them all.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        let m = metrics_of(&stack).await;
+        if metric(&m, "ci_worker_completion_events_total{format=\"json\"}") >= 240.0 {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "duplicates not consumed: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let later = collect(&mut results, Duration::from_secs(5), |_| true).await;
+    let mut all = seen;
+    all.extend(later);
+    let map = by_request(&all);
+    for id in &ids {
+        assert_eq!(finals(&map[id]), ["succeeded"], "{id}");
+    }
+    assert!(metric(&m, "ci_worker_ci_retries_total") > 0.0, "{m}");
+    assert!(
+        metric(
+            &m,
+            "ci_worker_ci_calls_total{op=\"submit\",outcome=\"transient\",status=\"429\"}"
+        ) > 0.0
+    );
+    assert!(
+        metric(
+            &m,
+            "ci_worker_ci_calls_total{op=\"submit\",outcome=\"transient\",status=\"503\"}"
+        ) > 0.0
+    );
+    assert_eq!(
+        metric(&m, "ci_worker_duplicates_suppressed_total"),
+        120.0,
+        "{m}"
+    );
+    let jobs = stack
+        .ci_jobs_per_request(BUCKET, REGION, "DigitalWatermark")
+        .await;
+    assert!(jobs.values().all(|n| *n == 1), "{jobs:?}");
+}
+
+/// 5. A job whose completion event never comes is found by its deadline, even across a restart of the
+///    worker (the deadline lives in Pulsar); one that never finishes ends `timed_out`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_callbacks_are_found_by_deadlines_across_a_restart() {
+    let mut stack = Stack::new("deadline");
+    stack.env.extend([
+        ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "1000".into()),
+        ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "3s".into()),
+        ("CI_WORKER__WORKER__JOB_TIMEOUT_MAX".into(), "7s".into()),
+        (
+            "CI_WORKER__PULSAR__DEADLINE_TOPIC".into(),
+            common::unique_topic("deadlines"),
+        ),
+    ]);
+    stack.start_emulator().await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    stack.start_worker();
+    let lost: Vec<String> = (0..3).map(|i| format!("lost-{i}")).collect();
+    let slow: Vec<String> = (0..2).map(|i| format!("slow-{i}")).collect();
+    let mut payloads = Vec::new();
+    for id in &lost {
+        payloads.push(
+            request(id, &format!("in/__lost__/{id}.mp4"))
+                .to_string()
+                .into_bytes(),
+        );
+    }
+    for id in &slow {
+        payloads.push(
+            request(id, &format!("in/__slow__/{id}.mp4"))
+                .to_string()
+                .into_bytes(),
+        );
+    }
+    publish(&stack.pulsar_url(), &stack.topics.request, payloads).await;
+    let mut seen = collect(&mut results, Duration::from_secs(60), |s| s.len() >= 5).await;
+    // Every job is submitted and has its deadline; the worker that scheduled them goes away.
+    stack.kill_worker();
+    stack.start_worker();
+    let ids: Vec<String> = lost.iter().chain(&slow).cloned().collect();
+    let rest = collect(&mut results, Duration::from_secs(120), |s| {
+        let mut all = seen.to_vec();
+        all.extend(s.iter().cloned());
+        all_final(&all, &ids)
+    })
+    .await;
+    seen.extend(rest);
+    let map = by_request(&seen);
+    for id in &lost {
+        let f = finals(&map[id]);
+        assert_eq!(f, ["succeeded"], "{id}");
+        let r = map[id].iter().find(|r| r["state"] == "succeeded").unwrap();
+        assert_eq!(r["user_data"], format!("data of {id}"));
+        assert!(r["finished_at"].is_string());
+    }
+    for id in &slow {
+        assert_eq!(finals(&map[id]), ["timed_out"], "{id}");
+        let r = map[id].iter().find(|r| r["state"] == "timed_out").unwrap();
+        assert!(r["job_id"].is_string());
+        assert_eq!(r["input"]["object"], format!("in/__slow__/{id}.mp4"));
+        assert_eq!(r["user_data"], format!("data of {id}"));
+    }
+    // The timed-out jobs were cancelled at CI, so no late success follows.
+    let ci = stack.ci_client();
+    for r in slow
+        .iter()
+        .map(|id| map[id].iter().find(|r| r["state"] == "timed_out").unwrap())
+    {
+        let job_id = r["job_id"].as_str().unwrap();
+        let described = ci.describe(BUCKET, REGION, &[job_id]).await.unwrap();
+        assert_eq!(described.jobs[0].state.as_deref(), Some("Cancel"));
+    }
+}
+
+/// 6. Hostile input: invalid UTF-8, deep nesting, markup and injection attempts in text fields, a
+///    large payload. Nothing crashes, nothing is lost (each ends as a result or a dead letter), text
+///    comes back exactly as sent, and the secrets appear nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_is_refused_or_escaped_and_secrets_stay_secret() {
+    const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.TOKEN-SECRET-VALUE";
+    let mut stack = Stack::new("hostile");
+    stack
+        .env
+        .insert("CI_WORKER__PULSAR__TOKEN".into(), TOKEN.into());
+    stack.env.insert("RUST_LOG".into(), "debug".into());
+    stack.start_emulator().await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    let mut dead = stack.follow(&stack.topics.dead_letter).await;
+    stack.start_worker();
+
+    let injection =
+        r#"</UserData><Tag>Evil</Tag><!ENTITY x SYSTEM "file:///etc/passwd">&x; ]]> "' ciw1:x;"#;
+    let mut nested = String::new();
+    for _ in 0..10_000 {
+        nested.push_str("{\"a\":");
+    }
+    nested.push('1');
+    for _ in 0..10_000 {
+        nested.push('}');
+    }
+    let mut big = request("big", "in/big.mp4");
+    big["job"]["Operation"]["Padding"] = json!("x".repeat(4 * 1024 * 1024));
+    // Nested past serde_json's limit, even with a request_id inside, it is not readable JSON.
+    let unreadable: Vec<Vec<u8>> = vec![
+        vec![0xc3, 0x28, 0xa0, 0xa1],
+        nested.clone().into_bytes(),
+        format!("{{\"request_id\": \"deep\", \"job\": {nested}}}").into_bytes(),
+    ];
+    let mut escaped = request("escaped", "in/<&>\"'.mp4");
+    escaped["job"]["Operation"]["UserData"] = json!(injection);
+    let mut evil_tag = request("evil-tag", "in/x.mp4");
+    evil_tag["job"]["Tag"] = json!("</Tag><Input>");
+    let mut payloads = unreadable.clone();
+    payloads.push(escaped.to_string().into_bytes());
+    payloads.push(evil_tag.to_string().into_bytes());
+    payloads.push(big.to_string().into_bytes());
+    publish(&stack.pulsar_url(), &stack.topics.request, payloads).await;
+
+    let ids = vec![
+        "escaped".to_string(),
+        "evil-tag".to_string(),
+        "big".to_string(),
+    ];
+    let seen = collect(&mut results, Duration::from_secs(120), |s| {
+        all_final(s, &ids)
+    })
+    .await;
+    let map = by_request(&seen);
+    let escaped_result = map["escaped"]
+        .iter()
+        .find(|r| r["state"] != "submitted")
+        .unwrap();
+    assert_eq!(escaped_result["state"], "succeeded", "{escaped_result}");
+    assert_eq!(
+        escaped_result["user_data"], injection,
+        "text comes back exactly"
+    );
+    assert_eq!(escaped_result["input"]["object"], "in/<&>\"'.mp4");
+    let evil = map["evil-tag"]
+        .iter()
+        .find(|r| r["state"] != "submitted")
+        .unwrap();
+    assert_eq!(evil["state"], "rejected", "{evil}");
+    assert!(finals(&map["big"]).len() == 1);
+
+    let letters = collect(&mut dead, Duration::from_secs(60), |s| s.len() >= 3).await;
+    let mut got: Vec<Vec<u8>> = letters.iter().map(|(p, _, _)| p.clone()).collect();
+    got.sort();
+    let mut want = unreadable.clone();
+    want.sort();
+    assert!(
+        got == want,
+        "the dead letters are the unreadable payloads, untouched"
+    );
+
+    // The worker is still serving, and no secret was written anywhere.
+    let m = metrics_of(&stack).await;
+    assert!(metric(&m, "ci_worker_requests_consumed_total") >= 6.0);
+    assert!(stack.stop_worker().unwrap().success());
+    let logs = stack.logs();
+    assert!(logs.contains("dead-lettering"), "logs were captured");
+    for secret in [stack::SECRET_KEY, TOKEN] {
+        assert!(!logs.contains(secret), "a secret leaked into the logs");
+        for (payload, props, _) in &letters {
+            assert!(!String::from_utf8_lossy(payload).contains(secret));
+            assert!(props.values().all(|v| !v.contains(secret)));
+        }
+    }
+}
+
+/// 7. A message that keeps failing goes to the dead-letter topic after `worker.max_redeliveries`,
+///    untouched, with its history in properties.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_with_their_history() {
+    let mut stack = Stack::new("poison");
+    stack.env.extend([
+        ("CI_WORKER__EMULATOR__ERROR_RATE".into(), "1.0".into()),
+        ("CI_WORKER__WORKER__RETRY_MAX_ATTEMPTS".into(), "1".into()),
+        ("CI_WORKER__WORKER__MAX_REDELIVERIES".into(), "3".into()),
+    ]);
+    stack.start_emulator().await;
+    let mut dead = stack.follow(&stack.topics.dead_letter).await;
+    stack.start_worker();
+    let payload = request("poison-1", "in/p.mp4").to_string().into_bytes();
+    publish(
+        &stack.pulsar_url(),
+        &stack.topics.request,
+        vec![payload.clone()],
+    )
+    .await;
+    let letters = collect(&mut dead, Duration::from_secs(60), |s| !s.is_empty()).await;
+    let (got, props, _) = &letters[0];
+    assert_eq!(got, &payload, "payload untouched");
+    assert_eq!(props["ci-worker-attempts"], "3");
+    assert!(
+        props["ci-worker-dlq-reason"].contains("ServiceUnavailable"),
+        "{props:?}"
+    );
+    assert!(props.contains_key("ci-worker-first-failure-at"));
+    assert_eq!(props["ci-worker-source-topic"], stack.topics.request);
+    // And it does not come back.
+    let m = metrics_of(&stack).await;
+    assert_eq!(metric(&m, "ci_worker_requests_consumed_total"), 3.0, "{m}");
+}
