@@ -114,6 +114,12 @@ case $pytest_rc in
 *) failed_phases+=("pytest (exit $pytest_rc)") ;;
 esac
 
+# Deployment artifacts (docker-compose.yml, deploy/), validated offline; needs target/debug/ci-worker.
+phase "scripts/validate-deploy.sh"
+deploy_rc=0
+bash "$REPO_ROOT/scripts/validate-deploy.sh" || deploy_rc=$?
+((deploy_rc == 0)) || failed_phases+=("validate-deploy (exit $deploy_rc)")
+
 # --- 5. summary -------------------------------------------------------------------------------
 phase "summary"
 echo "cargo test:"
@@ -132,9 +138,11 @@ if ((pytest_rc != 0 && pytest_rc != 5 && py_failed == 0)); then
   echo "  pytest exited $pytest_rc without a failing test count: counted as 1 failure"
   py_failed=1
 fi
+deploy_passed=$((deploy_rc == 0 ? 1 : 0))
+echo "validate-deploy: $([[ $deploy_rc == 0 ]] && echo passed || echo "failed (exit $deploy_rc)")"
 echo "took $((SECONDS - T0)) s; logs in $LOG_DIR"
 if ((${#failed_phases[@]})); then
   echo "FAILED: ${failed_phases[*]}"
 fi
-echo "summary: $((cargo_passed + py_passed)) passed, $((cargo_failed + py_failed)) failed"
+echo "summary: $((cargo_passed + py_passed + deploy_passed)) passed, $((cargo_failed + py_failed + 1 - deploy_passed)) failed"
 ((${#failed_phases[@]} == 0))
