@@ -1,0 +1,211 @@
+//! Property tests ("fuzzing" with proptest) of everything that reads untrusted bytes: the request
+//! parser and validator, the XML and JSON event parsers, and the normalizer. Each starts from the
+//! seed corpus in `tests/fuzz-corpus/` (documented examples and known attacks) and also mutates it;
+//! proptest keeps any failing case in `tests/fuzz.proptest-regressions` so it is replayed forever.
+//!
+//! Properties: nothing panics; what the parser refuses it refuses with an error; text written into
+//! CI's XML comes back from CI's XML exactly as it went in (no injection survives escaping).
+
+use ci_worker::ci::xml;
+use ci_worker::completion::normalize::{normalize_event, normalize_job};
+use ci_worker::completion::parse::parse_event;
+use ci_worker::config::CiSettings;
+use ci_worker::request::SubmitRequest;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use std::path::Path;
+
+fn corpus(kind: &str) -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz-corpus")
+        .join(kind);
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 4, "corpus {kind} is missing");
+    seeds
+}
+
+/// A seed, then byte-level damage: truncation, a flipped byte, an inserted run.
+fn mutated(seeds: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
+    (
+        0..seeds.len(),
+        any::<prop::sample::Index>(),
+        any::<u8>(),
+        0u8..4,
+        prop::collection::vec(any::<u8>(), 0..16),
+    )
+        .prop_map(move |(i, at, byte, how, insert)| {
+            let mut s = seeds[i].clone();
+            if s.is_empty() {
+                return insert;
+            }
+            let pos = at.index(s.len());
+            match how {
+                0 => s.truncate(pos),
+                1 => s[pos] ^= byte | 1,
+                2 => {
+                    s.splice(pos..pos, insert);
+                }
+                _ => {}
+            }
+            s
+        })
+}
+
+/// Arbitrary JSON trees a few levels deep (object-or-array, strings, numbers, nulls).
+fn json_tree() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        ".{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(5, 64, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop_oneof![
+                    Just("JobsDetail".to_string()),
+                    Just("Operation".to_string()),
+                    Just("UserData".to_string()),
+                    Just("State".to_string()),
+                    Just("MediaInfo".to_string()),
+                    Just("Input".to_string()),
+                    "[A-Z][a-z]{0,6}".prop_map(String::from),
+                ],
+                inner,
+                0..5
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// Printable ASCII with every XML metacharacter over-represented.
+fn hostile_text() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            Just("<".to_string()),
+            Just(">".to_string()),
+            Just("&".to_string()),
+            Just("\"".to_string()),
+            Just("'".to_string()),
+            Just("]]>".to_string()),
+            Just("<!ENTITY x SYSTEM \"file:///etc/passwd\">".to_string()),
+            Just("&amp;".to_string()),
+            "[ -~]{1,8}".prop_map(String::from),
+        ],
+        1..12,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+fn ci() -> CiSettings {
+    CiSettings::default()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn request_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(req) = SubmitRequest::parse(&bytes) {
+            let _ = req.validate(&ci());
+        }
+    }
+
+    #[test]
+    fn mutated_requests_never_panic(bytes in mutated(corpus("requests"))) {
+        if let Ok(req) = SubmitRequest::parse(&bytes) {
+            prop_assert!(!req.request_id.trim().is_empty());
+            if let Ok(valid) = req.validate(&ci()) {
+                // Whatever validates must also be writable as CI's XML.
+                prop_assert!(xml::to_xml("Request", &valid.ci_job).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn any_json_request_validates_or_refuses(job in json_tree(), id in ".{1,20}") {
+        prop_assume!(!id.trim().is_empty());
+        let payload = json!({"request_id": id, "bucket": "examplebucket-1250000000",
+                             "region": "ap-guangzhou", "job": job}).to_string();
+        let req = SubmitRequest::parse(payload.as_bytes()).unwrap();
+        let _ = req.validate(&ci());
+    }
+
+    /// Text fields survive the trip into CI's XML and back exactly: no metacharacter escapes.
+    #[test]
+    fn text_round_trips_through_ci_xml(object in hostile_text(), user_data in hostile_text()) {
+        let payload = json!({"request_id": "r", "bucket": "examplebucket-1250000000", "region": "ap-guangzhou",
+            "job": {"Tag": "DigitalWatermark", "Input": {"Object": object},
+                    "Operation": {"DigitalWatermark": {"Type": "Text", "Message": "m", "Version": "V1"},
+                                  "Output": {"Region": "ap-guangzhou", "Bucket": "b-1", "Object": "o"},
+                                  "UserData": user_data}}}).to_string();
+        let valid = SubmitRequest::parse(payload.as_bytes()).unwrap().validate(&ci());
+        let Ok(valid) = valid else { return Ok(()); };
+        let body = xml::to_xml("Request", &valid.ci_job).unwrap();
+        let doc = xml::parse(&body).unwrap();
+        prop_assert_eq!(&doc.root, "Request");
+        prop_assert_eq!(&doc.value["Input"]["Object"], &json!(object));
+        prop_assert_eq!(&doc.value["Operation"]["UserData"], &valid.ci_job["Operation"]["UserData"]);
+        prop_assert_eq!(doc.value.as_object().unwrap().len(), valid.ci_job.as_object().unwrap().len());
+    }
+
+    #[test]
+    fn event_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+        if let Ok(event) = parse_event(&bytes) {
+            let _ = normalize_event(&event);
+        }
+    }
+
+    #[test]
+    fn mutated_events_parse_or_refuse(bytes in mutated(corpus("events"))) {
+        if let Ok(event) = parse_event(&bytes) {
+            for result in normalize_event(&event) {
+                // Times are RFC 3339 UTC or absent, whatever CI wrote.
+                for t in [&result.created_at, &result.started_at, &result.finished_at].into_iter().flatten() {
+                    prop_assert!(t.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(t).is_ok(), "{}", t);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn normalizer_takes_any_tree(detail in json_tree()) {
+        let result = normalize_job(&detail);
+        prop_assert_eq!(result.version, 1);
+        let wrapped = json!({"EventName": "TaskFinish", "JobsDetail": detail});
+        if let Ok(event) = parse_event(wrapped.to_string().as_bytes()) {
+            let _ = normalize_event(&event);
+        }
+    }
+}
+
+#[test]
+fn every_seed_is_handled() {
+    for seed in corpus("requests") {
+        if let Ok(req) = SubmitRequest::parse(&seed) {
+            let _ = req.validate(&ci());
+        }
+    }
+    let mut refused = 0;
+    for seed in corpus("events") {
+        match parse_event(&seed) {
+            Ok(event) => assert!(!normalize_event(&event).is_empty()),
+            Err(_) => refused += 1,
+        }
+    }
+    // The attacks (entities, nesting) are refused; the documented events are read.
+    assert!(refused >= 2, "attacks must be refused");
+}
+
+#[test]
+fn oversized_messages_are_refused_not_parsed() {
+    let big = vec![b' '; 5 * 1024 * 1024 + 1];
+    assert!(SubmitRequest::parse(&big).is_err());
+    assert!(parse_event(&big).is_err());
+}
