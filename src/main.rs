@@ -52,7 +52,9 @@ fn main() -> std::process::ExitCode {
         print!("{}", settings.to_redacted_toml());
         return std::process::ExitCode::SUCCESS;
     }
-    init_logging(&settings);
+    // A CLI tool prints its results on stdout; keep the client's connection chatter out of the way.
+    let quiet = matches!(cli.command, Command::Submit { .. });
+    init_logging(&settings, quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -124,10 +126,15 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn init_logging(settings: &Settings) {
+fn init_logging(settings: &Settings, quiet: bool) {
     use tracing_subscriber::EnvFilter;
+    let default = if quiet {
+        "warn,pulsar=error"
+    } else {
+        settings.log.level.as_str()
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.log.level))
+        .or_else(|_| EnvFilter::try_new(default))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
