@@ -1,8 +1,8 @@
 //! The completion path: CI's completion event (XML or JSON, detected per message) → normalized results
 //! on the results topic. Unparseable events are dead-lettered, never dropped.
 
-use super::consume::{self, Delivery, Disposition};
-use super::{dead_letter, deadline, poison, Context, WorkerError};
+use super::consume::{Delivery, Disposition};
+use super::{dead_letter, deadline, Context, WorkerError};
 use crate::completion::normalize::normalize_event;
 use crate::completion::parse::parse_event;
 use crate::pulsar_io::{Client, SubscribeOptions};
@@ -26,29 +26,16 @@ pub async fn run(
         )),
         from_earliest: true,
     };
-    // Normalizing is cheap; the bound here is publishes awaiting their receipt.
-    let max_in_flight = ctx.settings.worker.max_in_flight.max(256);
-    let drain = ctx.settings.worker.shutdown_timeout;
-    let handler_ctx = ctx.clone();
-    let metrics = ctx.metrics.clone();
-    consume::run(
+    // Normalizing is cheap: the bound is on results awaiting the broker's receipt.
+    super::serve(
+        &ctx,
         client,
-        consume::LoopOptions {
-            name: "complete",
-            subscribe,
-            max_in_flight,
-            drain_timeout: drain,
-        },
         stop,
-        metrics,
-        ctx.health.clone(),
-        move |d| {
-            let ctx = handler_ctx.clone();
-            async move {
-                let verdict = handle(&ctx, &d).await;
-                poison::settle(&ctx, &d, "callback", verdict).await
-            }
-        },
+        "complete",
+        "callback",
+        subscribe,
+        ctx.settings.worker.max_in_flight.max(256),
+        |ctx, d| async move { handle(&ctx, &d).await },
     )
     .await
 }

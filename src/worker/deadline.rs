@@ -11,8 +11,8 @@
 //! was lost); a job still running gets a new deadline; past `worker.job_timeout_max` the worker cancels
 //! it at CI (best effort, so it does no work nobody waits for) and publishes `timed_out`.
 
-use super::consume::{self, Delivery, Disposition};
-use super::{poison, retry, Context, WorkerError};
+use super::consume::{Delivery, Disposition};
+use super::{retry, Context, WorkerError};
 use crate::completion::normalize::normalize_job;
 use crate::pulsar_io::{self, Client, Outgoing, SubscribeOptions};
 use crate::result::{JobResult, ResultState};
@@ -85,27 +85,15 @@ pub async fn run(
         dead_letter: None,
         from_earliest: true,
     };
-    let drain = ctx.settings.worker.shutdown_timeout;
-    let handler_ctx = ctx.clone();
-    let metrics = ctx.metrics.clone();
-    consume::run(
+    super::serve(
+        &ctx,
         client,
-        consume::LoopOptions {
-            name: "deadline",
-            subscribe,
-            max_in_flight: 16,
-            drain_timeout: drain,
-        },
         stop,
-        metrics,
-        ctx.health.clone(),
-        move |d| {
-            let ctx = handler_ctx.clone();
-            async move {
-                let verdict = handle(&ctx, &d).await;
-                poison::settle(&ctx, &d, "deadline", verdict).await
-            }
-        },
+        "deadline",
+        "deadline",
+        subscribe,
+        16,
+        |ctx, d| async move { handle(&ctx, &d).await },
     )
     .await
 }

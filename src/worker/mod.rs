@@ -89,6 +89,45 @@ fn job_duration(result: &JobResult) -> Option<f64> {
     (ms >= 0).then(|| ms as f64 / 1000.0)
 }
 
+/// Runs one consume loop of the worker: `handle` decides what becomes of each message, and the poison
+/// guard turns a message that keeps failing into a dead letter (`source` labels it).
+#[allow(clippy::too_many_arguments)]
+async fn serve<H, F>(
+    ctx: &Arc<Context>,
+    client: pulsar_io::Client,
+    stop: watch::Receiver<bool>,
+    name: &'static str,
+    source: &'static str,
+    subscribe: pulsar_io::SubscribeOptions,
+    max_in_flight: usize,
+    handle: H,
+) -> Result<(), WorkerError>
+where
+    H: Fn(Arc<Context>, Arc<consume::Delivery>) -> F + Send + Sync + 'static,
+    F: Future<Output = consume::Disposition> + Send + 'static,
+{
+    let handler_ctx = ctx.clone();
+    consume::run(
+        client,
+        consume::LoopOptions {
+            name,
+            subscribe,
+            max_in_flight,
+            drain_timeout: ctx.settings.worker.shutdown_timeout,
+        },
+        stop,
+        ctx.metrics.clone(),
+        ctx.health.clone(),
+        move |delivery| {
+            let ctx = handler_ctx.clone();
+            let delivery = Arc::new(delivery);
+            let verdict = handle(ctx.clone(), delivery.clone());
+            async move { poison::settle(&ctx, &delivery, source, verdict.await).await }
+        },
+    )
+    .await
+}
+
 /// Runs both loops until `shutdown` resolves, then drains within `worker.shutdown_timeout`.
 pub async fn run(
     settings: Settings,

@@ -2,8 +2,8 @@
 //! failures) → `submitted` event, or a `rejected` result, or a dead letter. The request is acknowledged
 //! only once that outcome is stored on the broker.
 
-use super::consume::{self, Delivery, Disposition};
-use super::{dead_letter, deadline, poison, retry, Context, WorkerError};
+use super::consume::{Delivery, Disposition};
+use super::{dead_letter, deadline, retry, Context, WorkerError};
 use crate::ci::client::CiError;
 use crate::ci::model::{text_at, JobDetail};
 use crate::completion::normalize::normalize_job;
@@ -30,33 +30,19 @@ pub async fn run(
         )),
         from_earliest: true,
     };
-    let w = &ctx.settings.worker;
-    let (max_in_flight, drain) = (w.max_in_flight, w.shutdown_timeout);
-    let handler_ctx = ctx.clone();
-    let metrics = ctx.metrics.clone();
-    consume::run(
+    super::serve(
+        &ctx,
         client,
-        consume::LoopOptions {
-            name: "submit",
-            subscribe,
-            max_in_flight,
-            drain_timeout: drain,
-        },
         stop,
-        metrics,
-        ctx.health.clone(),
-        move |d| {
-            let ctx = handler_ctx.clone();
-            async move {
-                let verdict = handle(&ctx, &d).await;
-                poison::settle(&ctx, &d, "request", verdict).await
-            }
-        },
+        "submit",
+        "request",
+        subscribe,
+        ctx.settings.worker.max_in_flight,
+        |ctx, d| async move { handle(&ctx, &d).await },
     )
     .await
 }
 
-/// One request, start to outcome.
 pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
     ctx.metrics.requests_consumed.inc();
     let request = match SubmitRequest::parse(&delivery.payload) {
