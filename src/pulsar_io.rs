@@ -33,6 +33,9 @@ pub mod props {
     pub const SOURCE_MESSAGE_ID: &str = "ci-worker-source-message-id";
     /// RFC 3339 time of dead-lettering.
     pub const DLQ_AT: &str = "ci-worker-dlq-at";
+    /// Records on the deadline topic: `deadline` (due when the job should be checked) or `done`
+    /// (the job's final result is out; its deadline needs no check).
+    pub const RECORD: &str = "ci-worker-record";
     /// Poison messages: how many deliveries failed, and when the first did.
     pub const ATTEMPTS: &str = "ci-worker-attempts";
     pub const FIRST_FAILURE_AT: &str = "ci-worker-first-failure-at";
@@ -295,6 +298,9 @@ pub struct SubscribeOptions {
     /// Where a new subscription starts: the earliest stored message (workers: nothing published before
     /// the first start is missed) or only new ones (followers such as `ci-worker submit --wait`).
     pub from_earliest: bool,
+    /// Key_Shared instead of Shared: every message of one key goes to the same consumer (while the
+    /// set of consumers is stable). Delayed delivery works with both.
+    pub key_shared: bool,
 }
 
 /// A Shared consumer with a unique name.
@@ -306,7 +312,11 @@ pub async fn subscribe(
         .consumer()
         .with_topic(&opts.topic)
         .with_subscription(&opts.subscription)
-        .with_subscription_type(SubType::Shared)
+        .with_subscription_type(if opts.key_shared {
+            SubType::KeyShared
+        } else {
+            SubType::Shared
+        })
         .with_consumer_name(format!("{}-{}", opts.name_prefix, uuid::Uuid::new_v4()))
         .with_options(
             ConsumerOptions::default()

@@ -31,6 +31,7 @@ pub async fn submit_and_wait(
                     receiver_queue_size: 1000,
                     dead_letter: None,
                     from_earliest: false,
+                    key_shared: false,
                 },
             )
             .await?,

@@ -401,6 +401,84 @@ async fn lost_callbacks_are_found_by_deadlines_across_a_restart() {
     }
 }
 
+/// 5b. With two replicas, a finished job's deadline meets the job's `done` record on whichever replica
+///     holds it: no job is described for nothing and no final result is published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
+    let deadline_topic = common::unique_topic("deadlines");
+    let mut stack = Stack::new("replicas");
+    stack.env.extend([
+        ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "200".into()),
+        ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "2s".into()),
+        (
+            "CI_WORKER__PULSAR__DEADLINE_TOPIC".into(),
+            deadline_topic.clone(),
+        ),
+    ]);
+    stack.start_emulator().await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    stack.start_worker();
+    let second_port = stack::free_port();
+    let mut second = stack.spawn_replica(second_port);
+    let ids: Vec<String> = (0..60).map(|i| format!("replica-{i}")).collect();
+    publish(
+        &stack.pulsar_url(),
+        &stack.topics.request,
+        ids.iter()
+            .map(|id| {
+                request(id, &format!("in/{id}.mp4"))
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect(),
+    )
+    .await;
+    let mut seen = collect(&mut results, Duration::from_secs(120), |s| {
+        all_final(s, &ids)
+    })
+    .await;
+    // Every deadline has come due and been handled once the subscription holds nothing more.
+    let stats = format!(
+        "{}/admin/v2/{}/stats",
+        common::admin_url(),
+        deadline_topic.replace("://", "/")
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = reqwest::get(&stats).await.unwrap().text().await.unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let backlog = body["subscriptions"]["ci-worker"]["msgBacklog"].as_i64();
+        if backlog == Some(0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deadlines still pending: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    seen.extend(collect(&mut results, Duration::from_secs(5), |_| true).await);
+    let map = by_request(&seen);
+    for id in &ids {
+        assert_eq!(finals(&map[id]), ["succeeded"], "{id}");
+    }
+    let first_metrics = metrics_of(&stack).await;
+    let second_metrics = reqwest::get(format!("http://127.0.0.1:{second_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for m in [&first_metrics, &second_metrics] {
+        assert_eq!(metric(m, "ci_worker_deadline_checks_total"), 0.0, "{m}");
+    }
+    // Both replicas took part.
+    assert!(metric(&first_metrics, "ci_worker_requests_consumed_total") > 0.0);
+    assert!(metric(&second_metrics, "ci_worker_requests_consumed_total") > 0.0);
+    second.kill().unwrap();
+    second.wait().unwrap();
+}
+
 /// 6. Hostile input: invalid UTF-8, deep nesting, markup and injection attempts in text fields, a
 ///    large payload. Nothing crashes, nothing is lost (each ends as a result or a dead letter), text
 ///    comes back exactly as sent, and the secrets appear nowhere.

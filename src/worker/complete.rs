@@ -25,6 +25,7 @@ pub async fn run(
             p.dead_letter_topic.clone(),
         )),
         from_earliest: true,
+        key_shared: false,
     };
     // Normalizing is cheap: the bound is on results awaiting the broker's receipt.
     super::serve(
@@ -69,7 +70,14 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
             "job finished"
         );
         let verdict = if result.state.is_final() {
-            deadline::publish_final(ctx, &result).await
+            let verdict = deadline::publish_final(ctx, &result).await;
+            // Only jobs this worker submitted have deadlines.
+            if let (Disposition::Ack, Some(_), Some(job_id)) =
+                (&verdict, &result.request_id, &result.job_id)
+            {
+                deadline::mark_done(ctx, job_id).await;
+            }
+            verdict
         } else {
             match ctx.publish_result(&result).await {
                 Ok(()) => Disposition::Ack,

@@ -29,6 +29,7 @@ pub async fn run(
             p.dead_letter_topic.clone(),
         )),
         from_earliest: true,
+        key_shared: false,
     };
     super::serve(
         &ctx,

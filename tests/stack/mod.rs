@@ -130,6 +130,10 @@ impl Stack {
     }
 
     fn spawn(&mut self, subcommand: &str) -> Child {
+        self.spawn_with(subcommand, &[])
+    }
+
+    fn spawn_with(&mut self, subcommand: &str, extra_env: &[(&str, String)]) -> Child {
         self.spawned += 1;
         let log_dir = Self::log_dir();
         std::fs::create_dir_all(&log_dir).unwrap();
@@ -143,6 +147,7 @@ impl Stack {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.base_env())
+            .envs(extra_env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -177,6 +182,15 @@ impl Stack {
 
     pub fn start_worker(&mut self) {
         self.worker = Some(self.spawn("run"));
+    }
+
+    /// Another worker process on the same topics and subscriptions (a second replica), with its HTTP
+    /// endpoint on `http_port`. The caller owns (and kills) it.
+    pub fn spawn_replica(&mut self, http_port: u16) -> Child {
+        self.spawn_with(
+            "run",
+            &[("CI_WORKER__HTTP__LISTEN", format!("127.0.0.1:{http_port}"))],
+        )
     }
 
     /// SIGKILL the worker (a crash: no drain, nothing flushed) and reap it.
