@@ -194,6 +194,9 @@ impl Publisher {
             .with_name(format!("{}-{}", self.name_prefix, uuid::Uuid::new_v4()))
             .with_options(ProducerOptions {
                 batch_size: None,
+                // Under load the crate's send queue fills up: wait for room rather than fail with
+                // SlowDown (which would needlessly rebuild the producer).
+                block_queue_if_full: true,
                 ..ProducerOptions::default()
             })
             .build()

@@ -75,7 +75,11 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
             if let (Disposition::Ack, Some(_), Some(job_id)) =
                 (&verdict, &result.request_id, &result.job_id)
             {
-                deadline::mark_done(ctx, job_id).await;
+                // Best effort, off the event's critical path: the event is done once its result is.
+                let publisher = ctx.publisher.clone();
+                let topic = ctx.settings.pulsar.deadline_topic.clone();
+                let job_id = job_id.clone();
+                tokio::spawn(async move { deadline::mark_done(&publisher, &topic, &job_id).await });
             }
             verdict
         } else {

@@ -62,15 +62,11 @@ pub async fn schedule(
 /// Tells whichever replica holds `job_id`'s deadline that its final result is out, so the deadline
 /// needs no `GET /jobs` (and yields no second result). Best effort: without it the check still
 /// happens, and finds the job finished.
-pub async fn mark_done(ctx: &Context, job_id: &str) {
+pub async fn mark_done(publisher: &pulsar_io::Publisher, deadline_topic: &str, job_id: &str) {
     let msg = Outgoing::new(job_id.as_bytes().to_vec())
         .with_key(job_id.to_string())
         .with_property(props::RECORD, "done");
-    if let Err(e) = ctx
-        .publisher
-        .publish(&ctx.settings.pulsar.deadline_topic, msg)
-        .await
-    {
+    if let Err(e) = publisher.publish(deadline_topic, msg).await {
         tracing::warn!(job_id, error = %e, "could not record the job as done; its deadline will check CI");
     }
 }
