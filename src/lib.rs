@@ -18,6 +18,7 @@
 //! - [`metrics`], [`http`]: Prometheus metrics, `/healthz` and `/readyz` on `http.listen`.
 //! - [`config`]: configuration (TOML file + `CI_WORKER__*` environment), validated at start-up.
 
+pub mod bench;
 pub mod ci;
 pub mod completion;
 pub mod config;

@@ -27,6 +27,8 @@ enum Command {
     Emulator,
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
+    /// Measure throughput, latency and cost on the local stack (scripts/bench.sh runs it).
+    Bench(Box<ci_worker::bench::BenchOptions>),
     /// Publish a request (JSON file, `-` for stdin) and, with --wait, print its results as they arrive.
     Submit {
         file: PathBuf,
@@ -53,7 +55,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     // A CLI tool prints its results on stdout; keep the client's connection chatter out of the way.
-    let quiet = matches!(cli.command, Command::Submit { .. });
+    let quiet = matches!(cli.command, Command::Submit { .. } | Command::Bench(_));
     init_logging(&settings, quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -99,6 +101,7 @@ async fn dispatch(command: Command, settings: Settings) -> Result<()> {
             )
             .await
         }
+        Command::Bench(opts) => ci_worker::bench::run(&settings, *opts).await,
         Command::Config => unreachable!("handled before the runtime starts"),
     }
 }

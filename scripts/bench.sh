@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The benchmark in one command (issue #8; figures and their meaning in docs/performance.md):
+#   1. builds ci-worker (release),
+#   2. starts the Apache Pulsar standalone broker if it is not running (and stops it at the end only
+#      if it started it),
+#   3. runs the criterion benches of the pure parts (cargo bench --bench pure),
+#   4. runs `ci-worker bench` on the local stack: completion-path throughput against the raw relay
+#      limit, submission-path throughput, end-to-end latency at a steady rate, cost, scaling,
+#   5. prints one table of every figure with the command that produced it.
+#
+#   scripts/bench.sh [BENCH OPTIONS]      options go to `ci-worker bench` (`--help` lists them), e.g.
+#   scripts/bench.sh --only completion --events 5000      a quick run of one section
+#
+# Environment: BENCH_SKIP_BUILD=1 (use the binary as built), BENCH_SKIP_CRITERION=1,
+# BENCH_CRITERION_ARGS (extra criterion arguments, e.g. "--measurement-time 10"), BENCH_LOG (the
+# benchmark's own log filter, default warn,pulsar=error; `--worker-log` sets that of the processes under test),
+# PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh, CARGO_TARGET_DIR.
+# Output: the table on stdout; logs and a copy of the figures (last.md, last.json) in .cache/bench/.
+# Takes about 7–9 minutes on a 2-core machine (a first release build comes on top).
+set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO_ROOT"
+say() { echo "bench.sh: $*" >&2; }
+SECONDS=0
+
+OUT_DIR="$REPO_ROOT/.cache/bench"
+mkdir -p "$OUT_DIR"
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+BIN="$TARGET_DIR/release/ci-worker"
+
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+  say "building ci-worker (release)"
+  cargo build --release --quiet
+fi
+[[ -x $BIN ]] || { say "no binary at $BIN"; exit 1; }
+
+started_broker=0
+cleanup() {
+  if ((started_broker)); then
+    say "stopping the broker this script started"
+    bash scripts/pulsar.sh stop >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+if ! bash scripts/pulsar.sh status >/dev/null 2>&1; then
+  say "starting the Apache Pulsar standalone broker"
+  bash scripts/pulsar.sh start >/dev/null
+  started_broker=1
+fi
+eval "$(bash scripts/pulsar.sh env)"
+broker_pid=$(cat "$PULSAR_DATA_DIR/pulsar.pid" 2>/dev/null || true)
+
+criterion_summary=""
+if [[ ${BENCH_SKIP_CRITERION:-0} != 1 ]]; then
+  say "criterion: the pure parts (cargo bench --bench pure)"
+  # shellcheck disable=SC2086  # BENCH_CRITERION_ARGS is a list of arguments
+  cargo bench --quiet --bench pure -- ${BENCH_CRITERION_ARGS:-} 2>&1 | tee "$OUT_DIR/criterion.txt" >&2
+  # "name  time: [low mid high]" (the name may be alone on the line before): keep the middle estimate.
+  criterion_summary=$(awk '
+    /^[A-Za-z_\/]+/ && !/time:/ && !/thrpt:/ && !/change:/ && !/Found|Benchmarking|Performance|No change|Change within|mild|severe|Gnuplot|Warming|Collecting|Analyzing/ { name = $1 }
+    /time:/ {
+      if ($1 != "time:") name = $1
+      sub(/.*time: *\[/, ""); split($0, v, " ")
+      printf "| %s (criterion, per operation) | %s %s | `cargo bench --bench pure` |\n", name, v[3], v[4]
+    }' "$OUT_DIR/criterion.txt")
+fi
+
+say "ci-worker bench on the local stack (logs: $OUT_DIR)"
+export CI_WORKER__PULSAR__URL=${CI_WORKER__PULSAR__URL:-$PULSAR_URL}
+bench_args=(--admin-url "$PULSAR_ADMIN_URL" --log-dir "$OUT_DIR" --json "$OUT_DIR/last.json")
+[[ -n $broker_pid ]] && bench_args+=(--broker-pid "$broker_pid")
+# The benchmark's own log (stderr) at warn; the processes under test keep their configuration (info).
+RUST_LOG=${BENCH_LOG:-warn,pulsar=error} "$BIN" bench "${bench_args[@]}" "$@" | tee "$OUT_DIR/last.md"
+
+if [[ -n $criterion_summary ]]; then
+  printf '\n## pure parts (criterion)\n\n| figure | value | command |\n| --- | --- | --- |\n%s\n' \
+    "$criterion_summary" | tee -a "$OUT_DIR/last.md"
+fi
+printf '\nMachine: %s cores, %s, %s GiB memory; %s. scripts/bench.sh took %d s.\n' \
+  "$(nproc)" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')" \
+  "$(awk '/MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)" "$(date -u +%Y-%m-%dT%H:%MZ)" \
+  "$SECONDS" | tee -a "$OUT_DIR/last.md"

@@ -1,0 +1,1190 @@
+//! `ci-worker bench`: throughput, latency and cost of the worker on the local stack (the Apache
+//! Pulsar broker of `pulsar.url`, `ci-worker emulator` with `job_duration_ms = 0`, and `ci-worker run`
+//! as processes of this same binary, on topics of their own). `scripts/bench.sh` is the documented
+//! way to run it (release build, criterion benches of the pure parts, then this); the figures and
+//! what they mean are in `docs/performance.md`.
+//!
+//! Sections (`--only`):
+//! - `completion`: N completion events (half XML, half JSON, the emulator's shape with `MediaInfo`)
+//!   pre-published to a fresh callback topic; `ci-worker run` is started and timed until N results are
+//!   on its result topic. Beside it, in the same run, the raw relay limit: a minimal
+//!   consumer→producer on the same `pulsar` crate and settings ([`io::relay`]), forwarding the same
+//!   messages (through a subscription of its own) unparsed. Worker and relay alternate `--repeat` times.
+//! - `submission`: requests → `POST /jobs` → `submitted` event, for every `worker.max_in_flight` in
+//!   `--in-flight` and emulator `latency_ms` in `--latency-ms`. The input objects carry the emulator's
+//!   `__lost__` marker, so no completion event competes for the CPU.
+//! - `latency`: a paced publisher at `--rate` requests/s for `--duration-secs`; per request the time
+//!   from its publication to its final result, and the worker's own share of it.
+//! - `scaling`: two `ci-worker run` processes on the same subscriptions against one.
+//!
+//! Throughput is counted between the first and the last result's `publish_time` (the producing
+//! client's clock), so process start-up and the benchmark's own consumer do not count. CPU seconds and
+//! peak RSS come from `/proc/<pid>/stat` (utime + stime) and `/proc/<pid>/status` (VmHWM).
+
+pub mod events;
+mod io;
+mod procs;
+
+use crate::completion::normalize::normalize_event;
+use crate::completion::parse::parse_event;
+use crate::config::Settings;
+use crate::pulsar_io::{self, Client};
+use anyhow::{bail, Context as _, Result};
+use events::{format_of, EventFormat};
+use io::Seen;
+use procs::{Proc, Usage};
+use pulsar::producer::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The benchmark's sections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    Completion,
+    Submission,
+    Latency,
+    Scaling,
+}
+
+/// Options of `ci-worker bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchOptions {
+    /// Sections to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "completion,submission,latency,scaling"
+    )]
+    pub only: Vec<Section>,
+    /// Completion events for the completion-path and scaling figures.
+    #[arg(long, default_value_t = 50_000)]
+    pub events: u64,
+    /// Worker/relay alternations of the completion-path measurement.
+    #[arg(long, default_value_t = 2)]
+    pub repeat: u32,
+    /// Requests per submission-path combination (fewer where the ideal rate would take longer than
+    /// --budget-secs).
+    #[arg(long, default_value_t = 10_000)]
+    pub requests: u64,
+    /// `worker.max_in_flight` values of the submission path.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    pub in_flight: Vec<usize>,
+    /// Emulator `latency_ms` values of the submission path.
+    #[arg(long, value_delimiter = ',', default_value = "0,50")]
+    pub latency_ms: Vec<u64>,
+    /// Seconds a submission combination may take at its ideal rate (max_in_flight / latency).
+    #[arg(long, default_value_t = 10.0)]
+    pub budget_secs: f64,
+    /// Requests per second of the paced end-to-end latency run.
+    #[arg(long, default_value_t = 500)]
+    pub rate: u64,
+    /// Length of the paced run, seconds.
+    #[arg(long, default_value_t = 20)]
+    pub duration_secs: u64,
+    /// Emulator `job_duration_ms` of the latency run (subtracted from the worker's share).
+    #[arg(long, default_value_t = 0)]
+    pub job_duration_ms: u64,
+    /// Log filter (RUST_LOG) for the processes under test; default: their configuration (`log.level`).
+    #[arg(long)]
+    pub worker_log: Option<String>,
+    /// Namespace of the benchmark's topics.
+    #[arg(long, default_value = "public/default")]
+    pub namespace: String,
+    /// Pulsar admin REST API, to delete the benchmark's topics at the end.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub admin_url: String,
+    /// Keep the topics instead of deleting them.
+    #[arg(long)]
+    pub keep_topics: bool,
+    /// Logs of the processes under test.
+    #[arg(long, default_value = ".cache/bench")]
+    pub log_dir: PathBuf,
+    /// Also write the figures here (JSON).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The broker's pid, to report its CPU share during each run.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Internal: be the raw relay (pulsar.callback_topic → pulsar.result_topic) until killed.
+    #[arg(long, hide = true)]
+    pub relay: bool,
+}
+
+/// Runs the benchmark (or, with `--relay`, the raw relay).
+pub async fn run(settings: &Settings, opts: BenchOptions) -> Result<()> {
+    if opts.relay {
+        return io::relay(settings).await;
+    }
+    let client = pulsar_io::connect_with(&settings.pulsar)
+        .await
+        .context("the benchmark needs the broker (scripts/pulsar.sh start)")?;
+    let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let log_dir = opts.log_dir.join(&id);
+    let mut bench = Bench {
+        settings: settings.clone(),
+        opts,
+        client,
+        id,
+        log_dir,
+        topics: Vec::new(),
+        rows: Vec::new(),
+        notes: Vec::new(),
+        completion_topic: None,
+        completion_single: Vec::new(),
+    };
+    eprintln!("bench {}: logs in {}", bench.id, bench.log_dir.display());
+    let started = Instant::now();
+    let outcome = bench.sections().await;
+    if !bench.opts.keep_topics {
+        let deleted = io::delete_topics(
+            &bench.opts.admin_url,
+            bench.settings.pulsar.token.expose(),
+            &bench.topics,
+        )
+        .await;
+        eprintln!("bench: deleted {deleted} of {} topics", bench.topics.len());
+    }
+    bench.print(started.elapsed());
+    if let Some(path) = &bench.opts.json {
+        std::fs::write(path, bench.json(started.elapsed()))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    outcome
+}
+
+/// One figure of the report.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Row {
+    section: &'static str,
+    figure: String,
+    value: String,
+    command: String,
+}
+
+/// A throughput run's outcome.
+#[derive(Debug, Clone, Copy)]
+struct Throughput {
+    n: usize,
+    /// Messages per second between the first and the last output's publish time.
+    rate: f64,
+    /// From the first process's start to the last output received.
+    wall: Duration,
+    /// Summed over the processes under test.
+    usage: Usage,
+    /// The broker's CPU seconds during the run, when its pid is known.
+    broker_cpu: Option<f64>,
+}
+
+struct Bench {
+    settings: Settings,
+    opts: BenchOptions,
+    client: Client,
+    id: String,
+    log_dir: PathBuf,
+    topics: Vec<String>,
+    rows: Vec<Row>,
+    notes: Vec<String>,
+    /// The pre-published callback topic of the completion section (reused by scaling).
+    completion_topic: Option<String>,
+    /// Single-worker completion rates measured so far.
+    completion_single: Vec<f64>,
+}
+
+/// What a process under test is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Worker,
+    Relay,
+}
+
+impl Bench {
+    async fn sections(&mut self) -> Result<()> {
+        // A section that fails (a worker that stalls, say) is reported and the others still run.
+        let only = self.opts.only.clone();
+        let mut failed = Vec::new();
+        for section in [
+            Section::Completion,
+            Section::Submission,
+            Section::Latency,
+            Section::Scaling,
+        ] {
+            if !only.contains(&section) {
+                continue;
+            }
+            let outcome = match section {
+                Section::Completion => self.completion().await,
+                Section::Submission => self.submission().await,
+                Section::Latency => self.latency().await,
+                Section::Scaling => self.scaling().await,
+            };
+            if let Err(e) = outcome {
+                let name = format!("{section:?}").to_lowercase();
+                self.row(
+                    "failure",
+                    format!("{name} section"),
+                    format!("FAILED: {e:#}"),
+                    self.command(&format!("--only {name}")),
+                );
+                failed.push(name);
+            }
+        }
+        if !failed.is_empty() {
+            bail!("sections failed: {}", failed.join(", "));
+        }
+        Ok(())
+    }
+
+    /// A fresh topic name, remembered for deletion.
+    fn topic(&mut self, role: &str) -> String {
+        let name = format!(
+            "persistent://{}/bench-{}-{role}-{}",
+            self.opts.namespace,
+            self.id,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        self.topics.push(name.clone());
+        name
+    }
+
+    fn command(&self, args: &str) -> String {
+        format!("scripts/bench.sh {args}")
+    }
+
+    fn row(&mut self, section: &'static str, figure: String, value: String, command: String) {
+        eprintln!("  {figure}: {value}");
+        self.rows.push(Row {
+            section,
+            figure,
+            value,
+            command,
+        });
+    }
+
+    fn note(&mut self, note: String) {
+        eprintln!("  note: {note}");
+        self.notes.push(note);
+    }
+
+    /// Environment of every process under test: broker, credentials, log filter.
+    fn base_env(&self) -> BTreeMap<String, String> {
+        let p = &self.settings.pulsar;
+        let mut env: BTreeMap<String, String> = [
+            ("CI_WORKER__PULSAR__URL", p.url.clone()),
+            ("CI_WORKER__PULSAR__TOKEN", p.token.expose().to_string()),
+            ("CI_WORKER__CI__SECRET_ID", BENCH_SECRET_ID.to_string()),
+            ("CI_WORKER__CI__SECRET_KEY", BENCH_SECRET_KEY.to_string()),
+            ("CI_WORKER__CI__SESSION_TOKEN", String::new()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(filter) = &self.opts.worker_log {
+            env.insert("RUST_LOG".into(), filter.clone());
+        }
+        env
+    }
+
+    /// Starts an emulator (job duration, API latency) and waits for its health check.
+    async fn start_emulator(
+        &mut self,
+        latency_ms: u64,
+        job_duration_ms: u64,
+    ) -> Result<(Proc, u16)> {
+        let port = procs::free_port()?;
+        let mut env = self.base_env();
+        for (k, v) in [
+            ("CI_WORKER__EMULATOR__LISTEN", format!("127.0.0.1:{port}")),
+            (
+                "CI_WORKER__EMULATOR__JOB_DURATION_MS",
+                job_duration_ms.to_string(),
+            ),
+            ("CI_WORKER__EMULATOR__LATENCY_MS", latency_ms.to_string()),
+            (
+                "CI_WORKER__EMULATOR__CALLBACK_TOPIC_TEMPLATE",
+                format!("persistent://{}/{{MqName}}", self.opts.namespace),
+            ),
+            ("CI_WORKER__EMULATOR__THROTTLE_RATE", "0".into()),
+            ("CI_WORKER__EMULATOR__ERROR_RATE", "0".into()),
+            ("CI_WORKER__EMULATOR__DUPLICATE_RATE", "0".into()),
+        ] {
+            env.insert(k.into(), v);
+        }
+        let name = format!("emulator-latency{latency_ms}-{}", short());
+        let mut proc = Proc::spawn(&name, &["emulator"], &env, &self.log_dir)?;
+        procs::wait_http_ok(
+            &format!("http://127.0.0.1:{port}/healthz"),
+            &mut proc,
+            Duration::from_secs(30),
+        )
+        .await?;
+        Ok((proc, port))
+    }
+
+    /// Starts `count` workers (or relays) on the same topics and subscriptions.
+    #[allow(clippy::too_many_arguments)]
+    fn start_workers(
+        &mut self,
+        kind: Kind,
+        count: usize,
+        label: &str,
+        topics: &WorkerTopics,
+        emulator_port: Option<u16>,
+        max_in_flight: Option<usize>,
+    ) -> Result<Vec<Proc>> {
+        let mut out = Vec::new();
+        for i in 0..count {
+            let mut env = self.base_env();
+            let http_port = procs::free_port()?;
+            for (k, v) in [
+                ("CI_WORKER__PULSAR__REQUEST_TOPIC", topics.request.clone()),
+                (
+                    "CI_WORKER__PULSAR__REQUEST_SUBSCRIPTION",
+                    topics.subscription.clone(),
+                ),
+                ("CI_WORKER__PULSAR__CALLBACK_TOPIC", topics.callback.clone()),
+                (
+                    "CI_WORKER__PULSAR__CALLBACK_SUBSCRIPTION",
+                    topics.subscription.clone(),
+                ),
+                ("CI_WORKER__PULSAR__RESULT_TOPIC", topics.result.clone()),
+                (
+                    "CI_WORKER__PULSAR__DEAD_LETTER_TOPIC",
+                    topics.dead_letter.clone(),
+                ),
+                ("CI_WORKER__PULSAR__DEADLINE_TOPIC", topics.deadline.clone()),
+                ("CI_WORKER__CI__MQ_NAME", topics.mq_name.clone()),
+                (
+                    "CI_WORKER__CI__ENDPOINT",
+                    // Nothing listens on the discard port: the completion path never calls CI.
+                    format!("http://127.0.0.1:{}", emulator_port.unwrap_or(9)),
+                ),
+                ("CI_WORKER__HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
+            ] {
+                env.insert(k.into(), v);
+            }
+            if let Some(m) = max_in_flight {
+                env.insert("CI_WORKER__WORKER__MAX_IN_FLIGHT".into(), m.to_string());
+            }
+            let (name, args): (String, &[&str]) = match kind {
+                Kind::Worker => (format!("worker-{label}-{i}"), &["run"]),
+                Kind::Relay => (format!("relay-{label}-{i}"), &["bench", "--relay"]),
+            };
+            let mut proc = Proc::spawn(&name, args, &env, &self.log_dir)?;
+            proc.http_port = Some(http_port);
+            out.push(proc);
+        }
+        Ok(out)
+    }
+
+    /// Fresh request/result/dead-letter topics; `callback` as given.
+    fn worker_topics(&mut self, callback: Option<String>) -> WorkerTopics {
+        let callback = callback.unwrap_or_else(|| self.topic("callbacks"));
+        let mq_name = callback.rsplit('/').next().unwrap_or_default().to_string();
+        WorkerTopics {
+            request: self.topic("requests"),
+            result: self.topic("results"),
+            dead_letter: self.topic("dlq"),
+            deadline: self.topic("deadlines"),
+            subscription: format!("bench-{}", short()),
+            callback,
+            mq_name,
+        }
+    }
+
+    /// Runs `procs` until `collector` has what it waits for, checking that they stay alive; returns
+    /// what was collected, the wall time, and the processes' usage (then stops them).
+    async fn supervise(
+        &mut self,
+        mut procs: Vec<Proc>,
+        collector: tokio::task::JoinHandle<Result<Vec<Seen>>>,
+        started: Instant,
+        broker_before: Option<Usage>,
+    ) -> Result<(Vec<Seen>, Duration, Usage, Option<f64>)> {
+        tokio::pin!(collector);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let seen = loop {
+            tokio::select! {
+                joined = &mut collector => break joined.context("collector task")??,
+                _ = tick.tick() => {
+                    for p in procs.iter_mut() {
+                        p.check_alive()?;
+                    }
+                }
+            }
+        };
+        let wall = started.elapsed();
+        let mut usage = Usage::default();
+        for p in &procs {
+            let u = p.usage().unwrap_or_default();
+            usage.cpu_secs += u.cpu_secs;
+            usage.peak_rss_kib = usage.peak_rss_kib.max(u.peak_rss_kib);
+        }
+        let broker = self
+            .broker_usage()
+            .zip(broker_before)
+            .map(|(a, b)| a.cpu_secs - b.cpu_secs);
+        for p in procs {
+            let warnings = procs::count_lines(&p.log, "publish failed");
+            if warnings > 0 {
+                self.note(format!(
+                    "{}: {warnings} \"publish failed\" warnings in {}",
+                    p.name,
+                    p.log.display()
+                ));
+            }
+            p.stop().await;
+        }
+        Ok((seen, wall, usage, broker))
+    }
+
+    fn broker_usage(&self) -> Option<Usage> {
+        self.opts.broker_pid.and_then(procs::usage_of)
+    }
+
+    /// One completion-path run: `count` workers or relays read `callback` (pre-published with
+    /// `--events` events) through a fresh subscription into a fresh result topic.
+    async fn completion_run(
+        &mut self,
+        kind: Kind,
+        count: usize,
+        callback: &str,
+        label: &str,
+    ) -> Result<Throughput> {
+        let n = self.opts.events as usize;
+        let topics = self.worker_topics(Some(callback.to_string()));
+        let follower = io::follow(&self.client, &topics.result).await?;
+        // A worker that stops making progress is a finding, not a reason to wait for ever.
+        let limit = Duration::from_secs(40 + self.opts.events / 1000);
+        let mut got = 0usize;
+        let collector = tokio::spawn(io::collect(follower, limit, false, move |_| {
+            got += 1;
+            got >= n
+        }));
+        let broker_before = self.broker_usage();
+        let started = Instant::now();
+        let procs = self.start_workers(kind, count, label, &topics, None, None)?;
+        let (seen, wall, usage, broker_cpu) = self
+            .supervise(procs, collector, started, broker_before)
+            .await?;
+        Ok(Throughput {
+            n: seen.len(),
+            rate: rate_of(&seen),
+            wall,
+            usage,
+            broker_cpu,
+        })
+    }
+
+    async fn completion(&mut self) -> Result<()> {
+        let n = self.opts.events;
+        eprintln!("completion path: publishing {n} completion events (half XML, half JSON)");
+        let topic = self.callback_events_topic().await?;
+        let cmd = self.command(&format!("--only completion --events {n}"));
+        let mut workers = Vec::new();
+        let mut relays = Vec::new();
+        for rep in 1..=self.opts.repeat.max(1) {
+            eprintln!("completion path, run {rep}: ci-worker run");
+            match self
+                .completion_run(Kind::Worker, 1, &topic, &format!("completion{rep}"))
+                .await
+            {
+                Ok(w) => {
+                    eprintln!(
+                        "  worker: {:.0} events/s ({} results, {:.1} s wall)",
+                        w.rate,
+                        w.n,
+                        w.wall.as_secs_f64()
+                    );
+                    workers.push(w);
+                }
+                Err(e) => {
+                    let row = format!("completion path, worker run {rep} (N = {n})");
+                    self.row("failure", row, format!("FAILED: {e:#}"), cmd.clone());
+                    continue;
+                }
+            }
+            eprintln!("completion path, run {rep}: raw relay");
+            let r = self
+                .completion_run(Kind::Relay, 1, &topic, &format!("completion{rep}"))
+                .await?;
+            eprintln!(
+                "  relay: {:.0} messages/s ({:.1} s wall)",
+                r.rate,
+                r.wall.as_secs_f64()
+            );
+            relays.push(r);
+        }
+        if workers.is_empty() {
+            bail!("no completion-path run finished");
+        }
+        // Ratios pair each worker run with the relay run that followed it.
+        let relays_all = relays.clone();
+        let relays: Vec<Throughput> = relays_all.into_iter().take(workers.len()).collect();
+        self.completion_single
+            .extend(workers.iter().map(|w| w.rate));
+        let list = |v: &[Throughput]| {
+            v.iter()
+                .map(|t| format!("{:.0}", t.rate))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let wmean = mean(workers.iter().map(|t| t.rate));
+        let rmean = mean(relays.iter().map(|t| t.rate));
+        let ratios: Vec<String> = workers
+            .iter()
+            .zip(&relays)
+            .map(|(w, r)| format!("{:.2}", w.rate / r.rate))
+            .collect();
+        self.row(
+            "completion",
+            format!(
+                "completion path, worker (N = {n}, events/s; runs: {})",
+                list(&workers)
+            ),
+            format!("{wmean:.0} events/s"),
+            cmd.clone(),
+        );
+        self.row(
+            "completion",
+            format!(
+                "raw relay limit, same crate and settings (messages/s; runs: {})",
+                list(&relays)
+            ),
+            format!("{rmean:.0} messages/s"),
+            cmd.clone(),
+        );
+        self.row(
+            "completion",
+            format!("worker / raw relay (per run: {})", ratios.join(", ")),
+            format!("{:.2}", wmean / rmean),
+            cmd.clone(),
+        );
+        let cpu = mean(
+            workers
+                .iter()
+                .map(|t| t.usage.cpu_secs * 10_000.0 / t.n as f64),
+        );
+        let rcpu = mean(
+            relays
+                .iter()
+                .map(|t| t.usage.cpu_secs * 10_000.0 / t.n as f64),
+        );
+        let rss = workers
+            .iter()
+            .map(|t| t.usage.peak_rss_kib)
+            .max()
+            .unwrap_or(0);
+        let rrss = relays
+            .iter()
+            .map(|t| t.usage.peak_rss_kib)
+            .max()
+            .unwrap_or(0);
+        self.row(
+            "cost",
+            "worker CPU per 10,000 completion events (relay: same messages)".into(),
+            format!("{cpu:.2} s (relay {rcpu:.2} s)"),
+            cmd.clone(),
+        );
+        self.row(
+            "cost",
+            "worker peak RSS, completion path (relay)".into(),
+            format!("{} (relay {})", mib(rss), mib(rrss)),
+            cmd.clone(),
+        );
+        if let Some(b) = mean_opt(workers.iter().map(|t| t.broker_cpu)) {
+            let rb = mean_opt(relays.iter().map(|t| t.broker_cpu)).unwrap_or(0.0);
+            let wall = mean(workers.iter().map(|t| t.wall.as_secs_f64()));
+            let rwall = mean(relays.iter().map(|t| t.wall.as_secs_f64()));
+            self.row(
+                "completion",
+                "broker CPU share while the worker runs (relay)".into(),
+                format!(
+                    "{:.0}% of a core ({:.0}%)",
+                    100.0 * b / wall,
+                    100.0 * rb / rwall
+                ),
+                cmd,
+            );
+        }
+        Ok(())
+    }
+
+    /// The completion section's pre-published topic, publishing it first if needed.
+    async fn callback_events_topic(&mut self) -> Result<String> {
+        if let Some(t) = &self.completion_topic {
+            return Ok(t.clone());
+        }
+        let topic = self.topic("callbacks");
+        let run = self.id.clone();
+        let (mut xml_bytes, mut json_bytes) = (0usize, 0usize);
+        let took = io::publish_all(&self.client, &topic, self.opts.events, |i| {
+            let body = events::completion_event(&run, i, format_of(i));
+            match format_of(i) {
+                EventFormat::Xml => xml_bytes += body.len(),
+                EventFormat::Json => json_bytes += body.len(),
+            }
+            (body, None)
+        })
+        .await?;
+        let half = (self.opts.events / 2).max(1) as usize;
+        eprintln!(
+            "  published in {:.1} s; average size XML {} B, JSON {} B",
+            took.as_secs_f64(),
+            xml_bytes / half,
+            json_bytes / half
+        );
+        self.note(format!(
+            "completion events: XML {} bytes, JSON {} bytes on average (TaskFinish, DigitalWatermark with MediaInfo and MediaResult)",
+            xml_bytes / half,
+            json_bytes / half
+        ));
+        self.completion_topic = Some(topic.clone());
+        Ok(topic)
+    }
+
+    /// One submission-path run: `n` requests pre-published, `count` workers with `max_in_flight`.
+    async fn submission_run(
+        &mut self,
+        emulator_port: u16,
+        n: u64,
+        max_in_flight: usize,
+        count: usize,
+        label: &str,
+    ) -> Result<Throughput> {
+        let topics = self.worker_topics(None);
+        // Request ids and bucket of this run alone: the worker's restart recovery lists the bucket's
+        // jobs once for requests published before it started, and must find none of earlier runs.
+        let run = format!("{}-{label}-{}", self.id, short());
+        let bucket = events::bucket_for(&run);
+        io::publish_all(&self.client, &topics.request, n, |i| {
+            (
+                events::request_in(&bucket, &run, i, format_of(i), true),
+                Some(events::request_id(&run, i)),
+            )
+        })
+        .await?;
+        let follower = io::follow(&self.client, &topics.result).await?;
+        let limit = Duration::from_secs(40 + n / 20);
+        let target = n as usize;
+        let mut submitted = 0usize;
+        let collector = tokio::spawn(io::collect(follower, limit, false, move |s| {
+            if s.state.as_deref() == Some("submitted") {
+                submitted += 1;
+            }
+            submitted >= target
+        }));
+        let broker_before = self.broker_usage();
+        let started = Instant::now();
+        let procs = self.start_workers(
+            Kind::Worker,
+            count,
+            label,
+            &topics,
+            Some(emulator_port),
+            Some(max_in_flight),
+        )?;
+        let (seen, wall, usage, broker_cpu) = self
+            .supervise(procs, collector, started, broker_before)
+            .await?;
+        let others = seen
+            .iter()
+            .filter(|s| s.state.as_deref() != Some("submitted"))
+            .count();
+        if others > 0 {
+            self.note(format!(
+                "{label}: {others} results other than `submitted` (see the logs)"
+            ));
+        }
+        Ok(Throughput {
+            n: seen.len(),
+            rate: rate_of(&seen),
+            wall,
+            usage,
+            broker_cpu,
+        })
+    }
+
+    /// N for a submission combination: all of `--requests`, or what its ideal rate gets through in
+    /// `--budget-secs`.
+    fn submission_n(&self, max_in_flight: usize, latency_ms: u64) -> u64 {
+        submission_n(
+            self.opts.requests,
+            self.opts.budget_secs,
+            max_in_flight,
+            latency_ms,
+        )
+    }
+
+    async fn submission(&mut self) -> Result<()> {
+        for latency in self.opts.latency_ms.clone() {
+            let (emulator, port) = self.start_emulator(latency, 0).await?;
+            let emulator_before = emulator.usage().unwrap_or_default();
+            for mif in self.opts.in_flight.clone() {
+                let n = self.submission_n(mif, latency);
+                eprintln!("submission path: max_in_flight {mif}, emulator latency {latency} ms, {n} requests");
+                let t = self
+                    .submission_run(port, n, mif, 1, &format!("submit-mif{mif}-lat{latency}"))
+                    .await?;
+                let ideal = if latency == 0 {
+                    "∞".to_string()
+                } else {
+                    format!("{:.0}/s", mif as f64 * 1000.0 / latency as f64)
+                };
+                let reduced = if n < self.opts.requests {
+                    format!(
+                        ", N = {n} (reduced: ideal rate × {} s)",
+                        self.opts.budget_secs
+                    )
+                } else {
+                    format!(", N = {n}")
+                };
+                let of_ideal = if latency == 0 {
+                    String::new()
+                } else {
+                    format!(
+                        ", {:.0}% of it",
+                        100.0 * t.rate * latency as f64 / (mif as f64 * 1000.0)
+                    )
+                };
+                self.row(
+                    "submission",
+                    format!("submission path, max_in_flight {mif}, CI latency {latency} ms{reduced}"),
+                    format!(
+                        "{:.0} requests/s (ideal {ideal}{of_ideal}; worker {:.2} CPU s per 10k, peak RSS {})",
+                        t.rate,
+                        t.usage.cpu_secs * 10_000.0 / t.n as f64,
+                        mib(t.usage.peak_rss_kib)
+                    ),
+                    self.command(&format!(
+                        "--only submission --in-flight {mif} --latency-ms {latency} --requests {}",
+                        self.opts.requests
+                    )),
+                );
+                if latency == 0 && mif == 64 {
+                    self.row(
+                        "cost",
+                        "worker CPU per 10,000 submitted requests (max_in_flight 64, CI latency 0)"
+                            .into(),
+                        format!(
+                            "{:.2} s; peak RSS {}",
+                            t.usage.cpu_secs * 10_000.0 / t.n as f64,
+                            mib(t.usage.peak_rss_kib)
+                        ),
+                        self.command("--only submission --in-flight 64 --latency-ms 0"),
+                    );
+                }
+            }
+            let used = emulator.usage().unwrap_or_default().cpu_secs - emulator_before.cpu_secs;
+            self.note(format!(
+                "emulator (latency {latency} ms) used {used:.1} CPU s over its submission runs"
+            ));
+            emulator.stop().await;
+        }
+        Ok(())
+    }
+
+    async fn latency(&mut self) -> Result<()> {
+        let rate = self.opts.rate.max(1);
+        let total = rate * self.opts.duration_secs.max(1);
+        eprintln!(
+            "end-to-end latency: {total} requests at {rate}/s, emulator job_duration_ms {}",
+            self.opts.job_duration_ms
+        );
+        let (emulator, port) = self.start_emulator(0, self.opts.job_duration_ms).await?;
+        let topics = self.worker_topics(None);
+        let results = io::follow(&self.client, &topics.result).await?;
+        let callbacks = io::follow(&self.client, &topics.callback).await?;
+        let limit = Duration::from_secs(120 + self.opts.duration_secs * 2);
+        let target = total as usize;
+        let mut finals = 0usize;
+        let result_collector = tokio::spawn(io::collect(results, limit, false, move |s| {
+            if s.state.as_deref().is_some_and(|st| st != "submitted") {
+                finals += 1;
+            }
+            finals >= target
+        }));
+        let mut events_seen = 0usize;
+        let callback_collector = tokio::spawn(io::collect(callbacks, limit, true, move |_| {
+            events_seen += 1;
+            events_seen >= target
+        }));
+        let mut procs =
+            self.start_workers(Kind::Worker, 1, "latency", &topics, Some(port), None)?;
+        let http = procs[0].name.clone();
+        // Wait for the worker's readiness (its /readyz checks the broker), so start-up is not measured.
+        if let Some(p) = procs[0].http_port {
+            procs::wait_http_ok(
+                &format!("http://127.0.0.1:{p}/readyz"),
+                &mut procs[0],
+                Duration::from_secs(30),
+            )
+            .await
+            .with_context(|| format!("waiting for {http}"))?;
+        }
+        // Let the consumers settle on their subscriptions.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let worker_before = procs[0].usage().unwrap_or_default();
+        let broker_before = self.broker_usage();
+
+        // The paced publisher: request i at start + i/rate.
+        let mut producer = io::producer(&self.client, &topics.request).await?;
+        let run = format!("{}-lat-{}", self.id, short());
+        let bucket = events::bucket_for(&run);
+        let (receipt_tx, mut receipt_rx) =
+            tokio::sync::mpsc::unbounded_channel::<pulsar::producer::SendFuture>();
+        let receipts = tokio::spawn(async move {
+            let mut failed = 0usize;
+            while let Some(r) = receipt_rx.recv().await {
+                if r.await.is_err() {
+                    failed += 1;
+                }
+            }
+            failed
+        });
+        let mut published: HashMap<String, (u64, Instant)> = HashMap::with_capacity(total as usize);
+        let start = tokio::time::Instant::now() + Duration::from_millis(50);
+        let mut max_lag = Duration::ZERO;
+        for i in 0..total {
+            let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            tokio::time::sleep_until(at).await;
+            max_lag = max_lag.max(tokio::time::Instant::now().saturating_duration_since(at));
+            let id = events::request_id(&run, i);
+            let payload = events::request_in(&bucket, &run, i, format_of(i), false);
+            published.insert(id.clone(), (now_ms(), Instant::now()));
+            let receipt = producer
+                .send_non_blocking(Message {
+                    payload,
+                    partition_key: Some(id),
+                    ..Message::default()
+                })
+                .await
+                .context("publishing a request")?;
+            let _ = receipt_tx.send(receipt);
+        }
+        let publish_secs = start.elapsed().as_secs_f64();
+        drop(receipt_tx);
+        let failed = receipts.await.unwrap_or(0);
+        if failed > 0 {
+            bail!("{failed} requests were not stored by the broker");
+        }
+        let started = Instant::now();
+        let (seen, _wall, usage, broker_cpu) = self
+            .supervise(procs, result_collector, started, broker_before)
+            .await?;
+        let events = callback_collector.await.context("callback collector")??;
+        emulator.stop().await;
+
+        // Per request: publish → submitted → event → final.
+        let mut submitted_ms: HashMap<&str, u64> = HashMap::new();
+        let mut finals: HashMap<&str, &Seen> = HashMap::new();
+        for s in &seen {
+            let Some(key) = s.key.as_deref() else {
+                continue;
+            };
+            if s.state.as_deref() == Some("submitted") {
+                submitted_ms.insert(key, s.publish_ms);
+            } else {
+                finals.insert(key, s);
+            }
+        }
+        let mut event_ms: HashMap<String, u64> = HashMap::new();
+        for e in &events {
+            let Some(payload) = &e.payload else { continue };
+            if let Ok(event) = parse_event(payload) {
+                for r in normalize_event(&event) {
+                    if let Some(id) = r.request_id {
+                        event_ms.insert(id, e.publish_ms);
+                    }
+                }
+            }
+        }
+        // All stamps are this machine's wall clock in ms: the bench's own at publication, the
+        // producing clients' `publish_time` on the `submitted` result, the CI event and the final result.
+        let job_ms = self.opts.job_duration_ms as f64;
+        let mut total_ms = Vec::new();
+        let mut worker_ms = Vec::new();
+        let mut to_event_ms = Vec::new();
+        let mut complete_ms = Vec::new();
+        let mut submitted_lat = Vec::new();
+        for (id, (pub_ms, pub_at)) in &published {
+            let Some(f) = finals.get(id.as_str()) else {
+                continue;
+            };
+            let total = f.received.duration_since(*pub_at).as_secs_f64() * 1000.0;
+            total_ms.push(total);
+            worker_ms.push((total - job_ms).max(0.0));
+            if let Some(sub) = submitted_ms.get(id.as_str()) {
+                submitted_lat.push(sub.saturating_sub(*pub_ms) as f64);
+            }
+            if let Some(ev) = event_ms.get(id) {
+                to_event_ms.push((ev.saturating_sub(*pub_ms) as f64 - job_ms).max(0.0));
+                complete_ms.push(f.publish_ms.saturating_sub(*ev) as f64);
+            }
+        }
+        let cmd = self.command(&format!(
+            "--only latency --rate {rate} --duration-secs {}",
+            self.opts.duration_secs
+        ));
+        self.row(
+            "latency",
+            format!(
+                "end to end, request published → final result received ({} requests at {rate}/s, CI job duration {} ms)",
+                total_ms.len(),
+                self.opts.job_duration_ms
+            ),
+            pcts(&mut total_ms),
+            cmd.clone(),
+        );
+        self.row(
+            "latency",
+            "worker's share: end to end minus the CI job duration (broker hops and the emulator's HTTP answer included)".into(),
+            pcts(&mut worker_ms),
+            cmd.clone(),
+        );
+        self.row(
+            "latency",
+            "  request published → CI's completion event sent, minus the job duration (consume, validate, sign, POST /jobs)".into(),
+            pcts(&mut to_event_ms),
+            cmd.clone(),
+        );
+        self.row(
+            "latency",
+            "  CI's completion event sent → final result sent (broker hop, parse, normalize, publish)".into(),
+            pcts(&mut complete_ms),
+            cmd.clone(),
+        );
+        self.row(
+            "latency",
+            "  request published → `submitted` event sent".into(),
+            pcts(&mut submitted_lat),
+            cmd.clone(),
+        );
+        let jobs = total_ms.len().max(1) as f64;
+        let cpu = usage.cpu_secs - worker_before.cpu_secs;
+        self.row(
+            "cost",
+            format!("worker CPU per 10,000 jobs, both paths, steady {rate}/s"),
+            format!(
+                "{:.2} s ({:.0}% of a core)",
+                cpu * 10_000.0 / jobs,
+                100.0 * cpu / publish_secs
+            ),
+            cmd.clone(),
+        );
+        self.row(
+            "cost",
+            format!("worker peak RSS, both paths, steady {rate}/s"),
+            mib(usage.peak_rss_kib),
+            cmd.clone(),
+        );
+        if let Some(b) = broker_cpu {
+            self.note(format!(
+                "latency run: the broker used {:.0}% of a core",
+                100.0 * b / publish_secs
+            ));
+        }
+        self.note(format!(
+            "latency run: publisher achieved {:.0} requests/s (worst lag behind schedule {:.1} ms)",
+            total as f64 / publish_secs,
+            max_lag.as_secs_f64() * 1000.0
+        ));
+        Ok(())
+    }
+
+    async fn scaling(&mut self) -> Result<()> {
+        // Completion path (CPU-bound): one worker vs two on the same subscription.
+        let topic = self.callback_events_topic().await?;
+        if self.completion_single.is_empty() {
+            eprintln!("scaling: completion path, one worker");
+            let w = self
+                .completion_run(Kind::Worker, 1, &topic, "scale1")
+                .await?;
+            self.completion_single.push(w.rate);
+        }
+        eprintln!("scaling: completion path, two workers");
+        let two = self
+            .completion_run(Kind::Worker, 2, &topic, "scale2")
+            .await?;
+        let one = mean(self.completion_single.iter().copied());
+        self.row(
+            "scaling",
+            format!("completion path, 2 workers vs 1 (N = {})", self.opts.events),
+            format!(
+                "{:.0} vs {one:.0} events/s (× {:.2})",
+                two.rate,
+                two.rate / one
+            ),
+            self.command(&format!(
+                "--only completion,scaling --events {}",
+                self.opts.events
+            )),
+        );
+
+        // Submission path (latency-bound): max_in_flight 16 against 50 ms, one worker vs two.
+        let (emulator, port) = self.start_emulator(50, 0).await?;
+        let n = self
+            .opts
+            .requests
+            .min((2.0 * 320.0 * self.opts.budget_secs) as u64);
+        eprintln!("scaling: submission path (max_in_flight 16, CI latency 50 ms), {n} requests, one worker");
+        let one = self.submission_run(port, n, 16, 1, "scale-submit1").await?;
+        eprintln!("scaling: submission path, two workers");
+        let two = self.submission_run(port, n, 16, 2, "scale-submit2").await?;
+        emulator.stop().await;
+        self.row(
+            "scaling",
+            format!("submission path, 2 workers vs 1 (max_in_flight 16 each, CI latency 50 ms, N = {n})"),
+            format!("{:.0} vs {:.0} requests/s (× {:.2}; ideal 640 vs 320)", two.rate, one.rate, two.rate / one.rate),
+            self.command("--only scaling"),
+        );
+        Ok(())
+    }
+
+    fn print(&self, took: Duration) {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n## ci-worker bench {} ({:.0} s)\n",
+            self.id,
+            took.as_secs_f64()
+        );
+        let _ = writeln!(out, "| figure | value | command |\n| --- | --- | --- |");
+        for r in &self.rows {
+            let _ = writeln!(out, "| {} | {} | `{}` |", r.figure, r.value, r.command);
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(out, "\nNotes:");
+            for n in &self.notes {
+                let _ = writeln!(out, "- {n}");
+            }
+        }
+        print!("{out}");
+    }
+
+    fn json(&self, took: Duration) -> String {
+        serde_json::to_string_pretty(&serde_json::json!({
+            "id": self.id,
+            "seconds": took.as_secs_f64(),
+            "rows": self.rows,
+            "notes": self.notes,
+        }))
+        .unwrap_or_default()
+    }
+}
+
+/// Topics and subscription of the processes under test.
+#[derive(Debug, Clone)]
+struct WorkerTopics {
+    request: String,
+    callback: String,
+    result: String,
+    dead_letter: String,
+    deadline: String,
+    subscription: String,
+    mq_name: String,
+}
+
+/// The key pair the benchmark's emulators accept and its workers sign with.
+const BENCH_SECRET_ID: &str = "AKIDbench000000000000000000000000000";
+const BENCH_SECRET_KEY: &str = "benchsecretkey0123456789abcdef00";
+
+/// `requests`, or what the ideal rate (`max_in_flight / latency`) gets through in `budget_secs`
+/// (at least 100).
+fn submission_n(requests: u64, budget_secs: f64, max_in_flight: usize, latency_ms: u64) -> u64 {
+    if latency_ms == 0 {
+        return requests;
+    }
+    let ideal = max_in_flight as f64 * 1000.0 / latency_ms as f64;
+    requests.min(((ideal * budget_secs).round() as u64).max(100))
+}
+
+fn short() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..8].to_string()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Messages per second between the first and the last publish time.
+fn rate_of(seen: &[Seen]) -> f64 {
+    let first = seen.iter().map(|s| s.publish_ms).min().unwrap_or(0);
+    let last = seen.iter().map(|s| s.publish_ms).max().unwrap_or(0);
+    if seen.len() < 2 || last <= first {
+        return 0.0;
+    }
+    (seen.len() - 1) as f64 * 1000.0 / (last - first) as f64
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+fn mean_opt(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Option<Vec<f64>> = values.collect();
+    v.filter(|v| !v.is_empty()).map(|v| mean(v.into_iter()))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// `p50 … / p99 … / max …` in milliseconds.
+fn pcts(values: &mut [f64]) -> String {
+    if values.is_empty() {
+        return "no samples".into();
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        let i = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
+        values[i]
+    };
+    format!(
+        "p50 {:.1} ms / p99 {:.1} ms / max {:.1} ms",
+        at(0.50),
+        at(0.99),
+        values[values.len() - 1]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_rates() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(pcts(&mut v), "p50 50.0 ms / p99 99.0 ms / max 100.0 ms");
+        let now = Instant::now();
+        let seen: Vec<Seen> = (0..11)
+            .map(|i| Seen {
+                publish_ms: 1000 + i * 100,
+                received: now,
+                key: None,
+                state: None,
+                payload: None,
+            })
+            .collect();
+        assert!((rate_of(&seen) - 10.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn slow_combinations_get_a_smaller_n() {
+        assert_eq!(submission_n(10_000, 10.0, 1, 50), 200);
+        assert_eq!(submission_n(10_000, 10.0, 16, 50), 3200);
+        assert_eq!(submission_n(10_000, 10.0, 64, 50), 10_000);
+        assert_eq!(submission_n(10_000, 10.0, 1, 0), 10_000);
+        assert_eq!(submission_n(10_000, 1.0, 1, 50), 100);
+    }
+}
