@@ -6,9 +6,9 @@
 //! timeout and nacks the rest, so that every message taken is either done or redelivered.
 //!
 //! It also guards the consumer: the `pulsar` crate has had consumers that stay silent forever after a
-//! broker restart while their connection looks fine. Every [`HEALTH_INTERVAL`] the loop asks the broker
-//! for the consumer's stats (which fails when the broker no longer knows the consumer) and rebuilds the
-//! consumer when that fails or hangs. Unacknowledged messages of the old one are redelivered by the
+//! broker restart while their connection looks fine. When a consumer the loop is reading from has
+//! delivered nothing for [`HEALTH_INTERVAL`], the loop asks the broker for its stats (which fails when
+//! the broker no longer knows the consumer) and rebuilds the consumer when that fails or hangs. Unacknowledged messages of the old one are redelivered by the
 //! broker; verdicts still pending are settled through the new one (acks apply to the subscription).
 
 use super::WorkerError;
@@ -89,6 +89,7 @@ where
     let mut check = tokio::time::interval(HEALTH_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
+    let mut last_message = tokio::time::Instant::now();
 
     'taking: loop {
         // A permit first, so the broker keeps the messages we cannot start yet (other replicas may).
@@ -98,9 +99,6 @@ where
                 _ = stopped(&mut stop) => break 'taking,
                 Some((id, verdict)) = done_rx.recv() => {
                     settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
-                }
-                _ = check.tick() => {
-                    guard(&client, &opts, &mut consumer, &metrics, &health, &mut stop).await;
                 }
                 permit = permits.clone().acquire_owned() => {
                     break permit.expect("semaphore is never closed");
@@ -114,12 +112,16 @@ where
                 Some((id, verdict)) = done_rx.recv() => {
                     settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
                 }
-                _ = check.tick() => {
+                // Only a consumer we are reading from and that stayed silent a whole interval is
+                // checked: the crate answers the check from the same task that fills the receiver
+                // queue, so checking a busy consumer would time out and rebuild a healthy one.
+                _ = check.tick(), if last_message.elapsed() >= HEALTH_INTERVAL => {
                     guard(&client, &opts, &mut consumer, &metrics, &health, &mut stop).await;
                 }
                 next = consumer.next() => break next,
             }
         };
+        last_message = tokio::time::Instant::now();
         let msg = match next {
             Some(Ok(msg)) => msg,
             Some(Err(e)) => {
