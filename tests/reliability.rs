@@ -414,13 +414,27 @@ async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
             "CI_WORKER__PULSAR__DEADLINE_TOPIC".into(),
             deadline_topic.clone(),
         ),
+        // A small prefetch, so that one replica cannot take every request before the other starts.
+        ("CI_WORKER__WORKER__MAX_IN_FLIGHT".into(), "4".into()),
     ]);
     stack.start_emulator().await;
     let mut results = stack.follow(&stack.topics.result).await;
     stack.start_worker();
     let second_port = stack::free_port();
     let mut second = stack.spawn_replica(second_port);
-    let ids: Vec<String> = (0..60).map(|i| format!("replica-{i}")).collect();
+    for port in [stack.worker_http_port, second_port] {
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        common::within(60, "both replicas to be ready", async {
+            while !reqwest::get(&ready)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+    }
+    let ids: Vec<String> = (0..100).map(|i| format!("replica-{i}")).collect();
     publish(
         &stack.pulsar_url(),
         &stack.topics.request,

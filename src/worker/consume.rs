@@ -122,7 +122,9 @@ where
             }
         };
         last_message = tokio::time::Instant::now();
-        let msg = match next {
+        // Finished handlers' slots in the JoinSet are freed here, not kept for the loop's lifetime.
+        while tasks.try_join_next().is_some() {}
+        let mut msg = match next {
             Some(Ok(msg)) => msg,
             Some(Err(e)) => {
                 tracing::warn!(loop_name = name, error = %e, "consumer error");
@@ -145,7 +147,7 @@ where
         };
         seq += 1;
         let delivery = Delivery {
-            payload: msg.payload.data.clone(),
+            payload: std::mem::take(&mut msg.payload.data),
             properties: properties_of(&msg),
             key: msg.key(),
             topic: msg.topic.clone(),
