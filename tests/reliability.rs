@@ -43,6 +43,22 @@ async fn publish(url: &str, topic: &str, payloads: Vec<Vec<u8>>) {
     }
 }
 
+/// Publishes `n` requests `<prefix>-<i>` whose input object is `object(id)`; returns their ids.
+async fn publish_requests(
+    stack: &Stack,
+    prefix: &str,
+    n: usize,
+    object: impl Fn(&str) -> String,
+) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let payloads = ids
+        .iter()
+        .map(|id| request(id, &object(id)).to_string().into_bytes())
+        .collect();
+    publish(&stack.pulsar_url(), &stack.topics.request, payloads).await;
+    ids
+}
+
 type Seen = [(Vec<u8>, HashMap<String, String>, Option<String>)];
 
 /// Results grouped by request id, in arrival order.
@@ -105,19 +121,7 @@ async fn worker_killed_mid_flight_loses_nothing_and_submits_once() {
     stack.start_emulator().await;
     let mut results = stack.follow(&stack.topics.result).await;
     stack.start_worker();
-    let ids: Vec<String> = (0..500).map(|i| format!("crash-{i}")).collect();
-    publish(
-        &stack.pulsar_url(),
-        &stack.topics.request,
-        ids.iter()
-            .map(|id| {
-                request(id, &format!("in/{id}.mp4"))
-                    .to_string()
-                    .into_bytes()
-            })
-            .collect(),
-    )
-    .await;
+    let ids = publish_requests(&stack, "crash", 500, |id| format!("in/{id}.mp4")).await;
     // Kill it once a good part of the work is under way.
     let mut seen = collect(&mut results, Duration::from_secs(120), |s| s.len() >= 150).await;
     stack.kill_worker();
@@ -168,19 +172,7 @@ async fn lost_submit_answers_do_not_create_second_jobs() {
     stack.start_emulator().await;
     let mut results = stack.follow(&stack.topics.result).await;
     stack.start_worker();
-    let ids: Vec<String> = (0..5).map(|i| format!("hangup-{i}")).collect();
-    publish(
-        &stack.pulsar_url(),
-        &stack.topics.request,
-        ids.iter()
-            .map(|id| {
-                request(id, &format!("in/__hangup__/{id}.mp4"))
-                    .to_string()
-                    .into_bytes()
-            })
-            .collect(),
-    )
-    .await;
+    let ids = publish_requests(&stack, "hangup", 5, |id| format!("in/__hangup__/{id}.mp4")).await;
     // The `submitted` event can only come from the job the retry found (its answer never came).
     let seen = collect(&mut results, Duration::from_secs(120), |s| {
         let map = by_request(s);
@@ -266,19 +258,7 @@ async fn ci_faults_and_duplicate_callbacks() {
     stack.start_emulator().await;
     let mut results = stack.follow(&stack.topics.result).await;
     stack.start_worker();
-    let ids: Vec<String> = (0..120).map(|i| format!("faulty-{i}")).collect();
-    publish(
-        &stack.pulsar_url(),
-        &stack.topics.request,
-        ids.iter()
-            .map(|id| {
-                request(id, &format!("in/{id}.mp4"))
-                    .to_string()
-                    .into_bytes()
-            })
-            .collect(),
-    )
-    .await;
+    let ids = publish_requests(&stack, "faulty", 120, |id| format!("in/{id}.mp4")).await;
     let seen = collect(&mut results, Duration::from_secs(180), |s| {
         all_final(s, &ids)
     })
@@ -434,19 +414,7 @@ async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
         })
         .await;
     }
-    let ids: Vec<String> = (0..100).map(|i| format!("replica-{i}")).collect();
-    publish(
-        &stack.pulsar_url(),
-        &stack.topics.request,
-        ids.iter()
-            .map(|id| {
-                request(id, &format!("in/{id}.mp4"))
-                    .to_string()
-                    .into_bytes()
-            })
-            .collect(),
-    )
-    .await;
+    let ids = publish_requests(&stack, "replica", 100, |id| format!("in/{id}.mp4")).await;
     let mut seen = collect(&mut results, Duration::from_secs(120), |s| {
         all_final(s, &ids)
     })
