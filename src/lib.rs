@@ -24,6 +24,8 @@ pub mod completion;
 pub mod config;
 pub mod correlation;
 pub mod emulator;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod metrics;
 pub mod pulsar_io;

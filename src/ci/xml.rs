@@ -534,37 +534,10 @@ fn ci_json(value: &Value) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use serde_json::json;
-
-    const DW_XML: &str =
-        include_str!("../../tests/fixtures/ci-docs/callback-digital-watermark.xml");
-    const DW_JSON: &str =
-        include_str!("../../tests/fixtures/ci-docs/callback-digital-watermark.json");
-    const JOB_CB_XML: &str = include_str!("../../tests/fixtures/ci-docs/job-callback-content.xml");
-    const JOB_CB_NODES: &str =
-        include_str!("../../tests/fixtures/ci-docs/job-callback-content-nodes.xml");
-    const WF_XML: &str = include_str!("../../tests/fixtures/ci-docs/workflow-callback-api.xml");
-    const WF_JSON: &str = include_str!("../../tests/fixtures/ci-docs/workflow-callback-api.json");
-    const WF_CONTENT_XML: &str =
-        include_str!("../../tests/fixtures/ci-docs/workflow-callback-content.xml");
-    const WF_CONTENT_NODES: &str =
-        include_str!("../../tests/fixtures/ci-docs/workflow-callback-content-nodes.xml");
-    const SUBMIT_REQ: &str =
-        include_str!("../../tests/fixtures/ci-docs/submit-digital-watermark-request.xml");
-    const SUBMIT_REQ_SYNTAX: &str =
-        include_str!("../../tests/fixtures/ci-docs/submit-digital-watermark-request-body.xml");
-    const SUBMIT_RESP: &str =
-        include_str!("../../tests/fixtures/ci-docs/submit-digital-watermark-response.xml");
-    const DESCRIBE_RESP: &str =
-        include_str!("../../tests/fixtures/ci-docs/describe-job-response.xml");
-    const DESCRIBE_NODES: &str =
-        include_str!("../../tests/fixtures/ci-docs/describe-job-response-nodes.xml");
-    const LIST_RESP: &str = include_str!("../../tests/fixtures/ci-docs/list-jobs-response.xml");
-    const LIST_NODES: &str =
-        include_str!("../../tests/fixtures/ci-docs/list-jobs-response-nodes.xml");
-    const ERROR_XML: &str = include_str!("../../tests/fixtures/ci-docs/error.xml");
 
     /// Every XML example from the reference pages that is well-formed.
     const WELL_FORMED: &[&str] = &[

@@ -225,20 +225,7 @@ mod tests {
     use super::*;
     use crate::ci::xml::{parse, to_ci_json};
     use crate::completion::parse::{parse_event, EventFormat};
-
-    const DW_XML: &str =
-        include_str!("../../tests/fixtures/ci-docs/callback-digital-watermark.xml");
-    const DW_JSON: &str =
-        include_str!("../../tests/fixtures/ci-docs/callback-digital-watermark.json");
-    const JOB_CB_XML: &str = include_str!("../../tests/fixtures/ci-docs/job-callback-content.xml");
-    const WF_XML: &str = include_str!("../../tests/fixtures/ci-docs/workflow-callback-api.xml");
-    const WF_JSON: &str = include_str!("../../tests/fixtures/ci-docs/workflow-callback-api.json");
-    const WF_CONTENT_XML: &str =
-        include_str!("../../tests/fixtures/ci-docs/workflow-callback-content.xml");
-    const WF_CONTENT_NODES: &str =
-        include_str!("../../tests/fixtures/ci-docs/workflow-callback-content-nodes.xml");
-    const SUBMIT_RESP: &str =
-        include_str!("../../tests/fixtures/ci-docs/submit-digital-watermark-response.xml");
+    use crate::fixtures::*;
 
     fn results(payload: &str) -> Vec<JobResult> {
         normalize_event(&parse_event(payload.as_bytes()).unwrap())

@@ -166,20 +166,10 @@ fn nests_too_deep(value: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::ci::xml::to_ci_json;
+    use crate::fixtures::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use serde_json::json;
-
-    const DW_XML: &str =
-        include_str!("../../tests/fixtures/ci-docs/callback-digital-watermark.xml");
-    const DW_JSON: &str =
-        include_str!("../../tests/fixtures/ci-docs/callback-digital-watermark.json");
-    const JOB_CB_XML: &str = include_str!("../../tests/fixtures/ci-docs/job-callback-content.xml");
-    const WF_XML: &str = include_str!("../../tests/fixtures/ci-docs/workflow-callback-api.xml");
-    const WF_JSON: &str = include_str!("../../tests/fixtures/ci-docs/workflow-callback-api.json");
-    const WF_CONTENT_XML: &str =
-        include_str!("../../tests/fixtures/ci-docs/workflow-callback-content.xml");
-    const ERROR_XML: &str = include_str!("../../tests/fixtures/ci-docs/error.xml");
 
     fn ok(payload: &str) -> CompletionEvent {
         parse_event(payload.as_bytes()).unwrap_or_else(|e| panic!("{e}: {payload}"))
