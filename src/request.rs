@@ -8,6 +8,7 @@
 //!   `request_id`, so the caller gets a `rejected` result saying why.
 
 use crate::ci::validate::validate_job;
+use crate::ci::xml;
 use crate::config::CiSettings;
 use crate::correlation;
 use serde_json::{Map, Value};
@@ -175,6 +176,10 @@ impl SubmitRequest {
                 v.to_string().trim_start_matches("Request.")
             ))
         })?;
+        // Names and text XML cannot carry (a space in a key, a control character) would otherwise
+        // pass here and fail only at submission time.
+        xml::to_xml("Request", &ci_job)
+            .map_err(|e| Rejection::invalid(format!("job cannot be written as CI's XML: {e}")))?;
         Ok(ValidRequest {
             request_id: self.request_id.clone(),
             bucket,
@@ -331,6 +336,14 @@ mod tests {
                 Box::new(|v| v["job"]["Operation"]["UserData"] = json!("x".repeat(1011))),
             ),
             ("Input.Object", Box::new(|v| v["job"]["Input"] = json!({}))),
+            (
+                "cannot be written as CI's XML",
+                Box::new(|v| v["job"]["Operation"]["Job Level"] = json!("0")),
+            ),
+            (
+                "cannot be written as CI's XML",
+                Box::new(|v| v["job"]["Input"]["Object"] = json!("a\u{1}b")),
+            ),
         ];
         for (expect, mutate) in cases {
             let mut v = base.clone();
