@@ -96,6 +96,28 @@ impl JobDetail {
         }
     }
 
+    /// This detail without `Operation.MediaInfo` / `MediaResult`, the bulk of a finished job's tree
+    /// (kilobytes each): what a cache of many jobs keeps (the restart scan lists thousands).
+    pub fn without_media(mut self) -> JobDetail {
+        fn strip(operation: Option<&mut Value>) {
+            let operation = match operation {
+                Some(Value::Array(items)) => items.first_mut(),
+                other => other,
+            };
+            if let Some(Value::Object(op)) = operation {
+                op.shift_remove("MediaInfo");
+                op.shift_remove("MediaResult");
+            }
+        }
+        strip(Some(&mut self.operation));
+        let raw = match &mut self.raw {
+            Value::Array(items) => items.first_mut(),
+            other => Some(other),
+        };
+        strip(raw.and_then(|r| r.get_mut("Operation")));
+        self
+    }
+
     /// `Operation.UserData`, where CI echoes it.
     pub fn user_data(&self) -> Option<String> {
         text_at(&self.operation, &["UserData"])
@@ -251,6 +273,25 @@ mod tests {
             Some("output/out.mp4")
         );
         assert_eq!(text_at(&j.operation, &["JobLevel"]).as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn without_media_keeps_everything_else() {
+        let tree = json!({"JobId": "j1", "State": "Success", "Operation": {
+            "UserData": "u", "Output": {"Object": "o.mp4"},
+            "MediaInfo": {"Format": {"Duration": "1"}}, "MediaResult": {"OutputFile": {}}}});
+        let slim = JobDetail::from_value(&tree).without_media();
+        assert_eq!(slim.job_id.as_deref(), Some("j1"));
+        assert_eq!(slim.user_data().as_deref(), Some("u"));
+        let expected_op = json!({"UserData": "u", "Output": {"Object": "o.mp4"}});
+        assert_eq!(slim.operation, expected_op);
+        assert_eq!(slim.raw["Operation"], expected_op);
+        assert_eq!(slim.raw["State"], "Success");
+        // The same through an array-wrapped Operation, as JSON may write it.
+        let wrapped =
+            json!({"JobId": "j2", "Operation": [{"UserData": "u", "MediaInfo": {"A": "1"}}]});
+        let slim = JobDetail::from_value(&wrapped).without_media();
+        assert_eq!(slim.raw["Operation"], json!([{"UserData": "u"}]));
     }
 
     #[test]

@@ -276,6 +276,15 @@ impl Frame {
                 }
             }
         }
+        // The common case, one plain run: its string is the text, no copy.
+        if run.len() == 1 {
+            match run.pop() {
+                Some(Piece::Raw(raw)) if !raw.contains(['&', '\r']) => return Ok(raw),
+                Some(Piece::CData(data)) if !data.contains('\r') => return Ok(data),
+                Some(piece) => run.push(piece),
+                None => {}
+            }
+        }
         let mut text = String::new();
         for piece in run {
             match piece {
@@ -498,30 +507,37 @@ fn close(
 /// of the input's kind. The emulator publishes JSON events with it; normalization uses it as the
 /// canonical form of CI's trees.
 pub fn to_ci_json(value: &Value) -> Value {
-    ci_json(value).unwrap_or_else(|| match value {
+    into_ci_json(value.clone())
+}
+
+/// [`to_ci_json`] of a tree the caller gives up: converted in place, so its maps and strings are
+/// reused instead of copied (the completion path converts every event's `MediaInfo` this way).
+pub fn into_ci_json(value: Value) -> Value {
+    let kind = match &value {
         Value::Object(_) => Value::Object(Map::new()),
         Value::Array(_) => Value::Array(Vec::new()),
         Value::Null => Value::Null,
         _ => Value::String(String::new()),
-    })
+    };
+    ci_json_owned(value).unwrap_or(kind)
 }
 
-fn ci_json(value: &Value) -> Option<Value> {
+fn ci_json_owned(value: Value) -> Option<Value> {
     match value {
         Value::Null => None,
         Value::String(s) if s.is_empty() => None,
-        Value::String(s) => Some(Value::String(s.clone())),
+        Value::String(s) => Some(Value::String(s)),
         Value::Number(n) => Some(Value::String(n.to_string())),
         Value::Bool(b) => Some(Value::String(b.to_string())),
-        Value::Object(map) => {
-            let out: Map<String, Value> = map
-                .iter()
-                .filter_map(|(k, v)| ci_json(v).map(|v| (k.clone(), v)))
-                .collect();
-            (!out.is_empty()).then_some(Value::Object(out))
+        Value::Object(mut map) => {
+            for v in map.values_mut() {
+                *v = ci_json_owned(v.take()).unwrap_or(Value::Null);
+            }
+            map.retain(|_, v| !v.is_null());
+            (!map.is_empty()).then_some(Value::Object(map))
         }
         Value::Array(items) => {
-            let mut out: Vec<Value> = items.iter().filter_map(ci_json).collect();
+            let mut out: Vec<Value> = items.into_iter().filter_map(ci_json_owned).collect();
             match out.len() {
                 0 => None,
                 1 => out.pop(),

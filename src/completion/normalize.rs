@@ -25,8 +25,8 @@
 //! A job CI reports failed keeps CI's own code and message.
 
 use super::parse::CompletionEvent;
-use crate::ci::model::{many, one, text_at, JobDetail};
-use crate::ci::xml::to_ci_json;
+use crate::ci::model::{many, one, text_at};
+use crate::ci::xml::into_ci_json;
 use crate::correlation;
 use crate::result::{JobResult, ObjectRef, ResultState};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -34,6 +34,37 @@ use serde_json::{json, Value};
 
 /// Code of a result whose DigitalWatermark sub-operation failed without `IgnoreError`.
 pub const DIGITAL_WATERMARK_FAILED: &str = "DigitalWatermarkFailed";
+
+/// [`normalize_event`] of an event the caller gives up: its `MediaInfo` and `MediaResult` trees are
+/// moved into the results instead of copied (the worker's completion path).
+pub fn normalize_owned(event: CompletionEvent) -> Vec<JobResult> {
+    let mut results: Vec<JobResult> = event.jobs.into_iter().map(normalize_job_owned).collect();
+    if let Some(workflow) = &event.workflow {
+        results.extend(normalize_workflow(workflow));
+    }
+    results
+}
+
+/// [`normalize_job`], moving the media trees out of `detail`.
+pub fn normalize_job_owned(mut detail: Value) -> JobResult {
+    let mut take = |key: &str| {
+        let operation = match &mut detail {
+            Value::Array(items) => items.first_mut(),
+            other => Some(other),
+        }?
+        .get_mut("Operation")?;
+        let operation = match operation {
+            Value::Array(items) => items.first_mut(),
+            other => Some(other),
+        }?;
+        operation.get_mut(key).map(Value::take)
+    };
+    let (media_info, media_result) = (take("MediaInfo"), take("MediaResult"));
+    let mut result = normalize_job(&detail);
+    result.media_info = canonical_owned(media_info);
+    result.media_result = canonical_owned(media_result);
+    result
+}
 
 /// Every result an event carries (one per job; a workflow event one per task).
 pub fn normalize_event(event: &CompletionEvent) -> Vec<JobResult> {
@@ -47,38 +78,44 @@ pub fn normalize_event(event: &CompletionEvent) -> Vec<JobResult> {
 /// One `JobsDetail` tree → a result. CI states map Success→succeeded, Failed→failed, Cancel→cancelled;
 /// Submitted/Running/Pause → `submitted` (not final). The correlation marker is decoded from UserData.
 pub fn normalize_job(detail: &Value) -> JobResult {
-    let job = JobDetail::from_value(detail);
-    let state = map_state(job.state.as_deref());
+    // Read in place: copying the tree (with its MediaInfo) first was a fifth of the completion
+    // path's CPU.
+    let t = |path: &[&str]| text_at(detail, path);
+    let operation = one(detail)
+        .and_then(|d| d.get("Operation"))
+        .and_then(one)
+        .unwrap_or(&Value::Null);
+    let state = map_state(t(&["State"]).as_deref());
     let mut result = JobResult::new(state);
-    let (request_id, user_data) = correlation::decode(job.user_data().as_deref());
+    let (request_id, user_data) = correlation::decode(text_at(operation, &["UserData"]).as_deref());
     result.request_id = request_id;
     result.user_data = user_data;
-    result.job_id = job.job_id.clone();
-    result.tag = job.tag.clone();
-    result.sub_tag = job.sub_tag.clone();
-    result.code = match (&job.code, state) {
-        (Some(code), _) => code.clone(),
+    result.job_id = t(&["JobId"]);
+    result.tag = t(&["Tag"]);
+    result.sub_tag = t(&["SubTag"]);
+    result.code = match (t(&["Code"]), state) {
+        (Some(code), _) => code,
         (None, ResultState::Succeeded) => "Success".to_string(),
         (None, _) => String::new(),
     };
-    result.message = job.message.clone().unwrap_or_default();
-    result.queue_id = job.queue_id.clone();
+    result.message = t(&["Message"]).unwrap_or_default();
+    result.queue_id = t(&["QueueId"]);
     result.input = object_ref(
-        job.input.bucket_id.clone(),
-        job.input.region.clone(),
-        job.input.object.clone(),
+        t(&["Input", "BucketId"]),
+        t(&["Input", "Region"]),
+        t(&["Input", "Object"]),
     );
-    let out = |key: &str| text_at(&job.operation, &["Output", key]);
+    let out = |key: &str| text_at(operation, &["Output", key]);
     result.output = object_ref(out("Bucket"), out("Region"), out("Object"));
-    result.created_at = job.creation_time.as_deref().and_then(normalize_time);
-    result.started_at = job.start_time.as_deref().and_then(normalize_time);
-    result.finished_at = job.end_time.as_deref().and_then(normalize_time);
-    result.media_info = canonical(job.operation.get("MediaInfo"));
-    result.media_result = canonical(job.operation.get("MediaResult"));
+    result.created_at = t(&["CreationTime"]).as_deref().and_then(normalize_time);
+    result.started_at = t(&["StartTime"]).as_deref().and_then(normalize_time);
+    result.finished_at = t(&["EndTime"]).as_deref().and_then(normalize_time);
+    result.media_info = canonical(operation.get("MediaInfo"));
+    result.media_result = canonical(operation.get("MediaResult"));
     result.workflow = one(detail)
         .and_then(|d| d.get("Workflow"))
         .and_then(workflow_ref);
-    apply_digital_watermark_state(&mut result, &job.operation);
+    apply_digital_watermark_state(&mut result, operation);
     result
 }
 
@@ -168,7 +205,11 @@ fn object_ref(
 /// The canonical form (module doc); `None` when absent, empty, or not a container (the result schema
 /// wants an object: bare text or repeated `MediaInfo` elements are not a documented shape).
 fn canonical(tree: Option<&Value>) -> Option<Value> {
-    match to_ci_json(tree?) {
+    canonical_owned(tree.cloned())
+}
+
+fn canonical_owned(tree: Option<Value>) -> Option<Value> {
+    match into_ci_json(tree?) {
         Value::Object(m) if !m.is_empty() => Some(Value::Object(m)),
         _ => None,
     }
@@ -660,6 +701,30 @@ mod tests {
                 ),
             }
         }
+    }
+
+    #[test]
+    fn moving_the_event_gives_the_same_results_as_reading_it() {
+        let mut compared = 0;
+        for payload in [DW_XML, DW_JSON, JOB_CB_XML, WF_XML, WF_JSON, WF_CONTENT_XML] {
+            let event = parse_event(payload.as_bytes()).unwrap();
+            let by_ref = normalize_event(&event);
+            assert_eq!(normalize_owned(event), by_ref, "{payload}");
+            compared += by_ref.len();
+        }
+        assert!(compared >= 8);
+        // Repeated (array) JobsDetail and Operation, as JSON events may write them.
+        let event = parse_event(
+            br#"{"JobsDetail": [{"JobId": "j1", "State": "Success",
+                "Operation": [{"MediaInfo": {"Format": {"Duration": 1.5}}, "UserData": "u"}]}]}"#,
+        )
+        .unwrap();
+        let owned = normalize_owned(event.clone());
+        assert_eq!(owned, normalize_event(&event));
+        assert_eq!(
+            owned[0].media_info,
+            Some(json!({"Format": {"Duration": "1.5"}}))
+        );
     }
 
     #[test]

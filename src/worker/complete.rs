@@ -3,7 +3,7 @@
 
 use super::consume::{Delivery, Disposition};
 use super::{dead_letter, deadline, Context, WorkerError};
-use crate::completion::normalize::normalize_event;
+use crate::completion::normalize::normalize_owned;
 use crate::completion::parse::parse_event;
 use crate::pulsar_io::{Client, SubscribeOptions};
 use std::sync::Arc;
@@ -62,7 +62,7 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
             format: format.into(),
         })
         .inc();
-    for result in normalize_event(&event) {
+    for result in normalize_owned(event) {
         tracing::info!(
             request_id = result.request_id.as_deref().unwrap_or(""),
             job_id = result.job_id.as_deref().unwrap_or(""),
@@ -75,11 +75,9 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
             if let (Disposition::Ack, Some(_), Some(job_id)) =
                 (&verdict, &result.request_id, &result.job_id)
             {
-                // Best effort, off the event's critical path: the event is done once its result is.
-                let publisher = ctx.publisher.clone();
-                let topic = ctx.settings.pulsar.deadline_topic.clone();
-                let job_id = job_id.clone();
-                tokio::spawn(async move { deadline::mark_done(&publisher, &topic, &job_id).await });
+                // Best effort, batched, off the event's critical path: the event is done once its
+                // result is.
+                ctx.done.record(job_id);
             }
             verdict
         } else {

@@ -51,24 +51,12 @@ pub async fn schedule(
     after: Duration,
 ) -> Result<(), pulsar_io::PulsarIoError> {
     let mut msg = Outgoing::new(serde_json::to_vec(deadline).expect("deadline serializes"))
-        .with_key(deadline.job_id.clone())
+        .with_key(super::done::shard_key(&deadline.job_id))
         .with_property(props::RECORD, "deadline");
     msg.deliver_at = Some(SystemTime::now() + after);
     ctx.publisher
         .publish(&ctx.settings.pulsar.deadline_topic, msg)
         .await
-}
-
-/// Tells whichever replica holds `job_id`'s deadline that its final result is out, so the deadline
-/// needs no `GET /jobs` (and yields no second result). Best effort: without it the check still
-/// happens, and finds the job finished.
-pub async fn mark_done(publisher: &pulsar_io::Publisher, deadline_topic: &str, job_id: &str) {
-    let msg = Outgoing::new(job_id.as_bytes().to_vec())
-        .with_key(job_id.to_string())
-        .with_property(props::RECORD, "done");
-    if let Err(e) = publisher.publish(deadline_topic, msg).await {
-        tracing::warn!(job_id, error = %e, "could not record the job as done; its deadline will check CI");
-    }
 }
 
 /// A new deadline for a job just submitted (`submitted` is its `submitted` event).
@@ -97,7 +85,8 @@ pub async fn run(
         receiver_queue_size: 100,
         dead_letter: None,
         from_earliest: true,
-        // A job's `done` record and its deadline reach the same consumer, which then skips the check.
+        // A job's `done` record and its deadline share a key (its shard, see `done`), so they reach
+        // the same consumer, which then skips the check.
         key_shared: true,
     };
     super::serve(
@@ -115,8 +104,9 @@ pub async fn run(
 
 pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
     if delivery.properties.get(props::RECORD).map(String::as_str) == Some("done") {
-        ctx.finished
-            .insert(&String::from_utf8_lossy(&delivery.payload));
+        for job_id in super::done::ids_of(&delivery.payload) {
+            ctx.finished.insert(job_id);
+        }
         return Disposition::Ack;
     }
     let Ok(deadline) = serde_json::from_slice::<Deadline>(&delivery.payload) else {

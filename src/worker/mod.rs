@@ -11,6 +11,7 @@ pub mod complete;
 pub mod consume;
 pub mod dead_letter;
 pub mod deadline;
+pub mod done;
 pub mod finished;
 pub mod poison;
 pub mod recover;
@@ -46,6 +47,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recovery: recover::Recovery,
     pub finished: finished::Finished,
+    pub done: done::DoneRecorder,
     pub failures: poison::Failures,
     pub health: Arc<consume::Health>,
 }
@@ -183,6 +185,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         recovery: recover::Recovery::new(settings.worker.recovery_lookback),
         finished: finished::Finished::default(),
+        done: done::DoneRecorder::spawn(publisher.clone(), settings.pulsar.deadline_topic.clone()),
         failures: poison::Failures::default(),
         health,
         settings,
@@ -202,6 +205,8 @@ pub async fn run(
     let complete = tokio::spawn(complete::run(ctx.clone(), client.clone(), stop_rx.clone()));
     let deadlines = tokio::spawn(deadline::run(ctx.clone(), client.clone(), stop_rx));
     let (a, b, c) = tokio::join!(submit, complete, deadlines);
+    // Bounded: a broker that went away must not hold up the exit.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ctx.done.flush()).await;
     ctx.publisher.close().await;
     http.abort();
     for outcome in [a, b, c] {

@@ -144,7 +144,11 @@ async fn scan(
         for job in page.jobs {
             if let Some(user_data) = job.user_data() {
                 let hit = stop_at == Some(user_data.as_str());
-                found.entry(user_data).or_insert(job);
+                // Kept for the life of the process: without the media trees (37 → 212 MiB of RSS
+                // with them, for a queue of 10,000 finished jobs).
+                found
+                    .entry(user_data)
+                    .or_insert_with(|| job.without_media());
                 if hit {
                     return Ok(found);
                 }
