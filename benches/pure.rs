@@ -11,11 +11,11 @@
 
 use ci_worker::bench::events::{self, EventFormat};
 use ci_worker::ci::{sign, xml};
-use ci_worker::completion::normalize::normalize_event;
+use ci_worker::completion::normalize::{normalize_event, normalize_owned};
 use ci_worker::completion::parse::parse_event;
 use ci_worker::config::Settings;
 use ci_worker::request::SubmitRequest;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -85,7 +85,7 @@ fn event(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 let event = parse_event(black_box(&payload)).unwrap();
-                normalize_event(&event)
+                normalize_owned(event)
                     .iter()
                     .map(|r| r.to_json().len())
                     .sum::<usize>()
@@ -99,7 +99,7 @@ fn event(c: &mut Criterion) {
     let event = parse_event(&events::completion_event("bench", 42, EventFormat::Xml)).unwrap();
     let result = normalize_event(&event).remove(0);
     c.bench_function("result/normalize", |b| {
-        b.iter(|| normalize_event(black_box(&event)))
+        b.iter_batched(|| event.clone(), normalize_owned, BatchSize::SmallInput)
     });
     c.bench_function("result/to_json", |b| {
         b.iter(|| black_box(&result).to_json())

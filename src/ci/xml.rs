@@ -315,18 +315,27 @@ impl Frame {
     }
 
     fn add_child(&mut self, name: String, value: Value) -> Result<(), XmlError> {
-        let text = self.take_run()?;
-        self.mixed.push_str(&text);
-        match self.children.get_mut(&name) {
-            None => {
-                self.children.insert(name, value);
+        if !self.run.is_empty() {
+            let text = self.take_run()?;
+            self.mixed.push_str(&text);
+        }
+        if self.children.is_empty() {
+            // Sized once for a typical CI element instead of regrown from nothing; leaf elements,
+            // the majority, never get here and allocate no map.
+            self.children = Map::with_capacity(8);
+        }
+        match self.children.entry(name) {
+            serde_json::map::Entry::Vacant(slot) => {
+                slot.insert(value);
             }
-            // Child values are never arrays, so an array here is an earlier repetition.
-            Some(Value::Array(items)) => items.push(value),
-            Some(existing) => {
-                let first = existing.take();
-                *existing = Value::Array(vec![first, value]);
-            }
+            serde_json::map::Entry::Occupied(mut slot) => match slot.get_mut() {
+                // Child values are never arrays, so an array here is an earlier repetition.
+                Value::Array(items) => items.push(value),
+                existing => {
+                    let first = existing.take();
+                    *existing = Value::Array(vec![first, value]);
+                }
+            },
         }
         Ok(())
     }
