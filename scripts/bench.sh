@@ -59,7 +59,7 @@ if [[ ${BENCH_SKIP_CRITERION:-0} != 1 ]]; then
   # "name  time: [low mid high]" (the name may be alone on the line before): keep the middle estimate.
   criterion_summary=$(awk '
     /^[A-Za-z_\/]+/ && !/time:/ && !/thrpt:/ && !/change:/ && !/Found|Benchmarking|Performance|No change|Change within|mild|severe|Gnuplot|Warming|Collecting|Analyzing/ { name = $1 }
-    /time:/ {
+    /time:/ && !/%/ {   # not the "change:" block of a comparison with an earlier run
       if ($1 != "time:") name = $1
       sub(/.*time: *\[/, ""); split($0, v, " ")
       printf "| %s (criterion, per operation) | %s %s | `cargo bench --bench pure` |\n", name, v[3], v[4]

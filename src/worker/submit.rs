@@ -126,15 +126,17 @@ fn stored(outcome: Result<(), crate::pulsar_io::PulsarIoError>) -> Disposition {
     }
 }
 
-/// A job CI accepted: its `submitted` event (first, so that it usually precedes the final result),
-/// then its deadline. If either cannot be stored the request is redelivered, marked in doubt so that
-/// the redelivery finds this job instead of submitting again.
+/// A job CI accepted: its `submitted` event and its deadline, both sent at once (the event leaves
+/// as early as before, so it still usually precedes the final result; waiting for one receipt before
+/// sending the other cost a broker round trip per request). If either cannot be stored the request
+/// is redelivered, marked in doubt so that the redelivery finds this job instead of submitting again.
 async fn announce(ctx: &Context, req: &ValidRequest, result: &JobResult) -> Disposition {
     let deadline = deadline::first(&req.bucket, &req.region, result);
-    let outcome = match ctx.publish_result(result).await {
-        Ok(()) => deadline::schedule(ctx, &deadline, ctx.settings.worker.job_timeout).await,
-        Err(e) => Err(e),
-    };
+    let (announced, scheduled) = tokio::join!(
+        ctx.publish_result(result),
+        deadline::schedule(ctx, &deadline, ctx.settings.worker.job_timeout)
+    );
+    let outcome = announced.and(scheduled);
     if outcome.is_err() {
         ctx.recovery
             .put_in_doubt(&req.request_id, std::time::SystemTime::now())
