@@ -228,7 +228,9 @@ enum Piece {
 struct Frame {
     name: String,
     children: Map<String, Value>,
-    /// The current run of text (since the element's start or its last child).
+    /// The current run of text (since the element's start or its last child): its first piece,
+    /// then any others. Most runs are one piece, which then needs no vector.
+    first: Option<Piece>,
     run: Vec<Piece>,
     /// Mixed content collected so far.
     mixed: String,
@@ -239,8 +241,16 @@ impl Frame {
         Frame {
             name,
             children: Map::new(),
+            first: None,
             run: Vec::new(),
             mixed: String::new(),
+        }
+    }
+
+    fn push(&mut self, piece: Piece) {
+        match &self.first {
+            None => self.first = Some(piece),
+            Some(_) => self.run.push(piece),
         }
     }
 
@@ -248,6 +258,20 @@ impl Frame {
     /// returns the text.
     fn take_run(&mut self) -> Result<String, XmlError> {
         let mut run = std::mem::take(&mut self.run);
+        if let Some(first) = self.first.take() {
+            match first {
+                // The common case, one plain run without edge whitespace: its string is the text.
+                Piece::Raw(raw)
+                    if run.is_empty()
+                        && !raw.contains(['&', '\r'])
+                        && !raw.starts_with(is_xml_space)
+                        && !raw.ends_with(is_xml_space) =>
+                {
+                    return Ok(raw)
+                }
+                first => run.insert(0, first),
+            }
+        }
         let blank = run
             .iter()
             .all(|p| matches!(p, Piece::Raw(raw) if raw.chars().all(is_xml_space)));
@@ -315,7 +339,7 @@ impl Frame {
     }
 
     fn add_child(&mut self, name: String, value: Value) -> Result<(), XmlError> {
-        if !self.run.is_empty() {
+        if self.first.is_some() {
             let text = self.take_run()?;
             self.mixed.push_str(&text);
         }
@@ -450,7 +474,7 @@ pub fn parse(input: &str) -> Result<XmlDoc, XmlError> {
             Event::Text(text) => {
                 let raw = utf8(&text)?;
                 match stack.last_mut() {
-                    Some(frame) => frame.run.push(Piece::Raw(raw.to_string())),
+                    Some(frame) => frame.push(Piece::Raw(raw.to_string())),
                     None if raw.chars().all(is_xml_space) => {}
                     None if doc.is_some() => {
                         return Err(XmlError::Malformed("text after the root element".into()))
@@ -461,7 +485,7 @@ pub fn parse(input: &str) -> Result<XmlDoc, XmlError> {
             Event::CData(data) => {
                 let data = utf8(&data)?;
                 match stack.last_mut() {
-                    Some(frame) => frame.run.push(Piece::CData(data.to_string())),
+                    Some(frame) => frame.push(Piece::CData(data.to_string())),
                     None => {
                         return Err(XmlError::Malformed("CDATA outside the root element".into()))
                     }

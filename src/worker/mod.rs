@@ -124,7 +124,9 @@ where
             let ctx = handler_ctx.clone();
             let delivery = Arc::new(delivery);
             let verdict = handle(ctx.clone(), delivery.clone());
-            async move { poison::settle(&ctx, &delivery, source, verdict.await).await }
+            // Boxed: the handler's state machine is kilobytes, and the consume loop would otherwise
+            // copy it several times per message on its way into the spawned task.
+            Box::pin(async move { poison::settle(&ctx, &delivery, source, verdict.await).await })
         },
     )
     .await
