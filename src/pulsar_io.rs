@@ -146,6 +146,18 @@ impl Outgoing {
     }
 }
 
+/// The options of every producer the worker builds (the benchmark's relay uses them too, so that it
+/// measures the same settings): batching off (see the module doc), and under load wait for room in
+/// the crate's send queue rather than fail with SlowDown (which would needlessly rebuild the
+/// producer).
+pub fn producer_options() -> ProducerOptions {
+    ProducerOptions {
+        batch_size: None,
+        block_queue_if_full: true,
+        ..ProducerOptions::default()
+    }
+}
+
 type SharedProducer = Arc<Mutex<Producer<TokioExecutor>>>;
 
 /// Publishes to any number of topics through one cached producer each. Cheap to clone.
@@ -192,13 +204,7 @@ impl Publisher {
             .producer()
             .with_topic(topic)
             .with_name(format!("{}-{}", self.name_prefix, uuid::Uuid::new_v4()))
-            .with_options(ProducerOptions {
-                batch_size: None,
-                // Under load the crate's send queue fills up: wait for room rather than fail with
-                // SlowDown (which would needlessly rebuild the producer).
-                block_queue_if_full: true,
-                ..ProducerOptions::default()
-            })
+            .with_options(producer_options())
             .build()
             .await
             .map_err(|source| PulsarIoError::Producer {

@@ -97,19 +97,8 @@ pub fn event_tree(run: &str, i: u64) -> Value {
     });
     let mut root = Map::new();
     root.insert("EventName".into(), "TaskFinish".into());
-    root.insert("JobsDetail".into(), sorted(detail));
+    root.insert("JobsDetail".into(), crate::emulator::sorted_keys(detail));
     Value::Object(root)
-}
-
-fn sorted(v: Value) -> Value {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
-        }
-        other => other,
-    }
 }
 
 /// CI's documented sample `MediaInfo` (a 215.6 s 1080p H.264/AAC MP4), as the emulator reports it.

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use pulsar::consumer::{ConsumerOptions, InitialPosition};
-use pulsar::producer::{Message, ProducerOptions};
+use pulsar::producer::Message;
 use pulsar::proto::{CommandSendReceipt, MessageIdData};
 use pulsar::{Consumer, Producer, SubType, TokioExecutor};
 use std::collections::VecDeque;
@@ -24,11 +24,7 @@ pub async fn producer(client: &Client, topic: &str) -> Result<Producer<TokioExec
         .producer()
         .with_topic(topic)
         .with_name(format!("ci-worker-bench-{}", uuid::Uuid::new_v4()))
-        .with_options(ProducerOptions {
-            batch_size: None,
-            block_queue_if_full: true,
-            ..ProducerOptions::default()
-        })
+        .with_options(pulsar_io::producer_options())
         .build()
         .await
         .with_context(|| format!("creating a producer on {topic}"))
@@ -170,8 +166,7 @@ pub async fn delete_topics(admin_url: &str, token: &str, topics: &[String]) -> u
 /// dead-letter policy), one producer with batching off, the same bound on messages in flight
 /// (`max(worker.max_in_flight, 256)`), each message acknowledged individually once the broker has
 /// stored its copy — forwarding `pulsar.callback_topic` to `pulsar.result_topic` without reading it.
-/// One difference: its producer waits for room in the connection's queue (`block_queue_if_full`)
-/// where the worker's fails with SlowDown (see docs/performance.md). Runs until killed.
+/// Its producer has the worker's options ([`pulsar_io::producer_options`]). Runs until killed.
 pub async fn relay(settings: &Settings) -> Result<()> {
     let p = &settings.pulsar;
     let client = pulsar_io::connect_with(p).await?;
@@ -195,13 +190,7 @@ pub async fn relay(settings: &Settings) -> Result<()> {
         .producer()
         .with_topic(&p.result_topic)
         .with_name(format!("ci-worker-bench-relay-{}", uuid::Uuid::new_v4()))
-        .with_options(ProducerOptions {
-            batch_size: None,
-            // Wait for room in the connection's outbound queue (100 messages by default) instead of
-            // failing with SlowDown: the crate's intended back-pressure.
-            block_queue_if_full: true,
-            ..ProducerOptions::default()
-        })
+        .with_options(pulsar_io::producer_options())
         .build()
         .await
         .context("creating the relay's producer")?;

@@ -574,28 +574,17 @@ mod tests {
         fn verify(&self, secret_key: &str) -> crate::ci::sign::Authorization {
             let auth = parse_authorization(self.header("authorization").expect("signed"))
                 .expect("a well-formed Authorization");
-            let pick = |all: &[(String, String)], names: &[String]| -> Vec<(String, String)> {
-                names
-                    .iter()
-                    .map(|n| {
-                        all.iter()
-                            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                            .cloned()
-                            .unwrap_or_else(|| panic!("{n} is signed but not sent"))
-                    })
-                    .collect()
+            let pick = |all, names| {
+                crate::ci::sign::signed_values(all, names)
+                    .unwrap_or_else(|n| panic!("{n} is signed but not sent"))
             };
-            let headers = pick(&self.headers, &auth.header_list);
-            let params = pick(&self.params(), &auth.url_param_list);
-            let hr: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let pr: Vec<(&str, &str)> = params
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let hs = http_string(&self.method, &self.path, &pr, &hr);
+            let all_params = self.params();
+            let hs = http_string(
+                &self.method,
+                &self.path,
+                &pick(&all_params, &auth.url_param_list),
+                &pick(&self.headers, &auth.header_list),
+            );
             assert_eq!(
                 signature(secret_key, &auth.key_time_str(), &auth.sign_time_str(), &hs),
                 auth.signature,

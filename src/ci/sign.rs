@@ -335,6 +335,24 @@ fn hmac_sha1_hex(key: &[u8], msg: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// Test support: the values a server would verify, looked up in `all` (case-insensitively) by the
+/// names an Authorization lists; `Err(name)` for a listed name that was not sent.
+#[cfg(test)]
+pub(crate) fn signed_values<'a>(
+    all: &'a [(String, String)],
+    names: &[String],
+) -> Result<Vec<(&'a str, &'a str)>, String> {
+    names
+        .iter()
+        .map(|n| {
+            all.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .ok_or_else(|| n.clone())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,22 +490,14 @@ mod tests {
             // Verify as the emulator will: values looked up by the names in the lists.
             let headers = pairs(&v["headers"]);
             let params = pairs(&v["query_params_signed"]);
-            let pick = |all: &[(String, String)], names: &[String]| -> Vec<(String, String)> {
-                names
-                    .iter()
-                    .map(|n| {
-                        all.iter()
-                            .find(|(k, _)| k.eq_ignore_ascii_case(n))
-                            .cloned()
-                            .unwrap_or_else(|| panic!("{name}: {n} not sent"))
-                    })
-                    .collect()
+            let pick = |all, names| {
+                signed_values(all, names).unwrap_or_else(|n| panic!("{name}: {n} not sent"))
             };
             let hs = http_string(
                 v["method"].as_str().unwrap(),
                 v["path"].as_str().unwrap(),
-                &borrowed(&pick(&params, &auth.url_param_list)),
-                &borrowed(&pick(&headers, &auth.header_list)),
+                &pick(&params, &auth.url_param_list),
+                &pick(&headers, &auth.header_list),
             );
             assert_eq!(
                 signature(

@@ -22,6 +22,9 @@ mod faults;
 mod store;
 mod submit;
 
+/// CI's key order for event trees, shared with the benchmark's synthetic events.
+pub(crate) use store::sorted_keys;
+
 pub use store::JobState;
 
 use crate::config::Settings;

@@ -161,7 +161,7 @@ impl Job {
                 map.insert("SubTag".into(), "DigitalWatermark".into());
             }
         }
-        sorted(d)
+        sorted_keys(d)
     }
 
     /// `MediaResult.OutputFile` for the job's `Operation.Output`, with a stable plausible MD5.
@@ -206,14 +206,19 @@ impl Job {
 }
 
 /// Every object's keys in byte order, recursively (CI's events list elements alphabetically).
-fn sorted(v: Value) -> Value {
+pub(crate) fn sorted_keys(v: Value) -> Value {
     match v {
         Value::Object(map) => {
             let mut entries: Vec<(String, Value)> = map.into_iter().collect();
             entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sorted_keys(v)))
+                    .collect(),
+            )
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted_keys).collect()),
         other => other,
     }
 }
