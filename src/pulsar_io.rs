@@ -11,6 +11,7 @@
 use crate::config::PulsarSettings;
 use crate::secret::Secret;
 use pulsar::consumer::{ConsumerOptions, DeadLetterPolicy, InitialPosition};
+use pulsar::error::ConnectionError;
 use pulsar::producer::{Message as OutMessage, ProducerOptions};
 use pulsar::{
     Authentication, ConnectionRetryOptions, Consumer, OperationRetryOptions, Producer, Pulsar,
@@ -43,11 +44,13 @@ pub mod props {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PulsarIoError {
-    #[error("cannot connect to Pulsar at {url}: {source}")]
+    #[error("cannot connect to Pulsar at {url}: {source}{hint}")]
     Connect {
         url: String,
         #[source]
         source: pulsar::Error,
+        /// What the crate's error hides (it drops the broker's reason for a refused handshake).
+        hint: &'static str,
     },
     #[error("cannot create a producer on {topic}: {source}")]
     Producer {
@@ -57,6 +60,12 @@ pub enum PulsarIoError {
     },
     #[error("publishing to {topic} failed: {message}")]
     Publish { topic: String, message: String },
+    #[error("the producer on {topic} is not connected: {source}")]
+    Check {
+        topic: String,
+        #[source]
+        source: pulsar::Error,
+    },
     #[error("cannot subscribe to {topic} as {subscription}: {source}")]
     Subscribe {
         topic: String,
@@ -64,6 +73,54 @@ pub enum PulsarIoError {
         #[source]
         source: pulsar::Error,
     },
+}
+
+impl PulsarIoError {
+    /// Whether the broker refused us for a reason that waiting cannot fix (authentication,
+    /// authorization, a bad or missing topic), as opposed to being slow, restarting or out of reach.
+    /// Start-up gives up at once on a refusal and keeps retrying everything else.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            PulsarIoError::Connect { hint, .. } if !hint.is_empty() => true,
+            PulsarIoError::Connect { source, .. }
+            | PulsarIoError::Producer { source, .. }
+            | PulsarIoError::Check { source, .. }
+            | PulsarIoError::Subscribe { source, .. } => is_refusal(source),
+            PulsarIoError::Publish { .. } => false,
+        }
+    }
+}
+
+fn is_refusal(e: &pulsar::Error) -> bool {
+    use pulsar::error::{ConsumerError, ProducerError, ServiceDiscoveryError};
+    use pulsar::message::proto::ServerError;
+    let connection = |c: &ConnectionError| match c {
+        ConnectionError::PulsarError(Some(code), _) => Some(*code),
+        ConnectionError::Authentication(_) => Some(ServerError::AuthenticationError),
+        _ => None,
+    };
+    let code = match e {
+        pulsar::Error::Authentication(_) => Some(ServerError::AuthenticationError),
+        pulsar::Error::Connection(c)
+        | pulsar::Error::Producer(ProducerError::Connection(c))
+        | pulsar::Error::Consumer(ConsumerError::Connection(c))
+        | pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Connection(c)) => connection(c),
+        pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Query(code, _)) => *code,
+        _ => None,
+    };
+    matches!(
+        code,
+        Some(
+            ServerError::AuthenticationError
+                | ServerError::AuthorizationError
+                | ServerError::TopicNotFound
+                | ServerError::InvalidTopicName
+                | ServerError::NotAllowedError
+                | ServerError::UnsupportedVersionError
+                | ServerError::IncompatibleSchema
+                | ServerError::TopicTerminatedError
+        )
+    )
 }
 
 /// Connects to `url`, with JWT authentication when `token` is set.
@@ -89,13 +146,23 @@ pub async fn connect(url: &str, token: &Secret) -> Result<Client, PulsarIoError>
             data: token.expose().as_bytes().to_vec(),
         });
     }
-    builder
-        .build()
-        .await
-        .map_err(|source| PulsarIoError::Connect {
+    builder.build().await.map_err(|source| {
+        // The crate reports every refused handshake as this one `Other` I/O error (and logs the
+        // broker's reason just before); with a connection that was refused or timed out it
+        // would have kept retrying instead.
+        let refused = matches!(&source, pulsar::Error::Connection(ConnectionError::Io(e))
+                if e.kind() == std::io::ErrorKind::Other);
+        PulsarIoError::Connect {
             url: url.to_string(),
             source,
-        })
+            hint: if refused {
+                " (the broker refused the handshake: check pulsar.token; the broker's reason \
+                     is logged just above)"
+            } else {
+                ""
+            },
+        }
+    })
 }
 
 /// Connects with the `[pulsar]` settings.
@@ -174,6 +241,10 @@ pub struct Publisher {
 /// (the crate has had producers that never recover after a broker restart).
 const PUBLISH_ATTEMPTS: u32 = 5;
 
+/// How long one start-up check may take: well above a healthy broker's answer (milliseconds, a few
+/// seconds while it loads topics), well below the 30 s a lost answer would otherwise cost.
+const STARTUP_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Publisher {
     /// `name_prefix` names the producers (`<prefix>-<uuid>`), which shows up in the broker's stats.
     pub fn new(client: Client, name_prefix: &str) -> Publisher {
@@ -214,6 +285,10 @@ impl Publisher {
         let shared = Arc::new(Mutex::new(producer));
         producers.insert(topic.to_string(), shared.clone());
         Ok(shared)
+    }
+
+    async fn forget_topic(&self, topic: &str) {
+        self.producers.lock().await.remove(topic);
     }
 
     async fn forget(&self, topic: &str, failed: &SharedProducer) {
@@ -268,14 +343,51 @@ impl Publisher {
     pub async fn check(&self, topic: &str) -> Result<(), PulsarIoError> {
         let producer = self.producer(topic).await?;
         let result = producer.lock().await.check_connection().await;
-        if let Err(e) = result {
+        if let Err(source) = result {
             self.forget(topic, &producer).await;
-            return Err(PulsarIoError::Publish {
+            return Err(PulsarIoError::Check {
                 topic: topic.to_string(),
-                message: e.to_string(),
+                source,
             });
         }
         Ok(())
+    }
+
+    /// Waits until a producer on `topic` is connected, retrying with backoff what a starting or
+    /// restarting broker answers (a just-started standalone broker has been seen to leave the first
+    /// producer's connection hanging for 30 s); returns at once on a refusal, and with `Ok(false)`
+    /// when `stop` turns true first.
+    pub async fn wait_until_connected(
+        &self,
+        topic: &str,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<bool, PulsarIoError> {
+        let mut attempt = 0u32;
+        loop {
+            let outcome = tokio::select! {
+                outcome = tokio::time::timeout(STARTUP_CHECK_TIMEOUT, self.check(topic)) => outcome,
+                _ = stop.wait_for(|s| *s) => return Ok(false),
+            };
+            match outcome {
+                Ok(Ok(())) => return Ok(true),
+                Ok(Err(e)) if e.is_refusal() => return Err(e),
+                outcome => {
+                    let e = match outcome {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => format!("no answer within {STARTUP_CHECK_TIMEOUT:?}"),
+                    };
+                    // The hung attempt's producer may be half made: build a fresh one next time.
+                    self.forget_topic(topic).await;
+                    attempt += 1;
+                    tracing::warn!(topic, attempt, error = %e, "broker not ready for a producer yet; retrying");
+                    let delay = Duration::from_millis(500 * u64::from(attempt.min(10)));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => return Ok(false),
+                    }
+                }
+            }
+        }
     }
 
     /// Closes every producer (flushes what they hold).
@@ -378,4 +490,68 @@ pub fn properties_of(msg: &pulsar::consumer::Message<Vec<u8>>) -> HashMap<String
         .iter()
         .map(|kv| (kv.key.clone(), kv.value.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pulsar::error::{ProducerError, ServiceDiscoveryError};
+    use pulsar::message::proto::ServerError;
+
+    fn producer_error(source: pulsar::Error) -> PulsarIoError {
+        PulsarIoError::Producer {
+            topic: "t".into(),
+            source,
+        }
+    }
+
+    #[test]
+    fn refusals_are_told_apart_from_a_broker_that_is_not_ready() {
+        let server = |code| {
+            pulsar::Error::Producer(ProducerError::Connection(ConnectionError::PulsarError(
+                Some(code),
+                None,
+            )))
+        };
+        for code in [
+            ServerError::AuthenticationError,
+            ServerError::AuthorizationError,
+            ServerError::TopicNotFound,
+            ServerError::NotAllowedError,
+        ] {
+            assert!(producer_error(server(code)).is_refusal(), "{code:?}");
+        }
+        let lookup = pulsar::Error::ServiceDiscovery(ServiceDiscoveryError::Query(
+            Some(ServerError::AuthorizationError),
+            Some("role has no produce permission".into()),
+        ));
+        assert!(producer_error(lookup).is_refusal());
+
+        for waitable in [
+            server(ServerError::ServiceNotReady),
+            server(ServerError::TooManyRequests),
+            server(ServerError::MetadataError),
+            pulsar::Error::Connection(ConnectionError::Disconnected),
+            pulsar::Error::Producer(ProducerError::Connection(ConnectionError::Io(
+                std::io::Error::from(std::io::ErrorKind::TimedOut),
+            ))),
+        ] {
+            let e = producer_error(waitable);
+            assert!(!e.is_refusal(), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_refused_handshake_says_so() {
+        let fatal = pulsar::Error::Connection(ConnectionError::Io(std::io::Error::other(
+            "fatal error when connecting to the Pulsar server",
+        )));
+        let e = PulsarIoError::Connect {
+            url: "pulsar://b:6650".into(),
+            source: fatal,
+            hint: " (refused)",
+        };
+        assert!(e.is_refusal());
+        assert!(e.to_string().ends_with("(refused)"), "{e}");
+    }
 }

@@ -222,4 +222,10 @@ async fn worker_authenticates_with_pulsar_token() {
     })
     .await;
     assert!(!status.success());
+    let logs = stack.logs();
+    assert!(logs.contains("refused the handshake"), "{logs}");
+    assert!(
+        !logs.contains("c2VjcmV0LXRva2Vu"),
+        "the token leaked: {logs}"
+    );
 }

@@ -13,7 +13,9 @@
 
 use super::WorkerError;
 use crate::metrics::Metrics;
-use crate::pulsar_io::{self, message_id_string, properties_of, Client, SubscribeOptions};
+use crate::pulsar_io::{
+    self, message_id_string, properties_of, Client, PulsarIoError, SubscribeOptions,
+};
 use futures::StreamExt;
 use pulsar::proto::MessageIdData;
 use pulsar::{Consumer, TokioExecutor};
@@ -76,7 +78,7 @@ where
 {
     let name = opts.name;
     health.set(name, false);
-    let Some(mut consumer) = subscribe_until_ok(&client, &opts, &mut stop).await else {
+    let Some(mut consumer) = subscribe_until_ok(&client, &opts, &mut stop, true).await? else {
         return Ok(());
     };
     health.set(name, true);
@@ -135,13 +137,13 @@ where
                 tracing::warn!(loop_name = name, "consumer stream ended; rebuilding");
                 health.set(name, false);
                 metrics.pulsar_reconnects.inc();
-                match subscribe_until_ok(&client, &opts, &mut stop).await {
-                    Some(fresh) => {
+                match subscribe_until_ok(&client, &opts, &mut stop, false).await {
+                    Ok(Some(fresh)) => {
                         consumer = fresh;
                         health.set(name, true);
                         continue;
                     }
-                    None => break,
+                    Ok(None) | Err(_) => break,
                 }
             }
         };
@@ -228,22 +230,26 @@ impl Health {
 }
 
 /// Subscribes, retrying with backoff (the broker may be starting or restarting) until it works;
-/// `None` once `stop` turns true.
+/// `Ok(None)` once `stop` turns true. A refusal (e.g. a role without consume permission) ends the
+/// first subscription with an error, so that a misconfigured worker exits saying why instead of
+/// waiting unready forever; later rebuilds keep retrying, since in-flight work is still draining.
 async fn subscribe_until_ok(
     client: &Client,
     opts: &LoopOptions,
     stop: &mut watch::Receiver<bool>,
-) -> Option<PulsarConsumer> {
+    first: bool,
+) -> Result<Option<PulsarConsumer>, PulsarIoError> {
     let mut attempt = 0u32;
     loop {
         match pulsar_io::subscribe(client, &opts.subscribe).await {
-            Ok(consumer) => return Some(consumer),
+            Ok(consumer) => return Ok(Some(consumer)),
+            Err(e) if first && e.is_refusal() => return Err(e),
             Err(e) => {
                 attempt += 1;
                 tracing::warn!(loop_name = opts.name, attempt, error = %e, "cannot subscribe yet; retrying");
                 let delay = Duration::from_millis(500 * u64::from(attempt.min(10)));
                 tokio::select! {
-                    _ = stopped(stop) => return None,
+                    _ = stopped(stop) => return Ok(None),
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -274,7 +280,7 @@ async fn guard(
         loop_name = opts.name,
         "consumer unhealthy (the broker does not answer for it); rebuilding"
     );
-    if let Some(fresh) = subscribe_until_ok(client, opts, stop).await {
+    if let Ok(Some(fresh)) = subscribe_until_ok(client, opts, stop, false).await {
         let mut old = std::mem::replace(consumer, fresh);
         // Best effort: the broker redelivers its unacknowledged messages either way.
         let _ = tokio::time::timeout(HEALTH_TIMEOUT, old.close()).await;

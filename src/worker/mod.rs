@@ -132,6 +132,19 @@ where
     .await
 }
 
+/// Runs one loop; when it fails, tells the others to stop (and drain) too, so the process exits
+/// with that error instead of serving on with a part missing.
+async fn stop_all_on_error(
+    task: impl Future<Output = Result<(), WorkerError>>,
+    stop: Arc<watch::Sender<bool>>,
+) -> Result<(), WorkerError> {
+    let outcome = task.await;
+    if outcome.is_err() {
+        let _ = stop.send(true);
+    }
+    outcome
+}
+
 /// Runs both loops until `shutdown` resolves, then drains within `worker.shutdown_timeout`.
 pub async fn run(
     settings: Settings,
@@ -148,10 +161,13 @@ pub async fn run(
         .map_err(|e| {
             WorkerError::Http(format!("cannot listen on {}: {e}", settings.http.listen))
         })?;
+    // Shared: a loop that fails (e.g. its first subscription is refused) stops the others too.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let signal_stop = stop_tx.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        let _ = signal_stop.send(true);
     });
     // Probes answer from the start (alive, not ready) while the broker may still be out of reach.
     let publisher_slot = Arc::new(tokio::sync::OnceCell::new());
@@ -182,8 +198,16 @@ pub async fn run(
         settings.credentials(),
         settings.ci.request_timeout,
     )?;
-    // Fail fast on a broker that refuses us (bad token, bad topic) instead of at the first result.
-    publisher.check(&settings.pulsar.result_topic).await?;
+    // Fail fast on a broker that refuses us (bad token, bad topic) instead of at the first result;
+    // wait out one that is still starting.
+    let mut check_stop = stop_rx.clone();
+    if !publisher
+        .wait_until_connected(&settings.pulsar.result_topic, &mut check_stop)
+        .await?
+    {
+        http.abort();
+        return Ok(());
+    }
     let ctx = Arc::new(Context {
         recovery: recover::Recovery::new(settings.worker.recovery_lookback),
         finished: finished::Finished::default(),
@@ -203,9 +227,18 @@ pub async fn run(
         max_in_flight = ctx.settings.worker.max_in_flight,
         "worker started"
     );
-    let submit = tokio::spawn(submit::run(ctx.clone(), client.clone(), stop_rx.clone()));
-    let complete = tokio::spawn(complete::run(ctx.clone(), client.clone(), stop_rx.clone()));
-    let deadlines = tokio::spawn(deadline::run(ctx.clone(), client.clone(), stop_rx));
+    let submit = tokio::spawn(stop_all_on_error(
+        submit::run(ctx.clone(), client.clone(), stop_rx.clone()),
+        stop_tx.clone(),
+    ));
+    let complete = tokio::spawn(stop_all_on_error(
+        complete::run(ctx.clone(), client.clone(), stop_rx.clone()),
+        stop_tx.clone(),
+    ));
+    let deadlines = tokio::spawn(stop_all_on_error(
+        deadline::run(ctx.clone(), client.clone(), stop_rx),
+        stop_tx,
+    ));
     let (a, b, c) = tokio::join!(submit, complete, deadlines);
     // Bounded: a broker that went away must not hold up the exit.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ctx.done.flush()).await;

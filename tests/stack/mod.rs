@@ -312,7 +312,11 @@ where
         let msg = match next {
             Ok(Some(Ok(msg))) => msg,
             Ok(other) => panic!("consumer ended: {:?}", other.map(|r| r.err())),
-            Err(_) => panic!("timed out after {limit:?} with {} messages", seen.len()),
+            Err(_) => panic!(
+                "timed out after {limit:?} with {} messages\n{}",
+                seen.len(),
+                recent_log_tails(limit)
+            ),
         };
         consumer.ack(&msg).await.unwrap();
         let props = msg
@@ -324,6 +328,32 @@ where
         seen.push((msg.payload.data.clone(), props, msg.key()));
     }
     seen
+}
+
+/// The last lines of every process log written within `window`, for a failure message: CI shows
+/// the test's output, not the files.
+fn recent_log_tails(window: Duration) -> String {
+    let mut out = String::new();
+    let Ok(dir) = std::fs::read_dir(Stack::log_dir()) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let recent = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() <= window);
+        if !recent {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("--- {}\n", entry.file_name().to_string_lossy()));
+        for line in &lines[lines.len().saturating_sub(12)..] {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// A broker of this test's own (ports and data apart from the shared one), stopped on drop.
