@@ -353,10 +353,9 @@ impl Publisher {
         Ok(())
     }
 
-    /// Waits until a producer on `topic` is connected, retrying with backoff what a starting or
-    /// restarting broker answers (a just-started standalone broker has been seen to leave the first
-    /// producer's connection hanging for 30 s); returns at once on a refusal, and with `Ok(false)`
-    /// when `stop` turns true first.
+    /// Waits until the broker accepts a producer on `topic`, retrying with backoff what a starting
+    /// or restarting broker answers, and attempts that get no answer; returns at once on a refusal,
+    /// and with `Ok(false)` when `stop` turns true first.
     pub async fn wait_until_connected(
         &self,
         topic: &str,
@@ -365,7 +364,12 @@ impl Publisher {
         let mut attempt = 0u32;
         loop {
             let outcome = tokio::select! {
-                outcome = tokio::time::timeout(STARTUP_CHECK_TIMEOUT, self.check(topic)) => outcome,
+                // The broker's answer to the producer's creation is the proof; no ping on top (the
+                // crate keeps one pong slot per connection, and a ping racing its keep-alive ping
+                // has been seen to wait for the next one, 30 s later).
+                outcome = tokio::time::timeout(STARTUP_CHECK_TIMEOUT, self.producer(topic)) => {
+                    outcome.map(|created| created.map(drop))
+                }
                 _ = stop.wait_for(|s| *s) => return Ok(false),
             };
             match outcome {
