@@ -62,7 +62,14 @@ fn main() -> std::process::ExitCode {
     // A CLI tool prints its results on stdout; keep the client's connection chatter out of the way.
     let quiet = matches!(cli.command, Command::Submit { .. } | Command::Bench(_));
     init_logging(&settings, quiet);
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Message handlers are polled inside their consume loop's task (see `worker::consume`), so one
+    // poll runs the loop and a handler's whole call chain: debug builds, whose async frames are
+    // large, overflow tokio's default 2 MiB. Only touched pages cost memory.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(8 * 1024 * 1024)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ci-worker: cannot start the async runtime: {e}");
