@@ -9,7 +9,8 @@
 //!   pre-published to a fresh callback topic; `ci-worker run` is started and timed until N results are
 //!   on its result topic. Beside it, in the same run, the raw relay limit: a minimal
 //!   consumer→producer on the same `pulsar` crate and settings ([`io::relay`]), forwarding the same
-//!   messages (through a subscription of its own) unparsed. Worker and relay alternate `--repeat` times.
+//!   messages (through a subscription of its own) unparsed. `--repeat` pairs of runs, the order
+//!   alternating (worker first, then relay first, …) so that neither side always goes second.
 //! - `submission`: requests → `POST /jobs` → `submitted` event, for every `worker.max_in_flight` in
 //!   `--in-flight` and emulator `latency_ms` in `--latency-ms`. The input objects carry the emulator's
 //!   `__lost__` marker, so no completion event competes for the CPU.
@@ -62,7 +63,7 @@ pub struct BenchOptions {
     /// Completion events for the completion-path and scaling figures.
     #[arg(long, default_value_t = 50_000)]
     pub events: u64,
-    /// Worker/relay alternations of the completion-path measurement.
+    /// Worker/relay pairs of the completion-path measurement (even counts balance the order).
     #[arg(long, default_value_t = 2)]
     pub repeat: u32,
     /// Requests per submission-path combination (fewer where the ideal rate would take longer than
@@ -497,43 +498,57 @@ impl Bench {
         let mut workers = Vec::new();
         let mut relays = Vec::new();
         for rep in 1..=self.opts.repeat.max(1) {
-            eprintln!("completion path, run {rep}: ci-worker run");
-            match self
-                .completion_run(Kind::Worker, 1, &topic, &format!("completion{rep}"))
-                .await
-            {
-                Ok(w) => {
-                    eprintln!(
-                        "  worker: {:.0} events/s ({} results, {:.1} s wall)",
-                        w.rate,
-                        w.n,
-                        w.wall.as_secs_f64()
-                    );
-                    workers.push(w);
-                }
-                Err(e) => {
-                    let row = format!("completion path, worker run {rep} (N = {n})");
-                    self.row("failure", row, format!("FAILED: {e:#}"), cmd.clone());
-                    continue;
+            // The order alternates (worker then relay, relay then worker, …): whichever goes second
+            // reads entries the first has just pulled through the broker, so a fixed order would
+            // favour one side in every pair.
+            let order = if rep % 2 == 1 {
+                [Kind::Worker, Kind::Relay]
+            } else {
+                [Kind::Relay, Kind::Worker]
+            };
+            let mut pair = (None, None);
+            for kind in order {
+                let label = format!("completion{rep}");
+                match kind {
+                    Kind::Worker => {
+                        eprintln!("completion path, run {rep}: ci-worker run");
+                        match self.completion_run(Kind::Worker, 1, &topic, &label).await {
+                            Ok(w) => {
+                                eprintln!(
+                                    "  worker: {:.0} events/s ({} results, {:.1} s wall)",
+                                    w.rate,
+                                    w.n,
+                                    w.wall.as_secs_f64()
+                                );
+                                pair.0 = Some(w);
+                            }
+                            Err(e) => {
+                                let row = format!("completion path, worker run {rep} (N = {n})");
+                                self.row("failure", row, format!("FAILED: {e:#}"), cmd.clone());
+                            }
+                        }
+                    }
+                    Kind::Relay => {
+                        eprintln!("completion path, run {rep}: raw relay");
+                        let r = self.completion_run(Kind::Relay, 1, &topic, &label).await?;
+                        eprintln!(
+                            "  relay: {:.0} messages/s ({:.1} s wall)",
+                            r.rate,
+                            r.wall.as_secs_f64()
+                        );
+                        pair.1 = Some(r);
+                    }
                 }
             }
-            eprintln!("completion path, run {rep}: raw relay");
-            let r = self
-                .completion_run(Kind::Relay, 1, &topic, &format!("completion{rep}"))
-                .await?;
-            eprintln!(
-                "  relay: {:.0} messages/s ({:.1} s wall)",
-                r.rate,
-                r.wall.as_secs_f64()
-            );
-            relays.push(r);
+            if let (Some(w), Some(r)) = pair {
+                workers.push(w);
+                relays.push(r);
+            }
         }
         if workers.is_empty() {
             bail!("no completion-path run finished");
         }
-        // Ratios pair each worker run with the relay run that followed it.
-        let relays_all = relays.clone();
-        let relays: Vec<Throughput> = relays_all.into_iter().take(workers.len()).collect();
+        // Ratios pair each worker run with the relay run of the same repetition.
         self.completion_single
             .extend(workers.iter().map(|w| w.rate));
         let list = |v: &[Throughput]| {
