@@ -226,12 +226,16 @@ pub fn producer_options() -> ProducerOptions {
 }
 
 type SharedProducer = Arc<Mutex<Producer<TokioExecutor>>>;
+/// A topic's producer, built once by whichever publish needs it first while the others wait on it.
+type ProducerSlot = Arc<tokio::sync::OnceCell<SharedProducer>>;
 
 /// Publishes to any number of topics through one cached producer each. Cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
     client: Client,
-    producers: Arc<Mutex<HashMap<String, SharedProducer>>>,
+    /// Held only to find a topic's slot, never while a producer is built: a topic whose producer
+    /// cannot be created (a broker that leaves the request unanswered) must not hold up the others.
+    producers: Arc<std::sync::Mutex<HashMap<String, ProducerSlot>>>,
     name_prefix: String,
     /// Counts producers dropped after a failure (the `pulsar_reconnects` metric).
     rebuilds: Option<prometheus_client::metrics::counter::Counter>,
@@ -250,7 +254,7 @@ impl Publisher {
     pub fn new(client: Client, name_prefix: &str) -> Publisher {
         Publisher {
             client,
-            producers: Arc::new(Mutex::new(HashMap::new())),
+            producers: Arc::default(),
             name_prefix: name_prefix.to_string(),
             rebuilds: None,
         }
@@ -265,36 +269,47 @@ impl Publisher {
         self
     }
 
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, ProducerSlot>> {
+        self.producers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     async fn producer(&self, topic: &str) -> Result<SharedProducer, PulsarIoError> {
-        let mut producers = self.producers.lock().await;
-        if let Some(p) = producers.get(topic) {
-            return Ok(p.clone());
-        }
-        let producer = self
-            .client
-            .producer()
-            .with_topic(topic)
-            .with_name(format!("{}-{}", self.name_prefix, uuid::Uuid::new_v4()))
-            .with_options(producer_options())
-            .build()
-            .await
-            .map_err(|source| PulsarIoError::Producer {
-                topic: topic.to_string(),
-                source,
-            })?;
-        let shared = Arc::new(Mutex::new(producer));
-        producers.insert(topic.to_string(), shared.clone());
-        Ok(shared)
+        let slot = {
+            let mut slots = self.slots();
+            match slots.get(topic) {
+                Some(slot) => slot.clone(),
+                None => slots.entry(topic.to_string()).or_default().clone(),
+            }
+        };
+        let producer = slot
+            .get_or_try_init(|| async {
+                let producer = self
+                    .client
+                    .producer()
+                    .with_topic(topic)
+                    .with_name(format!("{}-{}", self.name_prefix, uuid::Uuid::new_v4()))
+                    .with_options(producer_options())
+                    .build()
+                    .await
+                    .map_err(|source| PulsarIoError::Producer {
+                        topic: topic.to_string(),
+                        source,
+                    })?;
+                Ok::<_, PulsarIoError>(Arc::new(Mutex::new(producer)))
+            })
+            .await?;
+        Ok(producer.clone())
     }
 
-    async fn forget_topic(&self, topic: &str) {
-        self.producers.lock().await.remove(topic);
+    fn forget_topic(&self, topic: &str) {
+        self.slots().remove(topic);
     }
 
-    async fn forget(&self, topic: &str, failed: &SharedProducer) {
-        let mut producers = self.producers.lock().await;
-        if producers.get(topic).is_some_and(|p| Arc::ptr_eq(p, failed)) {
-            producers.remove(topic);
+    fn forget(&self, topic: &str, failed: &SharedProducer) {
+        let mut slots = self.slots();
+        let current = slots.get(topic).and_then(|slot| slot.get());
+        if current.is_some_and(|p| Arc::ptr_eq(p, failed)) {
+            slots.remove(topic);
             if let Some(c) = &self.rebuilds {
                 c.inc();
             }
@@ -329,7 +344,7 @@ impl Publisher {
                 Err(e) => {
                     last_error = e.to_string();
                     tracing::warn!(topic, attempt, error = %e, "publish failed; rebuilding producer");
-                    self.forget(topic, &producer).await;
+                    self.forget(topic, &producer);
                 }
             }
         }
@@ -344,7 +359,7 @@ impl Publisher {
         let producer = self.producer(topic).await?;
         let result = producer.lock().await.check_connection().await;
         if let Err(source) = result {
-            self.forget(topic, &producer).await;
+            self.forget(topic, &producer);
             return Err(PulsarIoError::Check {
                 topic: topic.to_string(),
                 source,
@@ -381,7 +396,7 @@ impl Publisher {
                         _ => format!("no answer within {STARTUP_CHECK_TIMEOUT:?}"),
                     };
                     // The hung attempt's producer may be half made: build a fresh one next time.
-                    self.forget_topic(topic).await;
+                    self.forget_topic(topic);
                     attempt += 1;
                     tracing::warn!(topic, attempt, error = %e, "broker not ready for a producer yet; retrying");
                     let delay = Duration::from_millis(500 * u64::from(attempt.min(10)));
@@ -397,11 +412,9 @@ impl Publisher {
     /// Closes every producer (flushes what they hold).
     pub async fn close(&self) {
         let producers: Vec<SharedProducer> = self
-            .producers
-            .lock()
-            .await
+            .slots()
             .drain()
-            .map(|(_, p)| p)
+            .filter_map(|(_, slot)| slot.get().cloned())
             .collect();
         for p in producers {
             let _ = p.lock().await.close().await;
