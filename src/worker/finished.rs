@@ -5,8 +5,14 @@
 //! Bounded: the oldest entries are forgotten first. Duplicates arrive close together, so a window of
 //! the last [`CAPACITY`] jobs covers them; a duplicate older than that, or one delivered to another
 //! replica, yields a repeated result with the same final state (results are at-least-once).
+//!
+//! Jobs are remembered by a 64-bit keyed hash of their id, not the id itself: two allocations fewer
+//! per event on the completion path and a window of ~5 MB instead of ~30 MB. Two ids of the window
+//! would have to collide for a result to be wrongly taken as a duplicate: with 200,000 ids that is
+//! about 1 in 10^14 per event, and the key is random per process, so ids cannot be chosen to collide.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 /// Jobs remembered.
@@ -14,23 +20,33 @@ pub const CAPACITY: usize = 200_000;
 
 #[derive(Default)]
 pub struct Finished {
+    key: RandomState,
     inner: Mutex<Window>,
 }
 
 #[derive(Default)]
 struct Window {
-    set: HashSet<String>,
-    order: VecDeque<String>,
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
 }
 
 impl Finished {
+    fn id(&self, job_id: &str) -> u64 {
+        self.key.hash_one(job_id)
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Records `job_id`; false when it was already there (its final result is out).
     pub fn insert(&self, job_id: &str) -> bool {
-        let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if !w.set.insert(job_id.to_string()) {
+        let id = self.id(job_id);
+        let mut w = self.window();
+        if !w.set.insert(id) {
             return false;
         }
-        w.order.push_back(job_id.to_string());
+        w.order.push_back(id);
         if w.order.len() > CAPACITY {
             if let Some(old) = w.order.pop_front() {
                 w.set.remove(&old);
@@ -40,15 +56,16 @@ impl Finished {
     }
 
     pub fn contains(&self, job_id: &str) -> bool {
-        let w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        w.set.contains(job_id)
+        let id = self.id(job_id);
+        self.window().set.contains(&id)
     }
 
     /// Forgets `job_id` (its result could not be stored after all).
     pub fn remove(&self, job_id: &str) {
-        let mut w = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if w.set.remove(job_id) {
-            w.order.retain(|j| j != job_id);
+        let id = self.id(job_id);
+        let mut w = self.window();
+        if w.set.remove(&id) {
+            w.order.retain(|j| *j != id);
         }
     }
 }
