@@ -4,7 +4,8 @@
 //! than `max_in_flight` handlers are running, runs the handlers concurrently inside the same task,
 //! and settles (acks or nacks) each handler's verdict when it arrives. On shutdown it stops taking
 //! messages, waits for handlers up to the drain timeout and nacks the rest, so that every message
-//! taken is either done or redelivered.
+//! taken is either done or redelivered. While the loop rebuilds its consumer (below), its handlers
+//! wait with it: they need the same broker to store their outcome.
 //!
 //! It also guards the consumer: the `pulsar` crate has had consumers that stay silent forever after a
 //! broker restart while their connection looks fine. When a consumer the loop is reading from has
