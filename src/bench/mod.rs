@@ -179,6 +179,18 @@ struct Throughput {
     broker_cpu: Option<f64>,
 }
 
+impl Throughput {
+    fn of(seen: &[Seen], wall: Duration, usage: Usage, broker_cpu: Option<f64>) -> Throughput {
+        Throughput {
+            n: seen.len(),
+            rate: rate_of(seen),
+            wall,
+            usage,
+            broker_cpu,
+        }
+    }
+}
+
 struct Bench {
     settings: Settings,
     opts: BenchOptions,
@@ -470,13 +482,7 @@ impl Bench {
         let (seen, wall, usage, broker_cpu) = self
             .supervise(procs, collector, started, broker_before)
             .await?;
-        Ok(Throughput {
-            n: seen.len(),
-            rate: rate_of(&seen),
-            wall,
-            usage,
-            broker_cpu,
-        })
+        Ok(Throughput::of(&seen, wall, usage, broker_cpu))
     }
 
     async fn completion(&mut self) -> Result<()> {
@@ -724,13 +730,7 @@ impl Bench {
                 "{label}: {others} results other than `submitted` (see the logs)"
             ));
         }
-        Ok(Throughput {
-            n: seen.len(),
-            rate: rate_of(&seen),
-            wall,
-            usage,
-            broker_cpu,
-        })
+        Ok(Throughput::of(&seen, wall, usage, broker_cpu))
     }
 
     /// N for a submission combination: all of `--requests`, or what its ideal rate gets through in
