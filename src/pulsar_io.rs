@@ -44,13 +44,11 @@ pub mod props {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PulsarIoError {
-    #[error("cannot connect to Pulsar at {url}: {source}{hint}")]
+    #[error("cannot connect to Pulsar at {url}: {source}{}", refused_hint(.source))]
     Connect {
         url: String,
         #[source]
         source: pulsar::Error,
-        /// What the crate's error hides (it drops the broker's reason for a refused handshake).
-        hint: &'static str,
     },
     #[error("cannot create a producer on {topic}: {source}")]
     Producer {
@@ -81,7 +79,7 @@ impl PulsarIoError {
     /// Start-up gives up at once on a refusal and keeps retrying everything else.
     pub fn is_refusal(&self) -> bool {
         match self {
-            PulsarIoError::Connect { hint, .. } if !hint.is_empty() => true,
+            PulsarIoError::Connect { source, .. } if handshake_refused(source) => true,
             PulsarIoError::Connect { source, .. }
             | PulsarIoError::Producer { source, .. }
             | PulsarIoError::Check { source, .. }
@@ -89,6 +87,28 @@ impl PulsarIoError {
             PulsarIoError::Publish { .. } => false,
         }
     }
+}
+
+/// The crate reports every refused handshake as this one `Other` I/O error (and logs the broker's
+/// reason just before); a connection that was refused or timed out it would have kept retrying.
+fn handshake_refused(e: &pulsar::Error) -> bool {
+    matches!(e, pulsar::Error::Connection(ConnectionError::Io(io))
+        if io.kind() == std::io::ErrorKind::Other)
+}
+
+/// What the crate's error hides: it drops the broker's reason for a refused handshake.
+fn refused_hint(e: &pulsar::Error) -> &'static str {
+    if handshake_refused(e) {
+        " (the broker refused the handshake: check pulsar.token; the broker's reason is logged \
+         just above)"
+    } else {
+        ""
+    }
+}
+
+/// Backoff between attempts while waiting for the broker: 0.5 s more per attempt, at most 5 s.
+pub fn broker_retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(500 * u64::from(attempt.clamp(1, 10)))
 }
 
 fn is_refusal(e: &pulsar::Error) -> bool {
@@ -146,23 +166,13 @@ pub async fn connect(url: &str, token: &Secret) -> Result<Client, PulsarIoError>
             data: token.expose().as_bytes().to_vec(),
         });
     }
-    builder.build().await.map_err(|source| {
-        // The crate reports every refused handshake as this one `Other` I/O error (and logs the
-        // broker's reason just before); with a connection that was refused or timed out it
-        // would have kept retrying instead.
-        let refused = matches!(&source, pulsar::Error::Connection(ConnectionError::Io(e))
-                if e.kind() == std::io::ErrorKind::Other);
-        PulsarIoError::Connect {
+    builder
+        .build()
+        .await
+        .map_err(|source| PulsarIoError::Connect {
             url: url.to_string(),
             source,
-            hint: if refused {
-                " (the broker refused the handshake: check pulsar.token; the broker's reason \
-                     is logged just above)"
-            } else {
-                ""
-            },
-        }
-    })
+        })
 }
 
 /// Connects with the `[pulsar]` settings.
@@ -382,29 +392,27 @@ impl Publisher {
                 // The broker's answer to the producer's creation is the proof; no ping on top (the
                 // crate keeps one pong slot per connection, and a ping racing its keep-alive ping
                 // has been seen to wait for the next one, 30 s later).
-                outcome = tokio::time::timeout(STARTUP_CHECK_TIMEOUT, self.producer(topic)) => {
-                    outcome.map(|created| created.map(drop))
-                }
+                outcome = tokio::time::timeout(STARTUP_CHECK_TIMEOUT, self.producer(topic)) => outcome,
                 _ = stop.wait_for(|s| *s) => return Ok(false),
             };
-            match outcome {
-                Ok(Ok(())) => return Ok(true),
+            let error = match outcome {
+                Ok(Ok(_)) => return Ok(true),
                 Ok(Err(e)) if e.is_refusal() => return Err(e),
-                outcome => {
-                    let e = match outcome {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => format!("no answer within {STARTUP_CHECK_TIMEOUT:?}"),
-                    };
-                    // The hung attempt's producer may be half made: build a fresh one next time.
-                    self.forget_topic(topic);
-                    attempt += 1;
-                    tracing::warn!(topic, attempt, error = %e, "broker not ready for a producer yet; retrying");
-                    let delay = Duration::from_millis(500 * u64::from(attempt.min(10)));
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.wait_for(|s| *s) => return Ok(false),
-                    }
-                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {STARTUP_CHECK_TIMEOUT:?}"),
+            };
+            // The hung attempt's producer may be half made: build a fresh one next time.
+            self.forget_topic(topic);
+            attempt += 1;
+            tracing::warn!(
+                topic,
+                attempt,
+                error,
+                "broker not ready for a producer yet; retrying"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(broker_retry_delay(attempt)) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(false),
             }
         }
     }
@@ -566,9 +574,16 @@ mod tests {
         let e = PulsarIoError::Connect {
             url: "pulsar://b:6650".into(),
             source: fatal,
-            hint: " (refused)",
         };
         assert!(e.is_refusal());
-        assert!(e.to_string().ends_with("(refused)"), "{e}");
+        assert!(e.to_string().contains("refused the handshake"), "{e}");
+        let unreachable = PulsarIoError::Connect {
+            url: "pulsar://b:6650".into(),
+            source: pulsar::Error::Connection(ConnectionError::Io(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            ))),
+        };
+        assert!(!unreachable.is_refusal());
+        assert!(!unreachable.to_string().contains("refused the handshake"));
     }
 }

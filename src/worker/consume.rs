@@ -237,10 +237,9 @@ async fn subscribe_until_ok(
             Err(e) => {
                 attempt += 1;
                 tracing::warn!(loop_name = opts.name, attempt, error = %e, "cannot subscribe yet; retrying");
-                let delay = Duration::from_millis(500 * u64::from(attempt.min(10)));
                 tokio::select! {
                     _ = stopped(stop) => return Ok(None),
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(pulsar_io::broker_retry_delay(attempt)) => {}
                 }
             }
         }
