@@ -96,7 +96,8 @@ fn event(c: &mut Criterion) {
         });
     }
     g.finish();
-    let event = parse_event(&events::completion_event("bench", 42, EventFormat::Xml)).unwrap();
+    let payload = events::completion_event("bench", 42, EventFormat::Xml);
+    let event = parse_event(&payload).unwrap();
     let result = normalize_event(&event).remove(0);
     c.bench_function("result/normalize", |b| {
         b.iter_batched(|| event.clone(), normalize_owned, BatchSize::SmallInput)

@@ -1,7 +1,9 @@
 //! The normalized job result: one stable JSON schema on `pulsar.result_topic`, whatever format CI
 //! wrote its completion event in (`schemas/result.schema.json` is the contract; keep them in step).
 
+use crate::ci::tree::Node;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// Version of the result schema; bumped only on incompatible changes.
@@ -46,6 +48,50 @@ pub struct ObjectRef {
     pub object: Option<String>,
 }
 
+/// One of CI's trees (`MediaInfo`, `MediaResult`) in the canonical form the result carries (see
+/// [`crate::completion::normalize`]): a non-empty JSON object, kept as its JSON text.
+///
+/// Why text: the tree is written once, straight from the event it was read from, and republished as
+/// it is; building it as a `Value` first allocated every name and text again (docs/performance.md,
+/// finding 14). Equality compares the JSON values (key order aside), as `Value`'s does.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CiTree(Box<RawValue>);
+
+impl CiTree {
+    /// The canonical form of `tree`, converted in place; `None` when that is not a non-empty object
+    /// (absent, all empty, bare text or a list: the schema wants an object or null).
+    pub fn canonical(mut tree: Node<'_>) -> Option<CiTree> {
+        tree.canonicalize();
+        if !tree.is_map() {
+            return None;
+        }
+        let json = serde_json::value::to_raw_value(&tree).expect("a tree of texts serializes");
+        Some(CiTree(json))
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.0.get()).expect("a CiTree holds valid JSON")
+    }
+}
+
+impl PartialEq for CiTree {
+    fn eq(&self, other: &CiTree) -> bool {
+        self.json() == other.json() || self.to_value() == other.to_value()
+    }
+}
+
+impl std::fmt::Debug for CiTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.json())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     pub version: u32,
@@ -69,8 +115,8 @@ pub struct JobResult {
     pub created_at: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
-    pub media_info: Option<Value>,
-    pub media_result: Option<Value>,
+    pub media_info: Option<CiTree>,
+    pub media_result: Option<CiTree>,
     /// Workflow run this job belonged to (`{run_id, workflow_id, workflow_name}`), if any.
     pub workflow: Option<Value>,
 }

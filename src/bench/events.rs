@@ -186,7 +186,8 @@ mod tests {
         let results: Vec<_> = [EventFormat::Xml, EventFormat::Json]
             .into_iter()
             .map(|f| {
-                let event = parse_event(&completion_event("t", 7, f)).unwrap();
+                let payload = completion_event("t", 7, f);
+                let event = parse_event(&payload).unwrap();
                 let mut r = normalize_event(&event);
                 assert_eq!(r.len(), 1);
                 r.remove(0)

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod model;
 pub mod sign;
+pub mod tree;
 pub mod validate;
 pub mod xml;
 

@@ -36,9 +36,11 @@
 //! # CI's JSON ([`to_ci_json`])
 //! CI's JSON events are a mechanical conversion of the XML tree; [`to_ci_json`] performs it.
 
+use super::tree::{MapBuilder, Node, Repeat};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum XmlError {
@@ -203,6 +205,16 @@ fn escape_text(out: &mut String, s: &str) -> Result<(), XmlError> {
 
 /// A plain XML element name: a letter or `_`, then letters, digits, `_`, `-`, `.`; no namespace prefix.
 fn is_valid_name(name: &str) -> bool {
+    // CI's names are ASCII: checked bytewise, the general rule only for the rest.
+    let bytes = name.as_bytes();
+    if bytes.is_ascii() {
+        return match bytes.first() {
+            Some(c) if c.is_ascii_alphabetic() || *c == b'_' => bytes[1..]
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.')),
+            _ => false,
+        };
+    }
     let mut chars = name.chars();
     match chars.next() {
         Some(c) if c.is_alphabetic() || c == '_' => {}
@@ -220,34 +232,34 @@ fn check_name(name: &str) -> Result<(), XmlError> {
 }
 
 /// A piece of an element's text: raw (still escaped, formatting whitespace trimmable) or CDATA.
-enum Piece {
-    Raw(String),
-    CData(String),
+enum Piece<'a> {
+    Raw(Cow<'a, str>),
+    CData(Cow<'a, str>),
 }
 
-struct Frame {
-    name: String,
-    children: Map<String, Value>,
+struct Frame<'a> {
+    name: Cow<'a, str>,
+    children: MapBuilder<'a>,
     /// The current run of text (since the element's start or its last child): its first piece,
     /// then any others. Most runs are one piece, which then needs no vector.
-    first: Option<Piece>,
-    run: Vec<Piece>,
+    first: Option<Piece<'a>>,
+    run: Vec<Piece<'a>>,
     /// Mixed content collected so far.
     mixed: String,
 }
 
-impl Frame {
-    fn new(name: String) -> Frame {
+impl<'a> Frame<'a> {
+    fn new(name: Cow<'a, str>) -> Frame<'a> {
         Frame {
             name,
-            children: Map::new(),
+            children: MapBuilder::new(),
             first: None,
             run: Vec::new(),
             mixed: String::new(),
         }
     }
 
-    fn push(&mut self, piece: Piece) {
+    fn push(&mut self, piece: Piece<'a>) {
         match &self.first {
             None => self.first = Some(piece),
             Some(_) => self.run.push(piece),
@@ -255,12 +267,12 @@ impl Frame {
     }
 
     /// Ends the current text run: drops formatting whitespace (see [`edge_is_formatting`]), unescapes,
-    /// returns the text.
-    fn take_run(&mut self) -> Result<String, XmlError> {
+    /// returns the text (borrowed from the document when it needed no change).
+    fn take_run(&mut self) -> Result<Cow<'a, str>, XmlError> {
         let mut run = std::mem::take(&mut self.run);
         if let Some(first) = self.first.take() {
             match first {
-                // The common case, one plain run without edge whitespace: its string is the text.
+                // The common case, one plain run without edge whitespace: the text as it stands.
                 Piece::Raw(raw)
                     if run.is_empty()
                         && !raw.contains(['&', '\r'])
@@ -276,31 +288,31 @@ impl Frame {
             .iter()
             .all(|p| matches!(p, Piece::Raw(raw) if raw.chars().all(is_xml_space)));
         if blank {
-            return Ok(String::new());
+            return Ok(Cow::Borrowed(""));
         }
         if edge_is_formatting(run.iter(), Edge::Start) {
             while let Some(Piece::Raw(first)) = run.first_mut() {
-                let trimmed = first.trim_start_matches(is_xml_space);
+                let trimmed = trim_cow_start(first);
                 if trimmed.is_empty() {
                     run.remove(0);
                 } else {
-                    *first = trimmed.to_string();
+                    *first = trimmed;
                     break;
                 }
             }
         }
         if edge_is_formatting(run.iter().rev(), Edge::End) {
             while let Some(Piece::Raw(last)) = run.last_mut() {
-                let trimmed = last.trim_end_matches(is_xml_space);
+                let trimmed = trim_cow_end(last);
                 if trimmed.is_empty() {
                     run.pop();
                 } else {
-                    last.truncate(trimmed.len());
+                    *last = trimmed;
                     break;
                 }
             }
         }
-        // The common case, one plain run: its string is the text, no copy.
+        // The common case, one plain run: its text, no copy.
         if run.len() == 1 {
             match run.pop() {
                 Some(Piece::Raw(raw)) if !raw.contains(['&', '\r']) => return Ok(raw),
@@ -321,47 +333,48 @@ impl Frame {
                 Piece::CData(data) => text.push_str(&normalize_newlines(&data)),
             }
         }
-        Ok(text)
+        Ok(Cow::Owned(text))
     }
 
     /// Closes the element into its value.
-    fn finish(mut self) -> Result<(String, Value), XmlError> {
+    fn finish(mut self) -> Result<(Cow<'a, str>, Node<'a>), XmlError> {
         let text = self.take_run()?;
         if self.children.is_empty() {
-            return Ok((self.name, Value::String(text)));
+            return Ok((self.name, Node::Text(text)));
         }
         self.mixed.push_str(&text);
         if !self.mixed.is_empty() {
-            self.children
-                .insert(TEXT_KEY.to_string(), Value::String(self.mixed));
+            self.children.insert(
+                Cow::Borrowed(TEXT_KEY),
+                Node::Text(Cow::Owned(self.mixed)),
+                Repeat::Collect,
+            );
         }
-        Ok((self.name, Value::Object(self.children)))
+        Ok((self.name, Node::Map(self.children.finish())))
     }
 
-    fn add_child(&mut self, name: String, value: Value) -> Result<(), XmlError> {
+    fn add_child(&mut self, name: Cow<'a, str>, value: Node<'a>) -> Result<(), XmlError> {
         if self.first.is_some() {
             let text = self.take_run()?;
             self.mixed.push_str(&text);
         }
-        if self.children.is_empty() {
-            // Sized once for a typical CI element instead of regrown from nothing; leaf elements,
-            // the majority, never get here and allocate no map.
-            self.children = Map::with_capacity(8);
-        }
-        match self.children.entry(name) {
-            serde_json::map::Entry::Vacant(slot) => {
-                slot.insert(value);
-            }
-            serde_json::map::Entry::Occupied(mut slot) => match slot.get_mut() {
-                // Child values are never arrays, so an array here is an earlier repetition.
-                Value::Array(items) => items.push(value),
-                existing => {
-                    let first = existing.take();
-                    *existing = Value::Array(vec![first, value]);
-                }
-            },
-        }
+        self.children.insert(name, value, Repeat::Collect);
         Ok(())
+    }
+}
+
+/// `s` without leading XML whitespace, still borrowed when it was.
+fn trim_cow_start<'a>(s: &Cow<'a, str>) -> Cow<'a, str> {
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(b.trim_start_matches(is_xml_space)),
+        Cow::Owned(o) => Cow::Owned(o.trim_start_matches(is_xml_space).to_string()),
+    }
+}
+
+fn trim_cow_end<'a>(s: &Cow<'a, str>) -> Cow<'a, str> {
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(b.trim_end_matches(is_xml_space)),
+        Cow::Owned(o) => Cow::Owned(o.trim_end_matches(is_xml_space).to_string()),
     }
 }
 
@@ -374,7 +387,7 @@ enum Edge {
 /// Whether the literal whitespace at one end of a text run is formatting: it is when it holds a line
 /// break (pretty-printing always does). Spaces alone are data (`<UserData> x </UserData>` keeps them).
 /// `pieces` run from that end inward; CDATA ends the edge.
-fn edge_is_formatting<'a>(pieces: impl Iterator<Item = &'a Piece>, edge: Edge) -> bool {
+fn edge_is_formatting<'p, 'a: 'p>(pieces: impl Iterator<Item = &'p Piece<'a>>, edge: Edge) -> bool {
     for piece in pieces {
         let Piece::Raw(raw) = piece else {
             return false;
@@ -394,11 +407,11 @@ fn edge_is_formatting<'a>(pieces: impl Iterator<Item = &'a Piece>, edge: Edge) -
 }
 
 /// XML's end-of-line handling: `\r\n` and a lone `\r` become `\n`.
-fn normalize_newlines(s: &str) -> std::borrow::Cow<'_, str> {
+fn normalize_newlines(s: &str) -> Cow<'_, str> {
     if s.contains('\r') {
-        std::borrow::Cow::Owned(s.replace("\r\n", "\n").replace('\r', "\n"))
+        Cow::Owned(s.replace("\r\n", "\n").replace('\r', "\n"))
     } else {
-        std::borrow::Cow::Borrowed(s)
+        Cow::Borrowed(s)
     }
 }
 
@@ -406,10 +419,35 @@ fn utf8(bytes: &[u8]) -> Result<&str, XmlError> {
     std::str::from_utf8(bytes).map_err(|_| XmlError::Malformed("invalid UTF-8".into()))
 }
 
-fn element_name(start: &quick_xml::events::BytesStart<'_>) -> Result<String, XmlError> {
+/// Text the reader handed out, as the part of the document it is (the reader splits only at ASCII
+/// markup, so that part is valid UTF-8 and needs no second check).
+fn text_of<'a>(input: &'a str, bytes: Cow<'a, [u8]>) -> Result<Cow<'a, str>, XmlError> {
+    match bytes {
+        Cow::Borrowed(b) => match within(input, b) {
+            Some(text) => Ok(Cow::Borrowed(text)),
+            None => Ok(Cow::Borrowed(utf8(b)?)),
+        },
+        Cow::Owned(o) => Ok(Cow::Owned(utf8(&o)?.to_string())),
+    }
+}
+
+/// The part of `input` that `part` is, when `part` points into it (an element's name: the reader
+/// lends it only for as long as the event).
+fn within<'a>(input: &'a str, part: &[u8]) -> Option<&'a str> {
+    let start = (part.as_ptr() as usize).checked_sub(input.as_ptr() as usize)?;
+    input.get(start..start.checked_add(part.len())?)
+}
+
+fn element_name<'a>(
+    input: &'a str,
+    start: &quick_xml::events::BytesStart<'_>,
+) -> Result<Cow<'a, str>, XmlError> {
     let qname = start.name();
-    let name = utf8(qname.as_ref())?;
-    if !is_valid_name(name) {
+    let name = match within(input, qname.as_ref()) {
+        Some(borrowed) => Cow::Borrowed(borrowed),
+        None => Cow::Owned(utf8(qname.as_ref())?.to_string()),
+    };
+    if !is_valid_name(&name) {
         return Err(XmlError::Malformed(format!(
             "invalid element name {name:?}"
         )));
@@ -419,11 +457,27 @@ fn element_name(start: &quick_xml::events::BytesStart<'_>) -> Result<String, Xml
         attr.unescape_value()
             .map_err(|e| XmlError::Malformed(format!("attribute of <{name}>: {e}")))?;
     }
-    Ok(name.to_string())
+    Ok(name)
+}
+
+/// A parsed document borrowed from its text: the root element's name and its content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XmlTree<'a> {
+    pub root: Cow<'a, str>,
+    pub node: Node<'a>,
 }
 
 /// Parses an XML document into its root name and a JSON tree (see the module doc for the mapping).
 pub fn parse(input: &str) -> Result<XmlDoc, XmlError> {
+    let tree = parse_tree(input)?;
+    Ok(XmlDoc {
+        root: tree.root.into_owned(),
+        value: tree.node.into_value(),
+    })
+}
+
+/// [`parse`], borrowing names and texts from `input` (the completion path's reading of an event).
+pub fn parse_tree(input: &str) -> Result<XmlTree<'_>, XmlError> {
     let input = input.strip_prefix('\u{feff}').unwrap_or(input);
     let mut reader = Reader::from_str(input);
     {
@@ -435,7 +489,7 @@ pub fn parse(input: &str) -> Result<XmlDoc, XmlError> {
         config.allow_unmatched_ends = false;
     }
     let mut stack: Vec<Frame> = Vec::new();
-    let mut doc: Option<XmlDoc> = None;
+    let mut doc: Option<XmlTree> = None;
 
     loop {
         let event = reader.read_event().map_err(|e| {
@@ -449,14 +503,14 @@ pub fn parse(input: &str) -> Result<XmlDoc, XmlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(XmlError::TooDeep(MAX_DEPTH));
                 }
-                stack.push(Frame::new(element_name(&start)?));
+                stack.push(Frame::new(element_name(input, &start)?));
             }
             Event::Empty(start) => {
                 if stack.len() >= MAX_DEPTH {
                     return Err(XmlError::TooDeep(MAX_DEPTH));
                 }
-                let name = element_name(&start)?;
-                close(&mut stack, &mut doc, name, Value::String(String::new()))?;
+                let name = element_name(input, &start)?;
+                close(&mut stack, &mut doc, name, Node::Text(Cow::Borrowed("")))?;
             }
             Event::End(end) => {
                 let Some(frame) = stack.pop() else {
@@ -472,9 +526,9 @@ pub fn parse(input: &str) -> Result<XmlDoc, XmlError> {
                 close(&mut stack, &mut doc, name, value)?;
             }
             Event::Text(text) => {
-                let raw = utf8(&text)?;
+                let raw = text_of(input, text.into_inner())?;
                 match stack.last_mut() {
-                    Some(frame) => frame.push(Piece::Raw(raw.to_string())),
+                    Some(frame) => frame.push(Piece::Raw(raw)),
                     None if raw.chars().all(is_xml_space) => {}
                     None if doc.is_some() => {
                         return Err(XmlError::Malformed("text after the root element".into()))
@@ -483,9 +537,9 @@ pub fn parse(input: &str) -> Result<XmlDoc, XmlError> {
                 }
             }
             Event::CData(data) => {
-                let data = utf8(&data)?;
+                let data = text_of(input, data.into_inner())?;
                 match stack.last_mut() {
-                    Some(frame) => frame.push(Piece::CData(data.to_string())),
+                    Some(frame) => frame.push(Piece::CData(data)),
                     None => {
                         return Err(XmlError::Malformed("CDATA outside the root element".into()))
                     }
@@ -517,17 +571,20 @@ pub fn parse(input: &str) -> Result<XmlDoc, XmlError> {
 }
 
 /// Hands a closed element to its parent, or makes it the document's root.
-fn close(
-    stack: &mut [Frame],
-    doc: &mut Option<XmlDoc>,
-    name: String,
-    value: Value,
+fn close<'a>(
+    stack: &mut [Frame<'a>],
+    doc: &mut Option<XmlTree<'a>>,
+    name: Cow<'a, str>,
+    value: Node<'a>,
 ) -> Result<(), XmlError> {
     match stack.last_mut() {
         Some(parent) => parent.add_child(name, value),
         None if doc.is_some() => Err(XmlError::Malformed("more than one root element".into())),
         None => {
-            *doc = Some(XmlDoc { root: name, value });
+            *doc = Some(XmlTree {
+                root: name,
+                node: value,
+            });
             Ok(())
         }
     }

@@ -25,10 +25,9 @@
 //! A job CI reports failed keeps CI's own code and message.
 
 use super::parse::CompletionEvent;
-use crate::ci::model::{many, one, text_at};
-use crate::ci::xml::into_ci_json;
+use crate::ci::tree::Node;
 use crate::correlation;
-use crate::result::{JobResult, ObjectRef, ResultState};
+use crate::result::{CiTree, JobResult, ObjectRef, ResultState};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
@@ -36,65 +35,53 @@ use serde_json::{json, Value};
 pub const DIGITAL_WATERMARK_FAILED: &str = "DigitalWatermarkFailed";
 
 /// [`normalize_event`] of an event the caller gives up: its `MediaInfo` and `MediaResult` trees are
-/// moved into the results instead of copied (the worker's completion path).
-pub fn normalize_owned(event: CompletionEvent) -> Vec<JobResult> {
-    let mut results: Vec<JobResult> = event.jobs.into_iter().map(normalize_job_owned).collect();
+/// canonicalized in place instead of copied first (the worker's completion path).
+pub fn normalize_owned(event: CompletionEvent<'_>) -> Vec<JobResult> {
+    let mut results: Vec<JobResult> = event.jobs.into_iter().map(normalize_detail).collect();
     if let Some(workflow) = &event.workflow {
         results.extend(normalize_workflow(workflow));
     }
     results
-}
-
-/// [`normalize_job`], moving the media trees out of `detail`.
-pub fn normalize_job_owned(mut detail: Value) -> JobResult {
-    let mut take = |key: &str| {
-        let operation = match &mut detail {
-            Value::Array(items) => items.first_mut(),
-            other => Some(other),
-        }?
-        .get_mut("Operation")?;
-        let operation = match operation {
-            Value::Array(items) => items.first_mut(),
-            other => Some(other),
-        }?;
-        operation.get_mut(key).map(Value::take)
-    };
-    let (media_info, media_result) = (take("MediaInfo"), take("MediaResult"));
-    let mut result = normalize_job(&detail);
-    result.media_info = canonical_owned(media_info);
-    result.media_result = canonical_owned(media_result);
-    result
 }
 
 /// Every result an event carries (one per job; a workflow event one per task).
-pub fn normalize_event(event: &CompletionEvent) -> Vec<JobResult> {
-    let mut results: Vec<JobResult> = event.jobs.iter().map(normalize_job).collect();
-    if let Some(workflow) = &event.workflow {
-        results.extend(normalize_workflow(workflow));
-    }
-    results
+pub fn normalize_event(event: &CompletionEvent<'_>) -> Vec<JobResult> {
+    normalize_owned(event.clone())
+}
+
+/// One `JobsDetail` tree as a `Value` (from describe or list responses) → a result.
+pub fn normalize_job(detail: &Value) -> JobResult {
+    normalize_detail(Node::from_value(detail))
 }
 
 /// One `JobsDetail` tree → a result. CI states map Success→succeeded, Failed→failed, Cancel→cancelled;
 /// Submitted/Running/Pause → `submitted` (not final). The correlation marker is decoded from UserData.
-pub fn normalize_job(detail: &Value) -> JobResult {
-    // Read in place: copying the tree (with its MediaInfo) first was a fifth of the completion
-    // path's CPU.
-    let t = |path: &[&str]| text_at(detail, path);
-    let operation = one(detail)
+pub fn normalize_detail(mut detail: Node<'_>) -> JobResult {
+    let mut take = |key: &str| {
+        detail
+            .one_mut()?
+            .get_mut("Operation")?
+            .one_mut()?
+            .get_mut(key)
+            .map(Node::take)
+    };
+    let (media_info, media_result) = (take("MediaInfo"), take("MediaResult"));
+    let t = |path: &[&str]| detail.text_at(path).map(str::to_string);
+    let operation = detail
+        .one()
         .and_then(|d| d.get("Operation"))
-        .and_then(one)
-        .unwrap_or(&Value::Null);
-    let state = map_state(t(&["State"]).as_deref());
+        .and_then(Node::one)
+        .unwrap_or(&Node::Null);
+    let state = map_state(detail.text_at(&["State"]));
     let mut result = JobResult::new(state);
-    let (request_id, user_data) = correlation::decode(text_at(operation, &["UserData"]).as_deref());
+    let (request_id, user_data) = correlation::decode(operation.text_at(&["UserData"]));
     result.request_id = request_id;
     result.user_data = user_data;
     result.job_id = t(&["JobId"]);
     result.tag = t(&["Tag"]);
     result.sub_tag = t(&["SubTag"]);
-    result.code = match (t(&["Code"]), state) {
-        (Some(code), _) => code,
+    result.code = match (detail.text_at(&["Code"]), state) {
+        (Some(code), _) => code.to_string(),
         (None, ResultState::Succeeded) => "Success".to_string(),
         (None, _) => String::new(),
     };
@@ -105,14 +92,15 @@ pub fn normalize_job(detail: &Value) -> JobResult {
         t(&["Input", "Region"]),
         t(&["Input", "Object"]),
     );
-    let out = |key: &str| text_at(operation, &["Output", key]);
+    let out = |key: &str| operation.text_at(&["Output", key]).map(str::to_string);
     result.output = object_ref(out("Bucket"), out("Region"), out("Object"));
-    result.created_at = t(&["CreationTime"]).as_deref().and_then(normalize_time);
-    result.started_at = t(&["StartTime"]).as_deref().and_then(normalize_time);
-    result.finished_at = t(&["EndTime"]).as_deref().and_then(normalize_time);
-    result.media_info = canonical(operation.get("MediaInfo"));
-    result.media_result = canonical(operation.get("MediaResult"));
-    result.workflow = one(detail)
+    result.created_at = detail.text_at(&["CreationTime"]).and_then(normalize_time);
+    result.started_at = detail.text_at(&["StartTime"]).and_then(normalize_time);
+    result.finished_at = detail.text_at(&["EndTime"]).and_then(normalize_time);
+    result.media_info = media_info.and_then(CiTree::canonical);
+    result.media_result = media_result.and_then(CiTree::canonical);
+    result.workflow = detail
+        .one()
         .and_then(|d| d.get("Workflow"))
         .and_then(workflow_ref);
     apply_digital_watermark_state(&mut result, operation);
@@ -120,14 +108,15 @@ pub fn normalize_job(detail: &Value) -> JobResult {
 }
 
 /// See the module doc: a failed DigitalWatermark sub-operation on a successful job.
-fn apply_digital_watermark_state(result: &mut JobResult, operation: &Value) {
-    let dw_state = text_at(operation, &["DigitalWatermark", "State"]);
+fn apply_digital_watermark_state(result: &mut JobResult, operation: &Node) {
+    let dw_state = operation.text_at(&["DigitalWatermark", "State"]);
     if result.state != ResultState::Succeeded
         || !dw_state.is_some_and(|s| s.eq_ignore_ascii_case("Failed"))
     {
         return;
     }
-    let ignore_error = text_at(operation, &["DigitalWatermark", "IgnoreError"])
+    let ignore_error = operation
+        .text_at(&["DigitalWatermark", "IgnoreError"])
         .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if ignore_error {
         result.message =
@@ -142,34 +131,33 @@ fn apply_digital_watermark_state(result: &mut JobResult, operation: &Value) {
 }
 
 /// One result per `Tasks` entry of a `WorkflowExecution`.
-fn normalize_workflow(execution: &Value) -> Vec<JobResult> {
-    let t = |key: &str| text_at(execution, &[key]);
+fn normalize_workflow(execution: &Node) -> Vec<JobResult> {
+    let t = |key: &str| execution.text_at(&[key]).map(str::to_string);
     let input = object_ref(t("BucketId"), None, t("Object"));
     let workflow = workflow_ref(execution);
-    let tasks = execution.get("Tasks").map(many).unwrap_or_default();
+    let tasks = execution.get("Tasks").map(Node::many).unwrap_or_default();
     tasks
-        .into_iter()
-        .filter(|task| task.is_object())
+        .iter()
+        .filter(|task| task.is_map())
         .map(|task| {
-            let tt = |key: &str| text_at(task, &[key]);
-            let state = map_state(tt("State").as_deref());
+            let tt = |key: &str| task.text_at(&[key]);
+            let state = map_state(tt("State"));
             let mut result = JobResult::new(state);
-            result.job_id = tt("JobId");
-            result.tag = tt("Type");
+            result.job_id = tt("JobId").map(str::to_string);
+            result.tag = tt("Type").map(str::to_string);
             result.code = match (tt("Code"), state) {
-                (Some(code), _) => code,
+                (Some(code), _) => code.to_string(),
                 (None, ResultState::Succeeded) => "Success".to_string(),
                 (None, _) => String::new(),
             };
-            result.message = tt("Message").unwrap_or_default();
+            result.message = tt("Message").unwrap_or_default().to_string();
             result.input = input.clone();
             // The field table spells it `Createtime`, the samples `CreateTime`.
             result.created_at = tt("CreateTime")
                 .or_else(|| tt("Createtime"))
-                .as_deref()
                 .and_then(normalize_time);
-            result.started_at = tt("StartTime").as_deref().and_then(normalize_time);
-            result.finished_at = tt("EndTime").as_deref().and_then(normalize_time);
+            result.started_at = tt("StartTime").and_then(normalize_time);
+            result.finished_at = tt("EndTime").and_then(normalize_time);
             result.workflow = workflow.clone();
             result
         })
@@ -177,8 +165,8 @@ fn normalize_workflow(execution: &Value) -> Vec<JobResult> {
 }
 
 /// `{run_id, workflow_id, workflow_name}` from a `Workflow` / `WorkflowExecution` tree; absent ones null.
-fn workflow_ref(tree: &Value) -> Option<Value> {
-    let t = |key: &str| text_at(tree, &[key]);
+fn workflow_ref(tree: &Node) -> Option<Value> {
+    let t = |key: &str| tree.text_at(&[key]);
     let (run_id, workflow_id, workflow_name) = (t("RunId"), t("WorkflowId"), t("WorkflowName"));
     if run_id.is_none() && workflow_id.is_none() && workflow_name.is_none() {
         return None;
@@ -199,19 +187,6 @@ fn object_ref(
             region,
             object,
         })
-    }
-}
-
-/// The canonical form (module doc); `None` when absent, empty, or not a container (the result schema
-/// wants an object: bare text or repeated `MediaInfo` elements are not a documented shape).
-fn canonical(tree: Option<&Value>) -> Option<Value> {
-    canonical_owned(tree.cloned())
-}
-
-fn canonical_owned(tree: Option<Value>) -> Option<Value> {
-    match into_ci_json(tree?) {
-        Value::Object(m) if !m.is_empty() => Some(Value::Object(m)),
-        _ => None,
     }
 }
 
@@ -327,7 +302,7 @@ mod tests {
         assert_eq!(r.created_at.as_deref(), Some("2022-06-30T10:37:37Z"));
         assert_eq!(r.started_at.as_deref(), Some("2022-06-30T10:37:38Z"));
         assert_eq!(r.finished_at.as_deref(), Some("2022-06-30T10:39:08Z"));
-        let mi = r.media_info.as_ref().unwrap();
+        let mi = r.media_info.as_ref().unwrap().to_value();
         assert_eq!(mi["Format"]["Duration"], "215.638000");
         assert_eq!(mi["Format"]["Size"], "68290577");
         assert_eq!(mi["Stream"]["Video"]["Width"], "1920");
@@ -337,7 +312,7 @@ mod tests {
             mi["Stream"].get("Subtitle").is_none(),
             "empty <Subtitle/> is dropped"
         );
-        let mr = r.media_result.as_ref().unwrap();
+        let mr = r.media_result.as_ref().unwrap().to_value();
         assert_eq!(
             mr["OutputFile"]["Md5Info"]["Md5"],
             "043221daee3f4e15ff13f42329f15eb1"
@@ -413,7 +388,7 @@ mod tests {
         assert_eq!(r.finished_at.as_deref(), Some("2020-11-16T08:43:33Z"));
         assert_eq!(r.media_info, None);
         assert_eq!(
-            r.media_result.as_ref().unwrap()["OutputFile"]["ObjectName"],
+            r.media_result.as_ref().unwrap().to_value()["OutputFile"]["ObjectName"],
             "1/2/Conversion to mp4-xxx_iccba81fa27e711eb989d525400276c76.mp4"
         );
         assert_eq!(
@@ -722,7 +697,7 @@ mod tests {
         let owned = normalize_owned(event.clone());
         assert_eq!(owned, normalize_event(&event));
         assert_eq!(
-            owned[0].media_info,
+            owned[0].media_info.as_ref().map(CiTree::to_value),
             Some(json!({"Format": {"Duration": "1.5"}}))
         );
     }

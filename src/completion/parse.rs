@@ -12,12 +12,12 @@
 //!   be strings or numbers. Nesting: serde_json's own limit (128), and no value may sit under more than
 //!   [`MAX_DEPTH`] object levels (arrays are transparent, like repetition in XML).
 //!
-//! The trees are returned as they came; [`super::normalize`] reads them object-or-array tolerantly and
-//! canonicalizes what it republishes.
+//! The trees are returned as they came, borrowed from the payload ([`Node`]: JSON numbers and booleans
+//! as their text); [`super::normalize`] reads them object-or-array tolerantly and canonicalizes what
+//! it republishes.
 
-use crate::ci::model::text_at;
+use crate::ci::tree::Node;
 use crate::ci::xml::{self, MAX_DEPTH};
-use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventFormat {
@@ -26,13 +26,13 @@ pub enum EventFormat {
 }
 
 /// One completion event, format-independent: job events carry `jobs` (`JobsDetail` trees), workflow
-/// events `workflow` (the `WorkflowExecution` tree).
+/// events `workflow` (the `WorkflowExecution` tree). The trees borrow from the payload.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CompletionEvent {
+pub struct CompletionEvent<'a> {
     pub format: EventFormat,
     pub event_name: Option<String>,
-    pub jobs: Vec<Value>,
-    pub workflow: Option<Value>,
+    pub jobs: Vec<Node<'a>>,
+    pub workflow: Option<Node<'a>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,7 +53,7 @@ pub enum EventError {
 pub const MAX_EVENT_BYTES: usize = 5 * 1024 * 1024;
 
 /// Parses one event payload (see the module doc). Never panics.
-pub fn parse_event(payload: &[u8]) -> Result<CompletionEvent, EventError> {
+pub fn parse_event(payload: &[u8]) -> Result<CompletionEvent<'_>, EventError> {
     if payload.len() > MAX_EVENT_BYTES {
         return Err(EventError::TooLarge(payload.len()));
     }
@@ -66,22 +66,22 @@ pub fn parse_event(payload: &[u8]) -> Result<CompletionEvent, EventError> {
     }
 }
 
-fn parse_xml(text: &str) -> Result<CompletionEvent, EventError> {
-    let doc = xml::parse(text).map_err(|e| EventError::Malformed(e.to_string()))?;
+fn parse_xml(text: &str) -> Result<CompletionEvent<'_>, EventError> {
+    let doc = xml::parse_tree(text).map_err(|e| EventError::Malformed(e.to_string()))?;
     if doc.root != "Response" {
         return Err(EventError::Malformed(format!(
             "root element is <{}>, not <Response>",
             doc.root
         )));
     }
-    if !doc.value.is_object() {
+    if !doc.node.is_map() {
         return Err(EventError::NoJobs);
     }
-    event_from(EventFormat::Xml, doc.value)
+    event_from(EventFormat::Xml, doc.node)
 }
 
-fn parse_json(text: &str) -> Result<CompletionEvent, EventError> {
-    let value: Value =
+fn parse_json(text: &str) -> Result<CompletionEvent<'_>, EventError> {
+    let value: Node =
         serde_json::from_str(text).map_err(|e| EventError::Malformed(format!("JSON: {e}")))?;
     if nests_too_deep(&value) {
         return Err(EventError::Malformed(format!(
@@ -90,8 +90,8 @@ fn parse_json(text: &str) -> Result<CompletionEvent, EventError> {
     }
     // A top-level array is accepted when it holds exactly one event.
     let top = match value {
-        Value::Array(mut items) if items.len() == 1 => items.pop().unwrap_or_default(),
-        Value::Array(items) => {
+        Node::List(mut items) if items.len() == 1 => items.pop().unwrap_or_default(),
+        Node::List(items) => {
             return Err(EventError::Malformed(format!(
                 "a JSON array of {} values",
                 items.len()
@@ -99,52 +99,55 @@ fn parse_json(text: &str) -> Result<CompletionEvent, EventError> {
         }
         other => other,
     };
-    let Value::Object(mut map) = top else {
+    let Node::Map(_) = top else {
         return Err(EventError::Malformed("JSON event is not an object".into()));
     };
+    let mut top = top;
     // `{"Response": …}` wrapper, when the body has nothing else of the event at the top.
-    let body = if map.contains_key("Response")
-        && !map.contains_key("JobsDetail")
-        && !map.contains_key("WorkflowExecution")
+    let body = if top.get("Response").is_some()
+        && top.get("JobsDetail").is_none()
+        && top.get("WorkflowExecution").is_none()
     {
-        match first_owned(map.remove("Response").unwrap_or_default()) {
-            Some(v @ Value::Object(_)) => v,
+        match first_owned(top.get_mut("Response").map(Node::take).unwrap_or_default()) {
+            Some(v @ Node::Map(_)) => v,
             _ => return Err(EventError::NoJobs),
         }
     } else {
-        Value::Object(map)
+        top
     };
     event_from(EventFormat::Json, body)
 }
 
-/// [`one`], taking the value: the event's subtrees are moved into the event, not copied (a copy of
-/// every `JobsDetail` with its `MediaInfo` was a fifth of the completion path's CPU).
-fn first_owned(v: Value) -> Option<Value> {
+/// The value, or the first element of a list, moved out.
+fn first_owned(v: Node<'_>) -> Option<Node<'_>> {
     match v {
-        Value::Array(items) => items.into_iter().next(),
-        Value::Null => None,
+        Node::List(items) => items.into_iter().next(),
+        Node::Null => None,
         other => Some(other),
     }
 }
 
 /// The event fields from a `Response` tree (XML or JSON), moved out of it.
-fn event_from(format: EventFormat, mut response: Value) -> Result<CompletionEvent, EventError> {
-    let jobs: Vec<Value> = match response.get_mut("JobsDetail").map(Value::take) {
-        Some(Value::Array(items)) => items.into_iter().filter(Value::is_object).collect(),
-        Some(job @ Value::Object(_)) => vec![job],
+fn event_from(
+    format: EventFormat,
+    mut response: Node<'_>,
+) -> Result<CompletionEvent<'_>, EventError> {
+    let jobs: Vec<Node> = match response.get_mut("JobsDetail").map(Node::take) {
+        Some(Node::List(items)) => items.into_iter().filter(Node::is_map).collect(),
+        Some(job @ Node::Map(_)) => vec![job],
         _ => Vec::new(),
     };
     let workflow = response
         .get_mut("WorkflowExecution")
-        .map(Value::take)
+        .map(Node::take)
         .and_then(first_owned)
-        .filter(Value::is_object);
+        .filter(Node::is_map);
     if jobs.is_empty() && workflow.is_none() {
         return Err(EventError::NoJobs);
     }
     Ok(CompletionEvent {
         format,
-        event_name: text_at(&response, &["EventName"]),
+        event_name: response.text_at(&["EventName"]).map(str::to_string),
         jobs,
         workflow,
     })
@@ -152,17 +155,17 @@ fn event_from(format: EventFormat, mut response: Value) -> Result<CompletionEven
 
 /// True when some value sits under more than [`MAX_DEPTH`] object levels (arrays do not count: they
 /// are CI's repetition of an element). Iterative, so it cannot overflow the stack.
-fn nests_too_deep(value: &Value) -> bool {
+fn nests_too_deep(value: &Node) -> bool {
     let mut stack = vec![(value, 0usize)];
     while let Some((v, depth)) = stack.pop() {
         match v {
-            Value::Object(map) => {
-                if depth + 1 > MAX_DEPTH && !map.is_empty() {
+            Node::Map(entries) => {
+                if depth + 1 > MAX_DEPTH && !entries.is_empty() {
                     return true;
                 }
-                stack.extend(map.values().map(|child| (child, depth + 1)));
+                stack.extend(entries.iter().map(|(_, child)| (child, depth + 1)));
             }
-            Value::Array(items) => stack.extend(items.iter().map(|child| (child, depth))),
+            Node::List(items) => stack.extend(items.iter().map(|child| (child, depth))),
             _ => {}
         }
     }
@@ -176,10 +179,19 @@ mod tests {
     use crate::fixtures::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
-    fn ok(payload: &str) -> CompletionEvent {
+    fn ok(payload: &str) -> CompletionEvent<'_> {
         parse_event(payload.as_bytes()).unwrap_or_else(|e| panic!("{e}: {payload}"))
+    }
+
+    /// A tree as a `Value`, for comparing with `json!` literals.
+    fn v(n: &Node) -> Value {
+        n.clone().into_value()
+    }
+
+    fn vs(nodes: &[Node]) -> Vec<Value> {
+        nodes.iter().map(v).collect()
     }
 
     #[test]
@@ -189,15 +201,21 @@ mod tests {
         assert_eq!(xml.event_name.as_deref(), Some("TaskFinish"));
         assert_eq!(xml.jobs.len(), 1);
         assert_eq!(xml.workflow, None);
-        assert_eq!(xml.jobs[0]["JobId"], "ja8de3b46f86011ec9452c1c27f56a659");
+        assert_eq!(
+            v(&xml.jobs[0])["JobId"],
+            "ja8de3b46f86011ec9452c1c27f56a659"
+        );
 
         let json = ok(DW_JSON);
         assert_eq!(json.format, EventFormat::Json);
         assert_eq!(json.event_name.as_deref(), Some("TaskFinish"));
         assert_eq!(json.jobs.len(), 1);
-        assert_eq!(json.jobs[0]["JobId"], "ja8de3b46f86011ec9452c1c27f56a659");
+        assert_eq!(
+            v(&json.jobs[0])["JobId"],
+            "ja8de3b46f86011ec9452c1c27f56a659"
+        );
         // The JSON sample is exactly CI's conversion of the XML one.
-        assert_eq!(to_ci_json(&xml.jobs[0]), json.jobs[0]);
+        assert_eq!(to_ci_json(&v(&xml.jobs[0])), v(&json.jobs[0]));
     }
 
     #[test]
@@ -205,9 +223,9 @@ mod tests {
         let e = ok(JOB_CB_XML);
         assert_eq!(e.event_name, None);
         assert_eq!(e.jobs.len(), 1);
-        assert_eq!(e.jobs[0]["Tag"], "Transcode");
+        assert_eq!(v(&e.jobs[0])["Tag"], "Transcode");
         assert_eq!(
-            e.jobs[0]["Workflow"]["RunId"],
+            v(&e.jobs[0])["Workflow"]["RunId"],
             "rccddc41c27e711ebbff5874bc5b36868"
         );
     }
@@ -217,7 +235,7 @@ mod tests {
         let e = ok(WF_CONTENT_XML);
         assert_eq!(e.event_name, None, "the official page has no EventName");
         assert!(e.jobs.is_empty());
-        let w = e.workflow.unwrap();
+        let w = v(e.workflow.as_ref().unwrap());
         assert_eq!(w["RunId"], "ie4d9187d35dc11eb9cec525400860000");
         assert_eq!(w["Tasks"].as_array().unwrap().len(), 2);
 
@@ -227,8 +245,8 @@ mod tests {
         assert_eq!(json.event_name.as_deref(), Some("WorkflowFinish"));
         assert_eq!(json.format, EventFormat::Json);
         assert_eq!(
-            to_ci_json(xml.workflow.as_ref().unwrap()),
-            json.workflow.unwrap()
+            to_ci_json(&v(xml.workflow.as_ref().unwrap())),
+            v(json.workflow.as_ref().unwrap())
         );
     }
 
@@ -244,9 +262,10 @@ mod tests {
             json!([sample.clone()]),
         ];
         for shape in shapes {
-            let e = ok(&shape.to_string());
+            let text = shape.to_string();
+            let e = ok(&text);
             assert_eq!(e.event_name.as_deref(), Some("TaskFinish"), "{shape}");
-            assert_eq!(e.jobs, vec![detail.clone()], "{shape}");
+            assert_eq!(vs(&e.jobs), vec![detail.clone()], "{shape}");
         }
         // Several jobs, in order; pretty-printed with a BOM and leading whitespace.
         let two = json!({"JobsDetail": [{"JobId": "a"}, {"JobId": "b"}]});
@@ -256,10 +275,13 @@ mod tests {
         );
         let e = ok(&payload);
         assert_eq!(e.event_name, None);
-        assert_eq!(e.jobs, vec![json!({"JobId": "a"}), json!({"JobId": "b"})]);
-        // Numbers stay as CI wrote them here; normalization canonicalizes.
+        assert_eq!(
+            vs(&e.jobs),
+            vec![json!({"JobId": "a"}), json!({"JobId": "b"})]
+        );
+        // Numbers read as their text, as CI writes them in XML.
         let e = ok(r#"{"JobsDetail": {"JobId": "a", "Operation": {"JobLevel": 0}}}"#);
-        assert_eq!(e.jobs[0]["Operation"]["JobLevel"], 0);
+        assert_eq!(v(&e.jobs[0])["Operation"]["JobLevel"], "0");
     }
 
     #[test]
@@ -271,7 +293,7 @@ mod tests {
         let ids: Vec<_> = e
             .jobs
             .iter()
-            .map(|j| j["JobId"].as_str().unwrap())
+            .map(|j| j.text_at(&["JobId"]).unwrap())
             .collect();
         assert_eq!(ids, ["a", "b"]);
     }
