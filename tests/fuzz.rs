@@ -6,6 +6,7 @@
 //! Properties: nothing panics; what the parser refuses it refuses with an error; text written into
 //! CI's XML comes back from CI's XML exactly as it went in (no injection survives escaping).
 
+use ci_worker::ci::tree::Node;
 use ci_worker::ci::xml;
 use ci_worker::completion::normalize::{normalize_event, normalize_job};
 use ci_worker::completion::parse::parse_event;
@@ -178,9 +179,38 @@ proptest! {
     fn normalizer_takes_any_tree(detail in json_tree()) {
         let result = normalize_job(&detail);
         prop_assert_eq!(result.version, 1);
+        // The media trees are CI's JSON conversion of what came (`into_ci_json`, the emulator's
+        // writer), byte for byte, or null when that is not a non-empty object.
+        let operation = detail.get("Operation").filter(|o| o.is_object());
+        for (key, got) in [("MediaInfo", &result.media_info), ("MediaResult", &result.media_result)] {
+            let expected = operation
+                .and_then(|o| o.get(key))
+                .map(|tree| xml::into_ci_json(tree.clone()))
+                .filter(|tree| tree.as_object().is_some_and(|m| !m.is_empty()))
+                .map(|tree| tree.to_string());
+            prop_assert_eq!(got.as_ref().map(|t| t.json().to_string()), expected);
+        }
+        // Read from an event's bytes or from a `Value`, a job gives the same result.
         let wrapped = json!({"EventName": "TaskFinish", "JobsDetail": detail});
         if let Ok(event) = parse_event(wrapped.to_string().as_bytes()) {
-            let _ = normalize_event(&event);
+            let results = normalize_event(&event);
+            if detail.is_object() {
+                prop_assert_eq!(results.len(), 1);
+                prop_assert_eq!(results[0].to_json(), result.to_json());
+            }
+        }
+    }
+
+    #[test]
+    fn json_events_read_as_values_do(bytes in mutated(corpus("events"))) {
+        // The borrowed tree and serde_json's own `Value` accept the same texts and read them alike.
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            let node = serde_json::from_str::<Node>(text);
+            let value = serde_json::from_str::<Value>(text);
+            prop_assert_eq!(node.is_ok(), value.is_ok());
+            if let (Ok(node), Ok(value)) = (node, value) {
+                prop_assert_eq!(node, Node::from_value(&value));
+            }
         }
     }
 }

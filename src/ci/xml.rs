@@ -490,11 +490,38 @@ pub fn parse_tree(input: &str) -> Result<XmlTree<'_>, XmlError> {
     }
     let mut stack: Vec<Frame> = Vec::new();
     let mut doc: Option<XmlTree> = None;
+    // The element opened last, while its content is at most one text: most of CI's elements are
+    // leaves (`<Name>text</Name>`) and close without ever needing a frame. Any other event turns it
+    // into a frame first, so the rules below see every element alike.
+    let mut leaf: Option<(Cow<str>, Option<Cow<str>>)> = None;
 
     loop {
         let event = reader.read_event().map_err(|e| {
             XmlError::Malformed(format!("{e} (near byte {})", reader.error_position()))
         })?;
+        match event {
+            Event::End(end) if leaf.is_some() => {
+                let Some((name, text)) = leaf.take() else {
+                    unreachable!("matched on leaf.is_some()")
+                };
+                if end.name().as_ref() != name.as_bytes() {
+                    return Err(XmlError::Malformed(format!(
+                        "<{name}> closed by another tag"
+                    )));
+                }
+                let text = leaf_text(&name, text)?;
+                close(&mut stack, &mut doc, name, Node::Text(text))?;
+                continue;
+            }
+            Event::Text(text) if matches!(leaf, Some((_, None))) => {
+                if let Some((_, slot)) = &mut leaf {
+                    *slot = Some(text_of(input, text.into_inner())?);
+                }
+                continue;
+            }
+            Event::Comment(_) | Event::PI(_) => continue,
+            _ => open_frame(&mut stack, &mut leaf),
+        }
         match event {
             Event::Start(_) | Event::Empty(_) if doc.is_some() && stack.is_empty() => {
                 return Err(XmlError::Malformed("more than one root element".into()));
@@ -503,7 +530,7 @@ pub fn parse_tree(input: &str) -> Result<XmlTree<'_>, XmlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(XmlError::TooDeep(MAX_DEPTH));
                 }
-                stack.push(Frame::new(element_name(input, &start)?));
+                leaf = Some((element_name(input, &start)?, None));
             }
             Event::Empty(start) => {
                 if stack.len() >= MAX_DEPTH {
@@ -568,6 +595,43 @@ pub fn parse_tree(input: &str) -> Result<XmlTree<'_>, XmlError> {
         )));
     }
     doc.ok_or_else(|| XmlError::Malformed("no root element".into()))
+}
+
+/// Turns the open leaf (if any) into a frame holding its text so far.
+fn open_frame<'a>(
+    stack: &mut Vec<Frame<'a>>,
+    leaf: &mut Option<(Cow<'a, str>, Option<Cow<'a, str>>)>,
+) {
+    if let Some((name, text)) = leaf.take() {
+        let mut frame = Frame::new(name);
+        if let Some(text) = text {
+            frame.push(Piece::Raw(text));
+        }
+        stack.push(frame);
+    }
+}
+
+/// The text of a leaf element, as [`Frame::finish`] would give it.
+fn leaf_text<'a>(
+    name: &Cow<'a, str>,
+    text: Option<Cow<'a, str>>,
+) -> Result<Cow<'a, str>, XmlError> {
+    match text {
+        None => Ok(Cow::Borrowed("")),
+        // The common case (take_run's first), without building a frame.
+        Some(text)
+            if !text.contains(['&', '\r'])
+                && !text.starts_with(is_xml_space)
+                && !text.ends_with(is_xml_space) =>
+        {
+            Ok(text)
+        }
+        Some(text) => {
+            let mut frame = Frame::new(name.clone());
+            frame.push(Piece::Raw(text));
+            frame.take_run()
+        }
+    }
 }
 
 /// Hands a closed element to its parent, or makes it the document's root.
@@ -988,6 +1052,21 @@ mod tests {
             json!({"A": "1", "B": "", "#text": "head mid tail"})
         );
         assert_eq!(parse(&to_xml("R", &doc.value).unwrap()).unwrap(), doc);
+        // Leaves (read without a frame) follow the same rules as any element.
+        let doc =
+            parse("<R><A> x <![CDATA[ y ]]></A><B>\n  </B><C>a<?p?>b</C><D> d </D></R>").unwrap();
+        assert_eq!(
+            doc.value,
+            json!({"A": " x  y ", "B": "", "C": "ab", "D": " d "})
+        );
+        match parse("<R><A>text") {
+            Err(XmlError::Malformed(m)) => assert_eq!(m, "document ends inside <A>"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse("<R><A><?xml version=\"1.0\"?></A></R>"),
+            Err(XmlError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -356,6 +356,25 @@ mod tests {
     }
 
     #[test]
+    fn json_scalars_escapes_and_repeated_keys() {
+        let r = results(include_str!(
+            "../../tests/fuzz-corpus/events/escapes-numbers-duplicate-keys.json"
+        ));
+        assert_eq!(r.len(), 1);
+        // A repeated key: the last value, as serde_json's own reading has it.
+        assert_eq!(r[0].job_id.as_deref(), Some("jlast"));
+        assert_eq!(
+            r[0].user_data.as_deref(),
+            Some("line\nbreak \"quoted\" \u{e9}\u{1f600}")
+        );
+        // Scalars become their text, empties go, a one-element list becomes its element.
+        assert_eq!(
+            r[0].media_info.as_ref().unwrap().json(),
+            r#"{"Format":{"Duration":"15.0","Size":"68290577","Bitrate":"-1","Live":"true"},"Stream":{"Video":[{"Index":"0"},{"Index":"1"}]}}"#
+        );
+    }
+
+    #[test]
     fn workflow_triggered_job() {
         let r = results(JOB_CB_XML);
         assert_eq!(r.len(), 1);
