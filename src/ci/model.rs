@@ -70,7 +70,12 @@ pub struct JobDetail {
 
 impl JobDetail {
     pub fn from_value(v: &Value) -> JobDetail {
-        let t = |p: &[&str]| text_at(v, p);
+        JobDetail::from_owned(v.clone())
+    }
+
+    /// [`JobDetail::from_value`] of a tree the caller gives up: kept as `raw` without a copy.
+    pub fn from_owned(v: Value) -> JobDetail {
+        let t = |p: &[&str]| text_at(&v, p);
         JobDetail {
             code: t(&["Code"]),
             message: t(&["Message"]),
@@ -87,12 +92,12 @@ impl JobDetail {
                 object: t(&["Input", "Object"]),
                 region: t(&["Input", "Region"]),
             },
-            operation: one(v)
+            operation: one(&v)
                 .and_then(|o| o.get("Operation"))
                 .and_then(one)
                 .cloned()
                 .unwrap_or(Value::Null),
-            raw: v.clone(),
+            raw: v,
         }
     }
 
@@ -143,13 +148,19 @@ pub fn parse_jobs_response(body: &str) -> Result<JobsResponse, XmlError> {
             doc.root
         )));
     }
-    let v = &doc.value;
+    let mut value = doc.value;
+    // The details are moved out of the document, not copied (a submit answer echoes the whole job).
+    let jobs = match value.get_mut("JobsDetail").map(Value::take) {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .filter(Value::is_object)
+            .map(JobDetail::from_owned)
+            .collect(),
+        Some(detail @ Value::Object(_)) => vec![JobDetail::from_owned(detail)],
+        _ => Vec::new(),
+    };
+    let v = &value;
     let field = |name: &str| v.get(name).unwrap_or(&Value::Null);
-    let jobs = many(field("JobsDetail"))
-        .into_iter()
-        .filter(|d| d.is_object())
-        .map(JobDetail::from_value)
-        .collect();
     let non_exist_job_ids = many(field("NonExistJobIds"))
         .into_iter()
         .filter_map(|id| match id {
