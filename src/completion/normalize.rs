@@ -1,7 +1,8 @@
 //! CI's `JobsDetail` (from an event or from describe) → the stable [`JobResult`].
 //!
 //! # Canonical form of CI's trees (`media_info`, `media_result`)
-//! They are republished as CI's own JSON form, [`crate::ci::xml::to_ci_json`]: CI's element names
+//! They are republished as CI's own JSON form, [`crate::ci::xml::to_ci_json`] (computed on the
+//! borrowed tree by [`crate::ci::tree::Node::canonicalize`] and kept as JSON text, [`CiTree`]): CI's element names
 //! kept, every scalar a string (`"JobLevel": 0` → `"0"`), empty elements dropped, one element an object
 //! and several an array (a `[{…}]` becomes `{…}`), nothing else collapsed or renamed. XML and JSON
 //! events for the same job therefore give equal results. A tree that is not a non-empty object after that
