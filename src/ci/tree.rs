@@ -160,7 +160,7 @@ pub enum Repeat {
 }
 
 /// Builds a map's entries with unique keys. Maps are small (CI's elements have a few dozen children),
-/// so a repeated key is found by scanning; past [`MapBuilder::SCAN_LIMIT`] entries an index takes
+/// so a repeated key is found by scanning; past `SCAN_LIMIT` (64) entries an index takes
 /// over, so a hostile event with 100,000 keys cannot make it quadratic.
 pub struct MapBuilder<'a> {
     entries: Vec<(Cow<'a, str>, Node<'a>)>,
