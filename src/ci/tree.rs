@@ -394,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn many_keys_are_indexed_not_scanned() {
+    fn maps_past_the_scan_limit_read_alike() {
         let mut text = String::from("{");
         for i in 0..5000 {
             text.push_str(&format!("\"k{i}\": {i}, "));

@@ -272,15 +272,8 @@ impl<'a> Frame<'a> {
         let mut run = std::mem::take(&mut self.run);
         if let Some(first) = self.first.take() {
             match first {
-                // The common case, one plain run without edge whitespace: the text as it stands.
-                Piece::Raw(raw)
-                    if run.is_empty()
-                        && !raw.contains(['&', '\r'])
-                        && !raw.starts_with(is_xml_space)
-                        && !raw.ends_with(is_xml_space) =>
-                {
-                    return Ok(raw)
-                }
+                // The common case, one plain run: the text as it stands.
+                Piece::Raw(raw) if run.is_empty() && is_plain(&raw) => return Ok(raw),
                 first => run.insert(0, first),
             }
         }
@@ -292,7 +285,7 @@ impl<'a> Frame<'a> {
         }
         if edge_is_formatting(run.iter(), Edge::Start) {
             while let Some(Piece::Raw(first)) = run.first_mut() {
-                let trimmed = trim_cow_start(first);
+                let trimmed = trim_edge(first, Edge::Start);
                 if trimmed.is_empty() {
                     run.remove(0);
                 } else {
@@ -303,7 +296,7 @@ impl<'a> Frame<'a> {
         }
         if edge_is_formatting(run.iter().rev(), Edge::End) {
             while let Some(Piece::Raw(last)) = run.last_mut() {
-                let trimmed = trim_cow_end(last);
+                let trimmed = trim_edge(last, Edge::End);
                 if trimmed.is_empty() {
                     run.pop();
                 } else {
@@ -363,18 +356,22 @@ impl<'a> Frame<'a> {
     }
 }
 
-/// `s` without leading XML whitespace, still borrowed when it was.
-fn trim_cow_start<'a>(s: &Cow<'a, str>) -> Cow<'a, str> {
-    match s {
-        Cow::Borrowed(b) => Cow::Borrowed(b.trim_start_matches(is_xml_space)),
-        Cow::Owned(o) => Cow::Owned(o.trim_start_matches(is_xml_space).to_string()),
-    }
+/// Raw text that is its own value: nothing to unescape or normalize, no whitespace at either end.
+fn is_plain(raw: &str) -> bool {
+    !raw.contains(['&', '\r']) && !raw.starts_with(is_xml_space) && !raw.ends_with(is_xml_space)
 }
 
-fn trim_cow_end<'a>(s: &Cow<'a, str>) -> Cow<'a, str> {
+/// `s` without XML whitespace at `edge`, still borrowed when it was.
+fn trim_edge<'a>(s: &Cow<'a, str>, edge: Edge) -> Cow<'a, str> {
+    fn trim(s: &str, edge: Edge) -> &str {
+        match edge {
+            Edge::Start => s.trim_start_matches(is_xml_space),
+            Edge::End => s.trim_end_matches(is_xml_space),
+        }
+    }
     match s {
-        Cow::Borrowed(b) => Cow::Borrowed(b.trim_end_matches(is_xml_space)),
-        Cow::Owned(o) => Cow::Owned(o.trim_end_matches(is_xml_space).to_string()),
+        Cow::Borrowed(b) => Cow::Borrowed(trim(b, edge)),
+        Cow::Owned(o) => Cow::Owned(trim(o, edge).to_string()),
     }
 }
 
@@ -619,13 +616,7 @@ fn leaf_text<'a>(
     match text {
         None => Ok(Cow::Borrowed("")),
         // The common case (take_run's first), without building a frame.
-        Some(text)
-            if !text.contains(['&', '\r'])
-                && !text.starts_with(is_xml_space)
-                && !text.ends_with(is_xml_space) =>
-        {
-            Ok(text)
-        }
+        Some(text) if is_plain(&text) => Ok(text),
         Some(text) => {
             let mut frame = Frame::new(name.clone());
             frame.push(Piece::Raw(text));

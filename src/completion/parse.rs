@@ -89,7 +89,7 @@ fn parse_json(text: &str) -> Result<CompletionEvent<'_>, EventError> {
         )));
     }
     // A top-level array is accepted when it holds exactly one event.
-    let top = match value {
+    let mut top = match value {
         Node::List(mut items) if items.len() == 1 => items.pop().unwrap_or_default(),
         Node::List(items) => {
             return Err(EventError::Malformed(format!(
@@ -99,10 +99,9 @@ fn parse_json(text: &str) -> Result<CompletionEvent<'_>, EventError> {
         }
         other => other,
     };
-    let Node::Map(_) = top else {
+    if !top.is_map() {
         return Err(EventError::Malformed("JSON event is not an object".into()));
-    };
-    let mut top = top;
+    }
     // `{"Response": …}` wrapper, when the body has nothing else of the event at the top.
     let body = if top.get("Response").is_some()
         && top.get("JobsDetail").is_none()
