@@ -22,6 +22,9 @@ pub struct Topics {
     pub callback: String,
     pub result: String,
     pub dead_letter: String,
+    /// Deadlines and done records: a topic of the stack's own, so deadlines left on a long-lived
+    /// broker by earlier runs (whose emulators are gone) never reach this stack's worker.
+    pub deadline: String,
     /// `MqName` the worker sends to CI; the emulator publishes to `persistent://public/default/<it>`.
     pub mq_name: String,
 }
@@ -35,6 +38,7 @@ impl Topics {
             callback: format!("persistent://public/default/{mq_name}"),
             result: format!("persistent://public/default/{prefix}-results-{id}"),
             dead_letter: format!("persistent://public/default/{prefix}-dlq-{id}"),
+            deadline: format!("persistent://public/default/{prefix}-deadlines-{id}"),
             mq_name,
         }
     }
@@ -75,6 +79,7 @@ impl Stack {
                 "CI_WORKER__PULSAR__DEAD_LETTER_TOPIC",
                 t.dead_letter.clone(),
             ),
+            ("CI_WORKER__PULSAR__DEADLINE_TOPIC", t.deadline.clone()),
             ("CI_WORKER__CI__MQ_NAME", t.mq_name.clone()),
             (
                 "CI_WORKER__CI__ENDPOINT",
