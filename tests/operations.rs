@@ -83,6 +83,31 @@ async fn metrics_and_probes_follow_the_jobs() {
     })
     .await;
 
+    // The readiness probe pings with a producer of its own: results never wait behind a ping.
+    let stats = format!(
+        "{}/admin/v2/{}/stats",
+        common::admin_url(),
+        stack.topics.result.replace("://", "/")
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&reqwest::get(&stats).await.unwrap().text().await.unwrap()).unwrap();
+    let producers: Vec<&str> = body["publishers"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|p| p["producerName"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let probe = |name: &&str| name.starts_with("ci-worker-probe-");
+    assert!(producers.iter().any(probe), "{producers:?}");
+    assert!(
+        producers
+            .iter()
+            .any(|name| !probe(name) && name.starts_with("ci-worker-")),
+        "{producers:?}"
+    );
+
     let after = get(&format!("{base}/metrics")).await.1;
     assert_eq!(
         metric(&after, "ci_worker_requests_consumed_total"),

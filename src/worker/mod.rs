@@ -192,7 +192,11 @@ pub async fn run(
     };
     let publisher = Publisher::new(client.clone(), "ci-worker")
         .count_rebuilds(metrics.pulsar_reconnects.clone());
-    let _ = publisher_slot.set(publisher.clone());
+    // The probe pings over the same connection but with a producer of its own: a ping holds its
+    // producer for up to the probe's timeout, and the results must not wait behind it.
+    let probe = Publisher::new(client.clone(), "ci-worker-probe")
+        .count_rebuilds(metrics.pulsar_reconnects.clone());
+    let _ = publisher_slot.set(probe);
     let ci = CiClient::new(
         (!settings.ci.endpoint.is_empty()).then_some(settings.ci.endpoint.as_str()),
         settings.credentials(),
