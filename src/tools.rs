@@ -20,7 +20,7 @@ pub async fn submit_and_wait(
         .map_err(|e| anyhow::anyhow!("not a request: {e}"))?;
     let client = pulsar_io::connect_with(&settings.pulsar).await?;
     // Subscribe before publishing so no result can slip past.
-    let mut results = match wait {
+    let results = match wait {
         Some(_) => Some(
             pulsar_io::subscribe(
                 &client,
@@ -50,9 +50,27 @@ pub async fn submit_and_wait(
         settings.pulsar.request_topic
     );
     publisher.close().await;
-    let (Some(consumer), Some(limit)) = (results.as_mut(), wait) else {
+    let (Some(mut consumer), Some(limit)) = (results, wait) else {
         return Ok(());
     };
+    let outcome = follow(&mut consumer, &request_id, limit).await;
+    // The subscription is this run's alone: removed whatever the outcome, so no backlog is left
+    // growing on the result topic. The consumer is then forgotten, not dropped: the crate closes a
+    // dropped consumer from a task that the exiting process cuts off (an ERROR line after every
+    // run), and with the subscription gone there is nothing left to close.
+    if let Err(e) = consumer.unsubscribe().await {
+        eprintln!("could not remove this run's subscription on the result topic: {e}");
+    }
+    std::mem::forget(consumer);
+    outcome
+}
+
+/// Prints every result for `request_id` until a final one arrives, within `limit`.
+async fn follow(
+    consumer: &mut pulsar::Consumer<Vec<u8>, pulsar::TokioExecutor>,
+    request_id: &str,
+    limit: Duration,
+) -> Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let next = tokio::time::timeout_at(deadline, consumer.next())
@@ -66,12 +84,11 @@ pub async fn submit_and_wait(
         let Ok(value) = serde_json::from_slice::<serde_json::Value>(&msg.payload.data) else {
             continue;
         };
-        if value["request_id"] != request_id.as_str() {
+        if value["request_id"] != request_id {
             continue;
         }
         println!("{}", serde_json::to_string_pretty(&value)?);
         if value["state"] != "submitted" {
-            let _ = consumer.unsubscribe().await;
             return Ok(());
         }
     }

@@ -150,6 +150,81 @@ async fn metrics_and_probes_follow_the_jobs() {
     assert!(stack.stop_worker().unwrap().success());
 }
 
+/// The subscriptions on `topic` (the broker's stats).
+async fn subscriptions(topic: &str) -> Vec<String> {
+    let stats = format!(
+        "{}/admin/v2/{}/stats",
+        common::admin_url(),
+        topic.replace("://", "/")
+    );
+    let body: serde_json::Value =
+        serde_json::from_str(&reqwest::get(&stats).await.unwrap().text().await.unwrap()).unwrap();
+    body["subscriptions"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// `ci-worker submit FILE --wait`: prints the job's results through the final one, and leaves
+/// neither a subscription on the result topic nor an error line behind, also when it gives up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_command_follows_its_job_and_cleans_up() {
+    let mut stack = Stack::new("cli");
+    stack.start_emulator().await;
+    stack.start_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done.json");
+    std::fs::write(&done, request("cli-done")).unwrap();
+    let out = stack
+        .run_command(&[
+            "submit",
+            done.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60",
+        ])
+        .await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let last: serde_json::Value = serde_json::Deserializer::from_str(&stdout)
+        .into_iter::<serde_json::Value>()
+        .map(Result::unwrap)
+        .last()
+        .expect("a result on stdout");
+    assert_eq!(last["request_id"], "cli-done", "{stdout}");
+    assert_eq!(last["state"], "succeeded", "{stdout}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+
+    // A job that never finishes: the command gives up after its timeout, with the reason.
+    let mut lost = serde_json::from_slice::<serde_json::Value>(&request("cli-lost")).unwrap();
+    lost["job"]["Input"]["Object"] = json!("input/__lost__/cli-lost.mp4");
+    let lost_file = dir.path().join("lost.json");
+    std::fs::write(&lost_file, lost.to_string()).unwrap();
+    let out = stack
+        .run_command(&[
+            "submit",
+            lost_file.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "3",
+        ])
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no final result for cli-lost"), "{stderr}");
+
+    let left: Vec<String> = subscriptions(&stack.topics.result)
+        .await
+        .into_iter()
+        .filter(|s| s.starts_with("ci-worker-submit-cli-"))
+        .collect();
+    assert!(left.is_empty(), "subscriptions left behind: {left:?}");
+    assert!(stack.stop_worker().unwrap().success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_drops_without_the_broker_and_returns_with_it() {
     let mut broker = stack::PrivateBroker::start();

@@ -160,6 +160,20 @@ impl Stack {
             .expect("spawn ci-worker")
     }
 
+    /// Runs `ci-worker <args>` to its end with this stack's environment (a client-side command such
+    /// as `submit`), without blocking the runtime.
+    pub async fn run_command(&self, args: &[&str]) -> std::process::Output {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ci-worker"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(self.base_env())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run ci-worker")
+    }
+
     /// Starts the emulator and waits for its `/healthz`.
     pub async fn start_emulator(&mut self) {
         self.emulator = Some(self.spawn("emulator"));
