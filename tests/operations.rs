@@ -84,13 +84,7 @@ async fn metrics_and_probes_follow_the_jobs() {
     .await;
 
     // The readiness probe pings with a producer of its own: results never wait behind a ping.
-    let stats = format!(
-        "{}/admin/v2/{}/stats",
-        common::admin_url(),
-        stack.topics.result.replace("://", "/")
-    );
-    let body: serde_json::Value =
-        serde_json::from_str(&reqwest::get(&stats).await.unwrap().text().await.unwrap()).unwrap();
+    let body = common::topic_stats(&stack.topics.result).await;
     let producers: Vec<&str> = body["publishers"]
         .as_array()
         .map(|list| {
@@ -152,17 +146,21 @@ async fn metrics_and_probes_follow_the_jobs() {
 
 /// The subscriptions on `topic` (the broker's stats).
 async fn subscriptions(topic: &str) -> Vec<String> {
-    let stats = format!(
-        "{}/admin/v2/{}/stats",
-        common::admin_url(),
-        topic.replace("://", "/")
-    );
-    let body: serde_json::Value =
-        serde_json::from_str(&reqwest::get(&stats).await.unwrap().text().await.unwrap()).unwrap();
-    body["subscriptions"]
+    common::topic_stats(topic).await["subscriptions"]
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default()
+}
+
+/// Runs `ci-worker submit <payload as a file> --wait --timeout <secs>` with the stack's settings.
+async fn submit_and_wait(stack: &Stack, payload: &[u8], timeout_secs: u32) -> std::process::Output {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), payload).unwrap();
+    let timeout = timeout_secs.to_string();
+    let path = file.path().to_str().unwrap();
+    stack
+        .run_command(&["submit", path, "--wait", "--timeout", &timeout])
+        .await
 }
 
 /// `ci-worker submit FILE --wait`: prints the job's results through the final one, and leaves
@@ -172,18 +170,7 @@ async fn submit_command_follows_its_job_and_cleans_up() {
     let mut stack = Stack::new("cli");
     stack.start_emulator().await;
     stack.start_worker();
-    let dir = tempfile::tempdir().unwrap();
-    let done = dir.path().join("done.json");
-    std::fs::write(&done, request("cli-done")).unwrap();
-    let out = stack
-        .run_command(&[
-            "submit",
-            done.to_str().unwrap(),
-            "--wait",
-            "--timeout",
-            "60",
-        ])
-        .await;
+    let out = submit_and_wait(&stack, &request("cli-done"), 60).await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -201,17 +188,7 @@ async fn submit_command_follows_its_job_and_cleans_up() {
     // A job that never finishes: the command gives up after its timeout, with the reason.
     let mut lost = serde_json::from_slice::<serde_json::Value>(&request("cli-lost")).unwrap();
     lost["job"]["Input"]["Object"] = json!("input/__lost__/cli-lost.mp4");
-    let lost_file = dir.path().join("lost.json");
-    std::fs::write(&lost_file, lost.to_string()).unwrap();
-    let out = stack
-        .run_command(&[
-            "submit",
-            lost_file.to_str().unwrap(),
-            "--wait",
-            "--timeout",
-            "3",
-        ])
-        .await;
+    let out = submit_and_wait(&stack, lost.to_string().as_bytes(), 3).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("no final result for cli-lost"), "{stderr}");

@@ -420,15 +420,9 @@ async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
     })
     .await;
     // Every deadline has come due and been handled once the subscription holds nothing more.
-    let stats = format!(
-        "{}/admin/v2/{}/stats",
-        common::admin_url(),
-        deadline_topic.replace("://", "/")
-    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
-        let text = reqwest::get(&stats).await.unwrap().text().await.unwrap();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let body = common::topic_stats(&deadline_topic).await;
         let backlog = body["subscriptions"]["ci-worker"]["msgBacklog"].as_i64();
         if backlog == Some(0) {
             break;

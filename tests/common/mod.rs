@@ -46,6 +46,18 @@ pub fn admin_url() -> String {
     env_or("PULSAR_ADMIN_URL", "http://127.0.0.1:8080")
 }
 
+/// The broker's stats of `topic` (`GET /admin/v2/<topic>/stats`); `null` when it has none to give
+/// (a topic not created yet).
+pub async fn topic_stats(topic: &str) -> serde_json::Value {
+    let url = format!(
+        "{}/admin/v2/{}/stats",
+        admin_url(),
+        topic.replace("://", "/")
+    );
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
 /// `pulsar://` URL of the broker that requires a JWT.
 pub fn auth_pulsar_url() -> String {
     env_or("PULSAR_AUTH_URL", "pulsar://127.0.0.1:6651")
