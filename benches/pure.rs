@@ -1,6 +1,6 @@
 //! The pure parts of the data path, per operation (`cargo bench --bench pure`; `scripts/bench.sh`
 //! runs it with the stack benchmark). Inputs are the benchmark's realistic messages
-//! (`ci_worker::bench::events`): a DigitalWatermark request and its `TaskFinish` event with MediaInfo.
+//! (`ci_worker::tools::bench::events`): a DigitalWatermark request and its `TaskFinish` event with MediaInfo.
 //!
 //! - `sign/post_jobs`: the COS signature of one `POST /jobs` (the headers the client signs).
 //! - `request/parse_validate`: request JSON → validated CI `<Request>` tree (the submission path's pure part).
@@ -9,10 +9,10 @@
 //!   pure part, what one message costs the worker besides Pulsar).
 //! - `event/{xml,json}_parse`, `result/to_json`: the same, split.
 
-use ci_worker::bench::events::{self, EventFormat};
+use ci_worker::tools::bench::events::{self, EventFormat};
 use ci_worker::ci::{sign, xml};
-use ci_worker::completion::normalize::{normalize_event, normalize_owned};
-use ci_worker::completion::parse::parse_event;
+use ci_worker::result::normalize::{normalize_event, normalize_owned};
+use ci_worker::callback::event::parse_event;
 use ci_worker::config::Settings;
 use ci_worker::request::SubmitRequest;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};

@@ -5,6 +5,7 @@
 //! `TENCENTCLOUD_SECRET_KEY` / `TENCENTCLOUD_SESSION_TOKEN`, then `CI_WORKER__*` (the most specific wins).
 //! Every key is validated at start-up so that a bad value stops the program with one line naming the key.
 
+use crate::ci::rules::MQ_REGIONS;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -478,9 +479,6 @@ impl Settings {
         })
     }
 }
-
-/// `CallBackMqConfig.MqRegion` values CI accepts.
-pub const MQ_REGIONS: [&str; 5] = ["sh", "bj", "gz", "cd", "hk"];
 
 /// Durations as humane strings (`"20s"`, `"500ms"`, `"10m"`); a bare number means seconds.
 mod duration_str {

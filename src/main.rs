@@ -29,11 +29,13 @@ enum Command {
     /// Consume requests, submit CI jobs, turn completion events into results.
     Run,
     /// Serve a local Cloud Infinite job API that publishes completion events to Pulsar.
+    #[cfg(feature = "emulator")]
     Emulator,
     /// Print the effective configuration (secrets redacted) and exit.
     Config,
     /// Measure throughput, latency and cost on the local stack (scripts/bench.sh runs it).
-    Bench(Box<ci_worker::bench::BenchOptions>),
+    #[cfg(feature = "bench")]
+    Bench(Box<ci_worker::tools::bench::BenchOptions>),
     /// Publish a request (JSON file, `-` for stdin) and, with --wait, print its results as they arrive.
     Submit {
         file: PathBuf,
@@ -60,7 +62,12 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     // A CLI tool prints its results on stdout; keep the client's connection chatter out of the way.
-    let quiet = matches!(cli.command, Command::Submit { .. } | Command::Bench(_));
+    let quiet = match cli.command {
+        Command::Submit { .. } => true,
+        #[cfg(feature = "bench")]
+        Command::Bench(_) => true,
+        _ => false,
+    };
     init_logging(&settings, quiet);
     // Message handlers are polled inside their consume loop's task (see `worker::consume`), so one
     // poll runs the loop and a handler's whole call chain: debug builds, whose async frames are
@@ -91,6 +98,7 @@ async fn dispatch(command: Command, settings: Settings) -> Result<()> {
         Command::Run => ci_worker::worker::run(settings, shutdown_signal())
             .await
             .context("worker"),
+        #[cfg(feature = "emulator")]
         Command::Emulator => ci_worker::emulator::run(settings, shutdown_signal())
             .await
             .context("emulator"),
@@ -106,14 +114,15 @@ async fn dispatch(command: Command, settings: Settings) -> Result<()> {
             } else {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
             };
-            ci_worker::tools::submit_and_wait(
+            ci_worker::tools::submit::submit_and_wait(
                 &settings,
                 payload,
                 wait.then(|| std::time::Duration::from_secs(timeout)),
             )
             .await
         }
-        Command::Bench(opts) => ci_worker::bench::run(&settings, *opts).await,
+        #[cfg(feature = "bench")]
+        Command::Bench(opts) => ci_worker::tools::bench::run(&settings, *opts).await,
         Command::Config => unreachable!("handled before the runtime starts"),
     }
 }

@@ -4,9 +4,10 @@
 
 mod common;
 
-use ci_worker::metrics::Metrics;
-use ci_worker::pulsar_io::{self, SubscribeOptions};
-use ci_worker::worker::consume::{self, Delivery, Disposition, Health, LoopOptions};
+use ci_worker::telemetry::Metrics;
+use ci_worker::pulsar::{self, SubscribeOptions};
+use ci_worker::pulsar::consume::{self, Delivery, Disposition, LoopOptions};
+use ci_worker::telemetry::Health;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -15,10 +16,10 @@ use tokio::sync::{mpsc, watch};
 async fn a_panicking_handler_gets_its_message_redelivered_and_the_loop_serves_on() {
     let client = common::client().await;
     let topic = common::unique_topic("consume-loop");
-    let publisher = pulsar_io::Publisher::new(client.clone(), "consume-loop-test");
+    let publisher = pulsar::Publisher::new(client.clone(), "consume-loop-test");
     for payload in ["first", "boom", "last"] {
         publisher
-            .publish(&topic, pulsar_io::Outgoing::new(payload))
+            .publish(&topic, pulsar::Outgoing::new(payload))
             .await
             .unwrap();
     }

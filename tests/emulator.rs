@@ -5,7 +5,7 @@
 
 mod common;
 
-use ci_worker::ci::model::{parse_error, parse_jobs_response, CiErrorBody, JobDetail};
+use ci_worker::ci::response::{parse_error, parse_jobs_response, CiErrorBody, JobDetail};
 use ci_worker::ci::{ci_host, sign, xml};
 use ci_worker::config::{KeyPair, Settings};
 use ci_worker::emulator::{self, EmulatorEvent, EmulatorHandle, JobState};

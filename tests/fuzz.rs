@@ -8,8 +8,8 @@
 
 use ci_worker::ci::tree::Node;
 use ci_worker::ci::xml;
-use ci_worker::completion::normalize::{normalize_event, normalize_job};
-use ci_worker::completion::parse::parse_event;
+use ci_worker::result::normalize::{normalize_event, normalize_job};
+use ci_worker::callback::event::parse_event;
 use ci_worker::config::CiSettings;
 use ci_worker::request::SubmitRequest;
 use proptest::prelude::*;

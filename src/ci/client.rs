@@ -5,7 +5,7 @@
 //! sent to (`endpoint`, e.g. the local emulator). The signature never appears in errors or logs, nor do
 //! the secret key and the session token.
 
-use super::model::{parse_error, parse_jobs_response, CiErrorBody, JobDetail, JobsResponse};
+use super::response::{parse_error, parse_jobs_response, CiErrorBody, JobDetail, JobsResponse};
 use super::sign::{encode, Credentials};
 use super::{ci_host, xml};
 use base64::Engine as _;

@@ -1,10 +1,10 @@
 //! The Cloud Infinite protocol: signature, XML, response models (pure) and the HTTP client (I/O).
 
 pub mod client;
-pub mod model;
+pub mod response;
 pub mod sign;
 pub mod tree;
-pub mod validate;
+pub mod rules;
 pub mod xml;
 
 /// `<bucket>.ci.<region>.myqcloud.com`: the host every CI call carries and signs, whatever address

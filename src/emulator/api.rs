@@ -12,7 +12,7 @@ use super::faults::{self, Refusal};
 use super::store::{self, CancelRefusal, JobState, ListFilter, CI_TIME_FORMAT};
 use super::submit;
 use super::{EmulatorEvent, Shared};
-use crate::ci::model::{error_xml, CiErrorBody};
+use crate::ci::response::{error_xml, CiErrorBody};
 use crate::ci::xml;
 use axum::body::Body;
 use axum::extract::State;

@@ -18,7 +18,7 @@ use super::submit::{CallbackFormat, CallbackTarget, MqConfig};
 use super::{EmulatorEvent, Shared};
 use crate::ci::xml;
 use crate::config::Settings;
-use crate::pulsar_io::{self, Outgoing, Publisher};
+use crate::pulsar::{Outgoing, Publisher};
 use crate::secret::Secret;
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -101,7 +101,7 @@ impl Deliverer {
         if let Some((generation, p)) = slot.as_ref() {
             return Ok((*generation, p.clone()));
         }
-        let client = pulsar_io::connect(&self.pulsar_url, &self.pulsar_token)
+        let client = crate::pulsar::connect(&self.pulsar_url, &self.pulsar_token)
             .await
             .map_err(|e| e.to_string())?;
         let generation = self

@@ -3,7 +3,7 @@
 //! except a body that is not XML at all (400 `InvalidContent`).
 
 use super::api::ApiError;
-use crate::ci::validate::validate_job;
+use crate::ci::rules::validate_job;
 use crate::ci::xml;
 use serde_json::{Map, Value};
 

@@ -1,8 +1,8 @@
 //! Dead letters: the original payload and properties untouched, the reason and origin added.
 
-use super::consume::Delivery;
+use crate::pulsar::consume::Delivery;
 use super::Context;
-use crate::pulsar_io::{props, Outgoing, PulsarIoError};
+use crate::pulsar::{props, Outgoing, PulsarIoError};
 
 /// Longest reason kept in the properties (parser messages can quote input).
 const MAX_REASON: usize = 1024;

@@ -11,10 +11,10 @@
 //! was lost); a job still running gets a new deadline; past `worker.job_timeout_max` the worker cancels
 //! it at CI (best effort, so it does no work nobody waits for) and publishes `timed_out`.
 
-use super::consume::{Delivery, Disposition};
+use crate::pulsar::consume::{Delivery, Disposition};
 use super::{retry, Context, WorkerError};
-use crate::completion::normalize::normalize_job;
-use crate::pulsar_io::{self, props, Client, Outgoing, SubscribeOptions};
+use crate::result::normalize::normalize_job;
+use crate::pulsar::{props, Client, Outgoing, SubscribeOptions};
 use crate::result::{JobResult, ResultState};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -49,7 +49,7 @@ pub async fn schedule(
     ctx: &Context,
     deadline: &Deadline,
     after: Duration,
-) -> Result<(), pulsar_io::PulsarIoError> {
+) -> Result<(), crate::pulsar::PulsarIoError> {
     let mut msg = Outgoing::new(serde_json::to_vec(deadline).expect("deadline serializes"))
         .with_key(super::done::shard_key(&deadline.job_id))
         .with_property(props::RECORD, "deadline");
@@ -137,7 +137,7 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
             &[deadline.job_id.as_str()],
         )
         .await;
-    super::submit::record_call(ctx, "describe", &described, started.elapsed());
+    super::submission::record_call(ctx, "describe", &described, started.elapsed());
     let age = Duration::from_millis(now_ms().saturating_sub(deadline.submitted_at_ms));
     let detail = match described {
         Ok(r) => r

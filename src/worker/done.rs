@@ -8,7 +8,7 @@
 //! job of its shard that finished within [`FLUSH_INTERVAL`]. Records are best effort: a lost one
 //! only means the deadline checks CI and finds the job finished.
 
-use crate::pulsar_io::{props, Outgoing, Publisher};
+use crate::pulsar::{props, Outgoing, Publisher};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};

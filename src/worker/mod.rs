@@ -7,21 +7,21 @@
 //! outcome is confirmed by the broker, and a drain on shutdown that nacks whatever did not finish in
 //! time (so it is redelivered, never lost).
 
-pub mod complete;
-pub mod consume;
+pub mod completion;
 pub mod dead_letter;
 pub mod deadline;
 pub mod done;
 pub mod finished;
 pub mod poison;
+pub mod probes;
 pub mod recover;
 pub mod retry;
-pub mod submit;
+pub mod submission;
 
 use crate::ci::client::{CiClient, CiError};
 use crate::config::Settings;
-use crate::metrics::Metrics;
-use crate::pulsar_io::{self, Outgoing, Publisher, PulsarIoError};
+use crate::telemetry::Metrics;
+use crate::pulsar::{Outgoing, Publisher, PulsarIoError};
 use crate::result::JobResult;
 use std::future::Future;
 use std::sync::Arc;
@@ -49,7 +49,7 @@ pub struct Context {
     pub finished: finished::Finished,
     pub done: done::DoneRecorder,
     pub failures: poison::Failures,
-    pub health: Arc<consume::Health>,
+    pub health: Arc<crate::telemetry::Health>,
 }
 
 impl Context {
@@ -96,22 +96,22 @@ fn job_duration(result: &JobResult) -> Option<f64> {
 #[allow(clippy::too_many_arguments)]
 async fn serve<H, F>(
     ctx: &Arc<Context>,
-    client: pulsar_io::Client,
+    client: crate::pulsar::Client,
     stop: watch::Receiver<bool>,
     name: &'static str,
     source: &'static str,
-    subscribe: pulsar_io::SubscribeOptions,
+    subscribe: crate::pulsar::SubscribeOptions,
     max_in_flight: usize,
     handle: H,
 ) -> Result<(), WorkerError>
 where
-    H: Fn(Arc<Context>, Arc<consume::Delivery>) -> F + Send + Sync + 'static,
-    F: Future<Output = consume::Disposition> + Send + 'static,
+    H: Fn(Arc<Context>, Arc<crate::pulsar::consume::Delivery>) -> F + Send + Sync + 'static,
+    F: Future<Output = crate::pulsar::consume::Disposition> + Send + 'static,
 {
     let handler_ctx = ctx.clone();
-    consume::run(
+    crate::pulsar::consume::run(
         client,
-        consume::LoopOptions {
+        crate::pulsar::consume::LoopOptions {
             name,
             subscribe,
             max_in_flight,
@@ -130,6 +130,7 @@ where
         },
     )
     .await
+    .map_err(WorkerError::from)
 }
 
 /// Runs one loop; when it fails, tells the others to stop (and drain) too, so the process exits
@@ -151,7 +152,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(consume::Health::default());
+    let health = Arc::new(crate::telemetry::Health::default());
     // Not ready until every loop has subscribed.
     for name in ["submit", "complete", "deadline"] {
         health.set(name, false);
@@ -172,7 +173,7 @@ pub async fn run(
     // Probes answer from the start (alive, not ready) while the broker may still be out of reach.
     let publisher_slot = Arc::new(tokio::sync::OnceCell::new());
     let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(crate::http::serve(
+    let http = tokio::spawn(crate::worker::probes::serve(
         listener,
         metrics.clone(),
         health.clone(),
@@ -184,7 +185,7 @@ pub async fn run(
     ));
     let mut connect_stop = stop_rx.clone();
     let client = tokio::select! {
-        client = pulsar_io::connect_with(&settings.pulsar) => client?,
+        client = crate::pulsar::connect_with(&settings.pulsar) => client?,
         _ = connect_stop.wait_for(|s| *s) => {
             http.abort();
             return Ok(());
@@ -232,11 +233,11 @@ pub async fn run(
         "worker started"
     );
     let submit = tokio::spawn(stop_all_on_error(
-        submit::run(ctx.clone(), client.clone(), stop_rx.clone()),
+        submission::run(ctx.clone(), client.clone(), stop_rx.clone()),
         stop_tx.clone(),
     ));
     let complete = tokio::spawn(stop_all_on_error(
-        complete::run(ctx.clone(), client.clone(), stop_rx.clone()),
+        completion::run(ctx.clone(), client.clone(), stop_rx.clone()),
         stop_tx.clone(),
     ));
     let deadlines = tokio::spawn(stop_all_on_error(

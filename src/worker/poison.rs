@@ -5,9 +5,9 @@
 //! The consumer's own dead-letter policy (the broker's redelivery count) stays as a backstop for
 //! messages that fail across restarts; those arrive without the history properties.
 
-use super::consume::{Delivery, Disposition};
+use crate::pulsar::consume::{Delivery, Disposition};
 use super::{dead_letter, Context};
-use crate::pulsar_io::props;
+use crate::pulsar::props;
 use std::collections::HashMap;
 use std::sync::Mutex;
 

@@ -13,7 +13,7 @@
 
 use super::Context;
 use crate::ci::client::{CiError, ListQuery};
-use crate::ci::model::{text_at, JobDetail};
+use crate::ci::response::{text_at, JobDetail};
 use crate::request::ValidRequest;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -139,7 +139,7 @@ async fn scan(
     for _ in 0..MAX_PAGES {
         let started = std::time::Instant::now();
         let page = ctx.ci.list(&req.bucket, &req.region, &query).await;
-        super::submit::record_call(ctx, "list", &page, started.elapsed());
+        super::submission::record_call(ctx, "list", &page, started.elapsed());
         let page = page?;
         for job in page.jobs {
             if let Some(user_data) = job.user_data() {

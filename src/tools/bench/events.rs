@@ -5,7 +5,7 @@
 //! `schemas/examples/request.json`. Deterministic in their index, so runs are comparable.
 
 use crate::ci::xml;
-use crate::correlation;
+use crate::request::marker;
 use serde_json::{json, Map, Value};
 
 /// The wire format of a completion event.
@@ -64,7 +64,7 @@ pub fn completion_event(run: &str, i: u64, format: EventFormat) -> Vec<u8> {
 /// `{"EventName": "TaskFinish", "JobsDetail": {…}}` for request `i`.
 pub fn event_tree(run: &str, i: u64) -> Value {
     let id = request_id(run, i);
-    let user_data = correlation::encode(&id, Some("bench caller data"))
+    let user_data = marker::encode(&id, Some("bench caller data"))
         .expect("a bench request id fits the marker");
     let object = format!("output/{id}.mp4");
     let job = job_id(run, i);
@@ -176,8 +176,8 @@ pub fn request_in(bucket: &str, run: &str, i: u64, format: EventFormat, lost: bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::completion::normalize::normalize_event;
-    use crate::completion::parse::parse_event;
+    use crate::result::normalize::normalize_event;
+    use crate::callback::event::parse_event;
     use crate::request::SubmitRequest;
     use crate::result::ResultState;
 

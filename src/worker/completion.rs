@@ -1,11 +1,11 @@
 //! The completion path: CI's completion event (XML or JSON, detected per message) → normalized results
 //! on the results topic. Unparseable events are dead-lettered, never dropped.
 
-use super::consume::{Delivery, Disposition};
+use crate::pulsar::consume::{Delivery, Disposition};
 use super::{dead_letter, deadline, Context, WorkerError};
-use crate::completion::normalize::normalize_owned;
-use crate::completion::parse::parse_event;
-use crate::pulsar_io::{Client, SubscribeOptions};
+use crate::result::normalize::normalize_owned;
+use crate::callback::event::parse_event;
+use crate::pulsar::{Client, SubscribeOptions};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -53,12 +53,12 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
         }
     };
     let format = match event.format {
-        crate::completion::parse::EventFormat::Xml => "xml",
-        crate::completion::parse::EventFormat::Json => "json",
+        crate::callback::event::EventFormat::Xml => "xml",
+        crate::callback::event::EventFormat::Json => "json",
     };
     ctx.metrics
         .events_consumed
-        .get_or_create(&crate::metrics::FormatLabel {
+        .get_or_create(&crate::telemetry::FormatLabel {
             format: format.into(),
         })
         .inc();

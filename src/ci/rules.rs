@@ -2,9 +2,7 @@
 //! refuses a bad request before spending a CI call on it) and the emulator (which refuses it like CI).
 //! Input is the `<Request>` tree as JSON (the Python SDK's dict), so scalars may be strings or numbers.
 
-use super::model::text_at;
-use crate::config::MQ_REGIONS;
-use crate::correlation::{is_printable_ascii, USER_DATA_MAX};
+use super::response::text_at;
 use serde_json::Value;
 
 /// Why a job is refused: the element at fault and the rule it breaks.
@@ -21,6 +19,17 @@ fn violation(element: &str, rule: impl Into<String>) -> Violation {
         element: element.to_string(),
         rule: rule.into(),
     }
+}
+
+/// CI's limit on `UserData` (printable ASCII characters).
+pub const USER_DATA_MAX: usize = 1024;
+
+/// `CallBackMqConfig.MqRegion` values CI accepts.
+pub const MQ_REGIONS: [&str; 5] = ["sh", "bj", "gz", "cd", "hk"];
+
+/// CI's `UserData` charset: printable ASCII (space through `~`).
+pub fn is_printable_ascii(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
 /// Longest DigitalWatermark `Message`.

@@ -2,7 +2,7 @@
 //! pipeline would (used by the local-stack demo and handy for smoke tests against a deployment).
 
 use crate::config::Settings;
-use crate::pulsar_io::{self, Outgoing, Publisher, SubscribeOptions};
+use crate::pulsar::{Outgoing, Publisher, SubscribeOptions};
 use crate::request::SubmitRequest;
 use anyhow::{bail, Context, Result};
 use futures::StreamExt;
@@ -18,11 +18,11 @@ pub async fn submit_and_wait(
     let request_id = SubmitRequest::parse(&payload)
         .map(|r| r.request_id)
         .map_err(|e| anyhow::anyhow!("not a request: {e}"))?;
-    let client = pulsar_io::connect_with(&settings.pulsar).await?;
+    let client = crate::pulsar::connect_with(&settings.pulsar).await?;
     // Subscribe before publishing so no result can slip past.
     let results = match wait {
         Some(_) => Some(
-            pulsar_io::subscribe(
+            crate::pulsar::subscribe(
                 &client,
                 &SubscribeOptions {
                     topic: settings.pulsar.result_topic.clone(),

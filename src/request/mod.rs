@@ -7,10 +7,11 @@
 //! - [`Rejection`]: a well-formed request that cannot be submitted (validation, CI's refusal). It has a
 //!   `request_id`, so the caller gets a `rejected` result saying why.
 
-use crate::ci::validate::validate_job;
+pub mod marker;
+
+use crate::ci::rules::validate_job;
 use crate::ci::xml;
 use crate::config::CiSettings;
-use crate::correlation;
 use serde_json::{Map, Value};
 
 /// TDMQ's message size limit; a larger request cannot have come from a real producer.
@@ -145,7 +146,7 @@ impl SubmitRequest {
                 ))),
             })
             .transpose()?;
-        let marker = correlation::encode(&self.request_id, user_data.as_deref())
+        let marker = marker::encode(&self.request_id, user_data.as_deref())
             .map_err(|e| Rejection::invalid(e.to_string()))?;
 
         let mut ci_job: Map<String, Value> = job.clone();

@@ -422,7 +422,7 @@ mod tests {
             // Whatever the outcome, an accepted event has something to normalize.
             if let Ok(e) = parse_event(&payload) {
                 assert!(!e.jobs.is_empty() || e.workflow.is_some());
-                let _ = crate::completion::normalize::normalize_event(&e);
+                let _ = crate::result::normalize::normalize_event(&e);
             }
         }
     }

@@ -26,10 +26,10 @@ pub mod events;
 mod io;
 mod procs;
 
-use crate::completion::normalize::normalize_event;
-use crate::completion::parse::parse_event;
+use crate::result::normalize::normalize_event;
+use crate::callback::event::parse_event;
 use crate::config::Settings;
-use crate::pulsar_io::{self, Client};
+use crate::pulsar::{Client};
 use anyhow::{bail, Context as _, Result};
 use events::{format_of, EventFormat};
 use io::Seen;
@@ -119,7 +119,7 @@ pub async fn run(settings: &Settings, opts: BenchOptions) -> Result<()> {
     if opts.relay {
         return io::relay(settings).await;
     }
-    let client = pulsar_io::connect_with(&settings.pulsar)
+    let client = crate::pulsar::connect_with(&settings.pulsar)
         .await
         .context("the benchmark needs the broker (scripts/pulsar.sh start)")?;
     let id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();

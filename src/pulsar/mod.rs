@@ -24,6 +24,8 @@ use tokio::sync::Mutex;
 
 pub type Client = Pulsar<TokioExecutor>;
 
+pub mod consume;
+
 /// Property names the worker writes on dead letters (documented in the README).
 pub mod props {
     /// Why the message was dead-lettered.

@@ -2,7 +2,7 @@
 //! relay it compares the worker with, and deleting its topics afterwards.
 
 use crate::config::Settings;
-use crate::pulsar_io::{self, Client, SubscribeOptions};
+use crate::pulsar::{Client, SubscribeOptions};
 use anyhow::{bail, Context as _, Result};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -24,7 +24,7 @@ pub async fn producer(client: &Client, topic: &str) -> Result<Producer<TokioExec
         .producer()
         .with_topic(topic)
         .with_name(format!("ci-worker-bench-{}", uuid::Uuid::new_v4()))
-        .with_options(pulsar_io::producer_options())
+        .with_options(crate::pulsar::producer_options())
         .build()
         .await
         .with_context(|| format!("creating a producer on {topic}"))
@@ -162,15 +162,15 @@ pub async fn delete_topics(admin_url: &str, token: &str, topics: &[String]) -> u
 }
 
 /// The raw relay limit: the least a consumer→producer forwarder on the same `pulsar` crate does with
-/// the worker's settings — a Shared consumer from `pulsar_io::subscribe` (receiver queue 1000, the
+/// the worker's settings — a Shared consumer from `crate::pulsar::subscribe` (receiver queue 1000, the
 /// dead-letter policy), one producer with batching off, the same bound on messages in flight
 /// (`max(worker.max_in_flight, 256)`), each message acknowledged individually once the broker has
 /// stored its copy — forwarding `pulsar.callback_topic` to `pulsar.result_topic` without reading it.
-/// Its producer has the worker's options ([`pulsar_io::producer_options`]). Runs until killed.
+/// Its producer has the worker's options ([`crate::pulsar::producer_options`]). Runs until killed.
 pub async fn relay(settings: &Settings) -> Result<()> {
     let p = &settings.pulsar;
-    let client = pulsar_io::connect_with(p).await?;
-    let mut consumer = pulsar_io::subscribe(
+    let client = crate::pulsar::connect_with(p).await?;
+    let mut consumer = crate::pulsar::subscribe(
         &client,
         &SubscribeOptions {
             topic: p.callback_topic.clone(),
@@ -190,7 +190,7 @@ pub async fn relay(settings: &Settings) -> Result<()> {
         .producer()
         .with_topic(&p.result_topic)
         .with_name(format!("ci-worker-bench-relay-{}", uuid::Uuid::new_v4()))
-        .with_options(pulsar_io::producer_options())
+        .with_options(crate::pulsar::producer_options())
         .build()
         .await
         .context("creating the relay's producer")?;

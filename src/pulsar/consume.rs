@@ -13,10 +13,10 @@
 //! the broker no longer knows the consumer) and rebuilds the consumer when that fails or hangs. Unacknowledged messages of the old one are redelivered by the
 //! broker; verdicts still pending are settled through the new one (acks apply to the subscription).
 
-use super::WorkerError;
-use crate::metrics::Metrics;
-use crate::pulsar_io::{
-    self, message_id_string, properties_of, Client, PulsarIoError, SubscribeOptions,
+
+use crate::telemetry::{Health, Metrics};
+use crate::pulsar::{
+    message_id_string, properties_of, Client, PulsarIoError, SubscribeOptions,
 };
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -74,7 +74,7 @@ pub async fn run<H, F>(
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     handler: H,
-) -> Result<(), WorkerError>
+) -> Result<(), PulsarIoError>
 where
     H: Fn(Delivery) -> F + Send + Sync + 'static,
     F: Future<Output = Disposition> + Send + 'static,
@@ -192,33 +192,6 @@ where
     Ok(())
 }
 
-/// Which loops have a working consumer (for `/readyz`).
-#[derive(Default)]
-pub struct Health {
-    loops: std::sync::Mutex<HashMap<&'static str, bool>>,
-}
-
-impl Health {
-    pub fn set(&self, name: &'static str, ok: bool) {
-        self.loops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name, ok);
-    }
-
-    /// The loops without a working consumer (empty = all subscribed).
-    pub fn failing(&self) -> Vec<&'static str> {
-        let loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
-        let mut failing: Vec<&'static str> = loops
-            .iter()
-            .filter(|(_, ok)| !**ok)
-            .map(|(n, _)| *n)
-            .collect();
-        failing.sort_unstable();
-        failing
-    }
-}
-
 /// Subscribes, retrying with backoff (the broker may be starting or restarting) until it works;
 /// `Ok(None)` once `stop` turns true. A refusal (e.g. a role without consume permission) ends the
 /// first subscription with an error, so that a misconfigured worker exits saying why instead of
@@ -231,7 +204,7 @@ async fn subscribe_until_ok(
 ) -> Result<Option<PulsarConsumer>, PulsarIoError> {
     let mut attempt = 0u32;
     loop {
-        match pulsar_io::subscribe(client, &opts.subscribe).await {
+        match crate::pulsar::subscribe(client, &opts.subscribe).await {
             Ok(consumer) => return Ok(Some(consumer)),
             Err(e) if first && e.is_refusal() => return Err(e),
             Err(e) => {
@@ -239,7 +212,7 @@ async fn subscribe_until_ok(
                 tracing::warn!(loop_name = opts.name, attempt, error = %e, "cannot subscribe yet; retrying");
                 tokio::select! {
                     _ = stopped(stop) => return Ok(None),
-                    _ = tokio::time::sleep(pulsar_io::broker_retry_delay(attempt)) => {}
+                    _ = tokio::time::sleep(crate::pulsar::broker_retry_delay(attempt)) => {}
                 }
             }
         }

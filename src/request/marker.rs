@@ -8,12 +8,11 @@
 //!
 //! Example: request `order-42` with caller data `caller data` → `UserData` = `ciw1:order-42;caller data`.
 
+use crate::ci::rules::{is_printable_ascii, USER_DATA_MAX};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
 
 /// Marker prefix; the digit versions the format.
 pub const MARKER_PREFIX: &str = "ciw1:";
-/// CI's limit on `UserData` (printable ASCII characters).
-pub const USER_DATA_MAX: usize = 1024;
 
 /// Everything but unreserved URL characters is encoded, so the marker is printable ASCII and has no `;`.
 const MARKER_ESCAPE: &AsciiSet = &CONTROLS
@@ -81,11 +80,6 @@ pub fn decode(user_data: Option<&str>) -> (Option<String>, Option<String>) {
         Some((id, caller)) => (Some(id), (!caller.is_empty()).then(|| caller.to_string())),
         None => (None, Some(raw.to_string())),
     }
-}
-
-/// CI's `UserData` charset: printable ASCII (space through `~`).
-pub fn is_printable_ascii(s: &str) -> bool {
-    s.bytes().all(|b| (0x20..=0x7e).contains(&b))
 }
 
 #[cfg(test)]

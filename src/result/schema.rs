@@ -49,7 +49,7 @@ pub struct ObjectRef {
 }
 
 /// One of CI's trees (`MediaInfo`, `MediaResult`) in the canonical form the result carries (see
-/// [`crate::completion::normalize`]): a non-empty JSON object, kept as its JSON text.
+/// [`crate::result::normalize`]): a non-empty JSON object, kept as its JSON text.
 ///
 /// Why text: the tree is written once, straight from the event it was read from, and republished as
 /// it is; building it as a `Value` first allocated every name and text again (docs/performance.md,
@@ -160,8 +160,8 @@ mod tests {
     #[test]
     fn schema_examples_round_trip() {
         for example in [
-            include_str!("../schemas/examples/result-succeeded.json"),
-            include_str!("../schemas/examples/result-rejected.json"),
+            include_str!("../../schemas/examples/result-succeeded.json"),
+            include_str!("../../schemas/examples/result-rejected.json"),
         ] {
             let parsed: JobResult = serde_json::from_str(example).unwrap();
             let written: Value = serde_json::from_slice(&parsed.to_json()).unwrap();
@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn every_state_is_named_as_the_schema_says() {
         let schema: Value =
-            serde_json::from_str(include_str!("../schemas/result.schema.json")).unwrap();
+            serde_json::from_str(include_str!("../../schemas/result.schema.json")).unwrap();
         let names: Vec<&str> = schema["properties"]["state"]["enum"]
             .as_array()
             .unwrap()

@@ -2,12 +2,12 @@
 //! failures) → `submitted` event, or a `rejected` result, or a dead letter. The request is acknowledged
 //! only once that outcome is stored on the broker.
 
-use super::consume::{Delivery, Disposition};
+use crate::pulsar::consume::{Delivery, Disposition};
 use super::{dead_letter, deadline, retry, Context, WorkerError};
 use crate::ci::client::CiError;
-use crate::ci::model::{text_at, JobDetail};
-use crate::completion::normalize::normalize_job;
-use crate::pulsar_io::{Client, SubscribeOptions};
+use crate::ci::response::{text_at, JobDetail};
+use crate::result::normalize::normalize_job;
+use crate::pulsar::{Client, SubscribeOptions};
 use crate::request::{Rejection, SubmitRequest, ValidRequest};
 use crate::result::{JobResult, ObjectRef, ResultState};
 use std::sync::Arc;
@@ -116,7 +116,7 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
 }
 
 /// Ack only what is stored; a failed publish leaves the input for redelivery.
-fn stored(outcome: Result<(), crate::pulsar_io::PulsarIoError>) -> Disposition {
+fn stored(outcome: Result<(), crate::pulsar::PulsarIoError>) -> Disposition {
     match outcome {
         Ok(()) => Disposition::Ack,
         Err(e) => {

@@ -25,10 +25,10 @@
 //!
 //! A job CI reports failed keeps CI's own code and message.
 
-use super::parse::CompletionEvent;
+use crate::callback::event::CompletionEvent;
 use crate::ci::tree::Node;
-use crate::correlation;
-use crate::result::{CiTree, JobResult, ObjectRef, ResultState};
+use crate::request::marker;
+use super::schema::{CiTree, JobResult, ObjectRef, ResultState};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
@@ -75,7 +75,7 @@ pub fn normalize_detail(mut detail: Node<'_>) -> JobResult {
         .unwrap_or(&Node::Null);
     let state = map_state(detail.text_at(&["State"]));
     let mut result = JobResult::new(state);
-    let (request_id, user_data) = correlation::decode(operation.text_at(&["UserData"]));
+    let (request_id, user_data) = marker::decode(operation.text_at(&["UserData"]));
     result.request_id = request_id;
     result.user_data = user_data;
     result.job_id = t(&["JobId"]);
@@ -241,7 +241,7 @@ pub fn normalize_time(ci_time: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::ci::xml::{parse, to_ci_json};
-    use crate::completion::parse::{parse_event, EventFormat};
+    use crate::callback::event::{parse_event, EventFormat};
     use crate::fixtures::*;
 
     fn results(payload: &str) -> Vec<JobResult> {
@@ -621,7 +621,7 @@ mod tests {
 
     #[test]
     fn submit_response_detail_is_not_final() {
-        let resp = crate::ci::model::parse_jobs_response(SUBMIT_RESP).unwrap();
+        let resp = crate::ci::response::parse_jobs_response(SUBMIT_RESP).unwrap();
         let r = normalize_job(&resp.jobs[0].raw);
         assert_eq!(r.state, ResultState::Submitted);
         assert_eq!(
