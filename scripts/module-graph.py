@@ -64,8 +64,9 @@ def expand_use(tree):
     return out
 
 
-def references(text):
-    """(path string, is_in_test_module) for every crate-relative path in a file."""
+def references(text, children=()):
+    """(path string, is_in_test_module) for every crate-relative path in a file; `children` are the
+    names of the file's child modules, which code may name without `self::`."""
     refs = []
     test_start = None
     m = re.search(r"#\[cfg\(test\)\]\s*(pub\s+)?mod\s+tests\s*\{", text)
@@ -76,6 +77,9 @@ def references(text):
             refs.append((path, test_start is not None and m.start() > test_start))
     for m in re.finditer(r"\b((?:crate|super|self|ci_worker)(?:::" + IDENT + ")+)", text):
         refs.append((m.group(1), test_start is not None and m.start() > test_start))
+    for m in re.finditer(r"(?<![:\w])(" + IDENT + r")::" + IDENT, text):
+        if m.group(1) in children:
+            refs.append(("self::" + m.group(0), test_start is not None and m.start() > test_start))
     return refs
 
 
@@ -162,7 +166,8 @@ def main():
         with open(os.path.join(ROOT, rel), encoding="utf-8") as fh:
             text = strip_comments(fh.read())
         here = () if mod == ("<bin>",) else mod
-        for path, in_test in references(text):
+        children = {m[-1] for m in modules if len(m) == len(here) + 1 and m[: len(here)] == here}
+        for path, in_test in references(text, children):
             target = resolve(path, here, in_test, modules)
             if target is None or target == mod or (mod == ("<bin>",) and target == ()):
                 continue

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # THE test command: installs what is missing, builds, starts two fresh Apache Pulsar brokers, runs
-# `cargo test --all-targets --no-fail-fast` and `pytest tests/interop`, stops the brokers, exits non-zero if anything
+# `cargo test --all-targets --no-fail-fast` and `pytest tests/interop`, validates the deployment files, checks the
+# import graph (scripts/module-graph.py) and the production build (--no-default-features), stops the brokers,
+# exits non-zero if anything
 # failed. Used by CI (.ci/run) and by developers alike.
 #
 # Brokers (both wiped at start, both stopped at exit unless PULSAR_KEEP=1):
@@ -120,6 +122,31 @@ deploy_rc=0
 bash "$REPO_ROOT/scripts/validate-deploy.sh" || deploy_rc=$?
 ((deploy_rc == 0)) || failed_phases+=("validate-deploy (exit $deploy_rc)")
 
+# The import graph (scripts/module-graph.py): no cycle between files or top-level modules.
+phase "scripts/module-graph.py"
+graph_rc=0
+python3 "$REPO_ROOT/scripts/module-graph.py" || graph_rc=$?
+((graph_rc == 0)) || failed_phases+=("module-graph (exit $graph_rc)")
+
+# The production build: no emulator, no bench (cargo features, on by default). Last, because it
+# replaces target/debug/ci-worker, which the tests above run; the default binary is rebuilt after.
+phase "cargo build --no-default-features (the production build)"
+prod_rc=0
+if cargo build --no-default-features --bin ci-worker && cargo test --no-default-features --lib 2>&1 | tee "$LOG_DIR/cargo-test-prod.log"; then
+  help_text=$("$REPO_ROOT/target/debug/ci-worker" --help)
+  if grep -qiE '^ *(emulator|bench) ' <<<"$help_text"; then
+    echo "test.sh: the production build's --help still offers the emulator or the bench:"
+    echo "$help_text"
+    prod_rc=1
+  else
+    echo "production build: --help lists $(grep -cE '^  [a-z]+ ' <<<"$help_text") subcommands, neither emulator nor bench"
+  fi
+else
+  prod_rc=1
+fi
+cargo build --bin ci-worker --quiet || prod_rc=1
+((prod_rc == 0)) || failed_phases+=("production build (exit $prod_rc)")
+
 # --- 5. summary -------------------------------------------------------------------------------
 phase "summary"
 echo "cargo test:"
@@ -139,10 +166,15 @@ if ((pytest_rc != 0 && pytest_rc != 5 && py_failed == 0)); then
   py_failed=1
 fi
 deploy_passed=$((deploy_rc == 0 ? 1 : 0))
+graph_passed=$((graph_rc == 0 ? 1 : 0))
+prod_passed=$((prod_rc == 0 ? 1 : 0))
+prod_unit_passed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed;.*/\1/p' "$LOG_DIR/cargo-test-prod.log" 2>/dev/null | awk '{s+=$1} END {print s+0}')
 echo "validate-deploy: $([[ $deploy_rc == 0 ]] && echo passed || echo "failed (exit $deploy_rc)")"
+echo "module graph: $([[ $graph_rc == 0 ]] && echo "no cycle" || echo "cycles (above)")"
+echo "production build (--no-default-features): $([[ $prod_rc == 0 ]] && echo "passed, $prod_unit_passed unit tests" || echo failed)"
 echo "took $((SECONDS - T0)) s; logs in $LOG_DIR"
 if ((${#failed_phases[@]})); then
   echo "FAILED: ${failed_phases[*]}"
 fi
-echo "summary: $((cargo_passed + py_passed + deploy_passed)) passed, $((cargo_failed + py_failed + 1 - deploy_passed)) failed"
+echo "summary: $((cargo_passed + py_passed + deploy_passed + graph_passed + prod_passed)) passed, $((cargo_failed + py_failed + 3 - deploy_passed - graph_passed - prod_passed)) failed"
 ((${#failed_phases[@]} == 0))
