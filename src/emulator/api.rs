@@ -8,11 +8,15 @@
 //! (see [`error_body`] for `Resource`) with the HTTP status error-codes.md gives the code. `GET /healthz` answers `ok` without any of that.
 
 use super::auth::{self, SignedRequest};
+use super::error::{error_body, ApiError};
 use super::faults::{self, Refusal};
-use super::store::{self, CancelRefusal, JobState, ListFilter, CI_TIME_FORMAT};
+use super::job::{JobState, CI_TIME_FORMAT};
+use super::lifecycle;
+use super::notices::EmulatorEvent;
+use super::shared::Shared;
+use super::store::{CancelRefusal, ListFilter};
 use super::submit;
-use super::{EmulatorEvent, Shared};
-use crate::ci::response::{error_xml, CiErrorBody};
+use crate::ci::response::CiErrorBody;
 use crate::ci::xml;
 use axum::body::Body;
 use axum::extract::State;
@@ -46,36 +50,6 @@ const OTHER_CI_PREFIXES: [&str; 8] = [
     "/inventorytriggerjob",
     "/queue",
 ];
-
-/// A refusal with CI's code; the request id is added when the response is written.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    pub(crate) fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, code, message)
-    }
-
-    fn invalid_url(message: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "InvalidUrl", message)
-    }
-}
 
 /// A successful answer: an XML document or an empty body.
 enum Reply {
@@ -338,7 +312,7 @@ async fn submit(
         job_id: job.id.clone(),
         state: JobState::Submitted,
     });
-    store::spawn_lifecycle(shared.clone(), &job);
+    lifecycle::spawn_lifecycle(shared.clone(), &job);
     if faults::ObjectFaults::of(&job.spec.input_object).hangup {
         tracing::info!(job_id = %job.id, "emulator: holding the answer (__hangup__)");
         tokio::time::sleep(faults::HANGUP_DELAY).await;
@@ -524,24 +498,6 @@ fn cancel(shared: &Shared, raw_id: &str, bucket: &str, region: &str) -> Result<R
             "InvalidArgument",
             format!("The job {id} is {state} and can no longer be cancelled."),
         )),
-    }
-}
-
-/// CI's `<Error>` (error-codes.md: `Code`, `Message`, `RequestId`, `TraceId`) with COS's `Resource`
-/// (the host and path) after `Message`: the official Python SDK reads an error body only when it has a
-/// `Resource` (otherwise every code reads "Unknown"), which says CI's gateway writes one as COS does.
-fn error_body(err: &CiErrorBody, resource: &str) -> String {
-    let mut body = Map::new();
-    body.insert("Code".into(), err.code.clone().into());
-    body.insert("Message".into(), err.message.clone().into());
-    body.insert("Resource".into(), resource.into());
-    body.insert("RequestId".into(), err.request_id.clone().into());
-    body.insert("TraceId".into(), err.trace_id.clone().into());
-    match xml::to_xml("Error", &Value::Object(body)) {
-        Ok(x) => format!("<?xml version='1.0' encoding='utf-8' ?>\n{x}"),
-        // A character XML cannot carry (from a client's input echoed in the message): the model's
-        // writer replaces those.
-        Err(_) => error_xml(err),
     }
 }
 

@@ -14,8 +14,7 @@
 //! `q-sign-time` → `SignatureExpired`; a signature that does not verify, a listed header or parameter
 //! the request does not carry, or a missing/wrong session token → `AccessDenied`.
 
-use super::api::ApiError;
-use super::EmulatorError;
+use super::error::{ApiError, EmulatorError};
 use crate::ci::sign::{self, Authorization};
 use crate::config::Settings;
 use crate::secret::Secret;

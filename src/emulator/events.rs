@@ -13,15 +13,15 @@
 //! body is POSTed there (`Content-Type` `application/xml` or `application/json`), up to
 //! [`URL_ATTEMPTS`] times until a 2xx.
 
-use super::store::Job;
+use super::faults::Faults;
+use super::job::Job;
+use super::notices::{EmulatorEvent, Notices};
 use super::submit::{CallbackFormat, CallbackTarget, MqConfig};
-use super::{EmulatorEvent, Shared};
 use crate::ci::xml;
 use crate::config::Settings;
 use crate::pulsar::{Outgoing, Publisher};
 use crate::secret::Secret;
 use serde_json::{Map, Value};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex};
 
@@ -160,32 +160,32 @@ impl Deliverer {
 
 /// Delivers a finished job's completion event (and an injected duplicate) to its target, retrying as
 /// the module doc says. Returns when done, given up, or on shutdown.
-pub(crate) async fn deliver(shared: Arc<Shared>, job: Job) {
+pub(crate) async fn deliver(deliverer: &Deliverer, faults: &Faults, notices: &Notices, job: Job) {
     let target = match &job.spec.target {
         CallbackTarget::None => return,
         CallbackTarget::Url(url) => Target::Url(url.clone()),
-        CallbackTarget::Tdmq(mq) => Target::Topic(topic_for(&shared.deliverer.topic_template, mq)),
+        CallbackTarget::Tdmq(mq) => Target::Topic(topic_for(&deliverer.topic_template, mq)),
     };
     let (body, content_type) = completion_body(&job);
-    let copies = shared.faults.copies();
+    let copies = faults.copies();
     for copy in 1..=copies {
-        let outcome = deliver_one(&shared, &target, &body, content_type).await;
+        let outcome = deliver_one(deliverer, &target, &body, content_type).await;
         match outcome {
             Ok(()) => {
                 tracing::info!(job_id = %job.id, target = %target.name(), copy, "emulator: completion event delivered");
-                shared.notify(EmulatorEvent::CallbackDelivered {
+                notices.notify(EmulatorEvent::CallbackDelivered {
                     job_id: job.id.clone(),
                     target: target.name().to_string(),
                     copy,
                 });
             }
-            Err(error) if *shared.shutdown.borrow() => {
+            Err(error) if *deliverer.shutdown.borrow() => {
                 tracing::warn!(job_id = %job.id, target = %target.name(), %error, "emulator: completion event dropped at shutdown");
                 return;
             }
             Err(error) => {
                 tracing::error!(job_id = %job.id, target = %target.name(), %error, "emulator: completion event given up");
-                shared.notify(EmulatorEvent::CallbackFailed {
+                notices.notify(EmulatorEvent::CallbackFailed {
                     job_id: job.id.clone(),
                     error,
                 });
@@ -209,12 +209,11 @@ impl Target {
 }
 
 async fn deliver_one(
-    shared: &Shared,
+    deliverer: &Deliverer,
     target: &Target,
     body: &[u8],
     content_type: &str,
 ) -> Result<(), String> {
-    let deliverer = &shared.deliverer;
     let started = Instant::now();
     let mut backoff = MIN_BACKOFF;
     let mut attempt = 0u32;
@@ -271,9 +270,9 @@ mod tests {
         let mut job = Store::new().insert("test-123456789", "ap-chongqing", spec);
         job.state = if object.contains("__fail__") {
             job.failure = Some(("ResourceNotSupported".into(), "bad".into()));
-            crate::emulator::JobState::Failed
+            crate::emulator::job::JobState::Failed
         } else {
-            crate::emulator::JobState::Success
+            crate::emulator::job::JobState::Success
         };
         job.started = Some(job.created);
         job.ended = Some(job.created);

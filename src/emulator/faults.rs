@@ -10,7 +10,7 @@
 //! than any sane client timeout), so the client cannot know the job exists: the ambiguous submit a
 //! client must not turn into a second job. Markers combine (`a__slow____fail__.mp4`).
 
-use super::EmulatorError;
+use super::error::EmulatorError;
 use crate::config::EmulatorSettings;
 use rand::Rng;
 use std::time::Duration;

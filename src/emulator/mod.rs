@@ -8,94 +8,49 @@
 //! `CallBack` URL. State lives in memory only.
 //!
 //! # Layout
-//! - [`api`]: the HTTP surface (routing, Host and body checks, response shapes and headers).
+//! Each file imports only the ones listed before it, so the emulator reads bottom-up from the HTTP
+//! routes to the job data; this file starts and stops it and holds nothing the others import.
+//! - [`error`]: `ApiError` (a refused request) and the `<Error>` body CI writes for it; `EmulatorError`.
+//! - [`faults`]: fault injection (rates from the configuration, markers in object keys).
 //! - [`auth`]: signature verification against the configured key pairs.
 //! - [`submit`]: the `<Request>` of `POST /jobs`, validated as CI validates it.
-//! - [`store`]: jobs, their lifecycle, describe/list/cancel and the `JobsDetail` CI shows for them.
+//! - [`media`]: the fake media processing: the `MediaInfo`/`MediaResult` a job reports, or its failure.
+//! - [`job`]: one job: its state, IDs, CI's times and the `JobsDetail` CI shows for it.
+//! - [`store`]: all jobs in memory: insert, the state changes, describe/list/cancel.
+//! - [`notices`]: [`EmulatorEvent`]s for tests and tooling.
 //! - [`events`]: the completion event body (XML/JSON) and its delivery (Pulsar or URL), with retries.
-//! - [`faults`]: fault injection (rates from the configuration, markers in object keys).
+//! - [`shared`]: the state the handlers, timers and deliveries share.
+//! - [`lifecycle`]: the timers that move a job `Submitted → Running → Success/Failed` and deliver its
+//!   event.
+//! - [`api`]: the HTTP surface (routing, Host and body checks, response shapes and headers).
 
 mod api;
 mod auth;
+mod error;
 mod events;
 mod faults;
+mod job;
+mod lifecycle;
+mod media;
+mod notices;
+mod shared;
 mod store;
 mod submit;
 
 /// CI's key order for event trees, shared with the benchmark's synthetic events.
-pub(crate) use store::sorted_keys;
+pub(crate) use job::sorted_keys;
 
-pub use store::JobState;
+pub use error::EmulatorError;
+pub use job::JobState;
+pub use notices::EmulatorEvent;
 
 use crate::config::Settings;
+use shared::Shared;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
-
-/// Why the emulator could not start or stopped abnormally.
-#[derive(Debug, thiserror::Error)]
-pub enum EmulatorError {
-    #[error("emulator: invalid listen address {0:?} (expected e.g. 127.0.0.1:9000)")]
-    InvalidListen(String),
-    #[error("emulator: cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "emulator: no credentials configured: set TENCENTCLOUD_SECRET_ID/TENCENTCLOUD_SECRET_KEY \
-         (or ci.secret_id/ci.secret_key, or [[emulator.credentials]]), or set \
-         emulator.allow_anonymous = true to accept unsigned requests"
-    )]
-    NoCredentials,
-    #[error("emulator: invalid setting {key}: {reason}")]
-    InvalidSetting { key: &'static str, reason: String },
-    #[error("emulator: HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
-    #[error("emulator: server task panicked or was cancelled")]
-    Join,
-}
-
-/// Something observable that happened inside the emulator, for tests and tooling
-/// ([`EmulatorHandle::subscribe`]): every state change of every job and the fate of every callback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EmulatorEvent {
-    /// A job entered `state` (`Submitted` on creation, then `Running`, `Success`/`Failed` or `Cancel`).
-    StateChanged { job_id: String, state: JobState },
-    /// A completion event was stored by the broker (`target` is the Pulsar topic) or accepted by the
-    /// callback URL (`target` is the URL); `copy` is 1, or 2 for an injected duplicate.
-    CallbackDelivered {
-        job_id: String,
-        target: String,
-        copy: u32,
-    },
-    /// The job's completion event was deliberately not sent (`__lost__` in the input object key).
-    CallbackSuppressed { job_id: String },
-    /// Delivery was abandoned after retrying (logged as an error too).
-    CallbackFailed { job_id: String, error: String },
-}
-
-/// State shared by the HTTP handlers, the job timers and the deliveries.
-pub(crate) struct Shared {
-    pub(crate) settings: Settings,
-    pub(crate) store: store::Store,
-    pub(crate) verifier: auth::Verifier,
-    pub(crate) faults: faults::Faults,
-    pub(crate) deliverer: events::Deliverer,
-    pub(crate) notices: broadcast::Sender<EmulatorEvent>,
-    /// Flips to `true` once on shutdown; every background task watches it.
-    pub(crate) shutdown: watch::Receiver<bool>,
-}
-
-impl Shared {
-    pub(crate) fn notify(&self, event: EmulatorEvent) {
-        // No subscriber is the normal case outside tests.
-        let _ = self.notices.send(event);
-    }
-}
 
 /// A running emulator: its address, an event feed and its shutdown. Dropping it shuts the emulator
 /// down too (without waiting).
@@ -166,14 +121,13 @@ pub async fn start(settings: Settings) -> Result<EmulatorHandle, EmulatorError> 
             source,
         })?;
     let (stop, stop_rx) = watch::channel(false);
-    let (notices, _) = broadcast::channel(1024);
     let deliverer = events::Deliverer::new(&settings, stop_rx.clone());
     let shared = Arc::new(Shared {
         store: store::Store::new(),
         verifier,
         faults,
         deliverer,
-        notices,
+        notices: notices::Notices::new(),
         shutdown: stop_rx.clone(),
         settings,
     });

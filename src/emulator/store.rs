@@ -1,333 +1,18 @@
-//! Jobs in memory: creation, the lifecycle timers, describe/list/cancel, and the `JobsDetail` CI shows
-//! for a job (in API responses and, re-ordered, in completion events).
+//! All jobs, in memory: creation, the state changes the lifecycle asks for, describe/list/cancel.
 //!
 //! Jobs are scoped to the bucket and region of the Host they were submitted to. A restart forgets
 //! them; past [`MAX_JOBS`] the oldest finished ones are forgotten too.
 
-use super::faults::{ObjectFaults, SLOW_FACTOR};
-use super::submit::{CallbackTarget, JobSpec};
-use super::{EmulatorEvent, Shared};
-use chrono::{DateTime, FixedOffset, Utc};
-use md5::{Digest, Md5};
-use serde_json::{json, Map, Value};
+use super::faults::ObjectFaults;
+use super::job::{ci_now, default_queue_id, new_job_id, Job, JobState};
+use super::media::failure_for;
+use super::submit::JobSpec;
+use chrono::{DateTime, FixedOffset};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
 /// Jobs kept in memory; past this the oldest finished ones are dropped.
 pub(crate) const MAX_JOBS: usize = 100_000;
-
-/// CI's time zone for every timestamp it writes (`2022-06-30T18:37:37+0800`).
-const CI_OFFSET_SECONDS: i32 = 8 * 3600;
-
-/// CI's `strftime`-style format, offset without a colon.
-pub(crate) const CI_TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%z";
-
-/// A job's `State`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum JobState {
-    Submitted,
-    Running,
-    Success,
-    Failed,
-    Pause,
-    Cancel,
-}
-
-impl JobState {
-    pub const ALL: [JobState; 6] = [
-        JobState::Submitted,
-        JobState::Running,
-        JobState::Success,
-        JobState::Failed,
-        JobState::Pause,
-        JobState::Cancel,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Submitted => "Submitted",
-            JobState::Running => "Running",
-            JobState::Success => "Success",
-            JobState::Failed => "Failed",
-            JobState::Pause => "Pause",
-            JobState::Cancel => "Cancel",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<JobState> {
-        JobState::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// `Success`, `Failed` and `Cancel` are final.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Success | JobState::Failed | JobState::Cancel
-        )
-    }
-}
-
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Now, in CI's time zone.
-pub(crate) fn ci_now() -> DateTime<FixedOffset> {
-    let tz = FixedOffset::east_opt(CI_OFFSET_SECONDS).expect("+08:00 is a valid offset");
-    Utc::now().with_timezone(&tz)
-}
-
-fn ci_time(t: &DateTime<FixedOffset>) -> String {
-    t.format(CI_TIME_FORMAT).to_string()
-}
-
-/// One emulated job.
-#[derive(Debug, Clone)]
-pub(crate) struct Job {
-    /// Creation order; the list API pages on it.
-    pub seq: u64,
-    pub id: String,
-    pub bucket: String,
-    pub region: String,
-    pub queue_id: String,
-    pub spec: JobSpec,
-    pub state: JobState,
-    pub created: DateTime<FixedOffset>,
-    pub started: Option<DateTime<FixedOffset>>,
-    pub ended: Option<DateTime<FixedOffset>>,
-    /// `(Code, Message)` of a failed job.
-    pub failure: Option<(String, String)>,
-    pub faults: ObjectFaults,
-}
-
-impl Job {
-    /// `JobsDetail` as submit, describe and list show it: CI's order, `-` for times not yet reached,
-    /// `Operation` echoed with `MediaInfo`/`MediaResult` once it succeeded, then the callback settings
-    /// as the request gave them.
-    pub(crate) fn detail(&self) -> Value {
-        let (code, message) = match &self.failure {
-            Some((c, m)) => (c.clone(), m.clone()),
-            None => ("Success".to_string(), String::new()),
-        };
-        let time = |t: &Option<DateTime<FixedOffset>>| {
-            t.as_ref().map(ci_time).unwrap_or_else(|| "-".into())
-        };
-        let mut operation = self.spec.operation.clone();
-        if self.state == JobState::Success {
-            operation.insert("MediaInfo".into(), media_info());
-            if let Some(result) = self.media_result() {
-                operation.insert("MediaResult".into(), result);
-            }
-        }
-        let mut d = Map::new();
-        d.insert("Code".into(), code.into());
-        d.insert("Message".into(), message.into());
-        d.insert("JobId".into(), self.id.clone().into());
-        d.insert("State".into(), self.state.as_str().into());
-        d.insert("CreationTime".into(), ci_time(&self.created).into());
-        d.insert("StartTime".into(), time(&self.started).into());
-        d.insert("EndTime".into(), time(&self.ended).into());
-        d.insert("QueueId".into(), self.queue_id.clone().into());
-        d.insert("Tag".into(), self.spec.tag.clone().into());
-        d.insert(
-            "Input".into(),
-            json!({"BucketId": self.bucket, "Object": self.spec.input_object, "Region": self.region}),
-        );
-        d.insert("Operation".into(), Value::Object(operation));
-        for (k, v) in &self.spec.callback_echo {
-            d.insert(k.clone(), v.clone());
-        }
-        Value::Object(d)
-    }
-
-    /// `JobsDetail` as completion events carry it (callback-digital-watermark.md): no callback
-    /// settings, `SubTag` for a DigitalWatermark job, every level's keys in alphabetical order.
-    pub(crate) fn event_detail(&self) -> Value {
-        let mut d = self.detail();
-        if let Value::Object(map) = &mut d {
-            for key in [
-                "CallBackFormat",
-                "CallBackType",
-                "CallBack",
-                "CallBackMqConfig",
-            ] {
-                map.shift_remove(key);
-            }
-            if self.spec.tag == "DigitalWatermark" {
-                map.insert("SubTag".into(), "DigitalWatermark".into());
-            }
-        }
-        sorted_keys(d)
-    }
-
-    /// `MediaResult.OutputFile` for the job's `Operation.Output`, with a stable plausible MD5.
-    fn media_result(&self) -> Option<Value> {
-        let output = self.spec.operation.get("Output")?.as_object()?;
-        let text = |k: &str| {
-            output
-                .get(k)
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string()
-        };
-        let object = text("Object");
-        if object.is_empty() {
-            return None;
-        }
-        let md5 = hex::encode(Md5::digest(format!("{}/{}", self.id, object)));
-        Some(json!({
-            "OutputFile": {
-                "Bucket": text("Bucket"),
-                "Md5Info": {"Md5": md5, "ObjectName": object},
-                "ObjectName": object,
-                "ObjectPrefix": "",
-                "Region": text("Region"),
-            }
-        }))
-    }
-
-    /// How long the job stays `Submitted`, then `Running`.
-    fn timings(&self, job_duration_ms: u64) -> (Duration, Duration) {
-        let total = if self.faults.slow {
-            job_duration_ms.saturating_mul(u64::from(SLOW_FACTOR))
-        } else {
-            job_duration_ms
-        };
-        let queued = total / 10;
-        (
-            Duration::from_millis(queued),
-            Duration::from_millis(total - queued),
-        )
-    }
-}
-
-/// Every object's keys in byte order, recursively (CI's events list elements alphabetically).
-pub(crate) fn sorted_keys(v: Value) -> Value {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k, sorted_keys(v)))
-                    .collect(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.into_iter().map(sorted_keys).collect()),
-        other => other,
-    }
-}
-
-/// A plausible `MediaInfo` (the shape and values of CI's documented sample: a 215.6 s 1080p
-/// H.264/AAC MP4).
-fn media_info() -> Value {
-    json!({
-        "Format": {
-            "Bitrate": "2533.526000",
-            "Duration": "215.638000",
-            "FormatLongName": "QuickTime / MOV",
-            "FormatName": "mov,mp4,m4a,3gp,3g2,mj2",
-            "NumProgram": "0",
-            "NumStream": "2",
-            "Size": "68290577",
-            "StartTime": "0.000000"
-        },
-        "Stream": {
-            "Audio": {
-                "Bitrate": "256.050000",
-                "Channel": "2",
-                "ChannelLayout": "stereo",
-                "CodecLongName": "AAC (Advanced Audio Coding)",
-                "CodecName": "aac",
-                "CodecTag": "0x6134706d",
-                "CodecTagString": "mp4a",
-                "CodecTimeBase": "1/48000",
-                "Duration": "215.637000",
-                "Index": "1",
-                "Language": "eng",
-                "SampleFmt": "fltp",
-                "SampleRate": "48000",
-                "StartTime": "0.000000",
-                "Timebase": "1/48000"
-            },
-            "Subtitle": "",
-            "Video": {
-                "AvgFps": "24.000000",
-                "Bitrate": "2272.528000",
-                "CodecLongName": "H.264 / AVC / MPEG-4 AVC / MPEG-4 part 10",
-                "CodecName": "h264",
-                "CodecTag": "0x31637661",
-                "CodecTagString": "avc1",
-                "CodecTimeBase": "1/12288",
-                "ColorPrimaries": "unknown",
-                "ColorRange": "unknown",
-                "ColorTransfer": "unknown",
-                "Duration": "215.583333",
-                "Fps": "24.000000",
-                "HasBFrame": "2",
-                "Height": "1080",
-                "Index": "0",
-                "Language": "und",
-                "Level": "40",
-                "NumFrames": "5174",
-                "PixFormat": "yuv420p",
-                "Profile": "High",
-                "RefFrames": "1",
-                "Rotation": "0.000000",
-                "StartTime": "0.000000",
-                "Timebase": "1/12288",
-                "Width": "1920"
-            }
-        }
-    })
-}
-
-/// The failure a `__fail__` job ends with: a documented CI code and a message in CI's style.
-fn failure_for(tag: &str) -> (String, String) {
-    let message = if tag == "DigitalWatermark" {
-        "The file is faulty or unsupported: the input is 13.654 s long, and a digital watermark \
-         needs more than 90 s of video."
-    } else {
-        "The file is faulty or unsupported."
-    };
-    ("ResourceNotSupported".into(), message.into())
-}
-
-/// `j` + 32 hex digits shaped like CI's (a time-based UUID without dashes).
-fn new_job_id() -> String {
-    use rand::Rng;
-    // 100 ns ticks since 1582-10-15, as in a version-1 UUID.
-    const GREGORIAN_OFFSET: u64 = 0x01B2_1DD2_1381_4000;
-    let now = Utc::now();
-    let ticks = (now.timestamp() as u64)
-        .saturating_mul(10_000_000)
-        .saturating_add(u64::from(now.timestamp_subsec_nanos()) / 100)
-        .saturating_add(GREGORIAN_OFFSET);
-    let mut rng = rand::rng();
-    let clock_seq: u16 = rng.random::<u16>() & 0x3fff | 0x8000;
-    let node: u64 = rng.random::<u64>() & 0xffff_ffff_ffff;
-    format!(
-        "j{:08x}{:04x}1{:03x}{:04x}{:012x}",
-        ticks & 0xffff_ffff,
-        (ticks >> 32) & 0xffff,
-        (ticks >> 48) & 0x0fff,
-        clock_seq,
-        node
-    )
-}
-
-/// The bucket's default queue, `p` + 32 hex digits, stable across restarts.
-pub(crate) fn default_queue_id(bucket: &str, region: &str) -> String {
-    format!(
-        "p{}",
-        hex::encode(Md5::digest(format!("ci-emulator-queue/{region}/{bucket}")))
-    )
-}
 
 /// The filters and page of `GET /jobs`.
 #[derive(Debug, Clone, Default)]
@@ -431,7 +116,7 @@ impl Store {
     }
 
     /// `Submitted → Running`; `None` if the job is no longer `Submitted` (cancelled).
-    fn start(&self, id: &str) -> Option<Job> {
+    pub(crate) fn start(&self, id: &str) -> Option<Job> {
         let mut inner = self.lock();
         let job = Self::get_mut(&mut inner, id)?;
         if job.state != JobState::Submitted {
@@ -443,7 +128,7 @@ impl Store {
     }
 
     /// `Running → Success/Failed`; `None` if the job is no longer `Running` (cancelled).
-    fn finish(&self, id: &str) -> Option<Job> {
+    pub(crate) fn finish(&self, id: &str) -> Option<Job> {
         let mut inner = self.lock();
         let job = Self::get_mut(&mut inner, id)?;
         if job.state != JobState::Running {
@@ -524,48 +209,6 @@ impl Store {
     }
 }
 
-/// Runs a new job's lifecycle on tokio timers: `Submitted` for a tenth of its duration, then
-/// `Running`, then `Success`/`Failed` and its completion event. A cancel in between stops it; so does
-/// the emulator's shutdown.
-pub(crate) fn spawn_lifecycle(shared: Arc<Shared>, job: &Job) {
-    let (queued, running) = job.timings(shared.settings.emulator.job_duration_ms);
-    let id = job.id.clone();
-    let mut shutdown = shared.shutdown.clone();
-    tokio::spawn(async move {
-        let lifecycle = async {
-            tokio::time::sleep(queued).await;
-            let Some(_) = shared.store.start(&id) else {
-                return;
-            };
-            shared.notify(EmulatorEvent::StateChanged {
-                job_id: id.clone(),
-                state: JobState::Running,
-            });
-            tokio::time::sleep(running).await;
-            let Some(done) = shared.store.finish(&id) else {
-                return;
-            };
-            tracing::info!(job_id = %id, state = %done.state, "emulator: job finished");
-            shared.notify(EmulatorEvent::StateChanged {
-                job_id: id.clone(),
-                state: done.state,
-            });
-            if done.faults.lost {
-                if done.spec.target != CallbackTarget::None {
-                    tracing::info!(job_id = %id, "emulator: __lost__: completion event not sent");
-                }
-                shared.notify(EmulatorEvent::CallbackSuppressed { job_id: id.clone() });
-                return;
-            }
-            super::events::deliver(shared.clone(), done).await;
-        };
-        tokio::select! {
-            _ = lifecycle => {}
-            _ = shutdown.wait_for(|stopped| *stopped) => {}
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,19 +222,6 @@ mod tests {
              <Object>out.mp4</Object></Output><UserData>u</UserData></Operation></Request>"
         ))
         .unwrap()
-    }
-
-    #[test]
-    fn ids_and_times_look_like_cis() {
-        let id = new_job_id();
-        assert_eq!(id.len(), 33);
-        assert!(id.starts_with('j') && id[1..].bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_eq!(&id[13..14], "1", "{id}: version-1 shaped");
-        let q = default_queue_id("b-1", "ap-guangzhou");
-        assert_eq!(q.len(), 33);
-        assert_eq!(q, default_queue_id("b-1", "ap-guangzhou"));
-        let t = ci_time(&ci_now());
-        assert!(t.ends_with("+0800") && t.len() == 24, "{t}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `CallBackMqConfig` structure describe. Every refusal is 400 `InvalidArgument` naming the element,
 //! except a body that is not XML at all (400 `InvalidContent`).
 
-use super::api::ApiError;
+use super::error::ApiError;
 use crate::ci::rules::validate_job;
 use crate::ci::xml;
 use serde_json::{Map, Value};

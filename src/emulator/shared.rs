@@ -1,0 +1,28 @@
+//! The state every part of a running emulator reaches: the HTTP handlers, the job timers and the
+//! deliveries each hold an `Arc` of it.
+
+use super::auth::Verifier;
+use super::events::Deliverer;
+use super::faults::Faults;
+use super::notices::{EmulatorEvent, Notices};
+use super::store::Store;
+use crate::config::Settings;
+use tokio::sync::watch;
+
+/// State shared by the HTTP handlers, the job timers and the deliveries.
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) store: Store,
+    pub(crate) verifier: Verifier,
+    pub(crate) faults: Faults,
+    pub(crate) deliverer: Deliverer,
+    pub(crate) notices: Notices,
+    /// Flips to `true` once on shutdown; every background task watches it.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub(crate) fn notify(&self, event: EmulatorEvent) {
+        self.notices.notify(event);
+    }
+}
