@@ -4,11 +4,12 @@
 use super::job::JobState;
 use tokio::sync::broadcast;
 
-/// Events a subscriber has not read yet before the oldest are dropped for it.
+/// How far a subscriber may fall behind before it loses the oldest events.
 const CAPACITY: usize = 1024;
 
 /// Something observable that happened inside the emulator, for tests and tooling
-/// ([`EmulatorHandle::subscribe`](super::EmulatorHandle::subscribe)): every state change of every job and the fate of every callback.
+/// ([`EmulatorHandle::subscribe`](super::EmulatorHandle::subscribe)): every state change of every
+/// job and the fate of every callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EmulatorEvent {
     /// A job entered `state` (`Submitted` on creation, then `Running`, `Success`/`Failed` or `Cancel`).
