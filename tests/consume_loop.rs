@@ -4,10 +4,10 @@
 
 mod common;
 
-use ci_worker::telemetry::Metrics;
-use ci_worker::pulsar::{self, SubscribeOptions};
 use ci_worker::pulsar::consume::{self, Delivery, Disposition, LoopOptions};
+use ci_worker::pulsar::{self, SubscribeOptions};
 use ci_worker::telemetry::Health;
+use ci_worker::telemetry::Metrics;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};

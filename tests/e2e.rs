@@ -5,63 +5,22 @@
 mod common;
 mod stack;
 
-use pulsar::producer::Message;
+use common::{is_rfc3339_utc, watermark_request, BUCKET, REGION};
 use serde_json::{json, Value};
 use stack::{collect, Stack};
 use std::collections::HashMap;
 use std::time::Duration;
 
-const BUCKET: &str = "examplebucket-1250000000";
-const REGION: &str = "ap-guangzhou";
-
+/// A request of this test: CI's callback `format`, the caller's `user_data` if any.
 fn request(id: &str, object: &str, format: &str, user_data: Option<&str>) -> Value {
-    let mut op = json!({
-        "DigitalWatermark": {"Type": "Text", "Message": "e2e-watermark_1", "Version": "V1"},
-        "Output": {"Region": REGION, "Bucket": BUCKET, "Object": format!("output/{id}.mp4")},
-        "JobLevel": "1"
-    });
+    let mut req = watermark_request(id, object, "e2e-watermark_1", &format!("output/{id}.mp4"));
+    let op = &mut req["job"]["Operation"];
+    op["JobLevel"] = json!("1");
     if let Some(u) = user_data {
         op["UserData"] = json!(u);
     }
-    json!({"request_id": id, "bucket": BUCKET, "region": REGION,
-           "job": {"Tag": "DigitalWatermark", "Input": {"Object": object},
-                   "Operation": op, "CallBackFormat": format}})
-}
-
-async fn publish_all(topic: &str, payloads: &[Vec<u8>]) {
-    let client = common::client().await;
-    let mut producer = client
-        .producer()
-        .with_topic(topic)
-        .with_name(format!("e2e-{}", uuid::Uuid::new_v4()))
-        .with_options(pulsar::producer::ProducerOptions {
-            // Hundreds of sends in flight: wait for room instead of failing with SlowDown.
-            block_queue_if_full: true,
-            ..Default::default()
-        })
-        .build()
-        .await
-        .unwrap();
-    let mut receipts = Vec::new();
-    for p in payloads {
-        receipts.push(
-            producer
-                .send_non_blocking(Message {
-                    payload: p.clone(),
-                    ..Default::default()
-                })
-                .await
-                .unwrap(),
-        );
-    }
-    for r in receipts {
-        r.await.unwrap();
-    }
-}
-
-fn rfc3339_utc(v: &Value) -> bool {
-    v.as_str()
-        .is_some_and(|s| s.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(s).is_ok())
+    req["job"]["CallBackFormat"] = json!(format);
+    req
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +74,7 @@ async fn requests_become_exactly_one_final_result_each() {
         vec![0xff, 0xfe, 0x00, 0x7b],
     ];
     payloads.extend(unreadable.iter().cloned());
-    publish_all(&stack.topics.request, &payloads).await;
+    common::publish(&common::pulsar_url(), None, &stack.topics.request, payloads).await;
 
     // Every valid request: one `submitted` and one final; every bad one: one `rejected`.
     let total_valid = expected.len();
@@ -183,11 +142,16 @@ async fn requests_become_exactly_one_final_result_each() {
             );
             // The caller's UserData comes back unchanged, whatever the worker put around it.
             assert_eq!(r["user_data"], req["job"]["Operation"]["UserData"], "{id}");
-            assert!(rfc3339_utc(&r["created_at"]), "{id}: {}", r["created_at"]);
+            assert!(
+                r["created_at"].as_str().is_some_and(is_rfc3339_utc),
+                "{id}: {}",
+                r["created_at"]
+            );
             assert!(r["queue_id"].as_str().is_some_and(|q| !q.is_empty()));
         }
         assert!(
-            rfc3339_utc(&fin["started_at"]) && rfc3339_utc(&fin["finished_at"]),
+            fin["started_at"].as_str().is_some_and(is_rfc3339_utc)
+                && fin["finished_at"].as_str().is_some_and(is_rfc3339_utc),
             "{fin}"
         );
         assert!(fin["finished_at"].as_str() >= fin["created_at"].as_str());

@@ -10,7 +10,8 @@ use ci_worker::ci::{ci_host, sign, xml};
 use ci_worker::config::{KeyPair, Settings};
 use ci_worker::emulator::{self, EmulatorEvent, EmulatorHandle, JobState};
 use ci_worker::secret::Secret;
-use pulsar::{Consumer, SubType, TokioExecutor};
+use common::{BUCKET, REGION};
+use pulsar::{Consumer, TokioExecutor};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -18,8 +19,6 @@ use tokio::sync::broadcast;
 
 const SECRET_ID: &str = "AKIDemulatorIntegration";
 const SECRET_KEY: &str = "emulator-integration-secret";
-const BUCKET: &str = "examplebucket-1250000000";
-const REGION: &str = "ap-guangzhou";
 
 fn settings(job_duration_ms: u64) -> Settings {
     let mut s = Settings::default();
@@ -215,23 +214,7 @@ fn submitted_job(reply: &Reply) -> JobDetail {
 }
 
 async fn consumer(topic: &str) -> Consumer<Vec<u8>, TokioExecutor> {
-    let client = common::client().await;
-    common::within(
-        60,
-        "a consumer",
-        client
-            .consumer()
-            .with_topic(topic)
-            .with_subscription(common::unique_name("emu-test"))
-            .with_subscription_type(SubType::Exclusive)
-            .with_options(
-                pulsar::ConsumerOptions::default()
-                    .with_initial_position(pulsar::consumer::InitialPosition::Earliest),
-            )
-            .build::<Vec<u8>>(),
-    )
-    .await
-    .expect("consumer")
+    common::follow(&common::pulsar_url(), None, topic).await
 }
 
 /// A completion event parsed either way into (format, whole tree as CI's JSON, JobsDetail).

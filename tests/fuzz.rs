@@ -6,12 +6,15 @@
 //! Properties: nothing panics; what the parser refuses it refuses with an error; text written into
 //! CI's XML comes back from CI's XML exactly as it went in (no injection survives escaping).
 
+mod common;
+
+use ci_worker::callback::event::parse_event;
 use ci_worker::ci::tree::Node;
 use ci_worker::ci::xml;
-use ci_worker::result::normalize::{normalize_event, normalize_job};
-use ci_worker::callback::event::parse_event;
 use ci_worker::config::CiSettings;
 use ci_worker::request::SubmitRequest;
+use ci_worker::result::normalize::{normalize_event, normalize_job};
+use common::{is_rfc3339_utc, watermark_request, BUCKET, REGION};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -132,8 +135,7 @@ proptest! {
     #[test]
     fn any_json_request_validates_or_refuses(job in json_tree(), id in ".{1,20}") {
         prop_assume!(!id.trim().is_empty());
-        let payload = json!({"request_id": id, "bucket": "examplebucket-1250000000",
-                             "region": "ap-guangzhou", "job": job}).to_string();
+        let payload = json!({"request_id": id, "bucket": BUCKET, "region": REGION, "job": job}).to_string();
         let req = SubmitRequest::parse(payload.as_bytes()).unwrap();
         let _ = req.validate(&ci());
     }
@@ -141,11 +143,10 @@ proptest! {
     /// Text fields survive the trip into CI's XML and back exactly: no metacharacter escapes.
     #[test]
     fn text_round_trips_through_ci_xml(object in hostile_text(), user_data in hostile_text()) {
-        let payload = json!({"request_id": "r", "bucket": "examplebucket-1250000000", "region": "ap-guangzhou",
-            "job": {"Tag": "DigitalWatermark", "Input": {"Object": object},
-                    "Operation": {"DigitalWatermark": {"Type": "Text", "Message": "m", "Version": "V1"},
-                                  "Output": {"Region": "ap-guangzhou", "Bucket": "b-1", "Object": "o"},
-                                  "UserData": user_data}}}).to_string();
+        let mut payload = watermark_request("r", &object, "m", "o");
+        payload["job"]["Operation"]["Output"]["Bucket"] = json!("b-1");
+        payload["job"]["Operation"]["UserData"] = json!(user_data);
+        let payload = payload.to_string();
         let valid = SubmitRequest::parse(payload.as_bytes()).unwrap().validate(&ci());
         let Ok(valid) = valid else { return Ok(()); };
         let body = xml::to_xml("Request", &valid.ci_job).unwrap();
@@ -169,7 +170,7 @@ proptest! {
             for result in normalize_event(&event) {
                 // Times are RFC 3339 UTC or absent, whatever CI wrote.
                 for t in [&result.created_at, &result.started_at, &result.finished_at].into_iter().flatten() {
-                    prop_assert!(t.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(t).is_ok(), "{}", t);
+                    prop_assert!(is_rfc3339_utc(t), "{}", t);
                 }
             }
         }

@@ -5,59 +5,21 @@
 mod common;
 mod stack;
 
+use common::publish;
 use serde_json::json;
-use stack::{collect, Stack};
+use stack::{collect, http_get, metric, metrics, wait_status, Stack};
 use std::time::Duration;
 
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == name_and_labels).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
-async fn get(url: &str) -> (u16, String) {
-    match reqwest::get(url).await {
-        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-        Err(e) => (0, e.to_string()),
-    }
-}
-
-/// Polls `url` until it answers `status` (an external observation: there is no event to await).
-async fn wait_status(url: &str, status: u16, limit: Duration) -> String {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let (got, body) = get(url).await;
-        if got == status {
-            return body;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{url} still answers {got} ({body}) after {limit:?}, wanted {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
+/// A request of this test, as the bytes published.
 fn request(id: &str) -> Vec<u8> {
-    json!({"request_id": id, "bucket": "examplebucket-1250000000", "region": "ap-guangzhou",
-           "job": {"Tag": "DigitalWatermark", "Input": {"Object": format!("input/{id}.mp4")},
-                   "Operation": {"DigitalWatermark": {"Type": "Text", "Message": "ops", "Version": "V1"},
-                                 "Output": {"Region": "ap-guangzhou", "Bucket": "examplebucket-1250000000",
-                                            "Object": format!("output/{id}.mp4")}}}})
+    common::watermark_request(
+        id,
+        &format!("input/{id}.mp4"),
+        "ops",
+        &format!("output/{id}.mp4"),
+    )
     .to_string()
     .into_bytes()
-}
-
-async fn publish(url: &str, token: Option<String>, topic: &str, payloads: Vec<Vec<u8>>) {
-    let client = common::client_for(url, token).await;
-    let mut producer = client.producer().with_topic(topic).build().await.unwrap();
-    for p in payloads {
-        producer.send_non_blocking(p).await.unwrap().await.unwrap();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +31,7 @@ async fn metrics_and_probes_follow_the_jobs() {
     let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
     wait_status(&format!("{base}/healthz"), 200, Duration::from_secs(30)).await;
     wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(30)).await;
-    let before = get(&format!("{base}/metrics")).await.1;
+    let before = metrics(stack.worker_http_port).await;
     assert_eq!(metric(&before, "ci_worker_requests_consumed_total"), 0.0);
 
     let mut payloads: Vec<Vec<u8>> = (0..6).map(|i| request(&format!("ops-{i}"))).collect();
@@ -102,7 +64,7 @@ async fn metrics_and_probes_follow_the_jobs() {
         "{producers:?}"
     );
 
-    let after = get(&format!("{base}/metrics")).await.1;
+    let after = metrics(stack.worker_http_port).await;
     assert_eq!(
         metric(&after, "ci_worker_requests_consumed_total"),
         7.0,
@@ -205,10 +167,7 @@ async fn submit_command_follows_its_job_and_cleans_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_drops_without_the_broker_and_returns_with_it() {
     let mut broker = stack::PrivateBroker::start();
-    let mut stack = Stack::new("ready");
-    stack
-        .env
-        .insert("CI_WORKER__PULSAR__URL".into(), broker.url.clone());
+    let mut stack = Stack::on_broker("ready", &broker.url);
     stack.start_emulator().await;
     stack.start_worker();
     let ready = format!("http://127.0.0.1:{}/readyz", stack.worker_http_port);
@@ -218,7 +177,7 @@ async fn readiness_drops_without_the_broker_and_returns_with_it() {
     let reason = wait_status(&ready, 503, Duration::from_secs(60)).await;
     assert!(reason.contains("not ready"), "{reason}");
     // Liveness is not readiness: the process is alive and says so.
-    let (status, _) = get(&format!(
+    let (status, _) = http_get(&format!(
         "http://127.0.0.1:{}/healthz",
         stack.worker_http_port
     ))
@@ -255,18 +214,8 @@ async fn worker_authenticates_with_pulsar_token() {
         stack.env.insert(k.into(), v);
     }
     stack.start_emulator().await;
-    let client = common::auth_client().await;
-    let mut results = client
-        .consumer()
-        .with_topic(&stack.topics.result)
-        .with_subscription(common::unique_name("auth-results"))
-        .with_options(
-            pulsar::consumer::ConsumerOptions::default()
-                .with_initial_position(pulsar::consumer::InitialPosition::Earliest),
-        )
-        .build::<Vec<u8>>()
-        .await
-        .unwrap();
+    // On the token broker, with the token: the stack's settings.
+    let mut results = stack.follow(&stack.topics.result).await;
     stack.start_worker();
     publish(
         &common::auth_pulsar_url(),

@@ -6,41 +6,17 @@
 mod common;
 mod stack;
 
+use common::{publish, watermark_request, BUCKET, REGION};
 use serde_json::{json, Value};
-use stack::{collect, Stack};
+use stack::{collect, metric, metrics, Received, Stack};
 use std::collections::HashMap;
 use std::time::Duration;
 
-const BUCKET: &str = "examplebucket-1250000000";
-const REGION: &str = "ap-guangzhou";
-
+/// A request of this test: its `UserData` names it.
 fn request(id: &str, object: &str) -> Value {
-    json!({"request_id": id, "bucket": BUCKET, "region": REGION,
-           "job": {"Tag": "DigitalWatermark", "Input": {"Object": object},
-                   "Operation": {"DigitalWatermark": {"Type": "Text", "Message": "reliable", "Version": "V1"},
-                                 "Output": {"Region": REGION, "Bucket": BUCKET, "Object": format!("out/{id}.mp4")},
-                                 "UserData": format!("data of {id}")}}})
-}
-
-async fn publish(url: &str, topic: &str, payloads: Vec<Vec<u8>>) {
-    let client = common::client_for(url, None).await;
-    let mut producer = client
-        .producer()
-        .with_topic(topic)
-        .with_options(pulsar::producer::ProducerOptions {
-            block_queue_if_full: true,
-            ..Default::default()
-        })
-        .build()
-        .await
-        .unwrap();
-    let mut receipts = Vec::new();
-    for p in payloads {
-        receipts.push(producer.send_non_blocking(p).await.unwrap());
-    }
-    for r in receipts {
-        r.await.unwrap();
-    }
+    let mut req = watermark_request(id, object, "reliable", &format!("out/{id}.mp4"));
+    req["job"]["Operation"]["UserData"] = json!(format!("data of {id}"));
+    req
 }
 
 /// Publishes `n` requests `<prefix>-<i>` whose input object is `object(id)`; returns their ids.
@@ -55,14 +31,12 @@ async fn publish_requests(
         .iter()
         .map(|id| request(id, &object(id)).to_string().into_bytes())
         .collect();
-    publish(&stack.pulsar_url(), &stack.topics.request, payloads).await;
+    publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
     ids
 }
 
-type Seen = [(Vec<u8>, HashMap<String, String>, Option<String>)];
-
 /// Results grouped by request id, in arrival order.
-fn by_request(seen: &Seen) -> HashMap<String, Vec<Value>> {
+fn by_request(seen: &[Received]) -> HashMap<String, Vec<Value>> {
     let mut map: HashMap<String, Vec<Value>> = HashMap::new();
     for (payload, _, _) in seen {
         let v: Value = serde_json::from_slice(payload).unwrap();
@@ -81,32 +55,10 @@ fn finals(results: &[Value]) -> Vec<&str> {
         .collect()
 }
 
-fn all_final(seen: &Seen, ids: &[String]) -> bool {
+fn all_final(seen: &[Received], ids: &[String]) -> bool {
     let map = by_request(seen);
     ids.iter()
         .all(|id| map.get(id).is_some_and(|r| !finals(r).is_empty()))
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (n, v) = l.rsplit_once(' ')?;
-            (n == name).then(|| v.parse().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
-async fn metrics_of(stack: &Stack) -> String {
-    reqwest::get(format!(
-        "http://127.0.0.1:{}/metrics",
-        stack.worker_http_port
-    ))
-    .await
-    .unwrap()
-    .text()
-    .await
-    .unwrap()
 }
 
 /// 1. `kill -9` with 500 requests in flight, then a restart: every request ends with a final result,
@@ -192,7 +144,7 @@ async fn lost_submit_answers_do_not_create_second_jobs() {
     for id in &ids {
         assert_eq!(jobs.get(id), Some(&1), "{id}: {jobs:?}");
     }
-    let m = metrics_of(&stack).await;
+    let m = metrics(stack.worker_http_port).await;
     assert_eq!(
         metric(&m, "ci_worker_submissions_recovered_total"),
         5.0,
@@ -204,10 +156,7 @@ async fn lost_submit_answers_do_not_create_second_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing() {
     let mut broker = stack::PrivateBroker::start();
-    let mut stack = Stack::new("restart");
-    stack
-        .env
-        .insert("CI_WORKER__PULSAR__URL".into(), broker.url.clone());
+    let mut stack = Stack::on_broker("restart", &broker.url);
     stack.start_emulator().await;
     stack.start_worker();
     let first: Vec<String> = (0..100).map(|i| format!("before-{i}")).collect();
@@ -222,11 +171,11 @@ async fn broker_restart_loses_nothing() {
             .collect()
     };
     let mut results = stack.follow(&stack.topics.result).await;
-    publish(&broker.url, &stack.topics.request, encode(&first)).await;
+    publish(&broker.url, None, &stack.topics.request, encode(&first)).await;
     collect(&mut results, Duration::from_secs(120), |s| s.len() >= 40).await;
     drop(results);
     broker.restart();
-    publish(&broker.url, &stack.topics.request, encode(&second)).await;
+    publish(&broker.url, None, &stack.topics.request, encode(&second)).await;
     // A new reader from the start of the topic: everything before and after the restart.
     let mut all = stack.follow(&stack.topics.result).await;
     let ids: Vec<String> = first.iter().chain(&second).cloned().collect();
@@ -266,7 +215,7 @@ async fn ci_faults_and_duplicate_callbacks() {
     // Every duplicate callback has been consumed once the metrics count them all.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let m = loop {
-        let m = metrics_of(&stack).await;
+        let m = metrics(stack.worker_http_port).await;
         if metric(&m, "ci_worker_completion_events_total{format=\"json\"}") >= 240.0 {
             break m;
         }
@@ -341,7 +290,7 @@ async fn lost_callbacks_are_found_by_deadlines_across_a_restart() {
                 .into_bytes(),
         );
     }
-    publish(&stack.pulsar_url(), &stack.topics.request, payloads).await;
+    publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
     let mut seen = collect(&mut results, Duration::from_secs(60), |s| s.len() >= 5).await;
     // Every job is submitted and has its deadline; the worker that scheduled them goes away.
     stack.kill_worker();
@@ -404,15 +353,7 @@ async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
     let mut second = stack.spawn_replica(second_port);
     for port in [stack.worker_http_port, second_port] {
         let ready = format!("http://127.0.0.1:{port}/readyz");
-        common::within(60, "both replicas to be ready", async {
-            while !reqwest::get(&ready)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-        .await;
+        stack::wait_status(&ready, 200, Duration::from_secs(60)).await;
     }
     let ids = publish_requests(&stack, "replica", 100, |id| format!("in/{id}.mp4")).await;
     let mut seen = collect(&mut results, Duration::from_secs(120), |s| {
@@ -438,13 +379,8 @@ async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
     for id in &ids {
         assert_eq!(finals(&map[id]), ["succeeded"], "{id}");
     }
-    let first_metrics = metrics_of(&stack).await;
-    let second_metrics = reqwest::get(format!("http://127.0.0.1:{second_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let first_metrics = metrics(stack.worker_http_port).await;
+    let second_metrics = metrics(second_port).await;
     for m in [&first_metrics, &second_metrics] {
         assert_eq!(metric(m, "ci_worker_deadline_checks_total"), 0.0, "{m}");
     }
@@ -497,7 +433,7 @@ async fn hostile_input_is_refused_or_escaped_and_secrets_stay_secret() {
     payloads.push(escaped.to_string().into_bytes());
     payloads.push(evil_tag.to_string().into_bytes());
     payloads.push(big.to_string().into_bytes());
-    publish(&stack.pulsar_url(), &stack.topics.request, payloads).await;
+    publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
 
     let ids = vec![
         "escaped".to_string(),
@@ -537,7 +473,7 @@ async fn hostile_input_is_refused_or_escaped_and_secrets_stay_secret() {
     );
 
     // The worker is still serving, and no secret was written anywhere.
-    let m = metrics_of(&stack).await;
+    let m = metrics(stack.worker_http_port).await;
     assert!(metric(&m, "ci_worker_requests_consumed_total") >= 6.0);
     assert!(stack.stop_worker().unwrap().success());
     let logs = stack.logs();
@@ -567,6 +503,7 @@ async fn poison_messages_are_dead_lettered_with_their_history() {
     let payload = request("poison-1", "in/p.mp4").to_string().into_bytes();
     publish(
         &stack.pulsar_url(),
+        None,
         &stack.topics.request,
         vec![payload.clone()],
     )
@@ -582,6 +519,6 @@ async fn poison_messages_are_dead_lettered_with_their_history() {
     assert!(props.contains_key("ci-worker-first-failure-at"));
     assert_eq!(props["ci-worker-source-topic"], stack.topics.request);
     // And it does not come back.
-    let m = metrics_of(&stack).await;
+    let m = metrics(stack.worker_http_port).await;
     assert_eq!(metric(&m, "ci_worker_requests_consumed_total"), 3.0, "{m}");
 }

@@ -1,7 +1,8 @@
-//! Shared helpers for the integration tests that talk to a real Apache Pulsar broker.
+//! Shared helpers for the integration tests: the real Apache Pulsar broker, and the requests and
+//! checks several test files need.
 //!
 //! Each test file includes this with `mod common;` and uses a subset, hence the
-//! `#[allow(dead_code)]`s. The broker comes from `scripts/test.sh` (which starts it and exports the
+//! `#![allow(dead_code)]`. The broker comes from `scripts/test.sh` (which starts it and exports the
 //! variables below) or from `scripts/pulsar.sh start` by hand (the defaults match its defaults):
 //!
 //! | variable | default | what |
@@ -12,6 +13,22 @@
 //! | `PULSAR_AUTH_ADMIN_URL` | `http://127.0.0.1:8081` | its admin REST API (needs the token) |
 //! | `PULSAR_AUTH_TOKEN` | read from `PULSAR_AUTH_TOKEN_FILE` | admin JWT for the auth broker |
 //! | `PULSAR_AUTH_TOKEN_FILE` | `.cache/pulsar/data-6651/auth/admin.token` | file holding that JWT |
+//!
+//! The helpers, and the test files that use them (`tests/stack` builds on this module too):
+//!
+//! | helper | what | used by |
+//! | --- | --- | --- |
+//! | [`pulsar_url`], [`admin_url`], [`auth_pulsar_url`], [`auth_admin_url`], [`auth_token`] | where the brokers are | stack, `broker_smoke`, `emulator`, `operations` |
+//! | [`client`], [`auth_client`], [`client_for`], [`require_broker`] | connected clients, failing fast without a broker | stack, `broker_smoke`, `consume_loop` |
+//! | [`unique_topic`], [`unique_name`] | names no other test uses | `broker_smoke`, `consume_loop`, `emulator`, `reliability` |
+//! | [`topic_stats`] | the broker's stats of a topic | `operations`, `reliability` |
+//! | [`publish`] | sends payloads to a topic and waits for every receipt | `e2e`, `operations`, `reliability` |
+//! | [`follow`] | a consumer of a topic from its start | stack (`Stack::follow`), `emulator` |
+//! | [`next_message`], [`properties`] | the next message; its properties | stack, `broker_smoke`, `emulator` |
+//! | [`within`] | a future with a timeout | stack, `broker_smoke`, `consume_loop`, `emulator`, `operations`, `reliability` |
+//! | [`BUCKET`], [`REGION`] | the bucket and region of every test job | stack users, `emulator`, `fuzz` |
+//! | [`watermark_request`] | a DigitalWatermark request in the worker's input format | `e2e`, `fuzz`, `operations`, `reliability` |
+//! | [`is_rfc3339_utc`] | the result times' format | `e2e`, `fuzz` |
 
 #![allow(dead_code)]
 
@@ -21,8 +38,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use pulsar::{
-    consumer::Message, Authentication, Consumer, DeserializeMessage, Pulsar, TokioExecutor,
+    consumer::{ConsumerOptions, InitialPosition, Message},
+    producer::ProducerOptions,
+    Authentication, Consumer, DeserializeMessage, Pulsar, SubType, TokioExecutor,
 };
+use serde_json::{json, Value};
 
 const HOW_TO_START: &str = "run the tests with `scripts/test.sh` (it starts the brokers), \
      or start one by hand with `scripts/pulsar.sh start` \
@@ -182,4 +202,73 @@ pub fn properties<T>(msg: &Message<T>) -> Vec<(String, String)> {
         .iter()
         .map(|kv| (kv.key.clone(), kv.value.clone()))
         .collect()
+}
+
+/// Publishes `payloads` to `topic` on the broker at `url` (with a JWT if given), in order, and waits
+/// for every receipt. Sends are pipelined; a full queue waits for room instead of failing.
+pub async fn publish(url: &str, token: Option<String>, topic: &str, payloads: Vec<Vec<u8>>) {
+    let client = client_for(url, token).await;
+    let mut producer = client
+        .producer()
+        .with_topic(topic)
+        .with_options(ProducerOptions {
+            // Hundreds of sends in flight: wait for room instead of failing with SlowDown.
+            block_queue_if_full: true,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let mut receipts = Vec::new();
+    for p in payloads {
+        receipts.push(producer.send_non_blocking(p).await.unwrap());
+    }
+    for r in receipts {
+        r.await.unwrap();
+    }
+}
+
+/// A consumer of `topic` on the broker at `url` (with a JWT if given), created now on an Exclusive
+/// subscription of its own, reading from the start of the topic.
+pub async fn follow(
+    url: &str,
+    token: Option<String>,
+    topic: &str,
+) -> Consumer<Vec<u8>, TokioExecutor> {
+    let client = client_for(url, token).await;
+    within(
+        60,
+        "a consumer",
+        client
+            .consumer()
+            .with_topic(topic)
+            .with_subscription(unique_name("test-follow"))
+            .with_subscription_type(SubType::Exclusive)
+            .with_options(
+                ConsumerOptions::default().with_initial_position(InitialPosition::Earliest),
+            )
+            .build::<Vec<u8>>(),
+    )
+    .await
+    .expect("consumer")
+}
+
+/// The bucket of every test job.
+pub const BUCKET: &str = "examplebucket-1250000000";
+/// The region of every test job.
+pub const REGION: &str = "ap-guangzhou";
+
+/// A DigitalWatermark request in the worker's input format: job `id` on [`BUCKET`] in [`REGION`],
+/// input `object`, text watermark `message`, output `output` in the same bucket. Callers add or
+/// change fields (`UserData`, `JobLevel`, `CallBackFormat`, …) on the returned value.
+pub fn watermark_request(id: &str, object: &str, message: &str, output: &str) -> Value {
+    json!({"request_id": id, "bucket": BUCKET, "region": REGION,
+           "job": {"Tag": "DigitalWatermark", "Input": {"Object": object},
+                   "Operation": {"DigitalWatermark": {"Type": "Text", "Message": message, "Version": "V1"},
+                                 "Output": {"Region": REGION, "Bucket": BUCKET, "Object": output}}}})
+}
+
+/// Whether `s` is an RFC 3339 time in UTC (`…Z`), the format of every time in a result.
+pub fn is_rfc3339_utc(s: &str) -> bool {
+    s.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(s).is_ok()
 }

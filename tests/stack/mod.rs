@@ -1,6 +1,18 @@
 //! The local stack as a user runs it, for end-to-end tests: the real `ci-worker` binary as two
 //! processes (`emulator` and `run`) against the real broker of `tests/common`, each test on its own
 //! topics and ports. Processes are killed when the [`Stack`] drops.
+//!
+//! Included with `mod common; mod stack;` by `e2e`, `operations` and `reliability`. The helpers:
+//!
+//! | helper | what | used by |
+//! | --- | --- | --- |
+//! | [`Stack`], [`Topics`], [`SECRET_ID`], [`SECRET_KEY`] | the processes, their topics and key | all three |
+//! | [`Stack::follow`] | a consumer of one of the stack's topics, from its start | all three |
+//! | [`collect`], [`Received`] | messages received until a condition holds | all three |
+//! | [`free_port`] | a port nothing listens on | `reliability` |
+//! | [`metrics`], [`metric`] | a worker's `/metrics` text; one sample of it | `operations`, `reliability` |
+//! | [`http_get`], [`wait_status`] | a GET's status and body; polling until a status | `operations`, `reliability` |
+//! | [`PrivateBroker`], [`Stack::on_broker`] | a broker of the test's own, to stop and restart; a stack on it | `operations`, `reliability` |
 
 #![allow(dead_code)]
 
@@ -113,6 +125,15 @@ impl Stack {
             env: HashMap::new(),
             spawned: 0,
         }
+    }
+
+    /// A stack on the broker at `url` instead of the shared one (a [`PrivateBroker`]'s).
+    pub fn on_broker(prefix: &str, url: &str) -> Stack {
+        let mut stack = Stack::new(prefix);
+        stack
+            .env
+            .insert("CI_WORKER__PULSAR__URL".into(), url.to_string());
+        stack
     }
 
     /// Where this stack's processes write their logs.
@@ -253,7 +274,8 @@ impl Stack {
         loop {
             let page = ci.list(bucket, region, &query).await.unwrap();
             for job in &page.jobs {
-                let (request_id, _) = ci_worker::request::marker::decode(job.user_data().as_deref());
+                let (request_id, _) =
+                    ci_worker::request::marker::decode(job.user_data().as_deref());
                 if let Some(id) = request_id {
                     *counts.entry(id).or_insert(0) += 1;
                 }
@@ -284,22 +306,11 @@ impl Stack {
             .unwrap_or_else(common::pulsar_url)
     }
 
-    /// A consumer of `topic` created now, reading from the start of the topic.
+    /// A consumer of `topic` on this stack's broker (with its token, if any) created now, reading
+    /// from the start of the topic.
     pub async fn follow(&self, topic: &str) -> Consumer<Vec<u8>, TokioExecutor> {
         let token = self.env.get("CI_WORKER__PULSAR__TOKEN").cloned();
-        common::client_for(&self.pulsar_url(), token)
-            .await
-            .consumer()
-            .with_topic(topic)
-            .with_subscription(format!("e2e-{}", uuid::Uuid::new_v4()))
-            .with_subscription_type(pulsar::SubType::Exclusive)
-            .with_options(
-                pulsar::consumer::ConsumerOptions::default()
-                    .with_initial_position(pulsar::consumer::InitialPosition::Earliest),
-            )
-            .build()
-            .await
-            .unwrap()
+        common::follow(&self.pulsar_url(), token, topic).await
     }
 }
 
@@ -315,14 +326,17 @@ impl Drop for Stack {
     }
 }
 
+/// A message [`collect`] received: (payload, properties, key).
+pub type Received = (Vec<u8>, HashMap<String, String>, Option<String>);
+
 /// Receives messages until `done` says so, or panics after `limit` with what was seen.
 pub async fn collect<F>(
     consumer: &mut Consumer<Vec<u8>, TokioExecutor>,
     limit: Duration,
     mut done: F,
-) -> Vec<(Vec<u8>, HashMap<String, String>, Option<String>)>
+) -> Vec<Received>
 where
-    F: FnMut(&[(Vec<u8>, HashMap<String, String>, Option<String>)]) -> bool,
+    F: FnMut(&[Received]) -> bool,
 {
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + limit;
@@ -338,15 +352,57 @@ where
             ),
         };
         consumer.ack(&msg).await.unwrap();
-        let props = msg
-            .metadata()
-            .properties
-            .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
-            .collect();
+        let props = common::properties(&msg).into_iter().collect();
         seen.push((msg.payload.data.clone(), props, msg.key()));
     }
     seen
+}
+
+/// The `/metrics` text of the worker whose HTTP endpoint is on `port`.
+pub async fn metrics(port: u16) -> String {
+    reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample `name_and_labels` (e.g. `ci_worker_results_total{state="submitted"}`)
+/// in Prometheus text `text`; 0 when it is absent.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == name_and_labels).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// `GET url`: (status, body), or (0, the error) when nothing answers.
+pub async fn http_get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Polls `url` until it answers `status` (an external observation: there is no event to await);
+/// returns the body.
+pub async fn wait_status(url: &str, status: u16, limit: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let (got, body) = http_get(url).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} still answers {got} ({body}) after {limit:?}, wanted {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The last lines of every process log written within `window`, for a failure message: CI shows
