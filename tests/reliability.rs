@@ -8,8 +8,7 @@ mod stack;
 
 use common::{publish, watermark_request, BUCKET, REGION};
 use serde_json::{json, Value};
-use stack::{collect, metric, metrics, Received, Stack};
-use std::collections::HashMap;
+use stack::{all_final, by_request, collect, finals, metric, metrics, Stack};
 use std::time::Duration;
 
 /// A request of this test: its `UserData` names it.
@@ -33,32 +32,6 @@ async fn publish_requests(
         .collect();
     publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
     ids
-}
-
-/// Results grouped by request id, in arrival order.
-fn by_request(seen: &[Received]) -> HashMap<String, Vec<Value>> {
-    let mut map: HashMap<String, Vec<Value>> = HashMap::new();
-    for (payload, _, _) in seen {
-        let v: Value = serde_json::from_slice(payload).unwrap();
-        if let Some(id) = v["request_id"].as_str() {
-            map.entry(id.to_string()).or_default().push(v);
-        }
-    }
-    map
-}
-
-fn finals(results: &[Value]) -> Vec<&str> {
-    results
-        .iter()
-        .filter_map(|r| r["state"].as_str())
-        .filter(|s| *s != "submitted")
-        .collect()
-}
-
-fn all_final(seen: &[Received], ids: &[String]) -> bool {
-    let map = by_request(seen);
-    ids.iter()
-        .all(|id| map.get(id).is_some_and(|r| !finals(r).is_empty()))
 }
 
 /// 1. `kill -9` with 500 requests in flight, then a restart: every request ends with a final result,

@@ -9,16 +9,19 @@
 //! | [`Stack`], [`Topics`], [`SECRET_ID`], [`SECRET_KEY`] | the processes, their topics and key | all three |
 //! | [`Stack::follow`] | a consumer of one of the stack's topics, from its start | all three |
 //! | [`collect`], [`Received`] | messages received until a condition holds | all three |
+//! | [`by_request`], [`finals`], [`all_final`] | results by request id; their final states | `reliability`, `shutdown` |
 //! | [`free_port`] | a port nothing listens on | `reliability` |
 //! | [`metrics`], [`metric`] | a worker's `/metrics` text; one sample of it | `operations`, `reliability` |
 //! | [`http_get`], [`wait_status`] | a GET's status and body; polling until a status | `operations`, `reliability` |
-//! | [`PrivateBroker`], [`Stack::on_broker`] | a broker of the test's own, to stop and restart; a stack on it | `operations`, `reliability` |
+//! | [`PrivateBroker`], [`Stack::on_broker`] | a broker of the test's own, to stop and restart; a stack on it | `operations`, `reliability`, `shutdown` |
+//! | [`terminate`], [`Stack::terminate_worker`], [`signal`] | SIGTERM and the time to exit; other signals | `shutdown` |
 
 #![allow(dead_code)]
 
 use crate::common;
 use futures::StreamExt;
 use pulsar::{Consumer, TokioExecutor};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -160,6 +163,17 @@ impl Stack {
     }
 
     fn spawn_with(&mut self, subcommand: &str, extra_env: &[(&str, String)]) -> Child {
+        self.spawn_args(&[subcommand], extra_env)
+    }
+
+    /// `ci-worker <args>` as a process of this stack (a client command such as `submit --wait`),
+    /// logging where the others do; the caller owns it.
+    pub fn spawn_command(&mut self, args: &[&str]) -> Child {
+        self.spawn_args(args, &[])
+    }
+
+    fn spawn_args(&mut self, args: &[&str], extra_env: &[(&str, String)]) -> Child {
+        let subcommand = args[0];
         self.spawned += 1;
         let log_dir = Self::log_dir();
         std::fs::create_dir_all(&log_dir).unwrap();
@@ -169,7 +183,7 @@ impl Stack {
         )))
         .unwrap();
         Command::new(env!("CARGO_BIN_EXE_ci-worker"))
-            .arg(subcommand)
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(self.base_env())
@@ -298,6 +312,19 @@ impl Stack {
         Some(child.wait().unwrap())
     }
 
+    /// SIGTERM the worker and wait for it to exit; (exit status, how long it took). Panics, after
+    /// killing it, when it is still running after `limit`.
+    pub fn terminate_worker(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.worker.take().expect("no worker to terminate");
+        terminate(&mut child, limit, "ci-worker run")
+    }
+
+    /// The same for the emulator.
+    pub fn terminate_emulator(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.emulator.take().expect("no emulator to terminate");
+        terminate(&mut child, limit, "ci-worker emulator")
+    }
+
     /// The broker this stack uses (`CI_WORKER__PULSAR__URL` in [`Stack::env`] overrides the shared one).
     pub fn pulsar_url(&self) -> String {
         self.env
@@ -324,6 +351,74 @@ impl Drop for Stack {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends SIGTERM to `child` and waits for its exit; (exit status, time from the signal to the exit).
+/// A process still running after `limit` is killed and the test fails, naming `what`.
+pub fn terminate(
+    child: &mut Child,
+    limit: Duration,
+    what: &str,
+) -> (std::process::ExitStatus, Duration) {
+    signal(child, "TERM");
+    let sent = std::time::Instant::now();
+    loop {
+        // A child's exit has no event to await from std's `Child`; its state is polled.
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, sent.elapsed());
+        }
+        if sent.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} still running {limit:?} after SIGTERM\n{}",
+                recent_log_tails(limit * 2)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `kill -<name> <pid>` (TERM, STOP, CONT): signals the std library does not send.
+pub fn signal_pid(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+pub fn signal(child: &Child, name: &str) {
+    signal_pid(child.id(), name);
+}
+
+/// Results grouped by request id, in arrival order.
+pub fn by_request(seen: &[Received]) -> HashMap<String, Vec<Value>> {
+    let mut map: HashMap<String, Vec<Value>> = HashMap::new();
+    for (payload, _, _) in seen {
+        let v: Value = serde_json::from_slice(payload).unwrap();
+        if let Some(id) = v["request_id"].as_str() {
+            map.entry(id.to_string()).or_default().push(v);
+        }
+    }
+    map
+}
+
+/// The final states among one request's results.
+pub fn finals(results: &[Value]) -> Vec<&str> {
+    results
+        .iter()
+        .filter_map(|r| r["state"].as_str())
+        .filter(|s| *s != "submitted")
+        .collect()
+}
+
+/// Whether every request of `ids` has a final result in `seen`.
+pub fn all_final(seen: &[Received], ids: &[String]) -> bool {
+    let map = by_request(seen);
+    ids.iter()
+        .all(|id| map.get(id).is_some_and(|r| !finals(r).is_empty()))
 }
 
 /// A message [`collect`] received: (payload, properties, key).
@@ -468,6 +563,21 @@ impl PrivateBroker {
         };
         assert!(broker.script("start"), "private broker did not start");
         broker
+    }
+
+    /// The broker's JVM process id (to stop it with SIGSTOP: a broker that stops answering).
+    pub fn pid(&self) -> u32 {
+        let data = &self
+            .env
+            .iter()
+            .find(|(k, _)| k == "PULSAR_DATA_DIR")
+            .expect("data dir")
+            .1;
+        std::fs::read_to_string(std::path::Path::new(data).join("pulsar.pid"))
+            .expect("pulsar.pid")
+            .trim()
+            .parse()
+            .expect("a pid")
     }
 
     /// Stops and starts it again on the same data directory.
