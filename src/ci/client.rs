@@ -7,12 +7,12 @@
 
 use super::response::{parse_error, parse_jobs_response, CiErrorBody, JobDetail, JobsResponse};
 use super::sign::{encode, Credentials};
+use super::tree::Node;
 use super::{ci_host, xml};
 use base64::Engine as _;
 use md5::{Digest, Md5};
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use reqwest::Method;
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -182,12 +182,12 @@ impl CiClient {
         })
     }
 
-    /// `POST /jobs` with `job` (a `<Request>` as JSON) as the XML body.
+    /// `POST /jobs` with `job` (a `<Request>` tree) as the XML body.
     pub async fn submit(
         &self,
         bucket: &str,
         region: &str,
-        job: &Value,
+        job: &Node<'_>,
     ) -> Result<JobDetail, CiError> {
         self.submit_traced(bucket, region, job)
             .await
@@ -199,7 +199,7 @@ impl CiClient {
         &self,
         bucket: &str,
         region: &str,
-        job: &Value,
+        job: &Node<'_>,
     ) -> Result<Traced<JobDetail>, CiError> {
         let body = xml::to_xml("Request", job).map_err(|e| {
             CiError::Config(format!("submit: the job cannot be written as XML: {e}"))
@@ -217,7 +217,7 @@ impl CiClient {
             jobs.jobs.into_iter().next().ok_or_else(|| {
                 protocol("submit", &answer, "the answer has no JobsDetail".into())
             })?;
-        if job.job_id.is_none() {
+        if job.job_id().is_none() {
             return Err(protocol(
                 "submit",
                 &answer,
@@ -662,8 +662,8 @@ mod tests {
         .unwrap()
     }
 
-    fn job() -> Value {
-        json!({
+    fn job() -> Node<'static> {
+        let job = json!({
             "Tag": "DigitalWatermark",
             "Input": {"Object": "input/demo.mp4"},
             "Operation": {
@@ -674,7 +674,8 @@ mod tests {
             "QueueId": "p2242ab62c7c94486915508540933a2c6",
             "CallBackType": "TDMQ",
             "CallBackMqConfig": {"MqRegion": "gz", "MqMode": "Queue", "MqName": "ci-callback"}
-        })
+        });
+        Node::from_value(&job).into_owned()
     }
 
     fn only(log: &Log) -> Seen {
@@ -692,11 +693,11 @@ mod tests {
             .unwrap();
         assert_eq!(traced.request_id.as_deref(), Some("rid-test"));
         assert_eq!(
-            traced.value.job_id.as_deref(),
+            traced.value.job_id(),
             Some("j8d6ae3a8ea1811ed9a4b5d1c0e2b3f4a")
         );
-        assert_eq!(traced.value.state.as_deref(), Some("Submitted"));
-        assert_eq!(traced.value.user_data().as_deref(), Some("req-42"));
+        assert_eq!(traced.value.tree().text_at(&["State"]), Some("Submitted"));
+        assert_eq!(traced.value.user_data(), Some("req-42"));
 
         let seen = only(&log);
         assert_eq!(
@@ -749,7 +750,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(resp.jobs.len(), 1);
-        assert_eq!(resp.jobs[0].state.as_deref(), Some("Running"));
+        assert_eq!(resp.jobs[0].tree().text_at(&["State"]), Some("Running"));
         assert_eq!(resp.non_exist_job_ids, ["jb"]);
         let seen = only(&log);
         assert_eq!(
@@ -778,11 +779,7 @@ mod tests {
             .list(BUCKET, REGION, &query)
             .await
             .unwrap();
-        let ids: Vec<_> = resp
-            .jobs
-            .iter()
-            .map(|j| j.job_id.clone().unwrap())
-            .collect();
+        let ids: Vec<_> = resp.jobs.iter().map(|j| j.job_id().unwrap()).collect();
         assert_eq!(ids, ["j1", "j2"]);
         assert_eq!(resp.next_token.as_deref(), Some("token-2"));
         let seen = only(&log);

@@ -2,9 +2,9 @@
 
 pub mod client;
 pub mod response;
+pub mod rules;
 pub mod sign;
 pub mod tree;
-pub mod rules;
 pub mod xml;
 
 /// `<bucket>.ci.<region>.myqcloud.com`: the host every CI call carries and signs, whatever address

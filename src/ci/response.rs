@@ -2,130 +2,61 @@
 //! list and completion events share it) and the `<Error>` body.
 //!
 //! CI's JSON is a mechanical conversion of its XML, so one child may arrive as an object and several as an
-//! array; [`one`] and [`many`] read either.
+//! array; [`Node::one`] and [`Node::many`] read either.
 
+use super::tree::Node;
 use super::xml::{self, XmlError};
-use serde_json::{Map, Value};
 
-/// The first element of an object-or-array value.
-pub fn one(v: &Value) -> Option<&Value> {
-    match v {
-        Value::Array(items) => items.first(),
-        Value::Null => None,
-        other => Some(other),
-    }
-}
-
-/// Every element of an object-or-array value.
-pub fn many(v: &Value) -> Vec<&Value> {
-    match v {
-        Value::Array(items) => items.iter().collect(),
-        Value::Null => Vec::new(),
-        other => vec![other],
-    }
-}
-
-/// A scalar at `path` (object-or-array tolerant at each step) as text: CI writes numbers as strings
-/// but not always (`"JobLevel": 0`). Empty strings count as absent.
-pub fn text_at(v: &Value, path: &[&str]) -> Option<String> {
-    let mut cur = v;
-    for key in path {
-        cur = one(cur)?.get(*key)?;
-    }
-    match one(cur)? {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// `Input` of a `JobsDetail`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct JobInput {
-    pub bucket_id: Option<String>,
-    pub object: Option<String>,
-    pub region: Option<String>,
-}
-
-/// One `JobsDetail`.
+/// One `JobsDetail`: the tree as CI wrote it, owned (details outlive the answer, in the restart
+/// scan's cache).
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobDetail {
-    pub code: Option<String>,
-    pub message: Option<String>,
-    pub job_id: Option<String>,
-    pub state: Option<String>,
-    pub creation_time: Option<String>,
-    pub start_time: Option<String>,
-    pub end_time: Option<String>,
-    pub queue_id: Option<String>,
-    pub tag: Option<String>,
-    pub sub_tag: Option<String>,
-    pub input: JobInput,
-    /// `Operation` as CI wrote it.
-    pub operation: Value,
-    /// The whole `JobsDetail` tree.
-    pub raw: Value,
+    tree: Node<'static>,
 }
 
 impl JobDetail {
-    pub fn from_value(v: &Value) -> JobDetail {
-        JobDetail::from_owned(v.clone())
+    pub fn new(tree: Node<'_>) -> JobDetail {
+        JobDetail {
+            tree: tree.into_owned(),
+        }
     }
 
-    /// [`JobDetail::from_value`] of a tree the caller gives up: kept as `raw` without a copy.
-    pub fn from_owned(v: Value) -> JobDetail {
-        let t = |p: &[&str]| text_at(&v, p);
-        JobDetail {
-            code: t(&["Code"]),
-            message: t(&["Message"]),
-            job_id: t(&["JobId"]),
-            state: t(&["State"]),
-            creation_time: t(&["CreationTime"]),
-            start_time: t(&["StartTime"]),
-            end_time: t(&["EndTime"]),
-            queue_id: t(&["QueueId"]),
-            tag: t(&["Tag"]),
-            sub_tag: t(&["SubTag"]),
-            input: JobInput {
-                bucket_id: t(&["Input", "BucketId"]),
-                object: t(&["Input", "Object"]),
-                region: t(&["Input", "Region"]),
-            },
-            operation: one(&v)
-                .and_then(|o| o.get("Operation"))
-                .and_then(one)
-                .cloned()
-                .unwrap_or(Value::Null),
-            raw: v,
-        }
+    /// The whole `JobsDetail` tree.
+    pub fn tree(&self) -> &Node<'static> {
+        &self.tree
+    }
+
+    pub fn job_id(&self) -> Option<&str> {
+        self.tree.text_at(&["JobId"])
+    }
+
+    /// `Operation` as CI wrote it (its first, should it be repeated); `Null` when absent.
+    pub fn operation(&self) -> &Node<'static> {
+        self.tree
+            .one()
+            .and_then(|d| d.get("Operation"))
+            .and_then(Node::one)
+            .unwrap_or(&Node::Null)
     }
 
     /// This detail without `Operation.MediaInfo` / `MediaResult`, the bulk of a finished job's tree
     /// (kilobytes each): what a cache of many jobs keeps (the restart scan lists thousands).
     pub fn without_media(mut self) -> JobDetail {
-        fn strip(operation: Option<&mut Value>) {
-            let operation = match operation {
-                Some(Value::Array(items)) => items.first_mut(),
-                other => other,
-            };
-            if let Some(Value::Object(op)) = operation {
-                op.shift_remove("MediaInfo");
-                op.shift_remove("MediaResult");
-            }
+        let operation = self
+            .tree
+            .one_mut()
+            .and_then(|d| d.get_mut("Operation"))
+            .and_then(Node::one_mut);
+        if let Some(operation) = operation {
+            operation.remove("MediaInfo");
+            operation.remove("MediaResult");
         }
-        strip(Some(&mut self.operation));
-        let raw = match &mut self.raw {
-            Value::Array(items) => items.first_mut(),
-            other => Some(other),
-        };
-        strip(raw.and_then(|r| r.get_mut("Operation")));
         self
     }
 
     /// `Operation.UserData`, where CI echoes it.
-    pub fn user_data(&self) -> Option<String> {
-        text_at(&self.operation, &["UserData"])
+    pub fn user_data(&self) -> Option<&str> {
+        self.operation().text_at(&["UserData"])
     }
 }
 
@@ -148,25 +79,22 @@ pub fn parse_jobs_response(body: &str) -> Result<JobsResponse, XmlError> {
             doc.root
         )));
     }
-    let mut value = doc.value;
-    // The details are moved out of the document, not copied (a submit answer echoes the whole job).
-    let jobs = match value.get_mut("JobsDetail").map(Value::take) {
-        Some(Value::Array(items)) => items
+    let mut response = doc.node;
+    let jobs = match response.get_mut("JobsDetail").map(Node::take) {
+        Some(Node::List(items)) => items
             .into_iter()
-            .filter(Value::is_object)
-            .map(JobDetail::from_owned)
+            .filter(Node::is_map)
+            .map(JobDetail::new)
             .collect(),
-        Some(detail @ Value::Object(_)) => vec![JobDetail::from_owned(detail)],
+        Some(detail @ Node::Map(_)) => vec![JobDetail::new(detail)],
         _ => Vec::new(),
     };
-    let v = &value;
-    let field = |name: &str| v.get(name).unwrap_or(&Value::Null);
-    let non_exist_job_ids = many(field("NonExistJobIds"))
-        .into_iter()
-        .filter_map(|id| match id {
-            Value::String(s) => Some(s.as_str()),
-            _ => None,
-        })
+    let non_exist_job_ids = response
+        .get("NonExistJobIds")
+        .map(Node::many)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(Node::as_str)
         .flat_map(|s| s.split(','))
         .map(str::trim)
         .filter(|id| !id.is_empty())
@@ -175,7 +103,7 @@ pub fn parse_jobs_response(body: &str) -> Result<JobsResponse, XmlError> {
     Ok(JobsResponse {
         jobs,
         non_exist_job_ids,
-        next_token: text_at(v, &["NextToken"]),
+        next_token: response.text_at(&["NextToken"]).map(String::from),
     })
 }
 
@@ -195,7 +123,7 @@ pub fn parse_error(body: &str) -> Option<CiErrorBody> {
     if doc.root != "Error" {
         return None;
     }
-    let t = |name: &str| text_at(&doc.value, &[name]).unwrap_or_default();
+    let t = |name: &str| doc.node.text_at(&[name]).unwrap_or_default().to_string();
     Some(CiErrorBody {
         code: t("Code"),
         message: t("Message"),
@@ -211,23 +139,23 @@ const ERROR_DECLARATION: &str = "<?xml version='1.0' encoding='utf-8' ?>\n";
 /// `<Error><Code/><Message/><RequestId/><TraceId/></Error>` — all four children always, in that order,
 /// empty ones as `<Name/>`. Characters XML cannot carry are replaced by U+FFFD, so this never fails.
 pub fn error_xml(err: &CiErrorBody) -> String {
-    let clean = |s: &str| -> Value {
-        Value::String(
-            s.chars()
-                .map(|c| match c {
-                    '\t' | '\n' | '\r' => c,
-                    '\u{0}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => '\u{fffd}',
-                    c => c,
-                })
-                .collect(),
-        )
+    let clean = |s: &str| -> Node {
+        s.chars()
+            .map(|c| match c {
+                '\t' | '\n' | '\r' => c,
+                '\u{0}'..='\u{1f}' | '\u{fffe}' | '\u{ffff}' => '\u{fffd}',
+                c => c,
+            })
+            .collect::<String>()
+            .into()
     };
-    let mut body = Map::new();
-    body.insert("Code".into(), clean(&err.code));
-    body.insert("Message".into(), clean(&err.message));
-    body.insert("RequestId".into(), clean(&err.request_id));
-    body.insert("TraceId".into(), clean(&err.trace_id));
-    match xml::to_xml("Error", &Value::Object(body)) {
+    let body = Node::Map(vec![
+        ("Code".into(), clean(&err.code)),
+        ("Message".into(), clean(&err.message)),
+        ("RequestId".into(), clean(&err.request_id)),
+        ("TraceId".into(), clean(&err.trace_id)),
+    ]);
+    match xml::to_xml("Error", &body) {
         Ok(x) => format!("{ERROR_DECLARATION}{x}"),
         // Unreachable with the cleaning above; still an `<Error>` rather than a panic.
         Err(_) => format!("{ERROR_DECLARATION}<Error><Code>InternalError</Code></Error>"),
@@ -255,35 +183,34 @@ mod tests {
         assert!(r.non_exist_job_ids.is_empty());
         assert_eq!(r.next_token, None);
         let j = &r.jobs[0];
-        assert_eq!(j.code.as_deref(), Some("Success"));
-        assert_eq!(j.message, None, "<Message/> is absent");
+        let t = |path: &[&str]| j.tree().text_at(path);
+        assert_eq!(t(&["Code"]), Some("Success"));
+        assert_eq!(t(&["Message"]), None, "<Message/> is absent");
+        assert_eq!(j.job_id(), Some("j8d121820f5e411ec926ef19d53ba9c6f"));
+        assert_eq!(t(&["State"]), Some("Submitted"));
+        assert_eq!(t(&["CreationTime"]), Some("2022-06-27T15:23:10+0800"));
+        assert_eq!(t(&["StartTime"]), Some("-"));
+        assert_eq!(t(&["QueueId"]), Some("p2242ab62c7c94486915508540933a2c6"));
+        assert_eq!(t(&["Tag"]), Some("DigitalWatermark"));
+        assert_eq!(t(&["SubTag"]), None);
         assert_eq!(
-            j.job_id.as_deref(),
-            Some("j8d121820f5e411ec926ef19d53ba9c6f")
+            (
+                t(&["Input", "BucketId"]),
+                t(&["Input", "Object"]),
+                t(&["Input", "Region"])
+            ),
+            (
+                Some("test-123456789"),
+                Some("input/demo.mp4"),
+                Some("ap-chongqing")
+            )
         );
-        assert_eq!(j.state.as_deref(), Some("Submitted"));
-        assert_eq!(j.creation_time.as_deref(), Some("2022-06-27T15:23:10+0800"));
-        assert_eq!(j.start_time.as_deref(), Some("-"));
+        assert_eq!(j.user_data(), Some("This is my data."));
         assert_eq!(
-            j.queue_id.as_deref(),
-            Some("p2242ab62c7c94486915508540933a2c6")
-        );
-        assert_eq!(j.tag.as_deref(), Some("DigitalWatermark"));
-        assert_eq!(j.sub_tag, None);
-        assert_eq!(
-            j.input,
-            JobInput {
-                bucket_id: Some("test-123456789".into()),
-                object: Some("input/demo.mp4".into()),
-                region: Some("ap-chongqing".into()),
-            }
-        );
-        assert_eq!(j.user_data().as_deref(), Some("This is my data."));
-        assert_eq!(
-            text_at(&j.operation, &["Output", "Object"]).as_deref(),
+            j.operation().text_at(&["Output", "Object"]),
             Some("output/out.mp4")
         );
-        assert_eq!(text_at(&j.operation, &["JobLevel"]).as_deref(), Some("0"));
+        assert_eq!(j.operation().text_at(&["JobLevel"]), Some("0"));
     }
 
     #[test]
@@ -291,18 +218,22 @@ mod tests {
         let tree = json!({"JobId": "j1", "State": "Success", "Operation": {
             "UserData": "u", "Output": {"Object": "o.mp4"},
             "MediaInfo": {"Format": {"Duration": "1"}}, "MediaResult": {"OutputFile": {}}}});
-        let slim = JobDetail::from_value(&tree).without_media();
-        assert_eq!(slim.job_id.as_deref(), Some("j1"));
-        assert_eq!(slim.user_data().as_deref(), Some("u"));
+        let slim = JobDetail::new(Node::from_value(&tree)).without_media();
+        assert_eq!(slim.job_id(), Some("j1"));
+        assert_eq!(slim.user_data(), Some("u"));
         let expected_op = json!({"UserData": "u", "Output": {"Object": "o.mp4"}});
-        assert_eq!(slim.operation, expected_op);
-        assert_eq!(slim.raw["Operation"], expected_op);
-        assert_eq!(slim.raw["State"], "Success");
+        assert_eq!(slim.operation().clone().into_value(), expected_op);
+        let raw = slim.tree().clone().into_value();
+        assert_eq!(raw["Operation"], expected_op);
+        assert_eq!(raw["State"], "Success");
         // The same through an array-wrapped Operation, as JSON may write it.
         let wrapped =
             json!({"JobId": "j2", "Operation": [{"UserData": "u", "MediaInfo": {"A": "1"}}]});
-        let slim = JobDetail::from_value(&wrapped).without_media();
-        assert_eq!(slim.raw["Operation"], json!([{"UserData": "u"}]));
+        let slim = JobDetail::new(Node::from_value(&wrapped)).without_media();
+        assert_eq!(
+            slim.tree().clone().into_value()["Operation"],
+            json!([{"UserData": "u"}])
+        );
     }
 
     #[test]
@@ -310,13 +241,13 @@ mod tests {
         let r = parse_jobs_response(DESCRIBE_RESP).unwrap();
         assert_eq!(r.jobs.len(), 1);
         assert_eq!(
-            r.jobs[0].job_id.as_deref(),
+            r.jobs[0].job_id(),
             Some("b3deffea2f84911ec9cb15254008618d9")
         );
-        assert_eq!(r.jobs[0].state.as_deref(), Some("Running"));
+        assert_eq!(r.jobs[0].tree().text_at(&["State"]), Some("Running"));
 
         let r = parse_jobs_response(LIST_RESP).unwrap();
-        let ids: Vec<_> = r.jobs.iter().map(|j| j.job_id.clone().unwrap()).collect();
+        let ids: Vec<_> = r.jobs.iter().map(|j| j.job_id().unwrap()).collect();
         assert_eq!(
             ids,
             [
@@ -326,11 +257,11 @@ mod tests {
         );
         assert_eq!(r.next_token.as_deref(), Some("25"));
         assert_eq!(
-            r.jobs[1].user_data().as_deref(),
+            r.jobs[1].user_data(),
             Some("this is my inventorytriggerjob")
         );
         assert_eq!(
-            r.jobs[1].start_time.as_deref(),
+            r.jobs[1].tree().text_at(&["StartTime"]),
             Some("2022-06-27T15:23:11+0800")
         );
 
@@ -408,15 +339,5 @@ mod tests {
             ..CiErrorBody::default()
         };
         assert_eq!(parse_error(&error_xml(&odd)).unwrap().code, "X\u{fffd}");
-    }
-
-    #[test]
-    fn object_or_array_helpers() {
-        let v = json!({"A": [{"B": "1"}, {"B": "2"}], "N": 0, "E": ""});
-        assert_eq!(text_at(&v, &["A", "B"]).as_deref(), Some("1"));
-        assert_eq!(many(&v["A"]).len(), 2);
-        assert_eq!(text_at(&v, &["N"]).as_deref(), Some("0"));
-        assert_eq!(text_at(&v, &["E"]), None);
-        assert_eq!(text_at(&v, &["Missing", "X"]), None);
     }
 }

@@ -1,9 +1,8 @@
 //! The rules CI applies to a submitted job, as its documents state them. Shared by the worker (which
 //! refuses a bad request before spending a CI call on it) and the emulator (which refuses it like CI).
-//! Input is the `<Request>` tree as JSON (the Python SDK's dict), so scalars may be strings or numbers.
+//! Input is the `<Request>` tree (the Python SDK's dict; a JSON number or bool reads as its text).
 
-use super::response::text_at;
-use serde_json::Value;
+use super::tree::Node;
 
 /// Why a job is refused: the element at fault and the rule it breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,20 +35,22 @@ pub fn is_printable_ascii(s: &str) -> bool {
 pub const WATERMARK_MESSAGE_MAX: usize = 64;
 
 /// Checks a `<Request>` tree against CI's documented rules.
-pub fn validate_job(job: &Value) -> Result<(), Violation> {
-    if !job.is_object() {
+pub fn validate_job(job: &Node) -> Result<(), Violation> {
+    if !job.is_map() {
         return Err(violation("Request", "must be an object"));
     }
-    let tag = text_at(job, &["Tag"]).ok_or_else(|| violation("Request.Tag", "is required"))?;
-    text_at(job, &["Input", "Object"])
+    let tag = job
+        .text_at(&["Tag"])
+        .ok_or_else(|| violation("Request.Tag", "is required"))?;
+    job.text_at(&["Input", "Object"])
         .ok_or_else(|| violation("Request.Input.Object", "is required"))?;
     let operation = job
         .get("Operation")
-        .filter(|o| o.is_object())
+        .filter(|o| o.is_map())
         .ok_or_else(|| violation("Request.Operation", "is required"))?;
 
-    if let Some(user_data) = text_at(operation, &["UserData"]) {
-        if !is_printable_ascii(&user_data) {
+    if let Some(user_data) = operation.text_at(&["UserData"]) {
+        if !is_printable_ascii(user_data) {
             return Err(violation(
                 "Request.Operation.UserData",
                 "must be printable ASCII",
@@ -62,8 +63,8 @@ pub fn validate_job(job: &Value) -> Result<(), Violation> {
             ));
         }
     }
-    if let Some(level) = text_at(operation, &["JobLevel"]) {
-        if !matches!(level.as_str(), "0" | "1" | "2") {
+    if let Some(level) = operation.text_at(&["JobLevel"]) {
+        if !matches!(level, "0" | "1" | "2") {
             return Err(violation("Request.Operation.JobLevel", "must be 0, 1 or 2"));
         }
     }
@@ -71,13 +72,12 @@ pub fn validate_job(job: &Value) -> Result<(), Violation> {
         validate_digital_watermark(operation)?;
     }
 
-    if let Some(format) = text_at(job, &["CallBackFormat"]) {
-        if !matches!(format.as_str(), "JSON" | "XML") {
+    if let Some(format) = job.text_at(&["CallBackFormat"]) {
+        if !matches!(format, "JSON" | "XML") {
             return Err(violation("Request.CallBackFormat", "must be JSON or XML"));
         }
     }
-    let callback_type = text_at(job, &["CallBackType"]).unwrap_or_else(|| "Url".into());
-    match callback_type.as_str() {
+    match job.text_at(&["CallBackType"]).unwrap_or("Url") {
         "Url" => {}
         "TDMQ" => validate_mq_config(job)?,
         _ => return Err(violation("Request.CallBackType", "must be Url or TDMQ")),
@@ -85,18 +85,18 @@ pub fn validate_job(job: &Value) -> Result<(), Violation> {
     Ok(())
 }
 
-fn validate_digital_watermark(operation: &Value) -> Result<(), Violation> {
+fn validate_digital_watermark(operation: &Node) -> Result<(), Violation> {
     const P: &str = "Request.Operation.DigitalWatermark";
     if operation.get("DigitalWatermark").is_none() {
         return Err(violation(P, "is required for Tag DigitalWatermark"));
     }
-    let field = |name: &str| text_at(operation, &["DigitalWatermark", name]);
-    match field("Type").as_deref() {
+    let field = |name: &str| operation.text_at(&["DigitalWatermark", name]);
+    match field("Type") {
         Some("Text") => {}
         Some(_) => return Err(violation(&format!("{P}.Type"), "must be Text")),
         None => return Err(violation(&format!("{P}.Type"), "is required")),
     }
-    match field("Version").as_deref() {
+    match field("Version") {
         Some("V1") => {}
         Some(_) => return Err(violation(&format!("{P}.Version"), "must be V1")),
         None => return Err(violation(&format!("{P}.Version"), "is required")),
@@ -116,7 +116,7 @@ fn validate_digital_watermark(operation: &Value) -> Result<(), Violation> {
         ));
     }
     if let Some(ignore) = field("IgnoreError") {
-        if !matches!(ignore.as_str(), "true" | "false") {
+        if !matches!(ignore, "true" | "false") {
             return Err(violation(
                 &format!("{P}.IgnoreError"),
                 "must be true or false",
@@ -124,7 +124,7 @@ fn validate_digital_watermark(operation: &Value) -> Result<(), Violation> {
         }
     }
     for name in ["Region", "Bucket", "Object"] {
-        if text_at(operation, &["Output", name]).is_none() {
+        if operation.text_at(&["Output", name]).is_none() {
             return Err(violation(
                 &format!("Request.Operation.Output.{name}"),
                 "is required",
@@ -142,14 +142,14 @@ fn is_watermark_char(c: char) -> bool {
         || ('\u{3400}'..='\u{4dbf}').contains(&c)
 }
 
-fn validate_mq_config(job: &Value) -> Result<(), Violation> {
+fn validate_mq_config(job: &Node) -> Result<(), Violation> {
     const P: &str = "Request.CallBackMqConfig";
     if job.get("CallBackMqConfig").is_none() {
         return Err(violation(P, "is required when CallBackType is TDMQ"));
     }
-    let field = |name: &str| text_at(job, &["CallBackMqConfig", name]);
+    let field = |name: &str| job.text_at(&["CallBackMqConfig", name]);
     match field("MqRegion") {
-        Some(r) if MQ_REGIONS.contains(&r.as_str()) => {}
+        Some(r) if MQ_REGIONS.contains(&r) => {}
         Some(_) => {
             return Err(violation(
                 &format!("{P}.MqRegion"),
@@ -158,7 +158,7 @@ fn validate_mq_config(job: &Value) -> Result<(), Violation> {
         }
         None => return Err(violation(&format!("{P}.MqRegion"), "is required")),
     }
-    match field("MqMode").as_deref() {
+    match field("MqMode") {
         Some("Queue" | "Topic") => {}
         Some(_) => return Err(violation(&format!("{P}.MqMode"), "must be Queue or Topic")),
         None => return Err(violation(&format!("{P}.MqMode"), "is required")),
@@ -172,7 +172,11 @@ fn validate_mq_config(job: &Value) -> Result<(), Violation> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    fn validate(job: &Value) -> Result<(), Violation> {
+        validate_job(&Node::from_value(job))
+    }
 
     type Mutation = Box<dyn Fn(&mut Value)>;
 
@@ -187,13 +191,13 @@ mod tests {
 
     #[test]
     fn the_documented_example_passes() {
-        validate_job(&seed_job()).unwrap();
+        validate(&seed_job()).unwrap();
         let mut numeric_level = seed_job();
         numeric_level["Operation"]["JobLevel"] = json!(2);
-        validate_job(&numeric_level).unwrap();
+        validate(&numeric_level).unwrap();
         let mut chinese = seed_job();
         chinese["Operation"]["DigitalWatermark"]["Message"] = json!("水印_abc-*");
-        validate_job(&chinese).unwrap();
+        validate(&chinese).unwrap();
     }
 
     #[test]
@@ -284,7 +288,7 @@ mod tests {
         for (element, mutate) in cases {
             let mut job = seed_job();
             mutate(&mut job);
-            let err = validate_job(&job).unwrap_err();
+            let err = validate(&job).unwrap_err();
             assert!(err.element.ends_with(element), "{element}: got {err}");
         }
     }
@@ -292,6 +296,6 @@ mod tests {
     #[test]
     fn other_tags_skip_watermark_rules() {
         let job = json!({"Tag": "Transcode", "Input": {"Object": "a.mp4"}, "Operation": {"TemplateId": "t1"}});
-        validate_job(&job).unwrap();
+        validate(&job).unwrap();
     }
 }

@@ -85,14 +85,47 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// The text of a leaf.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Node::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Takes the value out, leaving `Null`.
     pub fn take(&mut self) -> Node<'a> {
         std::mem::take(self)
     }
 
-    /// CI's mechanical XML → JSON conversion in place ([`crate::ci::xml::into_ci_json`] on a
-    /// `Value`): empty texts, nulls, and maps/lists left empty are dropped, a list left with one
-    /// element becomes that element. Returns false when nothing is left (the node is then `Null`).
+    /// Sets the child `key` of a map: in its place when it is there, last otherwise. Not a map:
+    /// nothing happens.
+    pub fn insert(&mut self, key: impl Into<Cow<'a, str>>, value: Node<'a>) {
+        if let Node::Map(entries) = self {
+            let key = key.into();
+            match entries.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, slot)) => *slot = value,
+                None => entries.push((key, value)),
+            }
+        }
+    }
+
+    /// Removes the child `key` of a map, keeping the others in order.
+    pub fn remove(&mut self, key: &str) -> Option<Node<'a>> {
+        match self {
+            Node::Map(entries) => {
+                let i = entries.iter().position(|(k, _)| k == key)?;
+                Some(entries.remove(i).1)
+            }
+            _ => None,
+        }
+    }
+
+    /// CI's mechanical XML → JSON conversion, in place: empty texts, nulls, and maps/lists left
+    /// empty are dropped, a list left with one element becomes that element (so one child is an
+    /// object, several an array). Key order is kept. Returns false when nothing is left (the node is
+    /// then `Null`). CI's JSON events are this of its XML ones; results carry their media trees in
+    /// this form.
     pub fn canonicalize(&mut self) -> bool {
         let keep = match self {
             Node::Null => false,
@@ -115,6 +148,51 @@ impl<'a> Node<'a> {
             *self = Node::Null;
         }
         keep
+    }
+
+    /// Every map's keys in byte order, recursively: CI's completion events list elements
+    /// alphabetically.
+    pub fn sort_keys(&mut self) {
+        match self {
+            Node::Map(entries) => {
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                entries.iter_mut().for_each(|(_, v)| v.sort_keys());
+            }
+            Node::List(items) => items.iter_mut().for_each(Node::sort_keys),
+            Node::Null | Node::Text(_) => {}
+        }
+    }
+
+    /// This tree, owning every name and text (a tree kept beyond the bytes it was read from).
+    pub fn into_owned(self) -> Node<'static> {
+        let owned = |s: Cow<'a, str>| Cow::Owned(s.into_owned());
+        match self {
+            Node::Null => Node::Null,
+            Node::Text(s) => Node::Text(owned(s)),
+            Node::List(items) => Node::List(items.into_iter().map(Node::into_owned).collect()),
+            Node::Map(entries) => Node::Map(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (owned(k), v.into_owned()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A borrowed copy of this tree: names and texts lent, not copied (an owned tree read by code
+    /// that takes its tree by value).
+    pub fn view(&self) -> Node<'_> {
+        fn lent<'b>(s: &'b Cow<'_, str>) -> Cow<'b, str> {
+            Cow::Borrowed(s.as_ref())
+        }
+        match self {
+            Node::Null => Node::Null,
+            Node::Text(s) => Node::Text(lent(s)),
+            Node::List(items) => Node::List(items.iter().map(Node::view).collect()),
+            Node::Map(entries) => {
+                Node::Map(entries.iter().map(|(k, v)| (lent(k), v.view())).collect())
+            }
+        }
     }
 
     /// A borrowed view of a `Value` (numbers and booleans as their text).
@@ -147,6 +225,18 @@ impl<'a> Node<'a> {
                 Value::Object(map)
             }
         }
+    }
+}
+
+impl<'a> From<&'a str> for Node<'a> {
+    fn from(s: &'a str) -> Node<'a> {
+        Node::Text(Cow::Borrowed(s))
+    }
+}
+
+impl From<String> for Node<'_> {
+    fn from(s: String) -> Self {
+        Node::Text(Cow::Owned(s))
     }
 }
 
@@ -362,7 +452,6 @@ impl<'de> Deserialize<'de> for Key<'de> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ci::xml::into_ci_json;
     use serde_json::json;
 
     fn node(text: &str) -> Node<'_> {
@@ -411,24 +500,71 @@ mod tests {
     }
 
     #[test]
-    fn canonical_form_is_into_ci_json() {
-        for value in [
-            json!({"a": "", "b": null, "c": {"d": ""}, "e": [{"f": "1"}], "g": [[], "x", ""], "h": 0}),
-            json!({"List": [{"a": ""}, {"a": "1"}, {"b": "2"}], "One": [[["deep"]]]}),
-            json!({"x": {"y": {"z": [null, ""]}}}),
+    fn canonical_form() {
+        // Expected as CI writes its JSON events; compared as JSON text, so key order counts too.
+        for (value, expected) in [
+            (
+                json!({"a": "", "b": null, "c": {"d": ""}, "e": [{"f": "1"}], "g": [[], "x", ""], "h": 0}),
+                json!({"e": {"f": "1"}, "g": "x", "h": "0"}),
+            ),
+            (
+                json!({"List": [{"a": ""}, {"a": "1"}, {"b": "2"}], "One": [[["deep"]]]}),
+                json!({"List": [{"a": "1"}, {"b": "2"}], "One": "deep"}),
+            ),
+            (
+                json!({
+                    "Empty": "", "Null": null, "Num": 0, "Bool": true,
+                    "One": [{"A": "1"}], "Two": [{"A": "1"}, "", {"A": "2"}],
+                    "Hollow": {"X": "", "Y": {"Z": ""}}, "Keep": {"X": "", "Y": "y"}
+                }),
+                json!({
+                    "Num": "0", "Bool": "true", "One": {"A": "1"}, "Two": [{"A": "1"}, {"A": "2"}],
+                    "Keep": {"Y": "y"}
+                }),
+            ),
+            // Nothing left, at any level: `Null`.
+            (json!({"x": {"y": {"z": [null, ""]}}}), Value::Null),
+            (json!({"A": ""}), Value::Null),
+            (json!(""), Value::Null),
         ] {
             let mut n = Node::from_value(&value);
-            n.canonicalize();
-            // `into_ci_json` keeps an emptied top level as `{}`; here it is `Null`.
-            let expected = match into_ci_json(value.clone()) {
-                Value::Object(m) if m.is_empty() => Value::Null,
-                other => other,
-            };
-            assert_eq!(n.into_value(), expected, "{value}");
+            assert_eq!(n.canonicalize(), !expected.is_null(), "{value}");
+            assert_eq!(
+                serde_json::to_string(&n).unwrap(),
+                expected.to_string(),
+                "{value}"
+            );
         }
         let mut empty = node(r#"{"a": [null, {"b": ""}]}"#);
         assert!(!empty.canonicalize());
         assert_eq!(empty, Node::Null);
+    }
+
+    #[test]
+    fn keys_sort_at_every_level() {
+        let mut n = node(r#"{"b": {"z": "1", "a": [{"y": "", "x": ""}]}, "a": "", "B": ""}"#);
+        n.sort_keys();
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            r#"{"B":"","a":"","b":{"a":[{"x":"","y":""}],"z":"1"}}"#
+        );
+    }
+
+    #[test]
+    fn edits_keep_document_order() {
+        let mut n = node(r#"{"a": "1", "b": "2", "c": "3"}"#);
+        n.insert("b", "two".into());
+        n.insert("d", "4".into());
+        assert_eq!(n.remove("a"), Some(Node::from("1")));
+        assert_eq!(n.remove("a"), None);
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            r#"{"b":"two","c":"3","d":"4"}"#
+        );
+        // Owned and lent copies are the same tree.
+        let owned = n.clone().into_owned();
+        assert_eq!(owned, n);
+        assert_eq!(owned.view(), n);
     }
 
     #[test]
@@ -439,6 +575,14 @@ mod tests {
         assert_eq!(n.text_at(&["N"]), None);
         assert_eq!(n.one().unwrap().get("A").unwrap().many().len(), 2);
         assert_eq!(Node::Null.many().len(), 0);
+        // JSON scalars read as their text; an absent step is absent.
+        let v = json!({"A": [{"B": "1"}, {"B": "2"}], "N": 0, "E": ""});
+        let n = Node::from_value(&v);
+        assert_eq!(n.text_at(&["A", "B"]), Some("1"));
+        assert_eq!(n.get("A").unwrap().many().len(), 2);
+        assert_eq!(n.text_at(&["N"]), Some("0"));
+        assert_eq!(n.text_at(&["E"]), None);
+        assert_eq!(n.text_at(&["Missing", "X"]), None);
     }
 
     #[test]

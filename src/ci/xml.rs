@@ -1,12 +1,12 @@
-//! JSON ↔ CI's XML, generically: CI's `<Request>` is the same tree the Python SDK takes as a dict, and
-//! its responses and completion events parse into the same shape, so every Tag works without a model
-//! per job type.
+//! CI's XML ↔ its tree ([`Node`]), generically: CI's `<Request>` is the same tree the Python SDK takes
+//! as a dict, and its responses and completion events parse into the same shape, so every Tag works
+//! without a model per job type.
 //!
 //! # Writing ([`to_xml`])
 //! The Python SDK's mapping (cos-python-sdk-v5 1.9.44 builds request bodies with `xmltodict.unparse`):
 //! an object is an element per key, in insertion order; an array repeats the element (an empty array
-//! writes nothing, an array inside an array is refused); a string is escaped text, a number or bool its
-//! JSON text (`1.5`, `true`), `null` (like `""` and `{}`) an empty element. The key `#text` is the
+//! writes nothing, an array inside an array is refused); a text is escaped (a JSON number or bool read
+//! into the tree is its JSON text, `1.5`, `true`), `null` (like `""` and `{}`) an empty element. The key `#text` is the
 //! element's own text, as in xmltodict. Escaping covers `& < > " '`; `\r` and whitespace at either end
 //! of a text are written as character references (`&#13;`, `&#32;`) so that [`parse`]'s trimming of
 //! formatting whitespace gives the exact string back. Characters XML 1.0 cannot carry at all (C0
@@ -33,13 +33,11 @@
 //! The parser is iterative and never panics; its output always satisfies
 //! `parse(&to_xml(root, &v)?) == v` when `to_xml` accepts it.
 //!
-//! # CI's JSON ([`to_ci_json`])
-//! CI's JSON events are a mechanical conversion of the XML tree; [`to_ci_json`] performs it.
+//! CI's JSON form of a tree is [`Node::canonicalize`] of it, written with serde.
 
 use super::tree::{MapBuilder, Node, Repeat};
 use quick_xml::events::Event;
 use quick_xml::Reader;
-use serde_json::{Map, Value};
 use std::borrow::Cow;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,40 +56,28 @@ pub const MAX_DEPTH: usize = 64;
 /// Key under which [`parse`] keeps the text of mixed content and [`to_xml`] writes it back.
 pub const TEXT_KEY: &str = "#text";
 
-/// A parsed document: the root element's name and its content.
-#[derive(Debug, Clone, PartialEq)]
-pub struct XmlDoc {
-    pub root: String,
-    pub value: Value,
-}
-
-/// Writes `value` (an object) as `<root>…</root>`, element order preserved, all text escaped.
-/// A scalar or `null` root value is written as the root's text / an empty root; an array is refused.
-pub fn to_xml(root: &str, value: &Value) -> Result<String, XmlError> {
+/// Writes `node` (a map) as `<root>…</root>`, element order preserved, all text escaped.
+/// A text or `Null` root is written as the root's text / an empty root; a list is refused.
+pub fn to_xml(root: &str, node: &Node) -> Result<String, XmlError> {
     check_name(root)?;
-    if value.is_array() {
+    if matches!(node, Node::List(_)) {
         return Err(XmlError::Unrepresentable(format!(
             "an array as the root <{root}>"
         )));
     }
     let mut out = String::new();
-    write_element(&mut out, root, value, 1)?;
+    write_element(&mut out, root, node, 1)?;
     Ok(out)
 }
 
-fn write_element(
-    out: &mut String,
-    name: &str,
-    value: &Value,
-    depth: usize,
-) -> Result<(), XmlError> {
+fn write_element(out: &mut String, name: &str, node: &Node, depth: usize) -> Result<(), XmlError> {
     if depth > MAX_DEPTH {
         return Err(XmlError::TooDeep(MAX_DEPTH));
     }
-    match value {
-        Value::Array(items) => {
+    match node {
+        Node::List(items) => {
             for item in items {
-                if item.is_array() {
+                if matches!(item, Node::List(_)) {
                     return Err(XmlError::Unrepresentable(format!(
                         "an array inside an array at <{name}>"
                     )));
@@ -99,19 +85,17 @@ fn write_element(
                 write_element(out, name, item, depth)?;
             }
         }
-        Value::Null => empty_element(out, name),
-        Value::String(s) if s.is_empty() => empty_element(out, name),
-        Value::Object(map) if map.is_empty() => empty_element(out, name),
-        Value::Object(map) => {
+        Node::Null => empty_element(out, name),
+        Node::Text(s) if s.is_empty() => empty_element(out, name),
+        Node::Map(entries) if entries.is_empty() => empty_element(out, name),
+        Node::Map(entries) => {
             open_tag(out, name);
-            for (key, child) in map {
+            for (key, child) in entries {
                 if key == TEXT_KEY {
                     match child {
-                        Value::Null => {}
-                        Value::String(s) => escape_text(out, s)?,
-                        Value::Number(n) => out.push_str(&n.to_string()),
-                        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-                        Value::Array(_) | Value::Object(_) => {
+                        Node::Null => {}
+                        Node::Text(s) => escape_text(out, s)?,
+                        Node::List(_) | Node::Map(_) => {
                             return Err(XmlError::Unrepresentable(format!(
                                 "a non-scalar {TEXT_KEY} in <{name}>"
                             )))
@@ -124,19 +108,9 @@ fn write_element(
             }
             close_tag(out, name);
         }
-        Value::String(s) => {
+        Node::Text(s) => {
             open_tag(out, name);
             escape_text(out, s)?;
-            close_tag(out, name);
-        }
-        Value::Number(n) => {
-            open_tag(out, name);
-            out.push_str(&n.to_string());
-            close_tag(out, name);
-        }
-        Value::Bool(b) => {
-            open_tag(out, name);
-            out.push_str(if *b { "true" } else { "false" });
             close_tag(out, name);
         }
     }
@@ -457,24 +431,16 @@ fn element_name<'a>(
     Ok(name)
 }
 
-/// A parsed document borrowed from its text: the root element's name and its content.
+/// A parsed document: the root element's name and its content, borrowed from the text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct XmlTree<'a> {
     pub root: Cow<'a, str>,
     pub node: Node<'a>,
 }
 
-/// Parses an XML document into its root name and a JSON tree (see the module doc for the mapping).
-pub fn parse(input: &str) -> Result<XmlDoc, XmlError> {
-    let tree = parse_tree(input)?;
-    Ok(XmlDoc {
-        root: tree.root.into_owned(),
-        value: tree.node.into_value(),
-    })
-}
-
-/// [`parse`], borrowing names and texts from `input` (the completion path's reading of an event).
-pub fn parse_tree(input: &str) -> Result<XmlTree<'_>, XmlError> {
+/// Parses an XML document into its root name and its tree (see the module doc for the mapping),
+/// borrowing names and texts from `input` wherever they need no change.
+pub fn parse(input: &str) -> Result<XmlTree<'_>, XmlError> {
     let input = input.strip_prefix('\u{feff}').unwrap_or(input);
     let mut reader = Reader::from_str(input);
     {
@@ -645,60 +611,29 @@ fn close<'a>(
     }
 }
 
-/// CI's mechanical XML → JSON conversion, applied to a tree from [`parse`] (or any JSON tree):
-/// empty strings, `null`s, and objects/arrays left empty are dropped; numbers and bools become strings;
-/// an array left with one element becomes that element (so one child is an object, several an array).
-/// Key order is kept. At the top level nothing is dropped: an empty result is `{}` (`[]`, `""`, `null`)
-/// of the input's kind. The emulator publishes JSON events with it; normalization uses it as the
-/// canonical form of CI's trees.
-pub fn to_ci_json(value: &Value) -> Value {
-    into_ci_json(value.clone())
-}
-
-/// [`to_ci_json`] of a tree the caller gives up: converted in place, so its maps and strings are
-/// reused instead of copied (the completion path converts every event's `MediaInfo` this way).
-pub fn into_ci_json(value: Value) -> Value {
-    let kind = match &value {
-        Value::Object(_) => Value::Object(Map::new()),
-        Value::Array(_) => Value::Array(Vec::new()),
-        Value::Null => Value::Null,
-        _ => Value::String(String::new()),
-    };
-    ci_json_owned(value).unwrap_or(kind)
-}
-
-fn ci_json_owned(value: Value) -> Option<Value> {
-    match value {
-        Value::Null => None,
-        Value::String(s) if s.is_empty() => None,
-        Value::String(s) => Some(Value::String(s)),
-        Value::Number(n) => Some(Value::String(n.to_string())),
-        Value::Bool(b) => Some(Value::String(b.to_string())),
-        Value::Object(mut map) => {
-            for v in map.values_mut() {
-                *v = ci_json_owned(v.take()).unwrap_or(Value::Null);
-            }
-            map.retain(|_, v| !v.is_null());
-            (!map.is_empty()).then_some(Value::Object(map))
-        }
-        Value::Array(items) => {
-            let mut out: Vec<Value> = items.into_iter().filter_map(ci_json_owned).collect();
-            match out.len() {
-                0 => None,
-                1 => out.pop(),
-                _ => Some(Value::Array(out)),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fixtures::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    /// A parsed tree as a `Value`, to compare with `json!` literals.
+    trait AsValue {
+        fn value(&self) -> Value;
+    }
+
+    impl AsValue for XmlTree<'_> {
+        fn value(&self) -> Value {
+            self.node.clone().into_value()
+        }
+    }
+
+    /// [`to_xml`] of a tree written with `json!`.
+    fn to_xml_json(root: &str, tree: &Value) -> Result<String, XmlError> {
+        to_xml(root, &Node::from_value(tree))
+    }
 
     /// Every XML example from the reference pages that is well-formed.
     const WELL_FORMED: &[&str] = &[
@@ -758,7 +693,7 @@ mod tests {
     fn parses_the_digital_watermark_callback() {
         let doc = parse(DW_XML).unwrap();
         assert_eq!(doc.root, "Response");
-        let v = &doc.value;
+        let v = &doc.value();
         assert_eq!(v["EventName"], "TaskFinish");
         let d = &v["JobsDetail"];
         assert_eq!(d["JobId"], "ja8de3b46f86011ec9452c1c27f56a659");
@@ -791,51 +726,31 @@ mod tests {
 
     #[test]
     fn repeated_children_become_arrays_in_document_order() {
-        let doc = parse(WF_XML).unwrap();
-        let tasks = doc.value["WorkflowExecution"]["Tasks"].as_array().unwrap();
+        let doc = parse(WF_XML).unwrap().value();
+        let tasks = doc["WorkflowExecution"]["Tasks"].as_array().unwrap();
         assert_eq!(tasks.len(), 2);
         assert_eq!(tasks[0]["JobId"], "j23c11e1e17b011edaab4ab15ec33d076");
         assert_eq!(tasks[1]["JobId"], "j168668b217b011ed8efb27bb229e2d11");
-        let headers = doc.value["WorkflowExecution"]["CosHeaders"]
-            .as_array()
-            .unwrap();
+        let headers = doc["WorkflowExecution"]["CosHeaders"].as_array().unwrap();
         assert_eq!(headers[1]["Key"], "x-cos-request-id");
-        let doc = parse(JOB_CB_XML).unwrap();
-        let headers = doc.value["JobsDetail"]["Input"]["CosHeaders"]
-            .as_array()
-            .unwrap();
+        let doc = parse(JOB_CB_XML).unwrap().value();
+        let headers = doc["JobsDetail"]["Input"]["CosHeaders"].as_array().unwrap();
         assert_eq!(headers.len(), 3);
         assert_eq!(headers[2]["Value"], "10");
         // Non-adjacent repetitions still collect in order.
         let doc = parse("<R><A>1</A><B/><A>2</A><A>3</A></R>").unwrap();
-        assert_eq!(doc.value, json!({"A": ["1", "2", "3"], "B": ""}));
+        assert_eq!(doc.value(), json!({"A": ["1", "2", "3"], "B": ""}));
     }
 
     #[test]
-    fn ci_json_conversion_reproduces_the_documented_json_samples() {
+    fn ci_json_form_reproduces_the_documented_json_samples() {
+        // The pages' JSON samples, read by serde_json, are the canonical form of their XML samples.
         for (xml, json_text) in [(DW_XML, DW_JSON), (WF_XML, WF_JSON)] {
-            let from_xml = to_ci_json(&parse(xml).unwrap().value);
+            let mut from_xml = parse(xml).unwrap().node;
+            assert!(from_xml.canonicalize());
             let documented: Value = serde_json::from_str(json_text).unwrap();
-            assert_eq!(from_xml, documented);
+            assert_eq!(from_xml.into_value(), documented);
         }
-    }
-
-    #[test]
-    fn ci_json_rules() {
-        let tree = json!({
-            "Empty": "", "Null": null, "Num": 0, "Bool": true,
-            "One": [{"A": "1"}], "Two": [{"A": "1"}, "", {"A": "2"}],
-            "Hollow": {"X": "", "Y": {"Z": ""}}, "Keep": {"X": "", "Y": "y"}
-        });
-        assert_eq!(
-            to_ci_json(&tree),
-            json!({
-                "Num": "0", "Bool": "true", "One": {"A": "1"}, "Two": [{"A": "1"}, {"A": "2"}],
-                "Keep": {"Y": "y"}
-            })
-        );
-        assert_eq!(to_ci_json(&json!({"A": ""})), json!({}));
-        assert_eq!(to_ci_json(&json!("")), json!(""));
     }
 
     #[test]
@@ -847,23 +762,23 @@ mod tests {
             "L": [{"X": "1"}, {"X": 2}], "Skip": []
         });
         assert_eq!(
-            to_xml("Request", &v).unwrap(),
+            to_xml_json("Request", &v).unwrap(),
             "<Request><Tag>DigitalWatermark</Tag>\
              <Input><Object>a&amp;b&lt;c&gt;&quot;d&apos;</Object></Input>\
              <N>1.5</N><B>true</B><E/><S/><L><X>1</X></L><L><X>2</X></L></Request>"
         );
-        assert_eq!(to_xml("Root", &json!("x")).unwrap(), "<Root>x</Root>");
-        assert_eq!(to_xml("Root", &json!({})).unwrap(), "<Root/>");
+        assert_eq!(to_xml_json("Root", &json!("x")).unwrap(), "<Root>x</Root>");
+        assert_eq!(to_xml_json("Root", &json!({})).unwrap(), "<Root/>");
     }
 
     #[test]
     fn documented_request_round_trips() {
         let request = submit_request();
-        let written = to_xml("Request", &request).unwrap();
+        let written = to_xml_json("Request", &request).unwrap();
         assert!(!written.starts_with("<?xml"), "no declaration: {written}");
         let doc = parse(&written).unwrap();
         assert_eq!(doc.root, "Request");
-        assert_eq!(doc.value, as_parsed(&request));
+        assert_eq!(doc.value(), as_parsed(&request));
         // The page's example (with its `<CallBackFormat>JSON<CallBackFormat>` typo fixed) is the same tree.
         let fixed = SUBMIT_REQ.replace("JSON<CallBackFormat>", "JSON</CallBackFormat>");
         assert_eq!(parse(&fixed).unwrap(), doc);
@@ -879,11 +794,16 @@ mod tests {
             "QueueId": "p0123456789abcdef", "CallBackFormat": "JSON", "CallBackType": "TDMQ",
             "CallBackMqConfig": {"MqRegion": "gz", "MqMode": "Queue", "MqName": "ci-callback-queue"}
         });
-        assert_eq!(parse(&to_xml("Request", &sdk).unwrap()).unwrap().value, sdk);
+        assert_eq!(
+            parse(&to_xml_json("Request", &sdk).unwrap())
+                .unwrap()
+                .value(),
+            sdk
+        );
         let syntax = SUBMIT_REQ_SYNTAX.replace("JSON<CallBackFormat>", "JSON</CallBackFormat>");
         let syntax = parse(&syntax).unwrap();
         assert_eq!(
-            parse(&to_xml("Request", &syntax.value).unwrap()).unwrap(),
+            parse(&to_xml("Request", &syntax.node).unwrap()).unwrap(),
             syntax
         );
     }
@@ -899,18 +819,21 @@ mod tests {
             "L": [{"X": "1"}, {"X": 2}], "Skip": [], "T": {"#text": "t", "A": "1"}, "W": " pad "
         });
         let from_sdk = parse(sdk).unwrap();
-        assert_eq!(from_sdk, parse(&to_xml("Request", &tree).unwrap()).unwrap());
-        assert_eq!(from_sdk.value["W"], " pad ");
-        assert_eq!(from_sdk.value["L"], json!([{"X": "1"}, {"X": "2"}]));
-        assert!(from_sdk.value.get("Skip").is_none());
+        assert_eq!(
+            from_sdk,
+            parse(&to_xml_json("Request", &tree).unwrap()).unwrap()
+        );
+        assert_eq!(from_sdk.value()["W"], " pad ");
+        assert_eq!(from_sdk.value()["L"], json!([{"X": "1"}, {"X": "2"}]));
+        assert!(from_sdk.value().get("Skip").is_none());
     }
 
     #[test]
     fn documented_responses_and_events_round_trip() {
         for example in WELL_FORMED {
             let doc = parse(example).unwrap();
-            let again = parse(&to_xml(&doc.root, &doc.value).unwrap()).unwrap();
-            assert_eq!(again, doc);
+            let written = to_xml(&doc.root, &doc.node).unwrap();
+            assert_eq!(parse(&written).unwrap(), doc);
         }
     }
 
@@ -929,10 +852,10 @@ mod tests {
     #[test]
     fn text_cannot_inject_markup() {
         let hostile = "</Object><Evil>x</Evil><Object>";
-        let xml = to_xml("R", &json!({"Object": hostile, "Amp": "&lt; &amp;"})).unwrap();
+        let xml = to_xml_json("R", &json!({"Object": hostile, "Amp": "&lt; &amp;"})).unwrap();
         assert!(!xml.contains("<Evil>"), "{xml}");
         let doc = parse(&xml).unwrap();
-        assert_eq!(doc.value, json!({"Object": hostile, "Amp": "&lt; &amp;"}));
+        assert_eq!(doc.value(), json!({"Object": hostile, "Amp": "&lt; &amp;"}));
     }
 
     #[test]
@@ -947,15 +870,16 @@ mod tests {
             "in  side",
             "\u{a0}nbsp\u{a0}",
         ] {
-            let doc = parse(&to_xml("R", &json!({ "S": s })).unwrap()).unwrap();
-            assert_eq!(doc.value["S"], s, "{s:?}");
+            let written = to_xml_json("R", &json!({ "S": s })).unwrap();
+            let doc = parse(&written).unwrap();
+            assert_eq!(doc.value()["S"], s, "{s:?}");
         }
         // Pretty-printing whitespace of a leaf is trimmed; spaces alone, CDATA and references are kept.
         let doc = parse("<R>\n  <A>\n  x y \n </A><B><![CDATA[ <c> ]]></B><C>&#32;z&#9;</C></R>")
             .unwrap();
-        assert_eq!(doc.value, json!({"A": "x y", "B": " <c> ", "C": " z\t"}));
+        assert_eq!(doc.value(), json!({"A": "x y", "B": " <c> ", "C": " z\t"}));
         // Raw CR LF in the document is normalized to LF.
-        assert_eq!(parse("<R>a\r\nb\rc</R>").unwrap().value, "a\nb\nc");
+        assert_eq!(parse("<R>a\r\nb\rc</R>").unwrap().value(), "a\nb\nc");
     }
 
     #[test]
@@ -963,43 +887,46 @@ mod tests {
         for name in ["", "1abc", "a b", "a<b", "ns:x", "-x", ".x", "a>"] {
             assert!(
                 matches!(
-                    to_xml("R", &json!({ name: "v" })),
+                    to_xml_json("R", &json!({ name: "v" })),
                     Err(XmlError::Unrepresentable(_))
                 ),
                 "{name:?}"
             );
             assert!(
-                matches!(to_xml(name, &json!({})), Err(XmlError::Unrepresentable(_))),
+                matches!(
+                    to_xml_json(name, &json!({})),
+                    Err(XmlError::Unrepresentable(_))
+                ),
                 "{name:?}"
             );
         }
         assert!(matches!(
-            to_xml("R", &json!([1])),
+            to_xml_json("R", &json!([1])),
             Err(XmlError::Unrepresentable(_))
         ));
         assert!(matches!(
-            to_xml("R", &json!({"A": [[1]]})),
+            to_xml_json("R", &json!({"A": [[1]]})),
             Err(XmlError::Unrepresentable(_))
         ));
         assert!(matches!(
-            to_xml("R", &json!({"A": "nul\u{0}"})),
+            to_xml_json("R", &json!({"A": "nul\u{0}"})),
             Err(XmlError::Unrepresentable(_))
         ));
         assert!(matches!(
-            to_xml("R", &json!({"A": "bell\u{7}"})),
+            to_xml_json("R", &json!({"A": "bell\u{7}"})),
             Err(XmlError::Unrepresentable(_))
         ));
         assert!(matches!(
-            to_xml("R", &json!({"A": "\u{ffff}"})),
+            to_xml_json("R", &json!({"A": "\u{ffff}"})),
             Err(XmlError::Unrepresentable(_))
         ));
         assert!(matches!(
-            to_xml("R", &json!({"#text": {"A": "1"}})),
+            to_xml_json("R", &json!({"#text": {"A": "1"}})),
             Err(XmlError::Unrepresentable(_))
         ));
         // Unicode names and text are fine.
         assert_eq!(
-            to_xml("Réponse", &json!({"名": "値"})).unwrap(),
+            to_xml_json("Réponse", &json!({"名": "値"})).unwrap(),
             "<Réponse><名>値</名></Réponse>"
         );
     }
@@ -1010,11 +937,11 @@ mod tests {
         for _ in 0..MAX_DEPTH - 1 {
             v = json!({ "A": v });
         }
-        let xml = to_xml("R", &v).unwrap();
+        let xml = to_xml_json("R", &v).unwrap();
         assert!(parse(&xml).is_ok());
         let deeper = json!({ "A": v });
         assert!(matches!(
-            to_xml("R", &deeper),
+            to_xml_json("R", &deeper),
             Err(XmlError::TooDeep(MAX_DEPTH))
         ));
     }
@@ -1026,28 +953,25 @@ mod tests {
             "\u{feff}<?xml version=\"1.0\"?><!-- c --><R a=\"1\"><?pi x?><A b='&amp;'>1<!-- c -->2</A></R>\n",
         )
         .unwrap();
-        assert_eq!(
-            doc,
-            XmlDoc {
-                root: "R".into(),
-                value: json!({"A": "12"})
-            }
-        );
+        assert_eq!((doc.root.as_ref(), doc.value()), ("R", json!({"A": "12"})));
         // Character references; an empty root.
-        assert_eq!(parse("<R>&#x4e2d;&#25991;&lt;</R>").unwrap().value, "中文<");
-        assert_eq!(parse("<R/>").unwrap().value, "");
+        assert_eq!(
+            parse("<R>&#x4e2d;&#25991;&lt;</R>").unwrap().value(),
+            "中文<"
+        );
+        assert_eq!(parse("<R/>").unwrap().value(), "");
         // Mixed content keeps its text under #text, and writes it back.
         let doc = parse("<R>\n  head\n  <A>1</A> mid <B/>tail\n</R>").unwrap();
         assert_eq!(
-            doc.value,
+            doc.value(),
             json!({"A": "1", "B": "", "#text": "head mid tail"})
         );
-        assert_eq!(parse(&to_xml("R", &doc.value).unwrap()).unwrap(), doc);
+        assert_eq!(parse(&to_xml("R", &doc.node).unwrap()).unwrap(), doc);
         // Leaves (read without a frame) follow the same rules as any element.
         let doc =
             parse("<R><A> x <![CDATA[ y ]]></A><B>\n  </B><C>a<?p?>b</C><D> d </D></R>").unwrap();
         assert_eq!(
-            doc.value,
+            doc.value(),
             json!({"A": " x  y ", "B": "", "C": "ab", "D": " d "})
         );
         match parse("<R><A>text") {
@@ -1185,7 +1109,7 @@ mod tests {
             let text = String::from_utf8_lossy(&bytes);
             if let Ok(doc) = parse(&text) {
                 parsed += 1;
-                if let Ok(xml) = to_xml(&doc.root, &doc.value) {
+                if let Ok(xml) = to_xml(&doc.root, &doc.node) {
                     assert_eq!(parse(&xml).unwrap(), doc, "{text:?}");
                 }
             }

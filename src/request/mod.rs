@@ -10,9 +10,10 @@
 pub mod marker;
 
 use crate::ci::rules::validate_job;
+use crate::ci::tree::Node;
 use crate::ci::xml;
 use crate::config::CiSettings;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// TDMQ's message size limit; a larger request cannot have come from a real producer.
 pub const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
@@ -48,7 +49,7 @@ pub struct SubmitRequest {
     pub request_id: String,
     pub bucket: Option<String>,
     pub region: Option<String>,
-    /// CI's `<Request>` as JSON (the dict Tencent's Python SDK takes).
+    /// CI's `<Request>` as the caller's JSON (the dict Tencent's Python SDK takes), as read.
     pub job: Value,
 }
 
@@ -61,7 +62,7 @@ pub struct ValidRequest {
     /// The caller's `UserData` (to restore in results).
     pub user_data: Option<String>,
     /// The `<Request>` to send: the caller's job plus callback settings and the correlation marker.
-    pub ci_job: Value,
+    pub ci_job: Node<'static>,
 }
 
 impl SubmitRequest {
@@ -149,26 +150,24 @@ impl SubmitRequest {
         let marker = marker::encode(&self.request_id, user_data.as_deref())
             .map_err(|e| Rejection::invalid(e.to_string()))?;
 
-        let mut ci_job: Map<String, Value> = job.clone();
-        if let Some(Value::Object(op)) = ci_job.get_mut("Operation") {
-            op.insert("UserData".into(), Value::String(marker));
+        // From here on the job is CI's tree: its rules and its XML writer read nothing else.
+        let mut ci_job = Node::from_value(&self.job).into_owned();
+        if let Some(op) = ci_job.get_mut("Operation") {
+            op.insert("UserData", marker.into());
         }
-        if !ci.queue_id.is_empty() && !ci_job.contains_key("QueueId") {
-            ci_job.insert("QueueId".into(), Value::String(ci.queue_id.clone()));
+        if !ci.queue_id.is_empty() && !job.contains_key("QueueId") {
+            ci_job.insert("QueueId", ci.queue_id.clone().into());
         }
-        if !ci_job.contains_key("CallBackFormat") {
-            ci_job.insert(
-                "CallBackFormat".into(),
-                Value::String(ci.callback_format.clone()),
-            );
+        if !job.contains_key("CallBackFormat") {
+            ci_job.insert("CallBackFormat", ci.callback_format.clone().into());
         }
-        ci_job.insert("CallBackType".into(), Value::String("TDMQ".into()));
-        let mut mq = Map::new();
-        mq.insert("MqRegion".into(), Value::String(ci.mq_region.clone()));
-        mq.insert("MqMode".into(), Value::String(ci.mq_mode.clone()));
-        mq.insert("MqName".into(), Value::String(ci.mq_name.clone()));
-        ci_job.insert("CallBackMqConfig".into(), Value::Object(mq));
-        let ci_job = Value::Object(ci_job);
+        ci_job.insert("CallBackType", "TDMQ".into());
+        let mq = Node::Map(vec![
+            ("MqRegion".into(), ci.mq_region.clone().into()),
+            ("MqMode".into(), ci.mq_mode.clone().into()),
+            ("MqName".into(), ci.mq_name.clone().into()),
+        ]);
+        ci_job.insert("CallBackMqConfig", mq);
 
         validate_job(&ci_job).map_err(|v| {
             // The marker is the worker's; report the caller's own limit instead of CI's raw one.
@@ -240,7 +239,7 @@ mod tests {
         let valid = req.validate(&ci()).unwrap();
         assert_eq!(valid.request_id, "order-42");
         assert_eq!(valid.user_data.as_deref(), Some("caller data"));
-        let job = &valid.ci_job;
+        let job = &valid.ci_job.clone().into_value();
         assert_eq!(job["Operation"]["UserData"], "ciw1:order-42;caller data");
         assert_eq!(job["CallBackType"], "TDMQ");
         assert_eq!(job["CallBackFormat"], "JSON");
@@ -278,8 +277,8 @@ mod tests {
             .unwrap()
             .validate(&ci())
             .unwrap();
-        assert_eq!(valid.ci_job["CallBackFormat"], "XML");
-        assert_eq!(valid.ci_job["QueueId"], "pmine");
+        assert_eq!(valid.ci_job.text_at(&["CallBackFormat"]), Some("XML"));
+        assert_eq!(valid.ci_job.text_at(&["QueueId"]), Some("pmine"));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! CI's `JobsDetail` (from an event or from describe) → the stable [`JobResult`].
 //!
 //! # Canonical form of CI's trees (`media_info`, `media_result`)
-//! They are republished as CI's own JSON form, [`crate::ci::xml::to_ci_json`] (computed on the
-//! borrowed tree by [`crate::ci::tree::Node::canonicalize`] and kept as JSON text, [`CiTree`]): CI's element names
+//! They are republished as CI's own JSON form, [`Node::canonicalize`] (computed in place on the
+//! borrowed tree and kept as JSON text, [`CiTree`]): CI's element names
 //! kept, every scalar a string (`"JobLevel": 0` → `"0"`), empty elements dropped, one element an object
 //! and several an array (a `[{…}]` becomes `{…}`), nothing else collapsed or renamed. XML and JSON
 //! events for the same job therefore give equal results. A tree that is not a non-empty object after that
@@ -25,10 +25,10 @@
 //!
 //! A job CI reports failed keeps CI's own code and message.
 
+use super::schema::{CiTree, JobResult, ObjectRef, ResultState};
 use crate::callback::event::CompletionEvent;
 use crate::ci::tree::Node;
 use crate::request::marker;
-use super::schema::{CiTree, JobResult, ObjectRef, ResultState};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
@@ -50,9 +50,9 @@ pub fn normalize_event(event: &CompletionEvent<'_>) -> Vec<JobResult> {
     normalize_owned(event.clone())
 }
 
-/// One `JobsDetail` tree as a `Value` (from describe or list responses) → a result.
-pub fn normalize_job(detail: &Value) -> JobResult {
-    normalize_detail(Node::from_value(detail))
+/// One `JobsDetail` tree kept by the caller (from a submit, describe or list answer) → a result.
+pub fn normalize_job(detail: &Node) -> JobResult {
+    normalize_detail(detail.view())
 }
 
 /// One `JobsDetail` tree → a result. CI states map Success→succeeded, Failed→failed, Cancel→cancelled;
@@ -240,9 +240,11 @@ pub fn normalize_time(ci_time: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ci::xml::{parse, to_ci_json};
     use crate::callback::event::{parse_event, EventFormat};
+    use crate::ci::xml::parse;
     use crate::fixtures::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     fn results(payload: &str) -> Vec<JobResult> {
         normalize_event(&parse_event(payload.as_bytes()).unwrap())
@@ -250,7 +252,9 @@ mod tests {
 
     /// CI's JSON form of an XML event, made the way CI makes it.
     fn json_form(xml: &str) -> String {
-        serde_json::to_string_pretty(&to_ci_json(&parse(xml).unwrap().value)).unwrap()
+        let mut tree = parse(xml).unwrap().node;
+        tree.canonicalize();
+        serde_json::to_string_pretty(&tree).unwrap()
     }
 
     /// The single JobsDetail of an XML event, after `edit` on the XML text.
@@ -622,7 +626,7 @@ mod tests {
     #[test]
     fn submit_response_detail_is_not_final() {
         let resp = crate::ci::response::parse_jobs_response(SUBMIT_RESP).unwrap();
-        let r = normalize_job(&resp.jobs[0].raw);
+        let r = normalize_job(resp.jobs[0].tree());
         assert_eq!(r.state, ResultState::Submitted);
         assert_eq!(
             r.job_id.as_deref(),
@@ -791,6 +795,37 @@ mod tests {
             ("２０２２-06-30T18:37:37+0800", None),
         ] {
             assert_eq!(normalize_time(ci).as_deref(), utc, "{ci:?}");
+        }
+    }
+
+    #[test]
+    fn random_event_payloads_never_panic() {
+        let mut rng = StdRng::seed_from_u64(42);
+        let seeds = [DW_XML, DW_JSON, JOB_CB_XML, WF_XML, WF_JSON, WF_CONTENT_XML];
+        let alphabet = b"<>/{}[]\":,&;#!-\\ \n0aZ\xef\xbb\xbf\xff";
+        for round in 0..4000 {
+            let payload: Vec<u8> = if round % 4 == 0 {
+                (0..rng.random_range(0..300))
+                    .map(|_| rng.random())
+                    .collect()
+            } else {
+                let mut b = seeds[round % seeds.len()].as_bytes().to_vec();
+                if round % 4 == 1 {
+                    b.truncate(rng.random_range(0..b.len()));
+                }
+                for _ in 0..rng.random_range(0..5) {
+                    let i = rng.random_range(0..b.len().max(1));
+                    if i < b.len() {
+                        b[i] = alphabet[rng.random_range(0..alphabet.len())];
+                    }
+                }
+                b
+            };
+            // Whatever the outcome, an accepted event has something to normalize, and normalizes.
+            if let Ok(e) = parse_event(&payload) {
+                assert!(!e.jobs.is_empty() || e.workflow.is_some());
+                let _ = normalize_event(&e);
+            }
         }
     }
 }

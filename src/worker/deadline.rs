@@ -11,10 +11,10 @@
 //! was lost); a job still running gets a new deadline; past `worker.job_timeout_max` the worker cancels
 //! it at CI (best effort, so it does no work nobody waits for) and publishes `timed_out`.
 
-use crate::pulsar::consume::{Delivery, Disposition};
 use super::{retry, Context, WorkerError};
-use crate::result::normalize::normalize_job;
+use crate::pulsar::consume::{Delivery, Disposition};
 use crate::pulsar::{props, Client, Outgoing, SubscribeOptions};
+use crate::result::normalize::normalize_job;
 use crate::result::{JobResult, ResultState};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -143,7 +143,7 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
         Ok(r) => r
             .jobs
             .into_iter()
-            .find(|j| j.job_id.as_deref() == Some(&deadline.job_id)),
+            .find(|j| j.job_id() == Some(&deadline.job_id)),
         Err(e) if e.is_transient() => {
             tracing::warn!(request_id = %deadline.request_id, job_id = %deadline.job_id, error = %e, "cannot describe the job; checking later");
             let delay = retry::backoff(deadline.checks, w.retry_base_delay, w.retry_max_delay)
@@ -156,7 +156,7 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
         }
     };
     if let Some(detail) = &detail {
-        let mut result = normalize_job(&detail.raw);
+        let mut result = normalize_job(detail.tree());
         if result.state.is_final() {
             result.request_id = Some(deadline.request_id.clone());
             result.user_data = deadline.submitted.user_data.clone();

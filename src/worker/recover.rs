@@ -13,7 +13,7 @@
 
 use super::Context;
 use crate::ci::client::{CiError, ListQuery};
-use crate::ci::response::{text_at, JobDetail};
+use crate::ci::response::JobDetail;
 use crate::request::ValidRequest;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -96,14 +96,18 @@ fn scan_key(req: &ValidRequest) -> ScanKey {
     (
         req.bucket.clone(),
         req.region.clone(),
-        text_at(&req.ci_job, &["QueueId"]),
-        text_at(&req.ci_job, &["Tag"]).unwrap_or_default(),
+        text_at(req, &["QueueId"]),
+        text_at(req, &["Tag"]).unwrap_or_default(),
     )
 }
 
 /// The `UserData` the worker sent for `req` (marker plus the caller's data).
 fn marker(req: &ValidRequest) -> String {
-    text_at(&req.ci_job, &["Operation", "UserData"]).unwrap_or_default()
+    text_at(req, &["Operation", "UserData"]).unwrap_or_default()
+}
+
+fn text_at(req: &ValidRequest, path: &[&str]) -> Option<String> {
+    req.ci_job.text_at(path).map(str::to_string)
 }
 
 /// Looks for `req`'s job among those created since `since`.
@@ -126,8 +130,8 @@ async fn scan(
 ) -> Result<Scan, CiError> {
     let since: chrono::DateTime<chrono::Utc> = (since - SKEW).into();
     let mut query = ListQuery {
-        queue_id: text_at(&req.ci_job, &["QueueId"]),
-        tag: text_at(&req.ci_job, &["Tag"]).unwrap_or_default(),
+        queue_id: text_at(req, &["QueueId"]),
+        tag: text_at(req, &["Tag"]).unwrap_or_default(),
         states: Some("All".into()),
         order_by_time: Some("Desc".into()),
         size: Some(100),
@@ -142,7 +146,7 @@ async fn scan(
         super::submission::record_call(ctx, "list", &page, started.elapsed());
         let page = page?;
         for job in page.jobs {
-            if let Some(user_data) = job.user_data() {
+            if let Some(user_data) = job.user_data().map(str::to_string) {
                 let hit = stop_at == Some(user_data.as_str());
                 // Kept for the life of the process: without the media trees (37 → 212 MiB of RSS
                 // with them, for a queue of 10,000 finished jobs).

@@ -2,13 +2,14 @@
 //! failures) → `submitted` event, or a `rejected` result, or a dead letter. The request is acknowledged
 //! only once that outcome is stored on the broker.
 
-use crate::pulsar::consume::{Delivery, Disposition};
 use super::{dead_letter, deadline, retry, Context, WorkerError};
 use crate::ci::client::CiError;
-use crate::ci::response::{text_at, JobDetail};
-use crate::result::normalize::normalize_job;
+use crate::ci::response::JobDetail;
+use crate::ci::tree::Node;
+use crate::pulsar::consume::{Delivery, Disposition};
 use crate::pulsar::{Client, SubscribeOptions};
 use crate::request::{Rejection, SubmitRequest, ValidRequest};
+use crate::result::normalize::normalize_job;
 use crate::result::{JobResult, ObjectRef, ResultState};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -150,7 +151,7 @@ async fn announce(ctx: &Context, req: &ValidRequest, result: &JobResult) -> Disp
 async fn recovered(ctx: &Context, req: &ValidRequest, detail: &JobDetail) -> Disposition {
     ctx.metrics.submissions_recovered.inc();
     let result = submitted(req, detail);
-    let finished = normalize_job(&detail.raw).state.is_final();
+    let finished = normalize_job(detail.tree()).state.is_final();
     tracing::info!(request_id = %req.request_id, job_id = result.job_id.as_deref().unwrap_or(""), finished, "found the job an earlier attempt created; not submitting again");
     if finished {
         return Disposition::Ack;
@@ -169,7 +170,7 @@ async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetai
             match super::recover::search(ctx, req, first_attempt).await {
                 Ok(Some(detail)) => {
                     ctx.metrics.submissions_recovered.inc();
-                    tracing::info!(request_id = %req.request_id, job_id = detail.job_id.as_deref().unwrap_or(""), "a lost answer had created the job; not submitting again");
+                    tracing::info!(request_id = %req.request_id, job_id = detail.job_id().unwrap_or(""), "a lost answer had created the job; not submitting again");
                     return Ok(detail);
                 }
                 Ok(None) => {}
@@ -240,7 +241,7 @@ pub(crate) fn record_call<T>(
 
 /// The `submitted` progress event from CI's answer.
 fn submitted(req: &ValidRequest, detail: &JobDetail) -> JobResult {
-    let mut result = normalize_job(&detail.raw);
+    let mut result = normalize_job(detail.tree());
     result.state = ResultState::Submitted;
     result.request_id = Some(req.request_id.clone());
     result.user_data = req.user_data.clone();
@@ -256,23 +257,29 @@ fn rejected(req: &SubmitRequest, rejection: &Rejection) -> JobResult {
     result.request_id = Some(req.request_id.clone());
     result.code = rejection.code.clone();
     result.message = rejection.message.clone();
-    result.tag = text_at(&req.job, &["Tag"]);
-    result.queue_id = text_at(&req.job, &["QueueId"]);
+    let job = Node::from_value(&req.job);
+    let text = |path: &[&str]| job.text_at(path).map(str::to_string);
+    result.tag = text(&["Tag"]);
+    result.queue_id = text(&["QueueId"]);
     result.input = Some(ObjectRef {
         bucket: req.bucket.clone(),
         region: req.region.clone(),
-        object: text_at(&req.job, &["Input", "Object"]),
+        object: text(&["Input", "Object"]),
     });
-    result.output = output_of(&req.job);
-    result.user_data = text_at(&req.job, &["Operation", "UserData"]);
+    result.output = output_of(&job);
+    result.user_data = text(&["Operation", "UserData"]);
     result
 }
 
-fn output_of(job: &serde_json::Value) -> Option<ObjectRef> {
+fn output_of(job: &Node) -> Option<ObjectRef> {
+    let text = |key: &str| {
+        job.text_at(&["Operation", "Output", key])
+            .map(str::to_string)
+    };
     let o = ObjectRef {
-        bucket: text_at(job, &["Operation", "Output", "Bucket"]),
-        region: text_at(job, &["Operation", "Output", "Region"]),
-        object: text_at(job, &["Operation", "Output", "Object"]),
+        bucket: text("Bucket"),
+        region: text("Region"),
+        object: text("Object"),
     };
     (o != ObjectRef::default()).then_some(o)
 }
