@@ -182,8 +182,8 @@ impl<'a> Node<'a> {
     /// A borrowed copy of this tree: names and texts lent, not copied (an owned tree read by code
     /// that takes its tree by value).
     pub fn view(&self) -> Node<'_> {
-        fn lent<'b>(s: &'b Cow<'_, str>) -> Cow<'b, str> {
-            Cow::Borrowed(s.as_ref())
+        fn lent(s: &str) -> Cow<'_, str> {
+            Cow::Borrowed(s)
         }
         match self {
             Node::Null => Node::Null,
