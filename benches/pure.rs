@@ -9,12 +9,12 @@
 //!   pure part, what one message costs the worker besides Pulsar).
 //! - `event/{xml,json}_parse`, `result/to_json`: the same, split.
 
-use ci_worker::tools::bench::events::{self, EventFormat};
-use ci_worker::ci::{sign, xml};
-use ci_worker::result::normalize::{normalize_event, normalize_owned};
 use ci_worker::callback::event::parse_event;
+use ci_worker::ci::{sign, xml};
 use ci_worker::config::Settings;
 use ci_worker::request::SubmitRequest;
+use ci_worker::result::normalize::{normalize_event, normalize_owned};
+use ci_worker::tools::bench::events::{self, EventFormat};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
@@ -48,7 +48,7 @@ fn signing(c: &mut Criterion) {
     });
 }
 
-fn valid_job() -> serde_json::Value {
+fn valid_job() -> ci_worker::ci::tree::Node<'static> {
     let payload = events::request("bench", 42, EventFormat::Json, false);
     SubmitRequest::parse(&payload)
         .unwrap()

@@ -6,6 +6,7 @@
 mod common;
 
 use ci_worker::ci::response::{parse_error, parse_jobs_response, CiErrorBody, JobDetail};
+use ci_worker::ci::tree::Node;
 use ci_worker::ci::{ci_host, sign, xml};
 use ci_worker::config::{KeyPair, Settings};
 use ci_worker::emulator::{self, EmulatorEvent, EmulatorHandle, JobState};
@@ -223,13 +224,20 @@ fn parse_event(payload: &[u8]) -> (&'static str, Value, JobDetail) {
     if text.trim_start().starts_with('<') {
         let doc = xml::parse(text).expect("XML event");
         assert_eq!(doc.root, "Response", "{text}");
-        let detail = JobDetail::from_value(&doc.value["JobsDetail"]);
-        ("XML", xml::to_ci_json(&doc.value), detail)
+        let mut tree = doc.node;
+        let detail = JobDetail::new(tree.get("JobsDetail").cloned().unwrap_or_default());
+        tree.canonicalize();
+        ("XML", tree.into_value(), detail)
     } else {
         let v: Value = serde_json::from_str(text).expect("JSON event");
-        let detail = JobDetail::from_value(&v["JobsDetail"]);
+        let detail = JobDetail::new(Node::from_value(&v["JobsDetail"]));
         ("JSON", v, detail)
     }
+}
+
+/// A tree as a `Value`, to index and compare with JSON literals.
+fn value(tree: &Node) -> Value {
+    tree.clone().into_value()
 }
 
 async fn next_event(c: &mut Consumer<Vec<u8>, TokioExecutor>) -> (&'static str, Value, JobDetail) {
@@ -286,36 +294,42 @@ async fn submit_describe_list_cancel_with_cis_shapes() {
         reply.body
     );
     let job = submitted_job(&reply);
-    let id = job.job_id.clone().unwrap();
+    let id = job.job_id().unwrap().to_string();
     assert!(
         id.len() == 33 && id.starts_with('j') && id[1..].bytes().all(|b| b.is_ascii_hexdigit()),
         "{id}"
     );
-    assert_eq!(job.code.as_deref(), Some("Success"));
-    assert_eq!(job.state.as_deref(), Some("Submitted"));
-    let created = job.creation_time.clone().unwrap();
+    assert_eq!(job.tree().text_at(&["Code"]), Some("Success"));
+    assert_eq!(job.tree().text_at(&["State"]), Some("Submitted"));
+    let created = job.tree().text_at(&["CreationTime"]).unwrap().to_string();
     assert!(
         chrono::DateTime::parse_from_str(&created, "%Y-%m-%dT%H:%M:%S%z").is_ok()
             && created.ends_with("+0800"),
         "{created}"
     );
-    assert_eq!(job.start_time.as_deref(), Some("-"));
-    assert_eq!(job.end_time.as_deref(), Some("-"));
+    assert_eq!(job.tree().text_at(&["StartTime"]), Some("-"));
+    assert_eq!(job.tree().text_at(&["EndTime"]), Some("-"));
     assert_eq!(
-        job.queue_id.as_deref(),
+        job.tree().text_at(&["QueueId"]),
         Some("p2242ab62c7c94486915508540933a2c6")
     );
-    assert_eq!(job.tag.as_deref(), Some("DigitalWatermark"));
-    assert_eq!(job.input.bucket_id.as_deref(), Some(BUCKET));
-    assert_eq!(job.input.object.as_deref(), Some("input/demo.mp4"));
-    assert_eq!(job.input.region.as_deref(), Some(REGION));
-    assert_eq!(job.user_data().as_deref(), Some("req-42"));
-    assert_eq!(job.operation["DigitalWatermark"]["Message"], "123456789ab");
-    assert_eq!(job.operation["Output"]["Object"], "output/out.mp4");
-    assert!(job.operation.get("MediaResult").is_none());
-    assert_eq!(job.raw["CallBackType"], "TDMQ");
-    assert_eq!(job.raw["CallBackFormat"], "JSON");
-    assert_eq!(job.raw["CallBackMqConfig"]["MqName"], "cb");
+    assert_eq!(job.tree().text_at(&["Tag"]), Some("DigitalWatermark"));
+    assert_eq!(job.tree().text_at(&["Input", "BucketId"]), Some(BUCKET));
+    assert_eq!(
+        job.tree().text_at(&["Input", "Object"]),
+        Some("input/demo.mp4")
+    );
+    assert_eq!(job.tree().text_at(&["Input", "Region"]), Some(REGION));
+    assert_eq!(job.user_data(), Some("req-42"));
+    assert_eq!(
+        value(job.operation())["DigitalWatermark"]["Message"],
+        "123456789ab"
+    );
+    assert_eq!(value(job.operation())["Output"]["Object"], "output/out.mp4");
+    assert!(value(job.operation()).get("MediaResult").is_none());
+    assert_eq!(value(job.tree())["CallBackType"], "TDMQ");
+    assert_eq!(value(job.tree())["CallBackFormat"], "JSON");
+    assert_eq!(value(job.tree())["CallBackMqConfig"]["MqName"], "cb");
     notice(&mut notices, is_state(&id, JobState::Submitted)).await;
 
     // A second job without QueueId lands in the bucket's default queue `p` + 32 hex.
@@ -331,8 +345,8 @@ async fn submit_describe_list_cancel_with_cis_shapes() {
         "request ids are unique"
     );
     let job2 = submitted_job(&reply2);
-    let id2 = job2.job_id.clone().unwrap();
-    let default_queue = job2.queue_id.clone().unwrap();
+    let id2 = job2.job_id().unwrap().to_string();
+    let default_queue = job2.tree().text_at(&["QueueId"]).unwrap().to_string();
     assert!(
         default_queue.starts_with('p') && default_queue.len() == 33,
         "{default_queue}"
@@ -342,14 +356,18 @@ async fn submit_describe_list_cancel_with_cis_shapes() {
     let d = ci.describe(&id).await;
     assert_eq!(d.status, 200, "{}", d.body);
     let resp = parse_jobs_response(&d.body).unwrap();
-    assert_eq!(resp.jobs[0].job_id.as_deref(), Some(id.as_str()));
+    assert_eq!(resp.jobs[0].job_id(), Some(id.as_str()));
     assert!(resp.non_exist_job_ids.is_empty());
     let d = ci.describe(&format!("{id},jdoesnotexist,{id2}")).await;
     assert_eq!(d.status, 200, "{}", d.body);
     let doc = xml::parse(&d.body).unwrap();
-    assert_eq!(doc.value["RequestId"], Value::String(d.request_id()));
+    assert_eq!(value(&doc.node)["RequestId"], Value::String(d.request_id()));
     let resp = parse_jobs_response(&d.body).unwrap();
-    let got: Vec<_> = resp.jobs.iter().filter_map(|j| j.job_id.clone()).collect();
+    let got: Vec<_> = resp
+        .jobs
+        .iter()
+        .filter_map(|j| j.job_id().map(String::from))
+        .collect();
     assert_eq!(got, [id.clone(), id2.clone()]);
     assert_eq!(resp.non_exist_job_ids, ["jdoesnotexist"]);
 
@@ -370,7 +388,7 @@ async fn submit_describe_list_cancel_with_cis_shapes() {
     assert_eq!(page1.status, 200, "{}", page1.body);
     let p1 = parse_jobs_response(&page1.body).unwrap();
     assert_eq!(p1.jobs.len(), 1);
-    assert_eq!(p1.jobs[0].job_id.as_deref(), Some(id2.as_str()));
+    assert_eq!(p1.jobs[0].job_id(), Some(id2.as_str()));
     let token = p1.next_token.clone().expect("a NextToken");
     let page2 = ci
         .call(
@@ -385,7 +403,7 @@ async fn submit_describe_list_cancel_with_cis_shapes() {
         )
         .await;
     let p2 = parse_jobs_response(&page2.body).unwrap();
-    assert_eq!(p2.jobs[0].job_id.as_deref(), Some(id.as_str()));
+    assert_eq!(p2.jobs[0].job_id(), Some(id.as_str()));
     assert_eq!(p2.next_token, None, "{}", page2.body);
     let asc = ci
         .call("GET", "/jobs", &[("orderByTime", "Asc")], None)
@@ -394,7 +412,7 @@ async fn submit_describe_list_cancel_with_cis_shapes() {
         .unwrap()
         .jobs
         .into_iter()
-        .filter_map(|j| j.job_id)
+        .filter_map(|j| j.job_id().map(String::from))
         .collect();
     assert_eq!(asc, [id.clone(), id2.clone()]);
     let by_queue = ci
@@ -402,7 +420,7 @@ async fn submit_describe_list_cancel_with_cis_shapes() {
         .await;
     let by_queue = parse_jobs_response(&by_queue.body).unwrap();
     assert_eq!(by_queue.jobs.len(), 1);
-    assert_eq!(by_queue.jobs[0].job_id.as_deref(), Some(id2.as_str()));
+    assert_eq!(by_queue.jobs[0].job_id(), Some(id2.as_str()));
     let none = ci
         .call("GET", "/jobs", &[("states", "Success,Failed")], None)
         .await;
@@ -440,8 +458,8 @@ async fn submit_describe_list_cancel_with_cis_shapes() {
     assert_eq!(c.headers["server"], "tencent-ci");
     notice(&mut notices, is_state(&id, JobState::Cancel)).await;
     let d = submitted_job(&ci.describe(&id).await);
-    assert_eq!(d.state.as_deref(), Some("Cancel"));
-    assert_ne!(d.end_time.as_deref(), Some("-"));
+    assert_eq!(d.tree().text_at(&["State"]), Some("Cancel"));
+    assert_ne!(d.tree().text_at(&["EndTime"]), Some("-"));
     let again = ci
         .call("PUT", &format!("/jobs/{id}"), &[("cancel", "")], None)
         .await;
@@ -474,8 +492,8 @@ async fn jobs_run_and_publish_cis_completion_events_to_pulsar() {
         &ci.submit(&job_xml("input/demo2.mp4", "JSON", "req-json"))
             .await,
     );
-    let xml_id = xml_job.job_id.unwrap();
-    let json_id = json_job.job_id.unwrap();
+    let xml_id = xml_job.job_id().unwrap().to_string();
+    let json_id = json_job.job_id().unwrap().to_string();
     notice(&mut notices, is_state(&xml_id, JobState::Running)).await;
     notice(&mut notices, is_state(&xml_id, JobState::Success)).await;
 
@@ -513,23 +531,23 @@ async fn jobs_run_and_publish_cis_completion_events_to_pulsar() {
     for _ in 0..2 {
         let (format, tree, detail) = next_event(&mut events).await;
         assert_eq!(tree["EventName"], "TaskFinish");
-        assert_eq!(detail.state.as_deref(), Some("Success"));
-        assert_eq!(detail.code.as_deref(), Some("Success"));
-        assert_eq!(detail.sub_tag.as_deref(), Some("DigitalWatermark"));
-        assert_eq!(detail.input.bucket_id.as_deref(), Some(BUCKET));
-        assert_ne!(detail.start_time.as_deref(), Some("-"));
-        assert_ne!(detail.end_time.as_deref(), Some("-"));
+        assert_eq!(detail.tree().text_at(&["State"]), Some("Success"));
+        assert_eq!(detail.tree().text_at(&["Code"]), Some("Success"));
+        assert_eq!(detail.tree().text_at(&["SubTag"]), Some("DigitalWatermark"));
+        assert_eq!(detail.tree().text_at(&["Input", "BucketId"]), Some(BUCKET));
+        assert_ne!(detail.tree().text_at(&["StartTime"]), Some("-"));
+        assert_ne!(detail.tree().text_at(&["EndTime"]), Some("-"));
         let jd = &tree["JobsDetail"];
         assert!(jd.is_object(), "one JobsDetail is an object in CI's JSON");
         let file = &jd["Operation"]["MediaResult"]["OutputFile"];
         assert_eq!(file["ObjectName"], "output/out.mp4");
         assert_eq!(file["Md5Info"]["Md5"].as_str().map(str::len), Some(32));
         assert_eq!(jd["Operation"]["MediaInfo"]["Format"]["NumStream"], "2");
-        let id = detail.job_id.clone().unwrap();
+        let id = detail.job_id().unwrap().to_string();
         match format {
             "XML" => {
                 assert_eq!(id, xml_id);
-                assert_eq!(detail.user_data().as_deref(), Some("req-xml"));
+                assert_eq!(detail.user_data(), Some("req-xml"));
                 // In XML the empty Message is there; CI's JSON drops it (checked below).
                 let mut expected = sample_detail.clone();
                 expected.remove("Message");
@@ -537,7 +555,7 @@ async fn jobs_run_and_publish_cis_completion_events_to_pulsar() {
             }
             _ => {
                 assert_eq!(id, json_id);
-                assert_eq!(detail.user_data().as_deref(), Some("req-json"));
+                assert_eq!(detail.user_data(), Some("req-json"));
                 assert!(
                     jd.get("Message").is_none(),
                     "empty elements are dropped in JSON"
@@ -555,9 +573,9 @@ async fn jobs_run_and_publish_cis_completion_events_to_pulsar() {
 
     // The raw XML keeps CI's literal shape: alphabetical, <Message/> present, callback settings absent.
     let d = submitted_job(&ci.describe(&xml_id).await);
-    assert_eq!(d.state.as_deref(), Some("Success"));
-    assert!(d.operation.get("MediaResult").is_some());
-    assert_ne!(d.start_time.as_deref(), Some("-"));
+    assert_eq!(d.tree().text_at(&["State"]), Some("Success"));
+    assert!(value(d.operation()).get("MediaResult").is_some());
+    assert_ne!(d.tree().text_at(&["StartTime"]), Some("-"));
     let refused = ci
         .call("PUT", &format!("/jobs/{xml_id}"), &[("cancel", "")], None)
         .await;
@@ -583,29 +601,32 @@ async fn fail_and_lost_markers() {
         &ci.submit(&job_xml("input/__fail__.mp4", "JSON", "req-fail"))
             .await,
     );
-    let failed_id = failed.job_id.unwrap();
+    let failed_id = failed.job_id().unwrap().to_string();
     let (_, tree, detail) = next_event(&mut events).await;
-    assert_eq!(detail.job_id.as_deref(), Some(failed_id.as_str()));
-    assert_eq!(detail.state.as_deref(), Some("Failed"));
-    assert_eq!(detail.code.as_deref(), Some("ResourceNotSupported"));
+    assert_eq!(detail.job_id(), Some(failed_id.as_str()));
+    assert_eq!(detail.tree().text_at(&["State"]), Some("Failed"));
+    assert_eq!(
+        detail.tree().text_at(&["Code"]),
+        Some("ResourceNotSupported")
+    );
     assert!(
         detail
-            .message
-            .as_deref()
+            .tree()
+            .text_at(&["Message"])
             .is_some_and(|m| m.contains("90 s")),
         "{tree}"
     );
-    assert_eq!(detail.user_data().as_deref(), Some("req-fail"));
+    assert_eq!(detail.user_data(), Some("req-fail"));
     assert!(tree["JobsDetail"]["Operation"].get("MediaResult").is_none());
     let d = submitted_job(&ci.describe(&failed_id).await);
-    assert_eq!(d.state.as_deref(), Some("Failed"));
-    assert_eq!(d.code.as_deref(), Some("ResourceNotSupported"));
+    assert_eq!(d.tree().text_at(&["State"]), Some("Failed"));
+    assert_eq!(d.tree().text_at(&["Code"]), Some("ResourceNotSupported"));
 
     let lost = submitted_job(
         &ci.submit(&job_xml("input/__lost__.mp4", "XML", "req-lost"))
             .await,
     );
-    let lost_id = lost.job_id.unwrap();
+    let lost_id = lost.job_id().unwrap().to_string();
     notice(
         &mut notices,
         |e| matches!(e, EmulatorEvent::CallbackSuppressed { job_id } if *job_id == lost_id),
@@ -613,7 +634,7 @@ async fn fail_and_lost_markers() {
     .await;
     let d = submitted_job(&ci.describe(&lost_id).await);
     assert_eq!(
-        d.state.as_deref(),
+        d.tree().text_at(&["State"]),
         Some("Success"),
         "a __lost__ job succeeds"
     );
@@ -624,7 +645,8 @@ async fn fail_and_lost_markers() {
     );
     let (_, _, detail) = next_event(&mut events).await;
     assert_eq!(
-        detail.job_id, sentinel.job_id,
+        detail.job_id(),
+        sentinel.job_id(),
         "no event was published for the __lost__ job"
     );
 
@@ -939,11 +961,12 @@ async fn duplicate_rate_delivers_events_twice() {
         &ci.submit(&job_xml("input/dup.mp4", "JSON", "req-dup"))
             .await,
     )
-    .job_id;
+    .job_id()
+    .map(String::from);
     let (_, first, a) = next_event(&mut events).await;
     let (_, second, b) = next_event(&mut events).await;
-    assert_eq!(a.job_id, id);
-    assert_eq!(b.job_id, id);
+    assert_eq!(a.job_id().map(String::from), id);
+    assert_eq!(b.job_id().map(String::from), id);
     assert_eq!(
         first, second,
         "the duplicate is byte-for-byte the same event"
@@ -985,15 +1008,17 @@ async fn url_callbacks_are_posted() {
             "</Request>",
             &format!("<CallBack>http://{cb_addr}/cb</CallBack></Request>"),
         );
-    let id = submitted_job(&ci.submit(&body).await).job_id;
+    let id = submitted_job(&ci.submit(&body).await)
+        .job_id()
+        .map(String::from);
     let (ct, posted) = common::within(30, "the URL callback", rx.recv())
         .await
         .unwrap();
     assert_eq!(ct, "application/xml");
     let (format, _, detail) = parse_event(posted.as_bytes());
     assert_eq!(format, "XML");
-    assert_eq!(detail.job_id, id);
-    assert_eq!(detail.user_data().as_deref(), Some("req-url"));
+    assert_eq!(detail.job_id().map(String::from), id);
+    assert_eq!(detail.user_data(), Some("req-url"));
     em.shutdown().await.unwrap();
 }
 
@@ -1027,11 +1052,12 @@ async fn serves_while_the_broker_is_unreachable_and_shuts_down_promptly() {
     let ci = Ci::new(&em);
     let mut notices = em.subscribe();
     let id = submitted_job(&ci.submit(&job_xml("input/a.mp4", "XML", "u")).await)
-        .job_id
-        .unwrap();
+        .job_id()
+        .unwrap()
+        .to_string();
     notice(&mut notices, is_state(&id, JobState::Success)).await;
     let d = submitted_job(&ci.describe(&id).await);
-    assert_eq!(d.state.as_deref(), Some("Success"));
+    assert_eq!(d.tree().text_at(&["State"]), Some("Success"));
     common::within(10, "the emulator's shutdown", em.shutdown())
         .await
         .unwrap();

@@ -111,6 +111,34 @@ fn ci() -> CiSettings {
     CiSettings::default()
 }
 
+/// CI's JSON form of a tree (its JSON events are this of its XML ones), written apart from
+/// `Node::canonicalize` and over serde_json's own tree: every scalar a string, empty strings, nulls
+/// and what is left empty dropped, a one-element array its element. `None` when nothing is left.
+fn ci_json_reference(v: &Value) -> Option<Value> {
+    match v {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(Value::String(s.clone())),
+        Value::Number(n) => Some(Value::String(n.to_string())),
+        Value::Bool(b) => Some(Value::String(b.to_string())),
+        Value::Object(map) => {
+            let kept: serde_json::Map<String, Value> = map
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), ci_json_reference(v)?)))
+                .collect();
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        Value::Array(items) => {
+            let mut kept: Vec<Value> = items.iter().filter_map(ci_json_reference).collect();
+            match kept.len() {
+                0 => None,
+                1 => kept.pop(),
+                _ => Some(Value::Array(kept)),
+            }
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -152,9 +180,10 @@ proptest! {
         let body = xml::to_xml("Request", &valid.ci_job).unwrap();
         let doc = xml::parse(&body).unwrap();
         prop_assert_eq!(&doc.root, "Request");
-        prop_assert_eq!(&doc.value["Input"]["Object"], &json!(object));
-        prop_assert_eq!(&doc.value["Operation"]["UserData"], &valid.ci_job["Operation"]["UserData"]);
-        prop_assert_eq!(doc.value.as_object().unwrap().len(), valid.ci_job.as_object().unwrap().len());
+        let (read, sent) = (doc.node.into_value(), valid.ci_job.clone().into_value());
+        prop_assert_eq!(&read["Input"]["Object"], &json!(object));
+        prop_assert_eq!(&read["Operation"]["UserData"], &sent["Operation"]["UserData"]);
+        prop_assert_eq!(read.as_object().unwrap().len(), sent.as_object().unwrap().len());
     }
 
     #[test]
@@ -178,16 +207,16 @@ proptest! {
 
     #[test]
     fn normalizer_takes_any_tree(detail in json_tree()) {
-        let result = normalize_job(&detail);
+        let result = normalize_job(&Node::from_value(&detail));
         prop_assert_eq!(result.version, 1);
-        // The media trees are CI's JSON conversion of what came (`into_ci_json`, the emulator's
-        // writer), byte for byte, or null when that is not a non-empty object.
+        // The media trees are CI's JSON conversion of what came (the reference below), byte for
+        // byte, or null when that is not a non-empty object.
         let operation = detail.get("Operation").filter(|o| o.is_object());
         for (key, got) in [("MediaInfo", &result.media_info), ("MediaResult", &result.media_result)] {
             let expected = operation
                 .and_then(|o| o.get(key))
-                .map(|tree| xml::into_ci_json(tree.clone()))
-                .filter(|tree| tree.as_object().is_some_and(|m| !m.is_empty()))
+                .and_then(ci_json_reference)
+                .filter(Value::is_object)
                 .map(|tree| tree.to_string());
             prop_assert_eq!(got.as_ref().map(|t| t.json().to_string()), expected);
         }
@@ -199,6 +228,34 @@ proptest! {
                 prop_assert_eq!(results.len(), 1);
                 prop_assert_eq!(results[0].to_json(), result.to_json());
             }
+        }
+    }
+
+    /// `Node::canonicalize` is CI's JSON conversion as the reference writes it, key order included.
+    #[test]
+    fn canonical_form_is_the_reference(tree in json_tree()) {
+        let mut node = Node::from_value(&tree);
+        let kept = node.canonicalize();
+        let expected = ci_json_reference(&tree);
+        prop_assert_eq!(kept, expected.is_some());
+        prop_assert_eq!(
+            serde_json::to_string(&node).unwrap(),
+            expected.unwrap_or(Value::Null).to_string()
+        );
+    }
+
+    /// The same of trees read from CI's XML (repeated elements, mixed content, empty leaves).
+    #[test]
+    fn canonical_form_of_xml_events_is_the_reference(bytes in mutated(corpus("events"))) {
+        let text = String::from_utf8_lossy(&bytes);
+        if let Ok(doc) = xml::parse(&text) {
+            let expected = ci_json_reference(&doc.node.clone().into_value());
+            let mut node = doc.node;
+            prop_assert_eq!(node.canonicalize(), expected.is_some());
+            prop_assert_eq!(
+                serde_json::to_string(&node).unwrap(),
+                expected.unwrap_or(Value::Null).to_string()
+            );
         }
     }
 

@@ -17,6 +17,7 @@ use super::shared::Shared;
 use super::store::{CancelRefusal, ListFilter};
 use super::submit;
 use crate::ci::response::CiErrorBody;
+use crate::ci::tree::Node;
 use crate::ci::xml;
 use axum::body::Body;
 use axum::extract::State;
@@ -28,7 +29,6 @@ use base64::Engine;
 use chrono::{DateTime, FixedOffset};
 use md5::{Digest, Md5};
 use rand::Rng;
-use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -317,9 +317,7 @@ async fn submit(
         tracing::info!(job_id = %job.id, "emulator: holding the answer (__hangup__)");
         tokio::time::sleep(faults::HANGUP_DELAY).await;
     }
-    let mut root = Map::new();
-    root.insert("JobsDetail".into(), job.detail());
-    write_xml(&Value::Object(root))
+    write_xml(&Node::Map(vec![("JobsDetail".into(), job.detail())]))
 }
 
 fn describe(
@@ -347,18 +345,17 @@ fn describe(
     for id in ids {
         match shared.store.get(bucket, region, id) {
             Some(job) => found.push(job.detail()),
-            None => missing.push(Value::String(id.to_string())),
+            None => missing.push(Node::from(id.to_string())),
         }
     }
-    let mut root = Map::new();
-    root.insert("RequestId".into(), request_id.into());
+    let mut root = Node::Map(vec![("RequestId".into(), request_id.to_string().into())]);
     if !found.is_empty() {
-        root.insert("JobsDetail".into(), one_or_many(found));
+        root.insert("JobsDetail", one_or_many(found));
     }
     if !missing.is_empty() {
-        root.insert("NonExistJobIds".into(), one_or_many(missing));
+        root.insert("NonExistJobIds", one_or_many(missing));
     }
-    write_xml(&Value::Object(root))
+    write_xml(&root)
 }
 
 fn list(
@@ -370,17 +367,16 @@ fn list(
 ) -> Result<Reply, ApiError> {
     let filter = list_filter(uri.query())?;
     let (page, next) = shared.store.list(bucket, region, &filter);
-    let mut root = Map::new();
-    root.insert("RequestId".into(), request_id.into());
-    let details: Vec<Value> = page.iter().map(|j| j.detail()).collect();
+    let mut root = Node::Map(vec![("RequestId".into(), request_id.to_string().into())]);
+    let details: Vec<Node> = page.iter().map(|j| j.detail()).collect();
     if !details.is_empty() {
-        root.insert("JobsDetail".into(), one_or_many(details));
+        root.insert("JobsDetail", one_or_many(details));
     }
     root.insert(
-        "NextToken".into(),
+        "NextToken",
         next.map(encode_token).unwrap_or_default().into(),
     );
-    write_xml(&Value::Object(root))
+    write_xml(&root)
 }
 
 /// Reads the query of `GET /jobs` (names case-insensitive; empty values count as absent, as the
@@ -501,15 +497,15 @@ fn cancel(shared: &Shared, raw_id: &str, bucket: &str, region: &str) -> Result<R
     }
 }
 
-fn one_or_many(mut items: Vec<Value>) -> Value {
+fn one_or_many(mut items: Vec<Node>) -> Node {
     if items.len() == 1 {
-        items.pop().unwrap_or(Value::Null)
+        items.pop().unwrap_or_default()
     } else {
-        Value::Array(items)
+        Node::List(items)
     }
 }
 
-fn write_xml(tree: &Value) -> Result<Reply, ApiError> {
+fn write_xml(tree: &Node) -> Result<Reply, ApiError> {
     xml::to_xml("Response", tree).map(Reply::Xml).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

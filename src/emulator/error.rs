@@ -2,9 +2,9 @@
 //! `<Error>` document, and [`EmulatorError`], an emulator that cannot start or stops abnormally.
 
 use crate::ci::response::{error_xml, CiErrorBody};
+use crate::ci::tree::Node;
 use crate::ci::xml;
 use axum::http::StatusCode;
-use serde_json::{Map, Value};
 
 /// Why the emulator could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -65,13 +65,14 @@ impl ApiError {
 /// (the host and path) after `Message`: the official Python SDK reads an error body only when it has a
 /// `Resource` (otherwise every code reads "Unknown"), which says CI's gateway writes one as COS does.
 pub(crate) fn error_body(err: &CiErrorBody, resource: &str) -> String {
-    let mut body = Map::new();
-    body.insert("Code".into(), err.code.clone().into());
-    body.insert("Message".into(), err.message.clone().into());
-    body.insert("Resource".into(), resource.into());
-    body.insert("RequestId".into(), err.request_id.clone().into());
-    body.insert("TraceId".into(), err.trace_id.clone().into());
-    match xml::to_xml("Error", &Value::Object(body)) {
+    let body = Node::Map(vec![
+        ("Code".into(), err.code.as_str().into()),
+        ("Message".into(), err.message.as_str().into()),
+        ("Resource".into(), resource.into()),
+        ("RequestId".into(), err.request_id.as_str().into()),
+        ("TraceId".into(), err.trace_id.as_str().into()),
+    ]);
+    match xml::to_xml("Error", &body) {
         Ok(x) => format!("<?xml version='1.0' encoding='utf-8' ?>\n{x}"),
         // A character XML cannot carry (from a client's input echoed in the message): the model's
         // writer replaces those.

@@ -2,8 +2,8 @@
 //!
 //! The body is `<Response><EventName>TaskFinish</EventName><JobsDetail>…</JobsDetail></Response>`
 //! (callback-digital-watermark.md, keys in alphabetical order) in the job's `CallBackFormat`; the JSON
-//! form is CI's mechanical conversion of that tree ([`crate::ci::xml::to_ci_json`]: every scalar a
-//! string, empty elements dropped, one child an object).
+//! form is CI's mechanical conversion of that tree ([`crate::ci::tree::Node::canonicalize`]: empty
+//! elements dropped, one child an object).
 //!
 //! `CallBackType=TDMQ`: published to the Pulsar topic `emulator.callback_topic_template` names, with
 //! `{MqName}`, `{MqRegion}` and `{MqMode}` substituted — no key, no properties (CI documents none).
@@ -17,11 +17,11 @@ use super::faults::Faults;
 use super::job::Job;
 use super::notices::{EmulatorEvent, Notices};
 use super::submit::{CallbackFormat, CallbackTarget, MqConfig};
+use crate::ci::tree::Node;
 use crate::ci::xml;
 use crate::config::Settings;
 use crate::pulsar::{Outgoing, Publisher};
 use crate::secret::Secret;
-use serde_json::{Map, Value};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex};
 
@@ -36,10 +36,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The completion event body of a finished job, in its `CallBackFormat`.
 pub(crate) fn completion_body(job: &Job) -> (Vec<u8>, &'static str) {
-    let mut root = Map::new();
-    root.insert("EventName".into(), "TaskFinish".into());
-    root.insert("JobsDetail".into(), job.event_detail());
-    let tree = Value::Object(root);
+    let mut tree = Node::Map(vec![
+        ("EventName".into(), "TaskFinish".into()),
+        ("JobsDetail".into(), job.event_detail()),
+    ]);
     match job.spec.format {
         CallbackFormat::Xml => {
             let body = xml::to_xml("Response", &tree).unwrap_or_else(|e| {
@@ -51,7 +51,8 @@ pub(crate) fn completion_body(job: &Job) -> (Vec<u8>, &'static str) {
             (body.into_bytes(), "application/xml")
         }
         CallbackFormat::Json => {
-            let body = serde_json::to_vec(&xml::to_ci_json(&tree)).unwrap_or_default();
+            tree.canonicalize();
+            let body = serde_json::to_vec(&tree).unwrap_or_default();
             (body, "application/json")
         }
     }
@@ -254,6 +255,7 @@ mod tests {
     use super::*;
     use crate::emulator::store::Store;
     use crate::emulator::submit::parse_request;
+    use serde_json::Value;
 
     fn finished(format: &str, object: &str) -> Job {
         let spec = parse_request(&format!(
@@ -286,8 +288,8 @@ mod tests {
         assert_eq!(ct, "application/xml");
         let text = String::from_utf8(body).unwrap();
         assert!(text.starts_with("<Response><EventName>TaskFinish</EventName><JobsDetail><Code>Success</Code><CreationTime>"), "{text}");
-        let doc = xml::parse(&text).unwrap();
-        let d = &doc.value["JobsDetail"];
+        let doc = xml::parse(&text).unwrap().node.into_value();
+        let d = &doc["JobsDetail"];
         assert_eq!(d["State"], "Success");
         assert_eq!(d["SubTag"], "DigitalWatermark");
         assert_eq!(d["Message"], "");

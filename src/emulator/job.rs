@@ -4,9 +4,9 @@
 use super::faults::ObjectFaults;
 use super::media::{media_info, media_result};
 use super::submit::JobSpec;
+use crate::ci::tree::Node;
 use chrono::{DateTime, FixedOffset, Utc};
 use md5::{Digest, Md5};
-use serde_json::{json, Map, Value};
 use std::fmt;
 
 /// CI's time zone for every timestamp it writes (`2022-06-30T18:37:37+0800`).
@@ -99,7 +99,7 @@ impl Job {
     /// `JobsDetail` as submit, describe and list show it: CI's order, `-` for times not yet reached,
     /// `Operation` echoed with `MediaInfo`/`MediaResult` once it succeeded, then the callback settings
     /// as the request gave them.
-    pub(crate) fn detail(&self) -> Value {
+    pub(crate) fn detail(&self) -> Node<'static> {
         let (code, message) = match &self.failure {
             Some((c, m)) => (c.clone(), m.clone()),
             None => ("Success".to_string(), String::new()),
@@ -109,68 +109,52 @@ impl Job {
         };
         let mut operation = self.spec.operation.clone();
         if self.state == JobState::Success {
-            operation.insert("MediaInfo".into(), media_info());
+            operation.insert("MediaInfo", media_info());
             if let Some(result) = media_result(&self.id, &self.spec.operation) {
-                operation.insert("MediaResult".into(), result);
+                operation.insert("MediaResult", result);
             }
         }
-        let mut d = Map::new();
-        d.insert("Code".into(), code.into());
-        d.insert("Message".into(), message.into());
-        d.insert("JobId".into(), self.id.clone().into());
-        d.insert("State".into(), self.state.as_str().into());
-        d.insert("CreationTime".into(), ci_time(&self.created).into());
-        d.insert("StartTime".into(), time(&self.started).into());
-        d.insert("EndTime".into(), time(&self.ended).into());
-        d.insert("QueueId".into(), self.queue_id.clone().into());
-        d.insert("Tag".into(), self.spec.tag.clone().into());
-        d.insert(
-            "Input".into(),
-            json!({"BucketId": self.bucket, "Object": self.spec.input_object, "Region": self.region}),
-        );
-        d.insert("Operation".into(), Value::Object(operation));
+        let input = Node::Map(vec![
+            ("BucketId".into(), self.bucket.clone().into()),
+            ("Object".into(), self.spec.input_object.clone().into()),
+            ("Region".into(), self.region.clone().into()),
+        ]);
+        let mut d = Node::Map(vec![
+            ("Code".into(), code.into()),
+            ("Message".into(), message.into()),
+            ("JobId".into(), self.id.clone().into()),
+            ("State".into(), self.state.as_str().into()),
+            ("CreationTime".into(), ci_time(&self.created).into()),
+            ("StartTime".into(), time(&self.started).into()),
+            ("EndTime".into(), time(&self.ended).into()),
+            ("QueueId".into(), self.queue_id.clone().into()),
+            ("Tag".into(), self.spec.tag.clone().into()),
+            ("Input".into(), input),
+            ("Operation".into(), operation),
+        ]);
         for (k, v) in &self.spec.callback_echo {
             d.insert(k.clone(), v.clone());
         }
-        Value::Object(d)
+        d
     }
 
     /// `JobsDetail` as completion events carry it (callback-digital-watermark.md): no callback
     /// settings, `SubTag` for a DigitalWatermark job, every level's keys in alphabetical order.
-    pub(crate) fn event_detail(&self) -> Value {
+    pub(crate) fn event_detail(&self) -> Node<'static> {
         let mut d = self.detail();
-        if let Value::Object(map) = &mut d {
-            for key in [
-                "CallBackFormat",
-                "CallBackType",
-                "CallBack",
-                "CallBackMqConfig",
-            ] {
-                map.shift_remove(key);
-            }
-            if self.spec.tag == "DigitalWatermark" {
-                map.insert("SubTag".into(), "DigitalWatermark".into());
-            }
+        for key in [
+            "CallBackFormat",
+            "CallBackType",
+            "CallBack",
+            "CallBackMqConfig",
+        ] {
+            d.remove(key);
         }
-        sorted_keys(d)
-    }
-}
-
-/// Every object's keys in byte order, recursively (CI's events list elements alphabetically).
-pub(crate) fn sorted_keys(v: Value) -> Value {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k, sorted_keys(v)))
-                    .collect(),
-            )
+        if self.spec.tag == "DigitalWatermark" {
+            d.insert("SubTag", "DigitalWatermark".into());
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(sorted_keys).collect()),
-        other => other,
+        d.sort_keys();
+        d
     }
 }
 

@@ -4,13 +4,14 @@
 //! compare them: every succeeded job shows the same `MediaInfo`, and its `MediaResult` an MD5 derived
 //! from the job ID and output object. A `__fail__` job fails as CI fails an unsupported input.
 
+use crate::ci::tree::Node;
 use md5::{Digest, Md5};
-use serde_json::{json, Map, Value};
+use serde_json::json;
 
 /// A plausible `MediaInfo` (the shape and values of CI's documented sample: a 215.6 s 1080p
 /// H.264/AAC MP4).
-pub(crate) fn media_info() -> Value {
-    json!({
+pub(crate) fn media_info() -> Node<'static> {
+    let info = json!({
         "Format": {
             "Bitrate": "2533.526000",
             "Duration": "215.638000",
@@ -68,16 +69,17 @@ pub(crate) fn media_info() -> Value {
                 "Width": "1920"
             }
         }
-    })
+    });
+    Node::from_value(&info).into_owned()
 }
 
 /// `MediaResult.OutputFile` for a job's `Operation.Output`, with a stable plausible MD5.
-pub(crate) fn media_result(job_id: &str, operation: &Map<String, Value>) -> Option<Value> {
-    let output = operation.get("Output")?.as_object()?;
+pub(crate) fn media_result(job_id: &str, operation: &Node) -> Option<Node<'static>> {
+    let output = operation.get("Output").filter(|o| o.is_map())?;
     let text = |k: &str| {
         output
             .get(k)
-            .and_then(Value::as_str)
+            .and_then(Node::as_str)
             .unwrap_or("")
             .to_string()
     };
@@ -86,15 +88,20 @@ pub(crate) fn media_result(job_id: &str, operation: &Map<String, Value>) -> Opti
         return None;
     }
     let md5 = hex::encode(Md5::digest(format!("{job_id}/{object}")));
-    Some(json!({
-        "OutputFile": {
-            "Bucket": text("Bucket"),
-            "Md5Info": {"Md5": md5, "ObjectName": object},
-            "ObjectName": object,
-            "ObjectPrefix": "",
-            "Region": text("Region"),
-        }
-    }))
+    let file = Node::Map(vec![
+        ("Bucket".into(), text("Bucket").into()),
+        (
+            "Md5Info".into(),
+            Node::Map(vec![
+                ("Md5".into(), md5.into()),
+                ("ObjectName".into(), object.clone().into()),
+            ]),
+        ),
+        ("ObjectName".into(), object.into()),
+        ("ObjectPrefix".into(), "".into()),
+        ("Region".into(), text("Region").into()),
+    ]);
+    Some(Node::Map(vec![("OutputFile".into(), file)]))
 }
 
 /// The failure a `__fail__` job ends with: a documented CI code and a message in CI's style.

@@ -37,9 +37,6 @@ mod shared;
 mod store;
 mod submit;
 
-/// CI's key order for event trees, shared with the benchmark's synthetic events.
-pub(crate) use job::sorted_keys;
-
 pub use error::EmulatorError;
 pub use job::JobState;
 pub use notices::EmulatorEvent;

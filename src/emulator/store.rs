@@ -228,7 +228,7 @@ mod tests {
     fn lifecycle_transitions_and_cancel() {
         let store = Store::new();
         let job = store.insert("b-1", "ap-guangzhou", spec("in/a.mp4"));
-        let d = job.detail();
+        let d = job.detail().into_value();
         assert_eq!(d["State"], "Submitted");
         assert_eq!(d["StartTime"], "-");
         assert!(d["Operation"].get("MediaResult").is_none());
@@ -240,7 +240,7 @@ mod tests {
         assert!(store.start(&job.id).is_none());
         let done = store.finish(&job.id).unwrap();
         assert_eq!(done.state, JobState::Success);
-        let d = done.detail();
+        let d = done.detail().into_value();
         assert_ne!(d["EndTime"], "-");
         assert_eq!(
             d["Operation"]["MediaResult"]["OutputFile"]["ObjectName"],
@@ -267,7 +267,10 @@ mod tests {
         store.start(&failing.id).unwrap();
         let failed = store.finish(&failing.id).unwrap();
         assert_eq!(failed.state, JobState::Failed);
-        assert_eq!(failed.detail()["Code"], "ResourceNotSupported");
+        assert_eq!(
+            failed.detail().text_at(&["Code"]),
+            Some("ResourceNotSupported")
+        );
     }
 
     #[test]
@@ -275,7 +278,7 @@ mod tests {
         let store = Store::new();
         let job = store.insert("b-1", "ap-guangzhou", spec("in/a.mp4"));
         store.start(&job.id).unwrap();
-        let d = store.finish(&job.id).unwrap().event_detail();
+        let d = store.finish(&job.id).unwrap().event_detail().into_value();
         let keys: Vec<&String> = d.as_object().unwrap().keys().collect();
         let mut expected = keys.clone();
         expected.sort();

@@ -4,8 +4,9 @@
 
 use super::error::ApiError;
 use crate::ci::rules::validate_job;
+use crate::ci::tree::Node;
 use crate::ci::xml;
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// The media Tags `POST /jobs` takes (ci-api-facts.md). `DigitalWatermark` is validated in full; the
 /// others are accepted with the common checks and echoed as given.
@@ -69,13 +70,13 @@ pub(crate) enum CallbackTarget {
 pub(crate) struct JobSpec {
     pub tag: String,
     pub input_object: String,
-    /// `Operation` as given, for the echo.
-    pub operation: Map<String, Value>,
+    /// `Operation` as given (a map), for the echo.
+    pub operation: Node<'static>,
     pub queue_id: Option<String>,
     pub format: CallbackFormat,
     pub target: CallbackTarget,
     /// The callback elements as given, in request order, for the echo.
-    pub callback_echo: Map<String, Value>,
+    pub callback_echo: Vec<(Cow<'static, str>, Node<'static>)>,
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -83,35 +84,33 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 /// A leaf's text: `Ok(None)` when absent or empty, an error when it is a container or repeated.
-fn leaf(map: &Map<String, Value>, name: &str, path: &str) -> Result<Option<String>, ApiError> {
+fn leaf(map: &Node, name: &str, path: &str) -> Result<Option<String>, ApiError> {
     match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
-        Some(Value::Array(_)) => Err(invalid(format!(
+        None | Some(Node::Null) => Ok(None),
+        Some(Node::Text(s)) if s.trim().is_empty() => Ok(None),
+        Some(Node::Text(s)) => Ok(Some(s.to_string())),
+        Some(Node::List(_)) => Err(invalid(format!(
             "The element {path} appears more than once."
         ))),
-        Some(Value::Object(_)) => Err(invalid(format!("The element {path} must be text."))),
+        Some(Node::Map(_)) => Err(invalid(format!("The element {path} must be text."))),
     }
 }
 
-fn required_leaf(map: &Map<String, Value>, name: &str, path: &str) -> Result<String, ApiError> {
+fn required_leaf(map: &Node, name: &str, path: &str) -> Result<String, ApiError> {
     leaf(map, name, path)?.ok_or_else(|| invalid(format!("The element {path} is required.")))
 }
 
-/// A container: `Ok(None)` when absent, an error when it is text or repeated.
-fn container<'a>(
-    map: &'a Map<String, Value>,
+/// A container (a map): `Ok(None)` when absent, an error when it is text or repeated.
+fn container<'n, 'a>(
+    map: &'n Node<'a>,
     name: &str,
     path: &str,
-) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+) -> Result<Option<&'n Node<'a>>, ApiError> {
     match map.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(Value::Array(_)) => Err(invalid(format!(
+        None | Some(Node::Null) => Ok(None),
+        Some(Node::Text(s)) if s.trim().is_empty() => Ok(None),
+        Some(m @ Node::Map(_)) => Ok(Some(m)),
+        Some(Node::List(_)) => Err(invalid(format!(
             "The element {path} appears more than once."
         ))),
         Some(_) => Err(invalid(format!(
@@ -120,11 +119,11 @@ fn container<'a>(
     }
 }
 
-fn required_container<'a>(
-    map: &'a Map<String, Value>,
+fn required_container<'n, 'a>(
+    map: &'n Node<'a>,
     name: &str,
     path: &str,
-) -> Result<&'a Map<String, Value>, ApiError> {
+) -> Result<&'n Node<'a>, ApiError> {
     container(map, name, path)?.ok_or_else(|| invalid(format!("The element {path} is required.")))
 }
 
@@ -142,12 +141,13 @@ pub(crate) fn parse_request(body: &str) -> Result<JobSpec, ApiError> {
             doc.root
         )));
     }
-    let Value::Object(req) = &doc.value else {
+    let req = &doc.node;
+    let Node::Map(entries) = req else {
         return Err(invalid("The element Request is empty."));
     };
     // CI's documented rules, shared with the worker; what follows is only what the emulator adds
     // (strict element shapes, known Tags, queue and URL forms) and the values it needs.
-    validate_job(&doc.value).map_err(|v| invalid(format!("{}: {}.", v.element, v.rule)))?;
+    validate_job(req).map_err(|v| invalid(format!("{}: {}.", v.element, v.rule)))?;
 
     let tag = required_leaf(req, "Tag", "Request.Tag")?;
     if !MEDIA_TAGS.contains(&tag.as_str()) {
@@ -208,16 +208,16 @@ pub(crate) fn parse_request(body: &str) -> Result<JobSpec, ApiError> {
         }
     };
 
-    let callback_echo: Map<String, Value> = req
+    let callback_echo = entries
         .iter()
-        .filter(|(k, _)| CALLBACK_ELEMENTS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
+        .filter(|(k, _)| CALLBACK_ELEMENTS.contains(&k.as_ref()))
+        .map(|(k, v)| (Cow::Owned(k.to_string()), v.clone().into_owned()))
         .collect();
 
     Ok(JobSpec {
         tag,
         input_object,
-        operation: operation.clone(),
+        operation: operation.clone().into_owned(),
         queue_id,
         format,
         target,
@@ -226,7 +226,7 @@ pub(crate) fn parse_request(body: &str) -> Result<JobSpec, ApiError> {
 }
 
 /// `CallBackMqConfig`'s values (their rules were checked by [`validate_job`]).
-fn mq_config(m: &Map<String, Value>) -> Result<MqConfig, ApiError> {
+fn mq_config(m: &Node) -> Result<MqConfig, ApiError> {
     Ok(MqConfig {
         region: required_leaf(m, "MqRegion", "Request.CallBackMqConfig.MqRegion")?,
         mode: required_leaf(m, "MqMode", "Request.CallBackMqConfig.MqMode")?,
@@ -274,7 +274,7 @@ mod tests {
                 name: "ci-callbacks".into()
             })
         );
-        let keys: Vec<&str> = spec.callback_echo.keys().map(String::as_str).collect();
+        let keys: Vec<&str> = spec.callback_echo.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(keys, ["CallBackFormat", "CallBackType", "CallBackMqConfig"]);
     }
 

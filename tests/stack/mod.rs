@@ -288,8 +288,7 @@ impl Stack {
         loop {
             let page = ci.list(bucket, region, &query).await.unwrap();
             for job in &page.jobs {
-                let (request_id, _) =
-                    ci_worker::request::marker::decode(job.user_data().as_deref());
+                let (request_id, _) = ci_worker::request::marker::decode(job.user_data());
                 if let Some(id) = request_id {
                     *counts.entry(id).or_insert(0) += 1;
                 }

@@ -1,12 +1,13 @@
 //! Synthetic but realistic messages for the benchmark: completion events shaped exactly as the
 //! emulator publishes them (`TaskFinish`, a succeeded DigitalWatermark job with CI's documented
 //! `MediaInfo` and a `MediaResult`, keys in alphabetical order, XML through [`crate::ci::xml::to_xml`]
-//! and JSON through [`crate::ci::xml::to_ci_json`]) and job-submission requests like
+//! and JSON as [`Node::canonicalize`] of the same tree) and job-submission requests like
 //! `schemas/examples/request.json`. Deterministic in their index, so runs are comparable.
 
+use crate::ci::tree::Node;
 use crate::ci::xml;
 use crate::request::marker;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// The wire format of a completion event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,22 +51,23 @@ fn md5_hex(s: &str) -> String {
 
 /// The `TaskFinish` event of the succeeded job for request `i`, as the emulator would publish it.
 pub fn completion_event(run: &str, i: u64, format: EventFormat) -> Vec<u8> {
-    let tree = event_tree(run, i);
+    let mut tree = event_tree(run, i);
     match format {
         EventFormat::Xml => xml::to_xml("Response", &tree)
             .expect("the event tree is representable as XML")
             .into_bytes(),
         EventFormat::Json => {
-            serde_json::to_vec(&xml::to_ci_json(&tree)).expect("a JSON tree serializes")
+            tree.canonicalize();
+            serde_json::to_vec(&tree).expect("a JSON tree serializes")
         }
     }
 }
 
 /// `{"EventName": "TaskFinish", "JobsDetail": {…}}` for request `i`.
-pub fn event_tree(run: &str, i: u64) -> Value {
+pub fn event_tree(run: &str, i: u64) -> Node<'static> {
     let id = request_id(run, i);
-    let user_data = marker::encode(&id, Some("bench caller data"))
-        .expect("a bench request id fits the marker");
+    let user_data =
+        marker::encode(&id, Some("bench caller data")).expect("a bench request id fits the marker");
     let object = format!("output/{id}.mp4");
     let job = job_id(run, i);
     let md5 = md5_hex(&format!("{job}/{object}"));
@@ -95,10 +97,12 @@ pub fn event_tree(run: &str, i: u64) -> Value {
         "SubTag": "DigitalWatermark",
         "Tag": "DigitalWatermark"
     });
-    let mut root = Map::new();
-    root.insert("EventName".into(), "TaskFinish".into());
-    root.insert("JobsDetail".into(), crate::emulator::sorted_keys(detail));
-    Value::Object(root)
+    let mut detail = Node::from_value(&detail).into_owned();
+    detail.sort_keys();
+    Node::Map(vec![
+        ("EventName".into(), "TaskFinish".into()),
+        ("JobsDetail".into(), detail),
+    ])
 }
 
 /// CI's documented sample `MediaInfo` (a 215.6 s 1080p H.264/AAC MP4), as the emulator reports it.
@@ -176,9 +180,9 @@ pub fn request_in(bucket: &str, run: &str, i: u64, format: EventFormat, lost: bo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::result::normalize::normalize_event;
     use crate::callback::event::parse_event;
     use crate::request::SubmitRequest;
+    use crate::result::normalize::normalize_event;
     use crate::result::ResultState;
 
     #[test]
