@@ -1,11 +1,15 @@
 //! The completion path: CI's completion event (XML or JSON, detected per message) → normalized results
 //! on the results topic. Unparseable events are dead-lettered, never dropped.
 
+use super::context::{Context, WorkerError};
+use super::dead_letter;
+use super::results::{self, publish_final};
+use super::serve::serve;
+use crate::callback::event::{parse_event, EventFormat};
 use crate::pulsar::consume::{Delivery, Disposition};
-use super::{dead_letter, deadline, Context, WorkerError};
-use crate::result::normalize::normalize_owned;
-use crate::callback::event::parse_event;
 use crate::pulsar::{Client, SubscribeOptions};
+use crate::result::normalize::normalize_owned;
+use crate::telemetry::FormatLabel;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -28,7 +32,7 @@ pub async fn run(
         key_shared: false,
     };
     // Normalizing is cheap: the bound is on results awaiting the broker's receipt.
-    super::serve(
+    serve(
         &ctx,
         client,
         stop,
@@ -53,12 +57,12 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
         }
     };
     let format = match event.format {
-        crate::callback::event::EventFormat::Xml => "xml",
-        crate::callback::event::EventFormat::Json => "json",
+        EventFormat::Xml => "xml",
+        EventFormat::Json => "json",
     };
     ctx.metrics
         .events_consumed
-        .get_or_create(&crate::telemetry::FormatLabel {
+        .get_or_create(&FormatLabel {
             format: format.into(),
         })
         .inc();
@@ -70,18 +74,18 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
             "job finished"
         );
         let verdict = if result.state.is_final() {
-            let verdict = deadline::publish_final(ctx, &result).await;
+            let verdict = publish_final(ctx, &result).await;
             // Only jobs this worker submitted have deadlines.
             if let (Disposition::Ack, Some(_), Some(job_id)) =
                 (&verdict, &result.request_id, &result.job_id)
             {
                 // Best effort, batched, off the event's critical path: the event is done once its
                 // result is.
-                ctx.done.record(job_id);
+                ctx.done_records.record(job_id);
             }
             verdict
         } else {
-            match ctx.publish_result(&result).await {
+            match results::publish(ctx, &result).await {
                 Ok(()) => Disposition::Ack,
                 Err(e) => Disposition::Retry(format!("could not store a result: {e}")),
             }

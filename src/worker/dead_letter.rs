@@ -1,7 +1,7 @@
 //! Dead letters: the original payload and properties untouched, the reason and origin added.
 
+use super::context::Context;
 use crate::pulsar::consume::Delivery;
-use super::Context;
 use crate::pulsar::{props, Outgoing, PulsarIoError};
 
 /// Longest reason kept in the properties (parser messages can quote input).

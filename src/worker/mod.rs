@@ -7,131 +7,32 @@
 //! outcome is confirmed by the broker, and a drain on shutdown that nacks whatever did not finish in
 //! time (so it is redelivered, never lost).
 
+pub mod ci_calls;
 pub mod completion;
+pub mod context;
 pub mod dead_letter;
-pub mod deadline;
-pub mod done;
-pub mod finished;
+pub mod deadline_check;
+pub mod deadline_record;
+pub mod done_records;
+pub mod duplicates;
+pub mod failure_history;
 pub mod poison;
 pub mod probes;
 pub mod recover;
+pub mod results;
 pub mod retry;
+pub mod serve;
 pub mod submission;
 
-use crate::ci::client::{CiClient, CiError};
+pub use context::{Context, WorkerError};
+
+use crate::ci::client::CiClient;
 use crate::config::Settings;
-use crate::telemetry::Metrics;
-use crate::pulsar::{Outgoing, Publisher, PulsarIoError};
-use crate::result::JobResult;
+use crate::pulsar::Publisher;
+use crate::telemetry::{Health, Metrics};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::watch;
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error(transparent)]
-    Pulsar(#[from] PulsarIoError),
-    #[error(transparent)]
-    Ci(#[from] CiError),
-    #[error("worker task failed: {0}")]
-    Task(String),
-    #[error("http: {0}")]
-    Http(String),
-}
-
-/// What every handler needs; shared read-only between tasks.
-pub struct Context {
-    pub settings: Settings,
-    pub publisher: Publisher,
-    pub ci: CiClient,
-    pub metrics: Arc<Metrics>,
-    pub recovery: recover::Recovery,
-    pub finished: finished::Finished,
-    pub done: done::DoneRecorder,
-    pub failures: poison::Failures,
-    pub health: Arc<crate::telemetry::Health>,
-}
-
-impl Context {
-    /// Publishes a result keyed by `request_id` (or the job id for jobs this worker did not submit) and
-    /// waits for the broker to store it.
-    pub async fn publish_result(&self, result: &JobResult) -> Result<(), PulsarIoError> {
-        let key = result
-            .request_id
-            .clone()
-            .or_else(|| result.job_id.clone())
-            .unwrap_or_default();
-        let mut msg = Outgoing::new(result.to_json())
-            .with_key(key)
-            .with_property("state", result.state.as_str());
-        if let Some(job_id) = &result.job_id {
-            msg = msg.with_property("job_id", job_id.clone());
-        }
-        self.publisher
-            .publish(&self.settings.pulsar.result_topic, msg)
-            .await?;
-        self.metrics.result(result.state.as_str());
-        if result.state.is_final() {
-            if let Some(took) = job_duration(result) {
-                self.metrics.job_duration.observe(took);
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Seconds from CI's creation time to the final state, when CI gave both.
-fn job_duration(result: &JobResult) -> Option<f64> {
-    let parse = |t: &Option<String>| {
-        t.as_deref()
-            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-    };
-    let (created, finished) = (parse(&result.created_at)?, parse(&result.finished_at)?);
-    let ms = (finished - created).num_milliseconds();
-    (ms >= 0).then(|| ms as f64 / 1000.0)
-}
-
-/// Runs one consume loop of the worker: `handle` decides what becomes of each message, and the poison
-/// guard turns a message that keeps failing into a dead letter (`source` labels it).
-#[allow(clippy::too_many_arguments)]
-async fn serve<H, F>(
-    ctx: &Arc<Context>,
-    client: crate::pulsar::Client,
-    stop: watch::Receiver<bool>,
-    name: &'static str,
-    source: &'static str,
-    subscribe: crate::pulsar::SubscribeOptions,
-    max_in_flight: usize,
-    handle: H,
-) -> Result<(), WorkerError>
-where
-    H: Fn(Arc<Context>, Arc<crate::pulsar::consume::Delivery>) -> F + Send + Sync + 'static,
-    F: Future<Output = crate::pulsar::consume::Disposition> + Send + 'static,
-{
-    let handler_ctx = ctx.clone();
-    crate::pulsar::consume::run(
-        client,
-        crate::pulsar::consume::LoopOptions {
-            name,
-            subscribe,
-            max_in_flight,
-            drain_timeout: ctx.settings.worker.shutdown_timeout,
-        },
-        stop,
-        ctx.metrics.clone(),
-        ctx.health.clone(),
-        move |delivery| {
-            let ctx = handler_ctx.clone();
-            let delivery = Arc::new(delivery);
-            let verdict = handle(ctx.clone(), delivery.clone());
-            // Boxed: the handler's state machine is kilobytes, and the consume loop would otherwise
-            // copy it several times per message on its way into the loop's set of handlers.
-            Box::pin(async move { poison::settle(&ctx, &delivery, source, verdict.await).await })
-        },
-    )
-    .await
-    .map_err(WorkerError::from)
-}
 
 /// Runs one loop; when it fails, tells the others to stop (and drain) too, so the process exits
 /// with that error instead of serving on with a part missing.
@@ -152,7 +53,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(crate::telemetry::Health::default());
+    let health = Arc::new(Health::default());
     // Not ready until every loop has subscribed.
     for name in ["submit", "complete", "deadline"] {
         health.set(name, false);
@@ -173,7 +74,7 @@ pub async fn run(
     // Probes answer from the start (alive, not ready) while the broker may still be out of reach.
     let publisher_slot = Arc::new(tokio::sync::OnceCell::new());
     let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(crate::worker::probes::serve(
+    let http = tokio::spawn(probes::serve(
         listener,
         metrics.clone(),
         health.clone(),
@@ -213,17 +114,7 @@ pub async fn run(
         http.abort();
         return Ok(());
     }
-    let ctx = Arc::new(Context {
-        recovery: recover::Recovery::new(settings.worker.recovery_lookback),
-        finished: finished::Finished::default(),
-        done: done::DoneRecorder::spawn(publisher.clone(), settings.pulsar.deadline_topic.clone()),
-        failures: poison::Failures::default(),
-        health,
-        settings,
-        publisher,
-        ci,
-        metrics,
-    });
+    let ctx = Arc::new(Context::new(settings, publisher, ci, metrics, health));
 
     tracing::info!(
         request_topic = %ctx.settings.pulsar.request_topic,
@@ -241,12 +132,12 @@ pub async fn run(
         stop_tx.clone(),
     ));
     let deadlines = tokio::spawn(stop_all_on_error(
-        deadline::run(ctx.clone(), client.clone(), stop_rx),
+        deadline_check::run(ctx.clone(), client.clone(), stop_rx),
         stop_tx,
     ));
     let (a, b, c) = tokio::join!(submit, complete, deadlines);
     // Bounded: a broker that went away must not hold up the exit.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ctx.done.flush()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ctx.done_records.flush()).await;
     ctx.publisher.close().await;
     http.abort();
     for outcome in [a, b, c] {

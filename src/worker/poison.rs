@@ -1,55 +1,15 @@
 //! Poison messages: a message whose handling keeps failing is moved to the dead-letter topic after
 //! `worker.max_redeliveries` deliveries, with its history in properties, instead of cycling forever.
 //!
-//! The history (attempts, first and last failure, last reason) is kept per message id in this process.
+//! The history (attempts, first and last failure, last reason) is kept per message id in this process
+//! ([`super::failure_history`]).
 //! The consumer's own dead-letter policy (the broker's redelivery count) stays as a backstop for
 //! messages that fail across restarts; those arrive without the history properties.
 
+use super::context::Context;
+use super::dead_letter;
 use crate::pulsar::consume::{Delivery, Disposition};
-use super::{dead_letter, Context};
 use crate::pulsar::props;
-use std::collections::HashMap;
-use std::sync::Mutex;
-
-/// Histories kept at most; past it the oldest knowledge is dropped (only the count restarts).
-const MAX_TRACKED: usize = 100_000;
-
-#[derive(Debug, Clone)]
-struct History {
-    attempts: u32,
-    first_failure: String,
-    last_reason: String,
-}
-
-#[derive(Default)]
-pub struct Failures {
-    map: Mutex<HashMap<String, History>>,
-}
-
-impl Failures {
-    fn record(&self, message_id: &str, reason: &str) -> History {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_TRACKED && !map.contains_key(message_id) {
-            map.clear();
-        }
-        let now = chrono::Utc::now().to_rfc3339();
-        let h = map.entry(message_id.to_string()).or_insert(History {
-            attempts: 0,
-            first_failure: now,
-            last_reason: String::new(),
-        });
-        h.attempts += 1;
-        h.last_reason = reason.to_string();
-        h.clone()
-    }
-
-    fn forget(&self, message_id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(message_id);
-    }
-}
 
 /// Turns a handler's verdict into the loop's: a retry past the limit becomes a dead letter.
 pub async fn settle(

@@ -1,9 +1,9 @@
 //! The worker's HTTP endpoint on `http.listen`: `/metrics` (Prometheus text), `/healthz` (the process
 //! is alive) and `/readyz` (200 only while the broker accepts our publishes; 503 with the reason).
 
-use crate::telemetry::Metrics;
 use crate::pulsar::Publisher;
 use crate::telemetry::Health;
+use crate::telemetry::Metrics;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;

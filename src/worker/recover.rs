@@ -11,10 +11,11 @@
 //!
 //! The marker is unique per request id, so a match is the request's own job.
 
-use super::Context;
-use crate::ci::client::{CiError, ListQuery};
+use super::ci_calls;
+use crate::ci::client::{CiClient, CiError, ListQuery};
 use crate::ci::response::JobDetail;
 use crate::request::ValidRequest;
+use crate::telemetry::Metrics;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -70,14 +71,15 @@ impl Recovery {
     /// `Err` when CI cannot be listed (the caller retries later rather than risk a duplicate).
     pub async fn lookup(
         &self,
-        ctx: &Context,
+        ci: &CiClient,
+        metrics: &Metrics,
         req: &ValidRequest,
     ) -> Result<Option<JobDetail>, CiError> {
         let key = scan_key(req);
         let cell = self.scans.lock().await.entry(key).or_default().clone();
         let since = self.started_at - self.lookback;
         let scan = cell
-            .get_or_init(|| async { scan(ctx, req, since, None).await.ok() })
+            .get_or_init(|| async { scan(ci, metrics, req, since, None).await.ok() })
             .await;
         match scan {
             Some(found) => Ok(found.get(&marker(req)).cloned()),
@@ -112,18 +114,22 @@ fn text_at(req: &ValidRequest, path: &[&str]) -> Option<String> {
 
 /// Looks for `req`'s job among those created since `since`.
 pub async fn search(
-    ctx: &Context,
+    ci: &CiClient,
+    metrics: &Metrics,
     req: &ValidRequest,
     since: SystemTime,
 ) -> Result<Option<JobDetail>, CiError> {
     let wanted = marker(req);
-    Ok(scan(ctx, req, since, Some(&wanted)).await?.remove(&wanted))
+    Ok(scan(ci, metrics, req, since, Some(&wanted))
+        .await?
+        .remove(&wanted))
 }
 
 /// Lists the jobs of `req`'s bucket, queue and tag created since `since`, keyed by their `UserData`;
 /// stops early once `stop_at` is found.
 async fn scan(
-    ctx: &Context,
+    ci: &CiClient,
+    metrics: &Metrics,
     req: &ValidRequest,
     since: SystemTime,
     stop_at: Option<&str>,
@@ -141,10 +147,8 @@ async fn scan(
     };
     let mut found = Scan::new();
     for _ in 0..MAX_PAGES {
-        let started = std::time::Instant::now();
-        let page = ctx.ci.list(&req.bucket, &req.region, &query).await;
-        super::submission::record_call(ctx, "list", &page, started.elapsed());
-        let page = page?;
+        let page =
+            ci_calls::timed(metrics, "list", ci.list(&req.bucket, &req.region, &query)).await?;
         for job in page.jobs {
             if let Some(user_data) = job.user_data().map(str::to_string) {
                 let hit = stop_at == Some(user_data.as_str());

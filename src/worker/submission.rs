@@ -2,7 +2,10 @@
 //! failures) → `submitted` event, or a `rejected` result, or a dead letter. The request is acknowledged
 //! only once that outcome is stored on the broker.
 
-use super::{dead_letter, deadline, retry, Context, WorkerError};
+use super::context::{Context, WorkerError};
+use super::results::{self, stored};
+use super::serve::serve;
+use super::{ci_calls, dead_letter, deadline_record, recover, retry};
 use crate::ci::client::CiError;
 use crate::ci::response::JobDetail;
 use crate::ci::tree::Node;
@@ -32,7 +35,7 @@ pub async fn run(
         from_earliest: true,
         key_shared: false,
     };
-    super::serve(
+    serve(
         &ctx,
         client,
         stop,
@@ -59,11 +62,11 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
             tracing::info!(request_id = %request.request_id, code = %rejection.code, message = %rejection.message, "request rejected");
             ctx.metrics.requests_rejected.inc();
             let result = rejected(&request, &rejection);
-            return stored(ctx.publish_result(&result).await);
+            return stored(results::publish(ctx, &result).await);
         }
     };
     if let Some(since) = ctx.recovery.take_in_doubt(&valid.request_id).await {
-        match super::recover::search(ctx, &valid, since).await {
+        match recover::search(&ctx.ci, &ctx.metrics, &valid, since).await {
             Ok(Some(detail)) => return recovered(ctx, &valid, &detail).await,
             Ok(None) => {}
             Err(e) => {
@@ -73,7 +76,7 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
             }
         }
     } else if ctx.recovery.maybe_attempted(delivery.publish_time) {
-        match ctx.recovery.lookup(ctx, &valid).await {
+        match ctx.recovery.lookup(&ctx.ci, &ctx.metrics, &valid).await {
             Ok(Some(detail)) => return recovered(ctx, &valid, &detail).await,
             Ok(None) => {}
             Err(e) => {
@@ -111,18 +114,7 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
             tracing::info!(request_id = %valid.request_id, code = %rejection.code, message = %rejection.message, "CI refused the job");
             ctx.metrics.requests_rejected.inc();
             let result = rejected(&request, &rejection);
-            stored(ctx.publish_result(&result).await)
-        }
-    }
-}
-
-/// Ack only what is stored; a failed publish leaves the input for redelivery.
-fn stored(outcome: Result<(), crate::pulsar::PulsarIoError>) -> Disposition {
-    match outcome {
-        Ok(()) => Disposition::Ack,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not store the outcome; will be redelivered");
-            Disposition::Retry(format!("could not store the outcome: {e}"))
+            stored(results::publish(ctx, &result).await)
         }
     }
 }
@@ -132,10 +124,10 @@ fn stored(outcome: Result<(), crate::pulsar::PulsarIoError>) -> Disposition {
 /// sending the other cost a broker round trip per request). If either cannot be stored the request
 /// is redelivered, marked in doubt so that the redelivery finds this job instead of submitting again.
 async fn announce(ctx: &Context, req: &ValidRequest, result: &JobResult) -> Disposition {
-    let deadline = deadline::first(&req.bucket, &req.region, result);
+    let deadline = deadline_record::first(&req.bucket, &req.region, result);
     let (announced, scheduled) = tokio::join!(
-        ctx.publish_result(result),
-        deadline::schedule(ctx, &deadline, ctx.settings.worker.job_timeout)
+        results::publish(ctx, result),
+        deadline_record::schedule(ctx, &deadline, ctx.settings.worker.job_timeout)
     );
     let outcome = announced.and(scheduled);
     if outcome.is_err() {
@@ -167,7 +159,7 @@ async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetai
     let mut in_doubt = false;
     loop {
         if in_doubt {
-            match super::recover::search(ctx, req, first_attempt).await {
+            match recover::search(&ctx.ci, &ctx.metrics, req, first_attempt).await {
                 Ok(Some(detail)) => {
                     ctx.metrics.submissions_recovered.inc();
                     tracing::info!(request_id = %req.request_id, job_id = detail.job_id().unwrap_or(""), "a lost answer had created the job; not submitting again");
@@ -178,9 +170,12 @@ async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetai
                 Err(e) => return Err(e),
             }
         }
-        let started = std::time::Instant::now();
-        let outcome = ctx.ci.submit(&req.bucket, &req.region, &req.ci_job).await;
-        record_call(ctx, "submit", &outcome, started.elapsed());
+        let outcome = ci_calls::timed(
+            &ctx.metrics,
+            "submit",
+            ctx.ci.submit(&req.bucket, &req.region, &req.ci_job),
+        )
+        .await;
         match outcome {
             Ok(detail) => return Ok(detail),
             Err(e) if e.is_transient() && attempt + 1 < w.retry_max_attempts => {
@@ -215,28 +210,6 @@ async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetai
             }
         }
     }
-}
-
-pub(crate) fn record_call<T>(
-    ctx: &Context,
-    op: &str,
-    outcome: &Result<T, CiError>,
-    took: std::time::Duration,
-) {
-    let (label, status) = match outcome {
-        Ok(_) => ("ok", Some(200)),
-        Err(CiError::Api { status, .. }) => (
-            if outcome.as_ref().err().is_some_and(CiError::is_transient) {
-                "transient"
-            } else {
-                "permanent"
-            },
-            Some(*status),
-        ),
-        Err(e) if e.is_transient() => ("transient", None),
-        Err(_) => ("permanent", None),
-    };
-    ctx.metrics.ci_call(op, label, status, took);
 }
 
 /// The `submitted` progress event from CI's answer.

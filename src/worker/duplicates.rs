@@ -19,7 +19,7 @@ use std::sync::Mutex;
 pub const CAPACITY: usize = 200_000;
 
 #[derive(Default)]
-pub struct Finished {
+pub struct FinishedJobs {
     key: RandomState,
     inner: Mutex<Window>,
 }
@@ -30,7 +30,7 @@ struct Window {
     order: VecDeque<u64>,
 }
 
-impl Finished {
+impl FinishedJobs {
     fn id(&self, job_id: &str) -> u64 {
         self.key.hash_one(job_id)
     }
@@ -76,7 +76,7 @@ mod tests {
 
     #[test]
     fn second_insert_is_a_duplicate() {
-        let f = Finished::default();
+        let f = FinishedJobs::default();
         assert!(f.insert("j1"));
         assert!(!f.insert("j1"));
         assert!(f.contains("j1"));
@@ -86,7 +86,7 @@ mod tests {
 
     #[test]
     fn forgets_the_oldest_beyond_capacity() {
-        let f = Finished::default();
+        let f = FinishedJobs::default();
         for i in 0..=CAPACITY {
             f.insert(&i.to_string());
         }

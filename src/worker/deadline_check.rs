@@ -1,76 +1,29 @@
-//! Lost callbacks: every submitted job gets a deadline, kept in Pulsar as a message on
-//! `pulsar.deadline_topic` with delayed delivery at `submitted + worker.job_timeout`.
+//! The deadline path, for lost callbacks: every submitted job gets a deadline
+//! ([`super::deadline_record`]), kept in Pulsar as a message on `pulsar.deadline_topic` with delayed
+//! delivery at `submitted + worker.job_timeout`; this handler takes them as they come due.
 //!
 //! Why Pulsar and not an embedded store: the state then survives restarts *and* replica changes with
 //! no volume (the container's root filesystem stays read-only), any replica can handle any deadline,
 //! and it lives exactly as long as the job's other messages. Delayed delivery needs a Shared
 //! subscription, which the worker uses anyway.
 //!
-//! When a deadline comes due and the job's final result is not out yet (see [`super::finished`]), the
+//! When a deadline comes due and the job's final result is not out yet (see [`super::duplicates`]), the
 //! worker describes the job (`GET /jobs/<id>`): a final state is published as the result (the callback
 //! was lost); a job still running gets a new deadline; past `worker.job_timeout_max` the worker cancels
 //! it at CI (best effort, so it does no work nobody waits for) and publishes `timed_out`.
 
-use super::{retry, Context, WorkerError};
+use super::context::{Context, WorkerError};
+use super::deadline_record::{now_ms, schedule, Deadline};
+use super::results::publish_final;
+use super::serve::serve;
+use super::{ci_calls, dead_letter, done_records, retry};
 use crate::pulsar::consume::{Delivery, Disposition};
-use crate::pulsar::{props, Client, Outgoing, SubscribeOptions};
+use crate::pulsar::{props, Client, SubscribeOptions};
 use crate::result::normalize::normalize_job;
 use crate::result::{JobResult, ResultState};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
-
-/// A pending job, as stored on the deadline topic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Deadline {
-    pub request_id: String,
-    pub job_id: String,
-    /// Where the job lives (its CI host).
-    pub bucket: String,
-    pub region: String,
-    /// The `submitted` event, the base of a `timed_out` result.
-    pub submitted: JobResult,
-    /// Unix milliseconds of the submission.
-    pub submitted_at_ms: u64,
-    /// Describes done so far.
-    pub checks: u32,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Schedules `deadline` for `after` from now.
-pub async fn schedule(
-    ctx: &Context,
-    deadline: &Deadline,
-    after: Duration,
-) -> Result<(), crate::pulsar::PulsarIoError> {
-    let mut msg = Outgoing::new(serde_json::to_vec(deadline).expect("deadline serializes"))
-        .with_key(super::done::shard_key(&deadline.job_id))
-        .with_property(props::RECORD, "deadline");
-    msg.deliver_at = Some(SystemTime::now() + after);
-    ctx.publisher
-        .publish(&ctx.settings.pulsar.deadline_topic, msg)
-        .await
-}
-
-/// A new deadline for a job just submitted (`submitted` is its `submitted` event).
-pub fn first(bucket: &str, region: &str, submitted: &JobResult) -> Deadline {
-    Deadline {
-        request_id: submitted.request_id.clone().unwrap_or_default(),
-        job_id: submitted.job_id.clone().unwrap_or_default(),
-        bucket: bucket.to_string(),
-        region: region.to_string(),
-        submitted: submitted.clone(),
-        submitted_at_ms: now_ms(),
-        checks: 0,
-    }
-}
 
 pub async fn run(
     ctx: Arc<Context>,
@@ -85,11 +38,11 @@ pub async fn run(
         receiver_queue_size: 100,
         dead_letter: None,
         from_earliest: true,
-        // A job's `done` record and its deadline share a key (its shard, see `done`), so they reach
+        // A job's `done` record and its deadline share a key (its shard, see [`done_records`]), so they reach
         // the same consumer, which then skips the check.
         key_shared: true,
     };
-    super::serve(
+    serve(
         &ctx,
         client,
         stop,
@@ -104,40 +57,35 @@ pub async fn run(
 
 pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
     if delivery.properties.get(props::RECORD).map(String::as_str) == Some("done") {
-        for job_id in super::done::ids_of(&delivery.payload) {
-            ctx.finished.insert(job_id);
+        for job_id in done_records::ids_of(&delivery.payload) {
+            ctx.finished_jobs.insert(job_id);
         }
         return Disposition::Ack;
     }
     let Ok(deadline) = serde_json::from_slice::<Deadline>(&delivery.payload) else {
         // Not ours to interpret: keep it for a human.
-        return match super::dead_letter::publish(
-            ctx,
-            delivery,
-            "deadline",
-            "unreadable deadline record",
-        )
-        .await
+        return match dead_letter::publish(ctx, delivery, "deadline", "unreadable deadline record")
+            .await
         {
             Ok(()) => Disposition::Ack,
             Err(e) => Disposition::Retry(e.to_string()),
         };
     };
-    if ctx.finished.contains(&deadline.job_id) {
+    if ctx.finished_jobs.contains(&deadline.job_id) {
         return Disposition::Ack;
     }
     ctx.metrics.deadline_checks.inc();
     let w = &ctx.settings.worker;
-    let started = std::time::Instant::now();
-    let described = ctx
-        .ci
-        .describe(
+    let described = ci_calls::timed(
+        &ctx.metrics,
+        "describe",
+        ctx.ci.describe(
             &deadline.bucket,
             &deadline.region,
             &[deadline.job_id.as_str()],
-        )
-        .await;
-    super::submission::record_call(ctx, "describe", &described, started.elapsed());
+        ),
+    )
+    .await;
     let age = Duration::from_millis(now_ms().saturating_sub(deadline.submitted_at_ms));
     let detail = match described {
         Ok(r) => r
@@ -189,26 +137,6 @@ async fn reschedule(ctx: &Context, deadline: &Deadline, after: Duration) -> Disp
     match schedule(ctx, &next, after).await {
         Ok(()) => Disposition::Ack,
         Err(e) => Disposition::Retry(format!("could not reschedule the deadline: {e}")),
-    }
-}
-
-/// Publishes a final result unless this process already did for the job.
-pub async fn publish_final(ctx: &Context, result: &JobResult) -> Disposition {
-    let job_id = result.job_id.clone().unwrap_or_default();
-    if !job_id.is_empty() && !ctx.finished.insert(&job_id) {
-        tracing::info!(
-            job_id,
-            "final result already published; skipping the duplicate"
-        );
-        ctx.metrics.duplicates_suppressed.inc();
-        return Disposition::Ack;
-    }
-    match ctx.publish_result(result).await {
-        Ok(()) => Disposition::Ack,
-        Err(e) => {
-            ctx.finished.remove(&job_id);
-            Disposition::Retry(format!("could not store the result: {e}"))
-        }
     }
 }
 

@@ -1,0 +1,64 @@
+//! What every handler of the worker shares: the [`Context`] (settings, I/O, metrics and the in-process
+//! state of the three paths) and the [`WorkerError`] a loop ends with.
+
+use super::done_records::DoneRecorder;
+use super::duplicates::FinishedJobs;
+use super::failure_history::Failures;
+use super::recover::Recovery;
+use crate::ci::client::{CiClient, CiError};
+use crate::config::Settings;
+use crate::pulsar::{Publisher, PulsarIoError};
+use crate::telemetry::{Health, Metrics};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Pulsar(#[from] PulsarIoError),
+    #[error(transparent)]
+    Ci(#[from] CiError),
+    #[error("worker task failed: {0}")]
+    Task(String),
+    #[error("http: {0}")]
+    Http(String),
+}
+
+/// What every handler needs; shared read-only between tasks.
+pub struct Context {
+    pub settings: Settings,
+    pub publisher: Publisher,
+    pub ci: CiClient,
+    pub metrics: Arc<Metrics>,
+    pub recovery: Recovery,
+    pub finished_jobs: FinishedJobs,
+    pub done_records: DoneRecorder,
+    pub failures: Failures,
+    pub health: Arc<Health>,
+}
+
+impl Context {
+    /// A context with fresh in-process state; starts the done records' batching task (so it needs a
+    /// Tokio runtime).
+    pub fn new(
+        settings: Settings,
+        publisher: Publisher,
+        ci: CiClient,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Context {
+        Context {
+            recovery: Recovery::new(settings.worker.recovery_lookback),
+            finished_jobs: FinishedJobs::default(),
+            done_records: DoneRecorder::spawn(
+                publisher.clone(),
+                settings.pulsar.deadline_topic.clone(),
+            ),
+            failures: Failures::default(),
+            health,
+            settings,
+            publisher,
+            ci,
+            metrics,
+        }
+    }
+}
