@@ -3,6 +3,7 @@
 
 use super::context::{Context, WorkerError};
 use super::dead_letter;
+use super::io::{Broker, CiApi};
 use super::results::{self, publish_final};
 use super::serve::serve;
 use crate::callback::event::{parse_event, EventFormat};
@@ -45,7 +46,7 @@ pub async fn run(
     .await
 }
 
-pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
+pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Delivery) -> Disposition {
     let event = match parse_event(&delivery.payload) {
         Ok(event) => event,
         Err(e) => {

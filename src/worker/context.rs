@@ -4,6 +4,7 @@
 use super::done_records::DoneRecorder;
 use super::duplicates::FinishedJobs;
 use super::failure_history::Failures;
+use super::io::{Broker, CiApi};
 use super::recover::Recovery;
 use crate::ci::client::{CiClient, CiError};
 use crate::config::Settings;
@@ -23,11 +24,12 @@ pub enum WorkerError {
     Http(String),
 }
 
-/// What every handler needs; shared read-only between tasks.
-pub struct Context {
+/// What every handler needs; shared read-only between tasks. `B` and `C` are the broker and CI
+/// (see [`super::io`]): the real ones by default, in-memory doubles in the handlers' unit tests.
+pub struct Context<B = Publisher, C = CiClient> {
     pub settings: Settings,
-    pub publisher: Publisher,
-    pub ci: CiClient,
+    pub broker: B,
+    pub ci: C,
     pub metrics: Arc<Metrics>,
     pub recovery: Recovery,
     pub finished_jobs: FinishedJobs,
@@ -36,27 +38,27 @@ pub struct Context {
     pub health: Arc<Health>,
 }
 
-impl Context {
+impl<B: Broker + Clone, C: CiApi> Context<B, C> {
     /// A context with fresh in-process state; starts the done records' batching task (so it needs a
     /// Tokio runtime).
     pub fn new(
         settings: Settings,
-        publisher: Publisher,
-        ci: CiClient,
+        broker: B,
+        ci: C,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
-    ) -> Context {
+    ) -> Context<B, C> {
         Context {
             recovery: Recovery::new(settings.worker.recovery_lookback),
             finished_jobs: FinishedJobs::default(),
             done_records: DoneRecorder::spawn(
-                publisher.clone(),
+                broker.clone(),
                 settings.pulsar.deadline_topic.clone(),
             ),
             failures: Failures::default(),
             health,
             settings,
-            publisher,
+            broker,
             ci,
             metrics,
         }

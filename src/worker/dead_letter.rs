@@ -1,6 +1,7 @@
 //! Dead letters: the original payload and properties untouched, the reason and origin added.
 
 use super::context::Context;
+use super::io::{Broker, CiApi};
 use crate::pulsar::consume::Delivery;
 use crate::pulsar::{props, Outgoing, PulsarIoError};
 
@@ -9,8 +10,8 @@ const MAX_REASON: usize = 1024;
 
 /// Publishes `delivery` to `pulsar.dead_letter_topic`. `source` labels the metric (`request`,
 /// `callback`); `reason` comes from parsers that see only the payload, so it holds no secrets.
-pub async fn publish(
-    ctx: &Context,
+pub async fn publish<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
     delivery: &Delivery,
     source: &str,
     reason: &str,
@@ -29,7 +30,7 @@ pub async fn publish(
         reason,
         "dead-lettering message"
     );
-    ctx.publisher
+    ctx.broker
         .publish(&ctx.settings.pulsar.dead_letter_topic, msg)
         .await?;
     ctx.metrics.dead_letter(source);

@@ -14,6 +14,7 @@
 
 use super::context::{Context, WorkerError};
 use super::deadline_record::{now_ms, schedule, Deadline};
+use super::io::{Broker, CiApi};
 use super::results::publish_final;
 use super::serve::serve;
 use super::{ci_calls, dead_letter, done_records, retry};
@@ -55,7 +56,7 @@ pub async fn run(
     .await
 }
 
-pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
+pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Delivery) -> Disposition {
     if delivery.properties.get(props::RECORD).map(String::as_str) == Some("done") {
         for job_id in done_records::ids_of(&delivery.payload) {
             ctx.finished_jobs.insert(job_id);
@@ -129,7 +130,11 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
     reschedule(ctx, &deadline, w.job_timeout.min(remaining)).await
 }
 
-async fn reschedule(ctx: &Context, deadline: &Deadline, after: Duration) -> Disposition {
+async fn reschedule<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
+    deadline: &Deadline,
+    after: Duration,
+) -> Disposition {
     let next = Deadline {
         checks: deadline.checks + 1,
         ..deadline.clone()

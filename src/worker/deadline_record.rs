@@ -4,6 +4,7 @@
 
 use super::context::Context;
 use super::done_records::shard_key;
+use super::io::{Broker, CiApi};
 use crate::pulsar::{props, Outgoing, PulsarIoError};
 use crate::result::JobResult;
 use serde::{Deserialize, Serialize};
@@ -34,8 +35,8 @@ pub fn now_ms() -> u64 {
 }
 
 /// Schedules `deadline` for `after` from now.
-pub async fn schedule(
-    ctx: &Context,
+pub async fn schedule<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
     deadline: &Deadline,
     after: Duration,
 ) -> Result<(), PulsarIoError> {
@@ -43,7 +44,7 @@ pub async fn schedule(
         .with_key(shard_key(&deadline.job_id))
         .with_property(props::RECORD, "deadline");
     msg.deliver_at = Some(SystemTime::now() + after);
-    ctx.publisher
+    ctx.broker
         .publish(&ctx.settings.pulsar.deadline_topic, msg)
         .await
 }

@@ -8,7 +8,8 @@
 //! job of its shard that finished within [`FLUSH_INTERVAL`]. Records are best effort: a lost one
 //! only means the deadline checks CI and finds the job finished.
 
-use crate::pulsar::{props, Outgoing, Publisher};
+use super::io::Broker;
+use crate::pulsar::{props, Outgoing};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -51,10 +52,10 @@ pub struct DoneRecorder {
 }
 
 impl DoneRecorder {
-    /// Starts the batching task, publishing to `topic` through `publisher`.
-    pub fn spawn(publisher: Publisher, topic: String) -> DoneRecorder {
+    /// Starts the batching task, publishing to `topic` through `broker`.
+    pub fn spawn(broker: impl Broker, topic: String) -> DoneRecorder {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch(rx, publisher, topic));
+        tokio::spawn(batch(rx, broker, topic));
         DoneRecorder { tx }
     }
 
@@ -72,7 +73,7 @@ impl DoneRecorder {
     }
 }
 
-async fn batch(mut rx: mpsc::UnboundedReceiver<Command>, publisher: Publisher, topic: String) {
+async fn batch(mut rx: mpsc::UnboundedReceiver<Command>, broker: impl Broker, topic: String) {
     let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -85,31 +86,31 @@ async fn batch(mut rx: mpsc::UnboundedReceiver<Command>, publisher: Publisher, t
                     ids.push(job_id);
                     if ids.len() >= MAX_IDS_PER_RECORD {
                         let full = shards.remove(&key).unwrap_or_default();
-                        publish(&publisher, &topic, BTreeMap::from([(key, full)])).await;
+                        publish(&broker, &topic, BTreeMap::from([(key, full)])).await;
                     }
                 }
                 Some(Command::Flush(ack)) => {
-                    publish(&publisher, &topic, std::mem::take(&mut shards)).await;
+                    publish(&broker, &topic, std::mem::take(&mut shards)).await;
                     let _ = ack.send(());
                 }
                 None => {
-                    publish(&publisher, &topic, std::mem::take(&mut shards)).await;
+                    publish(&broker, &topic, std::mem::take(&mut shards)).await;
                     return;
                 }
             },
             _ = tick.tick(), if !shards.is_empty() => {
-                publish(&publisher, &topic, std::mem::take(&mut shards)).await;
+                publish(&broker, &topic, std::mem::take(&mut shards)).await;
             }
         }
     }
 }
 
-async fn publish(publisher: &Publisher, topic: &str, shards: BTreeMap<String, Vec<String>>) {
+async fn publish(broker: &impl Broker, topic: &str, shards: BTreeMap<String, Vec<String>>) {
     let sends = shards.into_iter().map(|(key, ids)| async move {
         let msg = Outgoing::new(ids.join("\n"))
             .with_key(key)
             .with_property(props::RECORD, "done");
-        if let Err(e) = publisher.publish(topic, msg).await {
+        if let Err(e) = broker.publish(topic, msg).await {
             tracing::warn!(jobs = ids.len(), error = %e, "could not record jobs as done; their deadlines will check CI");
         }
     });

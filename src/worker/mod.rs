@@ -16,6 +16,7 @@ pub mod deadline_record;
 pub mod done_records;
 pub mod duplicates;
 pub mod failure_history;
+pub mod io;
 pub mod poison;
 pub mod probes;
 pub mod recover;
@@ -138,7 +139,7 @@ pub async fn run(
     let (a, b, c) = tokio::join!(submit, complete, deadlines);
     // Bounded: a broker that went away must not hold up the exit.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ctx.done_records.flush()).await;
-    ctx.publisher.close().await;
+    ctx.broker.close().await;
     http.abort();
     for outcome in [a, b, c] {
         outcome.map_err(|e| WorkerError::Task(e.to_string()))??;

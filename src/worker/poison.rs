@@ -8,12 +8,13 @@
 
 use super::context::Context;
 use super::dead_letter;
+use super::io::{Broker, CiApi};
 use crate::pulsar::consume::{Delivery, Disposition};
 use crate::pulsar::props;
 
 /// Turns a handler's verdict into the loop's: a retry past the limit becomes a dead letter.
-pub async fn settle(
-    ctx: &Context,
+pub async fn settle<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
     delivery: &Delivery,
     source: &str,
     verdict: Disposition,

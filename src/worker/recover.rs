@@ -12,7 +12,8 @@
 //! The marker is unique per request id, so a match is the request's own job.
 
 use super::ci_calls;
-use crate::ci::client::{CiClient, CiError, ListQuery};
+use super::io::CiApi;
+use crate::ci::client::{CiError, ListQuery};
 use crate::ci::response::JobDetail;
 use crate::request::ValidRequest;
 use crate::telemetry::Metrics;
@@ -71,7 +72,7 @@ impl Recovery {
     /// `Err` when CI cannot be listed (the caller retries later rather than risk a duplicate).
     pub async fn lookup(
         &self,
-        ci: &CiClient,
+        ci: &impl CiApi,
         metrics: &Metrics,
         req: &ValidRequest,
     ) -> Result<Option<JobDetail>, CiError> {
@@ -114,7 +115,7 @@ fn text_at(req: &ValidRequest, path: &[&str]) -> Option<String> {
 
 /// Looks for `req`'s job among those created since `since`.
 pub async fn search(
-    ci: &CiClient,
+    ci: &impl CiApi,
     metrics: &Metrics,
     req: &ValidRequest,
     since: SystemTime,
@@ -128,7 +129,7 @@ pub async fn search(
 /// Lists the jobs of `req`'s bucket, queue and tag created since `since`, keyed by their `UserData`;
 /// stops early once `stop_at` is found.
 async fn scan(
-    ci: &CiClient,
+    ci: &impl CiApi,
     metrics: &Metrics,
     req: &ValidRequest,
     since: SystemTime,

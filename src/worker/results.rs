@@ -3,13 +3,17 @@
 //! [`stored`] turns a publish's outcome into the handler's verdict.
 
 use super::context::Context;
+use super::io::{Broker, CiApi};
 use crate::pulsar::consume::Disposition;
 use crate::pulsar::{Outgoing, PulsarIoError};
 use crate::result::JobResult;
 
 /// Publishes a result keyed by `request_id` (or the job id for jobs this worker did not submit) and
 /// waits for the broker to store it.
-pub async fn publish(ctx: &Context, result: &JobResult) -> Result<(), PulsarIoError> {
+pub async fn publish<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
+    result: &JobResult,
+) -> Result<(), PulsarIoError> {
     let key = result
         .request_id
         .clone()
@@ -21,7 +25,7 @@ pub async fn publish(ctx: &Context, result: &JobResult) -> Result<(), PulsarIoEr
     if let Some(job_id) = &result.job_id {
         msg = msg.with_property("job_id", job_id.clone());
     }
-    ctx.publisher
+    ctx.broker
         .publish(&ctx.settings.pulsar.result_topic, msg)
         .await?;
     ctx.metrics.result(result.state.as_str());
@@ -35,7 +39,10 @@ pub async fn publish(ctx: &Context, result: &JobResult) -> Result<(), PulsarIoEr
 
 /// Publishes a final result unless its job's final result is already out (a duplicate event, or a
 /// deadline racing the completion event).
-pub async fn publish_final(ctx: &Context, result: &JobResult) -> Disposition {
+pub async fn publish_final<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
+    result: &JobResult,
+) -> Disposition {
     let job_id = result.job_id.clone().unwrap_or_default();
     if !job_id.is_empty() && !ctx.finished_jobs.insert(&job_id) {
         tracing::info!(

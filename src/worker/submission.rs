@@ -3,6 +3,7 @@
 //! only once that outcome is stored on the broker.
 
 use super::context::{Context, WorkerError};
+use super::io::{Broker, CiApi};
 use super::results::{self, stored};
 use super::serve::serve;
 use super::{ci_calls, dead_letter, deadline_record, recover, retry};
@@ -48,7 +49,7 @@ pub async fn run(
     .await
 }
 
-pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
+pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Delivery) -> Disposition {
     ctx.metrics.requests_consumed.inc();
     let request = match SubmitRequest::parse(&delivery.payload) {
         Ok(r) => r,
@@ -123,7 +124,11 @@ pub async fn handle(ctx: &Context, delivery: &Delivery) -> Disposition {
 /// as early as before, so it still usually precedes the final result; waiting for one receipt before
 /// sending the other cost a broker round trip per request). If either cannot be stored the request
 /// is redelivered, marked in doubt so that the redelivery finds this job instead of submitting again.
-async fn announce(ctx: &Context, req: &ValidRequest, result: &JobResult) -> Disposition {
+async fn announce<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
+    req: &ValidRequest,
+    result: &JobResult,
+) -> Disposition {
     let deadline = deadline_record::first(&req.bucket, &req.region, result);
     let (announced, scheduled) = tokio::join!(
         results::publish(ctx, result),
@@ -140,7 +145,11 @@ async fn announce(ctx: &Context, req: &ValidRequest, result: &JobResult) -> Disp
 
 /// A job an earlier attempt created: announce it (unless it already finished, in which case the
 /// completion path owns its result) instead of submitting again.
-async fn recovered(ctx: &Context, req: &ValidRequest, detail: &JobDetail) -> Disposition {
+async fn recovered<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
+    req: &ValidRequest,
+    detail: &JobDetail,
+) -> Disposition {
     ctx.metrics.submissions_recovered.inc();
     let result = submitted(req, detail);
     let finished = normalize_job(detail.tree()).state.is_final();
@@ -151,7 +160,10 @@ async fn recovered(ctx: &Context, req: &ValidRequest, detail: &JobDetail) -> Dis
     announce(ctx, req, &result).await
 }
 
-async fn submit_with_retry(ctx: &Context, req: &ValidRequest) -> Result<JobDetail, CiError> {
+async fn submit_with_retry<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
+    req: &ValidRequest,
+) -> Result<JobDetail, CiError> {
     let w = &ctx.settings.worker;
     let mut attempt = 0;
     let first_attempt = std::time::SystemTime::now();
