@@ -98,3 +98,150 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
     }
     Disposition::Ack
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{DW_JSON, DW_XML};
+    use crate::pulsar::props;
+    use crate::result::ResultState;
+    use crate::worker::done_records::shard_key;
+    use crate::worker::test_doubles::*;
+
+    const JOB_ID: &str = "ja8de3b46f86011ec9452c1c27f56a659";
+
+    /// CI's documented JSON event, for a job this worker submitted for `request_id`.
+    fn our_event(request_id: &str) -> String {
+        DW_JSON.replace(
+            "This is my DigitalWatermark job.",
+            &crate::request::marker::encode(request_id, Some("caller")).unwrap(),
+        )
+    }
+
+    fn event_delivery(ctx: &TestContext, payload: impl Into<Vec<u8>>) -> Delivery {
+        delivery(&ctx.settings.pulsar.callback_topic, payload)
+    }
+
+    fn json_events(ctx: &TestContext) -> u64 {
+        ctx.metrics
+            .events_consumed
+            .get_or_create(&FormatLabel {
+                format: "json".into(),
+            })
+            .get()
+    }
+
+    #[tokio::test]
+    async fn completion_event_becomes_the_final_result_and_a_done_record() {
+        let ctx = context(ScriptedCi::default());
+        let verdict = handle(&ctx, &event_delivery(&ctx, our_event("r1"))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        let results = results(&ctx);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].state, ResultState::Succeeded);
+        assert_eq!(results[0].request_id.as_deref(), Some("r1"));
+        assert_eq!(results[0].job_id.as_deref(), Some(JOB_ID));
+        assert_eq!(results[0].user_data.as_deref(), Some("caller"));
+        let stored = ctx.broker.on(&ctx.settings.pulsar.result_topic);
+        assert_eq!(stored[0].key.as_deref(), Some("r1"));
+        assert_eq!(stored[0].properties["state"], "succeeded");
+        assert_eq!(json_events(&ctx), 1);
+        assert!(ctx.ci.calls().is_empty());
+
+        ctx.done_records.flush().await;
+        let done = ctx.broker.on(&ctx.settings.pulsar.deadline_topic);
+        assert_eq!(done.len(), 1);
+        assert_eq!(done[0].properties[props::RECORD], "done");
+        assert_eq!(done[0].key, Some(shard_key(JOB_ID)));
+        assert_eq!(done[0].payload, JOB_ID.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn duplicate_final_is_suppressed() {
+        let ctx = context(ScriptedCi::default());
+        for _ in 0..2 {
+            let verdict = handle(&ctx, &event_delivery(&ctx, our_event("r1"))).await;
+            assert_eq!(verdict, Disposition::Ack);
+        }
+        assert_eq!(results(&ctx).len(), 1);
+        assert_eq!(ctx.metrics.duplicates_suppressed.get(), 1);
+        assert_eq!(json_events(&ctx), 2);
+    }
+
+    #[tokio::test]
+    async fn job_this_worker_did_not_submit_is_published_under_its_job_id_without_done_record() {
+        let ctx = context(ScriptedCi::default());
+        let verdict = handle(&ctx, &event_delivery(&ctx, DW_XML)).await;
+        assert_eq!(verdict, Disposition::Ack);
+        let results = results(&ctx);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].request_id, None);
+        assert_eq!(results[0].state, ResultState::Succeeded);
+        let stored = ctx.broker.on(&ctx.settings.pulsar.result_topic);
+        assert_eq!(stored[0].key.as_deref(), Some(JOB_ID));
+        ctx.done_records.flush().await;
+        assert!(
+            ctx.broker
+                .on(&ctx.settings.pulsar.deadline_topic)
+                .is_empty(),
+            "it has no deadline to spare"
+        );
+        assert_eq!(json_events(&ctx), 0, "counted as xml");
+    }
+
+    #[tokio::test]
+    async fn progress_event_is_published_every_time() {
+        let ctx = context(ScriptedCi::default());
+        let running = our_event("r1").replace(r#""State": "Success""#, r#""State": "Running""#);
+        for _ in 0..2 {
+            let verdict = handle(&ctx, &event_delivery(&ctx, running.clone())).await;
+            assert_eq!(verdict, Disposition::Ack);
+        }
+        let progress = results(&ctx);
+        assert_eq!(progress.len(), 2);
+        assert!(progress.iter().all(|r| r.state == ResultState::Submitted));
+        ctx.done_records.flush().await;
+        assert!(ctx
+            .broker
+            .on(&ctx.settings.pulsar.deadline_topic)
+            .is_empty());
+        // Its final result still goes out.
+        handle(&ctx, &event_delivery(&ctx, our_event("r1"))).await;
+        assert_eq!(results(&ctx)[2].state, ResultState::Succeeded);
+    }
+
+    #[tokio::test]
+    async fn malformed_event_is_dead_lettered() {
+        let ctx = context(ScriptedCi::default());
+        let verdict = handle(&ctx, &event_delivery(&ctx, "<Response><JobsDetail>")).await;
+        assert_eq!(verdict, Disposition::Ack);
+        let dead = ctx.broker.on(&ctx.settings.pulsar.dead_letter_topic);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].payload, b"<Response><JobsDetail>");
+        assert!(dead[0].properties[props::DLQ_REASON].starts_with("unparseable completion event"));
+        assert!(results(&ctx).is_empty());
+        assert_eq!(dead_letters(&ctx, "callback"), 1);
+    }
+
+    #[tokio::test]
+    async fn unstored_final_is_redelivered_and_not_taken_for_a_duplicate() {
+        let ctx = context(ScriptedCi::default());
+        let result_topic = ctx.settings.pulsar.result_topic.clone();
+        ctx.broker.refuse(&result_topic);
+        let first = handle(&ctx, &event_delivery(&ctx, our_event("r1"))).await;
+        assert!(matches!(first, Disposition::Retry(_)), "{first:?}");
+        ctx.done_records.flush().await;
+        assert!(
+            ctx.broker
+                .on(&ctx.settings.pulsar.deadline_topic)
+                .is_empty(),
+            "not done while its result is not stored"
+        );
+
+        ctx.broker.accept(&result_topic);
+        let again = handle(&ctx, &event_delivery(&ctx, our_event("r1"))).await;
+        assert_eq!(again, Disposition::Ack);
+        assert_eq!(results(&ctx).len(), 1);
+        assert_eq!(ctx.metrics.duplicates_suppressed.get(), 0);
+    }
+}

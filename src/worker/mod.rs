@@ -24,6 +24,8 @@ pub mod results;
 pub mod retry;
 pub mod serve;
 pub mod submission;
+#[cfg(test)]
+mod test_doubles;
 
 pub use context::{Context, WorkerError};
 

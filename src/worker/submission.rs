@@ -268,3 +268,315 @@ fn output_of(job: &Node) -> Option<ObjectRef> {
     };
     (o != ObjectRef::default()).then_some(o)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pulsar::props;
+    use crate::worker::deadline_record::Deadline;
+    use crate::worker::done_records::shard_key;
+    use crate::worker::test_doubles::*;
+    use std::time::{Duration, SystemTime};
+
+    fn request_delivery(ctx: &TestContext, payload: impl Into<Vec<u8>>) -> Delivery {
+        delivery(&ctx.settings.pulsar.request_topic, payload)
+    }
+
+    /// A request published before this process started (a restart may have left it half done).
+    fn earlier_delivery(ctx: &TestContext, request_id: &str) -> Delivery {
+        let mut d = request_delivery(ctx, request(request_id));
+        d.publish_time = ctx.recovery.started_at - Duration::from_secs(1);
+        d
+    }
+
+    fn deadlines(ctx: &TestContext) -> Vec<Deadline> {
+        ctx.broker
+            .on(&ctx.settings.pulsar.deadline_topic)
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect()
+    }
+
+    fn ambiguous() -> CiError {
+        CiError::Transport {
+            message: "connection reset after the request was sent".into(),
+            ambiguous: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn unreadable_request_is_dead_lettered_untouched() {
+        let ctx = context(ScriptedCi::default());
+        let verdict = handle(&ctx, &request_delivery(&ctx, "not json")).await;
+        assert_eq!(verdict, Disposition::Ack);
+        let dead = ctx.broker.on(&ctx.settings.pulsar.dead_letter_topic);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].payload, b"not json");
+        assert!(dead[0].properties[props::DLQ_REASON].contains("not valid JSON"));
+        assert_eq!(ctx.broker.count(), 1, "no result, no deadline");
+        assert!(ctx.ci.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unreadable_request_whose_dead_letter_is_not_stored_is_redelivered() {
+        let ctx = context(ScriptedCi::default());
+        ctx.broker.refuse(&ctx.settings.pulsar.dead_letter_topic);
+        let verdict = handle(&ctx, &request_delivery(&ctx, "[1]")).await;
+        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
+    }
+
+    #[tokio::test]
+    async fn invalid_request_gets_a_rejected_result_and_no_ci_call() {
+        let ctx = context(ScriptedCi::default());
+        let payload = r#"{"request_id": "r1", "region": "ap-chongqing", "job": {}}"#;
+        let verdict = handle(&ctx, &request_delivery(&ctx, payload)).await;
+        assert_eq!(verdict, Disposition::Ack);
+        let results = results(&ctx);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].state, ResultState::Rejected);
+        assert_eq!(results[0].request_id.as_deref(), Some("r1"));
+        assert_eq!(results[0].code, "InvalidRequest");
+        assert!(results[0].message.contains("bucket is required"));
+        let stored = ctx.broker.on(&ctx.settings.pulsar.result_topic);
+        assert_eq!(stored[0].key.as_deref(), Some("r1"));
+        assert_eq!(stored[0].properties["state"], "rejected");
+        assert!(ctx.ci.calls().is_empty());
+        assert!(deadlines(&ctx).is_empty());
+        assert_eq!(ctx.metrics.requests_rejected.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn ci_refusal_gets_a_rejected_result_with_cis_code() {
+        let ci = ScriptedCi::default().submit_answers(Err(refusal(400, "InvalidParameter")));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["submit"], "a refusal is not retried");
+        let results = results(&ctx);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].state, ResultState::Rejected);
+        assert_eq!(results[0].code, "InvalidParameter");
+        assert_eq!(results[0].message, "InvalidParameter (test)");
+        assert_eq!(results[0].user_data.as_deref(), Some("mine"));
+        assert!(deadlines(&ctx).is_empty());
+        assert_eq!(ctx.metrics.requests_rejected.get(), 1);
+        assert_eq!(ctx.metrics.jobs_submitted.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_then_the_request_is_released() {
+        let ci = ScriptedCi::default()
+            .submit_answers(Err(refusal(503, "ServiceUnavailable")))
+            .submit_answers(Err(refusal(429, "SlowDown")))
+            .submit_answers(Err(refusal(503, "ServiceUnavailable")));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        let Disposition::Retry(reason) = verdict else {
+            panic!("released for redelivery, not {verdict:?}");
+        };
+        assert!(reason.contains("CI unavailable after retries"), "{reason}");
+        // worker.retry_max_attempts = 3.
+        assert_eq!(ctx.ci.calls(), ["submit", "submit", "submit"]);
+        assert_eq!(ctx.metrics.ci_retries.get(), 2);
+        assert_eq!(
+            ctx.broker.count(),
+            0,
+            "nothing is published for a released request"
+        );
+        // CI answered each time: no job can exist, so the redelivery need not look for one.
+        assert_eq!(ctx.recovery.take_in_doubt("r1").await, None);
+    }
+
+    #[tokio::test]
+    async fn accepted_job_gets_its_submitted_event_and_a_deadline() {
+        let ci = ScriptedCi::default()
+            .submit_answers(Err(refusal(503, "ServiceUnavailable")))
+            .submit_answers(Ok(job("j1", "Submitted", &marker("r1"))));
+        let ctx = context(ci);
+        let before = SystemTime::now();
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["submit", "submit"]);
+        let results = results(&ctx);
+        assert_eq!(results.len(), 1);
+        let event = &results[0];
+        assert_eq!(event.state, ResultState::Submitted);
+        assert_eq!(event.request_id.as_deref(), Some("r1"));
+        assert_eq!(event.job_id.as_deref(), Some("j1"));
+        assert_eq!(
+            event.user_data.as_deref(),
+            Some("mine"),
+            "the marker is not shown"
+        );
+        let stored = ctx.broker.on(&ctx.settings.pulsar.result_topic);
+        assert_eq!(stored[0].key.as_deref(), Some("r1"));
+        assert_eq!(stored[0].properties["job_id"], "j1");
+
+        let scheduled = ctx.broker.on(&ctx.settings.pulsar.deadline_topic);
+        assert_eq!(scheduled.len(), 1);
+        assert_eq!(scheduled[0].key, Some(shard_key("j1")));
+        assert_eq!(scheduled[0].properties[props::RECORD], "deadline");
+        let due = scheduled[0].deliver_at.expect("a delayed message");
+        assert!(due >= before + ctx.settings.worker.job_timeout);
+        let deadline = &deadlines(&ctx)[0];
+        assert_eq!(
+            (deadline.request_id.as_str(), deadline.job_id.as_str()),
+            ("r1", "j1")
+        );
+        assert_eq!(
+            (deadline.bucket.as_str(), deadline.region.as_str()),
+            (BUCKET, REGION)
+        );
+        assert_eq!(deadline.checks, 0);
+        assert_eq!(&deadline.submitted, event);
+        assert_eq!(ctx.metrics.jobs_submitted.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn unstored_deadline_leaves_the_request_in_doubt_and_its_redelivery_finds_the_job() {
+        let ci = ScriptedCi::default()
+            .submit_answers(Ok(job("j1", "Submitted", &marker("r1"))))
+            .list_answers(Ok(jobs(
+                &[
+                    ("j0", "Running", &marker("r0")),
+                    ("j1", "Submitted", &marker("r1")),
+                ],
+                None,
+            )));
+        let ctx = context(ci);
+        let deadline_topic = ctx.settings.pulsar.deadline_topic.clone();
+        ctx.broker.refuse(&deadline_topic);
+        let first = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert!(matches!(first, Disposition::Retry(_)), "{first:?}");
+
+        ctx.broker.accept(&deadline_topic);
+        let redelivered = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert_eq!(redelivered, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["submit", "list"], "no second submit");
+        assert_eq!(ctx.metrics.submissions_recovered.get(), 1);
+        let deadlines = deadlines(&ctx);
+        assert_eq!(deadlines.len(), 1);
+        assert_eq!(deadlines[0].job_id, "j1");
+        assert!(results(&ctx)
+            .iter()
+            .all(|r| r.job_id.as_deref() == Some("j1") && r.state == ResultState::Submitted));
+        assert_eq!(ctx.recovery.take_in_doubt("r1").await, None);
+    }
+
+    #[tokio::test]
+    async fn in_doubt_request_that_cannot_be_checked_is_released_and_stays_in_doubt() {
+        let ci = ScriptedCi::default().list_answers(Err(refusal(503, "ServiceUnavailable")));
+        let ctx = context(ci);
+        let since = SystemTime::now();
+        ctx.recovery.put_in_doubt("r1", since).await;
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
+        assert_eq!(ctx.ci.calls(), ["list"], "never submitted while in doubt");
+        assert_eq!(ctx.broker.count(), 0);
+        assert_eq!(ctx.recovery.take_in_doubt("r1").await, Some(since));
+    }
+
+    #[tokio::test]
+    async fn lost_submit_answer_is_looked_for_before_submitting_again() {
+        let ci = ScriptedCi::default()
+            .submit_answers(Err(ambiguous()))
+            .list_answers(Ok(jobs(&[("j1", "Submitted", &marker("r1"))], None)));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["submit", "list"]);
+        assert_eq!(results(&ctx)[0].job_id.as_deref(), Some("j1"));
+        assert_eq!(deadlines(&ctx).len(), 1);
+        assert_eq!(ctx.metrics.submissions_recovered.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn lost_submit_answer_that_created_nothing_is_submitted_again() {
+        let ci = ScriptedCi::default()
+            .submit_answers(Err(ambiguous()))
+            .list_answers(Ok(jobs(&[("j0", "Submitted", &marker("r0"))], None)))
+            .submit_answers(Ok(job("j1", "Submitted", &marker("r1"))));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["submit", "list", "submit"]);
+        assert_eq!(results(&ctx)[0].job_id.as_deref(), Some("j1"));
+        assert_eq!(ctx.metrics.submissions_recovered.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn lost_answer_on_the_last_attempt_leaves_the_request_in_doubt() {
+        let ci = ScriptedCi::default()
+            .submit_answers(Err(refusal(503, "ServiceUnavailable")))
+            .submit_answers(Err(refusal(503, "ServiceUnavailable")))
+            .submit_answers(Err(ambiguous()));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
+        assert!(ctx.recovery.take_in_doubt("r1").await.is_some());
+    }
+
+    #[tokio::test]
+    async fn requests_from_before_a_restart_share_one_scan_and_are_not_submitted_twice() {
+        let ci = ScriptedCi::default()
+            .list_answers(Ok(jobs(
+                &[
+                    ("j0", "Running", &marker("r0")),
+                    ("j1", "Running", &marker("r1")),
+                ],
+                None,
+            )))
+            .submit_answers(Ok(job("j2", "Submitted", &marker("r2"))));
+        let ctx = context(ci);
+        let found = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
+        assert_eq!(found, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["list"]);
+        assert_eq!(results(&ctx)[0].job_id.as_deref(), Some("j1"));
+        assert_eq!(deadlines(&ctx)[0].job_id, "j1");
+
+        // Not in the scan: the earlier process never submitted it.
+        let not_found = handle(&ctx, &earlier_delivery(&ctx, "r2")).await;
+        assert_eq!(not_found, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["list", "submit"], "the scan is shared");
+        assert_eq!(results(&ctx)[1].job_id.as_deref(), Some("j2"));
+        // The scan looks back `worker.recovery_lookback` (plus clock skew) from the start.
+        let queries = ctx.ci.list_queries.lock().unwrap();
+        let since = chrono::DateTime::parse_from_str(
+            queries[0].start_creation_time.as_deref().unwrap(),
+            "%Y-%m-%dT%H:%M:%S%z",
+        )
+        .unwrap();
+        let started: chrono::DateTime<chrono::Utc> = ctx.recovery.started_at.into();
+        let looked_back = started.signed_duration_since(since).num_seconds();
+        let lookback = ctx.settings.worker.recovery_lookback.as_secs() as i64;
+        assert!(
+            (lookback..=lookback + 121).contains(&looked_back),
+            "{looked_back}"
+        );
+    }
+
+    #[tokio::test]
+    async fn job_an_earlier_process_saw_finish_is_left_to_the_completion_path() {
+        let ci =
+            ScriptedCi::default().list_answers(Ok(jobs(&[("j1", "Success", &marker("r1"))], None)));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["list"]);
+        assert_eq!(
+            ctx.broker.count(),
+            0,
+            "no submitted event after the final, no deadline"
+        );
+    }
+
+    #[tokio::test]
+    async fn request_from_before_a_restart_that_cannot_be_checked_is_released() {
+        let ci = ScriptedCi::default().list_answers(Err(refusal(500, "InternalError")));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
+        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
+        assert_eq!(ctx.ci.calls(), ["list"]);
+        assert_eq!(ctx.broker.count(), 0);
+    }
+}

@@ -1,0 +1,290 @@
+//! In-memory doubles of the worker's I/O ([`super::io`]) and builders of its inputs, for the
+//! handlers' unit tests: a broker that keeps what is published (and can refuse a topic), and a CI
+//! that answers from a script and records the calls it got.
+
+use super::context::Context;
+use super::io::{Broker, CiApi};
+use crate::ci::client::{CiError, ListQuery};
+use crate::ci::response::{parse_jobs_response, CiErrorBody, JobDetail, JobsResponse};
+use crate::ci::tree::Node;
+use crate::config::Settings;
+use crate::pulsar::consume::Delivery;
+use crate::pulsar::{Outgoing, PulsarIoError};
+use crate::result::JobResult;
+use crate::telemetry::{Health, Metrics};
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// A broker that stores every message it accepts; topics put in [`MemoryBroker::refuse`] fail.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    published: Arc<Mutex<Vec<(String, Outgoing)>>>,
+    refused: Arc<Mutex<HashSet<String>>>,
+}
+
+impl MemoryBroker {
+    /// Publishes to `topic` fail from now on.
+    pub fn refuse(&self, topic: &str) {
+        self.refused.lock().unwrap().insert(topic.to_string());
+    }
+
+    /// Publishes to `topic` succeed again.
+    pub fn accept(&self, topic: &str) {
+        self.refused.lock().unwrap().remove(topic);
+    }
+
+    /// The messages stored on `topic`, oldest first.
+    pub fn on(&self, topic: &str) -> Vec<Outgoing> {
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+
+    /// Every message stored, on any topic.
+    pub fn count(&self) -> usize {
+        self.published.lock().unwrap().len()
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn publish(
+        &self,
+        topic: &str,
+        msg: Outgoing,
+    ) -> impl Future<Output = Result<(), PulsarIoError>> + Send {
+        let outcome = if self.refused.lock().unwrap().contains(topic) {
+            Err(PulsarIoError::Publish {
+                topic: topic.to_string(),
+                message: "refused by the test".into(),
+            })
+        } else {
+            self.published
+                .lock()
+                .unwrap()
+                .push((topic.to_string(), msg));
+            Ok(())
+        };
+        std::future::ready(outcome)
+    }
+}
+
+/// A CI that answers each call with the next scripted answer for its operation and panics on a call
+/// nobody scripted (so a test fails on any CI call it did not expect).
+#[derive(Default)]
+pub struct ScriptedCi {
+    submits: Mutex<VecDeque<Result<JobDetail, CiError>>>,
+    describes: Mutex<VecDeque<Result<JobsResponse, CiError>>>,
+    lists: Mutex<VecDeque<Result<JobsResponse, CiError>>>,
+    /// Operations called, in order (`submit`, `describe`, `list`, `cancel`).
+    calls: Mutex<Vec<&'static str>>,
+    /// The queries of the list calls.
+    pub list_queries: Mutex<Vec<ListQuery>>,
+}
+
+impl ScriptedCi {
+    pub fn submit_answers(self, answer: Result<JobDetail, CiError>) -> ScriptedCi {
+        self.submits.lock().unwrap().push_back(answer);
+        self
+    }
+
+    pub fn describe_answers(self, answer: Result<JobsResponse, CiError>) -> ScriptedCi {
+        self.describes.lock().unwrap().push_back(answer);
+        self
+    }
+
+    pub fn list_answers(self, answer: Result<JobsResponse, CiError>) -> ScriptedCi {
+        self.lists.lock().unwrap().push_back(answer);
+        self
+    }
+
+    /// The operations called so far, in order.
+    pub fn calls(&self) -> Vec<&'static str> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// How many times `op` was called.
+    pub fn called(&self, op: &str) -> usize {
+        self.calls().iter().filter(|c| **c == op).count()
+    }
+
+    fn next<T>(
+        &self,
+        op: &'static str,
+        script: &Mutex<VecDeque<Result<T, CiError>>>,
+    ) -> Result<T, CiError> {
+        self.calls.lock().unwrap().push(op);
+        let answer = script.lock().unwrap().pop_front();
+        answer.unwrap_or_else(|| panic!("unexpected CI call: {op}"))
+    }
+}
+
+impl CiApi for ScriptedCi {
+    fn submit(
+        &self,
+        _bucket: &str,
+        _region: &str,
+        _job: &Node<'_>,
+    ) -> impl Future<Output = Result<JobDetail, CiError>> + Send {
+        std::future::ready(self.next("submit", &self.submits))
+    }
+
+    fn describe(
+        &self,
+        _bucket: &str,
+        _region: &str,
+        _job_ids: &[&str],
+    ) -> impl Future<Output = Result<JobsResponse, CiError>> + Send {
+        std::future::ready(self.next("describe", &self.describes))
+    }
+
+    fn list(
+        &self,
+        _bucket: &str,
+        _region: &str,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<JobsResponse, CiError>> + Send {
+        self.list_queries.lock().unwrap().push(query.clone());
+        std::future::ready(self.next("list", &self.lists))
+    }
+
+    fn cancel(
+        &self,
+        _bucket: &str,
+        _region: &str,
+        _job_id: &str,
+    ) -> impl Future<Output = Result<(), CiError>> + Send {
+        self.calls.lock().unwrap().push("cancel");
+        std::future::ready(Ok(()))
+    }
+}
+
+pub type TestContext = Context<MemoryBroker, ScriptedCi>;
+
+/// Default settings, with retries short enough for a test.
+pub fn settings() -> Settings {
+    let mut s = Settings::default();
+    s.worker.retry_max_attempts = 3;
+    s.worker.retry_base_delay = Duration::from_millis(1);
+    s.worker.retry_max_delay = Duration::from_millis(2);
+    s.worker.max_redeliveries = 3;
+    s
+}
+
+/// A context over a fresh [`MemoryBroker`] and `ci` (needs a Tokio runtime: it starts the done
+/// records' task).
+pub fn context(ci: ScriptedCi) -> TestContext {
+    context_with(settings(), ci)
+}
+
+pub fn context_with(settings: Settings, ci: ScriptedCi) -> TestContext {
+    Context::new(
+        settings,
+        MemoryBroker::default(),
+        ci,
+        Arc::new(Metrics::new()),
+        Arc::new(Health::default()),
+    )
+}
+
+/// A message as the consume loop hands it over, published now.
+pub fn delivery(topic: &str, payload: impl Into<Vec<u8>>) -> Delivery {
+    Delivery {
+        payload: payload.into(),
+        properties: Default::default(),
+        key: None,
+        topic: topic.to_string(),
+        message_id: "1:2:-1".into(),
+        publish_time: SystemTime::now(),
+    }
+}
+
+pub const BUCKET: &str = "test-123456789";
+pub const REGION: &str = "ap-chongqing";
+
+/// A valid request `request_id` whose caller's `UserData` is `mine`.
+pub fn request(request_id: &str) -> String {
+    serde_json::json!({
+        "request_id": request_id,
+        "bucket": BUCKET,
+        "region": REGION,
+        "job": {
+            "Tag": "DigitalWatermark",
+            "Input": {"Object": "input/demo.mp4"},
+            "Operation": {
+                "DigitalWatermark": {"Type": "Text", "Message": "123456789ab", "Version": "V1"},
+                "Output": {"Region": REGION, "Bucket": BUCKET, "Object": "output/out.mp4"},
+                "UserData": "mine"
+            }
+        }
+    })
+    .to_string()
+}
+
+/// The `UserData` the worker sends CI for [`request`]`(request_id)`.
+pub fn marker(request_id: &str) -> String {
+    crate::request::marker::encode(request_id, Some("mine")).unwrap()
+}
+
+/// A job as CI describes it, read from CI's XML like a real answer.
+pub fn job(job_id: &str, state: &str, user_data: &str) -> JobDetail {
+    jobs(&[(job_id, state, user_data)], None).jobs.remove(0)
+}
+
+/// A submit/describe/list answer holding these `(job id, state, UserData)` jobs.
+pub fn jobs(jobs: &[(&str, &str, &str)], next_token: Option<&str>) -> JobsResponse {
+    let details: String = jobs
+        .iter()
+        .map(|(id, state, user_data)| {
+            format!(
+                "<JobsDetail><Code>Success</Code><Message/><JobId>{id}</JobId><State>{state}</State>\
+                 <CreationTime>2022-06-27T15:23:10+0800</CreationTime><QueueId>q1</QueueId>\
+                 <Tag>DigitalWatermark</Tag><Input><BucketId>{BUCKET}</BucketId>\
+                 <Object>input/demo.mp4</Object><Region>{REGION}</Region></Input><Operation>\
+                 <Output><Region>{REGION}</Region><Bucket>{BUCKET}</Bucket>\
+                 <Object>output/out.mp4</Object></Output><UserData>{user_data}</UserData>\
+                 </Operation></JobsDetail>"
+            )
+        })
+        .collect();
+    let token = next_token
+        .map(|t| format!("<NextToken>{t}</NextToken>"))
+        .unwrap_or_default();
+    parse_jobs_response(&format!("<Response>{details}{token}</Response>")).unwrap()
+}
+
+/// CI's refusal with HTTP `status` and error `code`.
+pub fn refusal(status: u16, code: &str) -> CiError {
+    CiError::Api {
+        status,
+        body: CiErrorBody {
+            code: code.into(),
+            message: format!("{code} (test)"),
+            ..CiErrorBody::default()
+        },
+    }
+}
+
+/// The results stored on the result topic.
+pub fn results(ctx: &TestContext) -> Vec<JobResult> {
+    ctx.broker
+        .on(&ctx.settings.pulsar.result_topic)
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect()
+}
+
+/// The `dead_letters` counter of `source`.
+pub fn dead_letters(ctx: &TestContext, source: &str) -> u64 {
+    ctx.metrics
+        .dead_letters
+        .get_or_create(&crate::telemetry::SourceLabel {
+            source: source.into(),
+        })
+        .get()
+}
