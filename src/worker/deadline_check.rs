@@ -157,3 +157,209 @@ fn timed_out(deadline: &Deadline, age: Duration) -> JobResult {
     r.finished_at = None;
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::deadline_record::first;
+    use crate::worker::done_records::shard_key;
+    use crate::worker::test_doubles::*;
+    use std::time::SystemTime;
+
+    /// The deadline of job `j1`, submitted for request `r1`, `age` ago.
+    fn deadline(age: Duration) -> Deadline {
+        let mut submitted = JobResult::new(ResultState::Submitted);
+        submitted.request_id = Some("r1".into());
+        submitted.job_id = Some("j1".into());
+        submitted.user_data = Some("mine".into());
+        let mut d = first(BUCKET, REGION, &submitted);
+        d.submitted_at_ms -= age.as_millis() as u64;
+        d
+    }
+
+    fn due(ctx: &TestContext, d: &Deadline) -> Delivery {
+        let mut delivery = delivery(
+            &ctx.settings.pulsar.deadline_topic,
+            serde_json::to_vec(d).unwrap(),
+        );
+        delivery.key = Some(shard_key(&d.job_id));
+        delivery
+            .properties
+            .insert(props::RECORD.into(), "deadline".into());
+        delivery
+    }
+
+    fn done_record(ctx: &TestContext, ids: &str) -> Delivery {
+        let mut delivery = delivery(&ctx.settings.pulsar.deadline_topic, ids);
+        delivery
+            .properties
+            .insert(props::RECORD.into(), "done".into());
+        delivery
+    }
+
+    /// The deadlines scheduled, with when each is due.
+    fn scheduled(ctx: &TestContext) -> Vec<(Deadline, SystemTime)> {
+        ctx.broker
+            .on(&ctx.settings.pulsar.deadline_topic)
+            .iter()
+            .map(|m| {
+                assert_eq!(m.properties[props::RECORD], "deadline");
+                assert_eq!(m.key, Some(shard_key("j1")));
+                (
+                    serde_json::from_slice(&m.payload).unwrap(),
+                    m.deliver_at.expect("delayed"),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn job_whose_done_record_came_is_not_described() {
+        let ctx = context(ScriptedCi::default());
+        assert_eq!(
+            handle(&ctx, &done_record(&ctx, "j0\nj1")).await,
+            Disposition::Ack
+        );
+        let verdict = handle(&ctx, &due(&ctx, &deadline(Duration::from_secs(600)))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert!(ctx.ci.calls().is_empty(), "no GET /jobs");
+        assert_eq!(ctx.broker.count(), 0, "no result, no new deadline");
+        assert_eq!(ctx.metrics.deadline_checks.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn job_whose_final_this_process_published_is_not_described() {
+        let ctx = context(ScriptedCi::default());
+        ctx.finished_jobs.insert("j1");
+        let verdict = handle(&ctx, &due(&ctx, &deadline(Duration::from_secs(600)))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert!(ctx.ci.calls().is_empty());
+        assert_eq!(ctx.broker.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn job_finished_without_a_completion_event_gets_what_ci_says() {
+        let ci = ScriptedCi::default()
+            .describe_answers(Ok(jobs(&[("j1", "Failed", &sent_user_data("r1"))], None)));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &due(&ctx, &deadline(Duration::from_secs(600)))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["describe"]);
+        let results = results(&ctx);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].state, ResultState::Failed);
+        assert_eq!(results[0].request_id.as_deref(), Some("r1"));
+        assert_eq!(results[0].job_id.as_deref(), Some("j1"));
+        assert_eq!(results[0].user_data.as_deref(), Some("mine"));
+        assert!(
+            scheduled(&ctx).is_empty(),
+            "a finished job needs no new deadline"
+        );
+        assert_eq!(ctx.metrics.callbacks_lost.get(), 1);
+        assert_eq!(ctx.metrics.deadline_checks.get(), 1);
+        // A completion event arriving after all is a duplicate.
+        assert!(ctx.finished_jobs.contains("j1"));
+    }
+
+    #[tokio::test]
+    async fn job_still_running_gets_a_new_deadline() {
+        let ci = ScriptedCi::default()
+            .describe_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
+        let ctx = context(ci);
+        let before = SystemTime::now();
+        let verdict = handle(&ctx, &due(&ctx, &deadline(Duration::from_secs(600)))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["describe"]);
+        assert!(results(&ctx).is_empty());
+        let scheduled = scheduled(&ctx);
+        assert_eq!(scheduled.len(), 1);
+        let (next, at) = &scheduled[0];
+        assert_eq!(next.checks, 1);
+        assert_eq!(next.job_id, "j1");
+        assert!(*at >= before + ctx.settings.worker.job_timeout);
+    }
+
+    #[tokio::test]
+    async fn new_deadline_is_no_later_than_job_timeout_max() {
+        let ci = ScriptedCi::default()
+            .describe_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
+        let ctx = context(ci);
+        let age = ctx.settings.worker.job_timeout_max - Duration::from_secs(30);
+        let verdict = handle(&ctx, &due(&ctx, &deadline(age))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        let (_, at) = scheduled(&ctx)[0];
+        assert!(at <= SystemTime::now() + Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn job_past_job_timeout_max_is_cancelled_and_timed_out() {
+        let ci = ScriptedCi::default()
+            .describe_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
+        let ctx = context(ci);
+        let age = ctx.settings.worker.job_timeout_max + Duration::from_secs(1);
+        let verdict = handle(&ctx, &due(&ctx, &deadline(age))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["describe", "cancel"]);
+        let results = results(&ctx);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].state, ResultState::TimedOut);
+        assert_eq!(results[0].code, "TimedOut");
+        assert_eq!(results[0].request_id.as_deref(), Some("r1"));
+        assert!(scheduled(&ctx).is_empty());
+    }
+
+    #[tokio::test]
+    async fn job_ci_does_not_know_is_checked_again_until_job_timeout_max() {
+        let ci = ScriptedCi::default().describe_answers(Ok(jobs(&[], None)));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &due(&ctx, &deadline(Duration::from_secs(600)))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert!(results(&ctx).is_empty());
+        assert_eq!(scheduled(&ctx).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn describe_failure_checks_again_soon() {
+        let ci = ScriptedCi::default().describe_answers(Err(refusal(503, "ServiceUnavailable")));
+        let ctx = context(ci);
+        let mut d = deadline(Duration::from_secs(600));
+        d.checks = 4;
+        let verdict = handle(&ctx, &due(&ctx, &d)).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(
+            ctx.ci.calls(),
+            ["describe"],
+            "no cancel on a transient failure"
+        );
+        assert!(results(&ctx).is_empty());
+        let (next, at) = scheduled(&ctx)[0].clone();
+        assert_eq!(next.checks, 5);
+        // Backoff (capped at worker.retry_max_delay), at least a second: well before job_timeout.
+        assert!(at <= SystemTime::now() + Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn unstored_new_deadline_is_redelivered() {
+        let ci = ScriptedCi::default()
+            .describe_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
+        let ctx = context(ci);
+        ctx.broker.refuse(&ctx.settings.pulsar.deadline_topic);
+        let verdict = handle(&ctx, &due(&ctx, &deadline(Duration::from_secs(600)))).await;
+        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
+    }
+
+    #[tokio::test]
+    async fn unreadable_deadline_is_dead_lettered() {
+        let ctx = context(ScriptedCi::default());
+        let d = delivery(&ctx.settings.pulsar.deadline_topic, "{}");
+        assert_eq!(handle(&ctx, &d).await, Disposition::Ack);
+        let dead = ctx.broker.on(&ctx.settings.pulsar.dead_letter_topic);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            dead[0].properties[props::DLQ_REASON],
+            "unreadable deadline record"
+        );
+        assert!(ctx.ci.calls().is_empty());
+        assert_eq!(dead_letters(&ctx, "deadline"), 1);
+    }
+}

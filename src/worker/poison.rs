@@ -49,3 +49,62 @@ pub async fn settle<B: Broker, C: CiApi>(
         Err(e) => Disposition::Retry(format!("{reason}; dead-lettering failed too: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::test_doubles::*;
+
+    #[tokio::test]
+    async fn message_that_keeps_failing_becomes_a_dead_letter_with_its_history() {
+        let ctx = context(ScriptedCi::default());
+        let d = delivery(&ctx.settings.pulsar.request_topic, "payload");
+        let fail = || Disposition::Retry("CI unavailable".into());
+        // worker.max_redeliveries = 3.
+        for _ in 0..2 {
+            let verdict = settle(&ctx, &d, "request", fail()).await;
+            assert_eq!(verdict, fail());
+        }
+        assert_eq!(ctx.broker.count(), 0);
+        assert_eq!(settle(&ctx, &d, "request", fail()).await, Disposition::Ack);
+        let dead = ctx.broker.on(&ctx.settings.pulsar.dead_letter_topic);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].payload, b"payload");
+        assert_eq!(dead[0].properties[props::ATTEMPTS], "3");
+        assert!(dead[0].properties.contains_key(props::FIRST_FAILURE_AT));
+        assert!(dead[0].properties[props::DLQ_REASON].ends_with("last error: CI unavailable"));
+        assert_eq!(dead_letters(&ctx, "request"), 1);
+    }
+
+    #[tokio::test]
+    async fn success_forgets_the_failures() {
+        let ctx = context(ScriptedCi::default());
+        let d = delivery(&ctx.settings.pulsar.request_topic, "payload");
+        let fail = || Disposition::Retry("CI unavailable".into());
+        for _ in 0..2 {
+            settle(&ctx, &d, "request", fail()).await;
+        }
+        assert_eq!(
+            settle(&ctx, &d, "request", Disposition::Ack).await,
+            Disposition::Ack
+        );
+        for _ in 0..2 {
+            assert_eq!(settle(&ctx, &d, "request", fail()).await, fail());
+        }
+        assert_eq!(ctx.broker.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn dead_letter_that_cannot_be_stored_leaves_the_message_for_redelivery() {
+        let mut settings = settings();
+        settings.worker.max_redeliveries = 1;
+        let ctx = context_with(settings, ScriptedCi::default());
+        ctx.broker.refuse(&ctx.settings.pulsar.dead_letter_topic);
+        let d = delivery(&ctx.settings.pulsar.request_topic, "payload");
+        let verdict = settle(&ctx, &d, "request", Disposition::Retry("boom".into())).await;
+        let Disposition::Retry(reason) = verdict else {
+            panic!("{verdict:?}");
+        };
+        assert!(reason.contains("dead-lettering failed too"), "{reason}");
+    }
+}

@@ -170,3 +170,82 @@ async fn scan(
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::SubmitRequest;
+    use crate::worker::test_doubles::*;
+
+    fn valid(request_id: &str) -> ValidRequest {
+        SubmitRequest::parse(request(request_id).as_bytes())
+            .unwrap()
+            .validate(&settings().ci)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn search_reads_pages_until_it_finds_the_marker() {
+        let ci = ScriptedCi::default()
+            .list_answers(Ok(jobs(
+                &[("j0", "Success", &sent_user_data("r0"))],
+                Some("page-2"),
+            )))
+            .list_answers(Ok(jobs(
+                &[("j1", "Running", &sent_user_data("r1"))],
+                Some("page-3"),
+            )));
+        let since = SystemTime::now() - Duration::from_secs(60);
+        let found = search(&ci, &Metrics::new(), &valid("r1"), since)
+            .await
+            .unwrap();
+        assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
+        assert_eq!(ci.calls(), ["list", "list"], "stops at the marker");
+        let queries = ci.list_queries.lock().unwrap();
+        assert_eq!(queries[0].next_token, None);
+        assert_eq!(queries[1].next_token.as_deref(), Some("page-2"));
+        assert_eq!(queries[0].tag, "DigitalWatermark");
+        assert_eq!(queries[0].states.as_deref(), Some("All"));
+    }
+
+    #[tokio::test]
+    async fn search_without_the_marker_finds_nothing() {
+        let ci = ScriptedCi::default()
+            .list_answers(Ok(jobs(&[("j0", "Success", &sent_user_data("r0"))], None)));
+        let found = search(&ci, &Metrics::new(), &valid("r1"), SystemTime::now())
+            .await
+            .unwrap();
+        assert!(found.is_none());
+        assert_eq!(ci.calls(), ["list"]);
+    }
+
+    #[tokio::test]
+    async fn failed_restart_scan_is_not_kept() {
+        let ci = ScriptedCi::default()
+            .list_answers(Err(refusal(503, "ServiceUnavailable")))
+            .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
+        let metrics = Metrics::new();
+        let recovery = Recovery::new(Duration::from_secs(3600));
+        assert!(recovery.lookup(&ci, &metrics, &valid("r1")).await.is_err());
+        let found = recovery.lookup(&ci, &metrics, &valid("r1")).await.unwrap();
+        assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
+        // The successful scan is kept for every later request of the queue.
+        assert!(recovery
+            .lookup(&ci, &metrics, &valid("r2"))
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(ci.calls(), ["list", "list"]);
+    }
+
+    #[tokio::test]
+    async fn in_doubt_is_taken_once() {
+        let recovery = Recovery::new(Duration::from_secs(3600));
+        let t = SystemTime::now();
+        recovery.put_in_doubt("r1", t).await;
+        assert_eq!(recovery.take_in_doubt("r1").await, Some(t));
+        assert_eq!(recovery.take_in_doubt("r1").await, None);
+        assert!(recovery.maybe_attempted(recovery.started_at - Duration::from_millis(1)));
+        assert!(!recovery.maybe_attempted(recovery.started_at));
+    }
+}

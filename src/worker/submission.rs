@@ -391,7 +391,7 @@ mod tests {
     async fn accepted_job_gets_its_submitted_event_and_a_deadline() {
         let ci = ScriptedCi::default()
             .submit_answers(Err(refusal(503, "ServiceUnavailable")))
-            .submit_answers(Ok(job("j1", "Submitted", &marker("r1"))));
+            .submit_answers(Ok(job("j1", "Submitted", &sent_user_data("r1"))));
         let ctx = context(ci);
         let before = SystemTime::now();
         let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
@@ -435,11 +435,11 @@ mod tests {
     #[tokio::test]
     async fn unstored_deadline_leaves_the_request_in_doubt_and_its_redelivery_finds_the_job() {
         let ci = ScriptedCi::default()
-            .submit_answers(Ok(job("j1", "Submitted", &marker("r1"))))
+            .submit_answers(Ok(job("j1", "Submitted", &sent_user_data("r1"))))
             .list_answers(Ok(jobs(
                 &[
-                    ("j0", "Running", &marker("r0")),
-                    ("j1", "Submitted", &marker("r1")),
+                    ("j0", "Running", &sent_user_data("r0")),
+                    ("j1", "Submitted", &sent_user_data("r1")),
                 ],
                 None,
             )));
@@ -480,7 +480,10 @@ mod tests {
     async fn lost_submit_answer_is_looked_for_before_submitting_again() {
         let ci = ScriptedCi::default()
             .submit_answers(Err(ambiguous()))
-            .list_answers(Ok(jobs(&[("j1", "Submitted", &marker("r1"))], None)));
+            .list_answers(Ok(jobs(
+                &[("j1", "Submitted", &sent_user_data("r1"))],
+                None,
+            )));
         let ctx = context(ci);
         let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
         assert_eq!(verdict, Disposition::Ack);
@@ -494,8 +497,11 @@ mod tests {
     async fn lost_submit_answer_that_created_nothing_is_submitted_again() {
         let ci = ScriptedCi::default()
             .submit_answers(Err(ambiguous()))
-            .list_answers(Ok(jobs(&[("j0", "Submitted", &marker("r0"))], None)))
-            .submit_answers(Ok(job("j1", "Submitted", &marker("r1"))));
+            .list_answers(Ok(jobs(
+                &[("j0", "Submitted", &sent_user_data("r0"))],
+                None,
+            )))
+            .submit_answers(Ok(job("j1", "Submitted", &sent_user_data("r1"))));
         let ctx = context(ci);
         let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
         assert_eq!(verdict, Disposition::Ack);
@@ -521,12 +527,12 @@ mod tests {
         let ci = ScriptedCi::default()
             .list_answers(Ok(jobs(
                 &[
-                    ("j0", "Running", &marker("r0")),
-                    ("j1", "Running", &marker("r1")),
+                    ("j0", "Running", &sent_user_data("r0")),
+                    ("j1", "Running", &sent_user_data("r1")),
                 ],
                 None,
             )))
-            .submit_answers(Ok(job("j2", "Submitted", &marker("r2"))));
+            .submit_answers(Ok(job("j2", "Submitted", &sent_user_data("r2"))));
         let ctx = context(ci);
         let found = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
         assert_eq!(found, Disposition::Ack);
@@ -557,8 +563,8 @@ mod tests {
 
     #[tokio::test]
     async fn job_an_earlier_process_saw_finish_is_left_to_the_completion_path() {
-        let ci =
-            ScriptedCi::default().list_answers(Ok(jobs(&[("j1", "Success", &marker("r1"))], None)));
+        let ci = ScriptedCi::default()
+            .list_answers(Ok(jobs(&[("j1", "Success", &sent_user_data("r1"))], None)));
         let ctx = context(ci);
         let verdict = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
         assert_eq!(verdict, Disposition::Ack);

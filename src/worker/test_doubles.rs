@@ -108,11 +108,6 @@ impl ScriptedCi {
         self.calls.lock().unwrap().clone()
     }
 
-    /// How many times `op` was called.
-    pub fn called(&self, op: &str) -> usize {
-        self.calls().iter().filter(|c| **c == op).count()
-    }
-
     fn next<T>(
         &self,
         op: &'static str,
@@ -227,7 +222,7 @@ pub fn request(request_id: &str) -> String {
 }
 
 /// The `UserData` the worker sends CI for [`request`]`(request_id)`.
-pub fn marker(request_id: &str) -> String {
+pub fn sent_user_data(request_id: &str) -> String {
     crate::request::marker::encode(request_id, Some("mine")).unwrap()
 }
 
