@@ -1,11 +1,30 @@
-//! `ci-worker run`: two independent loops over one Pulsar client.
+//! `ci-worker run`: three independent consume loops over one Pulsar client, plus the HTTP probes.
+//! This file only wires them; each path's decisions are in its handler.
 //!
-//! - [`submit`]: requests → validate → CI `POST /jobs` → `submitted` event (or `rejected` result).
-//! - [`complete`]: CI completion events → normalized results.
+//! Handlers (one per consumed topic; they never import each other):
+//! - [`submission`]: requests → validate → CI `POST /jobs` → `submitted` event and a deadline (or a
+//!   `rejected` result, or a dead letter).
+//! - [`completion`]: CI's completion events → normalized results; finals once per job.
+//! - [`deadline_check`]: deadlines come due → describe the job at CI when no final result came →
+//!   its final, a new deadline, or `timed_out`.
 //!
-//! Both share [`consume`], the consume/settle loop: bounded concurrency, acknowledgement only after the
-//! outcome is confirmed by the broker, and a drain on shutdown that nacks whatever did not finish in
-//! time (so it is redelivered, never lost).
+//! Shared pieces the handlers import (none of them imports a handler):
+//! - [`context`]: [`Context`] (settings, I/O, metrics, in-process state) and [`WorkerError`].
+//! - [`io`]: the [`io::Broker`] and [`io::CiApi`] traits the context's I/O goes through.
+//! - [`serve`]: one consume loop ([`crate::pulsar::consume`]) running a handler behind the poison guard.
+//! - [`results`]: publishing a result, a final result once per job, and the verdict of a publish.
+//! - [`deadline_record`]: the deadline record and how it is scheduled on the deadline topic.
+//! - [`done_records`]: batched records telling the deadline's replica that a job's final is out.
+//! - [`duplicates`]: the window of jobs whose final result is out ([`duplicates::FinishedJobs`]).
+//! - [`recover`]: finding a job an earlier attempt or process created, by its correlation marker.
+//! - [`ci_calls`]: the metrics of every CI call.
+//! - [`dead_letter`]: moving a message to the dead-letter topic.
+//! - [`poison`] and [`failure_history`]: a message that keeps failing becomes a dead letter.
+//! - [`retry`]: backoff with jitter.
+//! - [`probes`]: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Every loop acknowledges a message only after its outcome is stored on the broker, and on shutdown
+//! nacks whatever did not finish within `worker.shutdown_timeout` (so it is redelivered, never lost).
 
 pub mod ci_calls;
 pub mod completion;
