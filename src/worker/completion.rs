@@ -106,6 +106,7 @@ mod tests {
     use crate::pulsar::props;
     use crate::result::ResultState;
     use crate::worker::done_records::shard_key;
+    use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
 
     const JOB_ID: &str = "ja8de3b46f86011ec9452c1c27f56a659";

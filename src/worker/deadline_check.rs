@@ -163,6 +163,7 @@ mod tests {
     use super::*;
     use crate::worker::deadline_record::first;
     use crate::worker::done_records::shard_key;
+    use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
     use std::time::SystemTime;
 

@@ -44,6 +44,8 @@ pub mod retry;
 pub mod serve;
 pub mod submission;
 #[cfg(test)]
+mod test_context;
+#[cfg(test)]
 mod test_doubles;
 
 pub use context::{Context, WorkerError};

@@ -53,6 +53,7 @@ pub async fn settle<B: Broker, C: CiApi>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
 
     #[tokio::test]

@@ -275,6 +275,7 @@ mod tests {
     use crate::pulsar::props;
     use crate::worker::deadline_record::Deadline;
     use crate::worker::done_records::shard_key;
+    use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
     use std::time::{Duration, SystemTime};
 

@@ -1,8 +1,8 @@
 //! In-memory doubles of the worker's I/O ([`super::io`]) and builders of its inputs, for the
-//! handlers' unit tests: a broker that keeps what is published (and can refuse a topic), and a CI
-//! that answers from a script and records the calls it got.
+//! worker's unit tests ([`super::test_context`] puts them in a context): a broker that keeps what is
+//! published (and can refuse a topic), and a CI that answers from a script and records the calls it
+//! got.
 
-use super::context::Context;
 use super::io::{Broker, CiApi};
 use crate::ci::client::{CiError, ListQuery};
 use crate::ci::response::{parse_jobs_response, CiErrorBody, JobDetail, JobsResponse};
@@ -10,8 +10,6 @@ use crate::ci::tree::Node;
 use crate::config::Settings;
 use crate::pulsar::consume::Delivery;
 use crate::pulsar::{Outgoing, PulsarIoError};
-use crate::result::JobResult;
-use crate::telemetry::{Health, Metrics};
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -159,8 +157,6 @@ impl CiApi for ScriptedCi {
     }
 }
 
-pub type TestContext = Context<MemoryBroker, ScriptedCi>;
-
 /// Default settings, with retries short enough for a test.
 pub fn settings() -> Settings {
     let mut s = Settings::default();
@@ -169,22 +165,6 @@ pub fn settings() -> Settings {
     s.worker.retry_max_delay = Duration::from_millis(2);
     s.worker.max_redeliveries = 3;
     s
-}
-
-/// A context over a fresh [`MemoryBroker`] and `ci` (needs a Tokio runtime: it starts the done
-/// records' task).
-pub fn context(ci: ScriptedCi) -> TestContext {
-    context_with(settings(), ci)
-}
-
-pub fn context_with(settings: Settings, ci: ScriptedCi) -> TestContext {
-    Context::new(
-        settings,
-        MemoryBroker::default(),
-        ci,
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-    )
 }
 
 /// A message as the consume loop hands it over, published now.
@@ -263,23 +243,4 @@ pub fn refusal(status: u16, code: &str) -> CiError {
             ..CiErrorBody::default()
         },
     }
-}
-
-/// The results stored on the result topic.
-pub fn results(ctx: &TestContext) -> Vec<JobResult> {
-    ctx.broker
-        .on(&ctx.settings.pulsar.result_topic)
-        .iter()
-        .map(|m| serde_json::from_slice(&m.payload).unwrap())
-        .collect()
-}
-
-/// The `dead_letters` counter of `source`.
-pub fn dead_letters(ctx: &TestContext, source: &str) -> u64 {
-    ctx.metrics
-        .dead_letters
-        .get_or_create(&crate::telemetry::SourceLabel {
-            source: source.into(),
-        })
-        .get()
 }
