@@ -22,6 +22,8 @@
 //! - [`poison`] and [`failure_history`]: a message that keeps failing becomes a dead letter.
 //! - [`retry`]: backoff with jitter.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics`.
+//! - `test_doubles`, `test_context` (unit tests only): an in-memory broker and a scripted CI, and a
+//!   context over them.
 //!
 //! Every loop acknowledges a message only after its outcome is stored on the broker, and on shutdown
 //! nacks whatever did not finish within `worker.shutdown_timeout` (so it is redelivered, never lost).
