@@ -5,7 +5,7 @@
 //! `TENCENTCLOUD_SECRET_KEY` / `TENCENTCLOUD_SESSION_TOKEN`, then `CI_WORKER__*` (the most specific wins).
 //! Every key is validated at start-up so that a bad value stops the program with one line naming the key.
 
-use crate::ci::rules::MQ_REGIONS;
+use crate::ci::rules::{closed_set, CallbackFormat, MqMode, MqRegion};
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -87,11 +87,11 @@ pub struct CiSettings {
     /// CI queue for submitted jobs; empty = CI's default queue. A `QueueId` in the job wins.
     pub queue_id: String,
     /// `JSON` or `XML`: the format CI writes completion events in. A `CallBackFormat` in the job wins.
-    pub callback_format: String,
+    pub callback_format: CallbackFormat,
     /// `CallBackMqConfig.MqRegion`: one of sh, bj, gz, cd, hk.
-    pub mq_region: String,
+    pub mq_region: MqRegion,
     /// `CallBackMqConfig.MqMode`: Queue or Topic.
-    pub mq_mode: String,
+    pub mq_mode: MqMode,
     /// `CallBackMqConfig.MqName`: the TDMQ queue/topic name CI publishes to. Kept apart from
     /// `pulsar.callback_topic` (the full Pulsar name the worker reads) because CI names it differently.
     pub mq_name: String,
@@ -108,9 +108,9 @@ impl Default for CiSettings {
             secret_key: Secret::default(),
             session_token: Secret::default(),
             queue_id: String::new(),
-            callback_format: "JSON".into(),
-            mq_region: "gz".into(),
-            mq_mode: "Queue".into(),
+            callback_format: CallbackFormat::Json,
+            mq_region: MqRegion::Gz,
+            mq_mode: MqMode::Queue,
             mq_name: "ci-callbacks".into(),
             request_timeout: Duration::from_secs(10),
         }
@@ -229,7 +229,7 @@ pub struct KeyPair {
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     /// `text` (human, for terminals) or `json` (one object per line, for collectors).
-    pub format: String,
+    pub format: LogFormat,
     /// `RUST_LOG`-style filter; the `RUST_LOG` variable wins when set.
     pub level: String,
 }
@@ -237,10 +237,62 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
-            format: "text".into(),
+            format: LogFormat::Text,
             level: "info".into(),
         }
     }
+}
+
+closed_set! {
+    /// `log.format`.
+    pub enum LogFormat: "must be text or json" {
+        Text = "text",
+        Json = "json",
+    }
+}
+
+/// A closed-set key: its name, whether a spelling is one of its values, and its rule.
+type ClosedSetKey = (&'static str, fn(&str) -> bool, &'static str);
+
+/// The keys whose values form a closed set.
+const CLOSED_SETS: [ClosedSetKey; 4] = [
+    (
+        "ci.callback_format",
+        |v| CallbackFormat::parse(v).is_some(),
+        CallbackFormat::RULE,
+    ),
+    (
+        "ci.mq_region",
+        |v| MqRegion::parse(v).is_some(),
+        MqRegion::RULE,
+    ),
+    ("ci.mq_mode", |v| MqMode::parse(v).is_some(), MqMode::RULE),
+    (
+        "log.format",
+        |v| LogFormat::parse(v).is_some(),
+        LogFormat::RULE,
+    ),
+];
+
+/// Checks the closed-set keys on the merged raw values, before they are typed: serde's own refusal
+/// would arrive as a load error worded by serde, and these keys are reported like every other key,
+/// as `invalid <key> = "<value>": <rule>`.
+fn check_closed_sets(raw: &config::Config) -> Result<(), ConfigError> {
+    for (key, accepts, rule) in CLOSED_SETS {
+        // Absent keys take their defaults; a value that is not a string at all (a table) is left
+        // to deserialization, which names it.
+        let Ok(value) = raw.get_string(key) else {
+            continue;
+        };
+        if !accepts(&value) {
+            return Err(ConfigError::Invalid {
+                key,
+                value,
+                allowed: rule.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Settings {
@@ -293,15 +345,19 @@ impl Settings {
                     .source(Some(source)),
             );
         }
-        let settings: Settings = builder
+        let raw = builder
             .build()
-            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        check_closed_sets(&raw)?;
+        let settings: Settings = raw
+            .try_deserialize()
             .map_err(|e| ConfigError::Load(e.to_string()))?;
         settings.validate()?;
         Ok(settings)
     }
 
-    /// Checks every key whose value has a fixed form; the first bad one is reported.
+    /// Checks every key whose value has a fixed form; the first bad one is reported. (The closed
+    /// sets are typed: their spelling was checked on loading.)
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(key: &'static str, value: &str, allowed: &str) -> ConfigError {
             ConfigError::Invalid {
@@ -351,23 +407,6 @@ impl Settings {
                     "must be empty or an http(s):// address such as http://127.0.0.1:9000",
                 ));
             }
-        }
-        if !matches!(c.callback_format.as_str(), "JSON" | "XML") {
-            return Err(invalid(
-                "ci.callback_format",
-                &c.callback_format,
-                "must be JSON or XML",
-            ));
-        }
-        if !MQ_REGIONS.contains(&c.mq_region.as_str()) {
-            return Err(invalid(
-                "ci.mq_region",
-                &c.mq_region,
-                "must be one of sh, bj, gz, cd, hk",
-            ));
-        }
-        if !matches!(c.mq_mode.as_str(), "Queue" | "Topic") {
-            return Err(invalid("ci.mq_mode", &c.mq_mode, "must be Queue or Topic"));
         }
         if c.mq_name.trim().is_empty() {
             return Err(invalid("ci.mq_name", &c.mq_name, "must not be empty"));
@@ -449,13 +488,6 @@ impl Settings {
                 "emulator.callback_topic_template",
                 &e.callback_topic_template,
                 "must contain {MqName}",
-            ));
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(invalid(
-                "log.format",
-                &self.log.format,
-                "must be text or json",
             ));
         }
         Ok(())
@@ -582,6 +614,70 @@ mod tests {
         ] {
             let err = Settings::load_from(None, &env(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(key), "{var}: {err}");
+        }
+    }
+
+    #[test]
+    fn closed_sets_are_refused_in_the_configurations_words() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "[ci]\nmq_mode = \"Fanout\"").unwrap();
+        for (file, vars, message) in [
+            (
+                None,
+                env(&[("CI_WORKER__CI__CALLBACK_FORMAT", "yaml")]),
+                r#"configuration: invalid ci.callback_format = "yaml": must be JSON or XML"#,
+            ),
+            (
+                None,
+                env(&[("CI_WORKER__CI__MQ_REGION", "ap-guangzhou")]),
+                r#"configuration: invalid ci.mq_region = "ap-guangzhou": must be one of sh, bj, gz, cd, hk"#,
+            ),
+            (
+                Some(f.path()),
+                env(&[]),
+                r#"configuration: invalid ci.mq_mode = "Fanout": must be Queue or Topic"#,
+            ),
+            (
+                None,
+                env(&[("CI_WORKER__LOG__FORMAT", "JSON")]),
+                r#"configuration: invalid log.format = "JSON": must be text or json"#,
+            ),
+        ] {
+            let err = Settings::load_from(file, &vars).unwrap_err();
+            assert_eq!(err.to_string(), message);
+        }
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CI_WORKER__CI__CALLBACK_FORMAT", "XML"),
+                ("CI_WORKER__CI__MQ_REGION", "hk"),
+                ("CI_WORKER__CI__MQ_MODE", "Topic"),
+                ("CI_WORKER__LOG__FORMAT", "json"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.ci.callback_format,
+                s.ci.mq_region,
+                s.ci.mq_mode,
+                s.log.format
+            ),
+            (
+                CallbackFormat::Xml,
+                MqRegion::Hk,
+                MqMode::Topic,
+                LogFormat::Json
+            )
+        );
+        let out = s.to_redacted_toml();
+        for line in [
+            r#"callback_format = "XML""#,
+            r#"mq_region = "hk""#,
+            r#"mq_mode = "Topic""#,
+            r#"format = "json""#,
+        ] {
+            assert!(out.contains(line), "{line} in {out}");
         }
     }
 

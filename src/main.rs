@@ -165,7 +165,7 @@ fn init_logging(settings: &Settings, quiet: bool) {
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in files, pipes or `kubectl logs`.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if settings.log.format == "json" {
+    if settings.log.format == ci_worker::config::LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();

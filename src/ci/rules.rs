@@ -23,8 +23,93 @@ fn violation(element: &str, rule: impl Into<String>) -> Violation {
 /// CI's limit on `UserData` (printable ASCII characters).
 pub const USER_DATA_MAX: usize = 1024;
 
-/// `CallBackMqConfig.MqRegion` values CI accepts.
-pub const MQ_REGIONS: [&str; 5] = ["sh", "bj", "gz", "cd", "hk"];
+/// A closed set of values, each spelled one way (in CI's `<Request>`, in the configuration's TOML
+/// and environment variables): the enum, its spelling both ways, serde through that spelling, and
+/// the rule a value outside the set breaks, worded once for every place that reports it.
+macro_rules! closed_set {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident: $rule:literal {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the order the rule lists them.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            /// What a value outside the set is told.
+            pub const RULE: &'static str = $rule;
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// The value spelled `s` exactly (case matters, as it does to CI).
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                $name::parse(&s).ok_or_else(|| {
+                    <D::Error as serde::de::Error>::custom(format!("invalid {s:?}: {}", $name::RULE))
+                })
+            }
+        }
+    };
+}
+pub(crate) use closed_set;
+
+closed_set! {
+    /// `CallBackFormat`: the format CI writes a job's completion event in.
+    pub enum CallbackFormat: "must be JSON or XML" {
+        Json = "JSON",
+        Xml = "XML",
+    }
+}
+
+closed_set! {
+    /// `CallBackMqConfig.MqRegion`: the TDMQ regions CI delivers to.
+    pub enum MqRegion: "must be one of sh, bj, gz, cd, hk" {
+        Sh = "sh",
+        Bj = "bj",
+        Gz = "gz",
+        Cd = "cd",
+        Hk = "hk",
+    }
+}
+
+closed_set! {
+    /// `CallBackMqConfig.MqMode`: a TDMQ queue or topic.
+    pub enum MqMode: "must be Queue or Topic" {
+        Queue = "Queue",
+        Topic = "Topic",
+    }
+}
 
 /// CI's `UserData` charset: printable ASCII (space through `~`).
 pub fn is_printable_ascii(s: &str) -> bool {
@@ -73,8 +158,8 @@ pub fn validate_job(job: &Node) -> Result<(), Violation> {
     }
 
     if let Some(format) = job.text_at(&["CallBackFormat"]) {
-        if !matches!(format, "JSON" | "XML") {
-            return Err(violation("Request.CallBackFormat", "must be JSON or XML"));
+        if CallbackFormat::parse(format).is_none() {
+            return Err(violation("Request.CallBackFormat", CallbackFormat::RULE));
         }
     }
     match job.text_at(&["CallBackType"]).unwrap_or("Url") {
@@ -149,18 +234,13 @@ fn validate_mq_config(job: &Node) -> Result<(), Violation> {
     }
     let field = |name: &str| job.text_at(&["CallBackMqConfig", name]);
     match field("MqRegion") {
-        Some(r) if MQ_REGIONS.contains(&r) => {}
-        Some(_) => {
-            return Err(violation(
-                &format!("{P}.MqRegion"),
-                "must be one of sh, bj, gz, cd, hk",
-            ))
-        }
+        Some(r) if MqRegion::parse(r).is_some() => {}
+        Some(_) => return Err(violation(&format!("{P}.MqRegion"), MqRegion::RULE)),
         None => return Err(violation(&format!("{P}.MqRegion"), "is required")),
     }
     match field("MqMode") {
-        Some("Queue" | "Topic") => {}
-        Some(_) => return Err(violation(&format!("{P}.MqMode"), "must be Queue or Topic")),
+        Some(m) if MqMode::parse(m).is_some() => {}
+        Some(_) => return Err(violation(&format!("{P}.MqMode"), MqMode::RULE)),
         None => return Err(violation(&format!("{P}.MqMode"), "is required")),
     }
     if field("MqName").is_none() {
@@ -291,6 +371,27 @@ mod tests {
             let err = validate(&job).unwrap_err();
             assert!(err.element.ends_with(element), "{element}: got {err}");
         }
+    }
+
+    #[test]
+    fn closed_sets_are_spelled_one_way() {
+        for f in CallbackFormat::ALL {
+            assert_eq!(CallbackFormat::parse(f.as_str()), Some(*f));
+            assert_eq!(serde_json::to_value(f).unwrap(), json!(f.as_str()));
+            let back: CallbackFormat = serde_json::from_value(json!(f.as_str())).unwrap();
+            assert_eq!(back, *f);
+        }
+        let regions: Vec<&str> = MqRegion::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            MqRegion::RULE,
+            format!("must be one of {}", regions.join(", "))
+        );
+        for m in MqMode::ALL {
+            assert_eq!(MqMode::parse(m.as_str()), Some(*m));
+        }
+        assert_eq!(CallbackFormat::parse("json"), None, "case matters to CI");
+        let err = serde_json::from_value::<MqMode>(json!("Fanout")).unwrap_err();
+        assert!(err.to_string().contains("must be Queue or Topic"), "{err}");
     }
 
     #[test]

@@ -16,7 +16,8 @@
 use super::faults::Faults;
 use super::job::Job;
 use super::notices::{EmulatorEvent, Notices};
-use super::submit::{CallbackFormat, CallbackTarget, MqConfig};
+use super::submit::{CallbackTarget, MqConfig};
+use crate::ci::rules::CallbackFormat;
 use crate::ci::tree::Node;
 use crate::ci::xml;
 use crate::config::Settings;

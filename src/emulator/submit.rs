@@ -3,7 +3,7 @@
 //! except a body that is not XML at all (400 `InvalidContent`).
 
 use super::error::ApiError;
-use crate::ci::rules::validate_job;
+use crate::ci::rules::{validate_job, CallbackFormat};
 use crate::ci::tree::Node;
 use crate::ci::xml;
 use std::borrow::Cow;
@@ -39,13 +39,6 @@ const CALLBACK_ELEMENTS: [&str; 4] = [
     "CallBack",
     "CallBackMqConfig",
 ];
-
-/// `CallBackFormat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CallbackFormat {
-    Xml,
-    Json,
-}
 
 /// `CallBackMqConfig`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,14 +161,15 @@ pub(crate) fn parse_request(body: &str) -> Result<JobSpec, ApiError> {
         }
     }
 
-    let format = match leaf(req, "CallBackFormat", "Request.CallBackFormat")?.as_deref() {
-        None | Some("XML") => CallbackFormat::Xml,
-        Some("JSON") => CallbackFormat::Json,
-        Some(other) => {
-            return Err(invalid(format!(
-                "The value {other:?} of Request.CallBackFormat must be JSON or XML."
-            )))
-        }
+    // CI writes XML events unless told otherwise.
+    let format = match leaf(req, "CallBackFormat", "Request.CallBackFormat")? {
+        None => CallbackFormat::Xml,
+        Some(text) => CallbackFormat::parse(&text).ok_or_else(|| {
+            invalid(format!(
+                "The value {text:?} of Request.CallBackFormat {}.",
+                CallbackFormat::RULE
+            ))
+        })?,
     };
     let callback_type = leaf(req, "CallBackType", "Request.CallBackType")?;
     let mq = match container(req, "CallBackMqConfig", "Request.CallBackMqConfig")? {

@@ -159,12 +159,12 @@ impl SubmitRequest {
             ci_job.insert("QueueId", ci.queue_id.clone().into());
         }
         if !job.contains_key("CallBackFormat") {
-            ci_job.insert("CallBackFormat", ci.callback_format.clone().into());
+            ci_job.insert("CallBackFormat", ci.callback_format.as_str().into());
         }
         ci_job.insert("CallBackType", "TDMQ".into());
         let mq = Node::Map(vec![
-            ("MqRegion".into(), ci.mq_region.clone().into()),
-            ("MqMode".into(), ci.mq_mode.clone().into()),
+            ("MqRegion".into(), ci.mq_region.as_str().into()),
+            ("MqMode".into(), ci.mq_mode.as_str().into()),
             ("MqName".into(), ci.mq_name.clone().into()),
         ]);
         ci_job.insert("CallBackMqConfig", mq);
