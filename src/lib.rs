@@ -11,6 +11,7 @@ pub mod pulsar;
 pub mod request;
 pub mod result;
 pub mod secret;
+pub mod shutdown;
 pub mod telemetry;
 pub mod tools;
 pub mod worker;

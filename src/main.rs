@@ -2,6 +2,7 @@
 
 use anyhow::{Context as _, Result};
 use ci_worker::config::{Settings, CONFIG_FILE_ENV};
+use ci_worker::shutdown::Shutdown;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -95,11 +96,11 @@ fn main() -> std::process::ExitCode {
 
 async fn dispatch(command: Command, settings: Settings) -> Result<()> {
     match command {
-        Command::Run => ci_worker::worker::run(settings, shutdown_signal())
+        Command::Run => ci_worker::worker::run(settings, on_signal())
             .await
             .context("worker"),
         #[cfg(feature = "emulator")]
-        Command::Emulator => ci_worker::emulator::run(settings, shutdown_signal())
+        Command::Emulator => ci_worker::emulator::run(settings, on_signal())
             .await
             .context("emulator"),
         Command::Submit {
@@ -125,6 +126,13 @@ async fn dispatch(command: Command, settings: Settings) -> Result<()> {
         Command::Bench(opts) => ci_worker::tools::bench::run(&settings, *opts).await,
         Command::Config => unreachable!("handled before the runtime starts"),
     }
+}
+
+/// The process's stop: triggered on SIGTERM or SIGINT.
+fn on_signal() -> Shutdown {
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on(shutdown_signal());
+    shutdown
 }
 
 /// SIGTERM (Kubernetes, docker) or SIGINT (a terminal).

@@ -6,11 +6,12 @@ mod common;
 
 use ci_worker::pulsar::consume::{self, Delivery, Disposition, LoopOptions};
 use ci_worker::pulsar::{self, SubscribeOptions};
+use ci_worker::shutdown::Shutdown;
 use ci_worker::telemetry::Health;
 use ci_worker::telemetry::Metrics;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_gets_its_message_redelivered_and_the_loop_serves_on() {
@@ -39,7 +40,7 @@ async fn a_panicking_handler_gets_its_message_redelivered_and_the_loop_serves_on
             Disposition::Ack
         }
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Shutdown::new();
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let looping = tokio::spawn(consume::run(
@@ -58,7 +59,7 @@ async fn a_panicking_handler_gets_its_message_redelivered_and_the_loop_serves_on
             max_in_flight: 4,
             drain_timeout: Duration::from_secs(5),
         },
-        stop_rx,
+        stop.clone(),
         metrics.clone(),
         health.clone(),
         handler,
@@ -80,7 +81,7 @@ async fn a_panicking_handler_gets_its_message_redelivered_and_the_loop_serves_on
         "the panicked message was released"
     );
 
-    stop_tx.send(true).unwrap();
+    stop.trigger();
     common::within(30, "the loop to stop", looping)
         .await
         .unwrap()

@@ -23,8 +23,9 @@ use crate::ci::xml;
 use crate::config::Settings;
 use crate::pulsar::{Outgoing, Publisher};
 use crate::secret::Secret;
+use crate::shutdown::Shutdown;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
 
 /// How long a TDMQ completion event is retried before it is given up.
 pub(crate) const TDMQ_DEADLINE: Duration = Duration::from_secs(600);
@@ -76,11 +77,11 @@ pub(crate) struct Deliverer {
     publisher: Mutex<Option<(u64, Publisher)>>,
     generation: std::sync::atomic::AtomicU64,
     http: reqwest::Client,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 }
 
 impl Deliverer {
-    pub(crate) fn new(settings: &Settings, shutdown: watch::Receiver<bool>) -> Deliverer {
+    pub(crate) fn new(settings: &Settings, shutdown: Shutdown) -> Deliverer {
         let http = reqwest::Client::builder()
             .timeout(URL_TIMEOUT)
             .user_agent("tencent-ci-emulator")
@@ -181,7 +182,7 @@ pub(crate) async fn deliver(deliverer: &Deliverer, faults: &Faults, notices: &No
                     copy,
                 });
             }
-            Err(error) if *deliverer.shutdown.borrow() => {
+            Err(error) if deliverer.shutdown.is_triggered() => {
                 tracing::warn!(job_id = %job.id, target = %target.name(), %error, "emulator: completion event dropped at shutdown");
                 return;
             }
@@ -219,7 +220,6 @@ async fn deliver_one(
     let started = Instant::now();
     let mut backoff = MIN_BACKOFF;
     let mut attempt = 0u32;
-    let mut shutdown = deliverer.shutdown.clone();
     loop {
         attempt += 1;
         let result = match target {
@@ -245,7 +245,7 @@ async fn deliver_one(
         tracing::warn!(target = %target.name(), attempt, %error, "emulator: completion event not delivered yet; retrying");
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = shutdown.wait_for(|stopped| *stopped) => return Err("the emulator is shutting down".into()),
+            _ = deliverer.shutdown.triggered() => return Err("the emulator is shutting down".into()),
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }

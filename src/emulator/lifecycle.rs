@@ -18,7 +18,7 @@ use std::time::Duration;
 pub(crate) fn spawn_lifecycle(shared: Arc<Shared>, job: &Job) {
     let (queued, running) = timings(job, shared.settings.emulator.job_duration_ms);
     let id = job.id.clone();
-    let mut shutdown = shared.shutdown.clone();
+    let shutdown = shared.shutdown.clone();
     tokio::spawn(async move {
         let lifecycle = async {
             tokio::time::sleep(queued).await;
@@ -49,7 +49,7 @@ pub(crate) fn spawn_lifecycle(shared: Arc<Shared>, job: &Job) {
         };
         tokio::select! {
             _ = lifecycle => {}
-            _ = shutdown.wait_for(|stopped| *stopped) => {}
+            _ = shutdown.triggered() => {}
         }
     });
 }

@@ -42,11 +42,11 @@ pub use job::JobState;
 pub use notices::EmulatorEvent;
 
 use crate::config::Settings;
+use crate::shutdown::Shutdown;
 use shared::Shared;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 /// A running emulator: its address, an event feed and its shutdown. Dropping it shuts the emulator
@@ -54,7 +54,7 @@ use tokio::task::JoinHandle;
 pub struct EmulatorHandle {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
+    stop: Shutdown,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -77,7 +77,7 @@ impl EmulatorHandle {
     /// Stops accepting requests, lets in-flight requests finish, stops job timers and pending
     /// deliveries, closes the Pulsar producers and waits for all of it.
     pub async fn shutdown(mut self) -> Result<(), EmulatorError> {
-        let _ = self.stop.send(true);
+        self.stop.trigger();
         let result = match self.server.take() {
             Some(task) => match task.await {
                 Ok(Ok(())) => Ok(()),
@@ -93,7 +93,7 @@ impl EmulatorHandle {
 
 impl Drop for EmulatorHandle {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.trigger();
     }
 }
 
@@ -117,15 +117,15 @@ pub async fn start(settings: Settings) -> Result<EmulatorHandle, EmulatorError> 
             addr: listen.clone(),
             source,
         })?;
-    let (stop, stop_rx) = watch::channel(false);
-    let deliverer = events::Deliverer::new(&settings, stop_rx.clone());
+    let stop = Shutdown::new();
+    let deliverer = events::Deliverer::new(&settings, stop.clone());
     let shared = Arc::new(Shared {
         store: store::Store::new(),
         verifier,
         faults,
         deliverer,
         notices: notices::Notices::new(),
-        shutdown: stop_rx.clone(),
+        shutdown: stop.clone(),
         settings,
     });
     if shared.verifier.is_anonymous() {
@@ -134,12 +134,10 @@ pub async fn start(settings: Settings) -> Result<EmulatorHandle, EmulatorError> 
         );
     }
     let router = api::router(shared.clone());
-    let mut stop_signal = stop_rx;
+    let stopped = stop.clone().triggered_owned();
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop_signal.wait_for(|stopped| *stopped).await;
-            })
+            .with_graceful_shutdown(stopped)
             .await
     });
     tracing::info!(
@@ -156,25 +154,22 @@ pub async fn start(settings: Settings) -> Result<EmulatorHandle, EmulatorError> 
     })
 }
 
-/// Runs the emulator until `shutdown` completes (the binary passes SIGINT/SIGTERM), then stops
-/// gracefully.
-pub async fn run(
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), EmulatorError> {
+/// Runs the emulator until `shutdown` is triggered (the binary triggers it on SIGINT/SIGTERM), then
+/// stops gracefully.
+pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), EmulatorError> {
     let mut handle = start(settings).await?;
     let Some(mut server) = handle.server.take() else {
         return Err(EmulatorError::Join);
     };
     let outcome = tokio::select! {
-        _ = shutdown => {
+        _ = shutdown.triggered() => {
             tracing::info!("emulator: shutting down");
-            let _ = handle.stop.send(true);
+            handle.stop.trigger();
             server.await
         }
         outcome = &mut server => outcome,
     };
-    let _ = handle.stop.send(true);
+    handle.stop.trigger();
     handle.shared.deliverer.close().await;
     match outcome {
         Ok(Ok(())) => Ok(()),

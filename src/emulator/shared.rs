@@ -7,7 +7,7 @@ use super::faults::Faults;
 use super::notices::{EmulatorEvent, Notices};
 use super::store::Store;
 use crate::config::Settings;
-use tokio::sync::watch;
+use crate::shutdown::Shutdown;
 
 /// State shared by the HTTP handlers, the job timers and the deliveries.
 pub(crate) struct Shared {
@@ -17,8 +17,8 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     pub(crate) deliverer: Deliverer,
     pub(crate) notices: Notices,
-    /// Flips to `true` once on shutdown; every background task watches it.
-    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Triggered once on shutdown; every background task watches it.
+    pub(crate) shutdown: Shutdown,
 }
 
 impl Shared {

@@ -13,11 +13,9 @@
 //! the broker no longer knows the consumer) and rebuilds the consumer when that fails or hangs. Unacknowledged messages of the old one are redelivered by the
 //! broker; verdicts still pending are settled through the new one (acks apply to the subscription).
 
-
+use crate::pulsar::{message_id_string, properties_of, Client, PulsarIoError, SubscribeOptions};
+use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
-use crate::pulsar::{
-    message_id_string, properties_of, Client, PulsarIoError, SubscribeOptions,
-};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
@@ -27,7 +25,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
 /// How often the consumer's registration at the broker is checked.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
@@ -66,11 +63,11 @@ pub struct LoopOptions {
     pub drain_timeout: Duration,
 }
 
-/// Subscribes, then runs until `stop` turns true (or the consumer ends), then drains.
+/// Subscribes, then runs until `stop` is triggered (or the consumer ends), then drains.
 pub async fn run<H, F>(
     client: Client,
     opts: LoopOptions,
-    mut stop: watch::Receiver<bool>,
+    stop: Shutdown,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     handler: H,
@@ -81,7 +78,7 @@ where
 {
     let name = opts.name;
     health.set(name, false);
-    let Some(mut consumer) = subscribe_until_ok(&client, &opts, &mut stop, true).await? else {
+    let Some(mut consumer) = subscribe_until_ok(&client, &opts, &stop, true).await? else {
         return Ok(());
     };
     health.set(name, true);
@@ -100,7 +97,7 @@ where
     loop {
         let next = tokio::select! {
             biased;
-            _ = stopped(&mut stop) => break,
+            _ = stop.triggered() => break,
             Some((id, verdict)) = in_flight.next(), if !in_flight.is_empty() => {
                 metrics.in_flight.dec();
                 settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
@@ -110,7 +107,7 @@ where
             // checked: the crate answers the check from the same task that fills the receiver
             // queue, so checking a busy consumer would time out and rebuild a healthy one.
             _ = check.tick(), if last_message.elapsed() >= HEALTH_INTERVAL => {
-                guard(&client, &opts, &mut consumer, &metrics, &health, &mut stop).await;
+                guard(&client, &opts, &mut consumer, &metrics, &health, &stop).await;
                 continue;
             }
             // Only with room, so the broker keeps the messages we cannot start yet (other
@@ -129,7 +126,7 @@ where
                 tracing::warn!(loop_name = name, "consumer stream ended; rebuilding");
                 health.set(name, false);
                 metrics.pulsar_reconnects.inc();
-                match subscribe_until_ok(&client, &opts, &mut stop, false).await {
+                match subscribe_until_ok(&client, &opts, &stop, false).await {
                     Ok(Some(fresh)) => {
                         consumer = fresh;
                         health.set(name, true);
@@ -193,13 +190,13 @@ where
 }
 
 /// Subscribes, retrying with backoff (the broker may be starting or restarting) until it works;
-/// `Ok(None)` once `stop` turns true. A refusal (e.g. a role without consume permission) ends the
+/// `Ok(None)` once `stop` is triggered. A refusal (e.g. a role without consume permission) ends the
 /// first subscription with an error, so that a misconfigured worker exits saying why instead of
 /// waiting unready forever; later rebuilds keep retrying, since in-flight work is still draining.
 async fn subscribe_until_ok(
     client: &Client,
     opts: &LoopOptions,
-    stop: &mut watch::Receiver<bool>,
+    stop: &Shutdown,
     first: bool,
 ) -> Result<Option<PulsarConsumer>, PulsarIoError> {
     let mut attempt = 0u32;
@@ -211,7 +208,7 @@ async fn subscribe_until_ok(
                 attempt += 1;
                 tracing::warn!(loop_name = opts.name, attempt, error = %e, "cannot subscribe yet; retrying");
                 tokio::select! {
-                    _ = stopped(stop) => return Ok(None),
+                    _ = stop.triggered() => return Ok(None),
                     _ = tokio::time::sleep(crate::pulsar::broker_retry_delay(attempt)) => {}
                 }
             }
@@ -227,7 +224,7 @@ async fn guard(
     consumer: &mut PulsarConsumer,
     metrics: &Metrics,
     health: &Health,
-    stop: &mut watch::Receiver<bool>,
+    stop: &Shutdown,
 ) {
     let healthy = matches!(
         tokio::time::timeout(HEALTH_TIMEOUT, consumer.get_stats()).await,
@@ -250,11 +247,6 @@ async fn guard(
         health.set(opts.name, true);
         tracing::info!(loop_name = opts.name, "consumer rebuilt");
     }
-}
-
-/// Resolves once `stop` is true (dropping the watch guard before returning, to stay `Send`).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
 async fn settle(

@@ -382,11 +382,11 @@ impl Publisher {
 
     /// Waits until the broker accepts a producer on `topic`, retrying with backoff what a starting
     /// or restarting broker answers, and attempts that get no answer; returns at once on a refusal,
-    /// and with `Ok(false)` when `stop` turns true first.
+    /// and with `Ok(false)` when `stop` is triggered first.
     pub async fn wait_until_connected(
         &self,
         topic: &str,
-        stop: &mut tokio::sync::watch::Receiver<bool>,
+        stop: &crate::shutdown::Shutdown,
     ) -> Result<bool, PulsarIoError> {
         let mut attempt = 0u32;
         loop {
@@ -395,7 +395,7 @@ impl Publisher {
                 // crate keeps one pong slot per connection, and a ping racing its keep-alive ping
                 // has been seen to wait for the next one, 30 s later).
                 outcome = tokio::time::timeout(STARTUP_CHECK_TIMEOUT, self.producer(topic)) => outcome,
-                _ = stop.wait_for(|s| *s) => return Ok(false),
+                _ = stop.triggered() => return Ok(false),
             };
             let error = match outcome {
                 Ok(Ok(_)) => return Ok(true),
@@ -414,7 +414,7 @@ impl Publisher {
             );
             tokio::select! {
                 _ = tokio::time::sleep(broker_retry_delay(attempt)) => {}
-                _ = stop.wait_for(|s| *s) => return Ok(false),
+                _ = stop.triggered() => return Ok(false),
             }
         }
     }

@@ -10,15 +10,11 @@ use crate::callback::event::{parse_event, EventFormat};
 use crate::pulsar::consume::{Delivery, Disposition};
 use crate::pulsar::{Client, SubscribeOptions};
 use crate::result::normalize::normalize_owned;
+use crate::shutdown::Shutdown;
 use crate::telemetry::FormatLabel;
 use std::sync::Arc;
-use tokio::sync::watch;
 
-pub async fn run(
-    ctx: Arc<Context>,
-    client: Client,
-    stop: watch::Receiver<bool>,
-) -> Result<(), WorkerError> {
+pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<(), WorkerError> {
     let p = &ctx.settings.pulsar;
     let subscribe = SubscribeOptions {
         topic: p.callback_topic.clone(),

@@ -22,15 +22,11 @@ use crate::pulsar::consume::{Delivery, Disposition};
 use crate::pulsar::{props, Client, SubscribeOptions};
 use crate::result::normalize::normalize_job;
 use crate::result::{JobResult, ResultState};
+use crate::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 
-pub async fn run(
-    ctx: Arc<Context>,
-    client: Client,
-    stop: watch::Receiver<bool>,
-) -> Result<(), WorkerError> {
+pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<(), WorkerError> {
     let p = &ctx.settings.pulsar;
     let subscribe = SubscribeOptions {
         topic: p.deadline_topic.clone(),

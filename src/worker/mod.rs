@@ -55,29 +55,26 @@ pub use context::{Context, WorkerError};
 use crate::ci::client::CiClient;
 use crate::config::Settings;
 use crate::pulsar::Publisher;
+use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::watch;
 
 /// Runs one loop; when it fails, tells the others to stop (and drain) too, so the process exits
 /// with that error instead of serving on with a part missing.
 async fn stop_all_on_error(
     task: impl Future<Output = Result<(), WorkerError>>,
-    stop: Arc<watch::Sender<bool>>,
+    stop: Shutdown,
 ) -> Result<(), WorkerError> {
     let outcome = task.await;
     if outcome.is_err() {
-        let _ = stop.send(true);
+        stop.trigger();
     }
     outcome
 }
 
-/// Runs both loops until `shutdown` resolves, then drains within `worker.shutdown_timeout`.
-pub async fn run(
-    settings: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), WorkerError> {
+/// Runs both loops until `shutdown` is triggered, then drains within `worker.shutdown_timeout`.
+pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     // Not ready until every loop has subscribed.
@@ -90,30 +87,20 @@ pub async fn run(
             WorkerError::Http(format!("cannot listen on {}: {e}", settings.http.listen))
         })?;
     // Shared: a loop that fails (e.g. its first subscription is refused) stops the others too.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-    let signal_stop = stop_tx.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = signal_stop.send(true);
-    });
+    let stop = shutdown.child();
     // Probes answer from the start (alive, not ready) while the broker may still be out of reach.
     let publisher_slot = Arc::new(tokio::sync::OnceCell::new());
-    let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(probes::serve(
         listener,
         metrics.clone(),
         health.clone(),
         publisher_slot.clone(),
         settings.pulsar.result_topic.clone(),
-        async move {
-            let _ = http_stop.wait_for(|s| *s).await.map(|_| ());
-        },
+        stop.clone(),
     ));
-    let mut connect_stop = stop_rx.clone();
     let client = tokio::select! {
         client = crate::pulsar::connect_with(&settings.pulsar) => client?,
-        _ = connect_stop.wait_for(|s| *s) => {
+        _ = stop.triggered() => {
             http.abort();
             return Ok(());
         }
@@ -132,9 +119,8 @@ pub async fn run(
     )?;
     // Fail fast on a broker that refuses us (bad token, bad topic) instead of at the first result;
     // wait out one that is still starting.
-    let mut check_stop = stop_rx.clone();
     if !publisher
-        .wait_until_connected(&settings.pulsar.result_topic, &mut check_stop)
+        .wait_until_connected(&settings.pulsar.result_topic, &stop)
         .await?
     {
         http.abort();
@@ -150,16 +136,16 @@ pub async fn run(
         "worker started"
     );
     let submit = tokio::spawn(stop_all_on_error(
-        submission::run(ctx.clone(), client.clone(), stop_rx.clone()),
-        stop_tx.clone(),
+        submission::run(ctx.clone(), client.clone(), stop.clone()),
+        stop.clone(),
     ));
     let complete = tokio::spawn(stop_all_on_error(
-        completion::run(ctx.clone(), client.clone(), stop_rx.clone()),
-        stop_tx.clone(),
+        completion::run(ctx.clone(), client.clone(), stop.clone()),
+        stop.clone(),
     ));
     let deadlines = tokio::spawn(stop_all_on_error(
-        deadline_check::run(ctx.clone(), client.clone(), stop_rx),
-        stop_tx,
+        deadline_check::run(ctx.clone(), client.clone(), stop.clone()),
+        stop,
     ));
     let (a, b, c) = tokio::join!(submit, complete, deadlines);
     // Bounded: a broker that went away must not hold up the exit.

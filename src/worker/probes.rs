@@ -2,6 +2,7 @@
 //! is alive) and `/readyz` (200 only while the broker accepts our publishes; 503 with the reason).
 
 use crate::pulsar::Publisher;
+use crate::shutdown::Shutdown;
 use crate::telemetry::Health;
 use crate::telemetry::Metrics;
 use axum::extract::State;
@@ -9,7 +10,6 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
@@ -27,14 +27,14 @@ struct Probe {
     topic: String,
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves until `shutdown` is triggered.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     publisher: Arc<OnceCell<Publisher>>,
     topic: String,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(metrics_text))
@@ -47,7 +47,7 @@ pub async fn serve(
             topic,
         });
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(shutdown.triggered_owned())
         .await
 }
 

@@ -5,9 +5,9 @@ use super::context::{Context, WorkerError};
 use super::poison;
 use crate::pulsar::consume::{self, Delivery, Disposition, LoopOptions};
 use crate::pulsar::{Client, SubscribeOptions};
+use crate::shutdown::Shutdown;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::watch;
 
 /// Runs one consume loop: `handle` decides what becomes of each message, and the poison guard turns
 /// a message that keeps failing into a dead letter (`source` labels it).
@@ -15,7 +15,7 @@ use tokio::sync::watch;
 pub async fn serve<H, F>(
     ctx: &Arc<Context>,
     client: Client,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
     name: &'static str,
     source: &'static str,
     subscribe: SubscribeOptions,

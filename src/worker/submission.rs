@@ -15,14 +15,10 @@ use crate::pulsar::{Client, SubscribeOptions};
 use crate::request::{Rejection, SubmitRequest, ValidRequest};
 use crate::result::normalize::normalize_job;
 use crate::result::{JobResult, ObjectRef, ResultState};
+use crate::shutdown::Shutdown;
 use std::sync::Arc;
-use tokio::sync::watch;
 
-pub async fn run(
-    ctx: Arc<Context>,
-    client: Client,
-    stop: watch::Receiver<bool>,
-) -> Result<(), WorkerError> {
+pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<(), WorkerError> {
     let p = &ctx.settings.pulsar;
     let subscribe = SubscribeOptions {
         topic: p.request_topic.clone(),
