@@ -13,14 +13,17 @@
 //! the broker no longer knows the consumer) and rebuilds the consumer when that fails or hangs. Unacknowledged messages of the old one are redelivered by the
 //! broker; verdicts still pending are settled through the new one (acks apply to the subscription).
 
-use crate::pulsar::{message_id_string, properties_of, Client, PulsarIoError, SubscribeOptions};
+use super::client::{broker_retry_delay, Client};
+use super::error::PulsarIoError;
+use super::subscribe::{
+    message_id_string, properties_of, subscribe, PulsarConsumer, SubscribeOptions,
+};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use pulsar::proto::MessageIdData;
-use pulsar::{Consumer, TokioExecutor};
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -52,8 +55,6 @@ pub struct Delivery {
     /// When the producer published it (the broker's clock).
     pub publish_time: std::time::SystemTime,
 }
-
-type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
 
 /// What the loop needs besides the handler.
 pub struct LoopOptions {
@@ -201,7 +202,7 @@ async fn subscribe_until_ok(
 ) -> Result<Option<PulsarConsumer>, PulsarIoError> {
     let mut attempt = 0u32;
     loop {
-        match crate::pulsar::subscribe(client, &opts.subscribe).await {
+        match subscribe(client, &opts.subscribe).await {
             Ok(consumer) => return Ok(Some(consumer)),
             Err(e) if first && e.is_refusal() => return Err(e),
             Err(e) => {
@@ -209,7 +210,7 @@ async fn subscribe_until_ok(
                 tracing::warn!(loop_name = opts.name, attempt, error = %e, "cannot subscribe yet; retrying");
                 tokio::select! {
                     _ = stop.triggered() => return Ok(None),
-                    _ = tokio::time::sleep(crate::pulsar::broker_retry_delay(attempt)) => {}
+                    _ = tokio::time::sleep(broker_retry_delay(attempt)) => {}
                 }
             }
         }

@@ -2,10 +2,9 @@
 //! pipeline would (used by the local-stack demo and handy for smoke tests against a deployment).
 
 use crate::config::Settings;
-use crate::pulsar::{Outgoing, Publisher, SubscribeOptions};
+use crate::pulsar::{Follower, Outgoing, Publisher, SubscribeOptions};
 use crate::request::SubmitRequest;
 use anyhow::{bail, Context, Result};
-use futures::StreamExt;
 use std::time::Duration;
 
 /// Publishes `payload` to the request topic; with `wait`, prints (stdout, one JSON per line) every
@@ -22,7 +21,7 @@ pub async fn submit_and_wait(
     // Subscribe before publishing so no result can slip past.
     let results = match wait {
         Some(_) => Some(
-            crate::pulsar::subscribe(
+            Follower::subscribe(
                 &client,
                 &SubscribeOptions {
                     topic: settings.pulsar.result_topic.clone(),
@@ -50,38 +49,30 @@ pub async fn submit_and_wait(
         settings.pulsar.request_topic
     );
     publisher.close().await;
-    let (Some(mut consumer), Some(limit)) = (results, wait) else {
+    let (Some(mut follower), Some(limit)) = (results, wait) else {
         return Ok(());
     };
-    let outcome = follow(&mut consumer, &request_id, limit).await;
+    let outcome = follow(&mut follower, &request_id, limit).await;
     // The subscription is this run's alone: removed whatever the outcome, so no backlog is left
-    // growing on the result topic. The consumer is then forgotten, not dropped: the crate closes a
-    // dropped consumer from a task that the exiting process cuts off (an ERROR line after every
-    // run), and with the subscription gone there is nothing left to close.
-    if let Err(e) = consumer.unsubscribe().await {
+    // growing on the result topic.
+    if let Err(e) = follower.unsubscribe().await {
         eprintln!("could not remove this run's subscription on the result topic: {e}");
     }
-    std::mem::forget(consumer);
     outcome
 }
 
 /// Prints every result for `request_id` until a final one arrives, within `limit`.
-async fn follow(
-    consumer: &mut pulsar::Consumer<Vec<u8>, pulsar::TokioExecutor>,
-    request_id: &str,
-    limit: Duration,
-) -> Result<()> {
+async fn follow(follower: &mut Follower, request_id: &str, limit: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let next = tokio::time::timeout_at(deadline, consumer.next())
+        let next = tokio::time::timeout_at(deadline, follower.next())
             .await
             .with_context(|| format!("no final result for {request_id} within {limit:?}"))?;
-        let Some(msg) = next else {
+        let Some(payload) = next else {
             bail!("result consumer ended");
         };
-        let msg = msg?;
-        consumer.ack(&msg).await.ok();
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&msg.payload.data) else {
+        let payload = payload?;
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&payload) else {
             continue;
         };
         if value["request_id"] != request_id {

@@ -2,14 +2,9 @@
 //! relay it compares the worker with, and deleting its topics afterwards.
 
 use crate::config::Settings;
+use crate::pulsar::raw::{RawProducer, Tail};
 use crate::pulsar::{Client, SubscribeOptions};
 use anyhow::{bail, Context as _, Result};
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
-use pulsar::consumer::{ConsumerOptions, InitialPosition};
-use pulsar::producer::Message;
-use pulsar::proto::{CommandSendReceipt, MessageIdData};
-use pulsar::{Consumer, Producer, SubType, TokioExecutor};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -19,13 +14,8 @@ const PUBLISH_WINDOW: usize = 1000;
 /// A producer for the benchmark's own messages: batching off (as the worker's and the emulator's,
 /// so consumers see one message per entry), and waiting for room instead of failing when the
 /// connection's queue is full.
-pub async fn producer(client: &Client, topic: &str) -> Result<Producer<TokioExecutor>> {
-    client
-        .producer()
-        .with_topic(topic)
-        .with_name(format!("ci-worker-bench-{}", uuid::Uuid::new_v4()))
-        .with_options(crate::pulsar::producer_options())
-        .build()
+pub async fn producer(client: &Client, topic: &str) -> Result<RawProducer> {
+    RawProducer::new(client, topic, "ci-worker-bench")
         .await
         .with_context(|| format!("creating a producer on {topic}"))
 }
@@ -43,11 +33,7 @@ pub async fn publish_all(
     for i in 0..count {
         let (payload, key) = payload(i);
         let receipt = producer
-            .send_non_blocking(Message {
-                payload,
-                partition_key: key,
-                ..Message::default()
-            })
+            .send(payload, key)
             .await
             .with_context(|| format!("publishing to {topic}"))?;
         receipts.push_back(receipt);
@@ -60,7 +46,7 @@ pub async fn publish_all(
     for r in receipts {
         r.await.with_context(|| format!("publishing to {topic}"))?;
     }
-    let _ = producer.close().await;
+    producer.close().await;
     Ok(started.elapsed())
 }
 
@@ -80,25 +66,15 @@ pub struct Seen {
 /// An Exclusive subscription from the earliest message, created now (before anything is published to
 /// the topic by the process under test). Acked cumulatively, so the broker does not pay for one ack
 /// per message on the benchmark's side.
-pub async fn follow(client: &Client, topic: &str) -> Result<Consumer<Vec<u8>, TokioExecutor>> {
-    client
-        .consumer()
-        .with_topic(topic)
-        .with_subscription(format!("ci-worker-bench-{}", uuid::Uuid::new_v4()))
-        .with_subscription_type(SubType::Exclusive)
-        .with_options(
-            ConsumerOptions::default()
-                .with_initial_position(InitialPosition::Earliest)
-                .with_receiver_queue_size(2000),
-        )
-        .build()
+pub async fn follow(client: &Client, topic: &str) -> Result<Tail> {
+    Tail::subscribe(client, topic)
         .await
         .with_context(|| format!("subscribing to {topic}"))
 }
 
 /// Receives until `done` says so or `limit` passes. `keep_payload` keeps each message's payload.
 pub async fn collect(
-    mut consumer: Consumer<Vec<u8>, TokioExecutor>,
+    mut consumer: Tail,
     limit: Duration,
     keep_payload: bool,
     mut done: impl FnMut(&Seen) -> bool + Send,
@@ -112,25 +88,20 @@ pub async fn collect(
             Ok(None) => bail!("consumer ended after {} messages", seen.len()),
             Err(_) => bail!("timed out after {limit:?} with {} messages", seen.len()),
         };
-        let meta = next.metadata();
         let s = Seen {
-            publish_ms: meta.publish_time,
+            publish_ms: next.publish_ms(),
             received: Instant::now(),
             key: next.key(),
-            state: meta
-                .properties
-                .iter()
-                .find(|kv| kv.key == "state")
-                .map(|kv| kv.value.clone()),
-            payload: keep_payload.then(|| next.payload.data.clone()),
+            state: next.property("state"),
+            payload: keep_payload.then(|| next.payload().to_vec()),
         };
         let finished = done(&s);
         seen.push(s);
         if finished || seen.len() % 1000 == 0 {
-            let _ = consumer.cumulative_ack(&next).await;
+            consumer.ack_through(&next).await;
         }
         if finished {
-            let _ = consumer.close().await;
+            consumer.close().await;
             return Ok(seen);
         }
     }
@@ -170,78 +141,18 @@ pub async fn delete_topics(admin_url: &str, token: &str, topics: &[String]) -> u
 pub async fn relay(settings: &Settings) -> Result<()> {
     let p = &settings.pulsar;
     let client = crate::pulsar::connect_with(p).await?;
-    let mut consumer = crate::pulsar::subscribe(
-        &client,
-        &SubscribeOptions {
-            topic: p.callback_topic.clone(),
-            subscription: p.callback_subscription.clone(),
-            name_prefix: "ci-worker-bench-relay".into(),
-            receiver_queue_size: 1000,
-            dead_letter: Some((
-                settings.worker.max_redeliveries,
-                p.dead_letter_topic.clone(),
-            )),
-            from_earliest: true,
-            key_shared: false,
-        },
-    )
-    .await?;
-    let mut producer = client
-        .producer()
-        .with_topic(&p.result_topic)
-        .with_name(format!("ci-worker-bench-relay-{}", uuid::Uuid::new_v4()))
-        .with_options(crate::pulsar::producer_options())
-        .build()
-        .await
-        .context("creating the relay's producer")?;
+    let from = SubscribeOptions {
+        topic: p.callback_topic.clone(),
+        subscription: p.callback_subscription.clone(),
+        name_prefix: "ci-worker-bench-relay".into(),
+        receiver_queue_size: 1000,
+        dead_letter: Some((
+            settings.worker.max_redeliveries,
+            p.dead_letter_topic.clone(),
+        )),
+        from_earliest: true,
+        key_shared: false,
+    };
     let max_in_flight = settings.worker.max_in_flight.max(256);
-    let mut in_flight = FuturesUnordered::new();
-    let mut slow_downs: u64 = 0;
-    let mut forwarded: u64 = 0;
-    tracing::info!(from = %p.callback_topic, to = %p.result_topic, max_in_flight, "bench relay started");
-    loop {
-        tokio::select! {
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                let (topic, id, receipt): (String, MessageIdData, Result<CommandSendReceipt, pulsar::Error>) = done;
-                let outcome = match receipt {
-                    Ok(_) => consumer.ack_with_id(&topic, id).await,
-                    Err(_) => consumer.nack_with_id(&topic, id).await,
-                };
-                if let Err(e) = outcome {
-                    tracing::warn!(error = %e, "bench relay: settling failed");
-                }
-                forwarded += 1;
-                if forwarded % 10_000 == 0 {
-                    tracing::info!(forwarded, slow_downs, "bench relay progress");
-                }
-            }
-            next = consumer.next(), if in_flight.len() < max_in_flight => {
-                let msg = match next {
-                    Some(Ok(msg)) => msg,
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "bench relay: consumer error");
-                        continue;
-                    }
-                    None => bail!("the relay's consumer ended"),
-                };
-                let topic = msg.topic.clone();
-                let id = msg.message_id().clone();
-                let payload = msg.payload.data;
-                let receipt = loop {
-                    let out = Message { payload: payload.clone(), ..Message::default() };
-                    match producer.send_non_blocking(out).await {
-                        Ok(receipt) => break receipt,
-                        Err(pulsar::Error::Producer(pulsar::error::ProducerError::Connection(
-                            pulsar::error::ConnectionError::SlowDown,
-                        ))) => {
-                            slow_downs += 1;
-                            tokio::task::yield_now().await;
-                        }
-                        Err(e) => bail!("the relay's producer failed: {e}"),
-                    }
-                };
-                in_flight.push(async move { (topic, id, receipt.await) });
-            }
-        }
-    }
+    crate::pulsar::relay::run(&client, &from, &p.result_topic, max_in_flight).await
 }

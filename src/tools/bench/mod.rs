@@ -26,15 +26,14 @@ pub mod events;
 mod io;
 mod procs;
 
-use crate::result::normalize::normalize_event;
 use crate::callback::event::parse_event;
 use crate::config::Settings;
-use crate::pulsar::{Client};
+use crate::pulsar::Client;
+use crate::result::normalize::normalize_event;
 use anyhow::{bail, Context as _, Result};
 use events::{format_of, EventFormat};
 use io::Seen;
 use procs::{Proc, Usage};
-use pulsar::producer::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -860,7 +859,7 @@ impl Bench {
         let run = format!("{}-lat-{}", self.id, short());
         let bucket = events::bucket_for(&run);
         let (receipt_tx, mut receipt_rx) =
-            tokio::sync::mpsc::unbounded_channel::<pulsar::producer::SendFuture>();
+            tokio::sync::mpsc::unbounded_channel::<crate::pulsar::raw::Receipt>();
         let receipts = tokio::spawn(async move {
             let mut failed = 0usize;
             while let Some(r) = receipt_rx.recv().await {
@@ -881,11 +880,7 @@ impl Bench {
             let payload = events::request_in(&bucket, &run, i, format_of(i), false);
             published.insert(id.clone(), (now_ms(), Instant::now()));
             let receipt = producer
-                .send_non_blocking(Message {
-                    payload,
-                    partition_key: Some(id),
-                    ..Message::default()
-                })
+                .send(payload, Some(id))
                 .await
                 .context("publishing a request")?;
             let _ = receipt_tx.send(receipt);

@@ -1,0 +1,98 @@
+//! Subscribing: [`subscribe`] builds a Shared consumer with a unique consumer name, so replicas
+//! share the load; [`message_id_string`] and [`properties_of`] read a received message.
+
+use super::client::Client;
+use super::error::PulsarIoError;
+use pulsar::consumer::{ConsumerOptions, DeadLetterPolicy, InitialPosition};
+use pulsar::{Consumer, SubType, TokioExecutor};
+use std::collections::HashMap;
+
+/// How a consumer is built.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    pub topic: String,
+    pub subscription: String,
+    /// Prefix of the unique consumer name.
+    pub name_prefix: String,
+    /// Messages the broker may push ahead of processing.
+    pub receiver_queue_size: u32,
+    /// After this many redeliveries the crate moves a message to `dead_letter_topic` (Shared only).
+    pub dead_letter: Option<(u32, String)>,
+    /// Where a new subscription starts: the earliest stored message (workers: nothing published before
+    /// the first start is missed) or only new ones (followers such as `ci-worker submit --wait`).
+    pub from_earliest: bool,
+    /// Key_Shared instead of Shared: every message of one key goes to the same consumer (while the
+    /// set of consumers is stable). Delayed delivery works with both.
+    pub key_shared: bool,
+}
+
+/// The consumer the worker and its tools build: payloads as bytes.
+pub type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
+
+/// A Shared consumer with a unique name.
+pub async fn subscribe(
+    client: &Client,
+    opts: &SubscribeOptions,
+) -> Result<PulsarConsumer, PulsarIoError> {
+    let mut builder = client
+        .consumer()
+        .with_topic(&opts.topic)
+        .with_subscription(&opts.subscription)
+        .with_subscription_type(if opts.key_shared {
+            SubType::KeyShared
+        } else {
+            SubType::Shared
+        })
+        .with_consumer_name(format!("{}-{}", opts.name_prefix, uuid::Uuid::new_v4()))
+        .with_options(
+            ConsumerOptions::default()
+                .with_initial_position(if opts.from_earliest {
+                    InitialPosition::Earliest
+                } else {
+                    InitialPosition::Latest
+                })
+                .with_receiver_queue_size(opts.receiver_queue_size),
+        );
+    if let Some((max, topic)) = &opts.dead_letter {
+        builder = builder.with_dead_letter_policy(DeadLetterPolicy {
+            max_redeliver_count: *max as usize,
+            dead_letter_topic: topic.clone(),
+        });
+    }
+    builder
+        .build()
+        .await
+        .map_err(|source| PulsarIoError::Subscribe {
+            topic: opts.topic.clone(),
+            subscription: opts.subscription.clone(),
+            source,
+        })
+}
+
+/// `ledger:entry:partition[:batch]`, the form Pulsar's tools print.
+pub fn message_id_string(id: &pulsar::proto::MessageIdData) -> String {
+    match id.batch_index {
+        Some(b) => format!(
+            "{}:{}:{}:{}",
+            id.ledger_id,
+            id.entry_id,
+            id.partition.unwrap_or(-1),
+            b
+        ),
+        None => format!(
+            "{}:{}:{}",
+            id.ledger_id,
+            id.entry_id,
+            id.partition.unwrap_or(-1)
+        ),
+    }
+}
+
+/// The properties of a received message.
+pub fn properties_of(msg: &pulsar::consumer::Message<Vec<u8>>) -> HashMap<String, String> {
+    msg.metadata()
+        .properties
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.value.clone()))
+        .collect()
+}
