@@ -1,4 +1,43 @@
 //! ci-worker: connects Apache Pulsar / TDMQ to Tencent Cloud Infinite (CI) media jobs.
+//!
+//! # Layout
+//!
+//! The top-level modules follow one request's way through the worker (request → CI → callback →
+//! result), with the plumbing after them. Each imports only modules before it in this list; the one
+//! exception is `fixtures` (last), which imports nothing and which the unit tests of `ci`,
+//! `callback`, `result` and `worker` import.
+//! `python3 scripts/module-graph.py` prints the import graph (`--files` file by file) and exits 1 on
+//! any cycle; `scripts/test.sh` runs it.
+//!
+//! - [`secret`]: a string that never prints (secret key, session token, Pulsar JWT).
+//! - [`ci`]: the CI protocol and nothing else: [`ci::sign`] (the COS request signature),
+//!   [`ci::tree`] (the one tree type CI's documents are read into and a `<Request>` is built as),
+//!   [`ci::xml`] (CI's XML read and written), [`ci::response`] (job answers and error bodies),
+//!   [`ci::rules`] (CI's job rules and its closed sets of values), [`ci::client`] (the HTTP client:
+//!   submit, describe, list, cancel).
+//! - [`config`]: the configuration (TOML file + `CI_WORKER__*` environment + Tencent Cloud's
+//!   credential variables), validated at start-up.
+//! - [`request`]: the job-submission request (JSON) parsed, validated and turned into CI's
+//!   `<Request>`; [`request::marker`] carries `request_id` through CI's `UserData`.
+//! - [`callback`]: completion events coming in (XML or JSON) read into
+//!   [`callback::event::CompletionEvent`]s.
+//! - [`result`]: the one stable result schema ([`result::JobResult`]) and [`result::normalize`], CI's
+//!   job → result, used by every path that publishes one.
+//! - [`telemetry`]: Prometheus metrics and the consume loops' health (imports nothing of the crate).
+//! - [`shutdown`]: the one stop signal every loop and server watches.
+//! - [`pulsar`]: the only user of the `pulsar` crate: client, publisher, consumers, the consume loop.
+//! - [`worker`]: `ci-worker run`: the wiring, the three handlers (submission, completion,
+//!   deadlines) and what they share, and the HTTP probes.
+//!
+//! Apart from the product:
+//! - `emulator` (cargo feature `emulator`, on by default): `ci-worker emulator`, a local CI that
+//!   verifies signatures, runs jobs and delivers completion events as CI does.
+//! - [`tools`]: `ci-worker submit`, and `ci-worker bench` (`tools::bench`, cargo feature `bench`, on
+//!   by default; it turns on `emulator`).
+//! - `fixtures` (unit tests only): CI's documented examples from `tests/fixtures/ci-docs/`.
+//!
+//! `cargo build --no-default-features` builds the production binary (`run`, `config`, `submit`),
+//! without the emulator and the bench.
 
 pub mod callback;
 pub mod ci;
