@@ -84,7 +84,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command, settings)) {
+    let outcome = runtime.block_on(dispatch(cli.command, settings));
+    // Tasks the libraries left behind (a producer's or consumer's close) get a moment, not a say
+    // in when the process ends.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -119,6 +123,7 @@ async fn dispatch(command: Command, settings: Settings) -> Result<()> {
                 &settings,
                 payload,
                 wait.then(|| std::time::Duration::from_secs(timeout)),
+                on_signal(),
             )
             .await
         }

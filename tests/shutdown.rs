@@ -96,7 +96,7 @@ async fn sigterm_with_a_backlog_and_slow_ci_ends_in_time() {
     let mut stack = slow_stack("term-backlog", None);
     stack.start_emulator().await;
     let mut results = stack.follow(&stack.topics.result).await;
-    let ids = publish_requests(&stack, "term-backlog", 2000).await;
+    let ids = publish_requests(&stack, "term-backlog", 1000).await;
     stack.start_worker();
     // Under way: results are coming out, and nearly all the requests are still queued.
     let seen = collect(&mut results, GIVE_UP, |s| s.len() >= 32).await;
@@ -121,7 +121,7 @@ async fn sigterm_while_ci_is_unreachable_ends_in_time() {
         GIVE_UP,
     )
     .await;
-    let ids = publish_requests(&stack, "term-noci", 500).await;
+    let ids = publish_requests(&stack, "term-noci", 200).await;
     let deadline = tokio::time::Instant::now() + GIVE_UP;
     loop {
         let (_, text) = stack::http_get(&format!("http://127.0.0.1:{metrics_port}/metrics")).await;
@@ -148,7 +148,7 @@ async fn sigterm_while_the_broker_stopped_answering_ends_in_time() {
     let mut stack = slow_stack("term-broker", Some(&broker.url));
     stack.start_emulator().await;
     let mut results = stack.follow(&stack.topics.result).await;
-    let ids = publish_requests(&stack, "term-broker", 1000).await;
+    let ids = publish_requests(&stack, "term-broker", 400).await;
     stack.start_worker();
     let seen = collect(&mut results, GIVE_UP, |s| s.len() >= 32).await;
     signal_pid(broker.pid(), "STOP");
@@ -173,7 +173,7 @@ async fn emulator_and_submit_wait_end_on_sigterm() {
     );
     stack.start_emulator().await;
     let mut results = stack.follow(&stack.topics.result).await;
-    let ids = publish_requests(&stack, "term-tools", 200).await;
+    let ids = publish_requests(&stack, "term-tools", 100).await;
     stack.start_worker();
     // Every job is created (its `submitted` event is out) and still running at the emulator.
     collect(&mut results, GIVE_UP, |s| s.len() >= ids.len()).await;

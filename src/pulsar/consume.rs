@@ -31,6 +31,12 @@ use std::time::Duration;
 
 /// How often the consumer's registration at the broker is checked.
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(15);
+/// At shutdown: how long releasing what did not finish may take, and how long the consumer may take
+/// to close, past `drain_timeout` (README, Guarantees: the shutdown bound).
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// At shutdown, a receiver channel empty for this long means the engine has sent what was queued.
+const RELEASE_IDLE: Duration = Duration::from_millis(100);
 /// How long a health check may take before the consumer is considered stuck.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -160,15 +166,42 @@ where
         }));
     }
 
-    // Drain: settle what finishes in time, nack the rest.
+    drain(consumer, in_flight, pending, &opts, &metrics).await;
+    Ok(())
+}
+
+/// The shutdown of one loop, bounded by `drain_timeout` plus [`RELEASE_TIMEOUT`] and
+/// [`CLOSE_TIMEOUT`]: settles what finishes in time, nacks the rest, closes the consumer.
+///
+/// The crate's consumer engine handles acks, nacks and close in one queue with the messages it pushes
+/// into the consumer's receiver channel, and waits while that channel is full. With a backlog behind
+/// the work in flight, a settle queued now reaches the broker only once the messages queued ahead of
+/// it are read, and a close waits forever. So the drain reads on and lets those messages go
+/// unacknowledged (the broker redelivers them once the consumer is closed, or its connection ends):
+/// at most twice the receiver queue after each settle, what can be ahead of it (the channel, and the
+/// permits the broker may still fill). A consumer that does not close in time is dropped: the crate
+/// then closes it from a task of its own, and the end of the connection does at the latest.
+async fn drain(
+    mut consumer: PulsarConsumer,
+    mut in_flight: FuturesUnordered<BoxFuture<'static, (u64, Disposition)>>,
+    mut pending: HashMap<u64, (String, MessageIdData)>,
+    opts: &LoopOptions,
+    metrics: &Metrics,
+) {
+    let name = opts.name;
     tracing::info!(loop_name = name, in_flight = pending.len(), "draining");
+    let read_ahead = 2 * opts.subscribe.receiver_queue_size.max(1) as usize;
+    let mut reader = LetGo::default();
     let deadline = tokio::time::Instant::now() + opts.drain_timeout;
     while !in_flight.is_empty() {
         tokio::select! {
+            biased;
             Some((id, verdict)) = in_flight.next() => {
                 metrics.in_flight.dec();
-                settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
+                settle(&mut consumer, &mut pending, metrics, id, verdict).await;
+                reader.budget = read_ahead;
             }
+            next = consumer.next(), if reader.wanted() => reader.took(next.is_some()),
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
@@ -185,9 +218,58 @@ where
             released,
             "released unfinished messages for redelivery"
         );
+        reader.budget = read_ahead;
     }
-    let _ = consumer.close().await;
-    Ok(())
+    // Let the last settles through. A channel that stays empty for a moment means the engine is not
+    // waiting on it: everything queued so far has gone out.
+    let release_until = tokio::time::Instant::now() + RELEASE_TIMEOUT;
+    while reader.wanted() {
+        let idle = (tokio::time::Instant::now() + RELEASE_IDLE).min(release_until);
+        match tokio::time::timeout_at(idle, consumer.next()).await {
+            Ok(next) => reader.took(next.is_some()),
+            Err(_) => break,
+        }
+    }
+    if reader.let_go > 0 {
+        tracing::info!(
+            loop_name = name,
+            messages = reader.let_go,
+            "let go of messages pushed ahead of the shutdown; the broker redelivers them"
+        );
+    }
+    if tokio::time::timeout(CLOSE_TIMEOUT, consumer.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            loop_name = name,
+            "the consumer did not close within {CLOSE_TIMEOUT:?}; dropped (the broker redelivers what it holds)"
+        );
+    }
+}
+
+/// Messages read at shutdown only to let the consumer engine reach the settles queued behind them.
+#[derive(Default)]
+struct LetGo {
+    /// Reads still useful after the last settle.
+    budget: usize,
+    let_go: usize,
+    ended: bool,
+}
+
+impl LetGo {
+    fn wanted(&self) -> bool {
+        self.budget > 0 && !self.ended
+    }
+
+    fn took(&mut self, message: bool) {
+        self.budget = self.budget.saturating_sub(1);
+        if message {
+            self.let_go += 1;
+        } else {
+            self.ended = true;
+        }
+    }
 }
 
 /// Subscribes, retrying with backoff (the broker may be starting or restarting) until it works;
@@ -227,10 +309,11 @@ async fn guard(
     health: &Health,
     stop: &Shutdown,
 ) {
-    let healthy = matches!(
-        tokio::time::timeout(HEALTH_TIMEOUT, consumer.get_stats()).await,
-        Ok(Ok(_))
-    );
+    // A shutdown must not wait for the check (the loop drains only once this returns).
+    let healthy = tokio::select! {
+        stats = tokio::time::timeout(HEALTH_TIMEOUT, consumer.get_stats()) => matches!(stats, Ok(Ok(_))),
+        _ = stop.triggered() => return,
+    };
     if healthy {
         health.set(opts.name, true);
         return;
@@ -243,7 +326,7 @@ async fn guard(
     if let Ok(Some(fresh)) = subscribe_until_ok(client, opts, stop, false).await {
         let mut old = std::mem::replace(consumer, fresh);
         // Best effort: the broker redelivers its unacknowledged messages either way.
-        let _ = tokio::time::timeout(HEALTH_TIMEOUT, old.close()).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, old.close()).await;
         metrics.pulsar_reconnects.inc();
         health.set(opts.name, true);
         tracing::info!(loop_name = opts.name, "consumer rebuilt");

@@ -4,15 +4,18 @@
 use crate::config::Settings;
 use crate::pulsar::{Follower, Outgoing, Publisher, SubscribeOptions};
 use crate::request::SubmitRequest;
+use crate::shutdown::Shutdown;
 use anyhow::{bail, Context, Result};
 use std::time::Duration;
 
 /// Publishes `payload` to the request topic; with `wait`, prints (stdout, one JSON per line) every
-/// result for its `request_id` until a final one arrives.
+/// result for its `request_id` until a final one arrives. A `stop` while waiting (SIGTERM, SIGINT)
+/// ends the wait as a failure: no final result was seen.
 pub async fn submit_and_wait(
     settings: &Settings,
     payload: Vec<u8>,
     wait: Option<Duration>,
+    stop: Shutdown,
 ) -> Result<()> {
     let request_id = SubmitRequest::parse(&payload)
         .map(|r| r.request_id)
@@ -52,11 +55,24 @@ pub async fn submit_and_wait(
     let (Some(mut follower), Some(limit)) = (results, wait) else {
         return Ok(());
     };
-    let outcome = follow(&mut follower, &request_id, limit).await;
+    let outcome = tokio::select! {
+        outcome = follow(&mut follower, &request_id, limit) => outcome,
+        _ = stop.triggered() => Err(anyhow::anyhow!(
+            "interrupted before a final result for {request_id} arrived"
+        )),
+    };
     // The subscription is this run's alone: removed whatever the outcome, so no backlog is left
     // growing on the result topic.
-    if let Err(e) = follower.unsubscribe().await {
-        eprintln!("could not remove this run's subscription on the result topic: {e}");
+    // Bounded: the crate's consumer engine may be waiting to push results nobody reads any more.
+    match tokio::time::timeout(Duration::from_secs(2), follower.unsubscribe()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("could not remove this run's subscription on the result topic: {e}")
+        }
+        Err(_) => eprintln!(
+            "could not remove this run's subscription on the result topic within 2 s; \
+             remove it with pulsar-admin if it stays"
+        ),
     }
     outcome
 }

@@ -60,6 +60,12 @@ use crate::telemetry::{Health, Metrics};
 use std::future::Future;
 use std::sync::Arc;
 
+/// After the loops have drained: how long flushing the done records and closing the producers may
+/// take. With the consume loop's release and close ([`crate::pulsar::consume::RELEASE_TIMEOUT`],
+/// [`crate::pulsar::consume::CLOSE_TIMEOUT`]) it makes the bound README Guarantees states: a
+/// shutdown ends within `worker.shutdown_timeout` + 5 s.
+const EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs one loop; when it fails, tells the others to stop (and drain) too, so the process exits
 /// with that error instead of serving on with a part missing.
 async fn stop_all_on_error(
@@ -148,9 +154,13 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         stop,
     ));
     let (a, b, c) = tokio::join!(submit, complete, deadlines);
-    // Bounded: a broker that went away must not hold up the exit.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ctx.done_records.flush()).await;
-    ctx.broker.close().await;
+    // Bounded: a broker that went away must not hold up the exit. A done record not stored costs
+    // the job's deadline one describe call later; a producer not closed ends with the connection.
+    let _ = tokio::time::timeout(EXIT_TIMEOUT, async {
+        ctx.done_records.flush().await;
+        ctx.broker.close().await;
+    })
+    .await;
     http.abort();
     for outcome in [a, b, c] {
         outcome.map_err(|e| WorkerError::Task(e.to_string()))??;
