@@ -311,7 +311,7 @@ async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
     let mut stack = Stack::new("replicas");
     stack.env.extend([
         ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "200".into()),
-        ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "2s".into()),
+        ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "10s".into()),
         (
             "CI_WORKER__PULSAR__DEADLINE_TOPIC".into(),
             deadline_topic.clone(),
