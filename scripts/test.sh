@@ -43,6 +43,9 @@ PLAIN_DATA=${PULSAR_DATA_DIR:-$REPO_ROOT/.cache/pulsar/data-$PLAIN_PORT}
 AUTH_DATA=${PULSAR_AUTH_DATA_DIR:-$REPO_ROOT/.cache/pulsar/data-$AUTH_PORT}
 # Bookie/ZooKeeper ports follow from PULSAR_PORT inside pulsar.sh; never share them between the two.
 unset PULSAR_BOOKIE_PORT PULSAR_ZK_PORT PULSAR_WIPE PULSAR_AUTH PULSAR_METADATA
+# The brokers start while cargo builds on the same cores: a cold build can slow their bootstrap far
+# past the 180 s an idle machine needs, so they get the whole build's time.
+export PULSAR_START_TIMEOUT=${PULSAR_START_TIMEOUT:-1200}
 
 plain_broker() { PULSAR_PORT=$PLAIN_PORT PULSAR_HTTP_PORT=$PLAIN_HTTP PULSAR_DATA_DIR=$PLAIN_DATA "$@"; }
 auth_broker() { PULSAR_PORT=$AUTH_PORT PULSAR_HTTP_PORT=$AUTH_HTTP PULSAR_DATA_DIR=$AUTH_DATA "$@"; }
