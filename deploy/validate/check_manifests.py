@@ -114,8 +114,8 @@ def last_part(topic: str) -> str:
 
 
 def metric_names(repo: Path) -> set[str]:
-    """Series names the worker exports, from the registrations in src/metrics.rs."""
-    text = (repo / "src" / "metrics.rs").read_text()
+    """Series names the worker exports, from the registrations in src/telemetry/metrics.rs."""
+    text = (repo / "src" / "telemetry" / "metrics.rs").read_text()
     names = set()
     for m in re.finditer(r'\.register\(\s*"([a-z0-9_]+)"', text):
         base = "ci_worker_" + m.group(1)
