@@ -5,7 +5,8 @@
 //! `TENCENTCLOUD_SECRET_KEY` / `TENCENTCLOUD_SESSION_TOKEN`, then `CI_WORKER__*` (the most specific wins).
 //! Every key is validated at start-up so that a bad value stops the program with one line naming the key.
 
-use crate::ci::rules::{closed_set, CallbackFormat, MqMode, MqRegion};
+use crate::ci::rules::{closed_set, CallbackFormat, CallbackType, MqMode, MqRegion};
+use crate::cmq::sign::SignatureMethod;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ pub struct Settings {
     pub ci: CiSettings,
     pub worker: WorkerSettings,
     pub http: HttpSettings,
+    pub cmq: CmqSettings,
     pub emulator: EmulatorSettings,
     pub log: LogSettings,
 }
@@ -88,6 +90,11 @@ pub struct CiSettings {
     pub queue_id: String,
     /// `JSON` or `XML`: the format CI writes completion events in. A `CallBackFormat` in the job wins.
     pub callback_format: CallbackFormat,
+    /// `TDMQ` (CI writes the event into the TDMQ for CMQ queue `mq_*` name) or `Url` (CI POSTs it to
+    /// `callback_url`, e.g. this worker's HTTP ingress).
+    pub callback_type: CallbackType,
+    /// `CallBack` when `callback_type = "Url"`: the address CI POSTs completion events to.
+    pub callback_url: String,
     /// `CallBackMqConfig.MqRegion`: one of sh, bj, gz, cd, hk.
     pub mq_region: MqRegion,
     /// `CallBackMqConfig.MqMode`: Queue or Topic.
@@ -109,6 +116,8 @@ impl Default for CiSettings {
             session_token: Secret::default(),
             queue_id: String::new(),
             callback_format: CallbackFormat::Json,
+            callback_type: CallbackType::Tdmq,
+            callback_url: String::new(),
             mq_region: MqRegion::Gz,
             mq_mode: MqMode::Queue,
             mq_name: "ci-callbacks".into(),
@@ -145,6 +154,10 @@ pub struct WorkerSettings {
     /// for requests it had not acknowledged (so they are not submitted twice).
     #[serde(with = "duration_str")]
     pub recovery_lookback: Duration,
+    /// Where completion events come in from; each source stores them in `pulsar.callback_topic`:
+    /// `cmq` (read the TDMQ for CMQ queue CI writes to), `http` (CI POSTs them to this worker),
+    /// `pulsar` (something else writes the callback topic). From the environment: comma-separated.
+    pub callback_ingress: Vec<CallbackIngress>,
 }
 
 impl Default for WorkerSettings {
@@ -159,6 +172,7 @@ impl Default for WorkerSettings {
             job_timeout: Duration::from_secs(600),
             job_timeout_max: Duration::from_secs(86_400),
             recovery_lookback: Duration::from_secs(3600),
+            callback_ingress: vec![CallbackIngress::Cmq],
         }
     }
 }
@@ -166,15 +180,81 @@ impl Default for WorkerSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
-    /// Health and metrics endpoint of `ci-worker run`.
+    /// Health and metrics endpoint of `ci-worker run`, and the HTTP ingress
+    /// (`POST /ci/callback/<callback_token>`).
     pub listen: String,
+    /// The secret path segment CI's callbacks must carry (ingress `http`); at least 16 characters of
+    /// `A-Z a-z 0-9 - _ .`.
+    pub callback_token: Secret,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: "0.0.0.0:9464".into(),
+            callback_token: Secret::default(),
         }
+    }
+}
+
+/// The TDMQ for CMQ queue the `cmq` ingress reads (signed with the CI credentials).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CmqSettings {
+    /// CMQ API address: empty = the public one of `ci.mq_region`,
+    /// `https://cmq-<region>.public.tencenttdmq.com`; in a VPC `http://<region>.mqadapter.cmq.tencentyun.com`.
+    pub endpoint: String,
+    /// The queue; empty = `ci.mq_name` (the queue CI writes to).
+    pub queue: String,
+    /// Long poll of one receive (CMQ's maximum: 30 s).
+    #[serde(with = "duration_str")]
+    pub polling_wait: Duration,
+    /// Messages per receive and delete (1–16).
+    pub batch_size: usize,
+    /// `HmacSHA256` or `HmacSHA1`.
+    pub signature_method: SignatureMethod,
+    /// Receives in flight at once (each long-polls on its own connection).
+    pub concurrency: usize,
+}
+
+impl Default for CmqSettings {
+    fn default() -> Self {
+        CmqSettings {
+            endpoint: String::new(),
+            queue: String::new(),
+            polling_wait: Duration::from_secs(30),
+            batch_size: 16,
+            signature_method: SignatureMethod::HmacSha256,
+            concurrency: 2,
+        }
+    }
+}
+
+impl Settings {
+    /// The CMQ endpoint the `cmq` ingress uses (`cmq.endpoint`, or `ci.mq_region`'s public one).
+    pub fn cmq_endpoint(&self) -> String {
+        if self.cmq.endpoint.is_empty() {
+            format!(
+                "https://cmq-{}.public.tencenttdmq.com",
+                self.ci.mq_region.as_str()
+            )
+        } else {
+            self.cmq.endpoint.clone()
+        }
+    }
+
+    /// The queue the `cmq` ingress reads (`cmq.queue`, or `ci.mq_name`).
+    pub fn cmq_queue(&self) -> &str {
+        if self.cmq.queue.is_empty() {
+            &self.ci.mq_name
+        } else {
+            &self.cmq.queue
+        }
+    }
+
+    /// Whether `worker.callback_ingress` names `source`.
+    pub fn has_ingress(&self, source: CallbackIngress) -> bool {
+        self.worker.callback_ingress.contains(&source)
     }
 }
 
@@ -186,7 +266,17 @@ pub struct EmulatorSettings {
     pub job_duration_ms: u64,
     /// Added to every API response, to emulate CI's network latency.
     pub latency_ms: u64,
-    /// Pulsar topic for TDMQ callbacks; `{MqName}`, `{MqRegion}`, `{MqMode}` are substituted.
+    /// Where `CallBackType=TDMQ` events go: `cmq` (into the emulator's CMQ queue `MqName`, served on
+    /// `cmq_listen`, as CI does) or `pulsar` (into `callback_topic_template`, for a bridge setup).
+    pub tdmq_delivery: TdmqDelivery,
+    /// The emulator's CMQ API 2.0 (`POST /v2/index.php`).
+    pub cmq_listen: String,
+    /// CMQ queues that exist from the start (others can be made with `CreateQueue`).
+    pub cmq_queues: Vec<String>,
+    /// `visibilityTimeout` of the queues in `cmq_queues` (CMQ's default: 30 s).
+    pub cmq_visibility_timeout_s: u64,
+    /// Pulsar topic for TDMQ callbacks when `tdmq_delivery = "pulsar"`; `{MqName}`, `{MqRegion}`,
+    /// `{MqMode}` are substituted.
     pub callback_topic_template: String,
     /// Fraction of `POST /jobs` answered 429 SlowDown.
     pub throttle_rate: f64,
@@ -208,6 +298,10 @@ impl Default for EmulatorSettings {
             listen: "127.0.0.1:9000".into(),
             job_duration_ms: 2000,
             latency_ms: 0,
+            tdmq_delivery: TdmqDelivery::Cmq,
+            cmq_listen: "127.0.0.1:9100".into(),
+            cmq_queues: vec!["ci-callbacks".into()],
+            cmq_visibility_timeout_s: 30,
             callback_topic_template: "persistent://public/default/{MqName}".into(),
             throttle_rate: 0.0,
             error_rate: 0.0,
@@ -244,6 +338,23 @@ impl Default for LogSettings {
 }
 
 closed_set! {
+    /// One of `worker.callback_ingress`.
+    pub enum CallbackIngress: "must be a list of pulsar, cmq, http" {
+        Pulsar = "pulsar",
+        Cmq = "cmq",
+        Http = "http",
+    }
+}
+
+closed_set! {
+    /// `emulator.tdmq_delivery`.
+    pub enum TdmqDelivery: "must be cmq or pulsar" {
+        Cmq = "cmq",
+        Pulsar = "pulsar",
+    }
+}
+
+closed_set! {
     /// `log.format`.
     pub enum LogFormat: "must be text or json" {
         Text = "text",
@@ -255,11 +366,26 @@ closed_set! {
 type ClosedSetKey = (&'static str, fn(&str) -> bool, &'static str);
 
 /// The keys whose values form a closed set.
-const CLOSED_SETS: [ClosedSetKey; 4] = [
+const CLOSED_SETS: [ClosedSetKey; 7] = [
     (
         "ci.callback_format",
         |v| CallbackFormat::parse(v).is_some(),
         CallbackFormat::RULE,
+    ),
+    (
+        "ci.callback_type",
+        |v| CallbackType::parse(v).is_some(),
+        CallbackType::RULE,
+    ),
+    (
+        "cmq.signature_method",
+        |v| SignatureMethod::parse(v).is_some(),
+        SignatureMethod::RULE,
+    ),
+    (
+        "emulator.tdmq_delivery",
+        |v| TdmqDelivery::parse(v).is_some(),
+        TdmqDelivery::RULE,
     ),
     (
         "ci.mq_region",
@@ -272,6 +398,15 @@ const CLOSED_SETS: [ClosedSetKey; 4] = [
         |v| LogFormat::parse(v).is_some(),
         LogFormat::RULE,
     ),
+];
+
+/// Keys holding a list; from the environment their value is split at commas.
+const LIST_KEYS: [(&str, &str); 2] = [
+    (
+        "worker.callback_ingress",
+        "CI_WORKER__WORKER__CALLBACK_INGRESS",
+    ),
+    ("emulator.cmq_queues", "CI_WORKER__EMULATOR__CMQ_QUEUES"),
 ];
 
 /// Checks the closed-set keys on the merged raw values, before they are typed: serde's own refusal
@@ -290,6 +425,32 @@ fn check_closed_sets(raw: &config::Config) -> Result<(), ConfigError> {
                 value,
                 allowed: rule.to_string(),
             });
+        }
+    }
+    if let Ok(sources) = raw.get_array("worker.callback_ingress") {
+        let names: Vec<String> = sources
+            .into_iter()
+            .map(|v| v.into_string().unwrap_or_default())
+            .collect();
+        let mut seen = Vec::new();
+        for name in &names {
+            let known = CallbackIngress::parse(name.trim());
+            if known.is_none() || seen.contains(&known) {
+                return Err(ConfigError::Invalid {
+                    key: "worker.callback_ingress",
+                    value: names.join(","),
+                    allowed: format!(
+                        "{} (each once; {name:?} is {})",
+                        CallbackIngress::RULE,
+                        if known.is_none() {
+                            "unknown"
+                        } else {
+                            "repeated"
+                        }
+                    ),
+                });
+            }
+            seen.push(known);
         }
     }
     Ok(())
@@ -335,8 +496,23 @@ impl Settings {
         let ours: config::Map<String, String> = vars
             .iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .filter(|(k, _)| !LIST_KEYS.iter().any(|(_, var)| var == k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        // Lists from the environment, split here: the crate's own list parsing would also turn
+        // numeric-looking strings (a secret key) into numbers. The environment wins, like an override.
+        for (key, var) in LIST_KEYS {
+            if let Some(value) = vars.get(var) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect();
+                builder = builder
+                    .set_override(key, items)
+                    .map_err(|e| ConfigError::Load(e.to_string()))?;
+            }
+        }
         for source in [tencent, ours] {
             builder = builder.add_source(
                 config::Environment::with_prefix(ENV_PREFIX)
@@ -421,6 +597,74 @@ impl Settings {
         if c.request_timeout.is_zero() {
             return Err(invalid("ci.request_timeout", "0s", "must be above zero"));
         }
+        if c.callback_type == CallbackType::Url {
+            let ok = url::Url::parse(&c.callback_url)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(invalid(
+                    "ci.callback_url",
+                    &c.callback_url,
+                    "must be the http(s):// address CI POSTs completion events to when ci.callback_type = \"Url\"",
+                ));
+            }
+        }
+        if self.worker.callback_ingress.is_empty() {
+            return Err(invalid(
+                "worker.callback_ingress",
+                "",
+                "must name at least one of pulsar, cmq, http",
+            ));
+        }
+        if self.has_ingress(CallbackIngress::Http) {
+            let token = self.http.callback_token.expose();
+            let ok = token.len() >= 16
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err(invalid(
+                    "http.callback_token",
+                    if token.is_empty() { "" } else { "(set)" },
+                    "must be at least 16 characters of A-Z a-z 0-9 - _ . when worker.callback_ingress has http",
+                ));
+            }
+        }
+        if self.has_ingress(CallbackIngress::Cmq) {
+            let endpoint = self.cmq_endpoint();
+            let ok = url::Url::parse(&endpoint)
+                .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .unwrap_or(false);
+            if !ok {
+                return Err(invalid(
+                    "cmq.endpoint",
+                    &endpoint,
+                    "must be empty or an http(s):// address such as https://cmq-gz.public.tencenttdmq.com",
+                ));
+            }
+        }
+        let q = &self.cmq;
+        if !(1..=crate::cmq::api::MAX_BATCH).contains(&q.batch_size) {
+            return Err(invalid(
+                "cmq.batch_size",
+                &q.batch_size.to_string(),
+                "must be between 1 and 16",
+            ));
+        }
+        if q.polling_wait > Duration::from_secs(crate::cmq::api::MAX_POLLING_WAIT_SECONDS) {
+            return Err(invalid(
+                "cmq.polling_wait",
+                &format!("{:?}", q.polling_wait),
+                "must be at most 30s (CMQ's longest poll)",
+            ));
+        }
+        if !(1..=64).contains(&q.concurrency) {
+            return Err(invalid(
+                "cmq.concurrency",
+                &q.concurrency.to_string(),
+                "must be between 1 and 64",
+            ));
+        }
         let w = &self.worker;
         if w.max_in_flight == 0 || w.max_in_flight > 10_000 {
             return Err(invalid(
@@ -460,6 +704,7 @@ impl Settings {
         for (key, value) in [
             ("http.listen", &self.http.listen),
             ("emulator.listen", &self.emulator.listen),
+            ("emulator.cmq_listen", &self.emulator.cmq_listen),
         ] {
             if value.parse::<SocketAddr>().is_err() {
                 return Err(invalid(
@@ -482,6 +727,13 @@ impl Settings {
                     "must be a fraction from 0 to 1",
                 ));
             }
+        }
+        if !(1..=43_200).contains(&e.cmq_visibility_timeout_s) {
+            return Err(invalid(
+                "emulator.cmq_visibility_timeout_s",
+                &e.cmq_visibility_timeout_s.to_string(),
+                "must be between 1 and 43200 (CMQ's visibilityTimeout range)",
+            ));
         }
         if !e.callback_topic_template.contains("{MqName}") {
             return Err(invalid(

@@ -41,6 +41,7 @@
 
 pub mod callback;
 pub mod ci;
+pub mod cmq;
 pub mod config;
 #[cfg(feature = "emulator")]
 pub mod emulator;

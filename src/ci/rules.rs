@@ -104,6 +104,15 @@ closed_set! {
 }
 
 closed_set! {
+    /// `CallBackType`: where CI sends a job's completion event: a TDMQ queue or topic
+    /// (`CallBackMqConfig`), or an HTTP POST to the `CallBack` address.
+    pub enum CallbackType: "must be TDMQ or Url" {
+        Tdmq = "TDMQ",
+        Url = "Url",
+    }
+}
+
+closed_set! {
     /// `CallBackMqConfig.MqMode`: a TDMQ queue or topic.
     pub enum MqMode: "must be Queue or Topic" {
         Queue = "Queue",

@@ -9,7 +9,7 @@
 
 pub mod marker;
 
-use crate::ci::rules::validate_job;
+use crate::ci::rules::{validate_job, CallbackType};
 use crate::ci::tree::Node;
 use crate::ci::xml;
 use crate::config::CiSettings;
@@ -104,7 +104,7 @@ impl SubmitRequest {
     }
 
     /// Checks the request and builds CI's `<Request>`: the caller's job, then `QueueId`,
-    /// `CallBackFormat`, `CallBackType=TDMQ` and `CallBackMqConfig` from configuration (a value in the
+    /// `CallBackFormat`, `CallBackType` and `CallBackMqConfig` (TDMQ) or `CallBack` (Url) from configuration (a value in the
     /// job wins for the format and the queue), with the correlation marker in `Operation.UserData`.
     pub fn validate(&self, ci: &CiSettings) -> Result<ValidRequest, Rejection> {
         let bucket = self
@@ -161,13 +161,18 @@ impl SubmitRequest {
         if !job.contains_key("CallBackFormat") {
             ci_job.insert("CallBackFormat", ci.callback_format.as_str().into());
         }
-        ci_job.insert("CallBackType", "TDMQ".into());
-        let mq = Node::Map(vec![
-            ("MqRegion".into(), ci.mq_region.as_str().into()),
-            ("MqMode".into(), ci.mq_mode.as_str().into()),
-            ("MqName".into(), ci.mq_name.clone().into()),
-        ]);
-        ci_job.insert("CallBackMqConfig", mq);
+        ci_job.insert("CallBackType", ci.callback_type.as_str().into());
+        match ci.callback_type {
+            CallbackType::Tdmq => {
+                let mq = Node::Map(vec![
+                    ("MqRegion".into(), ci.mq_region.as_str().into()),
+                    ("MqMode".into(), ci.mq_mode.as_str().into()),
+                    ("MqName".into(), ci.mq_name.clone().into()),
+                ]);
+                ci_job.insert("CallBackMqConfig", mq);
+            }
+            CallbackType::Url => ci_job.insert("CallBack", ci.callback_url.clone().into()),
+        }
 
         validate_job(&ci_job).map_err(|v| {
             // The marker is the worker's; report the caller's own limit instead of CI's raw one.

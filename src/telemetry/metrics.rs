@@ -42,6 +42,23 @@ pub struct FormatLabel {
     pub format: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngressLabels {
+    /// `cmq` or `http`.
+    pub source: String,
+    /// `stored` (in the callback topic), `failed` (not stored; the sender keeps it), `refused`
+    /// (not an event the worker takes: too large, wrong token).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CmqCallLabels {
+    /// `BatchReceiveMessage`, `BatchDeleteMessage`.
+    pub action: String,
+    /// `ok`, `empty` (no message), or the error: `network`, `http_<status>`, `code_<code>`.
+    pub outcome: String,
+}
+
 /// Every metric the worker exports. Cheap to share (`Arc`); updates are lock-free atomics.
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +79,9 @@ pub struct Metrics {
     pub deadline_checks: Counter,
     pub callbacks_lost: Counter,
     pub duplicates_suppressed: Counter,
+    pub ingress_events: Family<IngressLabels, Counter>,
+    pub cmq_calls: Family<CmqCallLabels, Counter>,
+    pub ingress_store_duration: Family<SourceLabel, Histogram>,
 }
 
 impl Default for Metrics {
@@ -93,6 +113,11 @@ impl Metrics {
             deadline_checks: Counter::default(),
             callbacks_lost: Counter::default(),
             duplicates_suppressed: Counter::default(),
+            ingress_events: Family::default(),
+            cmq_calls: Family::default(),
+            ingress_store_duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
             registry: Registry::default(),
         };
         registry.register(
@@ -131,6 +156,21 @@ impl Metrics {
             m.ci_call_duration.clone(),
         );
         registry.register("results", "Results published, by state", m.results.clone());
+        registry.register(
+            "ingress_events",
+            "Completion events taken in by the cmq and http ingress, by outcome",
+            m.ingress_events.clone(),
+        );
+        registry.register(
+            "cmq_calls",
+            "CMQ API calls of the cmq ingress, by action and outcome",
+            m.cmq_calls.clone(),
+        );
+        registry.register(
+            "ingress_store_duration_seconds",
+            "From an event's arrival at an ingress to the broker's receipt for it in the callback topic",
+            m.ingress_store_duration.clone(),
+        );
         registry.register(
             "completion_events",
             "Completion events consumed, by format",

@@ -5,4 +5,7 @@ mod health;
 mod metrics;
 
 pub use health::Health;
-pub use metrics::{CiCallLabels, FormatLabel, Metrics, OpLabel, SourceLabel, StateLabel};
+pub use metrics::{
+    CiCallLabels, CmqCallLabels, FormatLabel, IngressLabels, Metrics, OpLabel, SourceLabel,
+    StateLabel,
+};

@@ -8,6 +8,12 @@
 //! - [`deadline_check`]: deadlines come due → describe the job at CI when no final result came →
 //!   its final, a new deadline, or `timed_out`.
 //!
+//! Ingress sources (`worker.callback_ingress`), which store CI's completion events in the callback
+//! topic the completion handler reads, so that every event takes the one completion path:
+//! - [`cmq_ingress`]: reads the TDMQ for CMQ queue CI writes to (`cmq`).
+//! - [`http_ingress`]: `POST /ci/callback/<token>`, for `CallBackType=Url` (`http`).
+//! - `pulsar`: nothing to run; something else (CI through a bridge) writes the callback topic.
+//!
 //! Shared pieces the handlers import (none of them imports a handler):
 //! - [`context`]: [`Context`] (settings, I/O, metrics, in-process state) and [`WorkerError`].
 //! - [`io`]: the [`io::Broker`] and [`io::CiApi`] traits the context's I/O goes through.
@@ -29,6 +35,7 @@
 //! nacks whatever did not finish within `worker.shutdown_timeout` (so it is redelivered, never lost).
 
 pub mod ci_calls;
+pub mod cmq_ingress;
 pub mod completion;
 pub mod context;
 pub mod dead_letter;
@@ -37,6 +44,7 @@ pub mod deadline_record;
 pub mod done_records;
 pub mod duplicates;
 pub mod failure_history;
+pub mod http_ingress;
 pub mod io;
 pub mod poison;
 pub mod probes;
@@ -53,7 +61,9 @@ mod test_doubles;
 pub use context::{Context, WorkerError};
 
 use crate::ci::client::CiClient;
-use crate::config::Settings;
+use crate::cmq::client::CmqClient;
+use crate::cmq::sign::CmqCredentials;
+use crate::config::{CallbackIngress, Settings};
 use crate::pulsar::Publisher;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
@@ -65,6 +75,29 @@ use std::sync::Arc;
 /// [`crate::pulsar::consume::CLOSE_TIMEOUT`]) it makes the bound README Guarantees states: a
 /// shutdown ends within `worker.shutdown_timeout` + 5 s.
 const EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Says at start-up when CI is told to send events where no configured ingress reads them.
+fn warn_on_mismatched_callbacks(settings: &Settings) {
+    use crate::ci::rules::CallbackType;
+    let ingress = &settings.worker.callback_ingress;
+    match settings.ci.callback_type {
+        CallbackType::Url if !settings.has_ingress(CallbackIngress::Http) => tracing::warn!(
+            callback_url = %settings.ci.callback_url,
+            ?ingress,
+            "ci.callback_type = Url but worker.callback_ingress has no http: events reach this worker only if something at ci.callback_url stores them in the callback topic"
+        ),
+        CallbackType::Tdmq
+            if !settings.has_ingress(CallbackIngress::Cmq)
+                && !settings.has_ingress(CallbackIngress::Pulsar) =>
+        {
+            tracing::warn!(
+                ?ingress,
+                "ci.callback_type = TDMQ but worker.callback_ingress has neither cmq nor pulsar: results will come only from the deadline's describe calls"
+            )
+        }
+        _ => {}
+    }
+}
 
 /// Runs one loop; when it fails, tells the others to stop (and drain) too, so the process exits
 /// with that error instead of serving on with a part missing.
@@ -87,6 +120,10 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     for name in ["submit", "complete", "deadline"] {
         health.set(name, false);
     }
+    if settings.has_ingress(CallbackIngress::Cmq) {
+        health.set(cmq_ingress::HEALTH_NAME, false);
+    }
+    warn_on_mismatched_callbacks(&settings);
     let listener = tokio::net::TcpListener::bind(&settings.http.listen)
         .await
         .map_err(|e| {
@@ -96,12 +133,23 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     let stop = shutdown.child();
     // Probes answer from the start (alive, not ready) while the broker may still be out of reach.
     let publisher_slot = Arc::new(tokio::sync::OnceCell::new());
+    let ingress_slot = Arc::new(tokio::sync::OnceCell::new());
+    let ingress_routes = settings.has_ingress(CallbackIngress::Http).then(|| {
+        http_ingress::HttpIngress::new(
+            ingress_slot.clone(),
+            &settings.http.callback_token,
+            settings.pulsar.callback_topic.clone(),
+            metrics.clone(),
+        )
+        .router()
+    });
     let http = tokio::spawn(probes::serve(
         listener,
         metrics.clone(),
         health.clone(),
         publisher_slot.clone(),
         settings.pulsar.result_topic.clone(),
+        ingress_routes,
         stop.clone(),
     ));
     let client = tokio::select! {
@@ -118,6 +166,25 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     let probe = Publisher::new(client.clone(), "ci-worker-probe")
         .count_rebuilds(metrics.pulsar_reconnects.clone());
     let _ = publisher_slot.set(probe);
+    let _ = ingress_slot.set(publisher.clone());
+    let cmq = if settings.has_ingress(CallbackIngress::Cmq) {
+        Some(
+            CmqClient::new(
+                &settings.cmq_endpoint(),
+                CmqCredentials {
+                    secret_id: settings.ci.secret_id.clone(),
+                    secret_key: settings.ci.secret_key.clone(),
+                    token: (!settings.ci.session_token.is_empty())
+                        .then(|| settings.ci.session_token.clone()),
+                },
+                settings.cmq.signature_method,
+                settings.ci.request_timeout,
+            )
+            .map_err(|e| WorkerError::Task(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let ci = CiClient::new(
         (!settings.ci.endpoint.is_empty()).then_some(settings.ci.endpoint.as_str()),
         settings.credentials(),
@@ -151,9 +218,14 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     ));
     let deadlines = tokio::spawn(stop_all_on_error(
         deadline_check::run(ctx.clone(), client.clone(), stop.clone()),
-        stop,
+        stop.clone(),
     ));
+    let cmq_reader = cmq.map(|cmq| tokio::spawn(cmq_ingress::run(ctx.clone(), cmq, stop)));
     let (a, b, c) = tokio::join!(submit, complete, deadlines);
+    if let Some(reader) = cmq_reader {
+        // Its loops watch the same stop; a batch in hand is bounded by the drain.
+        let _ = reader.await;
+    }
     // Bounded: a broker that went away must not hold up the exit. A done record not stored costs
     // the job's deadline one describe call later; a producer not closed ends with the connection.
     let _ = tokio::time::timeout(EXIT_TIMEOUT, async {

@@ -1,5 +1,6 @@
 //! The worker's HTTP endpoint on `http.listen`: `/metrics` (Prometheus text), `/healthz` (the process
-//! is alive) and `/readyz` (200 only while the broker accepts our publishes; 503 with the reason).
+//! is alive) and `/readyz` (200 only while the broker accepts our publishes; 503 with the reason),
+//! plus the routes of the `http` ingress when it is on ([`super::http_ingress`]).
 
 use crate::pulsar::Publisher;
 use crate::shutdown::Shutdown;
@@ -34,9 +35,10 @@ pub async fn serve(
     health: Arc<Health>,
     publisher: Arc<OnceCell<Publisher>>,
     topic: String,
+    ingress: Option<Router>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -46,6 +48,9 @@ pub async fn serve(
             publisher,
             topic,
         });
+    if let Some(ingress) = ingress {
+        app = app.merge(ingress);
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.triggered_owned())
         .await

@@ -59,12 +59,28 @@ impl Topics {
     }
 }
 
+/// A port nothing listens on, below the kernel's ephemeral range (32768–60999 on Linux): a port
+/// the kernel hands out for `:0` is also one it may hand to an outgoing connection before the
+/// process it was meant for binds it (a private broker's ZooKeeper lost such a race). Each process
+/// of the test suite starts at its own random offset and never hands out a port twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let seed = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+        let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        // One after the other: a wildcard bind fails while the loopback one is held.
+        let loopback = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if loopback && TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
 pub struct Stack {

@@ -1,0 +1,281 @@
+//! The `http` ingress: `POST /ci/callback/<http.callback_token>` on `http.listen`, where CI sends
+//! completion events when jobs are submitted with `CallBackType=Url` (`ci.callback_type = "Url"`).
+//!
+//! The body (XML or JSON, at most [`MAX_EVENT_BYTES`]) is stored in `pulsar.callback_topic`, keyed by
+//! job ID, and only then answered 200; while the broker does not take it the answer is 503, so that
+//! CI sends it again. A wrong token, or any other path, is 404; the token is compared in constant
+//! time. A repeat of a body already stored (CI retrying after an answer it did not see) is answered
+//! 200 without storing it again, and a repeat that arrives while the first is still being stored
+//! waits for that one: one event, one copy in the callback topic, however CI retries.
+
+use crate::callback::event::MAX_EVENT_BYTES;
+use crate::callback::ingress::event_key;
+use crate::pulsar::{Outgoing, Publisher};
+use crate::secret::Secret;
+use crate::telemetry::{IngressLabels, Metrics, SourceLabel};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+use tokio::sync::{watch, OnceCell};
+
+/// How long one request waits for the broker's receipt before it is answered 503. The store goes
+/// on; a retry of the same body joins it.
+const STORE_WAIT: Duration = Duration::from_secs(5);
+/// How long a stored body is remembered, to answer CI's retries of it without a second copy.
+const REMEMBER: Duration = Duration::from_secs(3600);
+/// Bodies remembered at most (32-byte digests; the oldest are forgotten first).
+const REMEMBER_MAX: usize = 100_000;
+
+/// The state of the route.
+#[derive(Clone)]
+pub struct HttpIngress {
+    /// Set once the worker has connected to the broker; until then every event is answered 503.
+    publisher: Arc<OnceCell<Publisher>>,
+    token_digest: [u8; 32],
+    topic: String,
+    metrics: Arc<Metrics>,
+    recent: Arc<RecentBodies>,
+}
+
+impl HttpIngress {
+    pub fn new(
+        publisher: Arc<OnceCell<Publisher>>,
+        token: &Secret,
+        topic: String,
+        metrics: Arc<Metrics>,
+    ) -> HttpIngress {
+        HttpIngress {
+            publisher,
+            token_digest: Sha256::digest(token.expose().as_bytes()).into(),
+            topic,
+            metrics,
+            recent: Arc::new(RecentBodies::default()),
+        }
+    }
+
+    /// The route, to merge into the probes' router.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/ci/callback/{token}", post(receive))
+            .layer(DefaultBodyLimit::max(MAX_EVENT_BYTES))
+            .with_state(self)
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .ingress_events
+            .get_or_create(&IngressLabels {
+                source: "http".into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+}
+
+async fn receive(
+    State(ingress): State<HttpIngress>,
+    Path(token): Path<String>,
+    body: Bytes,
+) -> (StatusCode, &'static str) {
+    // Digests first, so that the comparison takes the same time whatever the length.
+    let given: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    if !bool::from(given.ct_eq(&ingress.token_digest)) {
+        ingress.count("refused");
+        return (StatusCode::NOT_FOUND, "not found");
+    }
+    let Some(publisher) = ingress.publisher.get().cloned() else {
+        ingress.count("failed");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the broker yet; send it again",
+        );
+    };
+    let arrived = Instant::now();
+    let digest: [u8; 32] = Sha256::digest(&body).into();
+    let mut outcome = match ingress.recent.begin(digest) {
+        Begin::Stored => {
+            ingress.count("repeated");
+            return (StatusCode::OK, "stored");
+        }
+        Begin::Pending(outcome) => outcome,
+        Begin::New(outcome) => {
+            let recent = ingress.recent.clone();
+            let topic = ingress.topic.clone();
+            // Spawned: the store finishes even if CI hangs up, and a retry can join it.
+            tokio::spawn(async move {
+                let mut msg =
+                    Outgoing::new(body.to_vec()).with_property("ci-worker-ingress", "http");
+                if let Some(key) = event_key(&body) {
+                    msg = msg.with_key(key);
+                }
+                let result = publisher.publish(&topic, msg).await;
+                if let Err(error) = &result {
+                    tracing::warn!(%error, "http ingress: event not stored; CI is answered 503");
+                }
+                recent.finish(digest, result.is_ok());
+            });
+            outcome
+        }
+    };
+    let stored = tokio::time::timeout(STORE_WAIT, async {
+        loop {
+            if let Some(stored) = *outcome.borrow_and_update() {
+                return stored;
+            }
+            if outcome.changed().await.is_err() {
+                return false;
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if stored {
+        ingress.count("stored");
+        ingress
+            .metrics
+            .ingress_store_duration
+            .get_or_create(&SourceLabel {
+                source: "http".into(),
+            })
+            .observe(arrived.elapsed().as_secs_f64());
+        (StatusCode::OK, "stored")
+    } else {
+        ingress.count("failed");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the broker did not store the event; send it again",
+        )
+    }
+}
+
+/// What [`RecentBodies::begin`] found for a body.
+enum Begin {
+    /// Stored before: answer 200 again.
+    Stored,
+    /// Being stored by an earlier request: wait for its outcome (`Some(stored)`).
+    Pending(watch::Receiver<Option<bool>>),
+    /// Not seen: the caller stores it and reports with [`RecentBodies::finish`].
+    New(watch::Receiver<Option<bool>>),
+}
+
+enum Entry {
+    Pending(watch::Sender<Option<bool>>),
+    Stored(Instant),
+}
+
+/// Bodies being stored or stored lately, by digest.
+#[derive(Default)]
+struct RecentBodies {
+    entries: Mutex<HashMap<[u8; 32], Entry>>,
+}
+
+impl RecentBodies {
+    fn begin(&self, digest: [u8; 32]) -> Begin {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.get(&digest) {
+            Some(Entry::Stored(at)) if at.elapsed() < REMEMBER => return Begin::Stored,
+            Some(Entry::Pending(sender)) => return Begin::Pending(sender.subscribe()),
+            _ => {}
+        }
+        if entries.len() >= REMEMBER_MAX {
+            forget_oldest(&mut entries);
+        }
+        let (sender, receiver) = watch::channel(None);
+        entries.insert(digest, Entry::Pending(sender));
+        Begin::New(receiver)
+    }
+
+    /// Records the outcome of a store: a stored body is remembered, a failed one forgotten (so that
+    /// the next attempt stores it anew).
+    fn finish(&self, digest: [u8; 32], stored: bool) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = if stored {
+            entries.insert(digest, Entry::Stored(Instant::now()))
+        } else {
+            entries.remove(&digest)
+        };
+        if let Some(Entry::Pending(sender)) = previous {
+            let _ = sender.send(Some(stored));
+        }
+    }
+}
+
+/// Drops expired entries, and the older half of the stored ones if that is not enough.
+fn forget_oldest(entries: &mut HashMap<[u8; 32], Entry>) {
+    entries.retain(|_, e| !matches!(e, Entry::Stored(at) if at.elapsed() >= REMEMBER));
+    if entries.len() < REMEMBER_MAX {
+        return;
+    }
+    let mut stored: Vec<Instant> = entries
+        .values()
+        .filter_map(|e| match e {
+            Entry::Stored(at) => Some(*at),
+            Entry::Pending(_) => None,
+        })
+        .collect();
+    stored.sort_unstable();
+    if let Some(cut) = stored.get(stored.len() / 2).copied() {
+        entries.retain(|_, e| !matches!(e, Entry::Stored(at) if *at < cut));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_retry_joins_the_pending_store_and_a_stored_body_is_not_stored_again() {
+        let recent = RecentBodies::default();
+        let Begin::New(mut first) = recent.begin([1; 32]) else {
+            panic!("a new body is new")
+        };
+        let Begin::Pending(mut retry) = recent.begin([1; 32]) else {
+            panic!("a retry while pending joins it")
+        };
+        recent.finish([1; 32], true);
+        first.changed().await.unwrap();
+        retry.changed().await.unwrap();
+        assert_eq!(*first.borrow(), Some(true));
+        assert_eq!(*retry.borrow(), Some(true));
+        assert!(matches!(recent.begin([1; 32]), Begin::Stored));
+        assert!(matches!(recent.begin([2; 32]), Begin::New(_)));
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_is_forgotten_so_the_next_attempt_stores_anew() {
+        let recent = RecentBodies::default();
+        let Begin::New(_) = recent.begin([3; 32]) else {
+            panic!()
+        };
+        let Begin::Pending(mut retry) = recent.begin([3; 32]) else {
+            panic!()
+        };
+        recent.finish([3; 32], false);
+        retry.changed().await.unwrap();
+        assert_eq!(*retry.borrow(), Some(false));
+        assert!(matches!(recent.begin([3; 32]), Begin::New(_)));
+    }
+
+    #[test]
+    fn the_memory_is_bounded() {
+        let mut entries = HashMap::new();
+        let now = Instant::now();
+        for i in 0..REMEMBER_MAX as u32 {
+            let mut d = [0u8; 32];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            entries.insert(d, Entry::Stored(now + Duration::from_nanos(i as u64)));
+        }
+        forget_oldest(&mut entries);
+        assert!(entries.len() <= REMEMBER_MAX / 2 + 1, "{}", entries.len());
+        let mut newest = [0u8; 32];
+        newest[..4].copy_from_slice(&(REMEMBER_MAX as u32 - 1).to_be_bytes());
+        assert!(entries.contains_key(&newest));
+    }
+}
