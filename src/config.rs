@@ -958,6 +958,110 @@ mod tests {
         assert!(!out.contains("topsecretkey"));
         assert!(!out.contains("secret.jwt"));
     }
+    #[test]
+    fn ingress_sources_come_as_a_list_from_the_environment() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CI_WORKER__WORKER__CALLBACK_INGRESS", "cmq, http"),
+                ("CI_WORKER__HTTP__CALLBACK_TOKEN", "0123456789abcdef"),
+                ("CI_WORKER__EMULATOR__CMQ_QUEUES", "a,b"),
+                // A numeric-looking secret stays a string (the crate's own list parsing would not).
+                ("CI_WORKER__CI__SECRET_ID", "1e5"),
+                ("CI_WORKER__CI__SECRET_KEY", "007"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            s.worker.callback_ingress,
+            [CallbackIngress::Cmq, CallbackIngress::Http]
+        );
+        assert_eq!(s.emulator.cmq_queues, ["a", "b"]);
+        assert_eq!(
+            (s.ci.secret_id.as_str(), s.ci.secret_key.expose()),
+            ("1e5", "007")
+        );
+        assert_eq!(s.cmq_endpoint(), "https://cmq-gz.public.tencenttdmq.com");
+        assert_eq!(s.cmq_queue(), "ci-callbacks");
+        for (value, says) in [
+            ("cmq,kafka", "\"kafka\" is unknown"),
+            ("cmq,cmq", "\"cmq\" is repeated"),
+            ("", "at least one"),
+        ] {
+            let e = Settings::load_from(
+                None,
+                &env(&[("CI_WORKER__WORKER__CALLBACK_INGRESS", value)]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains("worker.callback_ingress") && e.contains(says),
+                "{value}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn each_ingress_and_callback_type_checks_what_it_needs() {
+        let fails = |pairs: &[(&str, &str)], key: &str| {
+            let e = Settings::load_from(None, &env(pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{pairs:?}: {e}");
+            assert!(!e.contains("short-token"), "a token in an error: {e}");
+        };
+        fails(
+            &[("CI_WORKER__WORKER__CALLBACK_INGRESS", "http")],
+            "http.callback_token",
+        );
+        fails(
+            &[
+                ("CI_WORKER__WORKER__CALLBACK_INGRESS", "http"),
+                ("CI_WORKER__HTTP__CALLBACK_TOKEN", "short-token"),
+            ],
+            "http.callback_token",
+        );
+        fails(
+            &[("CI_WORKER__CI__CALLBACK_TYPE", "Url")],
+            "ci.callback_url",
+        );
+        fails(
+            &[("CI_WORKER__CI__CALLBACK_TYPE", "url")],
+            "ci.callback_type",
+        );
+        fails(&[("CI_WORKER__CMQ__BATCH_SIZE", "17")], "cmq.batch_size");
+        fails(
+            &[("CI_WORKER__CMQ__POLLING_WAIT", "31s")],
+            "cmq.polling_wait",
+        );
+        fails(
+            &[("CI_WORKER__CMQ__SIGNATURE_METHOD", "sha256")],
+            "cmq.signature_method",
+        );
+        fails(
+            &[("CI_WORKER__CMQ__ENDPOINT", "cmq-gz.public.tencenttdmq.com")],
+            "cmq.endpoint",
+        );
+        fails(
+            &[("CI_WORKER__EMULATOR__TDMQ_DELIVERY", "kafka")],
+            "emulator.tdmq_delivery",
+        );
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CI_WORKER__CI__CALLBACK_TYPE", "Url"),
+                (
+                    "CI_WORKER__CI__CALLBACK_URL",
+                    "https://worker.example.com/ci/callback/t",
+                ),
+                ("CI_WORKER__WORKER__CALLBACK_INGRESS", "pulsar"),
+                ("CI_WORKER__CMQ__SIGNATURE_METHOD", "HmacSHA1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.ci.callback_type, CallbackType::Url);
+        assert_eq!(s.cmq.signature_method, SignatureMethod::HmacSha1);
+    }
 }
 
 #[cfg(test)]

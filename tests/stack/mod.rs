@@ -83,10 +83,15 @@ pub fn free_port() -> u16 {
     panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
+/// The `http.callback_token` of [`Stack::via_http`] stacks.
+pub const HTTP_CALLBACK_TOKEN: &str = "test-callback-token-0123456789";
+
 pub struct Stack {
     pub topics: Topics,
     pub emulator_port: u16,
     pub worker_http_port: u16,
+    /// The emulator's CMQ API (served when the stack delivers TDMQ events through CMQ).
+    pub cmq_port: u16,
     pub emulator: Option<Child>,
     pub worker: Option<Child>,
     /// Extra environment for both processes (e.g. fault rates).
@@ -125,6 +130,20 @@ impl Stack {
                 format!("127.0.0.1:{}", self.worker_http_port),
             ),
             ("CI_WORKER__EMULATOR__JOB_DURATION_MS", "200".to_string()),
+            // The emulator publishes TDMQ events into the callback topic itself (a bridge setup):
+            // most tests are about what follows. Stack::via_cmq and Stack::via_http take CI's
+            // documented paths instead.
+            ("CI_WORKER__EMULATOR__TDMQ_DELIVERY", "pulsar".to_string()),
+            ("CI_WORKER__WORKER__CALLBACK_INGRESS", "pulsar".to_string()),
+            (
+                "CI_WORKER__EMULATOR__CMQ_LISTEN",
+                format!("127.0.0.1:{}", self.cmq_port),
+            ),
+            (
+                "CI_WORKER__CMQ__ENDPOINT",
+                format!("http://127.0.0.1:{}", self.cmq_port),
+            ),
+            ("CI_WORKER__EMULATOR__CMQ_QUEUES", t.mq_name.clone()),
             ("RUST_LOG", "info".to_string()),
         ]
         .into_iter()
@@ -139,11 +158,49 @@ impl Stack {
             topics: Topics::unique(prefix),
             emulator_port: free_port(),
             worker_http_port: free_port(),
+            cmq_port: free_port(),
             emulator: None,
             worker: None,
             env: HashMap::new(),
             spawned: 0,
         }
+    }
+
+    /// A stack on CI's documented TDMQ path: the emulator writes completion events into its CMQ queue
+    /// (named like the stack's `MqName`) and the worker's `cmq` ingress reads them.
+    pub fn via_cmq(prefix: &str) -> Stack {
+        let mut stack = Stack::new(prefix);
+        for (k, v) in [
+            ("CI_WORKER__EMULATOR__TDMQ_DELIVERY", "cmq"),
+            ("CI_WORKER__WORKER__CALLBACK_INGRESS", "cmq"),
+            // A short poll keeps the worker's shutdown quick in tests.
+            ("CI_WORKER__CMQ__POLLING_WAIT", "2s"),
+        ] {
+            stack.env.insert(k.into(), v.into());
+        }
+        stack
+    }
+
+    /// A stack on CI's URL callbacks: jobs are submitted with `CallBackType=Url` pointing at the
+    /// worker's `http` ingress, which the emulator POSTs completion events to.
+    pub fn via_http(prefix: &str) -> Stack {
+        let mut stack = Stack::new(prefix);
+        let url = format!(
+            "http://127.0.0.1:{}/ci/callback/{HTTP_CALLBACK_TOKEN}",
+            stack.worker_http_port
+        );
+        for (k, v) in [
+            ("CI_WORKER__WORKER__CALLBACK_INGRESS", "http".to_string()),
+            (
+                "CI_WORKER__HTTP__CALLBACK_TOKEN",
+                HTTP_CALLBACK_TOKEN.to_string(),
+            ),
+            ("CI_WORKER__CI__CALLBACK_TYPE", "Url".to_string()),
+            ("CI_WORKER__CI__CALLBACK_URL", url),
+        ] {
+            stack.env.insert(k.into(), v);
+        }
+        stack
     }
 
     /// A stack on the broker at `url` instead of the shared one (a [`PrivateBroker`]'s).

@@ -289,6 +289,10 @@ impl Bench {
             ("CI_WORKER__CI__SECRET_ID", BENCH_SECRET_ID.to_string()),
             ("CI_WORKER__CI__SECRET_KEY", BENCH_SECRET_KEY.to_string()),
             ("CI_WORKER__CI__SESSION_TOKEN", String::new()),
+            // The submission and completion scenarios measure the worker from the callback topic
+            // on (the relay they are compared with reads it too); the cmq scenario sets its own.
+            ("CI_WORKER__EMULATOR__TDMQ_DELIVERY", "pulsar".to_string()),
+            ("CI_WORKER__WORKER__CALLBACK_INGRESS", "pulsar".to_string()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
