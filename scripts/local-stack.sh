@@ -8,7 +8,10 @@
 #
 # Environment: PROFILE [debug|release] (default debug: faster to build), KEEP_RUNNING=1 leaves the
 # stack up (stop it with Ctrl-C), PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh,
-# EMULATOR_PORT [9000], WORKER_HTTP_PORT [9464], JOB_DURATION_MS [2000].
+# EMULATOR_PORT [9000], EMULATOR_CMQ_PORT [9100], WORKER_HTTP_PORT [9464], JOB_DURATION_MS [2000].
+#
+# The path is CI's documented one: the emulator writes each completion event into its TDMQ for CMQ
+# queue (CMQ API 2.0 on EMULATOR_CMQ_PORT) and the worker's cmq ingress reads it from there.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,6 +20,7 @@ say() { echo "local-stack: $*" >&2; }
 
 PROFILE=${PROFILE:-debug}
 EMULATOR_PORT=${EMULATOR_PORT:-9000}
+EMULATOR_CMQ_PORT=${EMULATOR_CMQ_PORT:-9100}
 WORKER_HTTP_PORT=${WORKER_HTTP_PORT:-9464}
 JOB_DURATION_MS=${JOB_DURATION_MS:-2000}
 REQUEST=${1:-schemas/examples/request.json}
@@ -56,6 +60,12 @@ export CI_WORKER__EMULATOR__LISTEN="127.0.0.1:$EMULATOR_PORT"
 export CI_WORKER__EMULATOR__JOB_DURATION_MS="$JOB_DURATION_MS"
 export CI_WORKER__CI__ENDPOINT="http://127.0.0.1:$EMULATOR_PORT"
 export CI_WORKER__CI__MQ_NAME=ci-callbacks
+# TDMQ callbacks through CMQ, as CI delivers them (the defaults, spelled out).
+export CI_WORKER__EMULATOR__TDMQ_DELIVERY=cmq
+export CI_WORKER__EMULATOR__CMQ_LISTEN="127.0.0.1:$EMULATOR_CMQ_PORT"
+export CI_WORKER__EMULATOR__CMQ_QUEUES=ci-callbacks
+export CI_WORKER__WORKER__CALLBACK_INGRESS=cmq
+export CI_WORKER__CMQ__ENDPOINT="http://127.0.0.1:$EMULATOR_CMQ_PORT"
 export CI_WORKER__PULSAR__CALLBACK_TOPIC=persistent://public/default/ci-callbacks
 export CI_WORKER__HTTP__LISTEN="127.0.0.1:$WORKER_HTTP_PORT"
 
@@ -66,7 +76,7 @@ for _ in $(seq 1 100); do
   kill -0 "${pids[0]}" 2>/dev/null || { cat "$RUN_DIR/emulator.log" >&2; exit 1; }
   sleep 0.1
 done
-say "emulator on http://127.0.0.1:$EMULATOR_PORT (log: $RUN_DIR/emulator.log)"
+say "emulator on http://127.0.0.1:$EMULATOR_PORT, its CMQ on http://127.0.0.1:$EMULATOR_CMQ_PORT (log: $RUN_DIR/emulator.log)"
 
 "$BIN" run >"$RUN_DIR/worker.log" 2>&1 &
 pids+=($!)
