@@ -218,3 +218,133 @@ async fn http_ingress_answers_503_while_the_broker_is_down_and_stores_once() {
     );
     drop(broker);
 }
+
+/// Arms the emulator's CMQ fault switch (`POST /_emulator/cmq/outage`).
+async fn cmq_outage(stack: &Stack, query: &str) {
+    let url = format!(
+        "http://127.0.0.1:{}/_emulator/cmq/outage?{query}",
+        stack.cmq_port
+    );
+    let status = reqwest::Client::new()
+        .post(&url)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{url}: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cmq_ingress_takes_tdmq_callbacks_to_results() {
+    let mut stack = Stack::via_cmq("ingress-cmq");
+    stack.start_emulator().await;
+    stack.start_worker();
+    let sources = run_requests(&stack, "cmq", 20).await;
+    assert!(sources.iter().all(|s| s == "cmq"), "{sources:?}");
+    let text = metrics(stack.worker_http_port).await;
+    assert_eq!(
+        metric(
+            &text,
+            "ci_worker_ingress_events_total{source=\"cmq\",outcome=\"stored\"}"
+        ),
+        20.0,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "ci_worker_cmq_calls_total{action=\"BatchDeleteMessage\",outcome=\"ok\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+}
+
+/// CMQ answering 503 for a while: the ingress backs off, shows it, and takes every event once CMQ is
+/// back (the deadline is 10 minutes away, so the results can only have come through CMQ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cmq_unavailable_for_a_while_loses_nothing() {
+    let mut stack = Stack::via_cmq("ingress-cmq-outage");
+    stack.start_emulator().await;
+    stack.start_worker();
+    let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
+    stack::wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
+    cmq_outage(&stack, "seconds=4").await;
+    let not_ready =
+        stack::wait_status(&format!("{base}/readyz"), 503, Duration::from_secs(30)).await;
+    assert!(not_ready.contains("cmq"), "{not_ready}");
+    let sources = run_requests(&stack, "outage", 20).await;
+    assert!(sources.iter().all(|s| s == "cmq"), "{sources:?}");
+    let text = metrics(stack.worker_http_port).await;
+    assert!(
+        metric(
+            &text,
+            "ci_worker_cmq_calls_total{action=\"BatchReceiveMessage\",outcome=\"http_503\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "ci_worker_deadline_checks_total"),
+        0.0,
+        "{text}"
+    );
+    stack::wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(30)).await;
+}
+
+/// Deletes that fail leave stored events in CMQ; after the visibility timeout CMQ hands them out
+/// again and they are stored a second time. The completion path gives each job one final result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_cmq_delivers_again_give_no_second_final_result() {
+    let mut stack = Stack::via_cmq("ingress-cmq-again");
+    stack.env.insert(
+        "CI_WORKER__EMULATOR__CMQ_VISIBILITY_TIMEOUT_S".into(),
+        "2".into(),
+    );
+    stack.start_emulator().await;
+    stack.start_worker();
+    let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
+    stack::wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
+    // Every attempt at deleting the first batch fails.
+    cmq_outage(&stack, "count=3&actions=BatchDeleteMessage").await;
+    let n = 10;
+    let mut callbacks = stack.follow(&stack.topics.callback).await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    let (ids, payloads) = requests("again", n);
+    common::publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
+    // The stored copies: each job once, and the undeleted ones again with dequeueCount 2.
+    let events = collect(&mut callbacks, Duration::from_secs(120), |seen| {
+        seen.len() > n
+            && seen
+                .iter()
+                .any(|(_, p, _)| p.get("cmq-dequeue-count").map(String::as_str) == Some("2"))
+    })
+    .await;
+    let seen = collect(&mut results, Duration::from_secs(120), |seen| {
+        all_final(seen, &ids)
+    })
+    .await;
+    let map = by_request(&seen);
+    for id in &ids {
+        assert_eq!(finals(&map[id]), ["succeeded"], "{id}: {:?}", map[id]);
+    }
+    // Every second copy stored so far reaches the completion path and is suppressed there.
+    let copies = (events.len() - n) as f64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = metrics(stack.worker_http_port).await;
+        if metric(&text, "ci_worker_duplicates_suppressed_total") >= copies {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{copies} copies, not all suppressed: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing after the finals: a second final would have been published before its suppression.
+    let more = tokio::time::timeout(Duration::from_secs(2), async {
+        use futures::StreamExt;
+        results.next().await
+    })
+    .await;
+    assert!(more.is_err(), "a result after the finals");
+}

@@ -17,11 +17,17 @@
 //! - `latency`: a paced publisher at `--rate` requests/s for `--duration-secs`; per request the time
 //!   from its publication to its final result, and the worker's own share of it.
 //! - `scaling`: two `ci-worker run` processes on the same subscriptions against one.
+//! - `cmq`: the `cmq` ingress against the emulator's TDMQ for CMQ API ([`cmq`]): `--cmq-events`
+//!   completion events sent into a queue, then one worker started and timed until all of them are in
+//!   its callback topic (batch 16, for each `--cmq-concurrency`); then a paced sender at
+//!   `--cmq-rate` events/s and, per event, the time from CMQ's answer to its `SendMessage` to the
+//!   event's arrival at a consumer of the callback topic (p50/p99).
 //!
 //! Throughput is counted between the first and the last result's `publish_time` (the producing
 //! client's clock), so process start-up and the benchmark's own consumer do not count. CPU seconds and
 //! peak RSS come from `/proc/<pid>/stat` (utime + stime) and `/proc/<pid>/status` (VmHWM).
 
+mod cmq;
 pub mod events;
 mod io;
 mod procs;
@@ -46,6 +52,7 @@ pub enum Section {
     Submission,
     Latency,
     Scaling,
+    Cmq,
 }
 
 /// Options of `ci-worker bench`.
@@ -56,7 +63,7 @@ pub struct BenchOptions {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "completion,submission,latency,scaling"
+        default_value = "completion,submission,latency,scaling,cmq"
     )]
     pub only: Vec<Section>,
     /// Completion events for the completion-path and scaling figures.
@@ -108,6 +115,15 @@ pub struct BenchOptions {
     /// The broker's pid, to report its CPU share during each run.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// Events of the cmq section's throughput runs.
+    #[arg(long, default_value_t = 20_000)]
+    pub cmq_events: u64,
+    /// `cmq.concurrency` values (receives in flight) of the cmq section.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub cmq_concurrency: Vec<usize>,
+    /// Events per second of the cmq section's latency run (10 s long).
+    #[arg(long, default_value_t = 200)]
+    pub cmq_rate: u64,
     /// Internal: be the raw relay (pulsar.callback_topic → pulsar.result_topic) until killed.
     #[arg(long, hide = true)]
     pub relay: bool,
@@ -134,6 +150,7 @@ pub async fn run(settings: &Settings, opts: BenchOptions) -> Result<()> {
         notes: Vec::new(),
         completion_topic: None,
         completion_single: Vec::new(),
+        extra_worker_env: BTreeMap::new(),
     };
     eprintln!("bench {}: logs in {}", bench.id, bench.log_dir.display());
     let started = Instant::now();
@@ -203,6 +220,8 @@ struct Bench {
     completion_topic: Option<String>,
     /// Single-worker completion rates measured so far.
     completion_single: Vec<f64>,
+    /// Environment added to the workers a section starts (the cmq section's ingress settings).
+    extra_worker_env: BTreeMap<String, String>,
 }
 
 /// What a process under test is.
@@ -222,6 +241,7 @@ impl Bench {
             Section::Submission,
             Section::Latency,
             Section::Scaling,
+            Section::Cmq,
         ] {
             if !only.contains(&section) {
                 continue;
@@ -231,6 +251,7 @@ impl Bench {
                 Section::Submission => self.submission().await,
                 Section::Latency => self.latency().await,
                 Section::Scaling => self.scaling().await,
+                Section::Cmq => self.cmq().await,
             };
             if let Err(e) = outcome {
                 let name = format!("{section:?}").to_lowercase();
@@ -384,6 +405,7 @@ impl Bench {
             if let Some(m) = max_in_flight {
                 env.insert("CI_WORKER__WORKER__MAX_IN_FLIGHT".into(), m.to_string());
             }
+            env.extend(self.extra_worker_env.clone());
             let (name, args): (String, &[&str]) = match kind {
                 Kind::Worker => (format!("worker-{label}-{i}"), &["run"]),
                 Kind::Relay => (format!("relay-{label}-{i}"), &["bench", "--relay"]),
