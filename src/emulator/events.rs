@@ -3,16 +3,30 @@
 //! The body is `<Response><EventName>TaskFinish</EventName><JobsDetail>…</JobsDetail></Response>`
 //! (callback-digital-watermark.md, keys in alphabetical order) in the job's `CallBackFormat`; the JSON
 //! form is CI's mechanical conversion of that tree ([`crate::ci::tree::Node::canonicalize`]: empty
-//! elements dropped, one child an object).
+//! elements dropped, one child an object). The pages do not say that CI writes the same body into
+//! TDMQ as it POSTs to a URL; that is the plausible reading, and the emulator does so.
 //!
-//! `CallBackType=TDMQ`: published to the Pulsar topic `emulator.callback_topic_template` names, with
-//! `{MqName}`, `{MqRegion}` and `{MqMode}` substituted — no key, no properties (CI documents none).
-//! The Pulsar client is connected on first use, so the API serves even while the broker is down;
-//! failed publishes are retried with backoff (a broker restart is survived) for up to
-//! [`TDMQ_DEADLINE`], then logged and dropped. `CallBackType=Url` with a `CallBack` address: the same
-//! body is POSTed there (`Content-Type` `application/xml` or `application/json`), up to
-//! [`URL_ATTEMPTS`] times until a 2xx.
+//! `CallBackType=TDMQ` with `emulator.tdmq_delivery = "cmq"` (as CI does): the body is sent into the
+//! emulator's CMQ queue named `MqName` ([`super::cmq_queues`], read over [`super::cmq_api`]).
+//! `MqRegion` and `MqMode` are accepted and not used: one emulator is one region, and `MqMode=Topic`
+//! (a CMQ topic pushing to its subscribed queues) is emulated as the queue `MqName` itself. A queue
+//! that does not exist, or a body over its `maxMsgSize`, is not retried: the event is dropped, logged
+//! at error level and reported as [`EmulatorEvent::CallbackFailed`] — the pages do not say what CI
+//! does then; a queue CI cannot write to loses the event there too.
+//!
+//! `tdmq_delivery = "pulsar"` (a bridge setup): published to the Pulsar topic
+//! `emulator.callback_topic_template` names, with `{MqName}`, `{MqRegion}` and `{MqMode}`
+//! substituted — no key, no properties (CI documents none). The Pulsar client is connected on first
+//! use, so the API serves even while the broker is down; failed publishes are retried with backoff (a
+//! broker restart is survived) for up to [`TDMQ_DEADLINE`], then logged and dropped.
+//!
+//! `CallBackType=Url` with a `CallBack` address: the same body is POSTed there (`Content-Type`
+//! `application/xml` or `application/json`), up to [`URL_ATTEMPTS`] times until a 2xx.
+//!
+//! An injected duplicate (`emulator.duplicate_rate`) delivers the same body a second time, whatever
+//! the target.
 
+use super::cmq_queues::{Clock, Queues};
 use super::faults::Faults;
 use super::job::Job;
 use super::notices::{EmulatorEvent, Notices};
@@ -20,10 +34,11 @@ use super::submit::{CallbackTarget, MqConfig};
 use crate::ci::rules::CallbackFormat;
 use crate::ci::tree::Node;
 use crate::ci::xml;
-use crate::config::Settings;
+use crate::config::{Settings, TdmqDelivery};
 use crate::pulsar::{Outgoing, Publisher};
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -68,8 +83,11 @@ pub(crate) fn topic_for(template: &str, mq: &MqConfig) -> String {
         .replace("{MqMode}", &mq.mode)
 }
 
-/// Sends completion events: one lazily connected Pulsar client and one HTTP client.
+/// Sends completion events: into the CMQ queues, or with one lazily connected Pulsar client; and
+/// one HTTP client.
 pub(crate) struct Deliverer {
+    tdmq_delivery: TdmqDelivery,
+    queues: Arc<Queues>,
     pulsar_url: String,
     pulsar_token: Secret,
     topic_template: String,
@@ -81,13 +99,15 @@ pub(crate) struct Deliverer {
 }
 
 impl Deliverer {
-    pub(crate) fn new(settings: &Settings, shutdown: Shutdown) -> Deliverer {
+    pub(crate) fn new(settings: &Settings, shutdown: Shutdown, queues: Arc<Queues>) -> Deliverer {
         let http = reqwest::Client::builder()
             .timeout(URL_TIMEOUT)
             .user_agent("tencent-ci-emulator")
             .build()
             .unwrap_or_default();
         Deliverer {
+            tdmq_delivery: settings.emulator.tdmq_delivery,
+            queues,
             pulsar_url: settings.pulsar.url.clone(),
             pulsar_token: settings.pulsar.token.clone(),
             topic_template: settings.emulator.callback_topic_template.clone(),
@@ -137,6 +157,19 @@ impl Deliverer {
         }
     }
 
+    /// Sends the body into the CMQ queue `queue`; a refusal is final (see the module doc).
+    fn enqueue(&self, queue: &str, body: &[u8]) -> Result<(), String> {
+        // The body is CI's XML or JSON text, so always UTF-8.
+        let text = String::from_utf8_lossy(body);
+        let q = self
+            .queues
+            .get(queue)
+            .map_err(|_| format!("the CMQ queue {queue:?} does not exist; the event is dropped"))?;
+        q.send(&text, 0, Clock::now())
+            .map(|_| ())
+            .map_err(|e| format!("the CMQ queue {queue:?} refused the event: {e}"))
+    }
+
     async fn post_once(&self, url: &str, body: &[u8], content_type: &str) -> Result<(), String> {
         let response = self
             .http
@@ -167,7 +200,13 @@ pub(crate) async fn deliver(deliverer: &Deliverer, faults: &Faults, notices: &No
     let target = match &job.spec.target {
         CallbackTarget::None => return,
         CallbackTarget::Url(url) => Target::Url(url.clone()),
-        CallbackTarget::Tdmq(mq) => Target::Topic(topic_for(&deliverer.topic_template, mq)),
+        CallbackTarget::Tdmq(mq) => match deliverer.tdmq_delivery {
+            TdmqDelivery::Cmq => Target::Queue {
+                label: format!("cmq:{}", mq.name),
+                queue: mq.name.clone(),
+            },
+            TdmqDelivery::Pulsar => Target::Topic(topic_for(&deliverer.topic_template, mq)),
+        },
     };
     let (body, content_type) = completion_body(&job);
     let copies = faults.copies();
@@ -201,12 +240,18 @@ pub(crate) async fn deliver(deliverer: &Deliverer, faults: &Faults, notices: &No
 enum Target {
     Topic(String),
     Url(String),
+    /// A CMQ queue; `label` is `cmq:<queue>`, the notices' and the log's name for it.
+    Queue {
+        queue: String,
+        label: String,
+    },
 }
 
 impl Target {
     fn name(&self) -> &str {
         match self {
             Target::Topic(t) | Target::Url(t) => t,
+            Target::Queue { label, .. } => label,
         }
     }
 }
@@ -230,6 +275,7 @@ async fn deliver_one(
                     .unwrap_or_else(|_| Err("timed out".into()))
             }
             Target::Url(url) => deliverer.post_once(url, body, content_type).await,
+            Target::Queue { queue, .. } => deliverer.enqueue(queue, body),
         };
         let error = match result {
             Ok(()) => return Ok(()),
@@ -238,6 +284,8 @@ async fn deliver_one(
         let exhausted = match target {
             Target::Topic(_) => started.elapsed() + backoff >= TDMQ_DEADLINE,
             Target::Url(_) => attempt >= URL_ATTEMPTS,
+            // In memory: it works at once or never.
+            Target::Queue { .. } => return Err(error),
         };
         if exhausted {
             return Err(format!("after {attempt} attempts: {error}"));
@@ -342,5 +390,80 @@ mod tests {
             topic_for("persistent://public/{MqRegion}/{MqMode}-{MqName}", &mq),
             "persistent://public/gz/Queue-cb"
         );
+    }
+
+    fn cmq_deliverer(duplicate_rate: f64) -> (Deliverer, Faults, Arc<Queues>) {
+        let mut settings = Settings::default();
+        settings.emulator.duplicate_rate = duplicate_rate;
+        let queues = Arc::new(Queues::new());
+        queues
+            .create(
+                "q1",
+                crate::emulator::cmq_queues::QueueAttributes::default(),
+                Clock::now(),
+            )
+            .unwrap();
+        let deliverer = Deliverer::new(&settings, Shutdown::new(), queues.clone());
+        let faults = Faults::from_settings(&settings.emulator).unwrap();
+        (deliverer, faults, queues)
+    }
+
+    #[tokio::test]
+    async fn tdmq_events_go_into_the_cmq_queue_mq_name_with_duplicates() {
+        assert_eq!(
+            Settings::default().emulator.tdmq_delivery,
+            TdmqDelivery::Cmq,
+            "CMQ is the default, as CI does"
+        );
+        let (deliverer, faults, queues) = cmq_deliverer(1.0);
+        let notices = Notices::new();
+        let mut feed = notices.subscribe();
+        let job = finished("XML", "input/demo.mp4");
+        let id = job.id.clone();
+        let (body, _) = completion_body(&job);
+        deliver(&deliverer, &faults, &notices, job).await;
+        for copy in [1, 2] {
+            assert_eq!(
+                feed.try_recv().unwrap(),
+                EmulatorEvent::CallbackDelivered {
+                    job_id: id.clone(),
+                    target: "cmq:q1".into(),
+                    copy,
+                }
+            );
+        }
+        let (got, _) = queues.get("q1").unwrap().try_receive(16, Clock::now());
+        assert_eq!(got.len(), 2, "the duplicate is a second message");
+        assert_eq!(got[0].msg_body.as_bytes(), body.as_slice());
+        assert_eq!(got[1].msg_body, got[0].msg_body);
+        assert_ne!(got[0].msg_id, got[1].msg_id);
+    }
+
+    #[tokio::test]
+    async fn a_missing_queue_drops_the_event_at_once() {
+        let (deliverer, faults, queues) = cmq_deliverer(0.0);
+        let notices = Notices::new();
+        let mut feed = notices.subscribe();
+        let mut job = finished("JSON", "input/demo.mp4");
+        if let CallbackTarget::Tdmq(mq) = &mut job.spec.target {
+            mq.name = "nowhere".into();
+        }
+        let id = job.id.clone();
+        // No retry loop: this returns at once.
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            deliver(&deliverer, &faults, &notices, job),
+        )
+        .await
+        .unwrap();
+        match feed.try_recv().unwrap() {
+            EmulatorEvent::CallbackFailed { job_id, error } => {
+                assert_eq!(job_id, id);
+                assert!(error.contains("\"nowhere\" does not exist"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(feed.try_recv().is_err());
+        assert_eq!(queues.names(), ["q1"], "no queue is made for it");
     }
 }

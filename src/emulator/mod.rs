@@ -1,11 +1,12 @@
 //! `ci-worker emulator`: a local Cloud Infinite media-job API (see `docs/emulator.md`, merged into the
-//! README's "Emulator" section).
+//! README's "Emulator" section), with the TDMQ for CMQ queues CI writes completion events into.
 //!
 //! It serves `POST /jobs`, `GET /jobs/<id>[,<id>…]`, `GET /jobs?…` and `PUT /jobs/<id>?cancel` with
 //! CI's response shapes, headers and error codes, verifies the COS request signature the official SDKs
-//! send, runs each job through `Submitted → Running → Success/Failed` on tokio timers, and publishes
-//! CI's `TaskFinish` completion event to Pulsar (`CallBackType=TDMQ`) or POSTs it to the job's
-//! `CallBack` URL. State lives in memory only.
+//! send, runs each job through `Submitted → Running → Success/Failed` on tokio timers, and delivers
+//! CI's `TaskFinish` completion event: with `CallBackType=TDMQ` into its CMQ queue `MqName`, read
+//! over CMQ API 2.0 on `emulator.cmq_listen` (`emulator.tdmq_delivery = "cmq"`, the default) or
+//! published to Pulsar (`"pulsar"`); with a `CallBack` URL POSTed there. State lives in memory only.
 //!
 //! # Layout
 //! Each file imports only the ones listed before it, so the emulator reads bottom-up from the HTTP
@@ -18,14 +19,21 @@
 //! - [`job`]: one job: its state, IDs, CI's times and the `JobsDetail` CI shows for it.
 //! - [`store`]: all jobs in memory: insert, the state changes, describe/list/cancel.
 //! - [`notices`]: [`EmulatorEvent`]s for tests and tooling.
-//! - [`events`]: the completion event body (XML/JSON) and its delivery (Pulsar or URL), with retries.
+//! - [`cmq_queues`]: the CMQ queues in memory: attributes, send, long-polled receive with visibility
+//!   timeouts and receipt handles, delete, retention, counts.
+//! - [`events`]: the completion event body (XML/JSON) and its delivery (CMQ queue, Pulsar or URL),
+//!   with retries.
 //! - [`shared`]: the state the handlers, timers and deliveries share.
 //! - [`lifecycle`]: the timers that move a job `Submitted → Running → Success/Failed` and deliver its
 //!   event.
-//! - [`api`]: the HTTP surface (routing, Host and body checks, response shapes and headers).
+//! - [`cmq_api`]: CMQ API 2.0 (`/v2/index.php`: signature, actions, CMQ's codes) and the outage
+//!   switch `POST /_emulator/cmq/outage` for tests.
+//! - [`api`]: the HTTP surface of CI (routing, Host and body checks, response shapes and headers).
 
 mod api;
 mod auth;
+mod cmq_api;
+mod cmq_queues;
 mod error;
 mod events;
 mod faults;
@@ -41,7 +49,7 @@ pub use error::EmulatorError;
 pub use job::JobState;
 pub use notices::EmulatorEvent;
 
-use crate::config::Settings;
+use crate::config::{Settings, TdmqDelivery};
 use crate::shutdown::Shutdown;
 use shared::Shared;
 use std::net::SocketAddr;
@@ -53,9 +61,11 @@ use tokio::task::JoinHandle;
 /// down too (without waiting).
 pub struct EmulatorHandle {
     addr: SocketAddr,
+    cmq_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: Shutdown,
     server: Option<JoinHandle<std::io::Result<()>>>,
+    cmq_server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl EmulatorHandle {
@@ -69,26 +79,108 @@ impl EmulatorHandle {
         format!("http://{}", self.addr)
     }
 
+    /// The address the CMQ API listens on (the real port when `emulator.cmq_listen` asked for port
+    /// 0); `None` with `emulator.tdmq_delivery = "pulsar"`, which serves no CMQ API.
+    pub fn cmq_addr(&self) -> Option<SocketAddr> {
+        self.cmq_addr
+    }
+
+    /// `http://<cmq_addr>`, the value for the worker's `cmq.endpoint`.
+    pub fn cmq_endpoint(&self) -> Option<String> {
+        self.cmq_addr.map(|a| format!("http://{a}"))
+    }
+
     /// A feed of job state changes and callback outcomes, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<EmulatorEvent> {
         self.shared.notices.subscribe()
     }
 
-    /// Stops accepting requests, lets in-flight requests finish, stops job timers and pending
-    /// deliveries, closes the Pulsar producers and waits for all of it.
+    /// Stops accepting requests (CI's API and CMQ's), lets in-flight requests finish (a CMQ long poll
+    /// ends at once), stops job timers and pending deliveries, closes the Pulsar producers and waits
+    /// for all of it.
     pub async fn shutdown(mut self) -> Result<(), EmulatorError> {
         self.stop.trigger();
-        let result = match self.server.take() {
-            Some(task) => match task.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(EmulatorError::Serve(e)),
-                Err(_) => Err(EmulatorError::Join),
-            },
-            None => Ok(()),
-        };
+        let api = join(self.server.take()).await;
+        let cmq = join(self.cmq_server.take()).await;
         self.shared.deliverer.close().await;
-        result
+        api.and(cmq)
     }
+}
+
+/// Waits for a server task; its failure as an error.
+async fn join(task: Option<JoinHandle<std::io::Result<()>>>) -> Result<(), EmulatorError> {
+    match task {
+        Some(task) => match task.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(EmulatorError::Serve(e)),
+            Err(_) => Err(EmulatorError::Join),
+        },
+        None => Ok(()),
+    }
+}
+
+/// Serves `router` on `listener` until `stop`; a server that ends on its own (it failed) stops the
+/// whole emulator, so that `run` returns instead of serving half.
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: Shutdown,
+) -> JoinHandle<std::io::Result<()>> {
+    let stopped = stop.clone().triggered_owned();
+    tokio::spawn(async move {
+        let result = axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await;
+        stop.trigger();
+        result
+    })
+}
+
+async fn bind(listen: &str) -> Result<(tokio::net::TcpListener, SocketAddr), EmulatorError> {
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| EmulatorError::InvalidListen(listen.to_string()))?;
+    let bind_error = |source| EmulatorError::Bind {
+        addr: listen.to_string(),
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
+}
+
+/// The CMQ queues that exist from the start (`emulator.cmq_queues`, with
+/// `emulator.cmq_visibility_timeout_s`).
+fn initial_queues(settings: &Settings) -> Result<cmq_queues::Queues, EmulatorError> {
+    let e = &settings.emulator;
+    let queues = cmq_queues::Queues::new();
+    let mut attributes = cmq_queues::QueueAttributes::default();
+    attributes
+        .set("visibilityTimeout", e.cmq_visibility_timeout_s)
+        .map_err(|_| EmulatorError::InvalidSetting {
+            key: "emulator.cmq_visibility_timeout_s",
+            reason: format!("{} is not within 1–43200", e.cmq_visibility_timeout_s),
+        })?;
+    let clock = cmq_queues::Clock::now();
+    for name in &e.cmq_queues {
+        queues
+            .create(name, attributes, clock)
+            .map_err(|err| EmulatorError::InvalidSetting {
+                key: "emulator.cmq_queues",
+                reason: match err {
+                    cmq_queues::QueueError::Exists => {
+                        format!("{name:?} is listed twice (CMQ names are case-insensitive)")
+                    }
+                    _ => format!(
+                        "{name:?} is not a CMQ queue name (up to 64 letters, digits and -, \
+                         starting with a letter)"
+                    ),
+                },
+            })?;
+    }
+    Ok(queues)
 }
 
 impl Drop for EmulatorHandle {
@@ -97,34 +189,32 @@ impl Drop for EmulatorHandle {
     }
 }
 
-/// Binds `settings.emulator.listen` (port 0 picks a free port) and serves in the background.
+/// Binds `settings.emulator.listen` (port 0 picks a free port) and, with `tdmq_delivery = "cmq"`,
+/// `settings.emulator.cmq_listen` (likewise), and serves in the background.
 pub async fn start(settings: Settings) -> Result<EmulatorHandle, EmulatorError> {
-    let listen = settings.emulator.listen.clone();
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|_| EmulatorError::InvalidListen(listen.clone()))?;
     let verifier = auth::Verifier::from_settings(&settings)?;
     let faults = faults::Faults::from_settings(&settings.emulator)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| EmulatorError::Bind {
-            addr: listen.clone(),
-            source,
-        })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| EmulatorError::Bind {
-            addr: listen.clone(),
-            source,
-        })?;
+    let cmq = settings.emulator.tdmq_delivery == TdmqDelivery::Cmq;
+    let queues = Arc::new(if cmq {
+        initial_queues(&settings)?
+    } else {
+        cmq_queues::Queues::new()
+    });
+    let (listener, local) = bind(&settings.emulator.listen).await?;
+    let cmq_listener = if cmq {
+        Some(bind(&settings.emulator.cmq_listen).await?)
+    } else {
+        None
+    };
     let stop = Shutdown::new();
-    let deliverer = events::Deliverer::new(&settings, stop.clone());
+    let deliverer = events::Deliverer::new(&settings, stop.clone(), queues.clone());
     let shared = Arc::new(Shared {
         store: store::Store::new(),
         verifier,
         faults,
         deliverer,
         notices: notices::Notices::new(),
+        cmq_queues: queues,
         shutdown: stop.clone(),
         settings,
     });
@@ -133,47 +223,51 @@ pub async fn start(settings: Settings) -> Result<EmulatorHandle, EmulatorError> 
             "emulator: emulator.allow_anonymous = true: request signatures are NOT checked"
         );
     }
-    let router = api::router(shared.clone());
-    let stopped = stop.clone().triggered_owned();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(stopped)
-            .await
-    });
+    let server = serve(listener, api::router(shared.clone()), stop.clone());
+    let e = &shared.settings.emulator;
     tracing::info!(
         addr = %local,
-        job_duration_ms = shared.settings.emulator.job_duration_ms,
-        callback_topic_template = %shared.settings.emulator.callback_topic_template,
+        job_duration_ms = e.job_duration_ms,
+        tdmq_delivery = e.tdmq_delivery.as_str(),
         "emulator: Cloud Infinite job API listening"
     );
+    let (cmq_addr, cmq_server) = match cmq_listener {
+        Some((listener, cmq_local)) => {
+            let server = serve(listener, cmq_api::router(shared.clone()), stop.clone());
+            tracing::info!(
+                addr = %cmq_local,
+                endpoint = %format!("http://{cmq_local}"),
+                queues = ?shared.cmq_queues.names(),
+                visibility_timeout_s = e.cmq_visibility_timeout_s,
+                "emulator: CMQ API 2.0 listening (CallBackType=TDMQ events go into the queue MqName)"
+            );
+            (Some(cmq_local), Some(server))
+        }
+        None => {
+            tracing::info!(
+                callback_topic_template = %e.callback_topic_template,
+                "emulator: CallBackType=TDMQ events go to Pulsar"
+            );
+            (None, None)
+        }
+    };
     Ok(EmulatorHandle {
         addr: local,
+        cmq_addr,
         shared,
         stop,
         server: Some(server),
+        cmq_server,
     })
 }
 
-/// Runs the emulator until `shutdown` is triggered (the binary triggers it on SIGINT/SIGTERM), then
-/// stops gracefully.
+/// Runs the emulator until `shutdown` is triggered (the binary triggers it on SIGINT/SIGTERM) or a
+/// server fails, then stops gracefully.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), EmulatorError> {
-    let mut handle = start(settings).await?;
-    let Some(mut server) = handle.server.take() else {
-        return Err(EmulatorError::Join);
-    };
-    let outcome = tokio::select! {
-        _ = shutdown.triggered() => {
-            tracing::info!("emulator: shutting down");
-            handle.stop.trigger();
-            server.await
-        }
-        outcome = &mut server => outcome,
-    };
-    handle.stop.trigger();
-    handle.shared.deliverer.close().await;
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(EmulatorError::Serve(e)),
-        Err(_) => Err(EmulatorError::Join),
+    let handle = start(settings).await?;
+    tokio::select! {
+        _ = shutdown.triggered() => tracing::info!("emulator: shutting down"),
+        _ = handle.stop.triggered() => {}
     }
+    handle.shutdown().await
 }

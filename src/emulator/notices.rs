@@ -14,8 +14,9 @@ const CAPACITY: usize = 1024;
 pub enum EmulatorEvent {
     /// A job entered `state` (`Submitted` on creation, then `Running`, `Success`/`Failed` or `Cancel`).
     StateChanged { job_id: String, state: JobState },
-    /// A completion event was stored by the broker (`target` is the Pulsar topic) or accepted by the
-    /// callback URL (`target` is the URL); `copy` is 1, or 2 for an injected duplicate.
+    /// A completion event was sent into the emulator's CMQ queue (`target` is `cmq:<queue>`), stored
+    /// by the broker (`target` is the Pulsar topic) or accepted by the callback URL (`target` is the
+    /// URL); `copy` is 1, or 2 for an injected duplicate.
     CallbackDelivered {
         job_id: String,
         target: String,
@@ -23,7 +24,8 @@ pub enum EmulatorEvent {
     },
     /// The job's completion event was deliberately not sent (`__lost__` in the input object key).
     CallbackSuppressed { job_id: String },
-    /// Delivery was abandoned after retrying (logged as an error too).
+    /// Delivery was abandoned (logged as an error too): after retrying (Pulsar, URL), or at once when
+    /// the CMQ queue does not exist or refuses the body.
     CallbackFailed { job_id: String, error: String },
 }
 
