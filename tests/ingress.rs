@@ -299,6 +299,10 @@ async fn events_cmq_delivers_again_give_no_second_final_result() {
         "CI_WORKER__EMULATOR__CMQ_VISIBILITY_TIMEOUT_S".into(),
         "2".into(),
     );
+    // One receive loop, so that the three failed deletes below are all the first batch's.
+    stack
+        .env
+        .insert("CI_WORKER__CMQ__CONCURRENCY".into(), "1".into());
     stack.start_emulator().await;
     stack.start_worker();
     let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
