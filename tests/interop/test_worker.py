@@ -28,7 +28,8 @@ def free_port():
 
 @pytest.fixture
 def worker_stack(tmp_path):
-    """Emulator + worker processes on unique topics; yields the topic names."""
+    """Emulator + worker processes on unique topics; yields the topic names. Completion events take
+    CI's documented TDMQ path: the emulator's CMQ queue, read by the worker's cmq ingress."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: run `cargo build` (scripts/test.sh does)")
     tag = uuid.uuid4().hex[:12]
@@ -39,6 +40,7 @@ def worker_stack(tmp_path):
         "mq_name": f"py-callbacks-{tag}",
     }
     emulator_port = free_port()
+    cmq_port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""),
         "TENCENTCLOUD_SECRET_ID": "AKIDpythoninterop000000000000000",
@@ -53,6 +55,12 @@ def worker_stack(tmp_path):
         "CI_WORKER__EMULATOR__LISTEN": f"127.0.0.1:{emulator_port}",
         "CI_WORKER__EMULATOR__JOB_DURATION_MS": "100",
         "CI_WORKER__HTTP__LISTEN": f"127.0.0.1:{free_port()}",
+        "CI_WORKER__EMULATOR__TDMQ_DELIVERY": "cmq",
+        "CI_WORKER__EMULATOR__CMQ_LISTEN": f"127.0.0.1:{cmq_port}",
+        "CI_WORKER__EMULATOR__CMQ_QUEUES": topics["mq_name"],
+        "CI_WORKER__WORKER__CALLBACK_INGRESS": "cmq",
+        "CI_WORKER__CMQ__ENDPOINT": f"http://127.0.0.1:{cmq_port}",
+        "CI_WORKER__CMQ__POLLING_WAIT": "2s",
     }
     procs = []
     try:
