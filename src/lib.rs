@@ -15,19 +15,23 @@
 //!   [`ci::xml`] (CI's XML read and written), [`ci::response`] (job answers and error bodies),
 //!   [`ci::rules`] (CI's job rules and its closed sets of values), [`ci::client`] (the HTTP client:
 //!   submit, describe, list, cancel).
+//! - [`cmq`]: TDMQ for CMQ, the queue CI's TDMQ callbacks go to, and nothing else: [`cmq::sign`]
+//!   (the API 2.0 signature), [`cmq::api`] (answers and result codes), [`cmq::client`] (batch
+//!   receive with long polling, batch delete, send, create queue).
 //! - [`config`]: the configuration (TOML file + `CI_WORKER__*` environment + Tencent Cloud's
 //!   credential variables), validated at start-up.
 //! - [`request`]: the job-submission request (JSON) parsed, validated and turned into CI's
 //!   `<Request>`; [`request::marker`] carries `request_id` through CI's `UserData`.
 //! - [`callback`]: completion events coming in (XML or JSON) read into
-//!   [`callback::event::CompletionEvent`]s.
+//!   [`callback::event::CompletionEvent`]s; [`callback::ingress`]: what the `cmq` and `http` ingress
+//!   decide before storing one (its bytes, its key).
 //! - [`result`]: the one stable result schema ([`result::JobResult`]) and [`result::normalize`], CI's
 //!   job → result, used by every path that publishes one.
 //! - [`telemetry`]: Prometheus metrics and the consume loops' health (imports nothing of the crate).
 //! - [`shutdown`]: the one stop signal every loop and server watches.
 //! - [`pulsar`]: the only user of the `pulsar` crate: client, publisher, consumers, the consume loop.
 //! - [`worker`]: `ci-worker run`: the wiring, the three handlers (submission, completion,
-//!   deadlines) and what they share, and the HTTP probes.
+//!   deadlines) and what they share, the ingress sources (`cmq`, `http`), and the HTTP probes.
 //!
 //! Apart from the product:
 //! - `emulator` (cargo feature `emulator`, on by default): `ci-worker emulator`, a local CI that
