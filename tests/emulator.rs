@@ -1,14 +1,20 @@
 //! `ci-worker emulator` end to end: a real HTTP server on port 0, requests signed with
-//! `ci::sign::sign`, completion events read from a real Apache Pulsar broker with the `pulsar` crate.
-//! Waiting is always on an event (a broker message, an emulator notice, a callback request) with a
-//! timeout, never a sleep.
+//! `ci::sign::sign`, completion events read from a real Apache Pulsar broker with the `pulsar` crate
+//! (`tdmq_delivery = "pulsar"`) or from the emulator's CMQ queues with `cmq::client::CmqClient`
+//! (`tdmq_delivery = "cmq"`; the `cmq_*` and `tdmq_*_cmq_*` tests, which need no broker).
+//! Waiting is always on an event (a broker message, an emulator notice, a callback request, a CMQ
+//! long poll) with a timeout, never a sleep — except where time itself is what is tested (a long poll
+//! that must last, an outage that must end).
 
 mod common;
 
 use ci_worker::ci::response::{parse_error, parse_jobs_response, CiErrorBody, JobDetail};
 use ci_worker::ci::tree::Node;
 use ci_worker::ci::{ci_host, sign, xml};
-use ci_worker::config::{KeyPair, Settings};
+use ci_worker::cmq::api::DeleteFailure;
+use ci_worker::cmq::client::{CmqClient, CmqError, QueueAttributes};
+use ci_worker::cmq::sign::{self as cmq_sign, CmqCredentials, SignatureMethod};
+use ci_worker::config::{KeyPair, Settings, TdmqDelivery};
 use ci_worker::emulator::{self, EmulatorEvent, EmulatorHandle, JobState};
 use ci_worker::secret::Secret;
 use common::{BUCKET, REGION};
@@ -21,9 +27,13 @@ use tokio::sync::broadcast;
 const SECRET_ID: &str = "AKIDemulatorIntegration";
 const SECRET_KEY: &str = "emulator-integration-secret";
 
+/// An emulator that publishes `CallBackType=TDMQ` events to Pulsar (what these tests read) and so
+/// serves no CMQ API.
 fn settings(job_duration_ms: u64) -> Settings {
     let mut s = Settings::default();
     s.emulator.listen = "127.0.0.1:0".into();
+    s.emulator.tdmq_delivery = TdmqDelivery::Pulsar;
+    s.emulator.cmq_listen = "127.0.0.1:0".into();
     s.emulator.job_duration_ms = job_duration_ms;
     s.emulator.credentials.push(KeyPair {
         secret_id: SECRET_ID.into(),
@@ -1061,4 +1071,786 @@ async fn serves_while_the_broker_is_unreachable_and_shuts_down_promptly() {
     common::within(10, "the emulator's shutdown", em.shutdown())
         .await
         .unwrap();
+}
+
+// ---- CMQ (`tdmq_delivery = "cmq"`): the emulator's TDMQ for CMQ queues over CMQ API 2.0 ----
+
+/// The queue CI writes `job_xml`'s events into (`MqName=cb`), and another one.
+const CMQ_QUEUES: [&str; 2] = ["cb", "ci-callbacks"];
+
+/// An emulator that delivers `CallBackType=TDMQ` events into its CMQ queues, on two free ports.
+fn cmq_settings(job_duration_ms: u64) -> Settings {
+    let mut s = settings(job_duration_ms);
+    s.emulator.tdmq_delivery = TdmqDelivery::Cmq;
+    s.emulator.cmq_queues = CMQ_QUEUES.iter().map(|q| q.to_string()).collect();
+    // Nothing may reach Pulsar in CMQ mode: a publish attempt here would fail.
+    s.pulsar.url = "pulsar://127.0.0.1:1".into();
+    s
+}
+
+fn cmq_client_with(em: &EmulatorHandle, id: &str, key: &str, method: SignatureMethod) -> CmqClient {
+    CmqClient::new(
+        &em.cmq_endpoint().expect("the CMQ API is served"),
+        CmqCredentials {
+            secret_id: id.into(),
+            secret_key: Secret::new(key),
+            token: None,
+        },
+        method,
+        Duration::from_secs(10),
+    )
+    .unwrap()
+}
+
+fn cmq_client(em: &EmulatorHandle) -> CmqClient {
+    cmq_client_with(em, SECRET_ID, SECRET_KEY, SignatureMethod::HmacSha256)
+}
+
+/// One CMQ API call by hand (to reach what `CmqClient` does not: other actions, GET, bad
+/// parameters): signed over `method`, HmacSHA1; returns the HTTP status and the answer.
+async fn cmq_raw(
+    em: &EmulatorHandle,
+    method: &str,
+    action: &str,
+    params: &[(&str, &str)],
+) -> (u16, Value) {
+    cmq_raw_at(em.cmq_addr().unwrap(), method, action, params).await
+}
+
+async fn cmq_raw_at(
+    addr: std::net::SocketAddr,
+    method: &str,
+    action: &str,
+    params: &[(&str, &str)],
+) -> (u16, Value) {
+    let host = addr.to_string();
+    let now = chrono::Utc::now().timestamp().to_string();
+    let mut all: Vec<(&str, &str)> = vec![
+        ("Action", action),
+        ("Nonce", "9223372036854775807"),
+        ("SecretId", SECRET_ID),
+        ("SignatureMethod", "HmacSHA1"),
+        ("Timestamp", &now),
+        ("UserpollingWaitSeconds", "0"),
+    ];
+    all.extend_from_slice(params);
+    let text = cmq_sign::string_to_sign(method, &host, cmq_sign::PATH, &all);
+    let signature = cmq_sign::signature(SignatureMethod::HmacSha1, SECRET_KEY, &text);
+    all.push(("Signature", &signature));
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(all.iter())
+        .finish();
+    let url = format!("http://{host}{}", cmq_sign::PATH);
+    let http = reqwest::Client::new();
+    // As Tencent's Python SDK: the form as the body, no Content-Type.
+    let request = match method {
+        "GET" => http.get(format!("{url}?{form}")),
+        _ => http.post(url).body(form),
+    };
+    let response = request.send().await.expect("request to the CMQ API");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, value)
+}
+
+fn refused_code(r: Result<impl std::fmt::Debug, CmqError>) -> Option<i64> {
+    match r {
+        Ok(v) => panic!("not refused: {v:?}"),
+        Err(e) => e.code(),
+    }
+}
+
+#[tokio::test]
+async fn cmq_send_receive_delete_round_trip() {
+    let em = emulator::start(cmq_settings(600_000)).await.unwrap();
+    let cmq = cmq_client(&em);
+    let queue = "ci-callbacks";
+
+    let msg_id = cmq.send_message(queue, "hello & <world>").await.unwrap();
+    assert!(!msg_id.is_empty());
+    let started = Instant::now();
+    let got = cmq
+        .batch_receive(queue, 16, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a visible message is returned at once"
+    );
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!(m.msg_body, "hello & <world>");
+    assert_eq!(m.msg_id, msg_id);
+    assert_eq!(m.dequeue_count, 1);
+    let now = chrono::Utc::now().timestamp();
+    assert!((now - m.enqueue_time).abs() <= 2, "{m:?}");
+    assert_eq!(m.next_visible_time, m.first_dequeue_time + 30, "{m:?}");
+    // Inactive for the queue's visibility timeout (emulator.cmq_visibility_timeout_s = 30).
+    assert!(cmq
+        .batch_receive(queue, 16, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    let outcome = cmq
+        .batch_delete(queue, &[m.receipt_handle.as_str()])
+        .await
+        .unwrap();
+    assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    let (_, attrs) = cmq_raw(&em, "POST", "GetQueueAttributes", &[("queueName", queue)]).await;
+    assert_eq!(attrs["code"], 0, "{attrs}");
+    assert_eq!(
+        (&attrs["activeMsgNum"], &attrs["inactiveMsgNum"]),
+        (&Value::from(0), &Value::from(0)),
+        "deleted: {attrs}"
+    );
+
+    // A queue made over the API works the same; making it again is refused with 4460, which
+    // CmqClient::create_queue accepts.
+    let made = format!("made-{}", common::unique_name("q"));
+    cmq.create_queue(&made, &QueueAttributes::default())
+        .await
+        .unwrap();
+    cmq.create_queue(&made, &QueueAttributes::default())
+        .await
+        .unwrap();
+    cmq.send_message(&made, "in the new queue").await.unwrap();
+    let got = cmq
+        .batch_receive(&made, 16, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(got[0].msg_body, "in the new queue");
+    assert!(cmq
+        .batch_receive(queue, 16, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cmq_actions_answer_as_the_pages_show() {
+    let em = emulator::start(cmq_settings(600_000)).await.unwrap();
+    let q = "ci-callbacks";
+
+    let (status, created) = cmq_raw(
+        &em,
+        "POST",
+        "CreateQueue",
+        &[("queueName", "pages-q"), ("visibilityTimeout", "60")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let text = created.to_string();
+    assert!(
+        text.starts_with(r#"{"code":0,"message":"","requestId":""#),
+        "{text}"
+    );
+    assert!(created["queueId"].as_str().is_some_and(|s| !s.is_empty()));
+    let (_, again) = cmq_raw(&em, "POST", "CreateQueue", &[("queueName", "Pages-Q")]).await;
+    assert_eq!(
+        again["code"], 4460,
+        "names collide case-insensitively: {again}"
+    );
+    let (_, bad) = cmq_raw(&em, "POST", "CreateQueue", &[("queueName", "1st")]).await;
+    assert_eq!(
+        (&bad["code"], &bad["message"]),
+        (
+            &Value::from(4000),
+            &Value::from("(10020)queue name format error")
+        )
+    );
+    let (_, bad) = cmq_raw(
+        &em,
+        "POST",
+        "CreateQueue",
+        &[("queueName", "q2"), ("visibilityTimeout", "0")],
+    )
+    .await;
+    assert_eq!(bad["code"], 4000, "{bad}");
+
+    // SendMessage / BatchSendMessage (msgBody.n from 0) / ReceiveMessage's top-level fields.
+    let (_, sent) = cmq_raw(
+        &em,
+        "POST",
+        "SendMessage",
+        &[("queueName", q), ("msgBody", "one")],
+    )
+    .await;
+    assert_eq!(sent["code"], 0, "{sent}");
+    let (_, batch) = cmq_raw(
+        &em,
+        "POST",
+        "BatchSendMessage",
+        &[
+            ("queueName", q),
+            ("msgBody.0", "two"),
+            ("msgBody.1", "three"),
+        ],
+    )
+    .await;
+    let ids: Vec<&str> = batch["msgList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["msgId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{batch}");
+    let (_, one) = cmq_raw(&em, "POST", "ReceiveMessage", &[("queueName", q)]).await;
+    assert_eq!(one["code"], 0, "{one}");
+    assert_eq!(one["msgBody"], "one");
+    assert_eq!(one["msgId"], sent["msgId"]);
+    assert_eq!(
+        keys(&one),
+        [
+            "code",
+            "dequeueCount",
+            "enqueueTime",
+            "firstDequeueTime",
+            "message",
+            "msgBody",
+            "msgId",
+            "nextVisibleTime",
+            "receiptHandle",
+            "requestId"
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    );
+    // GET: the parameters from the query string, signed with GET.
+    let (_, listed) = cmq_raw(
+        &em,
+        "GET",
+        "BatchReceiveMessage",
+        &[
+            ("queueName", q),
+            ("numOfMsg", "16"),
+            ("pollingWaitSeconds", "0"),
+        ],
+    )
+    .await;
+    let bodies: Vec<&str> = listed["msgInfoList"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .map(|m| m["msgBody"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["two", "three"]);
+    let (_, attrs) = cmq_raw(&em, "POST", "GetQueueAttributes", &[("queueName", q)]).await;
+    assert_eq!(
+        (
+            &attrs["activeMsgNum"],
+            &attrs["inactiveMsgNum"],
+            &attrs["visibilityTimeout"]
+        ),
+        (&Value::from(0), &Value::from(3), &Value::from(30)),
+        "{attrs}"
+    );
+    let (_, attrs) = cmq_raw(
+        &em,
+        "POST",
+        "GetQueueAttributes",
+        &[("queueName", "pages-q")],
+    )
+    .await;
+    assert_eq!(attrs["visibilityTimeout"], 60, "{attrs}");
+
+    // DeleteMessage with a handle, then the same handle again.
+    let handle = one["receiptHandle"].as_str().unwrap();
+    let (_, deleted) = cmq_raw(
+        &em,
+        "POST",
+        "DeleteMessage",
+        &[("queueName", q), ("receiptHandle", handle)],
+    )
+    .await;
+    assert_eq!(deleted["code"], 0, "{deleted}");
+    let (_, again) = cmq_raw(
+        &em,
+        "POST",
+        "DeleteMessage",
+        &[("queueName", q), ("receiptHandle", handle)],
+    )
+    .await;
+    assert_eq!(
+        (&again["code"], &again["message"]),
+        (
+            &Value::from(4430),
+            &Value::from("(10260)receipt handle is invalid")
+        )
+    );
+
+    // Refusals: all HTTP 200 with CMQ's codes.
+    for (action, params, code, message) in [
+        (
+            "Nope",
+            vec![],
+            4000,
+            "(10430)action name Nope is not existed",
+        ),
+        (
+            "SendMessage",
+            vec![("queueName", "absent"), ("msgBody", "x")],
+            4440,
+            "(10100)queue is not existed, or deleted",
+        ),
+        (
+            "SendMessage",
+            vec![("queueName", q), ("msgBody", "")],
+            4000,
+            "(10120)message body can't be empty",
+        ),
+        (
+            "BatchReceiveMessage",
+            vec![("queueName", q), ("numOfMsg", "17")],
+            4000,
+            "(10350)parameter numOfMsg value or length is out of range",
+        ),
+        (
+            "BatchReceiveMessage",
+            vec![("queueName", q)],
+            4000,
+            "(10390)lacked of required parameter numOfMsg",
+        ),
+        (
+            "ReceiveMessage",
+            vec![("queueName", q), ("pollingWaitSeconds", "31")],
+            4000,
+            "(10350)parameter pollingWaitSeconds value or length is out of range",
+        ),
+        (
+            "ReceiveMessage",
+            vec![("queueName", q), ("pollingWaitSeconds", "0")],
+            7000,
+            "(10200)no message",
+        ),
+        (
+            "BatchDeleteMessage",
+            vec![
+                ("queueName", q),
+                ("receiptHandle.1", "1"),
+                ("receiptHandle.3", "3"),
+            ],
+            4000,
+            "(10380)receiptHandle parameter is not consequent",
+        ),
+    ] {
+        let (status, answer) = cmq_raw(&em, "POST", action, &params).await;
+        assert_eq!(status, 200, "{action}: {answer}");
+        assert_eq!(
+            (&answer["code"], &answer["message"]),
+            (&Value::from(code), &Value::from(message)),
+            "{action} {params:?}"
+        );
+        assert!(answer["requestId"].as_str().is_some_and(|r| !r.is_empty()));
+    }
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cmq_refuses_a_wrong_key_with_4100() {
+    let em = emulator::start(cmq_settings(600_000)).await.unwrap();
+    for method in [SignatureMethod::HmacSha1, SignatureMethod::HmacSha256] {
+        let wrong = cmq_client_with(&em, SECRET_ID, "not-the-key", method);
+        assert_eq!(
+            refused_code(wrong.send_message("ci-callbacks", "x").await),
+            Some(4100),
+            "{method:?}"
+        );
+        let right = cmq_client_with(&em, SECRET_ID, SECRET_KEY, method);
+        right.send_message("ci-callbacks", "x").await.unwrap();
+    }
+    let unknown = cmq_client_with(&em, "AKIDnobody", SECRET_KEY, SignatureMethod::HmacSha256);
+    match unknown
+        .batch_receive("ci-callbacks", 1, Duration::ZERO)
+        .await
+    {
+        Err(CmqError::Refused { code, message, .. }) => {
+            assert_eq!(
+                (code, message.as_str()),
+                (4100, "(10270)secret id is not existed")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // Unsigned.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v2/index.php", em.cmq_endpoint().unwrap()))
+        .body("Action=SendMessage&queueName=ci-callbacks&msgBody=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(answer["code"], 4100, "{answer}");
+    let (_, attrs) = cmq_raw(
+        &em,
+        "POST",
+        "GetQueueAttributes",
+        &[("queueName", "ci-callbacks")],
+    )
+    .await;
+    assert_eq!(
+        attrs["activeMsgNum"], 2,
+        "only the signed sends went in: {attrs}"
+    );
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cmq_empty_queue_long_poll_waits_then_returns_empty() {
+    let em = emulator::start(cmq_settings(600_000)).await.unwrap();
+    let cmq = cmq_client(&em);
+    let started = Instant::now();
+    let got = cmq
+        .batch_receive("ci-callbacks", 16, Duration::from_secs(1))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(got.is_empty());
+    assert!(
+        waited >= Duration::from_secs(1),
+        "the poll lasts: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(5), "and ends: {waited:?}");
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cmq_visibility_timeout_brings_a_message_back_and_kills_its_old_handle() {
+    let em = emulator::start(cmq_settings(600_000)).await.unwrap();
+    let cmq = cmq_client(&em);
+    let queue = "vt-queue";
+    cmq.create_queue(
+        queue,
+        &QueueAttributes {
+            visibility_timeout: Some(1),
+            ..QueueAttributes::default()
+        },
+    )
+    .await
+    .unwrap();
+    cmq.send_message(queue, "not deleted in time")
+        .await
+        .unwrap();
+    let first = cmq
+        .batch_receive(queue, 16, Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(first.dequeue_count, 1);
+    // Not deleted: the long poll is woken when it becomes visible again, after 1 s.
+    let started = Instant::now();
+    let again = cmq
+        .batch_receive(queue, 16, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(again.len(), 1);
+    let second = &again[0];
+    assert_eq!(second.msg_id, first.msg_id);
+    assert_eq!(second.dequeue_count, 2);
+    assert_eq!(second.first_dequeue_time, first.first_dequeue_time);
+    assert_ne!(second.receipt_handle, first.receipt_handle);
+
+    // The old handle fails, the new one deletes: 6010 with the old one in errorList.
+    let outcome = cmq
+        .batch_delete(
+            queue,
+            &[
+                first.receipt_handle.as_str(),
+                second.receipt_handle.as_str(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.failed,
+        [DeleteFailure {
+            code: 4430,
+            message: "invalid receiptHandle".into(),
+            receipt_handle: first.receipt_handle.clone(),
+        }]
+    );
+    // Every handle refused: 6020.
+    match cmq
+        .batch_delete(queue, &[second.receipt_handle.as_str()])
+        .await
+    {
+        Err(CmqError::Refused { code, message, .. }) => {
+            assert_eq!(
+                (code, message.as_str()),
+                (6020, "(10290)batch delete message failed")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(cmq
+        .batch_receive(queue, 16, Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    em.shutdown().await.unwrap();
+}
+
+/// All CMQ messages of `queue` until `want` have come, each long poll woken by the delivery.
+async fn cmq_messages(cmq: &CmqClient, queue: &str, want: usize) -> Vec<String> {
+    common::within(60, "completion events in the CMQ queue", async {
+        let mut bodies = Vec::new();
+        while bodies.len() < want {
+            for m in cmq
+                .batch_receive(queue, 16, Duration::from_secs(10))
+                .await
+                .unwrap()
+            {
+                cmq.batch_delete(queue, &[m.receipt_handle.as_str()])
+                    .await
+                    .unwrap();
+                bodies.push(m.msg_body);
+            }
+        }
+        bodies
+    })
+    .await
+}
+
+#[tokio::test]
+async fn tdmq_completion_events_land_in_the_cmq_queue() {
+    let em = emulator::start(cmq_settings(300)).await.unwrap();
+    let ci = Ci::new(&em);
+    let cmq = cmq_client(&em);
+    let mut notices = em.subscribe();
+    let xml_id = submitted_job(&ci.submit(&job_xml("input/a.mp4", "XML", "req-xml")).await)
+        .job_id()
+        .unwrap()
+        .to_string();
+    let delivered = notice(
+        &mut notices,
+        |e| matches!(e, EmulatorEvent::CallbackDelivered { job_id, .. } if *job_id == xml_id),
+    )
+    .await;
+    assert_eq!(
+        delivered,
+        EmulatorEvent::CallbackDelivered {
+            job_id: xml_id.clone(),
+            target: "cmq:cb".into(),
+            copy: 1
+        }
+    );
+    let json_id = submitted_job(&ci.submit(&job_xml("input/b.mp4", "JSON", "req-json")).await)
+        .job_id()
+        .unwrap()
+        .to_string();
+
+    let bodies = cmq_messages(&cmq, "cb", 2).await;
+    assert!(
+        bodies[0].starts_with("<Response><EventName>TaskFinish</EventName><JobsDetail>"),
+        "{}",
+        bodies[0]
+    );
+    let (format, _, detail) = parse_event(bodies[0].as_bytes());
+    assert_eq!(format, "XML");
+    assert_eq!(detail.job_id(), Some(xml_id.as_str()));
+    assert_eq!(detail.tree().text_at(&["State"]), Some("Success"));
+    assert_eq!(detail.user_data(), Some("req-xml"));
+    let (format, tree, detail) = parse_event(bodies[1].as_bytes());
+    assert_eq!(format, "JSON");
+    assert_eq!(tree["EventName"], "TaskFinish");
+    assert_eq!(detail.job_id(), Some(json_id.as_str()));
+    assert_eq!(detail.user_data(), Some("req-json"));
+    assert!(
+        cmq.batch_receive("ci-callbacks", 16, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "only the queue MqName gets them"
+    );
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tdmq_duplicates_are_two_cmq_messages() {
+    let mut s = cmq_settings(100);
+    s.emulator.duplicate_rate = 1.0;
+    let em = emulator::start(s).await.unwrap();
+    let id = submitted_job(
+        &Ci::new(&em)
+            .submit(&job_xml("input/d.mp4", "XML", "dup"))
+            .await,
+    )
+    .job_id()
+    .unwrap()
+    .to_string();
+    let bodies = cmq_messages(&cmq_client(&em), "cb", 2).await;
+    assert_eq!(bodies[0], bodies[1], "the same event twice");
+    assert_eq!(
+        parse_event(bodies[0].as_bytes()).2.job_id(),
+        Some(id.as_str())
+    );
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn tdmq_callback_to_a_missing_cmq_queue_fails() {
+    let em = emulator::start(cmq_settings(100)).await.unwrap();
+    let mut notices = em.subscribe();
+    let body = job_xml("input/a.mp4", "XML", "u")
+        .replace("<MqName>cb</MqName>", "<MqName>no-such-queue</MqName>");
+    let id = submitted_job(&Ci::new(&em).submit(&body).await)
+        .job_id()
+        .unwrap()
+        .to_string();
+    let failed = notice(&mut notices, |e| {
+        matches!(e, EmulatorEvent::CallbackFailed { job_id, .. } | EmulatorEvent::CallbackDelivered { job_id, .. } if *job_id == id)
+    })
+    .await;
+    match failed {
+        EmulatorEvent::CallbackFailed { error, .. } => {
+            assert!(error.contains("no-such-queue"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cmq_outage_switch_answers_503_then_recovers() {
+    let em = emulator::start(cmq_settings(600_000)).await.unwrap();
+    let cmq = cmq_client(&em);
+    let http = reqwest::Client::new();
+    let switch = format!("{}/_emulator/cmq/outage", em.cmq_endpoint().unwrap());
+    let queue = "ci-callbacks";
+
+    // The next two deletes fail; receives do not.
+    let r = http
+        .post(format!("{switch}?count=2&actions=BatchDeleteMessage"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    cmq.send_message(queue, "m").await.unwrap();
+    let m = cmq
+        .batch_receive(queue, 1, Duration::ZERO)
+        .await
+        .unwrap()
+        .remove(0);
+    for _ in 0..2 {
+        match cmq.batch_delete(queue, &[m.receipt_handle.as_str()]).await {
+            Err(e @ CmqError::Status { status: 503, .. }) => assert!(e.is_transient()),
+            other => panic!("{other:?}"),
+        }
+    }
+    let outcome = cmq
+        .batch_delete(queue, &[m.receipt_handle.as_str()])
+        .await
+        .unwrap();
+    assert!(outcome.failed.is_empty(), "recovered: {:?}", outcome.failed);
+
+    // Everything for a second.
+    let r = http
+        .post(format!("{switch}?seconds=1"))
+        .send()
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(1);
+    assert_eq!(r.status(), 200);
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body, serde_json::json!({"actions": "all", "seconds": 1}));
+    let raw = http
+        .post(format!("{}/v2/index.php", em.cmq_endpoint().unwrap()))
+        .body("Action=SendMessage")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 503);
+    let body: Value = serde_json::from_str(&raw.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "ServiceUnavailable");
+    assert!(matches!(
+        cmq.send_message(queue, "x").await,
+        Err(CmqError::Status { status: 503, .. })
+    ));
+    // The outage is a time span: waiting it out is the point.
+    tokio::time::sleep_until(until.into()).await;
+    cmq.send_message(queue, "after").await.unwrap();
+
+    // Cleared on demand; a bad request is refused.
+    http.post(format!("{switch}?seconds=600"))
+        .send()
+        .await
+        .unwrap();
+    assert!(cmq.send_message(queue, "x").await.is_err());
+    let cleared = http.delete(&switch).send().await.unwrap();
+    assert_eq!(cleared.status(), 200);
+    cmq.send_message(queue, "cleared").await.unwrap();
+    let bad = http
+        .post(format!("{switch}?count=1&actions=NoSuchAction"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn pulsar_delivery_serves_no_cmq_api() {
+    let em = emulator::start(settings(100)).await.unwrap();
+    assert_eq!(em.cmq_addr(), None);
+    assert_eq!(em.cmq_endpoint(), None);
+    em.shutdown().await.unwrap();
+    let em = emulator::start(cmq_settings(100)).await.unwrap();
+    assert_ne!(em.cmq_addr().unwrap().port(), 0, "port 0 is resolved");
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cmq_queues_setting_is_checked_at_start() {
+    let mut s = cmq_settings(100);
+    s.emulator.cmq_queues = vec!["9-lives".into()];
+    assert!(matches!(
+        emulator::start(s).await,
+        Err(emulator::EmulatorError::InvalidSetting {
+            key: "emulator.cmq_queues",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn shutdown_ends_a_cmq_long_poll_at_once() {
+    let em = emulator::start(cmq_settings(100)).await.unwrap();
+    let addr = em.cmq_addr().unwrap();
+    let poll = tokio::spawn(cmq_raw_at(
+        addr,
+        "POST",
+        "BatchReceiveMessage",
+        &[
+            ("queueName", "ci-callbacks"),
+            ("numOfMsg", "16"),
+            ("pollingWaitSeconds", "30"),
+        ],
+    ));
+    // Nothing shows that the poll has reached the emulator (CMQ reports no waiters): give the
+    // local request a moment, far less than the 30 s it would otherwise hold the shutdown.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    common::within(10, "the emulator's shutdown", em.shutdown())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a 30 s long poll does not hold the shutdown"
+    );
+    let (status, answer) = common::within(10, "the long poll's end", poll)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, &answer["code"]),
+        (200, &Value::from(7000)),
+        "{answer}"
+    );
 }

@@ -42,8 +42,9 @@ pub(crate) const MAX_NAME_LEN: usize = 64;
 pub(crate) enum QueueError {
     #[error("(10020)queue name format error")]
     NameFormat,
-    /// The error table lists it as code 4000 with module code 4460; the brief and what clients
-    /// observe in the wild is code 4460 (module code 10210). The worker's client accepts both.
+    /// The TDMQ error table lists it as code 4000 with module code 4460; Tencent's Python SDK
+    /// (`CMQServerException`'s docstring: "4460 队列已经存在") has code 4460, which is what this
+    /// answers, with module code 10210. The worker's client accepts both.
     #[error("(10210)queue is already existed, case insensitive")]
     Exists,
     #[error("(10100)queue is not existed, or deleted")]
