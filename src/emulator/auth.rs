@@ -85,6 +85,14 @@ impl Verifier {
         self.anonymous
     }
 
+    /// Every key pair: `(secret_id, secret_key, session_token)`. The emulator's CMQ API accepts the
+    /// same ones.
+    pub(crate) fn key_pairs(&self) -> impl Iterator<Item = (&str, &Secret, Option<&Secret>)> {
+        self.keys
+            .iter()
+            .map(|(id, k)| (id.as_str(), &k.secret_key, k.session_token.as_ref()))
+    }
+
     /// Accepts the request or says why not, with CI's code; `now` is Unix seconds.
     pub(crate) fn verify(&self, req: &SignedRequest<'_>, now: i64) -> Result<(), ApiError> {
         if self.anonymous {

@@ -67,11 +67,12 @@
 //! that fails the call). The answer is 200 `{"actions": "all" | [...], "seconds"|"count": N}`.
 //! CI's own deliveries into the queues are not affected: they do not go through this API.
 
+use super::auth::Verifier;
 use super::cmq_queues::{Clock, Ids, Queue, QueueAttributes, QueueError};
 use super::shared::Shared;
 use crate::cmq::api::{code, DeleteFailure, ReceivedMessage, MAX_BATCH, MAX_POLLING_WAIT_SECONDS};
 use crate::cmq::sign::{self, SignatureMethod, PATH};
-use crate::config::Settings;
+
 use crate::secret::Secret;
 use axum::body::Body;
 use axum::extract::State;
@@ -264,31 +265,29 @@ struct Keys {
 }
 
 impl Keys {
-    fn from_settings(settings: &Settings) -> Keys {
-        let mut keys = HashMap::new();
-        if !settings.ci.secret_id.is_empty() && !settings.ci.secret_key.is_empty() {
-            keys.insert(
-                settings.ci.secret_id.clone(),
-                Key {
-                    secret_key: settings.ci.secret_key.clone(),
-                    token: (!settings.ci.session_token.is_empty())
-                        .then(|| settings.ci.session_token.clone()),
-                },
-            );
-        }
-        for pair in &settings.emulator.credentials {
-            keys.insert(
-                pair.secret_id.clone(),
-                Key {
-                    secret_key: pair.secret_key.clone(),
-                    token: None,
-                },
-            );
-        }
+    /// The CI API's key pairs ([`Verifier`]).
+    fn from_verifier(verifier: &Verifier) -> Keys {
+        let keys = verifier
+            .key_pairs()
+            .map(|(id, secret_key, token)| {
+                (
+                    id.to_string(),
+                    Key {
+                        secret_key: secret_key.clone(),
+                        token: token.cloned(),
+                    },
+                )
+            })
+            .collect();
         Keys {
             keys,
-            anonymous: settings.emulator.allow_anonymous,
+            anonymous: verifier.is_anonymous(),
         }
+    }
+
+    #[cfg(test)]
+    fn from_settings(settings: &crate::config::Settings) -> Keys {
+        Keys::from_verifier(&Verifier::from_settings(settings).expect("test key pairs"))
     }
 
     /// Accepts the request or says why not (see the module doc); `now` is Unix seconds.
@@ -424,7 +423,7 @@ struct Api {
 /// The CMQ API 2.0 router (see the module doc).
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let api = Arc::new(Api {
-        keys: Keys::from_settings(&shared.settings),
+        keys: Keys::from_verifier(&shared.verifier),
         outage: Mutex::new(Outage::default()),
         request_ids: Ids::new(),
         shared,
@@ -795,7 +794,7 @@ async fn clear_outage(State(api): State<Arc<Api>>) -> Response {
 mod tests {
     use super::*;
     use crate::cmq::sign::{signed_params, CmqCredentials, RequestStamp};
-    use crate::config::KeyPair;
+    use crate::config::{KeyPair, Settings};
 
     const ID: &str = "AKIDcmqemulator";
     const KEY: &str = "cmq-emulator-key";

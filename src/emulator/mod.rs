@@ -1,5 +1,5 @@
-//! `ci-worker emulator`: a local Cloud Infinite media-job API (see `docs/emulator.md`, merged into the
-//! README's "Emulator" section), with the TDMQ for CMQ queues CI writes completion events into.
+//! `ci-worker emulator`: a local Cloud Infinite media-job API (see `docs/emulator.md` and the
+//! README's "The CI emulator"), with the TDMQ for CMQ queues CI writes completion events into.
 //!
 //! It serves `POST /jobs`, `GET /jobs/<id>[,<id>…]`, `GET /jobs?…` and `PUT /jobs/<id>?cancel` with
 //! CI's response shapes, headers and error codes, verifies the COS request signature the official SDKs

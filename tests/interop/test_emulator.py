@@ -65,6 +65,9 @@ def emulator(tmp_path, pulsar_url):
         "CI_WORKER__EMULATOR__LISTEN": f"127.0.0.1:{port}",
         "CI_WORKER__EMULATOR__JOB_DURATION_MS": "300",
         "CI_WORKER__EMULATOR__CALLBACK_TOPIC_TEMPLATE": f"persistent://public/default/{prefix}-{{MqName}}",
+        # These tests read TDMQ events from Pulsar (the bridge setup); test_cmq_sdk.py reads them
+        # from the emulator's CMQ queues, as CI delivers them.
+        "CI_WORKER__EMULATOR__TDMQ_DELIVERY": "pulsar",
     }
     log_path = tmp_path / "emulator.log"
     with open(log_path, "wb") as log:
