@@ -63,7 +63,10 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
         }
     };
     if let Some(since) = ctx.recovery.take_in_doubt(&valid.request_id).await {
-        match recover::search(&ctx.ci, &ctx.metrics, &valid, since).await {
+        let check = with_backoff(ctx, &valid.request_id, || {
+            recover::search(&ctx.ci, &ctx.metrics, &valid, since)
+        });
+        match check.await {
             Ok(Some(detail)) => return recovered(ctx, &valid, &detail).await,
             Ok(None) => {}
             Err(e) => {
@@ -73,7 +76,10 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
             }
         }
     } else if ctx.recovery.maybe_attempted(delivery.publish_time) {
-        match ctx.recovery.lookup(&ctx.ci, &ctx.metrics, &valid).await {
+        let check = with_backoff(ctx, &valid.request_id, || {
+            ctx.recovery.lookup(&ctx.ci, &ctx.metrics, &valid)
+        });
+        match check.await {
             Ok(Some(detail)) => return recovered(ctx, &valid, &detail).await,
             Ok(None) => {}
             Err(e) => {
@@ -154,6 +160,35 @@ async fn recovered<B: Broker, C: CiApi>(
         return Disposition::Ack;
     }
     announce(ctx, req, &result).await
+}
+
+/// Runs a check against CI (the search for an earlier submission) up to `worker.retry_max_attempts`
+/// times with backoff, so that a CI outage holds the request here rather than spending its
+/// redeliveries at once (each counts toward `worker.max_redeliveries` and the dead-letter topic).
+async fn with_backoff<B: Broker, C: CiApi, T, F, Fut>(
+    ctx: &Context<B, C>,
+    request_id: &str,
+    mut check: F,
+) -> Result<T, CiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CiError>>,
+{
+    let w = &ctx.settings.worker;
+    let mut attempt = 0;
+    loop {
+        match check().await {
+            Ok(found) => return Ok(found),
+            Err(e) if attempt + 1 < w.retry_max_attempts => {
+                ctx.metrics.ci_retries.inc();
+                let delay = retry::backoff(attempt, w.retry_base_delay, w.retry_max_delay);
+                tracing::warn!(request_id, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, error = %e, "cannot check for an earlier submission yet; retrying");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 async fn submit_with_retry<B: Broker, C: CiApi>(
@@ -462,13 +497,22 @@ mod tests {
 
     #[tokio::test]
     async fn in_doubt_request_that_cannot_be_checked_is_released_and_stays_in_doubt() {
-        let ci = ScriptedCi::default().list_answers(Err(refusal(503, "ServiceUnavailable")));
+        let ci = ScriptedCi::default()
+            .list_answers(Err(refusal(503, "ServiceUnavailable")))
+            .list_answers(Err(refusal(503, "ServiceUnavailable")))
+            .list_answers(Err(refusal(503, "ServiceUnavailable")));
         let ctx = context(ci);
         let since = SystemTime::now();
         ctx.recovery.put_in_doubt("r1", since).await;
         let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
         assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
-        assert_eq!(ctx.ci.calls(), ["list"], "never submitted while in doubt");
+        // worker.retry_max_attempts = 3, with backoff between them.
+        assert_eq!(
+            ctx.ci.calls(),
+            ["list", "list", "list"],
+            "never submitted while in doubt"
+        );
+        assert_eq!(ctx.metrics.ci_retries.get(), 2);
         assert_eq!(ctx.broker.count(), 0);
         assert_eq!(ctx.recovery.take_in_doubt("r1").await, Some(since));
     }
@@ -575,11 +619,31 @@ mod tests {
 
     #[tokio::test]
     async fn request_from_before_a_restart_that_cannot_be_checked_is_released() {
-        let ci = ScriptedCi::default().list_answers(Err(refusal(500, "InternalError")));
+        let ci = ScriptedCi::default()
+            .list_answers(Err(refusal(500, "InternalError")))
+            .list_answers(Err(refusal(500, "InternalError")))
+            .list_answers(Err(refusal(500, "InternalError")));
         let ctx = context(ci);
         let verdict = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
         assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
-        assert_eq!(ctx.ci.calls(), ["list"]);
+        assert_eq!(ctx.ci.calls(), ["list", "list", "list"]);
         assert_eq!(ctx.broker.count(), 0);
+    }
+
+    /// CI down at start-up: the check is retried with backoff instead of releasing the request at
+    /// once (a release spends one of its redeliveries before the dead-letter topic).
+    #[tokio::test]
+    async fn a_check_that_fails_once_is_retried_and_finds_the_job() {
+        let ci = ScriptedCi::default()
+            .list_answers(Err(refusal(503, "ServiceUnavailable")))
+            .list_answers(Ok(jobs(
+                &[("j1", "Submitted", &sent_user_data("r1"))],
+                None,
+            )));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
+        assert!(matches!(verdict, Disposition::Ack), "{verdict:?}");
+        assert_eq!(ctx.ci.calls(), ["list", "list"], "found, not submitted");
+        assert_eq!(ctx.metrics.submissions_recovered.get(), 1);
     }
 }
