@@ -352,3 +352,36 @@ async fn events_cmq_delivers_again_give_no_second_final_result() {
     .await;
     assert!(more.is_err(), "a result after the finals");
 }
+
+/// Two replicas reading one CMQ queue (competing consumers): every job still gets exactly one final
+/// result, and the two together stored every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_cmq_queue() {
+    let mut stack = Stack::via_cmq("ingress-cmq-replicas");
+    stack.start_emulator().await;
+    stack.start_worker();
+    let second_port = stack::free_port();
+    let mut second = stack.spawn_replica(second_port);
+    for port in [stack.worker_http_port, second_port] {
+        stack::wait_status(
+            &format!("http://127.0.0.1:{port}/readyz"),
+            200,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    let n = 40;
+    let sources = run_requests(&stack, "replicas", n).await;
+    assert!(sources.iter().all(|s| s == "cmq"), "{sources:?}");
+    let mut stored = 0.0;
+    for port in [stack.worker_http_port, second_port] {
+        let text = metrics(port).await;
+        stored += metric(
+            &text,
+            "ci_worker_ingress_events_total{source=\"cmq\",outcome=\"stored\"}",
+        );
+    }
+    assert!(stored >= n as f64, "{stored} events stored for {n} jobs");
+    let _ = second.kill();
+    let _ = second.wait();
+}
