@@ -9,15 +9,20 @@ Environment (defaults match scripts/pulsar.sh's defaults):
   PULSAR_AUTH_TOKEN      the admin JWT; else read from PULSAR_AUTH_TOKEN_FILE
   PULSAR_AUTH_TOKEN_FILE <repo>/.cache/pulsar/data-6651/auth/admin.token
 """
+import contextlib
 import os
 import pathlib
 import socket
+import subprocess
+import time
 import urllib.parse
+import urllib.request
 import uuid
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+BINARY = REPO_ROOT / "target" / "debug" / "ci-worker"
 
 HOW_TO_START = (
     "run the tests with scripts/test.sh (it starts the brokers), or start one by hand with "
@@ -128,3 +133,51 @@ def pulsar_auth_client(pulsar_auth_url, pulsar_auth_token):
     )
     yield client
     client.close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(proc, port, log_path, timeout=30.0):
+    """Polls the emulator's /healthz until it answers 200 (the process offers no other readiness
+    signal; its CMQ port, when it has one, is bound before either server starts)."""
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/healthz"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the emulator exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200 and r.read() == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"the emulator did not answer {url} within {timeout} s:\n{log_path.read_text()}")
+
+
+@contextlib.contextmanager
+def emulator_process(tmp_path, port, env):
+    """`ci-worker emulator` with `env` (its CI API on `port`), healthy before the body runs; stopped
+    with SIGTERM afterwards, which it must obey with exit code 0 within 20 s."""
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} is missing: run `cargo build --bin ci-worker` (scripts/test.sh does)")
+    env = {"PATH": os.environ.get("PATH", ""), "CI_WORKER__EMULATOR__LISTEN": f"127.0.0.1:{port}", **env}
+    log_path = tmp_path / "emulator.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(BINARY), "emulator"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_healthy(proc, port, log_path)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            rc = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"the emulator ignored SIGTERM for 20 s:\n{log_path.read_text()}")
+        assert rc == 0, f"the emulator exited with {rc} on SIGTERM:\n{log_path.read_text()}"

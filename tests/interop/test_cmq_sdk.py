@@ -7,10 +7,6 @@ The SDK as it is: it POSTs the form without a Content-Type, signs the host with 
 CMQServerNetworkException for an HTTP status other than 200; its logger writes CMQ_python_sdk.log
 into the working directory (each test runs in its own temporary one).
 """
-import os
-import pathlib
-import socket
-import subprocess
 import threading
 import time
 import urllib.request
@@ -21,72 +17,34 @@ import pytest
 from cmq.account import Account
 from cmq.cmq_exception import CMQServerException, CMQServerNetworkException
 from cmq.queue import Message, QueueMeta
+from conftest import emulator_process, free_port
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-BINARY = ROOT / "target" / "debug" / "ci-worker"
 BUCKET, REGION = "examplebucket-1250000000", "ap-guangzhou"
 SECRET_ID = "AKIDemulatorCmqInterop000000000"
 SECRET_KEY = "emulatorcmqinteropsecret0123456"
 QUEUE = "ci-callbacks"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_healthy(proc, port, log_path, timeout=30.0):
-    """Polls the CI API's /healthz (the process offers no other readiness signal); the CMQ port is
-    bound before either server starts."""
-    deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{port}/healthz"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the emulator exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200 and r.read() == b"ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"the emulator did not answer {url} within {timeout} s:\n{log_path.read_text()}")
 
 
 @pytest.fixture
 def cmq_emulator(tmp_path, monkeypatch):
     """`ci-worker emulator` with `tdmq_delivery = "cmq"` on two free ports; yields
     (CI API port, CMQ endpoint). The working directory is tmp_path (the SDK's log file)."""
-    if not BINARY.exists():
-        pytest.fail(f"{BINARY} is missing: run `cargo build --bin ci-worker` (scripts/test.sh does)")
     monkeypatch.chdir(tmp_path)
     port, cmq_port = free_port(), free_port()
     env = {
-        "PATH": os.environ.get("PATH", ""),
         "TENCENTCLOUD_SECRET_ID": SECRET_ID,
         "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
-        "CI_WORKER__EMULATOR__LISTEN": f"127.0.0.1:{port}",
         "CI_WORKER__EMULATOR__JOB_DURATION_MS": "200",
         "CI_WORKER__EMULATOR__TDMQ_DELIVERY": "cmq",
         "CI_WORKER__EMULATOR__CMQ_LISTEN": f"127.0.0.1:{cmq_port}",
         "CI_WORKER__EMULATOR__CMQ_QUEUES": QUEUE,
     }
-    log_path = tmp_path / "emulator.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(BINARY), "emulator"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(proc, port, log_path)
+    with emulator_process(tmp_path, port, env):
         yield port, f"http://127.0.0.1:{cmq_port}"
-    finally:
-        proc.terminate()
-        try:
-            rc = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"the emulator ignored SIGTERM for 20 s:\n{log_path.read_text()}")
-        assert rc == 0, f"the emulator exited with {rc} on SIGTERM:\n{log_path.read_text()}"
 
 
 def account(endpoint, secret_id=SECRET_ID, secret_key=SECRET_KEY, sign=None):

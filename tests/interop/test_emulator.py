@@ -5,11 +5,6 @@ The SDK is configured as sdk-interop.md says: it connects to 127.0.0.1:PORT whil
 the real CI Host `<bucket>.ci.<region>.myqcloud.com`. Nothing here shares code with the emulator.
 """
 import json
-import os
-import pathlib
-import socket
-import subprocess
-import time
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
@@ -18,72 +13,35 @@ import pulsar
 import pytest
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
+from conftest import emulator_process, free_port
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-BINARY = ROOT / "target" / "debug" / "ci-worker"
 BUCKET, REGION = "examplebucket-1250000000", "ap-guangzhou"
 SECRET_ID = "AKIDemulatorPythonInterop0000000"
 SECRET_KEY = "emulatorpythoninteropsecret01234"
 MQ_NAME = "ci-callback-queue"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait_healthy(proc, port, log_path, timeout=30.0):
-    """Polls /healthz until it answers 200 (the process offers no other readiness signal)."""
-    deadline = time.monotonic() + timeout
-    url = f"http://127.0.0.1:{port}/healthz"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the emulator exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200 and r.read() == b"ok":
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    pytest.fail(f"the emulator did not answer {url} within {timeout} s:\n{log_path.read_text()}")
 
 
 @pytest.fixture
 def emulator(tmp_path, pulsar_url):
     """`ci-worker emulator` on a free port with a unique callback topic; yields (port, topic)."""
-    if not BINARY.exists():
-        pytest.fail(f"{BINARY} is missing: run `cargo build` (scripts/test.sh does)")
     port = free_port()
     prefix = f"py-emu-{uuid.uuid4().hex[:12]}"
     env = {
-        "PATH": os.environ.get("PATH", ""),
         "TENCENTCLOUD_SECRET_ID": SECRET_ID,
         "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
         "CI_WORKER__PULSAR__URL": pulsar_url,
-        "CI_WORKER__EMULATOR__LISTEN": f"127.0.0.1:{port}",
         "CI_WORKER__EMULATOR__JOB_DURATION_MS": "300",
         "CI_WORKER__EMULATOR__CALLBACK_TOPIC_TEMPLATE": f"persistent://public/default/{prefix}-{{MqName}}",
         # These tests read TDMQ events from Pulsar (the bridge setup); test_cmq_sdk.py reads them
         # from the emulator's CMQ queues, as CI delivers them.
         "CI_WORKER__EMULATOR__TDMQ_DELIVERY": "pulsar",
     }
-    log_path = tmp_path / "emulator.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(BINARY), "emulator"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(proc, port, log_path)
+    with emulator_process(tmp_path, port, env):
         yield port, f"persistent://public/default/{prefix}-{MQ_NAME}"
-    finally:
-        proc.terminate()
-        try:
-            rc = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"the emulator ignored SIGTERM for 20 s:\n{log_path.read_text()}")
-        assert rc == 0, f"the emulator exited with {rc} on SIGTERM:\n{log_path.read_text()}"
 
 
 def sdk_client(port, secret_id=SECRET_ID, secret_key=SECRET_KEY):

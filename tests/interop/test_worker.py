@@ -3,7 +3,6 @@ results from `ci-worker run` (with `ci-worker emulator` as CI) over the real bro
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import time
 import urllib.request
@@ -12,6 +11,7 @@ import uuid
 import jsonschema
 import pulsar
 import pytest
+from conftest import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = ROOT / "target" / "debug" / "ci-worker"
@@ -20,10 +20,6 @@ RESULT_SCHEMA = json.loads((ROOT / "schemas" / "result.schema.json").read_text()
 BUCKET, REGION = "examplebucket-1250000000", "ap-guangzhou"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
