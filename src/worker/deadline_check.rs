@@ -102,6 +102,13 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
     };
     if let Some(detail) = &detail {
         let mut result = normalize_job(detail.tree());
+        // Past job_timeout_max a cancelled job is the worker's own cancel, whose `timed_out` did not
+        // get out (a restart between the cancel and the publish): finish what it started.
+        if result.state == ResultState::Cancelled && age >= w.job_timeout_max {
+            let result = timed_out(&deadline, age);
+            tracing::warn!(request_id = %deadline.request_id, job_id = %deadline.job_id, age_s = age.as_secs(), "job timed out (cancelled at CI before)");
+            return publish_final(ctx, &result).await;
+        }
         if result.state.is_final() {
             result.request_id = Some(deadline.request_id.clone());
             result.user_data = deadline.submitted.user_data.clone();
@@ -286,6 +293,22 @@ mod tests {
         assert_eq!(verdict, Disposition::Ack);
         let (_, at) = scheduled(&ctx)[0];
         assert!(at <= SystemTime::now() + Duration::from_secs(30));
+    }
+
+    /// The worker cancelled the job at job_timeout_max but stopped before its `timed_out` was
+    /// stored; the redelivered deadline finds the job `Cancel` at CI and still ends it `timed_out`.
+    #[tokio::test]
+    async fn a_job_cancelled_past_job_timeout_max_ends_timed_out() {
+        let ci = ScriptedCi::default()
+            .describe_answers(Ok(jobs(&[("j1", "Cancel", &sent_user_data("r1"))], None)));
+        let ctx = context(ci);
+        let age = ctx.settings.worker.job_timeout_max + Duration::from_secs(1);
+        let verdict = handle(&ctx, &due(&ctx, &deadline(age))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["describe"], "not cancelled twice");
+        let results = results(&ctx);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].state, ResultState::TimedOut);
     }
 
     #[tokio::test]
