@@ -56,8 +56,13 @@ pub struct PulsarSettings {
     pub callback_subscription: String,
     pub result_topic: String,
     pub dead_letter_topic: String,
-    /// Internal: one delayed message per pending job, due when the worker should ask CI about it.
+    /// Internal: delayed deadline records (each for a batch of jobs submitted together), due when the
+    /// worker should ask CI about a job whose completion event has not come; read on a Shared
+    /// subscription (`request_subscription`), the only kind TDMQ delays messages on.
     pub deadline_topic: String,
+    /// Internal: `done` records (ids of jobs whose final result is out, batched), which every replica
+    /// reads on a subscription of its own, so whichever replica a deadline reaches knows the job finished.
+    pub done_topic: String,
 }
 
 impl Default for PulsarSettings {
@@ -72,6 +77,7 @@ impl Default for PulsarSettings {
             result_topic: "persistent://public/default/ci-results".into(),
             dead_letter_topic: "persistent://public/default/ci-dead-letter".into(),
             deadline_topic: "persistent://public/default/ci-worker-deadlines".into(),
+            done_topic: "persistent://public/default/ci-worker-done".into(),
         }
     }
 }
@@ -562,6 +568,7 @@ impl Settings {
             ("pulsar.result_topic", &p.result_topic),
             ("pulsar.dead_letter_topic", &p.dead_letter_topic),
             ("pulsar.deadline_topic", &p.deadline_topic),
+            ("pulsar.done_topic", &p.done_topic),
         ] {
             if value.trim().is_empty() || value.chars().any(char::is_whitespace) {
                 return Err(invalid(

@@ -40,6 +40,8 @@ pub struct Topics {
     /// Deadlines and done records: a topic of the stack's own, so deadlines left on a long-lived
     /// broker by earlier runs (whose emulators are gone) never reach this stack's worker.
     pub deadline: String,
+    /// Done records, likewise the stack's own.
+    pub done: String,
     /// `MqName` the worker sends to CI; the emulator publishes to `persistent://public/default/<it>`.
     pub mq_name: String,
 }
@@ -54,6 +56,7 @@ impl Topics {
             result: format!("persistent://public/default/{prefix}-results-{id}"),
             dead_letter: format!("persistent://public/default/{prefix}-dlq-{id}"),
             deadline: format!("persistent://public/default/{prefix}-deadlines-{id}"),
+            done: format!("persistent://public/default/{prefix}-done-{id}"),
             mq_name,
         }
     }
@@ -116,6 +119,7 @@ impl Stack {
                 t.dead_letter.clone(),
             ),
             ("CI_WORKER__PULSAR__DEADLINE_TOPIC", t.deadline.clone()),
+            ("CI_WORKER__PULSAR__DONE_TOPIC", t.done.clone()),
             ("CI_WORKER__CI__MQ_NAME", t.mq_name.clone()),
             (
                 "CI_WORKER__CI__ENDPOINT",

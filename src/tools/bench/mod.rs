@@ -392,6 +392,7 @@ impl Bench {
                     topics.dead_letter.clone(),
                 ),
                 ("CI_WORKER__PULSAR__DEADLINE_TOPIC", topics.deadline.clone()),
+                ("CI_WORKER__PULSAR__DONE_TOPIC", topics.done.clone()),
                 ("CI_WORKER__CI__MQ_NAME", topics.mq_name.clone()),
                 (
                     "CI_WORKER__CI__ENDPOINT",
@@ -426,6 +427,7 @@ impl Bench {
             result: self.topic("results"),
             dead_letter: self.topic("dlq"),
             deadline: self.topic("deadlines"),
+            done: self.topic("done"),
             subscription: format!("bench-{}", short()),
             callback,
             mq_name,
@@ -1130,6 +1132,7 @@ struct WorkerTopics {
     result: String,
     dead_letter: String,
     deadline: String,
+    done: String,
     subscription: String,
     mq_name: String,
 }
