@@ -578,6 +578,34 @@ impl Settings {
                 ));
             }
         }
+        // Delayed delivery needs a persistent topic; a topic of two roles would mix their records.
+        if !p.deadline_topic.starts_with("persistent://") {
+            return Err(invalid(
+                "pulsar.deadline_topic",
+                &p.deadline_topic,
+                "must be a persistent://tenant/namespace/topic name (delayed delivery needs a persistent topic)",
+            ));
+        }
+        let roles = [
+            ("pulsar.request_topic", &p.request_topic),
+            ("pulsar.callback_topic", &p.callback_topic),
+            ("pulsar.result_topic", &p.result_topic),
+            ("pulsar.dead_letter_topic", &p.dead_letter_topic),
+            ("pulsar.deadline_topic", &p.deadline_topic),
+            ("pulsar.done_topic", &p.done_topic),
+        ];
+        for (i, (key, value)) in roles.iter().enumerate() {
+            if let Some((other, _)) = roles[..i]
+                .iter()
+                .find(|(_, v)| topic_name(v) == topic_name(value))
+            {
+                return Err(invalid(
+                    key,
+                    value,
+                    &format!("must differ from {other}: each topic has one role"),
+                ));
+            }
+        }
         let c = &self.ci;
         if !c.endpoint.is_empty() {
             let ok = url::Url::parse(&c.endpoint)
@@ -701,6 +729,13 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if w.job_timeout < Duration::from_secs(1) {
+            return Err(invalid(
+                "worker.job_timeout",
+                &format!("{:?}", w.job_timeout),
+                "must be at least 1s (TDMQ delivers delayed messages to about a second)",
+            ));
+        }
         if w.job_timeout > w.job_timeout_max {
             return Err(invalid(
                 "worker.job_timeout",
@@ -799,6 +834,15 @@ mod duration_str {
     }
 }
 
+/// A topic's full name: Pulsar reads `name` alone as `persistent://public/default/name`.
+fn topic_name(topic: &str) -> String {
+    if topic.contains("://") {
+        topic.to_string()
+    } else {
+        format!("persistent://public/default/{topic}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -870,6 +914,21 @@ mod tests {
                 "emulator.error_rate",
             ),
             ("CI_WORKER__LOG__FORMAT", "xml", "log.format"),
+            (
+                "CI_WORKER__WORKER__JOB_TIMEOUT",
+                "500ms",
+                "worker.job_timeout",
+            ),
+            (
+                "CI_WORKER__PULSAR__DEADLINE_TOPIC",
+                "non-persistent://public/default/d",
+                "pulsar.deadline_topic",
+            ),
+            (
+                "CI_WORKER__PULSAR__DONE_TOPIC",
+                "ci-worker-deadlines",
+                "pulsar.done_topic",
+            ),
         ] {
             let err = Settings::load_from(None, &env(&[(var, value)])).unwrap_err();
             assert!(err.to_string().contains(key), "{var}: {err}");

@@ -5,7 +5,7 @@
 mod common;
 
 use ci_worker::pulsar::consume::{self, Delivery, Disposition, LoopOptions};
-use ci_worker::pulsar::{self, SubscribeOptions};
+use ci_worker::pulsar::{self, SubscribeOptions, SubscriptionKind};
 use ci_worker::shutdown::Shutdown;
 use ci_worker::telemetry::Health;
 use ci_worker::telemetry::Metrics;
@@ -54,7 +54,7 @@ async fn a_panicking_handler_gets_its_message_redelivered_and_the_loop_serves_on
                 receiver_queue_size: 10,
                 dead_letter: None,
                 from_earliest: true,
-                key_shared: false,
+                kind: SubscriptionKind::Shared,
             },
             max_in_flight: 4,
             drain_timeout: Duration::from_secs(5),

@@ -8,8 +8,8 @@
 //! - [`error`]: [`PulsarIoError`], and which of the broker's answers are refusals that waiting
 //!   cannot fix.
 //! - [`publish`]: [`Outgoing`] messages and the [`Publisher`], one cached producer per topic.
-//! - [`subscribe`](mod@subscribe): a Shared (or Key_Shared) consumer with a unique name, and what
-//!   is read off a received message.
+//! - [`subscribe`](mod@subscribe): a consumer with a unique name, Shared or on a non-durable
+//!   subscription of its own, and what is read off a received message.
 //! - [`consume`]: the consume/settle loop every worker path runs on such a consumer.
 //! - [`follow`]: following a topic from a tool (`ci-worker submit --wait`).
 //! - [`props`]: the property names the worker writes.
@@ -35,4 +35,6 @@ pub use client::{broker_retry_delay, connect, connect_with, Client};
 pub use error::PulsarIoError;
 pub use follow::Follower;
 pub use publish::{producer_options, Outgoing, Publisher};
-pub use subscribe::{message_id_string, properties_of, subscribe, SubscribeOptions};
+pub use subscribe::{
+    message_id_string, properties_of, subscribe, SubscribeOptions, SubscriptionKind,
+};

@@ -1,5 +1,6 @@
-//! Subscribing: [`subscribe`] builds a Shared consumer with a unique consumer name, so replicas
-//! share the load; [`message_id_string`] and [`properties_of`] read a received message.
+//! Subscribing: [`subscribe`] builds a consumer with a unique consumer name, on a Shared subscription
+//! (replicas share the load) or on a non-durable subscription of its own (every replica sees every
+//! message); [`message_id_string`] and [`properties_of`] read a received message.
 
 use super::client::Client;
 use super::error::PulsarIoError;
@@ -21,29 +22,44 @@ pub struct SubscribeOptions {
     /// Where a new subscription starts: the earliest stored message (workers: nothing published before
     /// the first start is missed) or only new ones (followers such as `ci-worker submit --wait`).
     pub from_earliest: bool,
-    /// Key_Shared instead of Shared: every message of one key goes to the same consumer (while the
-    /// set of consumers is stable). Delayed delivery works with both.
-    pub key_shared: bool,
+    pub kind: SubscriptionKind,
+}
+
+/// Who gets a message of the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionKind {
+    /// `subscription` is durable and Shared: each message goes to one of its consumers. The only
+    /// kind TDMQ for Pulsar honours message delays on (not Key_Shared, not Exclusive).
+    Shared,
+    /// A non-durable Exclusive subscription named `subscription` plus a unique suffix: this consumer
+    /// alone sees every message published while it is connected, and the broker keeps nothing for it
+    /// once it is gone (a replica killed leaves no backlog behind).
+    OwnNonDurable,
 }
 
 /// The consumer the worker and its tools build: payloads as bytes.
 pub type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
 
-/// A Shared consumer with a unique name.
+/// A consumer with a unique name, on the subscription `opts.kind` says.
 pub async fn subscribe(
     client: &Client,
     opts: &SubscribeOptions,
 ) -> Result<PulsarConsumer, PulsarIoError> {
+    let unique = uuid::Uuid::new_v4();
+    let (sub_type, subscription, durable) = match opts.kind {
+        SubscriptionKind::Shared => (SubType::Shared, opts.subscription.clone(), true),
+        SubscriptionKind::OwnNonDurable => (
+            SubType::Exclusive,
+            format!("{}-{}", opts.subscription, unique.simple()),
+            false,
+        ),
+    };
     let mut builder = client
         .consumer()
         .with_topic(&opts.topic)
-        .with_subscription(&opts.subscription)
-        .with_subscription_type(if opts.key_shared {
-            SubType::KeyShared
-        } else {
-            SubType::Shared
-        })
-        .with_consumer_name(format!("{}-{}", opts.name_prefix, uuid::Uuid::new_v4()))
+        .with_subscription(&subscription)
+        .with_subscription_type(sub_type)
+        .with_consumer_name(format!("{}-{}", opts.name_prefix, unique))
         .with_options(
             ConsumerOptions::default()
                 .with_initial_position(if opts.from_earliest {
@@ -51,7 +67,8 @@ pub async fn subscribe(
                 } else {
                     InitialPosition::Latest
                 })
-                .with_receiver_queue_size(opts.receiver_queue_size),
+                .with_receiver_queue_size(opts.receiver_queue_size)
+                .durable(durable),
         );
     if let Some((max, topic)) = &opts.dead_letter {
         builder = builder.with_dead_letter_policy(DeadLetterPolicy {
@@ -64,7 +81,7 @@ pub async fn subscribe(
         .await
         .map_err(|source| PulsarIoError::Subscribe {
             topic: opts.topic.clone(),
-            subscription: opts.subscription.clone(),
+            subscription,
             source,
         })
 }

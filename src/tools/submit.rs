@@ -2,7 +2,7 @@
 //! pipeline would (used by the local-stack demo and handy for smoke tests against a deployment).
 
 use crate::config::Settings;
-use crate::pulsar::{Follower, Outgoing, Publisher, SubscribeOptions};
+use crate::pulsar::{Follower, Outgoing, Publisher, SubscribeOptions, SubscriptionKind};
 use crate::request::SubmitRequest;
 use crate::shutdown::Shutdown;
 use anyhow::{bail, Context, Result};
@@ -33,7 +33,7 @@ pub async fn submit_and_wait(
                     receiver_queue_size: 1000,
                     dead_letter: None,
                     from_earliest: false,
-                    key_shared: false,
+                    kind: SubscriptionKind::Shared,
                 },
             )
             .await?,

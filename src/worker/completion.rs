@@ -8,7 +8,7 @@ use super::results::{self, publish_final};
 use super::serve::serve;
 use crate::callback::event::{parse_event, EventFormat};
 use crate::pulsar::consume::{Delivery, Disposition};
-use crate::pulsar::{Client, SubscribeOptions};
+use crate::pulsar::{Client, SubscribeOptions, SubscriptionKind};
 use crate::result::normalize::normalize_owned;
 use crate::shutdown::Shutdown;
 use crate::telemetry::FormatLabel;
@@ -26,7 +26,7 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
             p.dead_letter_topic.clone(),
         )),
         from_earliest: true,
-        key_shared: false,
+        kind: SubscriptionKind::Shared,
     };
     // Normalizing is cheap: the bound is on results awaiting the broker's receipt.
     serve(
@@ -101,7 +101,6 @@ mod tests {
     use crate::fixtures::{DW_JSON, DW_XML};
     use crate::pulsar::props;
     use crate::result::ResultState;
-    use crate::worker::done_records::shard_key;
     use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
 
@@ -146,10 +145,10 @@ mod tests {
         assert!(ctx.ci.calls().is_empty());
 
         ctx.done_records.flush().await;
-        let done = ctx.broker.on(&ctx.settings.pulsar.deadline_topic);
+        let done = ctx.broker.on(&ctx.settings.pulsar.done_topic);
         assert_eq!(done.len(), 1);
         assert_eq!(done[0].properties[props::RECORD], "done");
-        assert_eq!(done[0].key, Some(shard_key(JOB_ID)));
+        assert_eq!(done[0].key, None);
         assert_eq!(done[0].payload, JOB_ID.as_bytes());
     }
 
@@ -178,9 +177,7 @@ mod tests {
         assert_eq!(stored[0].key.as_deref(), Some(JOB_ID));
         ctx.done_records.flush().await;
         assert!(
-            ctx.broker
-                .on(&ctx.settings.pulsar.deadline_topic)
-                .is_empty(),
+            ctx.broker.on(&ctx.settings.pulsar.done_topic).is_empty(),
             "it has no deadline to spare"
         );
         assert_eq!(json_events(&ctx), 0, "counted as xml");
@@ -198,10 +195,7 @@ mod tests {
         assert_eq!(progress.len(), 2);
         assert!(progress.iter().all(|r| r.state == ResultState::Submitted));
         ctx.done_records.flush().await;
-        assert!(ctx
-            .broker
-            .on(&ctx.settings.pulsar.deadline_topic)
-            .is_empty());
+        assert!(ctx.broker.on(&ctx.settings.pulsar.done_topic).is_empty());
         // Its final result still goes out.
         handle(&ctx, &event_delivery(&ctx, our_event("r1"))).await;
         assert_eq!(results(&ctx)[2].state, ResultState::Succeeded);
@@ -229,9 +223,7 @@ mod tests {
         assert!(matches!(first, Disposition::Retry(_)), "{first:?}");
         ctx.done_records.flush().await;
         assert!(
-            ctx.broker
-                .on(&ctx.settings.pulsar.deadline_topic)
-                .is_empty(),
+            ctx.broker.on(&ctx.settings.pulsar.done_topic).is_empty(),
             "not done while its result is not stored"
         );
 

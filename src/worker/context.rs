@@ -1,6 +1,7 @@
 //! What every handler of the worker shares: the [`Context`] (settings, I/O, metrics and the in-process
 //! state of the three paths) and the [`WorkerError`] a loop ends with.
 
+use super::deadline_record::DeadlineBatcher;
 use super::done_records::DoneRecorder;
 use super::duplicates::FinishedJobs;
 use super::failure_history::Failures;
@@ -34,13 +35,14 @@ pub struct Context<B = Publisher, C = CiClient> {
     pub recovery: Recovery,
     pub finished_jobs: FinishedJobs,
     pub done_records: DoneRecorder,
+    pub deadlines: DeadlineBatcher,
     pub failures: Failures,
     pub health: Arc<Health>,
 }
 
 impl<B: Broker + Clone, C: CiApi> Context<B, C> {
-    /// A context with fresh in-process state; starts the done records' batching task (so it needs a
-    /// Tokio runtime).
+    /// A context with fresh in-process state; starts the batching tasks of done records and
+    /// deadlines (so it needs a Tokio runtime).
     pub fn new(
         settings: Settings,
         broker: B,
@@ -51,7 +53,8 @@ impl<B: Broker + Clone, C: CiApi> Context<B, C> {
         Context {
             recovery: Recovery::new(settings.worker.recovery_lookback),
             finished_jobs: FinishedJobs::default(),
-            done_records: DoneRecorder::spawn(
+            done_records: DoneRecorder::spawn(broker.clone(), settings.pulsar.done_topic.clone()),
+            deadlines: DeadlineBatcher::spawn(
                 broker.clone(),
                 settings.pulsar.deadline_topic.clone(),
             ),

@@ -1,30 +1,41 @@
 //! The deadline path, for lost callbacks: every submitted job gets a deadline
-//! ([`super::deadline_record`]), kept in Pulsar as a message on `pulsar.deadline_topic` with delayed
-//! delivery at `submitted + worker.job_timeout`; this handler takes them as they come due.
+//! ([`super::deadline_record`]), kept in Pulsar on `pulsar.deadline_topic` as part of a delayed
+//! record shared with the jobs submitted alongside it, due at `submitted + worker.job_timeout`; this
+//! handler takes the records as they come due.
 //!
 //! Why Pulsar and not an embedded store: the state then survives restarts *and* replica changes with
 //! no volume (the container's root filesystem stays read-only), any replica can handle any deadline,
-//! and it lives exactly as long as the job's other messages. Delayed delivery needs a Shared
-//! subscription, which the worker uses anyway.
+//! and it lives exactly as long as the job's other messages. The subscription is Shared: TDMQ for
+//! Pulsar delays messages on no other kind. Which jobs already finished every replica learns from the
+//! `done` records ([`super::done_reader`]), so a record's finished jobs cost nothing here.
 //!
-//! When a deadline comes due and the job's final result is not out yet (see [`super::duplicates`]), the
-//! worker describes the job (`GET /jobs/<id>`): a final state is published as the result (the callback
-//! was lost); a job still running gets a new deadline; past `worker.job_timeout_max` the worker cancels
-//! it at CI (best effort, so it does no work nobody waits for) and publishes `timed_out`.
+//! For each job of a record that is due and whose final result is not out (see
+//! [`super::duplicates`]), the worker describes it (`GET /jobs/<id>,…`, up to [`DESCRIBE_BATCH`] ids
+//! per call): a final state is published as the result (the callback was lost); a job still running
+//! gets a new deadline; past `worker.job_timeout_max` the worker cancels it at CI (best effort, so it
+//! does no work nobody waits for) and publishes `timed_out`. [`decide`] is that choice, apart from I/O.
 
 use super::context::{Context, WorkerError};
-use super::deadline_record::{now_ms, schedule, Deadline};
+use super::deadline_record::{self, now_ms, schedule_all, Deadline, DUE_TOLERANCE};
 use super::io::{Broker, CiApi};
 use super::results::publish_final;
 use super::serve::serve;
 use super::{ci_calls, dead_letter, done_records, retry};
+use crate::ci::response::JobDetail;
 use crate::pulsar::consume::{Delivery, Disposition};
-use crate::pulsar::{props, Client, SubscribeOptions};
+use crate::pulsar::{props, Client, SubscribeOptions, SubscriptionKind};
 use crate::result::normalize::normalize_job;
 use crate::result::{JobResult, ResultState};
 use crate::shutdown::Shutdown;
+use futures::StreamExt;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Job ids per describe call (CI's page states no limit; ten keeps a URL and an answer small).
+pub const DESCRIBE_BATCH: usize = 10;
+/// Describe calls of one record at once.
+const DESCRIBES_AT_ONCE: usize = 4;
 
 pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<(), WorkerError> {
     let p = &ctx.settings.pulsar;
@@ -35,9 +46,7 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
         receiver_queue_size: 100,
         dead_letter: None,
         from_earliest: true,
-        // A job's `done` record and its deadline share a key (its shard, see [`done_records`]), so they reach
-        // the same consumer, which then skips the check.
-        key_shared: true,
+        kind: SubscriptionKind::Shared,
     };
     serve(
         &ctx,
@@ -52,99 +61,184 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
     .await
 }
 
+/// What becomes of one due job, given what CI said about it (`None`: CI does not know it, or refused
+/// to say).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// CI has its final state: publish it (the completion event was lost).
+    Final(Box<JobResult>),
+    /// Past `worker.job_timeout_max`: publish `timed_out`, cancelling the job at CI first unless
+    /// it is already cancelled (by this worker, before a restart cut it short).
+    TimedOut { cancel: bool },
+    /// Not finished: check again after this long.
+    CheckAgain(Duration),
+}
+
+/// The choice for a due job `age` after its submission.
+pub fn decide(
+    deadline: &Deadline,
+    detail: Option<&JobDetail>,
+    age: Duration,
+    job_timeout: Duration,
+    job_timeout_max: Duration,
+) -> Decision {
+    if let Some(detail) = detail {
+        let mut result = normalize_job(detail.tree());
+        // Past job_timeout_max a cancelled job is the worker's own cancel, whose `timed_out` did not
+        // get out (a restart between the cancel and the publish): finish what it started.
+        if result.state == ResultState::Cancelled && age >= job_timeout_max {
+            return Decision::TimedOut { cancel: false };
+        }
+        if result.state.is_final() {
+            result.request_id = Some(deadline.request_id.clone());
+            result.user_data = deadline.submitted.user_data.clone();
+            return Decision::Final(Box::new(result));
+        }
+    }
+    if age >= job_timeout_max {
+        return Decision::TimedOut { cancel: true };
+    }
+    Decision::CheckAgain(job_timeout.min(job_timeout_max - age))
+}
+
 pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Delivery) -> Disposition {
-    if delivery.properties.get(props::RECORD).map(String::as_str) == Some("done") {
+    let record = delivery.properties.get(props::RECORD).map(String::as_str);
+    if record == Some(done_records::RECORD_DONE) {
+        // Written here by replicas of 0.2, before done records had a topic of their own.
         for job_id in done_records::ids_of(&delivery.payload) {
             ctx.finished_jobs.insert(job_id);
         }
         return Disposition::Ack;
     }
-    let Ok(deadline) = serde_json::from_slice::<Deadline>(&delivery.payload) else {
+    let deadlines = match deadline_record::read(record, &delivery.payload) {
+        Ok(deadlines) => deadlines,
         // Not ours to interpret: keep it for a human.
-        return match dead_letter::publish(ctx, delivery, "deadline", "unreadable deadline record")
-            .await
-        {
-            Ok(()) => Disposition::Ack,
-            Err(e) => Disposition::Retry(e.to_string()),
-        };
+        Err(reason) => {
+            return match dead_letter::publish(ctx, delivery, "deadline", &reason).await {
+                Ok(()) => Disposition::Ack,
+                Err(e) => Disposition::Retry(e.to_string()),
+            }
+        }
     };
-    if ctx.finished_jobs.contains(&deadline.job_id) {
+    let now = now_ms();
+    let early = now + DUE_TOLERANCE.as_millis() as u64;
+    let mut again = Vec::new();
+    let mut due: BTreeMap<(String, String), Vec<Deadline>> = BTreeMap::new();
+    for d in deadlines {
+        if ctx.finished_jobs.contains(&d.job_id) {
+            continue;
+        }
+        if d.due_at_ms > early {
+            // Delivered before it is due: its wait was longer than one delay may be.
+            again.push(d);
+        } else {
+            due.entry((d.bucket.clone(), d.region.clone()))
+                .or_default()
+                .push(d);
+        }
+    }
+    let chunks: Vec<Vec<Deadline>> = due
+        .into_values()
+        .flat_map(|ds| {
+            ds.chunks(DESCRIBE_BATCH)
+                .map(<[Deadline]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let outcomes: Vec<Result<Vec<Deadline>, String>> = futures::stream::iter(chunks)
+        .map(|chunk| check(ctx, chunk))
+        .buffer_unordered(DESCRIBES_AT_ONCE)
+        .collect()
+        .await;
+    for outcome in outcomes {
+        match outcome {
+            Ok(rearm) => again.extend(rearm),
+            // Finals not stored: the whole record is redelivered; the finals that were stored are
+            // then skipped as finished.
+            Err(reason) => return Disposition::Retry(reason),
+        }
+    }
+    if again.is_empty() {
         return Disposition::Ack;
     }
-    ctx.metrics.deadline_checks.inc();
+    match schedule_all(ctx, again).await {
+        Ok(()) => Disposition::Ack,
+        Err(e) => Disposition::Retry(format!("could not reschedule deadlines: {e}")),
+    }
+}
+
+/// Describes one bucket's jobs at once and settles each; returns the deadlines to arm again, or why
+/// a final result could not be stored.
+async fn check<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
+    chunk: Vec<Deadline>,
+) -> Result<Vec<Deadline>, String> {
     let w = &ctx.settings.worker;
+    let (bucket, region) = (chunk[0].bucket.clone(), chunk[0].region.clone());
+    let ids: Vec<&str> = chunk.iter().map(|d| d.job_id.as_str()).collect();
+    ctx.metrics.deadline_checks.inc_by(chunk.len() as u64);
     let described = ci_calls::timed(
         &ctx.metrics,
         "describe",
-        ctx.ci.describe(
-            &deadline.bucket,
-            &deadline.region,
-            &[deadline.job_id.as_str()],
-        ),
+        ctx.ci.describe(&bucket, &region, &ids),
     )
     .await;
-    let age = Duration::from_millis(now_ms().saturating_sub(deadline.submitted_at_ms));
-    let detail = match described {
-        Ok(r) => r
-            .jobs
-            .into_iter()
-            .find(|j| j.job_id() == Some(&deadline.job_id)),
+    let details = match described {
+        Ok(r) => r.jobs,
         Err(e) if e.is_transient() => {
-            tracing::warn!(request_id = %deadline.request_id, job_id = %deadline.job_id, error = %e, "cannot describe the job; checking later");
-            let delay = retry::backoff(deadline.checks, w.retry_base_delay, w.retry_max_delay)
-                .max(Duration::from_secs(1));
-            return reschedule(ctx, &deadline, delay).await;
+            tracing::warn!(jobs = chunk.len(), %bucket, error = %e, "cannot describe the jobs; checking later");
+            return Ok(chunk
+                .into_iter()
+                .map(|d| {
+                    let delay = retry::backoff(d.checks, w.retry_base_delay, w.retry_max_delay)
+                        .max(Duration::from_secs(1));
+                    next(&d, delay)
+                })
+                .collect());
         }
         Err(e) => {
-            tracing::warn!(request_id = %deadline.request_id, job_id = %deadline.job_id, error = %e, "CI refuses to describe the job");
-            None
+            tracing::warn!(jobs = chunk.len(), %bucket, error = %e, "CI refuses to describe the jobs");
+            Vec::new()
         }
     };
-    if let Some(detail) = &detail {
-        let mut result = normalize_job(detail.tree());
-        // Past job_timeout_max a cancelled job is the worker's own cancel, whose `timed_out` did not
-        // get out (a restart between the cancel and the publish): finish what it started.
-        if result.state == ResultState::Cancelled && age >= w.job_timeout_max {
-            let result = timed_out(&deadline, age);
-            tracing::warn!(request_id = %deadline.request_id, job_id = %deadline.job_id, age_s = age.as_secs(), "job timed out (cancelled at CI before)");
-            return publish_final(ctx, &result).await;
-        }
-        if result.state.is_final() {
-            result.request_id = Some(deadline.request_id.clone());
-            result.user_data = deadline.submitted.user_data.clone();
-            tracing::info!(request_id = %deadline.request_id, job_id = %deadline.job_id, state = result.state.as_str(), "job finished without a completion event; publishing what CI says");
-            ctx.metrics.callbacks_lost.inc();
-            return publish_final(ctx, &result).await;
+    let mut rearm = Vec::new();
+    for d in chunk {
+        let detail = details.iter().find(|j| j.job_id() == Some(&d.job_id));
+        let age = Duration::from_millis(now_ms().saturating_sub(d.submitted_at_ms));
+        let verdict = match decide(&d, detail, age, w.job_timeout, w.job_timeout_max) {
+            Decision::CheckAgain(after) => {
+                rearm.push(next(&d, after));
+                continue;
+            }
+            Decision::Final(result) => {
+                tracing::info!(request_id = %d.request_id, job_id = %d.job_id, state = result.state.as_str(), "job finished without a completion event; publishing what CI says");
+                ctx.metrics.callbacks_lost.inc();
+                publish_final(ctx, &result).await
+            }
+            Decision::TimedOut { cancel } => {
+                if cancel {
+                    if let Err(e) = ctx.ci.cancel(&d.bucket, &d.region, &d.job_id).await {
+                        tracing::warn!(request_id = %d.request_id, job_id = %d.job_id, error = %e, "could not cancel the timed-out job at CI");
+                    }
+                }
+                tracing::warn!(request_id = %d.request_id, job_id = %d.job_id, age_s = age.as_secs(), cancelled_before = !cancel, "job timed out");
+                publish_final(ctx, &timed_out(&d, age)).await
+            }
+        };
+        match verdict {
+            Disposition::Ack => ctx.done_records.record(&d.job_id),
+            Disposition::Retry(reason) => return Err(reason),
         }
     }
-    if age >= w.job_timeout_max {
-        let cancel = ctx
-            .ci
-            .cancel(&deadline.bucket, &deadline.region, &deadline.job_id)
-            .await;
-        if let Err(e) = &cancel {
-            tracing::warn!(request_id = %deadline.request_id, job_id = %deadline.job_id, error = %e, "could not cancel the timed-out job at CI");
-        }
-        let result = timed_out(&deadline, age);
-        tracing::warn!(request_id = %deadline.request_id, job_id = %deadline.job_id, age_s = age.as_secs(), "job timed out");
-        return publish_final(ctx, &result).await;
-    }
-    let remaining = w.job_timeout_max - age;
-    reschedule(ctx, &deadline, w.job_timeout.min(remaining)).await
+    Ok(rearm)
 }
 
-async fn reschedule<B: Broker, C: CiApi>(
-    ctx: &Context<B, C>,
-    deadline: &Deadline,
-    after: Duration,
-) -> Disposition {
-    let next = Deadline {
+/// The deadline's next check, `after` from now.
+fn next(deadline: &Deadline, after: Duration) -> Deadline {
+    Deadline {
         checks: deadline.checks + 1,
+        due_at_ms: now_ms().saturating_add(after.as_millis() as u64),
         ..deadline.clone()
-    };
-    match schedule(ctx, &next, after).await {
-        Ok(()) => Disposition::Ack,
-        Err(e) => Disposition::Retry(format!("could not reschedule the deadline: {e}")),
     }
 }
 
@@ -164,8 +258,7 @@ fn timed_out(deadline: &Deadline, age: Duration) -> JobResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::deadline_record::first;
-    use crate::worker::done_records::shard_key;
+    use crate::worker::deadline_record::{first, DeadlineBatch, BATCH_VERSION, RECORD_BATCH};
     use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
     use std::time::SystemTime;
@@ -176,21 +269,29 @@ mod tests {
         submitted.request_id = Some("r1".into());
         submitted.job_id = Some("j1".into());
         submitted.user_data = Some("mine".into());
-        let mut d = first(BUCKET, REGION, &submitted);
+        let mut d = first(BUCKET, REGION, &submitted, Duration::ZERO);
         d.submitted_at_ms -= age.as_millis() as u64;
         d
     }
 
-    fn due(ctx: &TestContext, d: &Deadline) -> Delivery {
+    /// A record of `deadlines`, delivered.
+    fn record(ctx: &TestContext, deadlines: &[Deadline]) -> Delivery {
+        let batch = DeadlineBatch {
+            version: BATCH_VERSION,
+            deadlines: deadlines.to_vec(),
+        };
         let mut delivery = delivery(
             &ctx.settings.pulsar.deadline_topic,
-            serde_json::to_vec(d).unwrap(),
+            serde_json::to_vec(&batch).unwrap(),
         );
-        delivery.key = Some(shard_key(&d.job_id));
         delivery
             .properties
-            .insert(props::RECORD.into(), "deadline".into());
+            .insert(props::RECORD.into(), RECORD_BATCH.into());
         delivery
+    }
+
+    fn due(ctx: &TestContext, d: &Deadline) -> Delivery {
+        record(ctx, std::slice::from_ref(d))
     }
 
     fn done_record(ctx: &TestContext, ids: &str) -> Delivery {
@@ -201,18 +302,18 @@ mod tests {
         delivery
     }
 
-    /// The deadlines scheduled, with when each is due.
+    /// The deadlines scheduled, with when their record is delivered.
     fn scheduled(ctx: &TestContext) -> Vec<(Deadline, SystemTime)> {
         ctx.broker
             .on(&ctx.settings.pulsar.deadline_topic)
             .iter()
-            .map(|m| {
-                assert_eq!(m.properties[props::RECORD], "deadline");
-                assert_eq!(m.key, Some(shard_key("j1")));
-                (
-                    serde_json::from_slice(&m.payload).unwrap(),
-                    m.deliver_at.expect("delayed"),
-                )
+            .flat_map(|m| {
+                assert_eq!(m.properties[props::RECORD], RECORD_BATCH);
+                let at = m.deliver_at.expect("delayed");
+                deadline_record::read(Some(RECORD_BATCH), &m.payload)
+                    .unwrap()
+                    .into_iter()
+                    .map(move |d| (d, at))
             })
             .collect()
     }
@@ -280,7 +381,8 @@ mod tests {
         let (next, at) = &scheduled[0];
         assert_eq!(next.checks, 1);
         assert_eq!(next.job_id, "j1");
-        assert!(*at >= before + ctx.settings.worker.job_timeout);
+        // Due times are whole milliseconds.
+        assert!(*at + Duration::from_millis(1) >= before + ctx.settings.worker.job_timeout);
     }
 
     #[tokio::test]
@@ -375,11 +477,195 @@ mod tests {
         assert_eq!(handle(&ctx, &d).await, Disposition::Ack);
         let dead = ctx.broker.on(&ctx.settings.pulsar.dead_letter_topic);
         assert_eq!(dead.len(), 1);
-        assert_eq!(
-            dead[0].properties[props::DLQ_REASON],
-            "unreadable deadline record"
+        assert!(
+            dead[0].properties[props::DLQ_REASON].starts_with("unreadable deadline record: "),
+            "{:?}",
+            dead[0].properties
         );
         assert!(ctx.ci.calls().is_empty());
         assert_eq!(dead_letters(&ctx, "deadline"), 1);
+    }
+
+    /// The deadline of job `job`, submitted for request `r-<job>`, `age` ago.
+    fn deadline_of(job: &str, age: Duration) -> Deadline {
+        let mut d = deadline(age);
+        d.job_id = job.into();
+        d.request_id = format!("r-{job}");
+        d.submitted.job_id = Some(job.into());
+        d
+    }
+
+    #[tokio::test]
+    async fn a_record_costs_one_describe_for_its_unfinished_jobs_and_settles_each() {
+        let ci = ScriptedCi::default().describe_answers(Ok(jobs(
+            &[
+                ("j2", "Success", &sent_user_data("r-j2")),
+                ("j3", "Running", &sent_user_data("r-j3")),
+            ],
+            None,
+        )));
+        let ctx = context(ci);
+        ctx.finished_jobs.insert("j1");
+        let age = Duration::from_secs(600);
+        let ds = [
+            deadline_of("j1", age),
+            deadline_of("j2", age),
+            deadline_of("j3", age),
+        ];
+        assert_eq!(handle(&ctx, &record(&ctx, &ds)).await, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["describe"], "one call for j2 and j3");
+        assert_eq!(ctx.metrics.deadline_checks.get(), 2);
+        let results = results(&ctx);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].job_id.as_deref(), Some("j2"));
+        assert_eq!(results[0].request_id.as_deref(), Some("r-j2"));
+        let again = scheduled(&ctx);
+        assert_eq!(again.len(), 1, "only the running job is armed again");
+        assert_eq!(again[0].0.job_id, "j3");
+        assert_eq!(again[0].0.checks, 1);
+        ctx.done_records.flush().await;
+        let done = ctx.broker.on(&ctx.settings.pulsar.done_topic);
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            done[0].payload, b"j2",
+            "the final found is announced to every replica"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_of_finished_jobs_costs_nothing() {
+        let ctx = context(ScriptedCi::default());
+        let mut ids = String::new();
+        let ds: Vec<Deadline> = (0..25)
+            .map(|i| {
+                let job = format!("j{i}");
+                ids.push_str(&job);
+                ids.push('\n');
+                deadline_of(&job, Duration::from_secs(600))
+            })
+            .collect();
+        let mut done = delivery(&ctx.settings.pulsar.done_topic, ids);
+        done.properties.insert(props::RECORD.into(), "done".into());
+        crate::worker::done_reader::handle(&ctx, &done);
+        assert_eq!(handle(&ctx, &record(&ctx, &ds)).await, Disposition::Ack);
+        assert!(ctx.ci.calls().is_empty());
+        assert_eq!(ctx.broker.count(), 0, "no result, no new deadline");
+    }
+
+    #[tokio::test]
+    async fn many_due_jobs_are_described_ten_at_a_time() {
+        let mut ci = ScriptedCi::default();
+        for _ in 0..3 {
+            ci = ci.describe_answers(Ok(jobs(&[], None)));
+        }
+        let ctx = context(ci);
+        let ds: Vec<Deadline> = (0..25)
+            .map(|i| deadline_of(&format!("j{i}"), Duration::from_secs(600)))
+            .collect();
+        assert_eq!(handle(&ctx, &record(&ctx, &ds)).await, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["describe", "describe", "describe"]);
+        let again = scheduled(&ctx);
+        assert_eq!(
+            again.len(),
+            25,
+            "CI knows none of them yet: all checked again"
+        );
+        assert_eq!(
+            ctx.broker.on(&ctx.settings.pulsar.deadline_topic).len(),
+            1,
+            "in one record"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deadline_delivered_before_it_is_due_is_armed_again_without_asking_ci() {
+        let ctx = context(ScriptedCi::default());
+        let mut d = deadline(Duration::from_secs(60));
+        // Due in 20 days: a record may be delayed 10 at most.
+        d.due_at_ms = now_ms() + 20 * 86_400_000;
+        assert_eq!(handle(&ctx, &due(&ctx, &d)).await, Disposition::Ack);
+        assert!(ctx.ci.calls().is_empty());
+        let again = scheduled(&ctx);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0.due_at_ms, d.due_at_ms, "still due when it was");
+        assert_eq!(again[0].0.checks, d.checks, "not a check");
+        let delay = again[0].1.duration_since(SystemTime::now()).unwrap();
+        assert!(delay <= deadline_record::MAX_DELAY, "{delay:?}");
+        assert!(delay > deadline_record::MAX_DELAY - Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn a_record_of_version_0_2_is_still_handled() {
+        let ci = ScriptedCi::default()
+            .describe_answers(Ok(jobs(&[("j1", "Failed", &sent_user_data("r1"))], None)));
+        let ctx = context(ci);
+        let mut old = serde_json::to_value(deadline(Duration::from_secs(600))).unwrap();
+        old.as_object_mut().unwrap().remove("due_at_ms");
+        let mut d = delivery(
+            &ctx.settings.pulsar.deadline_topic,
+            serde_json::to_vec(&old).unwrap(),
+        );
+        d.key = Some("jobs-07".into());
+        d.properties.insert(props::RECORD.into(), "deadline".into());
+        assert_eq!(handle(&ctx, &d).await, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["describe"]);
+        assert_eq!(results(&ctx)[0].state, ResultState::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_final_not_stored_redelivers_the_record_and_the_stored_ones_are_then_skipped() {
+        let ci = ScriptedCi::default().describe_answers(Ok(jobs(
+            &[("j1", "Success", &sent_user_data("r-j1"))],
+            None,
+        )));
+        let ctx = context(ci);
+        ctx.broker.refuse(&ctx.settings.pulsar.result_topic);
+        let ds = [deadline_of("j1", Duration::from_secs(600))];
+        let verdict = handle(&ctx, &record(&ctx, &ds)).await;
+        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
+        assert!(
+            !ctx.finished_jobs.contains("j1"),
+            "not out, so not finished"
+        );
+        assert!(scheduled(&ctx).is_empty());
+    }
+
+    #[test]
+    fn decisions() {
+        let d = deadline(Duration::ZERO);
+        let (t, max) = (Duration::from_secs(600), Duration::from_secs(3600));
+        let running = jobs(&[("j1", "Running", "")], None).jobs;
+        let cancelled = jobs(&[("j1", "Cancel", "")], None).jobs;
+        let ok = jobs(&[("j1", "Success", "")], None).jobs;
+        let at = Duration::from_secs;
+        assert_eq!(
+            decide(&d, Some(&running[0]), at(600), t, max),
+            Decision::CheckAgain(t)
+        );
+        assert_eq!(
+            decide(&d, None, at(3500), t, max),
+            Decision::CheckAgain(at(100)),
+            "never past job_timeout_max"
+        );
+        assert_eq!(
+            decide(&d, None, at(3600), t, max),
+            Decision::TimedOut { cancel: true }
+        );
+        assert_eq!(
+            decide(&d, Some(&cancelled[0]), at(3601), t, max),
+            Decision::TimedOut { cancel: false }
+        );
+        assert!(matches!(
+            decide(&d, Some(&cancelled[0]), at(600), t, max),
+            Decision::Final(r) if r.state == ResultState::Cancelled
+        ));
+        match decide(&d, Some(&ok[0]), at(3601), t, max) {
+            Decision::Final(r) => {
+                assert_eq!(r.state, ResultState::Succeeded);
+                assert_eq!(r.request_id.as_deref(), Some("r1"));
+                assert_eq!(r.user_data.as_deref(), Some("mine"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -1,14 +1,44 @@
-//! The deadline record: one delayed message per pending job on `pulsar.deadline_topic`, due when the
-//! worker should ask CI about the job itself ([`super::deadline_check`] handles it when it comes due).
-//! The submission path schedules a job's first deadline, the check its later ones.
+//! Deadline records: delayed messages on `pulsar.deadline_topic`, each carrying the deadlines of a
+//! batch of jobs, delivered when the worker should ask CI about those jobs itself
+//! ([`super::deadline_check`] handles them when they come due).
+//!
+//! Batched because a record per job cost the broker two messages per job (its publish and its
+//! delivery), half again the four every job needs anyway. The submission path hands each new
+//! deadline to the [`DeadlineBatcher`], which gathers the jobs submitted within [`LINGER`] into one
+//! record; the check writes the deadlines it re-arms as records of its own ([`schedule_all`]).
+//!
+//! TDMQ for Pulsar's rules for delayed messages shape the rest: they must not be batched by the
+//! producer (the worker's producers never batch), they are honoured on Shared subscriptions only,
+//! and no delay may exceed [`MAX_DELAY`] (10 days). So each deadline carries the time it is due
+//! (`due_at_ms`); a record is delivered at the earliest of its deadlines, at most [`MAX_DELAY`] from
+//! now, and a deadline delivered before it is due is simply re-armed for the rest of its wait.
 
 use super::context::Context;
-use super::done_records::shard_key;
 use super::io::{Broker, CiApi};
 use crate::pulsar::{props, Outgoing, PulsarIoError};
 use crate::result::JobResult;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+
+/// The longest delay TDMQ for Pulsar accepts on a message (864,000 s).
+pub const MAX_DELAY: Duration = Duration::from_secs(864_000);
+/// How long a new deadline may wait for others to share its record. The request it belongs to is
+/// acknowledged only once the record is stored, so this is added to its time in flight.
+pub const LINGER: Duration = Duration::from_millis(20);
+/// Most deadlines in one record, and most bytes (about 1 KB per deadline; TDMQ takes up to 5 MB).
+pub const MAX_PER_RECORD: usize = 500;
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Deadlines due within this of each other share a re-armed record; also how early a delivery may
+/// be and still count as due (TDMQ delivers delayed messages to about a second).
+pub const DUE_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// `ci-worker-record` of a batch record. Records of 0.2 carried one deadline each, as
+/// [`RECORD_SINGLE`] (read still, for an upgrade with deadlines pending).
+pub const RECORD_BATCH: &str = "deadlines";
+pub const RECORD_SINGLE: &str = "deadline";
+/// The version of [`DeadlineBatch`].
+pub const BATCH_VERSION: u32 = 2;
 
 /// A pending job, as stored on the deadline topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,9 +54,19 @@ pub struct Deadline {
     pub submitted_at_ms: u64,
     /// Describes done so far.
     pub checks: u32,
+    /// Unix milliseconds when the job should be checked; 0 (records of 0.2) = when delivered.
+    #[serde(default)]
+    pub due_at_ms: u64,
 }
 
-/// Now, in Unix milliseconds (the unit of `submitted_at_ms`).
+/// A record's payload: the deadlines of several jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadlineBatch {
+    pub version: u32,
+    pub deadlines: Vec<Deadline>,
+}
+
+/// Now, in Unix milliseconds (the unit of `submitted_at_ms` and `due_at_ms`).
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -34,30 +74,251 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Schedules `deadline` for `after` from now.
-pub async fn schedule<B: Broker, C: CiApi>(
-    ctx: &Context<B, C>,
-    deadline: &Deadline,
-    after: Duration,
-) -> Result<(), PulsarIoError> {
-    let mut msg = Outgoing::new(serde_json::to_vec(deadline).expect("deadline serializes"))
-        .with_key(shard_key(&deadline.job_id))
-        .with_property(props::RECORD, "deadline");
-    msg.deliver_at = Some(SystemTime::now() + after);
-    ctx.broker
-        .publish(&ctx.settings.pulsar.deadline_topic, msg)
-        .await
-}
-
-/// A new deadline for a job just submitted (`submitted` is its `submitted` event).
-pub fn first(bucket: &str, region: &str, submitted: &JobResult) -> Deadline {
+/// A new deadline for a job just submitted (`submitted` is its `submitted` event), due `after` from now.
+pub fn first(bucket: &str, region: &str, submitted: &JobResult, after: Duration) -> Deadline {
+    let now = now_ms();
     Deadline {
         request_id: submitted.request_id.clone().unwrap_or_default(),
         job_id: submitted.job_id.clone().unwrap_or_default(),
         bucket: bucket.to_string(),
         region: region.to_string(),
         submitted: submitted.clone(),
-        submitted_at_ms: now_ms(),
+        submitted_at_ms: now,
         checks: 0,
+        due_at_ms: now.saturating_add(after.as_millis() as u64),
+    }
+}
+
+/// The deadlines a record carries, by its `ci-worker-record` property (absent = a 0.2 record).
+pub fn read(record: Option<&str>, payload: &[u8]) -> Result<Vec<Deadline>, String> {
+    match record {
+        Some(RECORD_BATCH) => {
+            let batch: DeadlineBatch = serde_json::from_slice(payload)
+                .map_err(|e| format!("unreadable deadline record: {e}"))?;
+            if batch.version != BATCH_VERSION {
+                return Err(format!(
+                    "deadline record version {} (this worker reads {BATCH_VERSION})",
+                    batch.version
+                ));
+            }
+            Ok(batch.deadlines)
+        }
+        Some(RECORD_SINGLE) | None => serde_json::from_slice::<Deadline>(payload)
+            .map(|d| vec![d])
+            .map_err(|e| format!("unreadable deadline record: {e}")),
+        Some(other) => Err(format!("unknown deadline record kind {other:?}")),
+    }
+}
+
+/// When a record of `deadlines` is to be delivered: at the earliest, capped at [`MAX_DELAY`].
+pub fn deliver_at(deadlines: &[Deadline], now: SystemTime) -> SystemTime {
+    let earliest = deadlines.iter().map(|d| d.due_at_ms).min().unwrap_or(0);
+    let due = UNIX_EPOCH + Duration::from_millis(earliest);
+    due.clamp(now, now + MAX_DELAY)
+}
+
+/// Splits deadlines into records: at most [`MAX_PER_RECORD`] or [`MAX_RECORD_BYTES`] each, and
+/// (sorted by due time) only deadlines due within [`DUE_TOLERANCE`] of the record's first, so that
+/// none is delivered long before it is due.
+pub fn records(mut deadlines: Vec<Deadline>) -> Vec<Vec<Deadline>> {
+    deadlines.sort_by_key(|d| d.due_at_ms);
+    let tolerance = DUE_TOLERANCE.as_millis() as u64;
+    let mut out: Vec<Vec<Deadline>> = Vec::new();
+    let mut bytes = 0usize;
+    for d in deadlines {
+        let size = serde_json::to_vec(&d).map(|v| v.len()).unwrap_or(0);
+        let fits = out.last().is_some_and(|r| {
+            r.len() < MAX_PER_RECORD
+                && bytes + size <= MAX_RECORD_BYTES
+                && d.due_at_ms <= r[0].due_at_ms.saturating_add(tolerance)
+        });
+        if fits {
+            bytes += size;
+            out.last_mut().expect("checked").push(d);
+        } else {
+            bytes = size;
+            out.push(vec![d]);
+        }
+    }
+    out
+}
+
+/// The message of one record.
+fn message(deadlines: Vec<Deadline>) -> Outgoing {
+    let at = deliver_at(&deadlines, SystemTime::now());
+    let batch = DeadlineBatch {
+        version: BATCH_VERSION,
+        deadlines,
+    };
+    let mut msg = Outgoing::new(serde_json::to_vec(&batch).expect("deadlines serialize"))
+        .with_property(props::RECORD, RECORD_BATCH);
+    msg.deliver_at = Some(at);
+    msg
+}
+
+/// Stores `deadlines` (as few records as [`records`] allows), all together.
+pub async fn schedule_all<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
+    deadlines: Vec<Deadline>,
+) -> Result<(), PulsarIoError> {
+    publish_records(&ctx.broker, &ctx.settings.pulsar.deadline_topic, deadlines).await
+}
+
+async fn publish_records(
+    broker: &impl Broker,
+    topic: &str,
+    deadlines: Vec<Deadline>,
+) -> Result<(), PulsarIoError> {
+    let sends = records(deadlines)
+        .into_iter()
+        .map(|r| broker.publish(topic, message(r)));
+    futures::future::try_join_all(sends).await.map(|_| ())
+}
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Gathers new deadlines into shared records; cheap to clone and call from every handler.
+#[derive(Clone)]
+pub struct DeadlineBatcher {
+    tx: mpsc::UnboundedSender<(Deadline, Waiter)>,
+    topic: String,
+}
+
+impl DeadlineBatcher {
+    /// Starts the batching task, publishing to `topic` through `broker`.
+    pub fn spawn(broker: impl Broker + Clone, topic: String) -> DeadlineBatcher {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(gather(rx, broker, topic.clone()));
+        DeadlineBatcher { tx, topic }
+    }
+
+    /// Stores `deadline` in the next record; returns once the broker has it (or refused it).
+    pub async fn schedule(&self, deadline: Deadline) -> Result<(), PulsarIoError> {
+        let failed = |message: String| PulsarIoError::Publish {
+            topic: self.topic.clone(),
+            message,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((deadline, tx))
+            .map_err(|_| failed("the deadline batcher has stopped".into()))?;
+        rx.await
+            .map_err(|_| failed("the deadline batcher has stopped".into()))?
+            .map_err(failed)
+    }
+}
+
+async fn gather(
+    mut rx: mpsc::UnboundedReceiver<(Deadline, Waiter)>,
+    broker: impl Broker + Clone,
+    topic: String,
+) {
+    // The first deadline waits at most LINGER for company; publishing runs apart from gathering,
+    // so a slow broker receipt never holds up the next record.
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + LINGER;
+        while batch.len() < MAX_PER_RECORD {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(next)) => batch.push(next),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let broker = broker.clone();
+        let topic = topic.clone();
+        tokio::spawn(async move {
+            let (deadlines, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let outcome = publish_records(&broker, &topic, deadlines)
+                .await
+                .map_err(|e| e.to_string());
+            for waiter in waiters {
+                let _ = waiter.send(outcome.clone());
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::ResultState;
+
+    fn deadline(job_id: &str, due_at_ms: u64) -> Deadline {
+        let mut submitted = JobResult::new(ResultState::Submitted);
+        submitted.job_id = Some(job_id.into());
+        let mut d = first("b-1250000000", "ap-guangzhou", &submitted, Duration::ZERO);
+        d.due_at_ms = due_at_ms;
+        d
+    }
+
+    #[test]
+    fn records_group_deadlines_due_together() {
+        let base = 1_700_000_000_000;
+        let ds = vec![
+            deadline("j3", base + 5_000),
+            deadline("j1", base),
+            deadline("j2", base + 900),
+            deadline("j4", base + 5_500),
+        ];
+        let ids: Vec<Vec<String>> = records(ds)
+            .iter()
+            .map(|r| r.iter().map(|d| d.job_id.clone()).collect())
+            .collect();
+        assert_eq!(ids, [["j1", "j2"], ["j3", "j4"]]);
+    }
+
+    #[test]
+    fn records_stay_within_their_bounds() {
+        let many: Vec<Deadline> = (0..MAX_PER_RECORD + 1)
+            .map(|i| deadline(&format!("j{i}"), 1))
+            .collect();
+        let split = records(many);
+        assert_eq!(
+            split.iter().map(Vec::len).collect::<Vec<_>>(),
+            [MAX_PER_RECORD, 1]
+        );
+        let mut big = deadline("big", 1);
+        big.submitted.message = "x".repeat(MAX_RECORD_BYTES / 3);
+        assert_eq!(records(vec![big.clone(), big.clone(), big]).len(), 2);
+    }
+
+    #[test]
+    fn a_record_is_delivered_at_its_earliest_deadline_and_never_beyond_ten_days() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let soon = ms(now) + 3_000;
+        let at = deliver_at(&[deadline("a", soon + 500), deadline("b", soon)], now);
+        assert_eq!(ms(at), soon);
+        let far = ms(now) + 30 * 86_400_000;
+        assert_eq!(deliver_at(&[deadline("c", far)], now), now + MAX_DELAY);
+        // A deadline already past is delivered now, not in the past.
+        assert_eq!(deliver_at(&[deadline("d", 1)], now), now);
+    }
+
+    #[test]
+    fn batch_and_single_records_are_read_and_others_refused() {
+        let d = deadline("j1", 42);
+        let batch = serde_json::to_vec(&DeadlineBatch {
+            version: BATCH_VERSION,
+            deadlines: vec![d.clone()],
+        })
+        .unwrap();
+        assert_eq!(
+            read(Some(RECORD_BATCH), &batch).unwrap(),
+            std::slice::from_ref(&d)
+        );
+        // A 0.2 record: one deadline, no due time (due when delivered).
+        let mut old = serde_json::to_value(&d).unwrap();
+        old.as_object_mut().unwrap().remove("due_at_ms");
+        let old = serde_json::to_vec(&old).unwrap();
+        let read_old = read(Some(RECORD_SINGLE), &old).unwrap();
+        assert_eq!(read_old[0].due_at_ms, 0);
+        assert_eq!(read_old[0].job_id, "j1");
+        let future = br#"{"version":3,"deadlines":[]}"#;
+        assert!(read(Some(RECORD_BATCH), future)
+            .unwrap_err()
+            .contains("version 3"));
+        assert!(read(Some("other"), &batch).is_err());
+        assert!(read(None, b"{}").is_err());
     }
 }

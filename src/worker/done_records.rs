@@ -1,35 +1,25 @@
-//! `done` records, batched: how the replica holding a job's deadline learns that the job's final
-//! result is out, so the deadline costs no `GET /jobs` (and yields no second result).
+//! `done` records, batched: how every replica learns that a job's final result is out, so that a
+//! deadline of a finished job costs no `GET /jobs` (and yields no second result) on whichever replica
+//! it reaches, and a duplicate completion event on another replica is recognized too.
 //!
-//! One record per finished job doubled the broker's work on the completion path (a second publish,
-//! a second dispatch and ack per event). So deadlines and done records are keyed by a *shard* of the
-//! job id ([`shard_key`], [`SHARDS`] of them) instead of the job id itself: Key_Shared still brings a
-//! job's done record and its deadline to the same consumer, and one record can carry the ids of every
-//! job of its shard that finished within [`FLUSH_INTERVAL`]. Records are best effort: a lost one
-//! only means the deadline checks CI and finds the job finished.
+//! Deadlines are read on a Shared subscription (TDMQ delays messages on no other kind), so any
+//! replica may get any job's deadline: the records go to `pulsar.done_topic`, which every replica
+//! reads on a non-durable subscription of its own ([`super::done_reader`]). One record carries the
+//! ids of every job that finished within [`FLUSH_INTERVAL`], so a burst of a thousand jobs costs a
+//! handful of messages. Records are best effort: a lost one (or one published while a replica was
+//! restarting) only means the deadline checks CI and finds the job finished.
 
 use super::io::Broker;
 use crate::pulsar::{props, Outgoing};
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// Shards of the deadline topic's keys. Enough to spread deadlines over a handful of replicas
-/// (Key_Shared splits the key hash range between consumers), few enough that batches stay full.
-pub const SHARDS: u32 = 16;
-/// How long a finished job id may wait for others of its shard. Deadlines are minutes away.
+/// How long a finished job id may wait for others. Deadlines are minutes away.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// Most ids in one record (about 40 KB with CI's 32-character job ids).
-pub const MAX_IDS_PER_RECORD: usize = 1000;
-
-/// The key of a job's deadline and done records: FNV-1a of the job id, modulo [`SHARDS`]. Stable
-/// across processes and versions, since replicas of different builds share the topic.
-pub fn shard_key(job_id: &str) -> String {
-    let hash = job_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    format!("jobs-{:02}", hash % u64::from(SHARDS))
-}
+/// Most ids in one record (about 165 KB with CI's 32-character job ids).
+pub const MAX_IDS_PER_RECORD: usize = 5000;
+/// `ci-worker-record` of a done record.
+pub const RECORD_DONE: &str = "done";
 
 /// The job ids a done record carries: one per line.
 pub fn ids_of(payload: &[u8]) -> impl Iterator<Item = &str> {
@@ -74,65 +64,47 @@ impl DoneRecorder {
 }
 
 async fn batch(mut rx: mpsc::UnboundedReceiver<Command>, broker: impl Broker, topic: String) {
-    let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut ids: Vec<String> = Vec::new();
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             command = rx.recv() => match command {
                 Some(Command::Done(job_id)) => {
-                    let key = shard_key(&job_id);
-                    let ids = shards.entry(key.clone()).or_default();
                     ids.push(job_id);
                     if ids.len() >= MAX_IDS_PER_RECORD {
-                        let full = shards.remove(&key).unwrap_or_default();
-                        publish(&broker, &topic, BTreeMap::from([(key, full)])).await;
+                        publish(&broker, &topic, std::mem::take(&mut ids)).await;
                     }
                 }
                 Some(Command::Flush(ack)) => {
-                    publish(&broker, &topic, std::mem::take(&mut shards)).await;
+                    publish(&broker, &topic, std::mem::take(&mut ids)).await;
                     let _ = ack.send(());
                 }
                 None => {
-                    publish(&broker, &topic, std::mem::take(&mut shards)).await;
+                    publish(&broker, &topic, std::mem::take(&mut ids)).await;
                     return;
                 }
             },
-            _ = tick.tick(), if !shards.is_empty() => {
-                publish(&broker, &topic, std::mem::take(&mut shards)).await;
+            _ = tick.tick(), if !ids.is_empty() => {
+                publish(&broker, &topic, std::mem::take(&mut ids)).await;
             }
         }
     }
 }
 
-async fn publish(broker: &impl Broker, topic: &str, shards: BTreeMap<String, Vec<String>>) {
-    let sends = shards.into_iter().map(|(key, ids)| async move {
-        let msg = Outgoing::new(ids.join("\n"))
-            .with_key(key)
-            .with_property(props::RECORD, "done");
-        if let Err(e) = broker.publish(topic, msg).await {
-            tracing::warn!(jobs = ids.len(), error = %e, "could not record jobs as done; their deadlines will check CI");
-        }
-    });
-    futures::future::join_all(sends).await;
+async fn publish(broker: &impl Broker, topic: &str, ids: Vec<String>) {
+    if ids.is_empty() {
+        return;
+    }
+    let msg = Outgoing::new(ids.join("\n")).with_property(props::RECORD, RECORD_DONE);
+    if let Err(e) = broker.publish(topic, msg).await {
+        tracing::warn!(jobs = ids.len(), error = %e, "could not record jobs as done; their deadlines will check CI");
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shard_keys_are_stable_and_spread() {
-        // Fixed values: replicas of different builds must agree on them.
-        // FNV-1a("a") = 0xaf63dc4c8601ec8c, FNV-1a("") = 0xcbf29ce484222325.
-        assert_eq!(shard_key("a"), "jobs-12");
-        assert_eq!(shard_key(""), "jobs-05");
-        let mut seen = std::collections::HashSet::new();
-        for i in 0..1000 {
-            seen.insert(shard_key(&format!("jc{i:030}")));
-        }
-        assert_eq!(seen.len(), SHARDS as usize);
-    }
 
     #[test]
     fn records_carry_one_id_per_line() {

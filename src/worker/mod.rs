@@ -5,8 +5,9 @@
 //! - [`submission`]: requests → validate → CI `POST /jobs` → `submitted` event and a deadline (or a
 //!   `rejected` result, or a dead letter).
 //! - [`completion`]: CI's completion events → normalized results; finals once per job.
-//! - [`deadline_check`]: deadlines come due → describe the job at CI when no final result came →
-//!   its final, a new deadline, or `timed_out`.
+//! - [`deadline_check`]: deadline records come due → describe the jobs at CI whose final result did
+//!   not come → their finals, new deadlines, or `timed_out`.
+//! - [`done_reader`]: every replica's `done` records → the jobs known finished here.
 //!
 //! Ingress sources (`worker.callback_ingress`), which store CI's completion events in the callback
 //! topic the completion handler reads, so that every event takes the one completion path:
@@ -19,8 +20,8 @@
 //! - [`io`]: the [`io::Broker`] and [`io::CiApi`] traits the context's I/O goes through.
 //! - [`serve`]: one consume loop ([`crate::pulsar::consume`]) running a handler behind the poison guard.
 //! - [`results`]: publishing a result, a final result once per job, and the verdict of a publish.
-//! - [`deadline_record`]: the deadline record and how it is scheduled on the deadline topic.
-//! - [`done_records`]: batched records telling the deadline's replica that a job's final is out.
+//! - [`deadline_record`]: deadline records (a batch of jobs each) and how they are scheduled.
+//! - [`done_records`]: batched records telling every replica that a job's final is out.
 //! - [`duplicates`]: the window of jobs whose final result is out ([`duplicates::FinishedJobs`]).
 //! - [`recover`]: finding a job an earlier attempt or process created, by its correlation marker.
 //! - [`ci_calls`]: the metrics of every CI call.
@@ -41,6 +42,7 @@ pub mod context;
 pub mod dead_letter;
 pub mod deadline_check;
 pub mod deadline_record;
+pub mod done_reader;
 pub mod done_records;
 pub mod duplicates;
 pub mod failure_history;
@@ -117,7 +119,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     // Not ready until every loop has subscribed.
-    for name in ["submit", "complete", "deadline"] {
+    for name in ["submit", "complete", "deadline", done_reader::HEALTH_NAME] {
         health.set(name, false);
     }
     if settings.has_ingress(CallbackIngress::Cmq) {
@@ -220,8 +222,12 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         deadline_check::run(ctx.clone(), client.clone(), stop.clone()),
         stop.clone(),
     ));
+    let done = tokio::spawn(stop_all_on_error(
+        done_reader::run(ctx.clone(), client.clone(), stop.clone()),
+        stop.clone(),
+    ));
     let cmq_reader = cmq.map(|cmq| tokio::spawn(cmq_ingress::run(ctx.clone(), cmq, stop)));
-    let (a, b, c) = tokio::join!(submit, complete, deadlines);
+    let (a, b, c, d) = tokio::join!(submit, complete, deadlines, done);
     if let Some(reader) = cmq_reader {
         // Its loops watch the same stop; a batch in hand is bounded by the drain.
         let _ = reader.await;
@@ -234,7 +240,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     })
     .await;
     http.abort();
-    for outcome in [a, b, c] {
+    for outcome in [a, b, c, d] {
         outcome.map_err(|e| WorkerError::Task(e.to_string()))??;
     }
     tracing::info!("worker stopped");

@@ -11,7 +11,7 @@ use crate::ci::client::CiError;
 use crate::ci::response::JobDetail;
 use crate::ci::tree::Node;
 use crate::pulsar::consume::{Delivery, Disposition};
-use crate::pulsar::{Client, SubscribeOptions};
+use crate::pulsar::{Client, SubscribeOptions, SubscriptionKind};
 use crate::request::{Rejection, SubmitRequest, ValidRequest};
 use crate::result::normalize::normalize_job;
 use crate::result::{JobResult, ObjectRef, ResultState};
@@ -30,7 +30,7 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
             p.dead_letter_topic.clone(),
         )),
         from_earliest: true,
-        key_shared: false,
+        kind: SubscriptionKind::Shared,
     };
     serve(
         &ctx,
@@ -131,10 +131,15 @@ async fn announce<B: Broker, C: CiApi>(
     req: &ValidRequest,
     result: &JobResult,
 ) -> Disposition {
-    let deadline = deadline_record::first(&req.bucket, &req.region, result);
+    let deadline = deadline_record::first(
+        &req.bucket,
+        &req.region,
+        result,
+        ctx.settings.worker.job_timeout,
+    );
     let (announced, scheduled) = tokio::join!(
         results::publish(ctx, result),
-        deadline_record::schedule(ctx, &deadline, ctx.settings.worker.job_timeout)
+        ctx.deadlines.schedule(deadline)
     );
     let outcome = announced.and(scheduled);
     if outcome.is_err() {
@@ -304,8 +309,7 @@ fn output_of(job: &Node) -> Option<ObjectRef> {
 mod tests {
     use super::*;
     use crate::pulsar::props;
-    use crate::worker::deadline_record::Deadline;
-    use crate::worker::done_records::shard_key;
+    use crate::worker::deadline_record::{self, Deadline};
     use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
     use std::time::{Duration, SystemTime};
@@ -325,7 +329,13 @@ mod tests {
         ctx.broker
             .on(&ctx.settings.pulsar.deadline_topic)
             .iter()
-            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .flat_map(|m| {
+                deadline_record::read(
+                    m.properties.get(props::RECORD).map(String::as_str),
+                    &m.payload,
+                )
+                .unwrap()
+            })
             .collect()
     }
 
@@ -446,8 +456,10 @@ mod tests {
 
         let scheduled = ctx.broker.on(&ctx.settings.pulsar.deadline_topic);
         assert_eq!(scheduled.len(), 1);
-        assert_eq!(scheduled[0].key, Some(shard_key("j1")));
-        assert_eq!(scheduled[0].properties[props::RECORD], "deadline");
+        assert_eq!(
+            scheduled[0].properties[props::RECORD],
+            deadline_record::RECORD_BATCH
+        );
         let due = scheduled[0].deliver_at.expect("a delayed message");
         assert!(due >= before + ctx.settings.worker.job_timeout);
         let deadline = &deadlines(&ctx)[0];
@@ -461,7 +473,41 @@ mod tests {
         );
         assert_eq!(deadline.checks, 0);
         assert_eq!(&deadline.submitted, event);
+        let due_ms = due
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert_eq!(deadline.due_at_ms, due_ms, "delivered when it is due");
         assert_eq!(ctx.metrics.jobs_submitted.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn jobs_submitted_together_share_one_deadline_record() {
+        let mut ci = ScriptedCi::default();
+        for i in 0..5 {
+            ci = ci.submit_answers(Ok(job(
+                &format!("j{i}"),
+                "Submitted",
+                &sent_user_data(&format!("r{i}")),
+            )));
+        }
+        let ctx = context(ci);
+        let deliveries: Vec<Delivery> = (0..5)
+            .map(|i| request_delivery(&ctx, request(&format!("r{i}"))))
+            .collect();
+        let verdicts = futures::future::join_all(deliveries.iter().map(|d| handle(&ctx, d))).await;
+        assert!(
+            verdicts.iter().all(|v| *v == Disposition::Ack),
+            "{verdicts:?}"
+        );
+        assert_eq!(
+            ctx.broker.on(&ctx.settings.pulsar.deadline_topic).len(),
+            1,
+            "one record"
+        );
+        let mut ids: Vec<String> = deadlines(&ctx).into_iter().map(|d| d.job_id).collect();
+        ids.sort();
+        assert_eq!(ids, ["j0", "j1", "j2", "j3", "j4"]);
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use crate::config::Settings;
 use crate::pulsar::raw::{RawProducer, Tail};
-use crate::pulsar::{Client, SubscribeOptions};
+use crate::pulsar::{Client, SubscribeOptions, SubscriptionKind};
 use anyhow::{bail, Context as _, Result};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -151,7 +151,7 @@ pub async fn relay(settings: &Settings) -> Result<()> {
             p.dead_letter_topic.clone(),
         )),
         from_earliest: true,
-        key_shared: false,
+        kind: SubscriptionKind::Shared,
     };
     let max_in_flight = settings.worker.max_in_flight.max(256);
     crate::pulsar::relay::run(&client, &from, &p.result_topic, max_in_flight).await
