@@ -352,6 +352,26 @@ async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
     for id in &ids {
         assert_eq!(finals(&map[id]), ["succeeded"], "{id}");
     }
+    // Under TDMQ's rules: a Shared subscription (the only kind TDMQ delays messages on), records
+    // shared by jobs submitted together, and each replica reading every done record on its own.
+    let deadlines = common::topic_stats(&deadline_topic).await;
+    assert_eq!(
+        deadlines["subscriptions"]["ci-worker"]["type"], "Shared",
+        "{deadlines}"
+    );
+    let records = deadlines["msgInCounter"].as_u64().unwrap();
+    assert!(
+        records > 0 && records < ids.len() as u64,
+        "{records} deadline records for {} jobs",
+        ids.len()
+    );
+    let done = common::topic_stats(&stack.topics.done).await;
+    let readers = done["subscriptions"].as_object().unwrap();
+    assert_eq!(readers.len(), 2, "one per replica: {done}");
+    for (name, sub) in readers {
+        assert_eq!(sub["type"], "Exclusive", "{name}");
+        assert_eq!(sub["isDurable"], false, "{name}");
+    }
     let first_metrics = metrics(stack.worker_http_port).await;
     let second_metrics = metrics(second_port).await;
     for m in [&first_metrics, &second_metrics] {
