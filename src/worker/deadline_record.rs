@@ -4,8 +4,9 @@
 //!
 //! Batched because a record per job cost the broker two messages per job (its publish and its
 //! delivery), half again the four every job needs anyway. The submission path hands each new
-//! deadline to the [`DeadlineBatcher`], which gathers the jobs submitted within [`LINGER`] into one
-//! record; the check writes the deadlines it re-arms as records of its own ([`schedule_all`]).
+//! deadline to the [`DeadlineBatcher`], which stores one record at a time and gathers the deadlines
+//! that arrive meanwhile into the next (so a request waits for no timer, and a burst shares a few
+//! records); the check writes the deadlines it re-arms as records of its own ([`schedule_all`]).
 //!
 //! TDMQ for Pulsar's rules for delayed messages shape the rest: they must not be batched by the
 //! producer (the worker's producers never batch), they are honoured on Shared subscriptions only,
@@ -18,14 +19,12 @@ use super::io::{Broker, CiApi};
 use crate::pulsar::{props, Outgoing, PulsarIoError};
 use crate::result::JobResult;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// The longest delay TDMQ for Pulsar accepts on a message (864,000 s).
 pub const MAX_DELAY: Duration = Duration::from_secs(864_000);
-/// How long a new deadline may wait for others to share its record. The request it belongs to is
-/// acknowledged only once the record is stored, so this is added to its time in flight.
-pub const LINGER: Duration = Duration::from_millis(20);
 /// Most deadlines in one record, and most bytes (about 1 KB per deadline; TDMQ takes up to 5 MB).
 pub const MAX_PER_RECORD: usize = 500;
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
@@ -213,15 +212,28 @@ async fn gather(
     broker: impl Broker + Clone,
     topic: String,
 ) {
-    // The first deadline waits at most LINGER for company; publishing runs apart from gathering,
-    // so a slow broker receipt never holds up the next record.
+    // Group commit: one record is being stored at a time, and the deadlines that arrive meanwhile
+    // form the next one. An idle worker's deadline leaves at once; under load records fill up by
+    // themselves, as large as the broker's round trip makes them.
+    let in_flight = Arc::new(Semaphore::new(1));
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        let until = tokio::time::Instant::now() + LINGER;
+        let mut open = true;
+        let permit = loop {
+            tokio::select! {
+                biased;
+                permit = in_flight.clone().acquire_owned() => break permit,
+                next = rx.recv(), if open && batch.len() < MAX_PER_RECORD => match next {
+                    Some(next) => batch.push(next),
+                    None => open = false,
+                },
+            }
+        };
+        // Whatever queued up while the permit came joins too.
         while batch.len() < MAX_PER_RECORD {
-            match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(next)) => batch.push(next),
-                Ok(None) | Err(_) => break,
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
             }
         }
         let broker = broker.clone();
@@ -231,6 +243,7 @@ async fn gather(
             let outcome = publish_records(&broker, &topic, deadlines)
                 .await
                 .map_err(|e| e.to_string());
+            drop(permit);
             for waiter in waiters {
                 let _ = waiter.send(outcome.clone());
             }
