@@ -21,7 +21,7 @@
 
 use super::io::{self, Seen};
 use super::procs::{self, Proc};
-use super::{events, format_of, short, Bench, Kind, WorkerTopics};
+use super::{events, format_of, short, Bench, Kind, MessageIngress, WorkerTopics};
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
@@ -34,33 +34,6 @@ const JOB_DURATION_MS: u64 = 200;
 const BENCH_SUBSCRIPTION_PREFIX: &str = "ci-worker-bench-";
 /// Between two reads of the stats while waiting for the deadlines to settle.
 const POLL: Duration = Duration::from_millis(1000);
-
-/// How completion events reach the worker in a run of this section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum MessageIngress {
-    /// The emulator publishes them on the callback topic (`tdmq_delivery = "pulsar"`, ingress `pulsar`).
-    Pulsar,
-    /// The emulator puts them into a CMQ queue the worker reads (ingress `cmq`), CI's own path.
-    Cmq,
-}
-
-impl MessageIngress {
-    fn name(self) -> &'static str {
-        match self {
-            MessageIngress::Pulsar => "pulsar",
-            MessageIngress::Cmq => "cmq",
-        }
-    }
-
-    /// Messages per job no worker can go below: request and event delivered, `submitted` and the
-    /// final result published; with CMQ, the event's publication into the callback topic too.
-    fn floor(self) -> u64 {
-        match self {
-            MessageIngress::Pulsar => 4,
-            MessageIngress::Cmq => 5,
-        }
-    }
-}
 
 /// One subscription's counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

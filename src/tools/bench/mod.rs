@@ -61,6 +61,33 @@ pub enum Section {
     Messages,
 }
 
+/// How completion events reach the worker in a run of the messages section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageIngress {
+    /// The emulator publishes them on the callback topic (`tdmq_delivery = "pulsar"`, ingress `pulsar`).
+    Pulsar,
+    /// The emulator puts them into a CMQ queue the worker reads (ingress `cmq`), CI's own path.
+    Cmq,
+}
+
+impl MessageIngress {
+    fn name(self) -> &'static str {
+        match self {
+            MessageIngress::Pulsar => "pulsar",
+            MessageIngress::Cmq => "cmq",
+        }
+    }
+
+    /// Messages per job no worker can go below: request and event delivered, `submitted` and the
+    /// final result published; with CMQ, the event's publication into the callback topic too.
+    fn floor(self) -> u64 {
+        match self {
+            MessageIngress::Pulsar => 4,
+            MessageIngress::Cmq => 5,
+        }
+    }
+}
+
 /// Options of `ci-worker bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
@@ -139,7 +166,7 @@ pub struct BenchOptions {
     /// How completion events reach the worker in the messages section, comma-separated: `pulsar`
     /// (the emulator publishes them on the callback topic) or `cmq` (through a CMQ queue).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pulsar,cmq")]
-    pub message_ingress: Vec<messages::MessageIngress>,
+    pub message_ingress: Vec<MessageIngress>,
     /// Internal: be the raw relay (pulsar.callback_topic → pulsar.result_topic) until killed.
     #[arg(long, hide = true)]
     pub relay: bool,
