@@ -5,11 +5,13 @@
 #      if it started it),
 #   3. runs the criterion benches of the pure parts (cargo bench --bench pure),
 #   4. runs `ci-worker bench` on the local stack: completion-path throughput against the raw relay
-#      limit, submission-path throughput, end-to-end latency at a steady rate, cost, scaling,
+#      limit, submission-path throughput, end-to-end latency at a steady rate, cost, scaling, the cmq
+#      ingress, broker messages per job (`messages`: topic stats, both ingress modes, about 20 s),
 #   5. prints one table of every figure with the command that produced it.
 #
 #   scripts/bench.sh [BENCH OPTIONS]      options go to `ci-worker bench` (`--help` lists them), e.g.
 #   scripts/bench.sh --only completion --events 5000      a quick run of one section
+#   BENCH_SKIP_BUILD=1 BENCH_SKIP_CRITERION=1 scripts/bench.sh --only messages   broker messages per job
 #
 # Environment: BENCH_SKIP_BUILD=1 (use the binary as built), BENCH_SKIP_CRITERION=1,
 # BENCH_CRITERION_ARGS (extra criterion arguments, e.g. "--measurement-time 10"), BENCH_LOG (the

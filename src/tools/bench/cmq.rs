@@ -144,7 +144,7 @@ impl Bench {
     }
 
     /// The ingress settings of the workers this section starts.
-    fn cmq_worker_env(&mut self, endpoint: &str, queue: &str, concurrency: usize) {
+    pub(super) fn cmq_worker_env(&mut self, endpoint: &str, queue: &str, concurrency: usize) {
         self.extra_worker_env = [
             ("CI_WORKER__WORKER__CALLBACK_INGRESS", "cmq".to_string()),
             ("CI_WORKER__CMQ__ENDPOINT", endpoint.to_string()),

@@ -22,6 +22,10 @@
 //!   its callback topic (batch 16, for each `--cmq-concurrency`); then a paced sender at
 //!   `--cmq-rate` events/s and, per event, the time from CMQ's answer to its `SendMessage` to the
 //!   event's arrival at a consumer of the callback topic (p50/p99).
+//! - `messages`: broker messages per job ([`messages`]): a burst of `--message-jobs` jobs, every
+//!   deadline come due and settled, counted from the broker's topic stats (published by the worker +
+//!   delivered to its subscriptions, per job), with events on the Pulsar callback topic and through
+//!   the CMQ ingress (`--message-ingress`).
 //!
 //! Throughput is counted between the first and the last result's `publish_time` (the producing
 //! client's clock), so process start-up and the benchmark's own consumer do not count. CPU seconds and
@@ -30,6 +34,7 @@
 mod cmq;
 pub mod events;
 mod io;
+mod messages;
 mod procs;
 
 use crate::callback::event::parse_event;
@@ -53,6 +58,34 @@ pub enum Section {
     Latency,
     Scaling,
     Cmq,
+    Messages,
+}
+
+/// How completion events reach the worker in a run of the messages section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MessageIngress {
+    /// The emulator publishes them on the callback topic (`tdmq_delivery = "pulsar"`, ingress `pulsar`).
+    Pulsar,
+    /// The emulator puts them into a CMQ queue the worker reads (ingress `cmq`), CI's own path.
+    Cmq,
+}
+
+impl MessageIngress {
+    fn name(self) -> &'static str {
+        match self {
+            MessageIngress::Pulsar => "pulsar",
+            MessageIngress::Cmq => "cmq",
+        }
+    }
+
+    /// Messages per job no worker can go below: request and event delivered, `submitted` and the
+    /// final result published; with CMQ, the event's publication into the callback topic too.
+    fn floor(self) -> u64 {
+        match self {
+            MessageIngress::Pulsar => 4,
+            MessageIngress::Cmq => 5,
+        }
+    }
 }
 
 /// Options of `ci-worker bench`.
@@ -63,7 +96,7 @@ pub struct BenchOptions {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "completion,submission,latency,scaling,cmq"
+        default_value = "completion,submission,latency,scaling,cmq,messages"
     )]
     pub only: Vec<Section>,
     /// Completion events for the completion-path and scaling figures.
@@ -124,6 +157,16 @@ pub struct BenchOptions {
     /// Events per second of the cmq section's latency run (10 s long).
     #[arg(long, default_value_t = 200)]
     pub cmq_rate: u64,
+    /// Jobs of the messages section's burst.
+    #[arg(long, default_value_t = 1000)]
+    pub message_jobs: u64,
+    /// `worker.job_timeout` of the messages section, seconds (every deadline comes due in the run).
+    #[arg(long, default_value_t = 3)]
+    pub message_job_timeout_secs: u64,
+    /// How completion events reach the worker in the messages section, comma-separated: `pulsar`
+    /// (the emulator publishes them on the callback topic) or `cmq` (through a CMQ queue).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "pulsar,cmq")]
+    pub message_ingress: Vec<MessageIngress>,
     /// Internal: be the raw relay (pulsar.callback_topic → pulsar.result_topic) until killed.
     #[arg(long, hide = true)]
     pub relay: bool,
@@ -242,6 +285,7 @@ impl Bench {
             Section::Latency,
             Section::Scaling,
             Section::Cmq,
+            Section::Messages,
         ] {
             if !only.contains(&section) {
                 continue;
@@ -252,6 +296,7 @@ impl Bench {
                 Section::Latency => self.latency().await,
                 Section::Scaling => self.scaling().await,
                 Section::Cmq => self.cmq().await,
+                Section::Messages => self.messages().await,
             };
             if let Err(e) = outcome {
                 let name = format!("{section:?}").to_lowercase();
@@ -330,6 +375,17 @@ impl Bench {
         latency_ms: u64,
         job_duration_ms: u64,
     ) -> Result<(Proc, u16)> {
+        self.start_emulator_with(latency_ms, job_duration_ms, &[])
+            .await
+    }
+
+    /// [`Bench::start_emulator`] with `extra` settings on top (the messages section's CMQ delivery).
+    async fn start_emulator_with(
+        &mut self,
+        latency_ms: u64,
+        job_duration_ms: u64,
+        extra: &[(&str, String)],
+    ) -> Result<(Proc, u16)> {
         let port = procs::free_port()?;
         let mut env = self.base_env();
         for (k, v) in [
@@ -348,6 +404,9 @@ impl Bench {
             ("CI_WORKER__EMULATOR__DUPLICATE_RATE", "0".into()),
         ] {
             env.insert(k.into(), v);
+        }
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.clone());
         }
         let name = format!("emulator-latency{latency_ms}-{}", short());
         let mut proc = Proc::spawn(&name, &["emulator"], &env, &self.log_dir)?;
