@@ -29,12 +29,14 @@ pub struct SubscribeOptions {
 /// The consumer the worker and its tools build: payloads as bytes.
 pub type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
 
-/// A Shared consumer with a unique name.
+/// A Shared consumer with a unique name (on the broker a fresh lookup names, with an HTTP URL).
 pub async fn subscribe(
     client: &Client,
     opts: &SubscribeOptions,
 ) -> Result<PulsarConsumer, PulsarIoError> {
     let mut builder = client
+        .for_topic(&opts.topic)
+        .await?
         .consumer()
         .with_topic(&opts.topic)
         .with_subscription(&opts.subscription)
