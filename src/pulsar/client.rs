@@ -48,8 +48,16 @@ impl Client {
     /// The crate client to build a producer or consumer on `topic` with: the one client (binary
     /// URL), or, after a fresh HTTP lookup, the client of the broker that serves `topic`.
     pub async fn for_topic(&self, topic: &str) -> Result<CrateClient, PulsarIoError> {
+        Ok(self.for_topic_at(topic).await?.0)
+    }
+
+    /// [`Client::for_topic`], and the broker URL the lookup answered (`None`: binary URL).
+    async fn for_topic_at(
+        &self,
+        topic: &str,
+    ) -> Result<(CrateClient, Option<String>), PulsarIoError> {
         match &self.0 {
-            Kind::Binary(client) => Ok(client.clone()),
+            Kind::Binary(client) => Ok((client.clone(), None)),
             Kind::Lookup(resolver) => {
                 let broker = resolver.lookup.broker_url(topic).await?;
                 tracing::debug!(topic, broker, "HTTP lookup");
@@ -60,7 +68,7 @@ impl Client {
                 let client = slot
                     .get_or_try_init(|| build(&broker, &resolver.token))
                     .await?;
-                Ok(client.clone())
+                Ok((client.clone(), Some(broker)))
             }
         }
     }
@@ -147,8 +155,16 @@ pub async fn connect_with(settings: &PulsarSettings) -> Result<Client, PulsarIoE
     if client.is_http_lookup() {
         let mut attempt = 0u32;
         loop {
-            match client.for_topic(&settings.result_topic).await {
-                Ok(_) => break,
+            match client.for_topic_at(&settings.result_topic).await {
+                Ok((_, broker)) => {
+                    tracing::info!(
+                        url = %settings.url,
+                        topic = %settings.result_topic,
+                        broker = broker.unwrap_or_default(),
+                        "Pulsar through HTTP lookup: connected to the topic's broker"
+                    );
+                    break;
+                }
                 Err(e) if e.is_refusal() => return Err(e),
                 Err(e) => {
                     attempt += 1;
