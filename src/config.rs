@@ -46,7 +46,10 @@ pub struct Settings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PulsarSettings {
-    /// `pulsar://host:port` or `pulsar+ssl://host:port` (the crate speaks no HTTP lookup).
+    /// `pulsar://host:port` or `pulsar+ssl://host:port` (binary protocol, lookups on the
+    /// connection), or `http://host:port` / `https://host:port` (HTTP lookup, the service URL TDMQ
+    /// for Pulsar 2.7.1+ gives: each topic's broker is looked up over HTTP, then reached over the
+    /// binary protocol at the `brokerUrl` it answered, `brokerUrlTls` for https).
     pub url: String,
     /// JWT for token authentication (TDMQ role token); empty = no authentication.
     pub token: Secret,
@@ -63,6 +66,32 @@ pub struct PulsarSettings {
     /// Internal: `done` records (ids of jobs whose final result is out, batched), which every replica
     /// reads on a subscription of its own, so whichever replica a deadline reaches knows the job finished.
     pub done_topic: String,
+}
+
+impl PulsarSettings {
+    /// How `url` is used, for `ci-worker config` (a password in the URL is left out).
+    pub fn url_usage(&self) -> String {
+        let shown = match url::Url::parse(&self.url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            _ => self.url.clone(),
+        };
+        if self.url.starts_with("http://") || self.url.starts_with("https://") {
+            let field = if self.url.starts_with("https://") {
+                "brokerUrlTls"
+            } else {
+                "brokerUrl"
+            };
+            format!(
+                "pulsar.url {shown}: HTTP lookup (GET /lookup/v2/topic/<domain>/<tenant>/<namespace>/<topic> \
+                 per producer or consumer, then the binary protocol to each topic's {field})"
+            )
+        } else {
+            format!("pulsar.url {shown}: binary protocol, lookups on the connection")
+        }
+    }
 }
 
 impl Default for PulsarSettings {
@@ -549,7 +578,9 @@ impl Settings {
             }
         }
         let p = &self.pulsar;
-        if !(p.url.starts_with("pulsar://") || p.url.starts_with("pulsar+ssl://"))
+        if !["pulsar://", "pulsar+ssl://", "http://", "https://"]
+            .iter()
+            .any(|scheme| p.url.starts_with(scheme))
             || url::Url::parse(&p.url)
                 .map(|u| u.host().is_none())
                 .unwrap_or(true)
@@ -557,7 +588,8 @@ impl Settings {
             return Err(invalid(
                 "pulsar.url",
                 &p.url,
-                "must be pulsar://host:port or pulsar+ssl://host:port",
+                "must be pulsar://host:port or pulsar+ssl://host:port (binary protocol), or \
+                 http://host:port or https://host:port (HTTP lookup, TDMQ's service URL)",
             ));
         }
         for (key, value) in [
@@ -787,9 +819,12 @@ impl Settings {
         Ok(())
     }
 
-    /// The effective configuration as TOML, secrets redacted (for `ci-worker config`).
+    /// The effective configuration as TOML, secrets redacted (for `ci-worker config`), after a
+    /// comment saying how `pulsar.url` is used.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let body =
+            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        format!("# {}\n{body}", self.pulsar.url_usage())
     }
 
     /// The CI credentials, if both halves are configured.
@@ -901,7 +936,8 @@ mod tests {
             ),
             ("CI_WORKER__CI__MQ_REGION", "ap-guangzhou", "ci.mq_region"),
             ("CI_WORKER__CI__MQ_MODE", "Fanout", "ci.mq_mode"),
-            ("CI_WORKER__PULSAR__URL", "http://x:8080", "pulsar.url"),
+            ("CI_WORKER__PULSAR__URL", "ftp://x:8080", "pulsar.url"),
+            ("CI_WORKER__PULSAR__URL", "http://", "pulsar.url"),
             ("CI_WORKER__HTTP__LISTEN", "nowhere", "http.listen"),
             (
                 "CI_WORKER__WORKER__MAX_IN_FLIGHT",
@@ -1020,10 +1056,49 @@ mod tests {
         )
         .unwrap();
         let out = s.to_redacted_toml();
+        assert!(out.starts_with("# pulsar.url pulsar://127.0.0.1:6650: binary protocol"));
         assert!(out.contains("AKIDvisible"));
         assert!(!out.contains("topsecretkey"));
         assert!(!out.contains("secret.jwt"));
     }
+    #[test]
+    fn pulsar_urls_of_both_kinds_load_and_say_how_they_are_used() {
+        for (url, usage) in [
+            ("pulsar://10.0.0.12:6000", "binary protocol"),
+            ("pulsar+ssl://b.example:6651", "binary protocol"),
+            (
+                "http://pulsar-xxxx.tdmq.ap-gz.public.tencenttdmq.com:8080",
+                "HTTP lookup (GET /lookup/v2/topic/",
+            ),
+            ("https://c.example:8443", "to each topic's brokerUrlTls"),
+        ] {
+            let s = Settings::load_from(
+                None,
+                &env(&[
+                    ("CI_WORKER__PULSAR__URL", url),
+                    ("CI_WORKER__PULSAR__TOKEN", "eyJhbGciOi.secret.jwt"),
+                ]),
+            )
+            .unwrap();
+            let out = s.to_redacted_toml();
+            let first = out.lines().next().unwrap();
+            assert!(first.contains(url) && first.contains(usage), "{first}");
+            assert!(!out.contains("secret.jwt"));
+        }
+        let err = Settings::load_from(None, &env(&[("CI_WORKER__PULSAR__URL", "x:6650")]))
+            .unwrap_err()
+            .to_string();
+        for form in [
+            "pulsar.url",
+            "pulsar://",
+            "pulsar+ssl://",
+            "http://",
+            "https://",
+        ] {
+            assert!(err.contains(form), "{err}");
+        }
+    }
+
     #[test]
     fn ingress_sources_come_as_a_list_from_the_environment() {
         let s = Settings::load_from(

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_gets_its_message_redelivered_and_the_loop_serves_on() {
-    let client = common::client().await;
+    let client: pulsar::Client = common::client().await.into();
     let topic = common::unique_topic("consume-loop");
     let publisher = pulsar::Publisher::new(client.clone(), "consume-loop-test");
     for payload in ["first", "boom", "last"] {

@@ -1,5 +1,6 @@
 //! [`PulsarIoError`]: what went wrong talking to the broker, and whether waiting can fix it.
 
+use super::lookup::LookupError;
 use pulsar::error::ConnectionError;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,9 @@ pub enum PulsarIoError {
         #[source]
         source: pulsar::Error,
     },
+    /// The HTTP lookup (`pulsar.url` `http://` or `https://`) found no broker for a topic.
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
 }
 
 impl PulsarIoError {
@@ -45,6 +49,7 @@ impl PulsarIoError {
             | PulsarIoError::Check { source, .. }
             | PulsarIoError::Subscribe { source, .. } => is_refusal(source),
             PulsarIoError::Publish { .. } => false,
+            PulsarIoError::Lookup(e) => e.is_refusal(),
         }
     }
 }

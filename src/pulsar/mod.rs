@@ -4,7 +4,11 @@
 //!
 //! - [`client`]: [`connect`] builds one client per process (token auth, a generous reconnection
 //!   budget, since the crate gives up after its retry budget and a worker must outlive broker
-//!   restarts), and the backoff while waiting for the broker.
+//!   restarts), and the backoff while waiting for the broker. [`Client::for_topic`] gives the
+//!   crate client every producer and consumer is built on: the one client of a binary URL, or
+//!   with an HTTP URL the client of the broker a fresh lookup names.
+//! - [`lookup`]: HTTP lookup (`pulsar.url` `http://` / `https://`, TDMQ 2.7.1+'s service URL),
+//!   which the crate lacks: topic names to lookup paths, the broker URL to use, the REST calls.
 //! - [`error`]: [`PulsarIoError`], and which of the broker's answers are refusals that waiting
 //!   cannot fix.
 //! - [`publish`]: [`Outgoing`] messages and the [`Publisher`], one cached producer per topic.
@@ -23,6 +27,7 @@ pub mod client;
 pub mod consume;
 pub mod error;
 pub mod follow;
+pub mod lookup;
 pub mod props;
 pub mod publish;
 #[cfg(feature = "bench")]
@@ -34,6 +39,7 @@ pub mod subscribe;
 pub use client::{broker_retry_delay, connect, connect_with, Client};
 pub use error::PulsarIoError;
 pub use follow::Follower;
+pub use lookup::LookupError;
 pub use publish::{producer_options, Outgoing, Publisher};
 pub use subscribe::{
     message_id_string, properties_of, subscribe, SubscribeOptions, SubscriptionKind,

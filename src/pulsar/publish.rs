@@ -130,6 +130,8 @@ impl Publisher {
             .get_or_try_init(|| async {
                 let producer = self
                     .client
+                    .for_topic(topic)
+                    .await?
                     .producer()
                     .with_topic(topic)
                     .with_name(format!("{}-{}", self.name_prefix, uuid::Uuid::new_v4()))

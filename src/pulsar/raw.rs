@@ -4,6 +4,7 @@
 //! benchmark's side.
 
 use super::client::Client;
+use super::error::PulsarIoError;
 use super::publish::producer_options;
 use super::subscribe::PulsarConsumer;
 use futures::StreamExt;
@@ -24,8 +25,10 @@ impl RawProducer {
         client: &Client,
         topic: &str,
         name_prefix: &str,
-    ) -> Result<RawProducer, pulsar::Error> {
+    ) -> Result<RawProducer, PulsarIoError> {
         client
+            .for_topic(topic)
+            .await?
             .producer()
             .with_topic(topic)
             .with_name(format!("{name_prefix}-{}", uuid::Uuid::new_v4()))
@@ -33,6 +36,10 @@ impl RawProducer {
             .build()
             .await
             .map(RawProducer)
+            .map_err(|source| PulsarIoError::Producer {
+                topic: topic.to_string(),
+                source,
+            })
     }
 
     /// Hands one message to the crate; the receipt resolves once the broker has stored it.
@@ -75,11 +82,14 @@ pub struct TailMessage(InMessage<Vec<u8>>);
 
 impl Tail {
     /// Subscribes to `topic` now, before the process under test publishes anything to it.
-    pub async fn subscribe(client: &Client, topic: &str) -> Result<Tail, pulsar::Error> {
+    pub async fn subscribe(client: &Client, topic: &str) -> Result<Tail, PulsarIoError> {
+        let subscription = format!("ci-worker-bench-{}", uuid::Uuid::new_v4());
         client
+            .for_topic(topic)
+            .await?
             .consumer()
             .with_topic(topic)
-            .with_subscription(format!("ci-worker-bench-{}", uuid::Uuid::new_v4()))
+            .with_subscription(&subscription)
             .with_subscription_type(SubType::Exclusive)
             .with_options(
                 ConsumerOptions::default()
@@ -89,6 +99,11 @@ impl Tail {
             .build()
             .await
             .map(Tail)
+            .map_err(|source| PulsarIoError::Subscribe {
+                topic: topic.to_string(),
+                subscription,
+                source,
+            })
     }
 
     /// The next message; `None` once the consumer ended.

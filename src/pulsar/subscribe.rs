@@ -40,7 +40,8 @@ pub enum SubscriptionKind {
 /// The consumer the worker and its tools build: payloads as bytes.
 pub type PulsarConsumer = Consumer<Vec<u8>, TokioExecutor>;
 
-/// A consumer with a unique name, on the subscription `opts.kind` says.
+/// A consumer with a unique name, on the subscription `opts.kind` says (on the broker a fresh lookup
+/// names, with an HTTP URL).
 pub async fn subscribe(
     client: &Client,
     opts: &SubscribeOptions,
@@ -55,6 +56,8 @@ pub async fn subscribe(
         ),
     };
     let mut builder = client
+        .for_topic(&opts.topic)
+        .await?
         .consumer()
         .with_topic(&opts.topic)
         .with_subscription(&subscription)

@@ -2,7 +2,7 @@
 //! processes (`emulator` and `run`) against the real broker of `tests/common`, each test on its own
 //! topics and ports. Processes are killed when the [`Stack`] drops.
 //!
-//! Included with `mod common; mod stack;` by `e2e`, `operations` and `reliability`. The helpers:
+//! Included with `mod common; mod stack;` by `e2e`, `lookup`, `operations` and `reliability`. The helpers:
 //!
 //! | helper | what | used by |
 //! | --- | --- | --- |
