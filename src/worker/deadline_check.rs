@@ -161,7 +161,7 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
     if again.is_empty() {
         return Disposition::Ack;
     }
-    match schedule_all(ctx, again).await {
+    match schedule_all(&ctx.broker, &ctx.settings.pulsar.deadline_topic, again).await {
         Ok(()) => Disposition::Ack,
         Err(e) => Disposition::Retry(format!("could not reschedule deadlines: {e}")),
     }

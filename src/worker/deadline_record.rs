@@ -14,8 +14,7 @@
 //! (`due_at_ms`); a record is delivered at the earliest of its deadlines, at most [`MAX_DELAY`] from
 //! now, and a deadline delivered before it is due is simply re-armed for the rest of its wait.
 
-use super::context::Context;
-use super::io::{Broker, CiApi};
+use super::io::Broker;
 use crate::pulsar::{props, Outgoing, PulsarIoError};
 use crate::result::JobResult;
 use serde::{Deserialize, Serialize};
@@ -158,15 +157,8 @@ fn message(deadlines: Vec<Deadline>) -> Outgoing {
     msg
 }
 
-/// Stores `deadlines` (as few records as [`records`] allows), all together.
-pub async fn schedule_all<B: Broker, C: CiApi>(
-    ctx: &Context<B, C>,
-    deadlines: Vec<Deadline>,
-) -> Result<(), PulsarIoError> {
-    publish_records(&ctx.broker, &ctx.settings.pulsar.deadline_topic, deadlines).await
-}
-
-async fn publish_records(
+/// Stores `deadlines` on `topic` (as few records as [`records`] allows), all together.
+pub async fn schedule_all(
     broker: &impl Broker,
     topic: &str,
     deadlines: Vec<Deadline>,
@@ -243,7 +235,7 @@ async fn gather(
         let topic = topic.clone();
         tokio::spawn(async move {
             let (deadlines, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let outcome = publish_records(&broker, &topic, deadlines)
+            let outcome = schedule_all(&broker, &topic, deadlines)
                 .await
                 .map_err(|e| e.to_string());
             drop(permit);
