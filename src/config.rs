@@ -592,16 +592,19 @@ impl Settings {
                  http://host:port or https://host:port (HTTP lookup, TDMQ's service URL)",
             ));
         }
-        for (key, value) in [
+        let topics = [
             ("pulsar.request_topic", &p.request_topic),
-            ("pulsar.request_subscription", &p.request_subscription),
             ("pulsar.callback_topic", &p.callback_topic),
-            ("pulsar.callback_subscription", &p.callback_subscription),
             ("pulsar.result_topic", &p.result_topic),
             ("pulsar.dead_letter_topic", &p.dead_letter_topic),
             ("pulsar.deadline_topic", &p.deadline_topic),
             ("pulsar.done_topic", &p.done_topic),
-        ] {
+        ];
+        let subscriptions = [
+            ("pulsar.request_subscription", &p.request_subscription),
+            ("pulsar.callback_subscription", &p.callback_subscription),
+        ];
+        for (key, value) in topics.iter().chain(&subscriptions) {
             if value.trim().is_empty() || value.chars().any(char::is_whitespace) {
                 return Err(invalid(
                     key,
@@ -618,16 +621,8 @@ impl Settings {
                 "must be a persistent://tenant/namespace/topic name (delayed delivery needs a persistent topic)",
             ));
         }
-        let roles = [
-            ("pulsar.request_topic", &p.request_topic),
-            ("pulsar.callback_topic", &p.callback_topic),
-            ("pulsar.result_topic", &p.result_topic),
-            ("pulsar.dead_letter_topic", &p.dead_letter_topic),
-            ("pulsar.deadline_topic", &p.deadline_topic),
-            ("pulsar.done_topic", &p.done_topic),
-        ];
-        for (i, (key, value)) in roles.iter().enumerate() {
-            if let Some((other, _)) = roles[..i]
+        for (i, (key, value)) in topics.iter().enumerate() {
+            if let Some((other, _)) = topics[..i]
                 .iter()
                 .find(|(_, v)| topic_name(v) == topic_name(value))
             {

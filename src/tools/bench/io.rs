@@ -107,22 +107,44 @@ pub async fn collect(
     }
 }
 
+/// A request to the admin REST API about a persistent `topic`: `{admin_url}/admin/v2/persistent/
+/// {tenant}/{ns}/{topic}{suffix}`, with the token when there is one; `None` for another topic kind.
+pub fn admin_topic_request(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    admin_url: &str,
+    token: &str,
+    topic: &str,
+    suffix: &str,
+) -> Option<reqwest::RequestBuilder> {
+    let path = topic.strip_prefix("persistent://")?;
+    let url = format!(
+        "{}/admin/v2/persistent/{path}{suffix}",
+        admin_url.trim_end_matches('/')
+    );
+    let req = http.request(method, url).timeout(Duration::from_secs(30));
+    Some(if token.is_empty() {
+        req
+    } else {
+        req.bearer_auth(token)
+    })
+}
+
 /// Deletes topics through the admin REST API (best effort; the broker keeps them otherwise).
 pub async fn delete_topics(admin_url: &str, token: &str, topics: &[String]) -> usize {
     let http = reqwest::Client::new();
     let mut deleted = 0;
     for topic in topics {
-        let Some(path) = topic.strip_prefix("persistent://") else {
+        let Some(req) = admin_topic_request(
+            &http,
+            reqwest::Method::DELETE,
+            admin_url,
+            token,
+            topic,
+            "?force=true",
+        ) else {
             continue;
         };
-        let url = format!(
-            "{}/admin/v2/persistent/{path}?force=true",
-            admin_url.trim_end_matches('/')
-        );
-        let mut req = http.delete(&url).timeout(Duration::from_secs(30));
-        if !token.is_empty() {
-            req = req.bearer_auth(token);
-        }
         match req.send().await {
             Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => deleted += 1,
             Ok(r) => tracing::warn!(topic, status = %r.status(), "bench: could not delete a topic"),

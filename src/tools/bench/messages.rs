@@ -418,21 +418,19 @@ async fn topic_stats(
     token: &str,
     topic: &str,
 ) -> Result<TopicStats> {
-    let path = topic
-        .strip_prefix("persistent://")
-        .with_context(|| format!("{topic} is not a persistent topic"))?;
-    let url = format!(
-        "{}/admin/v2/persistent/{path}/stats",
-        admin_url.trim_end_matches('/')
-    );
-    let mut req = http.get(&url).timeout(Duration::from_secs(30));
-    if !token.is_empty() {
-        req = req.bearer_auth(token);
-    }
+    let req = io::admin_topic_request(
+        http,
+        reqwest::Method::GET,
+        admin_url,
+        token,
+        topic,
+        "/stats",
+    )
+    .with_context(|| format!("{topic} is not a persistent topic"))?;
     let resp = req
         .send()
         .await
-        .with_context(|| format!("reading the stats of {topic} ({url})"))?;
+        .with_context(|| format!("reading the stats of {topic}"))?;
     if resp.status().as_u16() == 404 {
         return Ok(TopicStats::default());
     }
