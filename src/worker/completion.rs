@@ -76,9 +76,11 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
             if let (Disposition::Ack, Some(_), Some(job_id)) =
                 (&verdict, &result.request_id, &result.job_id)
             {
-                // Best effort, batched, off the event's critical path: the event is done once its
-                // result is.
-                ctx.done_records.record(job_id);
+                // The event is acknowledged once the done record with its job is stored too: if
+                // this process dies before its acknowledgement reaches the broker, whichever
+                // replica gets the event again knows the job finished. Best effort: a record not
+                // stored only costs that replica a duplicate result with the same state.
+                let _ = ctx.done_records.record(job_id).await;
             }
             verdict
         } else {

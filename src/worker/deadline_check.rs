@@ -226,7 +226,7 @@ async fn check<B: Broker, C: CiApi>(
             }
         };
         match verdict {
-            Disposition::Ack => ctx.done_records.record(&d.job_id),
+            Disposition::Ack => ctx.done_records.record_later(&d.job_id),
             Disposition::Retry(reason) => return Err(reason),
         }
     }

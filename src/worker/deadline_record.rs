@@ -14,21 +14,17 @@
 //! (`due_at_ms`); a record is delivered at the earliest of its deadlines, at most [`MAX_DELAY`] from
 //! now, and a deadline delivered before it is due is simply re-armed for the rest of its wait.
 
+use super::group_commit::GroupCommit;
 use super::io::Broker;
 use crate::pulsar::{props, Outgoing, PulsarIoError};
 use crate::result::JobResult;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// The longest delay TDMQ for Pulsar accepts on a message (864,000 s).
 pub const MAX_DELAY: Duration = Duration::from_secs(864_000);
 /// Most deadlines in one record, and most bytes (about 1 KB per deadline; TDMQ takes up to 5 MB).
 pub const MAX_PER_RECORD: usize = 500;
-/// Records being stored at once by the [`DeadlineBatcher`]. One: four gave no measurable gain in
-/// submission throughput (docs/performance.md, finding 16) and 3 % more broker messages per job.
-pub const RECORDS_IN_FLIGHT: usize = 1;
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Deadlines due within this of each other share a re-armed record; also how early a delivery may
 /// be and still count as due (TDMQ delivers delayed messages to about a second).
@@ -169,80 +165,38 @@ pub async fn schedule_all(
     futures::future::try_join_all(sends).await.map(|_| ())
 }
 
-type Waiter = oneshot::Sender<Result<(), String>>;
-
 /// Gathers new deadlines into shared records; cheap to clone and call from every handler.
 #[derive(Clone)]
 pub struct DeadlineBatcher {
-    tx: mpsc::UnboundedSender<(Deadline, Waiter)>,
+    commit: GroupCommit<Deadline>,
     topic: String,
 }
 
 impl DeadlineBatcher {
-    /// Starts the batching task, publishing to `topic` through `broker`.
+    /// Starts the batching task, publishing to `topic` through `broker`: one record being stored at
+    /// a time, the deadlines arriving meanwhile gathered into the next ([`GroupCommit`]).
     pub fn spawn(broker: impl Broker + Clone, topic: String) -> DeadlineBatcher {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(gather(rx, broker, topic.clone()));
-        DeadlineBatcher { tx, topic }
+        let to = topic.clone();
+        let commit = GroupCommit::spawn(MAX_PER_RECORD, Duration::ZERO, move |deadlines| {
+            let (broker, topic) = (broker.clone(), to.clone());
+            async move {
+                schedule_all(&broker, &topic, deadlines)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        DeadlineBatcher { commit, topic }
     }
 
     /// Stores `deadline` in the next record; returns once the broker has it (or refused it).
     pub async fn schedule(&self, deadline: Deadline) -> Result<(), PulsarIoError> {
-        let failed = |message: String| PulsarIoError::Publish {
-            topic: self.topic.clone(),
-            message,
-        };
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send((deadline, tx))
-            .map_err(|_| failed("the deadline batcher has stopped".into()))?;
-        rx.await
-            .map_err(|_| failed("the deadline batcher has stopped".into()))?
-            .map_err(failed)
-    }
-}
-
-async fn gather(
-    mut rx: mpsc::UnboundedReceiver<(Deadline, Waiter)>,
-    broker: impl Broker + Clone,
-    topic: String,
-) {
-    // Group commit: one record is being stored at a time, and the deadlines that arrive meanwhile
-    // form the next one. An idle worker's deadline leaves at once; under load records fill up by
-    // themselves, as large as the broker's round trip makes them.
-    let in_flight = Arc::new(Semaphore::new(RECORDS_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let mut open = true;
-        let permit = loop {
-            tokio::select! {
-                biased;
-                permit = in_flight.clone().acquire_owned() => break permit,
-                next = rx.recv(), if open && batch.len() < MAX_PER_RECORD => match next {
-                    Some(next) => batch.push(next),
-                    None => open = false,
-                },
-            }
-        };
-        // Whatever queued up while the permit came joins too.
-        while batch.len() < MAX_PER_RECORD {
-            match rx.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let broker = broker.clone();
-        let topic = topic.clone();
-        tokio::spawn(async move {
-            let (deadlines, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let outcome = schedule_all(&broker, &topic, deadlines)
-                .await
-                .map_err(|e| e.to_string());
-            drop(permit);
-            for waiter in waiters {
-                let _ = waiter.send(outcome.clone());
-            }
-        });
+        self.commit
+            .commit(deadline)
+            .await
+            .map_err(|message| PulsarIoError::Publish {
+                topic: self.topic.clone(),
+                message,
+            })
     }
 }
 

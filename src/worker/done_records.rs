@@ -5,17 +5,21 @@
 //! Deadlines are read on a Shared subscription (TDMQ delays messages on no other kind), so any
 //! replica may get any job's deadline: the records go to `pulsar.done_topic`, which every replica
 //! reads on a non-durable subscription of its own ([`super::done_reader`]). One record carries the
-//! ids of every job that finished within [`FLUSH_INTERVAL`], so a burst of a thousand jobs costs a
-//! handful of messages. Records are best effort: a lost one (or one published while a replica was
+//! ids of every job that finished while the previous record was being stored, and records are at
+//! least [`MIN_INTERVAL`] apart ([`GroupCommit`]), so a burst of a thousand jobs costs a few dozen
+//! messages. Records are best effort: a lost one (or one published while a replica was
 //! restarting) only means the deadline checks CI and finds the job finished.
 
+use super::group_commit::GroupCommit;
 use super::io::Broker;
 use crate::pulsar::{props, Outgoing};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 
-/// How long a finished job id may wait for others. Deadlines are minutes away.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// The least time between two records of one replica. A completion event is acknowledged once the
+/// record with its job is stored (so that after a crash, another replica recognizes its redelivery
+/// as a duplicate), so this is latency on the event's acknowledgement, not on its result; 10 ms keeps
+/// a burst to about 100 records a second per replica.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Most ids in one record (about 165 KB with CI's 32-character job ids).
 pub const MAX_IDS_PER_RECORD: usize = 5000;
 /// `ci-worker-record` of a done record.
@@ -30,76 +34,49 @@ pub fn ids_of(payload: &[u8]) -> impl Iterator<Item = &str> {
         .filter(|id| !id.is_empty())
 }
 
-enum Command {
-    Done(String),
-    Flush(oneshot::Sender<()>),
-}
-
 /// Handle to the batching task; cheap to call from every handler.
 #[derive(Clone)]
 pub struct DoneRecorder {
-    tx: mpsc::UnboundedSender<Command>,
+    commit: GroupCommit<String>,
 }
 
 impl DoneRecorder {
     /// Starts the batching task, publishing to `topic` through `broker`.
-    pub fn spawn(broker: impl Broker, topic: String) -> DoneRecorder {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch(rx, broker, topic));
-        DoneRecorder { tx }
+    pub fn spawn(broker: impl Broker + Clone, topic: String) -> DoneRecorder {
+        let commit = GroupCommit::spawn(MAX_IDS_PER_RECORD, MIN_INTERVAL, move |ids| {
+            let (broker, topic) = (broker.clone(), topic.clone());
+            async move { publish(&broker, &topic, ids).await }
+        });
+        DoneRecorder { commit }
     }
 
-    /// Records that `job_id`'s final result is stored.
-    pub fn record(&self, job_id: &str) {
-        let _ = self.tx.send(Command::Done(job_id.to_string()));
+    /// Records that `job_id`'s final result is stored; returns once the record holding it is stored
+    /// (or why it could not be: the record is best effort, the caller goes on either way).
+    pub async fn record(&self, job_id: &str) -> Result<(), String> {
+        self.commit.commit(job_id.to_string()).await
     }
 
-    /// Publishes everything recorded so far (at shutdown).
+    /// Records `job_id` without waiting for its record.
+    pub fn record_later(&self, job_id: &str) {
+        self.commit.push(job_id.to_string());
+    }
+
+    /// Returns once everything recorded so far is stored or refused (at shutdown).
     pub async fn flush(&self) {
-        let (ack, flushed) = oneshot::channel();
-        if self.tx.send(Command::Flush(ack)).is_ok() {
-            let _ = flushed.await;
-        }
+        let _ = self.commit.commit(String::new()).await;
     }
 }
 
-async fn batch(mut rx: mpsc::UnboundedReceiver<Command>, broker: impl Broker, topic: String) {
-    let mut ids: Vec<String> = Vec::new();
-    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            command = rx.recv() => match command {
-                Some(Command::Done(job_id)) => {
-                    ids.push(job_id);
-                    if ids.len() >= MAX_IDS_PER_RECORD {
-                        publish(&broker, &topic, std::mem::take(&mut ids)).await;
-                    }
-                }
-                Some(Command::Flush(ack)) => {
-                    publish(&broker, &topic, std::mem::take(&mut ids)).await;
-                    let _ = ack.send(());
-                }
-                None => {
-                    publish(&broker, &topic, std::mem::take(&mut ids)).await;
-                    return;
-                }
-            },
-            _ = tick.tick(), if !ids.is_empty() => {
-                publish(&broker, &topic, std::mem::take(&mut ids)).await;
-            }
-        }
-    }
-}
-
-async fn publish(broker: &impl Broker, topic: &str, ids: Vec<String>) {
+async fn publish(broker: &impl Broker, topic: &str, mut ids: Vec<String>) -> Result<(), String> {
+    ids.retain(|id| !id.is_empty());
     if ids.is_empty() {
-        return;
+        return Ok(());
     }
     let msg = Outgoing::new(ids.join("\n")).with_property(props::RECORD, RECORD_DONE);
-    if let Err(e) = broker.publish(topic, msg).await {
+    broker.publish(topic, msg).await.map(|_| ()).map_err(|e| {
         tracing::warn!(jobs = ids.len(), error = %e, "could not record jobs as done; their deadlines will check CI");
-    }
+        e.to_string()
+    })
 }
 
 #[cfg(test)]

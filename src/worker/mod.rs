@@ -46,6 +46,7 @@ pub mod done_reader;
 pub mod done_records;
 pub mod duplicates;
 pub mod failure_history;
+pub mod group_commit;
 pub mod http_ingress;
 pub mod io;
 pub mod poison;
