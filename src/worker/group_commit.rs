@@ -123,17 +123,13 @@ async fn gather<T, F, Fut>(
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
+    use tokio::sync::Notify;
 
-    fn recorder(
-        max_batch: usize,
-        fail: bool,
-    ) -> (
-        GroupCommit<u32>,
-        Arc<Mutex<Vec<Vec<u32>>>>,
-        Arc<tokio::sync::Notify>,
-    ) {
+    type Batches = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    fn recorder(max_batch: usize, fail: bool) -> (GroupCommit<u32>, Batches, Arc<Notify>) {
         let batches = Arc::new(Mutex::new(Vec::new()));
-        let release = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(Notify::new());
         let (b, r) = (batches.clone(), release.clone());
         let commit = GroupCommit::spawn(max_batch, Duration::ZERO, move |items: Vec<u32>| {
             let (b, r) = (b.clone(), r.clone());
