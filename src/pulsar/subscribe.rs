@@ -15,7 +15,8 @@ pub struct SubscribeOptions {
     pub subscription: String,
     /// Prefix of the unique consumer name.
     pub name_prefix: String,
-    /// Messages the broker may push ahead of processing.
+    /// Messages the broker may push ahead of processing, all partitions together
+    /// ([`per_partition_queue`]).
     pub receiver_queue_size: u32,
     /// After this many redeliveries the crate moves a message to `dead_letter_topic` (Shared only).
     pub dead_letter: Option<(u32, String)>,
@@ -55,14 +56,23 @@ pub async fn subscribe(
             false,
         ),
     };
-    let mut builder = client
-        .for_topic(&opts.topic)
-        .await?
+    let pulsar = client.for_topic(&opts.topic).await?;
+    let partitions = pulsar
+        .lookup_partitioned_topic_number(&opts.topic)
+        .await
+        .map_err(|source| PulsarIoError::Subscribe {
+            topic: opts.topic.clone(),
+            subscription: subscription.clone(),
+            source,
+        })?;
+    let per_partition = per_partition_queue(opts.receiver_queue_size, partitions);
+    let mut builder = pulsar
         .consumer()
         .with_topic(&opts.topic)
         .with_subscription(&subscription)
         .with_subscription_type(sub_type)
         .with_consumer_name(format!("{}-{}", opts.name_prefix, unique))
+        .with_batch_size(per_partition)
         .with_options(
             ConsumerOptions::default()
                 .with_initial_position(if opts.from_earliest {
@@ -70,7 +80,7 @@ pub async fn subscribe(
                 } else {
                     InitialPosition::Latest
                 })
-                .with_receiver_queue_size(opts.receiver_queue_size)
+                .with_receiver_queue_size(per_partition)
                 .durable(durable),
         );
     if let Some((max, topic)) = &opts.dead_letter {
@@ -87,6 +97,19 @@ pub async fn subscribe(
             subscription,
             source,
         })
+}
+
+/// The receiver queue, and the permits the consumer grants the broker, of each partition's consumer,
+/// so that all partitions together prefetch about `total`.
+///
+/// Both matter for acknowledgements, not only for memory: the crate's consumer engine sends acks
+/// from the same queue as the messages it pushes into the receiver channel, and waits while that
+/// channel is full. An ack therefore leaves only after the messages the broker pushed before it
+/// reached the application; the crate's default permits (1,000 per partition, whatever the
+/// receiver queue) let a backlog delay acks for seconds, and a replica killed meanwhile left
+/// requests whose outcome was stored to be handled again.
+pub fn per_partition_queue(total: u32, partitions: u32) -> u32 {
+    total.div_ceil(partitions.max(1)).max(1)
 }
 
 /// `ledger:entry:partition[:batch]`, the form Pulsar's tools print.
@@ -115,4 +138,19 @@ pub fn properties_of(msg: &pulsar::consumer::Message<Vec<u8>>) -> HashMap<String
         .iter()
         .map(|kv| (kv.key.clone(), kv.value.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::per_partition_queue;
+
+    #[test]
+    fn partitions_share_the_prefetch() {
+        assert_eq!(per_partition_queue(8, 0), 8, "not partitioned");
+        assert_eq!(per_partition_queue(8, 1), 8);
+        assert_eq!(per_partition_queue(8, 4), 2);
+        assert_eq!(per_partition_queue(10, 4), 3, "rounded up");
+        assert_eq!(per_partition_queue(2, 16), 1, "at least one each");
+        assert_eq!(per_partition_queue(0, 1), 1);
+    }
 }
