@@ -1,6 +1,7 @@
 //! What every handler of the worker shares: the [`Context`] (settings, I/O, metrics and the in-process
 //! state of the three paths) and the [`WorkerError`] a loop ends with.
 
+use super::attempts::Attempts;
 use super::deadline_record::DeadlineBatcher;
 use super::done_records::DoneRecorder;
 use super::duplicates::FinishedJobs;
@@ -33,6 +34,7 @@ pub struct Context<B = Publisher, C = CiClient> {
     pub ci: C,
     pub metrics: Arc<Metrics>,
     pub recovery: Recovery,
+    pub attempts: Attempts,
     pub finished_jobs: FinishedJobs,
     pub done_records: DoneRecorder,
     pub deadlines: DeadlineBatcher,
@@ -52,6 +54,7 @@ impl<B: Broker + Clone, C: CiApi> Context<B, C> {
     ) -> Context<B, C> {
         Context {
             recovery: Recovery::new(settings.worker.recovery_lookback),
+            attempts: Attempts::spawn(broker.clone(), settings.pulsar.done_topic.clone(), false),
             finished_jobs: FinishedJobs::default(),
             done_records: DoneRecorder::spawn(broker.clone(), settings.pulsar.done_topic.clone()),
             deadlines: DeadlineBatcher::spawn(

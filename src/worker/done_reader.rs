@@ -1,12 +1,14 @@
 //! The `done` records of every replica ([`super::done_records`]), read on a non-durable subscription
 //! of this process's own: each job id goes into [`super::duplicates::FinishedJobs`], so that a
 //! deadline of a job another replica finished costs no CI call here, and a completion event that
-//! reaches this replica late is a recognized duplicate.
+//! reaches this replica late is a recognized duplicate. The attempt records on the same topic go to
+//! [`super::attempts::Attempts`] (in the topic's order: that order is what they rely on).
 //!
 //! Non-durable, starting at the newest record: the broker keeps nothing for a replica that is gone,
 //! so killed replicas leave no backlog behind, and a restarted one learns only what finishes from
 //! then on (an older job whose deadline reaches it is described once, as README Limits says).
 
+use super::attempts::{AttemptRecord, RECORD_ATTEMPTS};
 use super::context::{Context, WorkerError};
 use super::done_records::{ids_of, RECORD_DONE};
 use super::io::{Broker, CiApi};
@@ -37,18 +39,26 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
         HEALTH_NAME,
         "done",
         subscribe,
-        16,
+        // One at a time: attempt records must be taken in the topic's order.
+        1,
         |ctx, d| async move { handle(&ctx, &d) },
     )
     .await
 }
 
-/// Remembers the record's jobs as finished. Anything else on the topic is not ours: skipped.
+/// Remembers a done record's jobs as finished, and an attempt record's requests as attempted.
+/// Anything else on the topic is not ours: skipped.
 pub fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Delivery) -> Disposition {
-    if delivery.properties.get(props::RECORD).map(String::as_str) == Some(RECORD_DONE) {
+    let record = delivery.properties.get(props::RECORD).map(String::as_str);
+    if record == Some(RECORD_DONE) {
         for job_id in ids_of(&delivery.payload) {
             ctx.finished_jobs.insert(job_id);
         }
+    } else if let Some(attempts) = (record == Some(RECORD_ATTEMPTS))
+        .then(|| AttemptRecord::parse(&delivery.payload))
+        .flatten()
+    {
+        ctx.attempts.observe(&attempts);
     } else {
         tracing::warn!(topic = %delivery.topic, message_id = %delivery.message_id, "not a done record; skipped");
     }
@@ -72,6 +82,31 @@ mod tests {
         assert!(ctx.finished_jobs.contains("j1"));
         assert!(ctx.finished_jobs.contains("j2"));
         assert!(!ctx.finished_jobs.contains("j3"));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_record_makes_its_requests_possible_repeats() {
+        let ctx = context(ScriptedCi::default());
+        let record = crate::worker::attempts::AttemptRecord {
+            version: crate::worker::attempts::RECORD_VERSION,
+            writer: "another-replica".into(),
+            seq: 3,
+            at_ms: 1_700_000_000_000,
+            requests: vec!["r1".into()],
+        };
+        let mut d = delivery(
+            &ctx.settings.pulsar.done_topic,
+            serde_json::to_vec(&record).unwrap(),
+        );
+        d.properties
+            .insert(props::RECORD.into(), RECORD_ATTEMPTS.into());
+        assert_eq!(handle(&ctx, &d), Disposition::Ack);
+        let claim = ctx.attempts.claim("r1").await.unwrap();
+        assert!(claim.earlier_attempt.is_some());
+        assert_eq!(
+            ctx.attempts.claim("r2").await.unwrap().earlier_attempt,
+            None
+        );
     }
 
     #[tokio::test]

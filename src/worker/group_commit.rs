@@ -10,14 +10,14 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+type Waiter<R> = oneshot::Sender<Result<R, String>>;
 
 /// Handle to a batching task; cheap to clone and to call from every handler.
-pub struct GroupCommit<T> {
-    tx: mpsc::UnboundedSender<(T, Waiter)>,
+pub struct GroupCommit<T, R = ()> {
+    tx: mpsc::UnboundedSender<(T, Waiter<R>)>,
 }
 
-impl<T> Clone for GroupCommit<T> {
+impl<T, R> Clone for GroupCommit<T, R> {
     fn clone(&self) -> Self {
         GroupCommit {
             tx: self.tx.clone(),
@@ -25,13 +25,13 @@ impl<T> Clone for GroupCommit<T> {
     }
 }
 
-impl<T: Send + 'static> GroupCommit<T> {
+impl<T: Send + 'static, R: Clone + Send + 'static> GroupCommit<T, R> {
     /// Starts the task: `store` gets each batch (at most `max_batch` items) and says whether the
-    /// broker has it.
-    pub fn spawn<F, Fut>(max_batch: usize, min_interval: Duration, store: F) -> GroupCommit<T>
+    /// broker has it (and what every caller of the batch learns, e.g. the record's number).
+    pub fn spawn<F, Fut>(max_batch: usize, min_interval: Duration, store: F) -> GroupCommit<T, R>
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
+        Fut: Future<Output = Result<R, String>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(gather(rx, max_batch.max(1), min_interval, store));
@@ -45,7 +45,7 @@ impl<T: Send + 'static> GroupCommit<T> {
     }
 
     /// Puts `item` in the next batch; returns once that batch was stored, or why not.
-    pub async fn commit(&self, item: T) -> Result<(), String> {
+    pub async fn commit(&self, item: T) -> Result<R, String> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send((item, tx))
@@ -55,18 +55,18 @@ impl<T: Send + 'static> GroupCommit<T> {
     }
 }
 
-async fn gather<T, F, Fut>(
-    mut rx: mpsc::UnboundedReceiver<(T, Waiter)>,
+async fn gather<T, R: Clone, F, Fut>(
+    mut rx: mpsc::UnboundedReceiver<(T, Waiter<R>)>,
     max_batch: usize,
     min_interval: Duration,
     store: F,
 ) where
     F: Fn(Vec<T>) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = Result<R, String>>,
 {
     let mut in_flight: Option<std::pin::Pin<Box<Fut>>> = None;
-    let mut in_flight_waiters: Vec<Waiter> = Vec::new();
-    let mut next: Vec<(T, Waiter)> = Vec::new();
+    let mut in_flight_waiters: Vec<Waiter<R>> = Vec::new();
+    let mut next: Vec<(T, Waiter<R>)> = Vec::new();
     let mut open = true;
     let mut earliest_next = tokio::time::Instant::now();
     loop {
@@ -95,7 +95,7 @@ async fn gather<T, F, Fut>(
                 }
             }
             let take = next.len().min(max_batch);
-            let (items, waiters): (Vec<T>, Vec<Waiter>) = next.drain(..take).unzip();
+            let (items, waiters): (Vec<T>, Vec<Waiter<R>>) = next.drain(..take).unzip();
             in_flight_waiters = waiters;
             earliest_next = tokio::time::Instant::now() + min_interval;
             in_flight = Some(Box::pin(store(items)));

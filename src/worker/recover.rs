@@ -9,8 +9,14 @@
 //!   (bucket, region, queue, tag), taken lazily and shared by all such requests ([`Recovery::lookup`]),
 //!   so a backlog after a restart costs a few list calls, not one per request.
 //!
-//! The marker is unique per request id, so a match is the request's own job.
+//! - a **possible repeat**: a request another attempt (of any replica) may have submitted, as the
+//!   attempt records tell ([`super::attempts`]): before submitting, the worker looks for the marker
+//!   among the jobs of the request's input object created since that attempt ([`search`]).
+//!
+//! [`check_for`] decides which check a request needs. The marker is unique per request id, so a
+//! match is the request's own job.
 
+use super::attempts::Claim;
 use super::ci_calls;
 use super::io::CiApi;
 use crate::ci::client::{CiError, ListQuery};
@@ -63,11 +69,6 @@ impl Recovery {
         self.in_doubt.lock().await.remove(request_id)
     }
 
-    /// Whether a request published at `publish_time` may have been handled by an earlier process.
-    pub fn maybe_attempted(&self, publish_time: SystemTime) -> bool {
-        publish_time < self.started_at
-    }
-
     /// The job an earlier process created for `req`, from the shared scan of its queue.
     /// `Err` when CI cannot be listed (the caller retries later rather than risk a duplicate).
     pub async fn lookup(
@@ -92,6 +93,41 @@ impl Recovery {
                 ))
             }
         }
+    }
+}
+
+/// Clock difference allowed between the pipeline's producers and the worker's hosts, when comparing
+/// a request's publish time with what the attempt records cover.
+pub const PUBLISH_SKEW: Duration = Duration::from_secs(2);
+
+/// How a request must be checked against CI before it is submitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing suggests a job may exist: submit.
+    None,
+    /// A job may exist: look for the marker among the jobs created since then ([`search`]).
+    Marker(SystemTime),
+    /// Published before this process knew every attempt: the shared scan of its queue
+    /// ([`Recovery::lookup`]), one for a whole backlog.
+    RestartScan,
+}
+
+/// Which check a request published at `published` needs, given what the attempt records said
+/// (`claim`) and whether an earlier attempt of this process lost its answer (`in_doubt`).
+pub fn check_for(claim: &Claim, in_doubt: Option<SystemTime>, published: SystemTime) -> Check {
+    if let Some(since) = [claim.earlier_attempt, in_doubt]
+        .into_iter()
+        .flatten()
+        .min()
+    {
+        return Check::Marker(since);
+    }
+    match claim.known_since {
+        // Nothing is sure: any attempt came after the request was published.
+        None => Check::Marker(published),
+        Some(known) if published < known + PUBLISH_SKEW => Check::RestartScan,
+        Some(_) if published < claim.forgotten_until + PUBLISH_SKEW => Check::Marker(published),
+        Some(_) => Check::None,
     }
 }
 
@@ -176,6 +212,7 @@ mod tests {
     use super::*;
     use crate::request::SubmitRequest;
     use crate::worker::test_doubles::*;
+    use std::time::UNIX_EPOCH;
 
     fn valid(request_id: &str) -> ValidRequest {
         SubmitRequest::parse(request(request_id).as_bytes())
@@ -238,6 +275,62 @@ mod tests {
         assert_eq!(ci.calls(), ["list", "list"]);
     }
 
+    #[test]
+    fn which_check_a_request_needs() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let secs = |s: u64| t0 + Duration::from_secs(s);
+        let claim = |earlier: Option<SystemTime>, known: Option<SystemTime>| Claim {
+            earlier_attempt: earlier,
+            known_since: known,
+            forgotten_until: UNIX_EPOCH,
+        };
+        let started = claim(None, Some(t0));
+        assert_eq!(
+            check_for(&started, None, secs(60)),
+            Check::None,
+            "a fresh request"
+        );
+        assert_eq!(
+            check_for(&claim(Some(secs(50)), Some(t0)), None, secs(40)),
+            Check::Marker(secs(50)),
+            "another attempt was recorded"
+        );
+        assert_eq!(
+            check_for(&claim(Some(secs(50)), Some(t0)), Some(secs(45)), secs(40)),
+            Check::Marker(secs(45)),
+            "the earliest of the attempts"
+        );
+        assert_eq!(
+            check_for(&started, Some(secs(70)), secs(60)),
+            Check::Marker(secs(70)),
+            "a lost answer"
+        );
+        assert_eq!(
+            check_for(&started, None, t0 - Duration::from_secs(3600)),
+            Check::RestartScan,
+            "published before attempts were known here"
+        );
+        assert_eq!(
+            check_for(&started, None, secs(1)),
+            Check::RestartScan,
+            "within the clock skew allowed"
+        );
+        assert_eq!(
+            check_for(&claim(None, None), None, secs(60)),
+            Check::Marker(secs(60)),
+            "own record not read back: nothing is sure"
+        );
+        let forgetful = Claim {
+            forgotten_until: secs(100),
+            ..started
+        };
+        assert_eq!(
+            check_for(&forgetful, None, secs(90)),
+            Check::Marker(secs(90))
+        );
+        assert_eq!(check_for(&forgetful, None, secs(200)), Check::None);
+    }
+
     #[tokio::test]
     async fn in_doubt_is_taken_once() {
         let recovery = Recovery::new(Duration::from_secs(3600));
@@ -245,7 +338,5 @@ mod tests {
         recovery.put_in_doubt("r1", t).await;
         assert_eq!(recovery.take_in_doubt("r1").await, Some(t));
         assert_eq!(recovery.take_in_doubt("r1").await, None);
-        assert!(recovery.maybe_attempted(recovery.started_at - Duration::from_millis(1)));
-        assert!(!recovery.maybe_attempted(recovery.started_at));
     }
 }

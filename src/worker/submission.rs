@@ -4,6 +4,7 @@
 
 use super::context::{Context, WorkerError};
 use super::io::{Broker, CiApi};
+use super::recover::Check;
 use super::results::{self, stored};
 use super::serve::serve;
 use super::{ci_calls, dead_letter, deadline_record, recover, retry};
@@ -62,30 +63,42 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
             return stored(results::publish(ctx, &result).await);
         }
     };
-    if let Some(since) = ctx.recovery.take_in_doubt(&valid.request_id).await {
-        let check = with_backoff(ctx, &valid.request_id, || {
-            recover::search(&ctx.ci, &ctx.metrics, &valid, since)
-        });
-        match check.await {
-            Ok(Some(detail)) => return recovered(ctx, &valid, &detail).await,
-            Ok(None) => {}
-            Err(e) => {
-                ctx.recovery.put_in_doubt(&valid.request_id, since).await;
-                tracing::warn!(request_id = %valid.request_id, error = %e, "cannot check for an earlier submission; releasing the request for redelivery");
-                return Disposition::Retry(format!("cannot check for an earlier submission: {e}"));
-            }
+    // Announce the attempt before anything else can create a job, and learn whether another
+    // attempt (of any replica) came first.
+    let claim = match ctx.attempts.claim(&valid.request_id).await {
+        Ok(claim) => claim,
+        Err(e) => {
+            tracing::warn!(request_id = %valid.request_id, error = %e, "cannot record the attempt; releasing the request for redelivery");
+            return Disposition::Retry(format!("cannot record the attempt: {e}"));
         }
-    } else if ctx.recovery.maybe_attempted(delivery.publish_time) {
-        let check = with_backoff(ctx, &valid.request_id, || {
-            ctx.recovery.lookup(&ctx.ci, &ctx.metrics, &valid)
-        });
-        match check.await {
-            Ok(Some(detail)) => return recovered(ctx, &valid, &detail).await,
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(request_id = %valid.request_id, error = %e, "cannot check for an earlier submission; releasing the request for redelivery");
-                return Disposition::Retry(format!("cannot check for an earlier submission: {e}"));
+    };
+    let in_doubt = ctx.recovery.take_in_doubt(&valid.request_id).await;
+    let check = recover::check_for(&claim, in_doubt, delivery.publish_time);
+    let found = match check {
+        Check::None => Ok(None),
+        Check::Marker(since) => {
+            tracing::info!(request_id = %valid.request_id, "a job may exist for this request (an earlier attempt); looking for it at CI");
+            with_backoff(ctx, &valid.request_id, || {
+                recover::search(&ctx.ci, &ctx.metrics, &valid, since)
+            })
+            .await
+        }
+        Check::RestartScan => {
+            with_backoff(ctx, &valid.request_id, || {
+                ctx.recovery.lookup(&ctx.ci, &ctx.metrics, &valid)
+            })
+            .await
+        }
+    };
+    match found {
+        Ok(Some(detail)) => return recovered(ctx, &valid, &detail).await,
+        Ok(None) => {}
+        Err(e) => {
+            if let Some(since) = in_doubt {
+                ctx.recovery.put_in_doubt(&valid.request_id, since).await;
             }
+            tracing::warn!(request_id = %valid.request_id, error = %e, "cannot check for an earlier submission; releasing the request for redelivery");
+            return Disposition::Retry(format!("cannot check for an earlier submission: {e}"));
         }
     }
     match submit_with_retry(ctx, &valid).await {
@@ -321,8 +334,13 @@ mod tests {
     /// A request published before this process started (a restart may have left it half done).
     fn earlier_delivery(ctx: &TestContext, request_id: &str) -> Delivery {
         let mut d = request_delivery(ctx, request(request_id));
-        d.publish_time = ctx.recovery.started_at - Duration::from_secs(1);
+        d.publish_time = ctx.recovery.started_at - Duration::from_secs(3600);
         d
+    }
+
+    /// Messages stored besides the attempt records.
+    fn outcomes(ctx: &TestContext) -> usize {
+        ctx.broker.count() - ctx.broker.on(&ctx.settings.pulsar.done_topic).len()
     }
 
     fn deadlines(ctx: &TestContext) -> Vec<Deadline> {
@@ -355,7 +373,7 @@ mod tests {
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].payload, b"not json");
         assert!(dead[0].properties[props::DLQ_REASON].contains("not valid JSON"));
-        assert_eq!(ctx.broker.count(), 1, "no result, no deadline");
+        assert_eq!(outcomes(&ctx), 1, "no result, no deadline");
         assert!(ctx.ci.calls().is_empty());
     }
 
@@ -421,7 +439,7 @@ mod tests {
         assert_eq!(ctx.ci.calls(), ["submit", "submit", "submit"]);
         assert_eq!(ctx.metrics.ci_retries.get(), 2);
         assert_eq!(
-            ctx.broker.count(),
+            outcomes(&ctx),
             0,
             "nothing is published for a released request"
         );
@@ -559,8 +577,57 @@ mod tests {
             "never submitted while in doubt"
         );
         assert_eq!(ctx.metrics.ci_retries.get(), 2);
-        assert_eq!(ctx.broker.count(), 0);
+        assert_eq!(outcomes(&ctx), 0);
         assert_eq!(ctx.recovery.take_in_doubt("r1").await, Some(since));
+    }
+
+    /// Another replica's attempt record naming `request_id`, as the done reader passes it on.
+    fn attempted_elsewhere(ctx: &TestContext, request_id: &str) {
+        ctx.attempts
+            .observe(&crate::worker::attempts::AttemptRecord {
+                version: crate::worker::attempts::RECORD_VERSION,
+                writer: "another-replica".into(),
+                seq: 1,
+                at_ms: deadline_record::now_ms(),
+                requests: vec![request_id.into()],
+            });
+    }
+
+    #[tokio::test]
+    async fn request_another_replica_attempted_reuses_the_job_it_created() {
+        let ci = ScriptedCi::default()
+            .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
+        let ctx = context(ci);
+        attempted_elsewhere(&ctx, "r1");
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["list"], "found, not submitted again");
+        assert_eq!(results(&ctx)[0].job_id.as_deref(), Some("j1"));
+        assert_eq!(deadlines(&ctx)[0].job_id, "j1");
+        assert_eq!(ctx.metrics.submissions_recovered.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn request_another_replica_attempted_without_a_job_is_submitted() {
+        let ci = ScriptedCi::default()
+            .list_answers(Ok(jobs(&[], None)))
+            .submit_answers(Ok(job("j1", "Submitted", &sent_user_data("r1"))));
+        let ctx = context(ci);
+        attempted_elsewhere(&ctx, "r1");
+        attempted_elsewhere(&ctx, "r2");
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["list", "submit"]);
+        assert_eq!(results(&ctx)[0].job_id.as_deref(), Some("j1"));
+    }
+
+    #[tokio::test]
+    async fn request_whose_attempt_cannot_be_recorded_is_not_submitted() {
+        let ctx = context(ScriptedCi::default());
+        ctx.broker.refuse(&ctx.settings.pulsar.done_topic);
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
+        assert!(ctx.ci.calls().is_empty());
     }
 
     #[tokio::test]
@@ -657,7 +724,7 @@ mod tests {
         assert_eq!(verdict, Disposition::Ack);
         assert_eq!(ctx.ci.calls(), ["list"]);
         assert_eq!(
-            ctx.broker.count(),
+            outcomes(&ctx),
             0,
             "no submitted event after the final, no deadline"
         );
@@ -673,7 +740,7 @@ mod tests {
         let verdict = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
         assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
         assert_eq!(ctx.ci.calls(), ["list", "list", "list"]);
-        assert_eq!(ctx.broker.count(), 0);
+        assert_eq!(outcomes(&ctx), 0);
     }
 
     /// CI down at start-up: the check is retried with backoff instead of releasing the request at

@@ -1,12 +1,15 @@
 //! A [`Context`] over the in-memory doubles of [`super::test_doubles`], and readers of what the
 //! handlers under test stored, for the handlers' unit tests.
 
+use super::attempts::Attempts;
 use super::context::Context;
+use super::recover::PUBLISH_SKEW;
 use super::test_doubles::{settings, MemoryBroker, ScriptedCi};
 use crate::config::Settings;
 use crate::result::JobResult;
 use crate::telemetry::{Health, Metrics};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub type TestContext = Context<MemoryBroker, ScriptedCi>;
 
@@ -17,13 +20,23 @@ pub fn context(ci: ScriptedCi) -> TestContext {
 }
 
 pub fn context_with(settings: Settings, ci: ScriptedCi) -> TestContext {
-    Context::new(
+    let mut ctx = Context::new(
         settings,
         MemoryBroker::default(),
         ci,
         Arc::new(Metrics::new()),
         Arc::new(Health::default()),
+    );
+    // No reader runs here: the attempt records are read back as soon as they are stored, and the
+    // attempts made since just before this "process" started are known (a request published now is
+    // fresh, one published well before it started is not).
+    ctx.attempts = Attempts::spawn(
+        ctx.broker.clone(),
+        ctx.settings.pulsar.done_topic.clone(),
+        true,
     )
+    .knowing_since(ctx.recovery.started_at - PUBLISH_SKEW - Duration::from_secs(1));
+    ctx
 }
 
 /// The results stored on the result topic.

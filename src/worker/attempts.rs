@@ -1,0 +1,382 @@
+//! Attempt records: every replica announces the requests it is about to submit, so that whichever
+//! replica gets one of them again knows that a job may already exist for it.
+//!
+//! `POST /jobs` is not idempotent, and the broker redelivers a request whose acknowledgement it did
+//! not get: after a replica is killed mid-submission (its job created, its answer or its ack lost),
+//! after a `Retry`, after a shutdown that released it. The broker does not say a delivery is a
+//! repeat (Pulsar counts redeliveries only for nacks, and the crate does not expose the count), so
+//! the replicas say it themselves:
+//!
+//! 1. Before submitting, a replica stores an *attempt record* naming the request on
+//!    `pulsar.done_topic` (group-committed: one record per broker round trip, whatever the load).
+//! 2. Every replica reads every record of that topic on a subscription of its own
+//!    ([`super::done_reader`]), in the topic's order, and remembers who attempted what.
+//! 3. The submitting replica waits until it has read *its own* record back. The topic is one
+//!    ordered log, so by then it has read every record stored before its own, including that of any
+//!    earlier attempt at the same request (an attempt is recorded before its `POST /jobs`, and a
+//!    request is redelivered only after that attempt's holder died or let it go).
+//! 4. An earlier attempt, from any process, makes the request *possibly repeated*: the caller checks
+//!    CI for the marker before submitting ([`super::recover`]).
+//!
+//! What a replica cannot know this way — attempts before its own first record was read, and
+//! attempts it forgot (it remembers the newest [`CAPACITY`]) — the [`Claim`] says too, so that
+//! requests published before then are checked against CI ([`super::recover::check_for`]).
+
+use super::group_commit::GroupCommit;
+use super::io::Broker;
+use crate::pulsar::{props, Outgoing};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// `ci-worker-record` of an attempt record.
+pub const RECORD_ATTEMPTS: &str = "attempts";
+/// The version of [`AttemptRecord`].
+pub const RECORD_VERSION: u32 = 1;
+/// Attempts remembered per process (about 100 bytes each).
+pub const CAPACITY: usize = 200_000;
+/// Most requests in one record.
+pub const MAX_PER_RECORD: usize = 1000;
+/// How long a submission waits to read its own record back before it checks CI instead.
+pub const READ_BACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One attempt record, as stored (JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub version: u32,
+    /// The process that wrote it (random per process).
+    pub writer: String,
+    /// The writer's record number, from 1.
+    pub seq: u64,
+    /// Unix milliseconds when it was written (the writer's clock).
+    pub at_ms: u64,
+    pub requests: Vec<String>,
+}
+
+impl AttemptRecord {
+    pub fn parse(payload: &[u8]) -> Option<AttemptRecord> {
+        serde_json::from_slice::<AttemptRecord>(payload)
+            .ok()
+            .filter(|r| r.version == RECORD_VERSION)
+    }
+}
+
+/// What a replica learnt about a request it is about to submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// When the earliest earlier attempt at this request was recorded, by any process.
+    pub earlier_attempt: Option<SystemTime>,
+    /// Since when every attempt is known here: when this process wrote its first record read back.
+    /// `None` when this submission's own record was not read back in time (nothing is sure then).
+    pub known_since: Option<SystemTime>,
+    /// Attempts recorded up to this time may have been forgotten (`UNIX_EPOCH`: none were).
+    pub forgotten_until: SystemTime,
+}
+
+/// The attempts this process has read, and its own record writer.
+pub struct Attempts {
+    inner: Arc<Inner>,
+    commit: GroupCommit<String, u64>,
+    read_back_timeout: Duration,
+}
+
+struct Inner {
+    writer: String,
+    next_seq: AtomicU64,
+    seen: Mutex<Seen>,
+    /// The highest own record number read back.
+    own_read: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Seen {
+    by_request: HashMap<String, Vec<Sighting>>,
+    /// Every sighting's request, oldest first (for forgetting).
+    order: VecDeque<String>,
+    /// When this process's first own record was written: every record stored after it is read.
+    first_own_ms: Option<u64>,
+    /// The newest forgotten sighting's time.
+    forgotten_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sighting {
+    /// Set when this process wrote it.
+    own_seq: Option<u64>,
+    at_ms: u64,
+}
+
+impl Attempts {
+    /// Starts the record writer on `topic`. With `loop_back`, the writer reads its own records back
+    /// itself as soon as they are stored (for tests without a reader).
+    pub fn spawn(broker: impl Broker + Clone, topic: String, loop_back: bool) -> Attempts {
+        let inner = Arc::new(Inner {
+            writer: uuid::Uuid::new_v4().simple().to_string(),
+            next_seq: AtomicU64::new(1),
+            seen: Mutex::new(Seen::default()),
+            own_read: watch::channel(0).0,
+        });
+        let writer = inner.clone();
+        let commit = GroupCommit::spawn(MAX_PER_RECORD, Duration::ZERO, move |requests| {
+            let (broker, topic, inner) = (broker.clone(), topic.clone(), writer.clone());
+            async move {
+                let record = AttemptRecord {
+                    version: RECORD_VERSION,
+                    writer: inner.writer.clone(),
+                    seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
+                    at_ms: unix_ms(SystemTime::now()),
+                    requests,
+                };
+                let payload = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+                let msg = Outgoing::new(payload).with_property(props::RECORD, RECORD_ATTEMPTS);
+                broker
+                    .publish(&topic, msg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if loop_back {
+                    inner.observe(&record);
+                }
+                Ok(record.seq)
+            }
+        });
+        Attempts {
+            inner,
+            commit,
+            read_back_timeout: READ_BACK_TIMEOUT,
+        }
+    }
+
+    /// Takes every attempt since `t` as known (for tests without a reader; a real process learns
+    /// it from its first record read back).
+    pub fn knowing_since(self, t: SystemTime) -> Attempts {
+        self.inner.seen().first_own_ms = Some(unix_ms(t));
+        self
+    }
+
+    /// Waits at most `timeout` for a record to be read back (instead of [`READ_BACK_TIMEOUT`]).
+    pub fn with_read_back_timeout(mut self, timeout: Duration) -> Attempts {
+        self.read_back_timeout = timeout;
+        self
+    }
+
+    /// Records that this process is about to submit `request_id`, and says what it learnt: returns
+    /// once the record is stored and read back (or [`READ_BACK_TIMEOUT`] passed). `Err` when the
+    /// record could not be stored: the request must not be submitted then.
+    pub async fn claim(&self, request_id: &str) -> Result<Claim, String> {
+        let seq = self.commit.commit(request_id.to_string()).await?;
+        let mut own_read = self.inner.own_read.subscribe();
+        let read_back =
+            tokio::time::timeout(self.read_back_timeout, own_read.wait_for(|s| *s >= seq))
+                .await
+                .is_ok_and(|r| r.is_ok());
+        if !read_back {
+            tracing::warn!(
+                request_id,
+                "own attempt record not read back in time; checking CI before submitting"
+            );
+        }
+        Ok(self.inner.claim(request_id, seq, read_back))
+    }
+
+    /// Takes in a record read from the topic (any writer's, in the topic's order).
+    pub fn observe(&self, record: &AttemptRecord) {
+        self.inner.observe(record);
+    }
+}
+
+impl Inner {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn observe(&self, record: &AttemptRecord) {
+        let own = record.writer == self.writer;
+        {
+            let mut seen = self.seen();
+            if own && seen.first_own_ms.is_none() {
+                seen.first_own_ms = Some(record.at_ms);
+            }
+            for request in &record.requests {
+                seen.by_request
+                    .entry(request.clone())
+                    .or_default()
+                    .push(Sighting {
+                        own_seq: own.then_some(record.seq),
+                        at_ms: record.at_ms,
+                    });
+                seen.order.push_back(request.clone());
+            }
+            while seen.order.len() > CAPACITY {
+                seen.forget_oldest();
+            }
+        }
+        if own {
+            self.own_read.send_if_modified(|read| {
+                let newer = record.seq > *read;
+                if newer {
+                    *read = record.seq;
+                }
+                newer
+            });
+        }
+    }
+
+    fn claim(&self, request_id: &str, seq: u64, read_back: bool) -> Claim {
+        let seen = self.seen();
+        let earlier = seen.by_request.get(request_id).and_then(|sightings| {
+            sightings
+                .iter()
+                .take_while(|s| s.own_seq != Some(seq))
+                .map(|s| s.at_ms)
+                .min()
+        });
+        Claim {
+            earlier_attempt: earlier.map(from_unix_ms),
+            known_since: seen.first_own_ms.filter(|_| read_back).map(from_unix_ms),
+            forgotten_until: from_unix_ms(seen.forgotten_ms),
+        }
+    }
+}
+
+impl Seen {
+    fn forget_oldest(&mut self) {
+        let Some(request) = self.order.pop_front() else {
+            return;
+        };
+        if let Some(sightings) = self.by_request.get_mut(&request) {
+            if !sightings.is_empty() {
+                let oldest = sightings.remove(0);
+                self.forgotten_ms = self.forgotten_ms.max(oldest.at_ms);
+            }
+            if sightings.is_empty() {
+                self.by_request.remove(&request);
+            }
+        }
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::test_doubles::MemoryBroker;
+
+    const TOPIC: &str = "persistent://public/default/done";
+
+    fn other(seq: u64, at_ms: u64, requests: &[&str]) -> AttemptRecord {
+        AttemptRecord {
+            version: RECORD_VERSION,
+            writer: "another-process".into(),
+            seq,
+            at_ms,
+            requests: requests.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_first_attempt_is_not_a_repeat_and_is_stored_before_it_is_claimed() {
+        let broker = MemoryBroker::default();
+        let attempts = Attempts::spawn(broker.clone(), TOPIC.into(), true);
+        let claim = attempts.claim("r1").await.unwrap();
+        assert_eq!(claim.earlier_attempt, None);
+        assert!(claim.known_since.is_some());
+        assert_eq!(claim.forgotten_until, UNIX_EPOCH);
+        let stored = broker.on(TOPIC);
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].properties[props::RECORD], RECORD_ATTEMPTS);
+        let record = AttemptRecord::parse(&stored[0].payload).unwrap();
+        assert_eq!(record.requests, ["r1"]);
+        assert_eq!(record.seq, 1);
+    }
+
+    #[tokio::test]
+    async fn another_process_attempt_read_before_ours_makes_it_a_repeat() {
+        let attempts = Attempts::spawn(MemoryBroker::default(), TOPIC.into(), true);
+        attempts.claim("warm-up").await.unwrap();
+        attempts.observe(&other(7, 1_700_000_000_000, &["r1", "r2"]));
+        let claim = attempts.claim("r1").await.unwrap();
+        assert_eq!(claim.earlier_attempt, Some(from_unix_ms(1_700_000_000_000)));
+        assert_eq!(attempts.claim("r3").await.unwrap().earlier_attempt, None);
+    }
+
+    #[tokio::test]
+    async fn our_own_earlier_attempt_counts_too() {
+        let attempts = Attempts::spawn(MemoryBroker::default(), TOPIC.into(), true);
+        assert_eq!(attempts.claim("r1").await.unwrap().earlier_attempt, None);
+        assert!(attempts
+            .claim("r1")
+            .await
+            .unwrap()
+            .earlier_attempt
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn a_record_that_cannot_be_stored_forbids_the_submission() {
+        let broker = MemoryBroker::default();
+        broker.refuse(TOPIC);
+        let attempts = Attempts::spawn(broker, TOPIC.into(), true);
+        assert!(attempts.claim("r1").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_record_not_read_back_leaves_nothing_known() {
+        // No loop back and no reader: the record is stored but never read.
+        let attempts = Attempts::spawn(MemoryBroker::default(), TOPIC.into(), false)
+            .with_read_back_timeout(Duration::from_millis(50));
+        let claim = attempts.claim("r1").await.unwrap();
+        assert_eq!(claim.known_since, None);
+    }
+
+    #[test]
+    fn forgetting_moves_the_horizon() {
+        let inner = Inner {
+            writer: "me".into(),
+            next_seq: AtomicU64::new(1),
+            seen: Mutex::new(Seen::default()),
+            own_read: watch::channel(0).0,
+        };
+        let mut mine = other(1, 1_000, &["first"]);
+        mine.writer = "me".into();
+        inner.observe(&mine);
+        let many: Vec<String> = (0..CAPACITY).map(|i| format!("r{i}")).collect();
+        inner.observe(&AttemptRecord {
+            requests: many,
+            ..other(1, 2_000, &[])
+        });
+        let claim = inner.claim("r5", 99, true);
+        assert_eq!(claim.known_since, Some(from_unix_ms(1_000)));
+        assert_eq!(
+            claim.forgotten_until,
+            from_unix_ms(1_000),
+            "the oldest went"
+        );
+        assert!(claim.earlier_attempt.is_some());
+        assert_eq!(
+            inner.claim("first", 99, true).earlier_attempt,
+            None,
+            "forgotten"
+        );
+    }
+
+    #[test]
+    fn records_of_another_version_are_not_read() {
+        let mut r = other(1, 1, &["r1"]);
+        assert!(AttemptRecord::parse(&serde_json::to_vec(&r).unwrap()).is_some());
+        r.version = 2;
+        assert!(AttemptRecord::parse(&serde_json::to_vec(&r).unwrap()).is_none());
+        assert!(AttemptRecord::parse(b"r1\nr2").is_none());
+    }
+}
