@@ -1,7 +1,21 @@
 //! What happens when things break, proven against the real broker, the emulator and the `ci-worker`
 //! binary as processes: a worker killed mid-flight, answers lost after CI created the job, a broker
-//! restart, CI throttling and errors with duplicate callbacks, lost callbacks across a restart, hostile
-//! input with secrets kept out of logs and dead letters, and poison messages.
+//! restart, CI throttling and errors with duplicate callbacks, lost callbacks across a restart,
+//! deadlines across two replicas, scale-out (three replicas, two killed mid-submission, on plain and
+//! on 4-partition topics; a rolling update under load), hostile input with secrets kept out of logs
+//! and dead letters, and poison messages.
+//!
+//! 1. `worker_killed_mid_flight_loses_nothing_and_submits_once`
+//! 2. `lost_submit_answers_do_not_create_second_jobs`
+//! 3. `broker_restart_loses_nothing`
+//! 4. `ci_faults_and_duplicate_callbacks`
+//! 5. `lost_callbacks_are_found_by_deadlines_across_a_restart`
+//!    - 5b. `deadlines_of_finished_jobs_cost_nothing_across_replicas`
+//!    - 5c. `replicas_killed_mid_submission_create_no_second_job` and
+//!      `replicas_killed_mid_submission_create_no_second_job_partitioned`
+//!    - 5d. `rolling_update_creates_no_extra_job_and_no_duplicate_final`
+//! 6. `hostile_input_is_refused_or_escaped_and_secrets_stay_secret`
+//! 7. `poison_messages_are_dead_lettered_with_their_history`
 
 mod common;
 mod stack;
@@ -382,6 +396,247 @@ async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
     assert!(metric(&second_metrics, "ci_worker_requests_consumed_total") > 0.0);
     second.kill().unwrap();
     second.wait().unwrap();
+}
+
+/// The emulator setting that holds `POST /jobs` answers after the job was created (`answer_delay_ms`),
+/// and `latency_ms` (before the job is created) where the emulator does not know it yet.
+const ANSWER_DELAY_ENV: &str = "CI_WORKER__EMULATOR__LATENCY_MS";
+
+/// A stack of three replicas under load for the scale-out tests: `max_in_flight` 8, CI answers held
+/// 150 ms after the job was created, jobs finishing during the run; on `partitions`-partitioned
+/// request, callback, result and deadline topics when `partitions` > 0.
+async fn scale_out_stack(
+    prefix: &str,
+    partitions: u32,
+) -> (Stack, stack::Follower, Vec<stack::Replica>) {
+    let mut stack = Stack::new(prefix);
+    stack.env.extend([
+        ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "500".into()),
+        (ANSWER_DELAY_ENV.into(), "150".into()),
+        ("CI_WORKER__WORKER__MAX_IN_FLIGHT".into(), "8".into()),
+        // No deadline comes due during the test: every final result comes from a completion event.
+        ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "5m".into()),
+        ("CI_WORKER__WORKER__SHUTDOWN_TIMEOUT".into(), "5s".into()),
+    ]);
+    if partitions > 0 {
+        stack.partition_topics(partitions).await;
+    }
+    stack.start_emulator().await;
+    let results = stack.follow_in_background(&stack.topics.result).await;
+    let replicas: Vec<stack::Replica> = (0..3).map(|_| stack.start_replica()).collect();
+    for topic in [&stack.topics.request, &stack.topics.callback] {
+        stack
+            .await_consumers(topic, "ci-worker", replicas.len(), Duration::from_secs(60))
+            .await;
+    }
+    (stack, results, replicas)
+}
+
+/// What a scale-out run produced, per request and in CI.
+struct Outcome {
+    duplicate_finals: usize,
+    duplicate_submitted: usize,
+    extra_jobs: Vec<(String, usize)>,
+    without_job: usize,
+    wrong_finals: Vec<String>,
+}
+
+/// Waits for every request's final result and for the workers to have nothing left to do, then
+/// reads everything the result topic holds and counts.
+async fn outcome(stack: &Stack, results: &mut stack::Follower, ids: &[String]) -> Outcome {
+    results
+        .until(Duration::from_secs(120), |s| all_final(s, ids))
+        .await;
+    stack
+        .settle(BUCKET, REGION, "DigitalWatermark", Duration::from_secs(60))
+        .await;
+    let seen = results.drain(Duration::from_secs(30)).await;
+    let map = by_request(&seen);
+    let (mut duplicate_finals, mut duplicate_submitted) = (0, 0);
+    let mut wrong_finals = Vec::new();
+    for id in ids {
+        let f = finals(&map[id]);
+        if !f.iter().all(|s| *s == "succeeded") {
+            wrong_finals.push(format!("{id}: {f:?}"));
+        }
+        duplicate_finals += f.len() - 1;
+        duplicate_submitted += (map[id].len() - f.len()).saturating_sub(1);
+    }
+    let jobs = stack
+        .ci_jobs_per_request(BUCKET, REGION, "DigitalWatermark")
+        .await;
+    let mut extra_jobs: Vec<(String, usize)> = jobs
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, n)| (id.clone(), *n))
+        .collect();
+    extra_jobs.sort();
+    let without_job = ids.iter().filter(|id| !jobs.contains_key(*id)).count();
+    Outcome {
+        duplicate_finals,
+        duplicate_submitted,
+        extra_jobs,
+        without_job,
+        wrong_finals,
+    }
+}
+
+impl Outcome {
+    fn extra_job_count(&self) -> usize {
+        self.extra_jobs.iter().map(|(_, n)| n - 1).sum()
+    }
+
+    fn report(&self, what: &str, n: usize, started: std::time::Instant) {
+        eprintln!(
+            "{what}: {n} requests, {} extra CI jobs (on {} requests), {} duplicate final results, \
+             {} duplicate submitted events, {} requests without a job, {:?} wall time",
+            self.extra_job_count(),
+            self.extra_jobs.len(),
+            self.duplicate_finals,
+            self.duplicate_submitted,
+            self.without_job,
+            started.elapsed()
+        );
+        if !self.extra_jobs.is_empty() {
+            eprintln!(
+                "{what}: requests with more than one CI job: {:?}",
+                self.extra_jobs
+            );
+        }
+    }
+}
+
+/// The completion path's in-flight bound (`max(worker.max_in_flight, 256)`): results published but
+/// not yet acknowledged when a replica dies, each published again by whoever gets the event next.
+const COMPLETION_IN_FLIGHT: usize = 256;
+
+/// 5c. Scale-out: three replicas on the same subscriptions; two of them are killed with `kill -9`
+///     and restarted at once while requests are still being submitted. No request gets a second CI
+///     job, every request ends `succeeded`, and duplicate final results stay within what the
+///     completion path can have had in flight in the killed replicas.
+async fn replicas_killed_mid_submission(partitions: u32) {
+    const N: usize = 600;
+    let started = std::time::Instant::now();
+    let prefix = if partitions > 0 {
+        "scalekillp"
+    } else {
+        "scalekill"
+    };
+    let (mut stack, mut results, mut replicas) = scale_out_stack(prefix, partitions).await;
+    let ids = publish_requests(&stack, prefix, N, |id| format!("in/{id}.mp4")).await;
+    let mut submitted_at_kill = Vec::new();
+    for (victim, after) in [(0, 150), (1, 300)] {
+        results
+            .until(Duration::from_secs(120), |s| s.len() >= after)
+            .await;
+        let submitted = by_request(&results.snapshot())
+            .values()
+            .filter(|r| r.iter().any(|v| v["state"] == "submitted"))
+            .count();
+        submitted_at_kill.push(submitted);
+        let fresh = stack.start_replica();
+        std::mem::replace(&mut replicas[victim], fresh).kill();
+    }
+    let outcome = outcome(&stack, &mut results, &ids).await;
+    let what = format!("scale-out kill, {partitions} partitions");
+    eprintln!("{what}: requests submitted when each replica was killed: {submitted_at_kill:?}");
+    outcome.report(&what, N, started);
+    assert!(
+        submitted_at_kill.iter().all(|n| *n < N),
+        "each kill came while requests were still being submitted: {submitted_at_kill:?}"
+    );
+    assert!(
+        outcome.wrong_finals.is_empty(),
+        "{:?}",
+        outcome.wrong_finals
+    );
+    assert_eq!(outcome.without_job, 0, "every request has a CI job");
+    assert!(
+        outcome.duplicate_finals <= 2 * COMPLETION_IN_FLIGHT,
+        "{} duplicate final results for 2 killed replicas",
+        outcome.duplicate_finals
+    );
+    assert_eq!(
+        outcome.extra_job_count(),
+        0,
+        "no request has a second CI job: {:?}",
+        outcome.extra_jobs
+    );
+    drop(replicas);
+    drop(stack);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_killed_mid_submission_create_no_second_job() {
+    replicas_killed_mid_submission(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_killed_mid_submission_create_no_second_job_partitioned() {
+    replicas_killed_mid_submission(4).await;
+}
+
+/// 5d. A rolling update of three replicas under load: one at a time, SIGTERM, its replacement started
+///     at once, the old one's exit awaited (status 0 within `worker.shutdown_timeout` + 5 s), while
+///     requests are being submitted and completion events flow. Nothing lost, no extra CI job, no
+///     duplicate final result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_creates_no_extra_job_and_no_duplicate_final() {
+    const N: usize = 600;
+    let started = std::time::Instant::now();
+    let (mut stack, mut results, mut replicas) = scale_out_stack("rolling", 0).await;
+    let ids = publish_requests(&stack, "rolling", N, |id| format!("in/{id}.mp4")).await;
+    results
+        .until(Duration::from_secs(120), |s| s.len() >= 100)
+        .await;
+    let mut exits = Vec::new();
+    for slot in replicas.iter_mut() {
+        let fresh = stack.start_replica();
+        let leaving = std::mem::replace(slot, fresh);
+        // shutdown_timeout (5 s) + 5 s.
+        exits.push(leaving.terminate(Duration::from_secs(10)).await);
+    }
+    let in_progress = {
+        let seen = results.snapshot();
+        let map = by_request(&seen);
+        let finished = ids
+            .iter()
+            .filter(|id| map.get(*id).is_some_and(|r| !finals(r).is_empty()))
+            .count();
+        let submitted = map
+            .values()
+            .filter(|r| r.iter().any(|v| v["state"] == "submitted"))
+            .count();
+        (submitted, finished)
+    };
+    let outcome = outcome(&stack, &mut results, &ids).await;
+    eprintln!(
+        "rolling update: exits {:?}; when the last replica had exited, {} requests were submitted \
+         and {} final",
+        exits, in_progress.0, in_progress.1
+    );
+    outcome.report("rolling update", N, started);
+    assert!(
+        in_progress.0 < N,
+        "the rolling update ended while requests were still being submitted"
+    );
+    for (status, took) in &exits {
+        assert!(status.success(), "a replica exited {status} after {took:?}");
+    }
+    assert!(
+        outcome.wrong_finals.is_empty(),
+        "{:?}",
+        outcome.wrong_finals
+    );
+    assert_eq!(outcome.without_job, 0, "every request has a CI job");
+    assert_eq!(
+        outcome.extra_job_count(),
+        0,
+        "no extra CI job: {:?}",
+        outcome.extra_jobs
+    );
+    assert_eq!(outcome.duplicate_finals, 0, "no duplicate final result");
+    drop(replicas);
 }
 
 /// 6. Hostile input: invalid UTF-8, deep nesting, markup and injection attempts in text fields, a

@@ -22,6 +22,7 @@
 //! | [`client`], [`auth_client`], [`client_for`], [`require_broker`] | connected clients, failing fast without a broker | stack, `broker_smoke`, `consume_loop` |
 //! | [`unique_topic`], [`unique_name`] | names no other test uses | `broker_smoke`, `consume_loop`, `emulator`, `reliability` |
 //! | [`topic_stats`] | the broker's stats of a topic | `operations`, `reliability` |
+//! | [`partitions`], [`create_partitioned_topic`], [`any_topic_stats`], [`subscription_backlog`] | partitioned topics; stats and a subscription's backlog of either kind | stack, `reliability` |
 //! | [`publish`] | sends payloads to a topic and waits for every receipt | `e2e`, `operations`, `reliability` |
 //! | [`follow`] | a consumer of a topic from its start | stack (`Stack::follow`), `emulator` |
 //! | [`next_message`], [`properties`] | the next message; its properties | stack, `broker_smoke`, `emulator` |
@@ -76,6 +77,58 @@ pub async fn topic_stats(topic: &str) -> serde_json::Value {
     );
     let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
     serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+/// The admin API path of `topic` (`persistent/public/default/<name>`).
+fn admin_path(topic: &str) -> String {
+    topic.replace("://", "/")
+}
+
+/// How many partitions `topic` has (`GET /admin/v2/<topic>/partitions`); 0 for a topic that is not
+/// partitioned (or does not exist yet).
+pub async fn partitions(topic: &str) -> u32 {
+    let url = format!("{}/admin/v2/{}/partitions", admin_url(), admin_path(topic));
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    body["partitions"].as_u64().unwrap_or(0) as u32
+}
+
+/// Creates `topic` as a partitioned topic of `n` partitions (`PUT /admin/v2/<topic>/partitions`),
+/// before anything publishes to or subscribes to it.
+pub async fn create_partitioned_topic(topic: &str, n: u32) {
+    let url = format!("{}/admin/v2/{}/partitions", admin_url(), admin_path(topic));
+    let response = reqwest::Client::new()
+        .put(&url)
+        .header("Content-Type", "application/json")
+        .body(n.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    assert!(status.is_success(), "PUT {url} {n}: {status} {text}");
+    assert_eq!(partitions(topic).await, n, "{topic} has {n} partitions");
+}
+
+/// The broker's stats of `topic`, partitioned or not (`/partitioned-stats` sums its partitions);
+/// `null` when it has none to give.
+pub async fn any_topic_stats(topic: &str) -> serde_json::Value {
+    if partitions(topic).await == 0 {
+        return topic_stats(topic).await;
+    }
+    let url = format!(
+        "{}/admin/v2/{}/partitioned-stats",
+        admin_url(),
+        admin_path(topic)
+    );
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)
+}
+
+/// The backlog of `subscription` on `topic` (all partitions), `None` while the subscription does not
+/// exist.
+pub async fn subscription_backlog(topic: &str, subscription: &str) -> Option<i64> {
+    any_topic_stats(topic).await["subscriptions"][subscription]["msgBacklog"].as_i64()
 }
 
 /// `pulsar://` URL of the broker that requires a JWT.

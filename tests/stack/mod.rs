@@ -15,6 +15,10 @@
 //! | [`http_get`], [`wait_status`] | a GET's status and body; polling until a status | `operations`, `reliability` |
 //! | [`PrivateBroker`], [`Stack::on_broker`] | a broker of the test's own, to stop and restart; a stack on it | `operations`, `reliability`, `shutdown` |
 //! | [`terminate`], [`Stack::terminate_worker`], [`signal`] | SIGTERM and the time to exit; other signals | `shutdown` |
+//! | [`Replica`], [`Stack::start_replica`] | a worker process of its own port, to kill, terminate or replace | `reliability` |
+//! | [`Follower`], [`Stack::follow_in_background`] | a topic read in a task of its own while the test acts; caught up or not | `reliability` |
+//! | [`Stack::partition_topics`] | request, callback, result and deadline topics created partitioned | `reliability` |
+//! | [`Stack::ci_job_count`], [`Stack::settle`] | CI jobs in some states; waiting until the workers have nothing left to do | `reliability` |
 
 #![allow(dead_code)]
 
@@ -25,7 +29,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const SECRET_ID: &str = "AKIDe2etest00000000000000000000000";
 pub const SECRET_KEY: &str = "e2etestsecretkey0123456789abcdef";
@@ -324,6 +328,126 @@ impl Stack {
         )
     }
 
+    /// A worker process of its own (a replica) on the stack's topics and subscriptions, with its HTTP
+    /// endpoint on a port of its own. Killed when the [`Replica`] drops.
+    pub fn start_replica(&mut self) -> Replica {
+        let port = free_port();
+        Replica {
+            child: Some(self.spawn_replica(port)),
+            port,
+        }
+    }
+
+    /// Creates the request, callback, result and deadline topics with `n` partitions each, before
+    /// any process of the stack uses them. The done topic stays unpartitioned (each replica reads
+    /// all of it on a subscription of its own).
+    pub async fn partition_topics(&self, n: u32) {
+        let t = &self.topics;
+        for topic in [&t.request, &t.callback, &t.result, &t.deadline] {
+            common::create_partitioned_topic(topic, n).await;
+        }
+    }
+
+    /// How many CI jobs of `tag` the emulator holds in `states` (`All`, or e.g. `Submitted,Running`).
+    pub async fn ci_job_count(&self, bucket: &str, region: &str, tag: &str, states: &str) -> usize {
+        let ci = self.ci_client();
+        let mut query = ci_worker::ci::client::ListQuery {
+            tag: tag.into(),
+            states: Some(states.into()),
+            size: Some(100),
+            ..Default::default()
+        };
+        let mut count = 0;
+        loop {
+            let page = ci.list(bucket, region, &query).await.unwrap();
+            count += page.jobs.len();
+            match page.next_token {
+                Some(t) => query.next_token = Some(t),
+                None => return count,
+            }
+        }
+    }
+
+    /// Waits until the workers have nothing left to do: no request unacknowledged on the request
+    /// subscription, no CI job of `tag` still running, no completion event unacknowledged, on two
+    /// checks in a row (a job that just finished has its event published right after). An external
+    /// observation of the broker and the emulator, so it is polled. Panics after `limit`.
+    pub async fn settle(&self, bucket: &str, region: &str, tag: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut quiet_checks = 0;
+        loop {
+            let requests = common::subscription_backlog(&self.topics.request, "ci-worker").await;
+            let running = self
+                .ci_job_count(bucket, region, tag, "Submitted,Running")
+                .await;
+            let events = common::subscription_backlog(&self.topics.callback, "ci-worker").await;
+            if requests == Some(0) && running == 0 && events.unwrap_or(0) == 0 {
+                quiet_checks += 1;
+                if quiet_checks == 2 {
+                    return;
+                }
+            } else {
+                quiet_checks = 0;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not settled after {limit:?}: request backlog {requests:?}, {running} jobs \
+                 running, callback backlog {events:?}\n{}",
+                recent_log_tails(limit)
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until `subscription` on `topic` has `n` consumers (one per replica), on every partition
+    /// of a partitioned topic: every replica shares the load from then on. Polls the broker's stats.
+    /// (Replicas' `/readyz` is no signal on partitioned topics: it pings the producers of all
+    /// partitions at once over one connection, and the crate keeps one pong slot per connection.)
+    pub async fn await_consumers(
+        &self,
+        topic: &str,
+        subscription: &str,
+        n: usize,
+        limit: Duration,
+    ) {
+        let deadline = Instant::now() + limit;
+        let partitions = common::partitions(topic).await;
+        let topics: Vec<String> = if partitions == 0 {
+            vec![topic.to_string()]
+        } else {
+            (0..partitions)
+                .map(|i| format!("{topic}-partition-{i}"))
+                .collect()
+        };
+        loop {
+            let mut counts = Vec::new();
+            for t in &topics {
+                let stats = common::topic_stats(t).await;
+                counts.push(
+                    stats["subscriptions"][subscription]["consumers"]
+                        .as_array()
+                        .map_or(0, |c| c.len()),
+                );
+            }
+            if counts.iter().all(|c| *c == n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "consumers of {subscription} on {topic} (per partition) {counts:?} after \
+                 {limit:?}, wanted {n}\n{}",
+                recent_log_tails(limit)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// [`Stack::follow`] in a task of its own, which acknowledges every message as it comes: the test
+    /// awaits conditions on what was seen while it kills and starts processes.
+    pub async fn follow_in_background(&self, topic: &str) -> Follower {
+        Follower::start(self.follow(topic).await)
+    }
+
     /// SIGKILL the worker (a crash: no drain, nothing flushed) and reap it.
     pub fn kill_worker(&mut self) {
         if let Some(mut child) = self.worker.take() {
@@ -426,6 +550,151 @@ impl Drop for Stack {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A `ci-worker run` process of a [`Stack`] with its own HTTP port ([`Stack::start_replica`]).
+pub struct Replica {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Replica {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("replica running").id()
+    }
+
+    /// Waits until its `/readyz` answers 200.
+    pub async fn ready(&self, limit: Duration) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        wait_status(&url, 200, limit).await;
+    }
+
+    /// SIGKILL (a crash: no drain, nothing flushed) and reap it.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits for its exit off the runtime's threads; (exit status, time to exit).
+    /// Panics, after killing it, when it still runs after `limit`.
+    pub async fn terminate(mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("replica running");
+        tokio::task::spawn_blocking(move || terminate(&mut child, limit, "ci-worker run replica"))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a [`Follower`] has seen so far.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// Every message, in arrival order.
+    pub seen: Vec<Received>,
+    /// When the follower last found its subscription's backlog empty with nothing more arriving;
+    /// `None` once a message arrived after that.
+    pub caught_up_at: Option<Instant>,
+}
+
+/// A consumer read in a task of its own ([`Stack::follow_in_background`]), every message
+/// acknowledged as it comes.
+pub struct Follower {
+    state: tokio::sync::watch::Receiver<Followed>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    /// How long without a message before the follower asks the broker whether it has read everything.
+    const IDLE: Duration = Duration::from_millis(200);
+
+    pub fn start(mut consumer: Consumer<Vec<u8>, TokioExecutor>) -> Follower {
+        let (tx, state) = tokio::sync::watch::channel(Followed::default());
+        let task = tokio::spawn(async move {
+            loop {
+                match tokio::time::timeout(Self::IDLE, consumer.next()).await {
+                    Ok(Some(Ok(msg))) => {
+                        consumer.ack(&msg).await.unwrap();
+                        let props = common::properties(&msg).into_iter().collect();
+                        let received = (msg.payload.data.clone(), props, msg.key());
+                        tx.send_modify(|f| {
+                            f.seen.push(received);
+                            f.caught_up_at = None;
+                        });
+                    }
+                    Ok(other) => panic!("consumer ended: {:?}", other.map(|r| r.err())),
+                    Err(_) => {
+                        // Acks went out on the same connection before this request: the backlog
+                        // counts only what was not read yet.
+                        let stats = consumer.get_stats().await.unwrap();
+                        if stats.iter().all(|s| s.msg_backlog == Some(0)) {
+                            tx.send_modify(|f| f.caught_up_at = Some(Instant::now()));
+                        }
+                    }
+                }
+            }
+        });
+        Follower { state, task }
+    }
+
+    /// Waits until `done` holds for what was seen; panics after `limit` with how many were seen.
+    pub async fn until<F>(&mut self, limit: Duration, mut done: F)
+    where
+        F: FnMut(&[Received]) -> bool,
+    {
+        let waited = tokio::time::timeout(limit, self.state.wait_for(|f| done(&f.seen)))
+            .await
+            .map(|r| r.is_ok());
+        match waited {
+            Ok(true) => {}
+            Ok(false) => panic!("follower task ended"),
+            Err(_) => panic!(
+                "timed out after {limit:?} with {} messages\n{}",
+                self.state.borrow().seen.len(),
+                recent_log_tails(limit)
+            ),
+        }
+    }
+
+    /// How many messages were seen so far.
+    pub fn count(&self) -> usize {
+        self.state.borrow().seen.len()
+    }
+
+    /// A copy of what was seen so far.
+    pub fn snapshot(&self) -> Vec<Received> {
+        self.state.borrow().seen.clone()
+    }
+
+    /// Waits until the follower has read everything published to its topic before this call, then
+    /// returns all it saw.
+    pub async fn drain(&mut self, limit: Duration) -> Vec<Received> {
+        let asked = Instant::now();
+        let waited = tokio::time::timeout(
+            limit,
+            self.state
+                .wait_for(|f| f.caught_up_at.is_some_and(|at| at > asked)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        assert!(waited, "follower not caught up after {limit:?}");
+        self.snapshot()
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
