@@ -202,9 +202,25 @@ impl Publisher {
     }
 
     /// Checks that a producer on `topic` is connected (readiness).
+    ///
+    /// A partitioned topic's producer is not pinged: the crate pings all its partitions at once,
+    /// mostly over one connection, which keeps a single pong slot, so the pings cancel each other and
+    /// the producer was rebuilt at every check. The broker answering the topic's partition lookup
+    /// is the check instead.
     pub async fn check(&self, topic: &str) -> Result<(), PulsarIoError> {
         let producer = self.producer(topic).await?;
-        let result = producer.lock().await.check_connection().await;
+        let partitioned = producer.lock().await.partitions().is_some();
+        let result = if partitioned {
+            match self.client.for_topic(topic).await {
+                Ok(pulsar) => pulsar
+                    .lookup_partitioned_topic_number(topic)
+                    .await
+                    .map(drop),
+                Err(e) => return Err(e),
+            }
+        } else {
+            producer.lock().await.check_connection().await
+        };
         if let Err(source) = result {
             self.forget(topic, &producer);
             return Err(PulsarIoError::Check {
