@@ -960,6 +960,122 @@ async fn fault_rates_and_latency() {
 }
 
 #[tokio::test]
+async fn list_filters_on_the_exact_input_object_through_the_client() {
+    use ci_worker::ci::client::{CiClient, ListQuery};
+    let em = emulator::start(settings(600_000)).await.unwrap();
+    let ci = Ci::new(&em);
+    let key = "in/a b.mp4";
+    let watermark = |object: &str| job_xml(object, "XML", "u");
+    let transcode = |object: &str| {
+        format!(
+            "<Request><Tag>Transcode</Tag><Input><Object>{object}</Object></Input>\
+             <Operation><TemplateId>t1460606b9752148c4ab182f55163ba7cd</TemplateId></Operation>\
+             </Request>"
+        )
+    };
+    let id = |r: Reply| submitted_job(&r).job_id().unwrap().to_string();
+    let w1 = id(ci.submit(&watermark(key)).await);
+    for other in ["in/a b.mp4x", "in/a", "IN/A B.MP4", "in/a%20b.mp4"] {
+        id(ci.submit(&watermark(other)).await);
+    }
+    let w2 = id(ci.submit(&watermark(key)).await);
+    let t1 = id(ci.submit(&transcode(key)).await);
+    id(ci.submit(&transcode("in/other.mp4")).await);
+
+    let client = CiClient::new(
+        Some(&em.endpoint()),
+        Some(sign::Credentials {
+            secret_id: SECRET_ID.into(),
+            secret_key: Secret::new(SECRET_KEY),
+            session_token: None,
+        }),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let list = |query: ListQuery| {
+        let client = client.clone();
+        async move {
+            let page = client.list(BUCKET, REGION, &query).await.unwrap();
+            page.jobs
+                .iter()
+                .map(|j| j.job_id().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let by_object = ListQuery {
+        input_object: Some(key.into()),
+        size: Some(100),
+        ..ListQuery::default()
+    };
+    assert_eq!(
+        list(by_object.clone()).await,
+        [t1.clone(), w2.clone(), w1.clone()]
+    );
+    let watermarks = ListQuery {
+        tag: "DigitalWatermark".into(),
+        ..by_object.clone()
+    };
+    assert_eq!(list(watermarks.clone()).await, [w2.clone(), w1.clone()]);
+    assert_eq!(
+        list(ListQuery {
+            tag: "Transcode".into(),
+            ..by_object.clone()
+        })
+        .await,
+        [t1.as_str()]
+    );
+    assert_eq!(
+        ci.call("PUT", &format!("/jobs/{w1}"), &[("cancel", "")], None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        list(ListQuery {
+            states: Some("Cancel".into()),
+            ..watermarks.clone()
+        })
+        .await,
+        [w1.as_str()]
+    );
+    assert_eq!(
+        list(ListQuery {
+            states: Some("Submitted,Running".into()),
+            ..watermarks.clone()
+        })
+        .await,
+        [w2.as_str()]
+    );
+    let at = |offset: chrono::Duration| {
+        (chrono::Utc::now() + offset)
+            .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
+            .format("%Y-%m-%dT%H:%M:%S%z")
+            .to_string()
+    };
+    assert_eq!(
+        list(ListQuery {
+            start_creation_time: Some(at(chrono::Duration::hours(-1))),
+            ..watermarks.clone()
+        })
+        .await,
+        [w2.clone(), w1.clone()]
+    );
+    assert!(list(ListQuery {
+        start_creation_time: Some(at(chrono::Duration::hours(1))),
+        ..watermarks.clone()
+    })
+    .await
+    .is_empty());
+    assert!(list(ListQuery {
+        input_object: Some("in/none.mp4".into()),
+        ..by_object
+    })
+    .await
+    .is_empty());
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn duplicate_rate_delivers_events_twice() {
     let mut s = settings(100);
     s.emulator.duplicate_rate = 1.0;

@@ -5,7 +5,8 @@
 //! `InvalidUrl`; CI's other job endpoints 501 `NotImplemented`); the signature ([`super::auth`]); then
 //! the operation. Every response carries a fresh `x-ci-request-id` and `Server: tencent-ci`; bodies are
 //! `application/xml`; errors are `<Error><Code/><Message/><Resource/><RequestId/><TraceId/></Error>`
-//! (see [`error_body`] for `Resource`) with the HTTP status error-codes.md gives the code. `GET /healthz` answers `ok` without any of that.
+//! (see [`error_body`] for `Resource`) with the HTTP status error-codes.md gives the code.
+//! `GET /healthz` answers `ok` without any of that.
 
 use super::auth::{self, SignedRequest};
 use super::error::{error_body, ApiError};
@@ -449,9 +450,16 @@ fn list_filter(query: Option<&str>) -> Result<ListFilter, ApiError> {
             ))
         })?),
     };
+    // Exact match on `Input/Object`, so not trimmed like the other values.
+    let input_object = pairs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("inputObject"))
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty());
     Ok(ListFilter {
         queue_id: get("queueId").map(str::to_string),
         tag: get("tag").map(str::to_string),
+        input_object,
         states,
         start: time("startCreationTime")?,
         end: time("endCreationTime")?,
@@ -603,6 +611,17 @@ mod tests {
         assert_eq!(f.after, None);
         assert_eq!(f.queue_id.as_deref(), Some("p1"));
         assert_eq!(f.start.unwrap().timestamp(), 1_656_585_457);
+        assert_eq!(f.input_object, None);
+        let f = list_filter(Some("inputobject=in%2F%20a%20b.mp4&tag=T")).unwrap();
+        assert_eq!(
+            f.input_object.as_deref(),
+            Some("in/ a b.mp4"),
+            "decoded, not trimmed"
+        );
+        assert_eq!(
+            list_filter(Some("inputObject=")).unwrap().input_object,
+            None
+        );
         let f = list_filter(None).unwrap();
         assert_eq!((f.size, f.ascending, f.states), (10, false, None));
         assert_eq!(
