@@ -959,6 +959,88 @@ async fn fault_rates_and_latency() {
     em.shutdown().await.unwrap();
 }
 
+/// `GET /_emulator/calls`, unsigned and without CI's Host.
+async fn calls(em: &EmulatorHandle) -> Value {
+    let resp = reqwest::get(format!("{}/_emulator/calls", em.endpoint()))
+        .await
+        .expect("GET /_emulator/calls");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    serde_json::from_str(&resp.text().await.unwrap()).expect("JSON counts")
+}
+
+#[tokio::test]
+async fn emulator_calls_counts_every_job_api_request() {
+    let em = emulator::start(settings(600_000)).await.unwrap();
+    assert_eq!(
+        calls(&em).await,
+        serde_json::json!({"submit": 0, "describe": 0, "list": 0, "cancel": 0, "other": 0})
+    );
+    let ci = Ci::new(&em);
+    let job = submitted_job(&ci.submit(&job_xml("input/count.mp4", "XML", "u")).await);
+    let id = job.job_id().unwrap().to_string();
+    // Refused ones count as what they asked for.
+    let wrong_key = Ci::new(&em).with_key(SECRET_ID, "not-the-key");
+    assert_eq!(
+        wrong_key
+            .submit(&job_xml("input/count.mp4", "XML", "u"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(ci.submit("").await.status, 400);
+    assert_eq!(ci.describe(&id).await.status, 200);
+    assert_eq!(ci.describe(&format!("{id},jnope")).await.status, 200);
+    assert_eq!(ci.call("GET", "/jobs", &[], None).await.status, 200);
+    assert_eq!(
+        ci.call("GET", "/jobs", &[("size", "0")], None).await.status,
+        400
+    );
+    assert_eq!(
+        ci.call("PUT", &format!("/jobs/{id}"), &[("cancel", "")], None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        ci.call("PUT", &format!("/jobs/{id}"), &[], None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(ci.call("GET", "/nope", &[], None).await.status, 404);
+    assert_eq!(
+        ci.call("POST", "/pic_jobs", &[], Some("<x/>")).await.status,
+        501
+    );
+    reqwest::get(format!("{}/healthz", em.endpoint()))
+        .await
+        .unwrap();
+    assert_eq!(
+        calls(&em).await,
+        serde_json::json!({"submit": 3, "describe": 2, "list": 2, "cancel": 1, "other": 3}),
+        "not counted: /healthz and /_emulator/calls itself"
+    );
+    em.shutdown().await.unwrap();
+
+    // Throttled submits are counted too.
+    let mut s = settings(600_000);
+    s.emulator.throttle_rate = 1.0;
+    let em = emulator::start(s).await.unwrap();
+    let ci = Ci::new(&em);
+    for _ in 0..3 {
+        let r = ci.submit(&job_xml("input/count.mp4", "XML", "u")).await;
+        assert_eq!(r.refusal(), (429, "SlowDown".into()));
+    }
+    assert_eq!(calls(&em).await["submit"], 3);
+    em.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn list_filters_on_the_exact_input_object_through_the_client() {
     use ci_worker::ci::client::{CiClient, ListQuery};

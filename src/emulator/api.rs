@@ -1,12 +1,14 @@
 //! The HTTP surface: CI's media job API on the paths, headers and error bodies CI uses.
 //!
-//! Every request goes through, in order: `emulator.latency_ms`; the Host
+//! Every request is counted (by the operation its method and path name, whatever its answer; see
+//! [`CALLS_PATH`]), then goes through, in order: `emulator.latency_ms`; the Host
 //! (`<bucket>.ci.<region>.myqcloud.com[:port]`, else 400 `InvalidHost`); the route (else 404
 //! `InvalidUrl`; CI's other job endpoints 501 `NotImplemented`); the signature ([`super::auth`]); then
 //! the operation. Every response carries a fresh `x-ci-request-id` and `Server: tencent-ci`; bodies are
 //! `application/xml`; errors are `<Error><Code/><Message/><Resource/><RequestId/><TraceId/></Error>`
 //! (see [`error_body`] for `Resource`) with the HTTP status error-codes.md gives the code.
-//! `GET /healthz` answers `ok` without any of that.
+//! `GET /healthz` answers `ok` without any of that, and so does `GET /_emulator/calls` (the counts as
+//! JSON).
 
 use super::auth::{self, SignedRequest};
 use super::error::{error_body, ApiError};
@@ -14,7 +16,7 @@ use super::faults::{self, Refusal};
 use super::job::{JobState, CI_TIME_FORMAT};
 use super::lifecycle;
 use super::notices::EmulatorEvent;
-use super::shared::Shared;
+use super::shared::{CallKind, Shared};
 use super::store::{CancelRefusal, ListFilter};
 use super::submit;
 use crate::ci::response::CiErrorBody;
@@ -33,6 +35,10 @@ use rand::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// The call counts: `{"submit":N,"describe":N,"list":N,"cancel":N,"other":N}`, every request of the
+/// job API received since start (refused ones too; not `/healthz` nor this path). No Host or
+/// signature needed, no latency applied.
+pub(crate) const CALLS_PATH: &str = "/_emulator/calls";
 /// Largest `POST /jobs` body accepted; larger ones get 413 `InvalidContent`.
 pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
 /// Oversized bodies up to this size are drained before the 413 is sent.
@@ -61,12 +67,23 @@ enum Reply {
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route(CALLS_PATH, get(calls))
         .fallback(handle)
         .with_state(shared)
 }
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+async fn calls(State(shared): State<Arc<Shared>>) -> Response {
+    let body = serde_json::to_vec(&shared.calls.to_json()).unwrap_or_default();
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 async fn handle(
@@ -76,6 +93,13 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    shared.calls.count(match route(&method, &uri) {
+        Ok(Route::Submit) => CallKind::Submit,
+        Ok(Route::Describe(_)) => CallKind::Describe,
+        Ok(Route::List) => CallKind::List,
+        Ok(Route::Cancel(_)) => CallKind::Cancel,
+        Err(_) => CallKind::Other,
+    });
     let request_id = new_request_id();
     let latency = shared.faults.latency();
     if !latency.is_zero() {
