@@ -975,6 +975,78 @@ async fn calls(em: &EmulatorHandle) -> Value {
 }
 
 #[tokio::test]
+async fn answer_delay_holds_the_answer_after_the_job_exists() {
+    let mut s = settings(600_000);
+    s.emulator.answer_delay_ms = 1500;
+    let em = emulator::start(s).await.unwrap();
+    let delay = Duration::from_millis(1500);
+    let mut notices = em.subscribe();
+    let submitter = Ci::new(&em);
+    let started = Instant::now();
+    let submit = tokio::spawn(async move {
+        let reply = submitter
+            .submit(&job_xml("input/delayed.mp4", "XML", "u-delayed"))
+            .await;
+        (reply, started.elapsed())
+    });
+    let EmulatorEvent::StateChanged { job_id, .. } = notice(&mut notices, |e| {
+        matches!(
+            e,
+            EmulatorEvent::StateChanged {
+                state: JobState::Submitted,
+                ..
+            }
+        )
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    let created_after = started.elapsed();
+    assert!(
+        created_after < delay / 2,
+        "the job is created before the answer is held, not after: {created_after:?}"
+    );
+    assert!(!submit.is_finished(), "the submitter has no answer yet");
+    // Another client finds the job while the submitter still waits for its answer.
+    let other = Ci::new(&em);
+    let (described, listed) = tokio::join!(
+        other.describe(&job_id),
+        other.call(
+            "GET",
+            "/jobs",
+            &[("inputObject", "input/delayed.mp4")],
+            None
+        )
+    );
+    assert_eq!(submitted_job(&described).job_id(), Some(job_id.as_str()));
+    assert_eq!(submitted_job(&listed).job_id(), Some(job_id.as_str()));
+    let (reply, answered_after) = submit.await.unwrap();
+    assert_eq!(submitted_job(&reply).job_id(), Some(job_id.as_str()));
+    assert!(
+        answered_after >= delay,
+        "the answer is held for answer_delay_ms: {answered_after:?}"
+    );
+    // Errors are held too; the control path and /healthz are not.
+    let t = Instant::now();
+    assert_eq!(
+        other
+            .call("GET", "/jobs", &[("size", "0")], None)
+            .await
+            .status,
+        400
+    );
+    assert!(t.elapsed() >= delay, "{:?}", t.elapsed());
+    let t = Instant::now();
+    calls(&em).await;
+    reqwest::get(format!("{}/healthz", em.endpoint()))
+        .await
+        .unwrap();
+    assert!(t.elapsed() < delay / 2, "{:?}", t.elapsed());
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn emulator_calls_counts_every_job_api_request() {
     let em = emulator::start(settings(600_000)).await.unwrap();
     assert_eq!(

@@ -4,7 +4,8 @@
 //! [`CALLS_PATH`]), then goes through, in order: `emulator.latency_ms`; the Host
 //! (`<bucket>.ci.<region>.myqcloud.com[:port]`, else 400 `InvalidHost`); the route (else 404
 //! `InvalidUrl`; CI's other job endpoints 501 `NotImplemented`); the signature ([`super::auth`]); then
-//! the operation. Every response carries a fresh `x-ci-request-id` and `Server: tencent-ci`; bodies are
+//! the operation; then `emulator.answer_delay_ms` holds the answer (the job already exists). Every
+//! response carries a fresh `x-ci-request-id` and `Server: tencent-ci`; bodies are
 //! `application/xml`; errors are `<Error><Code/><Message/><Resource/><RequestId/><TraceId/></Error>`
 //! (see [`error_body`] for `Resource`) with the HTTP status error-codes.md gives the code.
 //! `GET /healthz` answers `ok` without any of that, and so does `GET /_emulator/calls` (the counts as
@@ -37,7 +38,7 @@ use std::sync::Arc;
 
 /// The call counts: `{"submit":N,"describe":N,"list":N,"cancel":N,"other":N}`, every request of the
 /// job API received since start (refused ones too; not `/healthz` nor this path). No Host or
-/// signature needed, no latency applied.
+/// signature needed, no latency or answer delay applied.
 pub(crate) const CALLS_PATH: &str = "/_emulator/calls";
 /// Largest `POST /jobs` body accepted; larger ones get 413 `InvalidContent`.
 pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
@@ -106,6 +107,11 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
     let result = dispatch(&shared, &method, &uri, &headers, body, &request_id).await;
+    // Handled (a submitted job exists); the answer is slow on its way back.
+    let answer_delay = shared.faults.answer_delay();
+    if !answer_delay.is_zero() {
+        tokio::time::sleep(answer_delay).await;
+    }
     let mut response = match result {
         Ok(Reply::Xml(body)) => {
             let mut r = (StatusCode::OK, body).into_response();
