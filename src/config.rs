@@ -301,6 +301,9 @@ pub struct EmulatorSettings {
     pub job_duration_ms: u64,
     /// Added to every API response, to emulate CI's network latency.
     pub latency_ms: u64,
+    /// Added after every CI job API request was handled, before its answer is sent (a slow way
+    /// back: the job exists before the client hears of it); `latency_ms` comes before handling.
+    pub answer_delay_ms: u64,
     /// Where `CallBackType=TDMQ` events go: `cmq` (into the emulator's CMQ queue `MqName`, served on
     /// `cmq_listen`, as CI does) or `pulsar` (into `callback_topic_template`, for a bridge setup).
     pub tdmq_delivery: TdmqDelivery,
@@ -333,6 +336,7 @@ impl Default for EmulatorSettings {
             listen: "127.0.0.1:9000".into(),
             job_duration_ms: 2000,
             latency_ms: 0,
+            answer_delay_ms: 0,
             tdmq_delivery: TdmqDelivery::Cmq,
             cmq_listen: "127.0.0.1:9100".into(),
             cmq_queues: vec!["ci-callbacks".into()],
@@ -892,6 +896,18 @@ mod tests {
         assert_eq!(s.worker.max_in_flight, 64);
         assert_eq!(s.http.listen, "0.0.0.0:9464");
         assert_eq!(s.emulator.listen, "127.0.0.1:9000");
+        assert_eq!(s.emulator.answer_delay_ms, 0);
+    }
+
+    #[test]
+    fn emulator_answer_delay_comes_from_the_environment() {
+        let s = Settings::load_from(
+            None,
+            &env(&[("CI_WORKER__EMULATOR__ANSWER_DELAY_MS", "250")]),
+        )
+        .unwrap();
+        assert_eq!(s.emulator.answer_delay_ms, 250);
+        assert_eq!(s.emulator.latency_ms, 0);
     }
 
     #[test]

@@ -959,6 +959,276 @@ async fn fault_rates_and_latency() {
     em.shutdown().await.unwrap();
 }
 
+/// `GET /_emulator/calls`, unsigned and without CI's Host.
+async fn calls(em: &EmulatorHandle) -> Value {
+    let resp = reqwest::get(format!("{}/_emulator/calls", em.endpoint()))
+        .await
+        .expect("GET /_emulator/calls");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    serde_json::from_str(&resp.text().await.unwrap()).expect("JSON counts")
+}
+
+#[tokio::test]
+async fn answer_delay_holds_the_answer_after_the_job_exists() {
+    let mut s = settings(600_000);
+    s.emulator.answer_delay_ms = 1500;
+    let em = emulator::start(s).await.unwrap();
+    let delay = Duration::from_millis(1500);
+    let mut notices = em.subscribe();
+    let submitter = Ci::new(&em);
+    let started = Instant::now();
+    let submit = tokio::spawn(async move {
+        let reply = submitter
+            .submit(&job_xml("input/delayed.mp4", "XML", "u-delayed"))
+            .await;
+        (reply, started.elapsed())
+    });
+    let EmulatorEvent::StateChanged { job_id, .. } = notice(&mut notices, |e| {
+        matches!(
+            e,
+            EmulatorEvent::StateChanged {
+                state: JobState::Submitted,
+                ..
+            }
+        )
+    })
+    .await
+    else {
+        unreachable!()
+    };
+    let created_after = started.elapsed();
+    assert!(
+        created_after < delay / 2,
+        "the job is created before the answer is held, not after: {created_after:?}"
+    );
+    assert!(!submit.is_finished(), "the submitter has no answer yet");
+    // Another client finds the job while the submitter still waits for its answer.
+    let other = Ci::new(&em);
+    let (described, listed) = tokio::join!(
+        other.describe(&job_id),
+        other.call(
+            "GET",
+            "/jobs",
+            &[("inputObject", "input/delayed.mp4")],
+            None
+        )
+    );
+    assert_eq!(submitted_job(&described).job_id(), Some(job_id.as_str()));
+    assert_eq!(submitted_job(&listed).job_id(), Some(job_id.as_str()));
+    let (reply, answered_after) = submit.await.unwrap();
+    assert_eq!(submitted_job(&reply).job_id(), Some(job_id.as_str()));
+    assert!(
+        answered_after >= delay,
+        "the answer is held for answer_delay_ms: {answered_after:?}"
+    );
+    // Errors are held too; the control path and /healthz are not.
+    let t = Instant::now();
+    assert_eq!(
+        other
+            .call("GET", "/jobs", &[("size", "0")], None)
+            .await
+            .status,
+        400
+    );
+    assert!(t.elapsed() >= delay, "{:?}", t.elapsed());
+    let t = Instant::now();
+    calls(&em).await;
+    reqwest::get(format!("{}/healthz", em.endpoint()))
+        .await
+        .unwrap();
+    assert!(t.elapsed() < delay / 2, "{:?}", t.elapsed());
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn emulator_calls_counts_every_job_api_request() {
+    let em = emulator::start(settings(600_000)).await.unwrap();
+    assert_eq!(
+        calls(&em).await,
+        serde_json::json!({"submit": 0, "describe": 0, "list": 0, "cancel": 0, "other": 0})
+    );
+    let ci = Ci::new(&em);
+    let job = submitted_job(&ci.submit(&job_xml("input/count.mp4", "XML", "u")).await);
+    let id = job.job_id().unwrap().to_string();
+    // Refused ones count as what they asked for.
+    let wrong_key = Ci::new(&em).with_key(SECRET_ID, "not-the-key");
+    assert_eq!(
+        wrong_key
+            .submit(&job_xml("input/count.mp4", "XML", "u"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(ci.submit("").await.status, 400);
+    assert_eq!(ci.describe(&id).await.status, 200);
+    assert_eq!(ci.describe(&format!("{id},jnope")).await.status, 200);
+    assert_eq!(ci.call("GET", "/jobs", &[], None).await.status, 200);
+    assert_eq!(
+        ci.call("GET", "/jobs", &[("size", "0")], None).await.status,
+        400
+    );
+    assert_eq!(
+        ci.call("PUT", &format!("/jobs/{id}"), &[("cancel", "")], None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        ci.call("PUT", &format!("/jobs/{id}"), &[], None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(ci.call("GET", "/nope", &[], None).await.status, 404);
+    assert_eq!(
+        ci.call("POST", "/pic_jobs", &[], Some("<x/>")).await.status,
+        501
+    );
+    reqwest::get(format!("{}/healthz", em.endpoint()))
+        .await
+        .unwrap();
+    assert_eq!(
+        calls(&em).await,
+        serde_json::json!({"submit": 3, "describe": 2, "list": 2, "cancel": 1, "other": 3}),
+        "not counted: /healthz and /_emulator/calls itself"
+    );
+    em.shutdown().await.unwrap();
+
+    // Throttled submits are counted too.
+    let mut s = settings(600_000);
+    s.emulator.throttle_rate = 1.0;
+    let em = emulator::start(s).await.unwrap();
+    let ci = Ci::new(&em);
+    for _ in 0..3 {
+        let r = ci.submit(&job_xml("input/count.mp4", "XML", "u")).await;
+        assert_eq!(r.refusal(), (429, "SlowDown".into()));
+    }
+    assert_eq!(calls(&em).await["submit"], 3);
+    em.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn list_filters_on_the_exact_input_object_through_the_client() {
+    use ci_worker::ci::client::{CiClient, ListQuery};
+    let em = emulator::start(settings(600_000)).await.unwrap();
+    let ci = Ci::new(&em);
+    let key = "in/a b.mp4";
+    let watermark = |object: &str| job_xml(object, "XML", "u");
+    let transcode = |object: &str| {
+        format!(
+            "<Request><Tag>Transcode</Tag><Input><Object>{object}</Object></Input>\
+             <Operation><TemplateId>t1460606b9752148c4ab182f55163ba7cd</TemplateId></Operation>\
+             </Request>"
+        )
+    };
+    let id = |r: Reply| submitted_job(&r).job_id().unwrap().to_string();
+    let w1 = id(ci.submit(&watermark(key)).await);
+    for other in ["in/a b.mp4x", "in/a", "IN/A B.MP4", "in/a%20b.mp4"] {
+        id(ci.submit(&watermark(other)).await);
+    }
+    let w2 = id(ci.submit(&watermark(key)).await);
+    let t1 = id(ci.submit(&transcode(key)).await);
+    id(ci.submit(&transcode("in/other.mp4")).await);
+
+    let client = CiClient::new(
+        Some(&em.endpoint()),
+        Some(sign::Credentials {
+            secret_id: SECRET_ID.into(),
+            secret_key: Secret::new(SECRET_KEY),
+            session_token: None,
+        }),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let list = |query: ListQuery| {
+        let client = client.clone();
+        async move {
+            let page = client.list(BUCKET, REGION, &query).await.unwrap();
+            page.jobs
+                .iter()
+                .map(|j| j.job_id().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let by_object = ListQuery {
+        input_object: Some(key.into()),
+        size: Some(100),
+        ..ListQuery::default()
+    };
+    assert_eq!(
+        list(by_object.clone()).await,
+        [t1.clone(), w2.clone(), w1.clone()]
+    );
+    let watermarks = ListQuery {
+        tag: "DigitalWatermark".into(),
+        ..by_object.clone()
+    };
+    assert_eq!(list(watermarks.clone()).await, [w2.clone(), w1.clone()]);
+    assert_eq!(
+        list(ListQuery {
+            tag: "Transcode".into(),
+            ..by_object.clone()
+        })
+        .await,
+        [t1.as_str()]
+    );
+    assert_eq!(
+        ci.call("PUT", &format!("/jobs/{w1}"), &[("cancel", "")], None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        list(ListQuery {
+            states: Some("Cancel".into()),
+            ..watermarks.clone()
+        })
+        .await,
+        [w1.as_str()]
+    );
+    assert_eq!(
+        list(ListQuery {
+            states: Some("Submitted,Running".into()),
+            ..watermarks.clone()
+        })
+        .await,
+        [w2.as_str()]
+    );
+    let at = |offset: chrono::Duration| {
+        (chrono::Utc::now() + offset)
+            .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
+            .format("%Y-%m-%dT%H:%M:%S%z")
+            .to_string()
+    };
+    assert_eq!(
+        list(ListQuery {
+            start_creation_time: Some(at(chrono::Duration::hours(-1))),
+            ..watermarks.clone()
+        })
+        .await,
+        [w2.clone(), w1.clone()]
+    );
+    assert!(list(ListQuery {
+        start_creation_time: Some(at(chrono::Duration::hours(1))),
+        ..watermarks.clone()
+    })
+    .await
+    .is_empty());
+    assert!(list(ListQuery {
+        input_object: Some("in/none.mp4".into()),
+        ..by_object
+    })
+    .await
+    .is_empty());
+    em.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn duplicate_rate_delivers_events_twice() {
     let mut s = settings(100);

@@ -53,6 +53,8 @@ impl CiError {
 pub struct ListQuery {
     pub queue_id: Option<String>,
     pub tag: String,
+    /// `inputObject`: only jobs whose `Input/Object` is exactly this key.
+    pub input_object: Option<String>,
     pub states: Option<String>,
     pub order_by_time: Option<String>,
     pub size: Option<u32>,
@@ -68,6 +70,7 @@ impl ListQuery {
         [
             ("queueId", opt(&self.queue_id)),
             ("tag", Some(self.tag.clone()).filter(|s| !s.is_empty())),
+            ("inputObject", opt(&self.input_object)),
             ("orderByTime", opt(&self.order_by_time)),
             ("nextToken", opt(&self.next_token)),
             ("size", self.size.map(|n| n.to_string())),
@@ -768,6 +771,7 @@ mod tests {
         let query = ListQuery {
             queue_id: Some("p123".into()),
             tag: "DigitalWatermark".into(),
+            input_object: None,
             states: Some("Running,Success".into()),
             order_by_time: Some("Desc".into()),
             size: Some(50),
@@ -803,6 +807,31 @@ mod tests {
                 "tag"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn list_sends_and_signs_input_object_percent_encoded() {
+        let (endpoint, log) = serve(200, LISTED.into()).await;
+        let query = ListQuery {
+            tag: "DigitalWatermark".into(),
+            input_object: Some("in/a b.mp4".into()),
+            states: Some("All".into()),
+            ..ListQuery::default()
+        };
+        client(&endpoint, false)
+            .list(BUCKET, REGION, &query)
+            .await
+            .unwrap();
+        let seen = only(&log);
+        assert_eq!(
+            seen.query.as_deref(),
+            Some("tag=DigitalWatermark&inputObject=in%2Fa%20b.mp4&states=All")
+        );
+        assert!(seen
+            .params()
+            .contains(&("inputObject".into(), "in/a b.mp4".into())));
+        let auth = seen.verify(SECRET_KEY);
+        assert_eq!(auth.url_param_list, ["inputobject", "states", "tag"]);
     }
 
     #[tokio::test]

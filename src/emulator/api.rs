@@ -1,11 +1,15 @@
 //! The HTTP surface: CI's media job API on the paths, headers and error bodies CI uses.
 //!
-//! Every request goes through, in order: `emulator.latency_ms`; the Host
+//! Every request is counted (by the operation its method and path name, whatever its answer; see
+//! [`CALLS_PATH`]), then goes through, in order: `emulator.latency_ms`; the Host
 //! (`<bucket>.ci.<region>.myqcloud.com[:port]`, else 400 `InvalidHost`); the route (else 404
 //! `InvalidUrl`; CI's other job endpoints 501 `NotImplemented`); the signature ([`super::auth`]); then
-//! the operation. Every response carries a fresh `x-ci-request-id` and `Server: tencent-ci`; bodies are
+//! the operation; then `emulator.answer_delay_ms` holds the answer (the job already exists). Every
+//! response carries a fresh `x-ci-request-id` and `Server: tencent-ci`; bodies are
 //! `application/xml`; errors are `<Error><Code/><Message/><Resource/><RequestId/><TraceId/></Error>`
-//! (see [`error_body`] for `Resource`) with the HTTP status error-codes.md gives the code. `GET /healthz` answers `ok` without any of that.
+//! (see [`error_body`] for `Resource`) with the HTTP status error-codes.md gives the code.
+//! `GET /healthz` answers `ok` without any of that, and so does `GET /_emulator/calls` (the counts as
+//! JSON).
 
 use super::auth::{self, SignedRequest};
 use super::error::{error_body, ApiError};
@@ -13,7 +17,7 @@ use super::faults::{self, Refusal};
 use super::job::{JobState, CI_TIME_FORMAT};
 use super::lifecycle;
 use super::notices::EmulatorEvent;
-use super::shared::Shared;
+use super::shared::{CallKind, Shared};
 use super::store::{CancelRefusal, ListFilter};
 use super::submit;
 use crate::ci::response::CiErrorBody;
@@ -32,6 +36,10 @@ use rand::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+/// The call counts: `{"submit":N,"describe":N,"list":N,"cancel":N,"other":N}`, every request of the
+/// job API received since start (refused ones too; not `/healthz` nor this path). No Host or
+/// signature needed, no latency or answer delay applied.
+pub(crate) const CALLS_PATH: &str = "/_emulator/calls";
 /// Largest `POST /jobs` body accepted; larger ones get 413 `InvalidContent`.
 pub(crate) const MAX_BODY_BYTES: usize = 1 << 20;
 /// Oversized bodies up to this size are drained before the 413 is sent.
@@ -60,12 +68,23 @@ enum Reply {
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route(CALLS_PATH, get(calls))
         .fallback(handle)
         .with_state(shared)
 }
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+async fn calls(State(shared): State<Arc<Shared>>) -> Response {
+    let body = serde_json::to_vec(&shared.calls.to_json()).unwrap_or_default();
+    let mut r = (StatusCode::OK, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 async fn handle(
@@ -75,12 +94,24 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    shared.calls.count(match route(&method, &uri) {
+        Ok(Route::Submit) => CallKind::Submit,
+        Ok(Route::Describe(_)) => CallKind::Describe,
+        Ok(Route::List) => CallKind::List,
+        Ok(Route::Cancel(_)) => CallKind::Cancel,
+        Err(_) => CallKind::Other,
+    });
     let request_id = new_request_id();
     let latency = shared.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let result = dispatch(&shared, &method, &uri, &headers, body, &request_id).await;
+    // Handled (a submitted job exists); the answer is slow on its way back.
+    let answer_delay = shared.faults.answer_delay();
+    if !answer_delay.is_zero() {
+        tokio::time::sleep(answer_delay).await;
+    }
     let mut response = match result {
         Ok(Reply::Xml(body)) => {
             let mut r = (StatusCode::OK, body).into_response();
@@ -449,9 +480,16 @@ fn list_filter(query: Option<&str>) -> Result<ListFilter, ApiError> {
             ))
         })?),
     };
+    // Exact match on `Input/Object`, so not trimmed like the other values.
+    let input_object = pairs
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("inputObject"))
+        .map(|(_, v)| v.clone())
+        .filter(|v| !v.is_empty());
     Ok(ListFilter {
         queue_id: get("queueId").map(str::to_string),
         tag: get("tag").map(str::to_string),
+        input_object,
         states,
         start: time("startCreationTime")?,
         end: time("endCreationTime")?,
@@ -603,6 +641,17 @@ mod tests {
         assert_eq!(f.after, None);
         assert_eq!(f.queue_id.as_deref(), Some("p1"));
         assert_eq!(f.start.unwrap().timestamp(), 1_656_585_457);
+        assert_eq!(f.input_object, None);
+        let f = list_filter(Some("inputobject=in%2F%20a%20b.mp4&tag=T")).unwrap();
+        assert_eq!(
+            f.input_object.as_deref(),
+            Some("in/ a b.mp4"),
+            "decoded, not trimmed"
+        );
+        assert_eq!(
+            list_filter(Some("inputObject=")).unwrap().input_object,
+            None
+        );
         let f = list_filter(None).unwrap();
         assert_eq!((f.size, f.ascending, f.states), (10, false, None));
         assert_eq!(

@@ -2,7 +2,8 @@
 //!
 //! By rate (`[emulator]` settings, fractions 0–1): `throttle_rate` answers `POST /jobs` with
 //! 429 `SlowDown`, `error_rate` with 503 `ServiceUnavailable` (no job is created either way);
-//! `duplicate_rate` delivers a completion event twice. `latency_ms` delays every API response.
+//! `duplicate_rate` delivers a completion event twice. `latency_ms` delays every API request before it is
+//! handled, `answer_delay_ms` every answer after it (the job already exists while its answer is held).
 //!
 //! By marker in the input object key (`Input/Object`): `__fail__` ends the job `Failed`, `__lost__`
 //! ends it `Success` but never sends its completion event, `__slow__` makes it take ten times
@@ -61,6 +62,7 @@ pub(crate) struct Faults {
     error_rate: f64,
     duplicate_rate: f64,
     latency: Duration,
+    answer_delay: Duration,
 }
 
 impl Faults {
@@ -82,6 +84,7 @@ impl Faults {
             error_rate: e.error_rate,
             duplicate_rate: e.duplicate_rate,
             latency: Duration::from_millis(e.latency_ms),
+            answer_delay: Duration::from_millis(e.answer_delay_ms),
         })
     }
 
@@ -108,6 +111,11 @@ impl Faults {
 
     pub(crate) fn latency(&self) -> Duration {
         self.latency
+    }
+
+    /// How long an answer is held after its request was handled (`emulator.answer_delay_ms`).
+    pub(crate) fn answer_delay(&self) -> Duration {
+        self.answer_delay
     }
 }
 

@@ -23,12 +23,13 @@
 //!   timeouts and receipt handles, delete, retention, counts.
 //! - [`events`]: the completion event body (XML/JSON) and its delivery (CMQ queue, Pulsar or URL),
 //!   with retries.
-//! - [`shared`]: the state the handlers, timers and deliveries share.
+//! - [`shared`]: the state the handlers, timers and deliveries share, and the job API's call counts.
 //! - [`lifecycle`]: the timers that move a job `Submitted → Running → Success/Failed` and deliver its
 //!   event.
 //! - [`cmq_api`]: CMQ API 2.0 (`/v2/index.php`: signature, actions, CMQ's codes) and the outage
 //!   switch `POST /_emulator/cmq/outage` for tests.
-//! - [`api`]: the HTTP surface of CI (routing, Host and body checks, response shapes and headers).
+//! - [`api`]: the HTTP surface of CI (routing, Host and body checks, response shapes and headers) and
+//!   the call counts `GET /_emulator/calls` for benchmarks.
 
 mod api;
 mod auth;
@@ -214,6 +215,7 @@ pub async fn start(settings: Settings) -> Result<EmulatorHandle, EmulatorError> 
         faults,
         deliverer,
         notices: notices::Notices::new(),
+        calls: shared::Calls::default(),
         cmq_queues: queues,
         shutdown: stop.clone(),
         settings,

@@ -9,7 +9,55 @@ use super::notices::{EmulatorEvent, Notices};
 use super::store::Store;
 use crate::config::Settings;
 use crate::shutdown::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// Which operation of the job API a request asked for, as its method and path say (whatever
+/// became of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallKind {
+    Submit,
+    Describe,
+    List,
+    Cancel,
+    /// Any other method or path of the job API listener (404, 501).
+    Other,
+}
+
+/// Requests of the job API received since start, by operation (`GET /_emulator/calls`).
+#[derive(Debug, Default)]
+pub(crate) struct Calls {
+    submit: AtomicU64,
+    describe: AtomicU64,
+    list: AtomicU64,
+    cancel: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Calls {
+    pub(crate) fn count(&self, kind: CallKind) {
+        let counter = match kind {
+            CallKind::Submit => &self.submit,
+            CallKind::Describe => &self.describe,
+            CallKind::List => &self.list,
+            CallKind::Cancel => &self.cancel,
+            CallKind::Other => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `{"submit":N,"describe":N,"list":N,"cancel":N,"other":N}`.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        serde_json::json!({
+            "submit": n(&self.submit),
+            "describe": n(&self.describe),
+            "list": n(&self.list),
+            "cancel": n(&self.cancel),
+            "other": n(&self.other),
+        })
+    }
+}
 
 /// State shared by the HTTP handlers, the job timers and the deliveries.
 pub(crate) struct Shared {
@@ -21,6 +69,8 @@ pub(crate) struct Shared {
     pub(crate) notices: Notices,
     /// The CMQ queues (`tdmq_delivery = "cmq"`); the deliverer holds them too.
     pub(crate) cmq_queues: Arc<Queues>,
+    /// Job API requests received, by operation.
+    pub(crate) calls: Calls,
     /// Triggered once on shutdown; every background task watches it.
     pub(crate) shutdown: Shutdown,
 }

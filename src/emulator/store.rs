@@ -19,6 +19,8 @@ pub(crate) const MAX_JOBS: usize = 100_000;
 pub(crate) struct ListFilter {
     pub queue_id: Option<String>,
     pub tag: Option<String>,
+    /// `inputObject`: exact match on `Input/Object` (CI: "currently supports only exact match").
+    pub input_object: Option<String>,
     /// `None` = All.
     pub states: Option<Vec<JobState>>,
     pub start: Option<DateTime<FixedOffset>>,
@@ -180,6 +182,10 @@ impl Store {
                 && j.region == region
                 && filter.queue_id.as_ref().is_none_or(|q| *q == j.queue_id)
                 && filter.tag.as_ref().is_none_or(|t| *t == j.spec.tag)
+                && filter
+                    .input_object
+                    .as_ref()
+                    .is_none_or(|o| *o == j.spec.input_object)
                 && filter.states.as_ref().is_none_or(|s| s.contains(&j.state))
                 && filter
                     .start
@@ -332,5 +338,43 @@ mod tests {
         assert_eq!(next, None);
         filter.states = Some(vec![JobState::Running]);
         assert!(store.list("b-1", "ap-guangzhou", &filter).0.is_empty());
+    }
+
+    #[test]
+    fn list_filters_on_the_exact_input_object() {
+        let store = Store::new();
+        let a1 = store.insert("b-1", "ap-guangzhou", spec("in/a b.mp4")).id;
+        for other in ["in/a b.mp4x", "in/a", "IN/A B.MP4", " in/a b.mp4"] {
+            store.insert("b-1", "ap-guangzhou", spec(other));
+        }
+        let a2 = store.insert("b-1", "ap-guangzhou", spec("in/a b.mp4")).id;
+        store.insert("b-2", "ap-guangzhou", spec("in/a b.mp4"));
+        let ids = |filter: &ListFilter| -> Vec<String> {
+            let (page, _) = store.list("b-1", "ap-guangzhou", filter);
+            page.into_iter().map(|j| j.id).collect()
+        };
+        let mut filter = ListFilter {
+            size: 100,
+            input_object: Some("in/a b.mp4".into()),
+            ..ListFilter::default()
+        };
+        assert_eq!(ids(&filter), [a2.clone(), a1.clone()]);
+        filter.tag = Some("DigitalWatermark".into());
+        assert_eq!(ids(&filter), [a2.clone(), a1.clone()]);
+        filter.tag = Some("Transcode".into());
+        assert!(ids(&filter).is_empty());
+        filter.tag = None;
+        assert_eq!(store.cancel("b-1", "ap-guangzhou", &a1), Ok(true));
+        filter.states = Some(vec![JobState::Cancel]);
+        assert_eq!(ids(&filter), [a1.as_str()]);
+        filter.states = Some(vec![JobState::Submitted]);
+        assert_eq!(ids(&filter), [a2.as_str()]);
+        filter.states = None;
+        filter.start = Some(ci_now() + chrono::Duration::hours(1));
+        assert!(ids(&filter).is_empty());
+        filter.start = Some(ci_now() - chrono::Duration::hours(1));
+        assert_eq!(ids(&filter), [a2, a1]);
+        filter.input_object = Some("in/none.mp4".into());
+        assert!(ids(&filter).is_empty());
     }
 }

@@ -175,6 +175,7 @@ async fn scan(
     let mut query = ListQuery {
         queue_id: text_at(req, &["QueueId"]),
         tag: text_at(req, &["Tag"]).unwrap_or_default(),
+        input_object: None,
         states: Some("All".into()),
         order_by_time: Some("Desc".into()),
         size: Some(100),
