@@ -398,9 +398,8 @@ async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
     second.wait().unwrap();
 }
 
-/// The emulator setting that holds `POST /jobs` answers after the job was created (`answer_delay_ms`),
-/// and `latency_ms` (before the job is created) where the emulator does not know it yet.
-const ANSWER_DELAY_ENV: &str = "CI_WORKER__EMULATOR__LATENCY_MS";
+/// The emulator setting that holds CI's answers after the job was created (`answer_delay_ms`).
+const ANSWER_DELAY_ENV: &str = "CI_WORKER__EMULATOR__ANSWER_DELAY_MS";
 
 /// A stack of three replicas under load for the scale-out tests: `max_in_flight` 8, CI answers held
 /// 150 ms after the job was created, jobs finishing during the run; on `partitions`-partitioned

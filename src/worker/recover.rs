@@ -163,7 +163,9 @@ pub async fn search(
 }
 
 /// Lists the jobs of `req`'s bucket, queue and tag created since `since`, keyed by their `UserData`;
-/// stops early once `stop_at` is found.
+/// stops early once `stop_at` is found. Looking for one request's marker, the list is filtered on the
+/// request's input object (CI's `inputObject`, an exact match), so it usually takes one call
+/// whatever the queue holds.
 async fn scan(
     ci: &impl CiApi,
     metrics: &Metrics,
@@ -175,7 +177,7 @@ async fn scan(
     let mut query = ListQuery {
         queue_id: text_at(req, &["QueueId"]),
         tag: text_at(req, &["Tag"]).unwrap_or_default(),
-        input_object: None,
+        input_object: stop_at.and_then(|_| text_at(req, &["Input", "Object"])),
         states: Some("All".into()),
         order_by_time: Some("Desc".into()),
         size: Some(100),
@@ -243,6 +245,12 @@ mod tests {
         assert_eq!(queries[0].next_token, None);
         assert_eq!(queries[1].next_token.as_deref(), Some("page-2"));
         assert_eq!(queries[0].tag, "DigitalWatermark");
+        assert_eq!(
+            queries[0].input_object,
+            text_at(&valid("r1"), &["Input", "Object"]),
+            "only the request's input object"
+        );
+        assert!(queries[0].input_object.is_some());
         assert_eq!(queries[0].states.as_deref(), Some("All"));
     }
 
