@@ -203,6 +203,22 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         http.abort();
         return Ok(());
     }
+    // The attempt records rely on the done topic being one ordered log.
+    let done_partitions = client
+        .for_topic(&settings.pulsar.done_topic)
+        .await?
+        .lookup_partitioned_topic_number(&settings.pulsar.done_topic)
+        .await
+        .map_err(|e| {
+            WorkerError::Task(format!("pulsar.done_topic: partition lookup failed: {e}"))
+        })?;
+    if done_partitions > 0 {
+        http.abort();
+        return Err(WorkerError::Task(format!(
+            "pulsar.done_topic {} has {done_partitions} partitions; it must not be partitioned (the attempt records on it rely on one ordered log)",
+            settings.pulsar.done_topic
+        )));
+    }
     let ctx = Arc::new(Context::new(settings, publisher, ci, metrics, health));
 
     tracing::info!(
