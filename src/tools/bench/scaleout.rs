@@ -29,7 +29,7 @@
 //! - the wall time from the first request published to the last request's first final result.
 
 use super::io;
-use super::procs::{self, Proc};
+use super::procs::Proc;
 use super::{events, format_of, now_ms, short, Bench, Kind, WorkerTopics};
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
@@ -274,9 +274,21 @@ impl Bench {
             Some(port),
             Some(mif),
         )?;
-        for p in live.iter_mut() {
-            wait_ready(p).await?;
-        }
+        // Ready = every replica's consumer on the request subscription, as the broker lists them
+        // (partitioned-stats merges a consumer's partitions into one entry)
+        // (not the workers' `/readyz`: with a partitioned result topic its producer check pings once
+        // per partition on one connection, and has been seen never to answer 200).
+        let wanted = replicas;
+        wait_consumers(
+            &admin,
+            &token,
+            &topics.request,
+            partitions > 0,
+            &topics.subscription,
+            wanted,
+            &mut live,
+        )
+        .await?;
         // Let the consumers settle on their subscriptions.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let calls_before = emulator_calls(port).await;
@@ -718,17 +730,52 @@ impl ScaleoutMode {
     }
 }
 
-/// Waits for a worker's `/readyz` (its consumers and producers are up).
-async fn wait_ready(p: &mut Proc) -> Result<()> {
-    let port = p.http_port.unwrap_or_default();
-    let name = p.name.clone();
-    procs::wait_http_ok(
-        &format!("http://127.0.0.1:{port}/readyz"),
-        p,
-        Duration::from_secs(60),
+/// Waits until `subscription` on `topic` has `wanted` consumers in the broker's stats (each
+/// replica's; partitioned-stats lists a consumer of every partition once), checking that `procs` stay alive.
+async fn wait_consumers(
+    admin_url: &str,
+    token: &str,
+    topic: &str,
+    partitioned: bool,
+    subscription: &str,
+    wanted: usize,
+    procs: &mut [Proc],
+) -> Result<()> {
+    let http = reqwest::Client::new();
+    let suffix = if partitioned {
+        "/partitioned-stats?perPartition=false"
+    } else {
+        "/stats"
+    };
+    let limit = Instant::now() + Duration::from_secs(60);
+    let mut have = 0;
+    while Instant::now() < limit {
+        for p in procs.iter_mut() {
+            p.check_alive()?;
+        }
+        if let Some(req) =
+            io::admin_topic_request(&http, reqwest::Method::GET, admin_url, token, topic, suffix)
+        {
+            if let Ok(resp) = req.send().await {
+                let text = resp.text().await.unwrap_or_default();
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    have = v
+                        .pointer(&format!("/subscriptions/{subscription}/consumers"))
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len);
+                    if have >= wanted {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs: Vec<String> = procs.iter().map(|p| p.log.display().to_string()).collect();
+    bail!(
+        "{have} of {wanted} consumers on {subscription} of {topic} after 60 s (logs: {})",
+        logs.join(", ")
     )
-    .await
-    .with_context(|| format!("waiting for {name}"))
 }
 
 /// SIGTERM, then wait for the exit (SIGKILL after [`TERM_LIMIT`]); how long it took.
