@@ -7,13 +7,19 @@
 #   4. runs `ci-worker bench` on the local stack: completion-path throughput against the raw relay
 #      limit, submission-path throughput, end-to-end latency at a steady rate, cost, scaling, the cmq
 #      ingress, broker messages per job (`messages`: topic stats, both ingress modes, about 20 s),
+#      scale-out without duplicate CI jobs (`scaleout`: 3 replicas, replicas killed or replaced while
+#      600 requests are submitted; CI jobs, duplicate results, CI calls, ack lag; about 2 minutes),
 #   5. prints one table of every figure with the command that produced it.
 #
 #   scripts/bench.sh [BENCH OPTIONS]      options go to `ci-worker bench` (`--help` lists them), e.g.
 #   scripts/bench.sh --only completion --events 5000      a quick run of one section
 #   BENCH_SKIP_BUILD=1 BENCH_SKIP_CRITERION=1 scripts/bench.sh --only messages   broker messages per job
+#   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only scaleout --scaleout-requests 200 --scaleout-partitions 0 --scaleout-mode kill
+#   BENCH_WORKER_BIN=/path/to/old/ci-worker scripts/bench.sh --only scaleout   an older worker, this bench and emulator
 #
-# Environment: BENCH_SKIP_BUILD=1 (use the binary as built), BENCH_SKIP_CRITERION=1,
+# Environment: BENCH_SKIP_BUILD=1 (use the binary as built), BENCH_BIN (the binary to run instead of
+# the release build, e.g. target/debug/ci-worker; implies BENCH_SKIP_BUILD), BENCH_WORKER_BIN (the
+# binary of the `ci-worker run` processes only, `--worker-bin`), BENCH_SKIP_CRITERION=1,
 # BENCH_CRITERION_ARGS (extra criterion arguments, e.g. "--measurement-time 10"), BENCH_LOG (the
 # benchmark's own log filter, default warn,pulsar=error; `--worker-log` sets that of the processes under test),
 # PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh, CARGO_TARGET_DIR.
@@ -29,9 +35,9 @@ SECONDS=0
 OUT_DIR="$REPO_ROOT/.cache/bench"
 mkdir -p "$OUT_DIR"
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
-BIN="$TARGET_DIR/release/ci-worker"
+BIN=${BENCH_BIN:-$TARGET_DIR/release/ci-worker}
 
-if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 && -z ${BENCH_BIN:-} ]]; then
   say "building ci-worker (release)"
   cargo build --release --quiet
 fi

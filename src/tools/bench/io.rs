@@ -145,7 +145,24 @@ pub async fn delete_topics(admin_url: &str, token: &str, topics: &[String]) -> u
         ) else {
             continue;
         };
-        match req.send().await {
+        let resp = match req.send().await {
+            // A partitioned topic (409 to a plain delete) is deleted with its partitions.
+            Ok(r) if r.status().as_u16() == 409 => {
+                match admin_topic_request(
+                    &http,
+                    reqwest::Method::DELETE,
+                    admin_url,
+                    token,
+                    topic,
+                    "/partitions?force=true",
+                ) {
+                    Some(req) => req.send().await,
+                    None => Ok(r),
+                }
+            }
+            other => other,
+        };
+        match resp {
             Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => deleted += 1,
             Ok(r) => tracing::warn!(topic, status = %r.status(), "bench: could not delete a topic"),
             Err(e) => tracing::warn!(topic, error = %e, "bench: could not delete a topic"),

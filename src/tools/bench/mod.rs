@@ -36,6 +36,7 @@ pub mod events;
 mod io;
 mod messages;
 mod procs;
+mod scaleout;
 
 use crate::callback::event::parse_event;
 use crate::config::Settings;
@@ -59,6 +60,7 @@ pub enum Section {
     Scaling,
     Cmq,
     Messages,
+    Scaleout,
 }
 
 /// How completion events reach the worker in a run of the messages section.
@@ -96,7 +98,7 @@ pub struct BenchOptions {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "completion,submission,latency,scaling,cmq,messages"
+        default_value = "completion,submission,latency,scaling,cmq,messages,scaleout"
     )]
     pub only: Vec<Section>,
     /// Completion events for the completion-path and scaling figures.
@@ -167,6 +169,40 @@ pub struct BenchOptions {
     /// (the emulator publishes them on the callback topic) or `cmq` (through a CMQ queue).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pulsar,cmq")]
     pub message_ingress: Vec<MessageIngress>,
+    /// Replicas of `ci-worker run` on the same subscriptions in the scaleout section.
+    #[arg(long, default_value_t = 3)]
+    pub scaleout_replicas: usize,
+    /// Requests of each scaleout run, published at once.
+    #[arg(long, default_value_t = 600)]
+    pub scaleout_requests: u64,
+    /// SIGKILL + restart of one replica per `kill` run (kill i of K when i/(K+2) of the requests
+    /// have an outcome).
+    #[arg(long, default_value_t = 2)]
+    pub scaleout_kills: usize,
+    /// How long the emulator holds each CI answer after handling the request (`answer_delay_ms`).
+    #[arg(long, default_value_t = 150)]
+    pub scaleout_answer_delay_ms: u64,
+    /// `worker.max_in_flight` of each scaleout replica.
+    #[arg(long, default_value_t = 8)]
+    pub scaleout_max_in_flight: usize,
+    /// Partitions of the request, callback, result and deadline topics, one scaleout run set per
+    /// value, comma-separated (0: plain topics; the done topic is never partitioned).
+    #[arg(long, value_delimiter = ',', default_value = "4,0")]
+    pub scaleout_partitions: Vec<u32>,
+    /// What happens to the replicas in a scaleout run, comma-separated: `none` (baseline), `kill`
+    /// (SIGKILL + immediate restart, --scaleout-kills times), `rolling` (SIGTERM, replacement started,
+    /// old one waited for; every replica in turn).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "none,kill,rolling"
+    )]
+    pub scaleout_mode: Vec<scaleout::ScaleoutMode>,
+    /// The binary the `ci-worker run` processes are started from (default: this one), to measure an
+    /// older worker with this benchmark and emulator.
+    #[arg(long, env = "BENCH_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
     /// Internal: be the raw relay (pulsar.callback_topic → pulsar.result_topic) until killed.
     #[arg(long, hide = true)]
     pub relay: bool,
@@ -194,6 +230,7 @@ pub async fn run(settings: &Settings, opts: BenchOptions) -> Result<()> {
         completion_topic: None,
         completion_single: Vec::new(),
         extra_worker_env: BTreeMap::new(),
+        extra_json: serde_json::Map::new(),
     };
     eprintln!("bench {}: logs in {}", bench.id, bench.log_dir.display());
     let started = Instant::now();
@@ -265,6 +302,8 @@ struct Bench {
     completion_single: Vec<f64>,
     /// Environment added to the workers a section starts (the cmq section's ingress settings).
     extra_worker_env: BTreeMap<String, String>,
+    /// Structured figures of a section, under its name in the `--json` output's `sections`.
+    extra_json: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What a process under test is.
@@ -286,6 +325,7 @@ impl Bench {
             Section::Scaling,
             Section::Cmq,
             Section::Messages,
+            Section::Scaleout,
         ] {
             if !only.contains(&section) {
                 continue;
@@ -297,6 +337,7 @@ impl Bench {
                 Section::Scaling => self.scaling().await,
                 Section::Cmq => self.cmq().await,
                 Section::Messages => self.messages().await,
+                Section::Scaleout => self.scaleout().await,
             };
             if let Err(e) = outcome {
                 let name = format!("{section:?}").to_lowercase();
@@ -470,7 +511,11 @@ impl Bench {
                 Kind::Worker => (format!("worker-{label}-{i}"), &["run"]),
                 Kind::Relay => (format!("relay-{label}-{i}"), &["bench", "--relay"]),
             };
-            let mut proc = Proc::spawn(&name, args, &env, &self.log_dir)?;
+            let exe = match (kind, &self.opts.worker_bin) {
+                (Kind::Worker, Some(bin)) => bin.clone(),
+                _ => std::env::current_exe().context("locating the ci-worker binary")?,
+            };
+            let mut proc = Proc::spawn_exe(&exe, &name, args, &env, &self.log_dir)?;
             proc.http_port = Some(http_port);
             out.push(proc);
         }
@@ -1178,6 +1223,7 @@ impl Bench {
             "seconds": took.as_secs_f64(),
             "rows": self.rows,
             "notes": self.notes,
+            "sections": self.extra_json,
         }))
         .unwrap_or_default()
     }

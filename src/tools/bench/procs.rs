@@ -26,6 +26,17 @@ impl Proc {
         log_dir: &Path,
     ) -> Result<Proc> {
         let exe = std::env::current_exe().context("locating the ci-worker binary")?;
+        Proc::spawn_exe(&exe, name, args, env, log_dir)
+    }
+
+    /// [`Proc::spawn`] of another binary (`--worker-bin`: an older worker under the same benchmark).
+    pub fn spawn_exe(
+        exe: &Path,
+        name: &str,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+        log_dir: &Path,
+    ) -> Result<Proc> {
         std::fs::create_dir_all(log_dir)
             .with_context(|| format!("creating {}", log_dir.display()))?;
         let log = log_dir.join(format!("{name}.log"));
