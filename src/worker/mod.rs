@@ -228,6 +228,18 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         max_in_flight = ctx.settings.worker.max_in_flight,
         "worker started"
     );
+    // The done reader starts first and stops last: a submission reads its attempt record back
+    // through it, so it must be subscribed before the first one and outlive the last.
+    let reader_stop = Shutdown::new();
+    let done = tokio::spawn(stop_all_on_error(
+        done_reader::run(ctx.clone(), client.clone(), reader_stop.clone()),
+        stop.clone(),
+    ));
+    tokio::select! {
+        _ = ctx.health.ok(done_reader::HEALTH_NAME) => {}
+        // Stopping, or the reader failed (its error is reported below): the loops start and drain.
+        _ = stop.triggered() => {}
+    }
     let submit = tokio::spawn(stop_all_on_error(
         submission::run(ctx.clone(), client.clone(), stop.clone()),
         stop.clone(),
@@ -240,12 +252,10 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         deadline_check::run(ctx.clone(), client.clone(), stop.clone()),
         stop.clone(),
     ));
-    let done = tokio::spawn(stop_all_on_error(
-        done_reader::run(ctx.clone(), client.clone(), stop.clone()),
-        stop.clone(),
-    ));
     let cmq_reader = cmq.map(|cmq| tokio::spawn(cmq_ingress::run(ctx.clone(), cmq, stop)));
-    let (a, b, c, d) = tokio::join!(submit, complete, deadlines, done);
+    let (a, b, c) = tokio::join!(submit, complete, deadlines);
+    reader_stop.trigger();
+    let d = done.await;
     if let Some(reader) = cmq_reader {
         // Its loops watch the same stop; a batch in hand is bounded by the drain.
         let _ = reader.await;
