@@ -165,6 +165,16 @@ impl Publisher {
 
     /// Publishes `msg` to `topic` and waits until the broker has stored it.
     pub async fn publish(&self, topic: &str, msg: Outgoing) -> Result<(), PulsarIoError> {
+        self.publish_at(topic, msg).await.map(drop)
+    }
+
+    /// Like [`Publisher::publish`], and says where the broker stored it (ledger, entry), when its
+    /// receipt tells.
+    pub async fn publish_at(
+        &self,
+        topic: &str,
+        msg: Outgoing,
+    ) -> Result<Option<(u64, u64)>, PulsarIoError> {
         let mut last_error = String::new();
         for attempt in 0..PUBLISH_ATTEMPTS {
             if attempt > 0 {
@@ -183,11 +193,13 @@ impl Publisher {
                 guard.send_non_blocking(msg.clone().into_message()).await
             };
             let outcome = match receipt {
-                Ok(future) => future.await.map(|_| ()),
+                Ok(future) => future.await,
                 Err(e) => Err(e),
             };
             match outcome {
-                Ok(()) => return Ok(()),
+                Ok(receipt) => {
+                    return Ok(receipt.message_id.map(|id| (id.ledger_id, id.entry_id)));
+                }
                 Err(e) => {
                     last_error = e.to_string();
                     tracing::warn!(topic, attempt, error = %e, "publish failed; rebuilding producer");

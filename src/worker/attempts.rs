@@ -79,16 +79,42 @@ pub struct Claim {
 /// The attempts this process has read, and its own record writer.
 pub struct Attempts {
     inner: Arc<Inner>,
-    commit: GroupCommit<String, u64>,
+    commit: GroupCommit<String, Stored>,
     read_back_timeout: Duration,
+}
+
+/// An own record as stored: its number and, when the broker's receipt said, its place in the topic.
+type Stored = (u64, Option<Position>);
+
+/// A message's place in the topic: (ledger, entry). Entries of a ledger are numbered from 0 without
+/// gaps, and the reader reads them in order.
+pub type Position = (u64, u64);
+
+/// How far the reader has read.
+#[derive(Debug, Clone, Copy, Default)]
+struct ReadState {
+    /// The highest own record number read.
+    own_seq: u64,
+    /// The last message read.
+    at: Option<Position>,
+}
+
+impl ReadState {
+    /// Whether every record stored before the own record `seq` (stored at `stored_at`) was read.
+    fn has_read_up_to(&self, seq: u64, stored_at: Option<Position>) -> bool {
+        if self.own_seq >= seq {
+            return true;
+        }
+        // The message just before it was read, hence all before it (the reader reads in order).
+        matches!((stored_at, self.at), (Some((ledger, entry)), Some(at)) if entry > 0 && at >= (ledger, entry - 1))
+    }
 }
 
 struct Inner {
     writer: String,
     next_seq: AtomicU64,
     seen: Mutex<Seen>,
-    /// The highest own record number read back.
-    own_read: watch::Sender<u64>,
+    read: watch::Sender<ReadState>,
 }
 
 #[derive(Default)]
@@ -96,9 +122,11 @@ struct Seen {
     by_request: HashMap<String, Vec<Sighting>>,
     /// Every sighting's request, oldest first (for forgetting).
     order: VecDeque<String>,
-    /// When this process's first own record was written: every record stored after it is read.
-    first_own_ms: Option<u64>,
-    /// The newest forgotten sighting's time.
+    /// Since when every record stored is read here: the reader's subscription (or this process's
+    /// first own record read).
+    known_since_ms: Option<u64>,
+    /// Records up to this time may be unknown here: forgotten ones, or missed while the reader
+    /// reconnected.
     forgotten_ms: u64,
 }
 
@@ -117,7 +145,7 @@ impl Attempts {
             writer: uuid::Uuid::new_v4().simple().to_string(),
             next_seq: AtomicU64::new(1),
             seen: Mutex::new(Seen::default()),
-            own_read: watch::channel(0).0,
+            read: watch::channel(ReadState::default()).0,
         });
         let writer = inner.clone();
         let commit = GroupCommit::spawn(MAX_PER_RECORD, Duration::ZERO, move |requests| {
@@ -132,14 +160,14 @@ impl Attempts {
                 };
                 let payload = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
                 let msg = Outgoing::new(payload).with_property(props::RECORD, RECORD_ATTEMPTS);
-                broker
-                    .publish(&topic, msg)
+                let at = broker
+                    .publish_at(&topic, msg)
                     .await
                     .map_err(|e| e.to_string())?;
                 if loop_back {
                     inner.observe(&record);
                 }
-                Ok(record.seq)
+                Ok((record.seq, at))
             }
         });
         Attempts {
@@ -149,11 +177,16 @@ impl Attempts {
         }
     }
 
-    /// Takes every attempt since `t` as known (for tests without a reader; a real process learns
-    /// it from its first record read back).
+    /// Takes every attempt since `t` as known (for tests without a reader).
     pub fn knowing_since(self, t: SystemTime) -> Attempts {
-        self.inner.seen().first_own_ms = Some(unix_ms(t));
+        self.reading_since(t);
         self
+    }
+
+    /// The reader is subscribed: every record stored from `t` on will be read.
+    pub fn reading_since(&self, t: SystemTime) {
+        let mut seen = self.inner.seen();
+        seen.known_since_ms.get_or_insert(unix_ms(t));
     }
 
     /// Waits at most `timeout` for a record to be read back (instead of [`READ_BACK_TIMEOUT`]).
@@ -163,15 +196,17 @@ impl Attempts {
     }
 
     /// Records that this process is about to submit `request_id`, and says what it learnt: returns
-    /// once the record is stored and read back (or [`READ_BACK_TIMEOUT`] passed). `Err` when the
-    /// record could not be stored: the request must not be submitted then.
+    /// once the record is stored and every record before it was read (or [`READ_BACK_TIMEOUT`]
+    /// passed). `Err` when the record could not be stored: the request must not be submitted then.
     pub async fn claim(&self, request_id: &str) -> Result<Claim, String> {
-        let seq = self.commit.commit(request_id.to_string()).await?;
-        let mut own_read = self.inner.own_read.subscribe();
-        let read_back =
-            tokio::time::timeout(self.read_back_timeout, own_read.wait_for(|s| *s >= seq))
-                .await
-                .is_ok_and(|r| r.is_ok());
+        let (seq, stored_at) = self.commit.commit(request_id.to_string()).await?;
+        let mut read = self.inner.read.subscribe();
+        let read_back = tokio::time::timeout(
+            self.read_back_timeout,
+            read.wait_for(|r| r.has_read_up_to(seq, stored_at)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
         if !read_back {
             tracing::warn!(
                 request_id,
@@ -185,6 +220,21 @@ impl Attempts {
     pub fn observe(&self, record: &AttemptRecord) {
         self.inner.observe(record);
     }
+
+    /// The reader has read the message at `at` (any message of the topic, after [`Self::observe`]
+    /// for an attempt record), published at `published`. A message that does not follow the one
+    /// before it in the same ledger may mean the reader missed some (its subscription was rebuilt,
+    /// non-durable, from the newest message): what was published before it counts as unknown.
+    pub fn read_at(&self, at: Option<Position>, published: SystemTime) {
+        let Some(at) = at else { return };
+        let previous = self.inner.read.borrow().at;
+        let follows = matches!(previous, Some((ledger, entry)) if at == (ledger, entry + 1));
+        if previous.is_some() && !follows {
+            let mut seen = self.inner.seen();
+            seen.forgotten_ms = seen.forgotten_ms.max(unix_ms(published));
+        }
+        self.inner.read.send_modify(|r| r.at = Some(at));
+    }
 }
 
 impl Inner {
@@ -196,8 +246,8 @@ impl Inner {
         let own = record.writer == self.writer;
         {
             let mut seen = self.seen();
-            if own && seen.first_own_ms.is_none() {
-                seen.first_own_ms = Some(record.at_ms);
+            if own {
+                seen.known_since_ms.get_or_insert(record.at_ms);
             }
             for request in &record.requests {
                 seen.by_request
@@ -214,10 +264,10 @@ impl Inner {
             }
         }
         if own {
-            self.own_read.send_if_modified(|read| {
-                let newer = record.seq > *read;
+            self.read.send_if_modified(|read| {
+                let newer = record.seq > read.own_seq;
                 if newer {
-                    *read = record.seq;
+                    read.own_seq = record.seq;
                 }
                 newer
             });
@@ -235,7 +285,7 @@ impl Inner {
         });
         Claim {
             earlier_attempt: earlier.map(from_unix_ms),
-            known_since: seen.first_own_ms.filter(|_| read_back).map(from_unix_ms),
+            known_since: seen.known_since_ms.filter(|_| read_back).map(from_unix_ms),
             forgotten_until: from_unix_ms(seen.forgotten_ms),
         }
     }
@@ -346,7 +396,7 @@ mod tests {
             writer: "me".into(),
             next_seq: AtomicU64::new(1),
             seen: Mutex::new(Seen::default()),
-            own_read: watch::channel(0).0,
+            read: watch::channel(ReadState::default()).0,
         };
         let mut mine = other(1, 1_000, &["first"]);
         mine.writer = "me".into();
@@ -368,6 +418,46 @@ mod tests {
             inner.claim("first", 99, true).earlier_attempt,
             None,
             "forgotten"
+        );
+    }
+
+    #[test]
+    fn the_message_before_a_record_read_means_every_earlier_record_was() {
+        let read = |own_seq, at| ReadState { own_seq, at };
+        assert!(read(3, None).has_read_up_to(3, None), "the record itself");
+        assert!(!read(2, None).has_read_up_to(3, Some((7, 10))));
+        assert!(read(2, Some((7, 9))).has_read_up_to(3, Some((7, 10))));
+        assert!(
+            read(2, Some((8, 0))).has_read_up_to(3, Some((7, 10))),
+            "a later ledger"
+        );
+        assert!(!read(2, Some((7, 8))).has_read_up_to(3, Some((7, 10))));
+        assert!(
+            !read(2, Some((6, 99))).has_read_up_to(3, Some((7, 0))),
+            "a ledger's first entry: only the record itself tells"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_that_does_not_follow_the_last_one_makes_the_past_unknown() {
+        let attempts =
+            Attempts::spawn(MemoryBroker::default(), TOPIC.into(), true).knowing_since(UNIX_EPOCH);
+        let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        attempts.read_at(Some((5, 0)), t(10));
+        attempts.read_at(Some((5, 1)), t(11));
+        let claim = attempts.claim("r1").await.unwrap();
+        assert_eq!(claim.forgotten_until, UNIX_EPOCH, "contiguous so far");
+        attempts.read_at(Some((5, 4)), t(12));
+        assert_eq!(
+            attempts.claim("r2").await.unwrap().forgotten_until,
+            t(12),
+            "a gap"
+        );
+        attempts.read_at(Some((6, 0)), t(13));
+        assert_eq!(
+            attempts.claim("r3").await.unwrap().forgotten_until,
+            t(13),
+            "a new ledger may hide a gap too"
         );
     }
 

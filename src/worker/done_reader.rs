@@ -62,7 +62,15 @@ pub fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Delivery) -> 
     } else {
         tracing::warn!(topic = %delivery.topic, message_id = %delivery.message_id, "not a done record; skipped");
     }
+    ctx.attempts
+        .read_at(position(&delivery.message_id), delivery.publish_time);
     Disposition::Ack
+}
+
+/// (ledger, entry) of a message id `ledger:entry:partition[:batch]`.
+fn position(message_id: &str) -> Option<(u64, u64)> {
+    let mut parts = message_id.split(':');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
 }
 
 #[cfg(test)]

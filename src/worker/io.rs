@@ -20,6 +20,16 @@ pub trait Broker: Send + Sync + 'static {
         topic: &str,
         msg: Outgoing,
     ) -> impl Future<Output = Result<(), PulsarIoError>> + Send;
+
+    /// Like [`Broker::publish`], and says where the broker stored it (ledger, entry), when known.
+    fn publish_at(
+        &self,
+        topic: &str,
+        msg: Outgoing,
+    ) -> impl Future<Output = Result<Option<(u64, u64)>, PulsarIoError>> + Send {
+        let stored = self.publish(topic, msg);
+        async move { stored.await.map(|()| None) }
+    }
 }
 
 impl Broker for Publisher {
@@ -29,6 +39,14 @@ impl Broker for Publisher {
         msg: Outgoing,
     ) -> impl Future<Output = Result<(), PulsarIoError>> + Send {
         Publisher::publish(self, topic, msg)
+    }
+
+    fn publish_at(
+        &self,
+        topic: &str,
+        msg: Outgoing,
+    ) -> impl Future<Output = Result<Option<(u64, u64)>, PulsarIoError>> + Send {
+        Publisher::publish_at(self, topic, msg)
     }
 }
 

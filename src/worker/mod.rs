@@ -236,7 +236,9 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         stop.clone(),
     ));
     tokio::select! {
-        _ = ctx.health.ok(done_reader::HEALTH_NAME) => {}
+        _ = ctx.health.ok(done_reader::HEALTH_NAME) => {
+            ctx.attempts.reading_since(std::time::SystemTime::now());
+        }
         // Stopping, or the reader failed (its error is reported below): the loops start and drain.
         _ = stop.triggered() => {}
     }

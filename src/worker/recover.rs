@@ -35,13 +35,16 @@ const SKEW: Duration = Duration::from_secs(120);
 
 type ScanKey = (String, String, Option<String>, String);
 type Scan = HashMap<String, JobDetail>;
+/// A scan taken once for every request that needs it (`None`: it failed).
+type SharedScan = Arc<OnceCell<Option<Scan>>>;
 
 /// Restart recovery state: when this process started and the scans taken since.
 pub struct Recovery {
     pub started_at: SystemTime,
     /// How far back a restart scan looks (`worker.job_timeout_max` bounds what can still be pending).
     pub lookback: Duration,
-    scans: Mutex<HashMap<ScanKey, Arc<OnceCell<Option<Scan>>>>>,
+    /// Per queue: when the scan was asked for, and the scan.
+    scans: Mutex<HashMap<ScanKey, (SystemTime, SharedScan)>>,
     /// Requests released while a job may exist for them, with their first attempt's time.
     in_doubt: Mutex<HashMap<String, SystemTime>>,
 }
@@ -69,16 +72,28 @@ impl Recovery {
         self.in_doubt.lock().await.remove(request_id)
     }
 
-    /// The job an earlier process created for `req`, from the shared scan of its queue.
-    /// `Err` when CI cannot be listed (the caller retries later rather than risk a duplicate).
+    /// The job an earlier process created for `req`, from the shared scan of its queue, taken after
+    /// `not_before` (a scan older than that is taken again: attempts up to then may be unknown to
+    /// the attempt records). `Err` when CI cannot be listed (the caller retries later rather than
+    /// risk a duplicate).
     pub async fn lookup(
         &self,
         ci: &impl CiApi,
         metrics: &Metrics,
         req: &ValidRequest,
+        not_before: SystemTime,
     ) -> Result<Option<JobDetail>, CiError> {
         let key = scan_key(req);
-        let cell = self.scans.lock().await.entry(key).or_default().clone();
+        let cell = {
+            let mut scans = self.scans.lock().await;
+            let entry = scans
+                .entry(key)
+                .or_insert_with(|| (SystemTime::now(), Arc::default()));
+            if entry.0 < not_before {
+                *entry = (SystemTime::now(), Arc::default());
+            }
+            entry.1.clone()
+        };
         let since = self.started_at - self.lookback;
         let scan = cell
             .get_or_init(|| async { scan(ci, metrics, req, since, None).await.ok() })
@@ -107,9 +122,10 @@ pub enum Check {
     None,
     /// A job may exist: look for the marker among the jobs created since then ([`search`]).
     Marker(SystemTime),
-    /// Published before this process knew every attempt: the shared scan of its queue
+    /// Published before this process knew every attempt (it started, or may have missed or
+    /// forgotten records, at that time): the shared scan of its queue taken since
     /// ([`Recovery::lookup`]), one for a whole backlog.
-    RestartScan,
+    RestartScan(SystemTime),
 }
 
 /// Which check a request published at `published` needs, given what the attempt records said
@@ -125,9 +141,14 @@ pub fn check_for(claim: &Claim, in_doubt: Option<SystemTime>, published: SystemT
     match claim.known_since {
         // Nothing is sure: any attempt came after the request was published.
         None => Check::Marker(published),
-        Some(known) if published < known + PUBLISH_SKEW => Check::RestartScan,
-        Some(_) if published < claim.forgotten_until + PUBLISH_SKEW => Check::Marker(published),
-        Some(_) => Check::None,
+        Some(known) => {
+            let horizon = known.max(claim.forgotten_until);
+            if published < horizon + PUBLISH_SKEW {
+                Check::RestartScan(horizon)
+            } else {
+                Check::None
+            }
+        }
     }
 }
 
@@ -272,12 +293,18 @@ mod tests {
             .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
         let metrics = Metrics::new();
         let recovery = Recovery::new(Duration::from_secs(3600));
-        assert!(recovery.lookup(&ci, &metrics, &valid("r1")).await.is_err());
-        let found = recovery.lookup(&ci, &metrics, &valid("r1")).await.unwrap();
+        assert!(recovery
+            .lookup(&ci, &metrics, &valid("r1"), UNIX_EPOCH)
+            .await
+            .is_err());
+        let found = recovery
+            .lookup(&ci, &metrics, &valid("r1"), UNIX_EPOCH)
+            .await
+            .unwrap();
         assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
         // The successful scan is kept for every later request of the queue.
         assert!(recovery
-            .lookup(&ci, &metrics, &valid("r2"))
+            .lookup(&ci, &metrics, &valid("r2"), UNIX_EPOCH)
             .await
             .unwrap()
             .is_none());
@@ -316,12 +343,12 @@ mod tests {
         );
         assert_eq!(
             check_for(&started, None, t0 - Duration::from_secs(3600)),
-            Check::RestartScan,
+            Check::RestartScan(t0),
             "published before attempts were known here"
         );
         assert_eq!(
             check_for(&started, None, secs(1)),
-            Check::RestartScan,
+            Check::RestartScan(t0),
             "within the clock skew allowed"
         );
         assert_eq!(
@@ -335,9 +362,36 @@ mod tests {
         };
         assert_eq!(
             check_for(&forgetful, None, secs(90)),
-            Check::Marker(secs(90))
+            Check::RestartScan(secs(100)),
+            "records forgotten or missed: a scan taken since"
         );
         assert_eq!(check_for(&forgetful, None, secs(200)), Check::None);
+    }
+
+    #[tokio::test]
+    async fn a_scan_older_than_what_may_be_unknown_is_taken_again() {
+        let ci = ScriptedCi::default()
+            .list_answers(Ok(jobs(&[], None)))
+            .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
+        let metrics = Metrics::new();
+        let recovery = Recovery::new(Duration::from_secs(3600));
+        let before = SystemTime::now();
+        assert!(recovery
+            .lookup(&ci, &metrics, &valid("r1"), before - Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none());
+        let found = recovery
+            .lookup(
+                &ci,
+                &metrics,
+                &valid("r1"),
+                SystemTime::now() + Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
+        assert_eq!(ci.calls(), ["list", "list"]);
     }
 
     #[tokio::test]

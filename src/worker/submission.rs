@@ -83,9 +83,10 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
             })
             .await
         }
-        Check::RestartScan => {
+        Check::RestartScan(not_before) => {
             with_backoff(ctx, &valid.request_id, || {
-                ctx.recovery.lookup(&ctx.ci, &ctx.metrics, &valid)
+                ctx.recovery
+                    .lookup(&ctx.ci, &ctx.metrics, &valid, not_before)
             })
             .await
         }
