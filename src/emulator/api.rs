@@ -128,6 +128,7 @@ async fn handle(
             } else {
                 tracing::info!(%method, path = uri.path(), status = e.status.as_u16(), code = e.code, message = %e.message, "emulator: request refused");
             }
+            // COS's `Resource`: the host (without the port) and the path.
             let resource = format!(
                 "{}{}",
                 headers
@@ -137,15 +138,13 @@ async fn handle(
                     .unwrap_or(""),
                 uri.path()
             );
-            let body = error_body(
-                &CiErrorBody {
-                    code: e.code.to_string(),
-                    message: e.message,
-                    request_id: request_id.clone(),
-                    trace_id: new_trace_id(),
-                },
-                &resource,
-            );
+            let body = error_body(&CiErrorBody {
+                code: e.code.to_string(),
+                message: e.message,
+                resource,
+                request_id: request_id.clone(),
+                trace_id: new_trace_id(),
+            });
             let mut r = (e.status, body).into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
