@@ -20,6 +20,19 @@ pub const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
 /// Longest accepted `request_id` (it travels in CI's 1024-character `UserData`).
 pub const MAX_REQUEST_ID: usize = 256;
 
+/// Elements of CI's `<Request>` the worker owns: where and how CI reports the job's completion
+/// (`CallBackType`, `CallBackMqConfig`, `CallBack`, and `CallBackKafkaConfig`, the SDKs' Kafka
+/// callback) and the kind of queue it runs on (`QueueType`, which the worker's queue-scoped marker
+/// checks rely on). A request that sets one is rejected, naming it; the worker's value never
+/// silently replaces the caller's.
+pub const RESERVED_JOB_KEYS: [&str; 5] = [
+    "CallBackType",
+    "CallBackMqConfig",
+    "CallBack",
+    "CallBackKafkaConfig",
+    "QueueType",
+];
+
 /// A request that cannot be answered with a result: dead-lettered with this reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -130,12 +143,11 @@ impl SubmitRequest {
                 "job must be an object (CI's <Request> as JSON)",
             ));
         };
-        for reserved in ["CallBackType", "CallBackMqConfig", "CallBack"] {
-            if job.contains_key(reserved) {
-                return Err(Rejection::invalid(format!(
-                    "job.{reserved} is set by the worker; remove it from the request"
-                )));
-            }
+        if let Some(reserved) = RESERVED_JOB_KEYS.iter().find(|k| job.contains_key(**k)) {
+            return Err(Rejection::invalid(format!(
+                "job.{reserved} is reserved: the worker sets the callback and queue settings \
+                 from its configuration; remove it from the request"
+            )));
         }
         let user_data = job
             .get("Operation")
@@ -323,8 +335,27 @@ mod tests {
             ),
             ("job must be an object", Box::new(|v| v["job"] = json!("x"))),
             (
-                "set by the worker",
+                "job.CallBackType is reserved",
                 Box::new(|v| v["job"]["CallBackType"] = json!("Url")),
+            ),
+            (
+                "job.CallBackMqConfig is reserved",
+                Box::new(|v| v["job"]["CallBackMqConfig"] = json!({"MqName": "q"})),
+            ),
+            (
+                "job.CallBack is reserved",
+                Box::new(|v| v["job"]["CallBack"] = json!("no")),
+            ),
+            (
+                "job.CallBackKafkaConfig is reserved",
+                Box::new(|v| {
+                    v["job"]["CallBackKafkaConfig"] =
+                        json!({"Region": "ap-guangzhou", "InstanceId": "ckafka-1", "Topic": "t"})
+                }),
+            ),
+            (
+                "job.QueueType is reserved",
+                Box::new(|v| v["job"]["QueueType"] = json!("SpeedTranscoding")),
             ),
             (
                 "Message",

@@ -42,6 +42,8 @@ def test_result_examples_are_valid(name):
         lambda r: r["job"].pop("Tag"),
         lambda r: r["job"]["Input"].pop("Object"),
         lambda r: r["job"].update(CallBackType="Url"),
+        lambda r: r["job"].update(CallBackKafkaConfig={"Region": "ap-guangzhou", "Topic": "t"}),
+        lambda r: r["job"].update(QueueType="SpeedTranscoding"),
         lambda r: r["job"]["Operation"]["DigitalWatermark"].update(Version="V2"),
         lambda r: r["job"]["Operation"].update(UserData="tab\there"),
     ],
