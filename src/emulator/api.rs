@@ -337,13 +337,13 @@ async fn submit(
         .map_err(|_| ApiError::bad_request("InvalidContent", "The request body is not UTF-8."))?;
     let spec = submit::parse_request(text)?;
     let job = shared.store.insert(bucket, region, spec);
-    tracing::info!(job_id = %job.id, bucket, region, tag = %job.spec.tag, object = %job.spec.input_object, "emulator: job submitted");
+    tracing::info!(job_id = %job.id, bucket, region, tag = %job.spec.tag, object = job.spec.fault_key(), "emulator: job submitted");
     shared.notify(EmulatorEvent::StateChanged {
         job_id: job.id.clone(),
         state: JobState::Submitted,
     });
     lifecycle::spawn_lifecycle(shared.clone(), &job);
-    if faults::ObjectFaults::of(&job.spec.input_object).hangup {
+    if faults::ObjectFaults::of(job.spec.fault_key()).hangup {
         tracing::info!(job_id = %job.id, "emulator: holding the answer (__hangup__)");
         tokio::time::sleep(faults::HANGUP_DELAY).await;
     }

@@ -114,24 +114,33 @@ impl Job {
                 operation.insert("MediaResult", result);
             }
         }
-        let input = Node::Map(vec![
-            ("BucketId".into(), self.bucket.clone().into()),
-            ("Object".into(), self.spec.input_object.clone().into()),
-            ("Region".into(), self.region.clone().into()),
-        ]);
+        // `Input` as CI shows it: the bucket and region, the `Object` if any, then the request's
+        // other `Input` children (`Url`, `Vod`, `Lang`, ...) as given.
+        let mut input = Node::Map(vec![("BucketId".into(), self.bucket.clone().into())]);
+        if let Some(object) = &self.spec.input_object {
+            input.insert("Object", object.clone().into());
+        }
+        input.insert("Region", self.region.clone().into());
+        for (k, v) in &self.spec.input_extra {
+            input.insert(k.clone(), v.clone());
+        }
         let mut d = Node::Map(vec![
             ("Code".into(), code.into()),
             ("Message".into(), message.into()),
             ("JobId".into(), self.id.clone().into()),
             ("State".into(), self.state.as_str().into()),
-            ("CreationTime".into(), ci_time(&self.created).into()),
-            ("StartTime".into(), time(&self.started).into()),
-            ("EndTime".into(), time(&self.ended).into()),
-            ("QueueId".into(), self.queue_id.clone().into()),
-            ("Tag".into(), self.spec.tag.clone().into()),
-            ("Input".into(), input),
-            ("Operation".into(), operation),
         ]);
+        for (k, v) in [
+            ("CreationTime", ci_time(&self.created).into()),
+            ("StartTime", time(&self.started).into()),
+            ("EndTime", time(&self.ended).into()),
+            ("QueueId", self.queue_id.clone().into()),
+            ("Tag", self.spec.tag.clone().into()),
+            ("Input", input),
+            ("Operation", operation),
+        ] {
+            d.insert(k, v);
+        }
         for (k, v) in &self.spec.callback_echo {
             d.insert(k.clone(), v.clone());
         }

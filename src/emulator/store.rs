@@ -80,7 +80,7 @@ impl Store {
                 .queue_id
                 .clone()
                 .unwrap_or_else(|| default_queue_id(bucket, region)),
-            faults: ObjectFaults::of(&spec.input_object),
+            faults: ObjectFaults::of(spec.fault_key()),
             spec,
             state: JobState::Submitted,
             created: ci_now(),
@@ -185,7 +185,7 @@ impl Store {
                 && filter
                     .input_object
                     .as_ref()
-                    .is_none_or(|o| *o == j.spec.input_object)
+                    .is_none_or(|o| Some(o) == j.spec.input_object.as_ref())
                 && filter.states.as_ref().is_none_or(|s| s.contains(&j.state))
                 && filter
                     .start
@@ -277,6 +277,30 @@ mod tests {
             failed.detail().text_at(&["Code"]),
             Some("ResourceNotSupported")
         );
+    }
+
+    #[test]
+    fn input_without_object_is_echoed_and_never_matches_an_input_object_filter() {
+        let store = Store::new();
+        let spec = parse_request(
+            "<Request><Tag>Transcode</Tag><Input><Url>https://example.com/in/__fail__.mp4</Url>\
+             </Input><Operation><TemplateId>t1</TemplateId></Operation></Request>",
+        )
+        .unwrap();
+        let job = store.insert("b-1", "ap-guangzhou", spec);
+        assert!(job.faults.fail, "markers are read from the Url");
+        assert_eq!(
+            job.detail().into_value()["Input"],
+            serde_json::json!({"BucketId": "b-1", "Region": "ap-guangzhou",
+                               "Url": "https://example.com/in/__fail__.mp4"})
+        );
+        let mut filter = ListFilter {
+            size: 10,
+            ..ListFilter::default()
+        };
+        assert_eq!(store.list("b-1", "ap-guangzhou", &filter).0.len(), 1);
+        filter.input_object = Some("https://example.com/in/__fail__.mp4".into());
+        assert!(store.list("b-1", "ap-guangzhou", &filter).0.is_empty());
     }
 
     #[test]

@@ -299,6 +299,32 @@ mod tests {
     }
 
     #[test]
+    fn inputs_without_object_are_accepted() {
+        for input in [
+            json!({"Url": "https://example.com/in/a.mp4"}),
+            json!({"Vod": {"FileId": "5285890799710173650", "SubAppId": "1500000"}}),
+        ] {
+            let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+            v["job"]["Input"] = input.clone();
+            let valid = SubmitRequest::parse(v.to_string().as_bytes())
+                .unwrap()
+                .validate(&ci())
+                .unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(valid.ci_job.clone().into_value()["Input"], input);
+            assert_eq!(valid.ci_job.text_at(&["Input", "Object"]), None);
+        }
+        // A Tag whose sources are in Operation needs no Input at all.
+        let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+        v["job"] = json!({"Tag": "Tts", "Operation": {"TtsConfig": {"Input": "hello", "InputType": "Text"},
+                          "Output": {"Region": "ap-guangzhou", "Bucket": "examplebucket-1250000000", "Object": "out.mp3"}}});
+        let valid = SubmitRequest::parse(v.to_string().as_bytes())
+            .unwrap()
+            .validate(&ci())
+            .unwrap();
+        assert!(valid.ci_job.get("Input").is_none());
+    }
+
+    #[test]
     fn unreadable_requests_are_for_the_dead_letter_topic() {
         for (payload, reason) in [
             (&b"not json"[..], "not valid JSON"),
@@ -371,7 +397,14 @@ mod tests {
                 "1024",
                 Box::new(|v| v["job"]["Operation"]["UserData"] = json!("x".repeat(1011))),
             ),
-            ("Input.Object", Box::new(|v| v["job"]["Input"] = json!({}))),
+            (
+                "job.Input.Object: is required unless Input has a Url or a Vod",
+                Box::new(|v| v["job"]["Input"] = json!({})),
+            ),
+            (
+                "job.Input.Url: must be an http(s) URL",
+                Box::new(|v| v["job"]["Input"] = json!({"Url": "file:///etc/passwd"})),
+            ),
             (
                 "cannot be written as CI's XML",
                 Box::new(|v| v["job"]["Operation"]["Job Level"] = json!("0")),
