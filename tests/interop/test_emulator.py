@@ -125,6 +125,7 @@ def test_official_sdk_against_the_emulator(emulator, pulsar_client):
         detail = resp["JobsDetail"][0]
         assert detail["Code"] == "Success"
         assert detail["State"] == "Submitted"
+        assert detail["Progress"] == "0"
         assert detail["JobId"].startswith("j") and len(detail["JobId"]) == 33
         assert detail["CreationTime"].endswith("+0800")
         assert detail["StartTime"] == "-" and detail["EndTime"] == "-"
@@ -178,6 +179,7 @@ def test_official_sdk_against_the_emulator(emulator, pulsar_client):
 
     finished = client.ci_get_media_jobs(Bucket=BUCKET, JobIDs=created["XML"])["JobsDetail"][0]
     assert finished["State"] == "Success"
+    assert finished["Progress"] == "100"
     assert finished["EndTime"] != "-"
     assert finished["Operation"]["MediaResult"]["OutputFile"]["ObjectName"] == "output/digital.mp4"
 
