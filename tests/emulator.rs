@@ -507,7 +507,9 @@ async fn jobs_run_and_publish_cis_completion_events_to_pulsar() {
     notice(&mut notices, is_state(&xml_id, JobState::Running)).await;
     notice(&mut notices, is_state(&xml_id, JobState::Success)).await;
 
-    // The documented sample's keys (callback-digital-watermark.md).
+    // The documented sample's keys (callback-digital-watermark.md), and `Progress`: that sample lacks
+    // it, but the other Tags' callback samples (callback-transcode.md) and cos-go-sdk-v5's demo
+    // callback (callback-generic.md, a job with SubTag DigitalWatermark) carry `Progress` 100.
     let sample_detail: BTreeSet<String> = [
         "Code",
         "CreationTime",
@@ -516,6 +518,7 @@ async fn jobs_run_and_publish_cis_completion_events_to_pulsar() {
         "JobId",
         "Message",
         "Operation",
+        "Progress",
         "QueueId",
         "StartTime",
         "State",

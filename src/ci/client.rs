@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CiError {
-    /// CI answered with an error status and (usually) an `<Error>` body.
+    /// CI answered with an error status. `body` is its error body (XML `<Error>` or JSON, see
+    /// [`parse_error`]); for any other body, an empty `code` and a `message` naming the status and
+    /// quoting the body's start. The status is kept either way.
     #[error("CI refused with HTTP {status}: {} {}", body.code, body.message)]
     Api { status: u16, body: CiErrorBody },
     /// No usable answer: connection refused, reset, timed out. `ambiguous` is true when the request may
@@ -447,8 +449,9 @@ fn protocol(op: &str, answer: &Answer, why: String) -> CiError {
     }
 }
 
-/// An error status: CI's `<Error>` when the body is one, else an empty code and the status (and the
-/// start of the body) as the message. The `x-ci-request-id` header fills a missing `RequestId`.
+/// An error status: CI's error body when it is one (XML or JSON: Code, Message, Resource, RequestId,
+/// TraceId), else an empty code and the status (and the start of the body) as the message. The
+/// `x-ci-request-id` header fills a missing `RequestId`.
 fn api_error(status: reqwest::StatusCode, text: &str, request_id: Option<String>) -> CiError {
     let mut body = parse_error(text).unwrap_or_else(|| {
         let reason = status.canonical_reason().unwrap_or("error status");
@@ -922,12 +925,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn json_error_bodies_and_resource_are_read() {
+        let xml = "<Error><Code>QueueSaturated</Code><Message>full</Message>\
+                   <Resource>b.ci.ap-guangzhou.myqcloud.com/jobs</Resource></Error>";
+        let json = r#"{"code": 40301, "message": "denied", "request_id": "rid-json"}"#;
+        for (status, body, code, message, resource, request_id) in [
+            (
+                403,
+                xml,
+                "QueueSaturated",
+                "full",
+                "b.ci.ap-guangzhou.myqcloud.com/jobs",
+                "rid-test",
+            ),
+            (403, json, "40301", "denied", "", "rid-json"),
+        ] {
+            let (endpoint, _log) = serve(status, body.into()).await;
+            let err = client(&endpoint, false)
+                .submit(BUCKET, REGION, &job())
+                .await
+                .unwrap_err();
+            let CiError::Api { status: s, body: b } = &err else {
+                panic!("{body}: expected Api, got {err:?}");
+            };
+            assert_eq!(*s, status);
+            assert_eq!(
+                (
+                    b.code.as_str(),
+                    b.message.as_str(),
+                    b.resource.as_str(),
+                    b.request_id.as_str()
+                ),
+                (code, message, resource, request_id),
+                "{body}"
+            );
+            assert_eq!(err.is_transient(), code == "QueueSaturated");
+        }
+    }
+
+    #[tokio::test]
     async fn an_error_status_without_an_error_body_is_still_an_api_error() {
         for (status, body, transient) in [
             (503, "", true),
             (502, "<html>Bad Gateway</html>", true),
             (403, "", false),
             (404, "not here", false),
+            (400, "{\"unrelated\": true}", false),
         ] {
             let (endpoint, _log) = serve(status, body.into()).await;
             let err = client(&endpoint, false)

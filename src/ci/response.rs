@@ -107,18 +107,37 @@ pub fn parse_jobs_response(body: &str) -> Result<JobsResponse, XmlError> {
     })
 }
 
-/// CI's `<Error>` body.
+/// CI's error body, from XML (`<Error>`) or JSON. Empty strings for what the body lacks.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CiErrorBody {
     pub code: String,
     pub message: String,
+    /// COS's `Resource` (the SDKs' `ErrorResponse.Resource`): the host and path refused.
+    pub resource: String,
     pub request_id: String,
     pub trace_id: String,
 }
 
-/// Parses an `<Error>` body; `None` when the body is not one (not XML, or another root). Missing
-/// children are empty strings.
+/// Parses an error body; `None` when it is not one (neither of the forms below, or one with neither a
+/// code nor a message). Missing children are empty strings.
+///
+/// - XML: `<Error><Code/><Message/><Resource/><RequestId/><TraceId/></Error>` (error-codes.md; COS
+///   adds `Resource`, which the SDKs' `ErrorResponse` reads).
+/// - JSON: the SDKs' JSON error `{"code", "message", "request_id"}` (cos-go-sdk-v5 `jsonError`: `code`
+///   a number or a string), the XML's conversion `{"Error": {"Code", ...}}` or `{"Code", ...}`, or
+///   Tencent Cloud API 3.0's `{"Response": {"Error": {"Code", "Message"}, "RequestId"}}`. Names
+///   are matched ignoring case and `_` (`request_id`, `RequestId`, `requestid`).
 pub fn parse_error(body: &str) -> Option<CiErrorBody> {
+    let trimmed = body.trim_start_matches('\u{feff}').trim_start();
+    let parsed = if trimmed.starts_with('{') {
+        parse_json_error(trimmed)
+    } else {
+        parse_xml_error(body)
+    }?;
+    (!parsed.code.is_empty() || !parsed.message.is_empty()).then_some(parsed)
+}
+
+fn parse_xml_error(body: &str) -> Option<CiErrorBody> {
     let doc = xml::parse(body).ok()?;
     if doc.root != "Error" {
         return None;
@@ -127,17 +146,68 @@ pub fn parse_error(body: &str) -> Option<CiErrorBody> {
     Some(CiErrorBody {
         code: t("Code"),
         message: t("Message"),
+        resource: t("Resource"),
         request_id: t("RequestId"),
         trace_id: t("TraceId"),
+    })
+}
+
+fn parse_json_error(body: &str) -> Option<CiErrorBody> {
+    use serde_json::{Map, Value};
+    let Value::Object(top) = serde_json::from_str::<Value>(body).ok()? else {
+        return None;
+    };
+    fn field<'v>(map: &'v Map<String, Value>, name: &str) -> Option<&'v Value> {
+        map.iter()
+            .find(|(k, _)| k.replace('_', "").eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+    fn text(map: &Map<String, Value>, name: &str) -> String {
+        match field(map, name) {
+            Some(Value::String(s)) => s.clone(),
+            Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+            _ => String::new(),
+        }
+    }
+    let object = |v: Option<&'_ Value>| match v {
+        Some(Value::Object(m)) => Some(m.clone()),
+        _ => None,
+    };
+    // The error object, and the map around it (API 3.0 puts `RequestId` beside `Error`).
+    let (outer, error) = match object(field(&top, "Response")) {
+        Some(response) => match object(field(&response, "Error")) {
+            Some(error) => (response, error),
+            None => return None,
+        },
+        None => match object(field(&top, "Error")) {
+            Some(error) => (top, error),
+            None => (Map::new(), top),
+        },
+    };
+    let or_outer = |name: &str| {
+        let inner = text(&error, name);
+        if inner.is_empty() {
+            text(&outer, name)
+        } else {
+            inner
+        }
+    };
+    Some(CiErrorBody {
+        code: text(&error, "code"),
+        message: text(&error, "message"),
+        resource: or_outer("resource"),
+        request_id: or_outer("requestid"),
+        trace_id: or_outer("traceid"),
     })
 }
 
 /// The declaration CI's error example (error-codes.md) starts with.
 const ERROR_DECLARATION: &str = "<?xml version='1.0' encoding='utf-8' ?>\n";
 
-/// Writes an `<Error>` body as error-codes.md shows it: the XML declaration, then
-/// `<Error><Code/><Message/><RequestId/><TraceId/></Error>` — all four children always, in that order,
-/// empty ones as `<Name/>`. Characters XML cannot carry are replaced by U+FFFD, so this never fails.
+/// Writes an `<Error>` body as error-codes.md shows it, with COS's `Resource` after `Message`: the
+/// XML declaration, then `<Error><Code/><Message/><Resource/><RequestId/><TraceId/></Error>` — all
+/// five children always, in that order, empty ones as `<Name/>`. Characters XML cannot carry are
+/// replaced by U+FFFD, so this never fails.
 pub fn error_xml(err: &CiErrorBody) -> String {
     let clean = |s: &str| -> Node {
         s.chars()
@@ -152,13 +222,17 @@ pub fn error_xml(err: &CiErrorBody) -> String {
     let body = Node::Map(vec![
         ("Code".into(), clean(&err.code)),
         ("Message".into(), clean(&err.message)),
+        ("Resource".into(), clean(&err.resource)),
         ("RequestId".into(), clean(&err.request_id)),
         ("TraceId".into(), clean(&err.trace_id)),
     ]);
     match xml::to_xml("Error", &body) {
         Ok(x) => format!("{ERROR_DECLARATION}{x}"),
         // Unreachable with the cleaning above; still an `<Error>` rather than a panic.
-        Err(_) => format!("{ERROR_DECLARATION}<Error><Code>InternalError</Code></Error>"),
+        Err(_) => format!(
+            "{ERROR_DECLARATION}<Error><Code>InternalError</Code>\
+             <Message>The error could not be written.</Message></Error>"
+        ),
     }
 }
 
@@ -304,6 +378,7 @@ mod tests {
             CiErrorBody {
                 code: "string".into(),
                 message: "string".into(),
+                resource: String::new(),
                 request_id: "string".into(),
                 trace_id: "string".into(),
             }
@@ -315,6 +390,69 @@ mod tests {
         assert_eq!(parse_error(SUBMIT_RESP), None);
         assert_eq!(parse_error("<html>502 Bad Gateway"), None);
         assert_eq!(parse_error(""), None);
+        assert_eq!(
+            parse_error("<Error/>"),
+            None,
+            "neither a code nor a message"
+        );
+        let e = parse_error(
+            "<Error><Code>InvalidArgument</Code><Message>m</Message>\
+             <Resource>b-1.ci.ap-guangzhou.myqcloud.com/jobs</Resource>\
+             <RequestId>rid</RequestId><TraceId>tid</TraceId></Error>",
+        )
+        .unwrap();
+        assert_eq!(e.resource, "b-1.ci.ap-guangzhou.myqcloud.com/jobs");
+        assert_eq!((e.request_id.as_str(), e.trace_id.as_str()), ("rid", "tid"));
+    }
+
+    #[test]
+    fn json_error_bodies() {
+        // cos-go-sdk-v5's jsonError: a numeric code, `request_id`.
+        let e =
+            parse_error(r#"{"code": 40001, "message": "bad sign", "request_id": "NjJi"}"#).unwrap();
+        assert_eq!(
+            e,
+            CiErrorBody {
+                code: "40001".into(),
+                message: "bad sign".into(),
+                request_id: "NjJi".into(),
+                ..CiErrorBody::default()
+            }
+        );
+        // The XML's conversion, wrapped or not; names in any case, with or without `_`.
+        for body in [
+            r#"{"Error": {"Code": "QueueSaturated", "Message": "full", "Resource": "r/jobs", "RequestId": "rid", "TraceId": "tid"}}"#,
+            r#"{"Code": "QueueSaturated", "Message": "full", "Resource": "r/jobs", "RequestId": "rid", "TraceId": "tid"}"#,
+            "\u{feff} {\"code\": \"QueueSaturated\", \"message\": \"full\", \"resource\": \"r/jobs\", \"requestid\": \"rid\", \"trace_id\": \"tid\"}",
+        ] {
+            let e = parse_error(body).unwrap();
+            assert_eq!(
+                (e.code.as_str(), e.message.as_str(), e.resource.as_str()),
+                ("QueueSaturated", "full", "r/jobs"),
+                "{body}"
+            );
+            assert_eq!((e.request_id.as_str(), e.trace_id.as_str()), ("rid", "tid"));
+        }
+        // Tencent Cloud API 3.0: RequestId beside Error.
+        let e = parse_error(
+            r#"{"Response": {"Error": {"Code": "AuthFailure", "Message": "m"}, "RequestId": "r3"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.code.as_str(), e.request_id.as_str()),
+            ("AuthFailure", "r3")
+        );
+        // JSON that is not an error.
+        for body in [
+            "{}",
+            r#"{"Response": {"JobsDetail": {}}}"#,
+            r#"{"JobsDetail": {"Code": 0}}"#,
+            "[1]",
+            "{not json",
+            r#"{"code": null, "message": ""}"#,
+        ] {
+            assert_eq!(parse_error(body), None, "{body}");
+        }
     }
 
     #[test]
@@ -322,6 +460,7 @@ mod tests {
         let err = CiErrorBody {
             code: "InvalidArgument".into(),
             message: "bad <Tag> & \"more\"".into(),
+            resource: "b-1.ci.ap-guangzhou.myqcloud.com/jobs".into(),
             request_id: "NjJi".into(),
             trace_id: String::new(),
         };
@@ -329,7 +468,8 @@ mod tests {
         assert_eq!(
             body,
             "<?xml version='1.0' encoding='utf-8' ?>\n<Error><Code>InvalidArgument</Code>\
-             <Message>bad &lt;Tag&gt; &amp; &quot;more&quot;</Message><RequestId>NjJi</RequestId>\
+             <Message>bad &lt;Tag&gt; &amp; &quot;more&quot;</Message>\
+             <Resource>b-1.ci.ap-guangzhou.myqcloud.com/jobs</Resource><RequestId>NjJi</RequestId>\
              <TraceId/></Error>"
         );
         assert_eq!(parse_error(&body), Some(err));

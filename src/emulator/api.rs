@@ -128,6 +128,7 @@ async fn handle(
             } else {
                 tracing::info!(%method, path = uri.path(), status = e.status.as_u16(), code = e.code, message = %e.message, "emulator: request refused");
             }
+            // COS's `Resource`: the host (without the port) and the path.
             let resource = format!(
                 "{}{}",
                 headers
@@ -137,15 +138,13 @@ async fn handle(
                     .unwrap_or(""),
                 uri.path()
             );
-            let body = error_body(
-                &CiErrorBody {
-                    code: e.code.to_string(),
-                    message: e.message,
-                    request_id: request_id.clone(),
-                    trace_id: new_trace_id(),
-                },
-                &resource,
-            );
+            let body = error_body(&CiErrorBody {
+                code: e.code.to_string(),
+                message: e.message,
+                resource,
+                request_id: request_id.clone(),
+                trace_id: new_trace_id(),
+            });
             let mut r = (e.status, body).into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -338,13 +337,13 @@ async fn submit(
         .map_err(|_| ApiError::bad_request("InvalidContent", "The request body is not UTF-8."))?;
     let spec = submit::parse_request(text)?;
     let job = shared.store.insert(bucket, region, spec);
-    tracing::info!(job_id = %job.id, bucket, region, tag = %job.spec.tag, object = %job.spec.input_object, "emulator: job submitted");
+    tracing::info!(job_id = %job.id, bucket, region, tag = %job.spec.tag, object = job.spec.fault_key(), "emulator: job submitted");
     shared.notify(EmulatorEvent::StateChanged {
         job_id: job.id.clone(),
         state: JobState::Submitted,
     });
     lifecycle::spawn_lifecycle(shared.clone(), &job);
-    if faults::ObjectFaults::of(&job.spec.input_object).hangup {
+    if faults::ObjectFaults::of(job.spec.fault_key()).hangup {
         tracing::info!(job_id = %job.id, "emulator: holding the answer (__hangup__)");
         tokio::time::sleep(faults::HANGUP_DELAY).await;
     }

@@ -2,8 +2,6 @@
 //! `<Error>` document, and [`EmulatorError`], an emulator that cannot start or stops abnormally.
 
 use crate::ci::response::{error_xml, CiErrorBody};
-use crate::ci::tree::Node;
-use crate::ci::xml;
 use axum::http::StatusCode;
 
 /// Why the emulator could not start or stopped abnormally.
@@ -63,19 +61,60 @@ impl ApiError {
 
 /// CI's `<Error>` (error-codes.md: `Code`, `Message`, `RequestId`, `TraceId`) with COS's `Resource`
 /// (the host and path) after `Message`: the official Python SDK reads an error body only when it has a
-/// `Resource` (otherwise every code reads "Unknown"), which says CI's gateway writes one as COS does.
-pub(crate) fn error_body(err: &CiErrorBody, resource: &str) -> String {
-    let body = Node::Map(vec![
-        ("Code".into(), err.code.as_str().into()),
-        ("Message".into(), err.message.as_str().into()),
-        ("Resource".into(), resource.into()),
-        ("RequestId".into(), err.request_id.as_str().into()),
-        ("TraceId".into(), err.trace_id.as_str().into()),
-    ]);
-    match xml::to_xml("Error", &body) {
-        Ok(x) => format!("<?xml version='1.0' encoding='utf-8' ?>\n{x}"),
-        // A character XML cannot carry (from a client's input echoed in the message): the model's
-        // writer replaces those.
-        Err(_) => error_xml(err),
+/// non-empty `Code`, `Message`, `Resource` and `RequestId` (otherwise every one of them reads
+/// "Unknown"), which says CI's gateway writes them all as COS does. So none is ever empty here: an
+/// empty message becomes the code, an empty resource `/`, an empty code `InternalError`.
+pub(crate) fn error_body(err: &CiErrorBody) -> String {
+    let or = |s: &str, default: &str| {
+        if s.trim().is_empty() {
+            default.to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let code = or(&err.code, "InternalError");
+    error_xml(&CiErrorBody {
+        message: or(&err.message, &code),
+        resource: or(&err.resource, "/"),
+        request_id: or(&err.request_id, "-"),
+        trace_id: err.trace_id.clone(),
+        code,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ci::response::parse_error;
+
+    #[test]
+    fn every_field_the_sdks_read_is_present() {
+        let full = CiErrorBody {
+            code: "InvalidUrl".into(),
+            message: "m".into(),
+            resource: "b-1.ci.ap-guangzhou.myqcloud.com/nope".into(),
+            request_id: "rid".into(),
+            trace_id: "tid".into(),
+        };
+        assert_eq!(parse_error(&error_body(&full)), Some(full.clone()));
+        let back = parse_error(&error_body(&CiErrorBody::default())).unwrap();
+        assert_eq!(
+            (
+                back.code.as_str(),
+                back.message.as_str(),
+                back.resource.as_str(),
+                back.request_id.as_str()
+            ),
+            ("InternalError", "InternalError", "/", "-")
+        );
+        // A character XML cannot carry (a client's input echoed in the message) is replaced.
+        let odd = CiErrorBody {
+            message: "bad \u{1}".into(),
+            ..full
+        };
+        assert_eq!(
+            parse_error(&error_body(&odd)).unwrap().message,
+            "bad \u{fffd}"
+        );
     }
 }

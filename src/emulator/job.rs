@@ -89,6 +89,8 @@ pub(crate) struct Job {
     pub state: JobState,
     pub created: DateTime<FixedOffset>,
     pub started: Option<DateTime<FixedOffset>>,
+    /// How long it runs once started (its `Progress` grows over that time).
+    pub running_for: std::time::Duration,
     pub ended: Option<DateTime<FixedOffset>>,
     /// `(Code, Message)` of a failed job.
     pub failure: Option<(String, String)>,
@@ -114,28 +116,60 @@ impl Job {
                 operation.insert("MediaResult", result);
             }
         }
-        let input = Node::Map(vec![
-            ("BucketId".into(), self.bucket.clone().into()),
-            ("Object".into(), self.spec.input_object.clone().into()),
-            ("Region".into(), self.region.clone().into()),
-        ]);
+        // `Input` as CI shows it: the bucket and region, the `Object` if any, then the request's
+        // other `Input` children (`Url`, `Vod`, `Lang`, ...) as given.
+        let mut input = Node::Map(vec![("BucketId".into(), self.bucket.clone().into())]);
+        if let Some(object) = &self.spec.input_object {
+            input.insert("Object", object.clone().into());
+        }
+        input.insert("Region", self.region.clone().into());
+        for (k, v) in &self.spec.input_extra {
+            input.insert(k.clone(), v.clone());
+        }
         let mut d = Node::Map(vec![
             ("Code".into(), code.into()),
             ("Message".into(), message.into()),
             ("JobId".into(), self.id.clone().into()),
             ("State".into(), self.state.as_str().into()),
-            ("CreationTime".into(), ci_time(&self.created).into()),
-            ("StartTime".into(), time(&self.started).into()),
-            ("EndTime".into(), time(&self.ended).into()),
-            ("QueueId".into(), self.queue_id.clone().into()),
-            ("Tag".into(), self.spec.tag.clone().into()),
-            ("Input".into(), input),
-            ("Operation".into(), operation),
         ]);
+        if let Some(progress) = self.progress() {
+            d.insert("Progress", progress.to_string().into());
+        }
+        for (k, v) in [
+            ("CreationTime", ci_time(&self.created).into()),
+            ("StartTime", time(&self.started).into()),
+            ("EndTime", time(&self.ended).into()),
+            ("QueueId", self.queue_id.clone().into()),
+            ("Tag", self.spec.tag.clone().into()),
+            ("Input", input),
+            ("Operation", operation),
+        ] {
+            d.insert(k, v);
+        }
         for (k, v) in &self.spec.callback_echo {
             d.insert(k.clone(), v.clone());
         }
         d
+    }
+
+    /// `Progress` (percent, describe-media-job.md; "returned only if `State` is `Submitted`,
+    /// `Running`, `Success`, or `Pause`", callback-transcode.md): 0 while queued, the share of its
+    /// running time elapsed while running (at most 99), 100 once it succeeded; none for a failed or
+    /// cancelled job.
+    pub(crate) fn progress(&self) -> Option<u8> {
+        match self.state {
+            JobState::Submitted => Some(0),
+            JobState::Success => Some(100),
+            JobState::Failed | JobState::Cancel => None,
+            JobState::Running | JobState::Pause => {
+                let elapsed = self
+                    .started
+                    .map(|t| (ci_now() - t).to_std().unwrap_or_default())
+                    .unwrap_or_default();
+                let total = self.running_for.as_millis().max(1);
+                Some((elapsed.as_millis() * 100 / total).min(99) as u8)
+            }
+        }
     }
 
     /// `JobsDetail` as completion events carry it (callback-digital-watermark.md): no callback

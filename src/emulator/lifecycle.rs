@@ -22,7 +22,7 @@ pub(crate) fn spawn_lifecycle(shared: Arc<Shared>, job: &Job) {
     tokio::spawn(async move {
         let lifecycle = async {
             tokio::time::sleep(queued).await;
-            let Some(_) = shared.store.start(&id) else {
+            let Some(_) = shared.store.start(&id, running) else {
                 return;
             };
             shared.notify(EmulatorEvent::StateChanged {

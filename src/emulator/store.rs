@@ -10,6 +10,7 @@ use super::submit::JobSpec;
 use chrono::{DateTime, FixedOffset};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// Jobs kept in memory; past this the oldest finished ones are dropped.
 pub(crate) const MAX_JOBS: usize = 100_000;
@@ -80,11 +81,12 @@ impl Store {
                 .queue_id
                 .clone()
                 .unwrap_or_else(|| default_queue_id(bucket, region)),
-            faults: ObjectFaults::of(&spec.input_object),
+            faults: ObjectFaults::of(spec.fault_key()),
             spec,
             state: JobState::Submitted,
             created: ci_now(),
             started: None,
+            running_for: Duration::ZERO,
             ended: None,
             failure: None,
         };
@@ -117,8 +119,9 @@ impl Store {
             .map(|j| j.clone())
     }
 
-    /// `Submitted → Running`; `None` if the job is no longer `Submitted` (cancelled).
-    pub(crate) fn start(&self, id: &str) -> Option<Job> {
+    /// `Submitted → Running`, for `running` (the `Progress` it reports grows over that time); `None`
+    /// if the job is no longer `Submitted` (cancelled).
+    pub(crate) fn start(&self, id: &str, running: Duration) -> Option<Job> {
         let mut inner = self.lock();
         let job = Self::get_mut(&mut inner, id)?;
         if job.state != JobState::Submitted {
@@ -126,6 +129,7 @@ impl Store {
         }
         job.state = JobState::Running;
         job.started = Some(ci_now());
+        job.running_for = running;
         Some(job.clone())
     }
 
@@ -185,7 +189,7 @@ impl Store {
                 && filter
                     .input_object
                     .as_ref()
-                    .is_none_or(|o| *o == j.spec.input_object)
+                    .is_none_or(|o| Some(o) == j.spec.input_object.as_ref())
                 && filter.states.as_ref().is_none_or(|s| s.contains(&j.state))
                 && filter
                     .start
@@ -242,8 +246,8 @@ mod tests {
             store.get("b-2", "ap-guangzhou", &job.id).is_none(),
             "other bucket"
         );
-        assert!(store.start(&job.id).is_some());
-        assert!(store.start(&job.id).is_none());
+        assert!(store.start(&job.id, Duration::from_secs(60)).is_some());
+        assert!(store.start(&job.id, Duration::from_secs(60)).is_none());
         let done = store.finish(&job.id).unwrap();
         assert_eq!(done.state, JobState::Success);
         let d = done.detail().into_value();
@@ -265,12 +269,12 @@ mod tests {
         assert_eq!(store.cancel("b-1", "ap-guangzhou", &other.id), Ok(true));
         assert_eq!(store.cancel("b-1", "ap-guangzhou", &other.id), Ok(false));
         assert!(
-            store.start(&other.id).is_none(),
+            store.start(&other.id, Duration::from_secs(60)).is_none(),
             "a cancelled job never runs"
         );
 
         let failing = store.insert("b-1", "ap-guangzhou", spec("in/__fail__.mp4"));
-        store.start(&failing.id).unwrap();
+        store.start(&failing.id, Duration::from_secs(60)).unwrap();
         let failed = store.finish(&failing.id).unwrap();
         assert_eq!(failed.state, JobState::Failed);
         assert_eq!(
@@ -280,10 +284,78 @@ mod tests {
     }
 
     #[test]
+    fn progress_as_ci_writes_it() {
+        let store = Store::new();
+        let job = store.insert("b-1", "ap-guangzhou", spec("in/a.mp4"));
+        let progress = |j: &Job| j.detail().text_at(&["Progress"]).map(str::to_string);
+        assert_eq!(progress(&job).as_deref(), Some("0"));
+        let keys: Vec<String> = match job.detail() {
+            crate::ci::tree::Node::Map(e) => e.iter().map(|(k, _)| k.to_string()).collect(),
+            _ => unreachable!(),
+        };
+        assert_eq!(
+            &keys[..6],
+            [
+                "Code",
+                "Message",
+                "JobId",
+                "State",
+                "Progress",
+                "CreationTime"
+            ]
+        );
+        let mut running = store.start(&job.id, Duration::from_secs(100)).unwrap();
+        assert_eq!(progress(&running).as_deref(), Some("0"));
+        running.started = running.started.map(|t| t - chrono::Duration::seconds(40));
+        assert_eq!(progress(&running).as_deref(), Some("40"));
+        running.started = running.started.map(|t| t - chrono::Duration::seconds(400));
+        assert_eq!(
+            progress(&running).as_deref(),
+            Some("99"),
+            "never 100 before it ends"
+        );
+        let done = store.finish(&job.id).unwrap();
+        assert_eq!(progress(&done).as_deref(), Some("100"));
+        assert_eq!(done.event_detail().text_at(&["Progress"]), Some("100"));
+
+        let failing = store.insert("b-1", "ap-guangzhou", spec("in/__fail__.mp4"));
+        store.start(&failing.id, Duration::from_secs(1)).unwrap();
+        assert_eq!(progress(&store.finish(&failing.id).unwrap()), None);
+        let cancelled = store.insert("b-1", "ap-guangzhou", spec("in/c.mp4"));
+        store.cancel("b-1", "ap-guangzhou", &cancelled.id).unwrap();
+        let cancelled = store.get("b-1", "ap-guangzhou", &cancelled.id).unwrap();
+        assert_eq!(progress(&cancelled), None);
+    }
+
+    #[test]
+    fn input_without_object_is_echoed_and_never_matches_an_input_object_filter() {
+        let store = Store::new();
+        let spec = parse_request(
+            "<Request><Tag>Transcode</Tag><Input><Url>https://example.com/in/__fail__.mp4</Url>\
+             </Input><Operation><TemplateId>t1</TemplateId></Operation></Request>",
+        )
+        .unwrap();
+        let job = store.insert("b-1", "ap-guangzhou", spec);
+        assert!(job.faults.fail, "markers are read from the Url");
+        assert_eq!(
+            job.detail().into_value()["Input"],
+            serde_json::json!({"BucketId": "b-1", "Region": "ap-guangzhou",
+                               "Url": "https://example.com/in/__fail__.mp4"})
+        );
+        let mut filter = ListFilter {
+            size: 10,
+            ..ListFilter::default()
+        };
+        assert_eq!(store.list("b-1", "ap-guangzhou", &filter).0.len(), 1);
+        filter.input_object = Some("https://example.com/in/__fail__.mp4".into());
+        assert!(store.list("b-1", "ap-guangzhou", &filter).0.is_empty());
+    }
+
+    #[test]
     fn event_detail_is_alphabetical_with_subtag() {
         let store = Store::new();
         let job = store.insert("b-1", "ap-guangzhou", spec("in/a.mp4"));
-        store.start(&job.id).unwrap();
+        store.start(&job.id, Duration::from_secs(60)).unwrap();
         let d = store.finish(&job.id).unwrap().event_detail().into_value();
         let keys: Vec<&String> = d.as_object().unwrap().keys().collect();
         let mut expected = keys.clone();

@@ -8,28 +8,47 @@ use crate::ci::tree::Node;
 use crate::ci::xml;
 use std::borrow::Cow;
 
-/// The media Tags `POST /jobs` takes (ci-api-facts.md). `DigitalWatermark` is validated in full; the
-/// others are accepted with the common checks and echoed as given.
-pub(crate) const MEDIA_TAGS: [&str; 19] = [
-    "DigitalWatermark",
-    "Transcode",
-    "Snapshot",
+/// The media Tags `POST /jobs` takes: every Tag cos-go-sdk-v5 (v0.7.70) submits there (its
+/// `MediaProcessJobOperation` models them; its example jobs name them), alphabetically. Any other
+/// Tag is 400 `InvalidArgument`, as CI answers. `DigitalWatermark` is validated in full; the others
+/// with the common checks, their `Operation` echoed as given.
+pub(crate) const MEDIA_TAGS: [&str; 36] = [
     "Animation",
     "Concat",
-    "SmartCover",
-    "VoiceSeparate",
-    "VideoMontage",
-    "Segment",
+    "DNA",
+    "DigitalWatermark",
     "ExtractDigitalWatermark",
-    "SuperResolution",
-    "VideoProcess",
-    "SDRtoHDR",
+    "FillConcat",
+    "ImageInspect",
+    "ImageOCR",
     "MediaInfo",
-    "StreamExtract",
-    "VideoTag",
-    "QualityEstimate",
-    "Tts",
     "NoiseReduction",
+    "PicProcess",
+    "PosterProduction",
+    "QualityEstimate",
+    "SDRtoHDR",
+    "Segment",
+    "SegmentVideoBody",
+    "SmartCover",
+    "Snapshot",
+    "SoundHound",
+    "SpeechRecognition",
+    "SplitVideoParts",
+    "StreamExtract",
+    "SuperResolution",
+    "Transcode",
+    "Translation",
+    "Tts",
+    "VideoEnhance",
+    "VideoMontage",
+    "VideoProcess",
+    "VideoSynthesis",
+    "VideoTag",
+    "VideoTargetRec",
+    "VocalScore",
+    "VoiceSeparate",
+    "Watermark",
+    "WordsGeneralize",
 ];
 
 /// The elements of `<Request>` that configure the callback, echoed in `JobsDetail`.
@@ -62,7 +81,10 @@ pub(crate) enum CallbackTarget {
 #[derive(Debug, Clone)]
 pub(crate) struct JobSpec {
     pub tag: String,
-    pub input_object: String,
+    /// `Input.Object`; `None` for an input by `Url` or `Vod`, or a Tag without `Input`.
+    pub input_object: Option<String>,
+    /// `Input`'s other children as given (`Url`, `Vod`, `Lang`, ...), echoed in `JobsDetail.Input`.
+    pub input_extra: Vec<(Cow<'static, str>, Node<'static>)>,
     /// `Operation` as given (a map), for the echo.
     pub operation: Node<'static>,
     pub queue_id: Option<String>,
@@ -70,6 +92,21 @@ pub(crate) struct JobSpec {
     pub target: CallbackTarget,
     /// The callback elements as given, in request order, for the echo.
     pub callback_echo: Vec<(Cow<'static, str>, Node<'static>)>,
+}
+
+impl JobSpec {
+    /// Where the fault markers (`__fail__`, ...) are read: `Input.Object`, else `Input.Url`.
+    pub(crate) fn fault_key(&self) -> &str {
+        self.input_object
+            .as_deref()
+            .or_else(|| {
+                self.input_extra
+                    .iter()
+                    .find(|(k, _)| k == "Url")
+                    .and_then(|(_, v)| v.as_str())
+            })
+            .unwrap_or("")
+    }
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -148,8 +185,24 @@ pub(crate) fn parse_request(body: &str) -> Result<JobSpec, ApiError> {
             "The value {tag:?} of Request.Tag is not a media job Tag of /jobs."
         )));
     }
-    let input = required_container(req, "Input", "Request.Input")?;
-    let input_object = required_leaf(input, "Object", "Request.Input.Object")?;
+    // Whether an Input is needed and what it holds were checked by `validate_job`.
+    let input = container(req, "Input", "Request.Input")?;
+    let input_object = match input {
+        Some(input) => leaf(input, "Object", "Request.Input.Object")?,
+        None => None,
+    };
+    if let Some(input) = input {
+        leaf(input, "Url", "Request.Input.Url")?;
+        container(input, "Vod", "Request.Input.Vod")?;
+    }
+    let input_extra = match input {
+        Some(Node::Map(children)) => children
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_ref(), "Object" | "BucketId" | "Region"))
+            .map(|(k, v)| (Cow::Owned(k.to_string()), v.clone().into_owned()))
+            .collect(),
+        _ => Vec::new(),
+    };
     let operation = required_container(req, "Operation", "Request.Operation")?;
 
     let queue_id = leaf(req, "QueueId", "Request.QueueId")?;
@@ -211,6 +264,7 @@ pub(crate) fn parse_request(body: &str) -> Result<JobSpec, ApiError> {
     Ok(JobSpec {
         tag,
         input_object,
+        input_extra,
         operation: operation.clone().into_owned(),
         queue_id,
         format,
@@ -258,7 +312,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(spec.tag, "DigitalWatermark");
-        assert_eq!(spec.input_object, "in/a.mp4");
+        assert_eq!(spec.input_object.as_deref(), Some("in/a.mp4"));
         assert_eq!(spec.format, CallbackFormat::Json);
         assert_eq!(
             spec.target,
@@ -388,5 +442,70 @@ mod tests {
         let body = "<Request><Tag>Transcode</Tag><Input><Object>a.mp4</Object></Input>\
                     <Operation><TemplateId>t1</TemplateId></Operation></Request>";
         assert_eq!(parse_request(body).unwrap().tag, "Transcode");
+        for tag in MEDIA_TAGS.iter().filter(|t| **t != "DigitalWatermark") {
+            let body = format!(
+                "<Request><Tag>{tag}</Tag><Input><Object>a.mp4</Object></Input>\
+                 <Operation><UserData>u</UserData></Operation></Request>"
+            );
+            assert_eq!(&parse_request(&body).unwrap().tag, tag);
+        }
+        for tag in [
+            "SubmitTranscode",
+            "transcode",
+            "GeneratePlayList",
+            "DocProcess",
+        ] {
+            let body = format!(
+                "<Request><Tag>{tag}</Tag><Input><Object>a.mp4</Object></Input>\
+                 <Operation><UserData>u</UserData></Operation></Request>"
+            );
+            let (status, code, message) = refusal(&body);
+            assert_eq!((status, code), (400, "InvalidArgument"), "{tag}");
+            assert!(message.contains("Request.Tag"), "{message}");
+        }
+    }
+
+    #[test]
+    fn inputs_by_url_or_vod_and_tags_without_input() {
+        let spec = parse_request(
+            "<Request><Tag>Transcode</Tag><Input><Url>https://example.com/a.mp4</Url>\
+             <Lang>en</Lang></Input><Operation><TemplateId>t1</TemplateId></Operation></Request>",
+        )
+        .unwrap();
+        assert_eq!(spec.input_object, None);
+        let extra: Vec<&str> = spec.input_extra.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(extra, ["Url", "Lang"]);
+        let spec = parse_request(
+            "<Request><Tag>Transcode</Tag><Input><Vod><FileId>528589</FileId>\
+             <SubAppId>15</SubAppId></Vod></Input><Operation><TemplateId>t1</TemplateId>\
+             </Operation></Request>",
+        )
+        .unwrap();
+        assert_eq!(spec.input_object, None);
+        assert_eq!(spec.input_extra[0].1.text_at(&["FileId"]), Some("528589"));
+        let spec = parse_request(
+            "<Request><Tag>Tts</Tag><Operation><TtsConfig><Input>hi</Input>\
+             <InputType>Text</InputType></TtsConfig></Operation></Request>",
+        )
+        .unwrap();
+        assert_eq!((spec.input_object, spec.input_extra.len()), (None, 0));
+        for (body, needle) in [
+            (
+                "<Request><Tag>Transcode</Tag><Operation><TemplateId>t1</TemplateId></Operation></Request>",
+                "Request.Input",
+            ),
+            (
+                "<Request><Tag>Transcode</Tag><Input><Url>ftp://x/a.mp4</Url></Input><Operation><TemplateId>t1</TemplateId></Operation></Request>",
+                "Request.Input.Url",
+            ),
+            (
+                "<Request><Tag>Transcode</Tag><Input><Vod><SubAppId>1</SubAppId></Vod></Input><Operation><TemplateId>t1</TemplateId></Operation></Request>",
+                "Request.Input.Vod.FileId",
+            ),
+        ] {
+            let (status, code, message) = refusal(body);
+            assert_eq!((status, code), (400, "InvalidArgument"), "{body}");
+            assert!(message.contains(needle), "{message}");
+        }
     }
 }

@@ -20,6 +20,19 @@ pub const MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
 /// Longest accepted `request_id` (it travels in CI's 1024-character `UserData`).
 pub const MAX_REQUEST_ID: usize = 256;
 
+/// Elements of CI's `<Request>` the worker owns: where and how CI reports the job's completion
+/// (`CallBackType`, `CallBackMqConfig`, `CallBack`, and `CallBackKafkaConfig`, the SDKs' Kafka
+/// callback) and the kind of queue it runs on (`QueueType`, which the worker's queue-scoped marker
+/// checks rely on). A request that sets one is rejected, naming it; the worker's value never
+/// silently replaces the caller's.
+pub const RESERVED_JOB_KEYS: [&str; 5] = [
+    "CallBackType",
+    "CallBackMqConfig",
+    "CallBack",
+    "CallBackKafkaConfig",
+    "QueueType",
+];
+
 /// A request that cannot be answered with a result: dead-lettered with this reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -130,12 +143,11 @@ impl SubmitRequest {
                 "job must be an object (CI's <Request> as JSON)",
             ));
         };
-        for reserved in ["CallBackType", "CallBackMqConfig", "CallBack"] {
-            if job.contains_key(reserved) {
-                return Err(Rejection::invalid(format!(
-                    "job.{reserved} is set by the worker; remove it from the request"
-                )));
-            }
+        if let Some(reserved) = RESERVED_JOB_KEYS.iter().find(|k| job.contains_key(**k)) {
+            return Err(Rejection::invalid(format!(
+                "job.{reserved} is reserved: the worker sets the callback and queue settings \
+                 from its configuration; remove it from the request"
+            )));
         }
         let user_data = job
             .get("Operation")
@@ -287,6 +299,32 @@ mod tests {
     }
 
     #[test]
+    fn inputs_without_object_are_accepted() {
+        for input in [
+            json!({"Url": "https://example.com/in/a.mp4"}),
+            json!({"Vod": {"FileId": "5285890799710173650", "SubAppId": "1500000"}}),
+        ] {
+            let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+            v["job"]["Input"] = input.clone();
+            let valid = SubmitRequest::parse(v.to_string().as_bytes())
+                .unwrap()
+                .validate(&ci())
+                .unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(valid.ci_job.clone().into_value()["Input"], input);
+            assert_eq!(valid.ci_job.text_at(&["Input", "Object"]), None);
+        }
+        // A Tag whose sources are in Operation needs no Input at all.
+        let mut v: Value = serde_json::from_str(EXAMPLE).unwrap();
+        v["job"] = json!({"Tag": "Tts", "Operation": {"TtsConfig": {"Input": "hello", "InputType": "Text"},
+                          "Output": {"Region": "ap-guangzhou", "Bucket": "examplebucket-1250000000", "Object": "out.mp3"}}});
+        let valid = SubmitRequest::parse(v.to_string().as_bytes())
+            .unwrap()
+            .validate(&ci())
+            .unwrap();
+        assert!(valid.ci_job.get("Input").is_none());
+    }
+
+    #[test]
     fn unreadable_requests_are_for_the_dead_letter_topic() {
         for (payload, reason) in [
             (&b"not json"[..], "not valid JSON"),
@@ -323,8 +361,27 @@ mod tests {
             ),
             ("job must be an object", Box::new(|v| v["job"] = json!("x"))),
             (
-                "set by the worker",
+                "job.CallBackType is reserved",
                 Box::new(|v| v["job"]["CallBackType"] = json!("Url")),
+            ),
+            (
+                "job.CallBackMqConfig is reserved",
+                Box::new(|v| v["job"]["CallBackMqConfig"] = json!({"MqName": "q"})),
+            ),
+            (
+                "job.CallBack is reserved",
+                Box::new(|v| v["job"]["CallBack"] = json!("no")),
+            ),
+            (
+                "job.CallBackKafkaConfig is reserved",
+                Box::new(|v| {
+                    v["job"]["CallBackKafkaConfig"] =
+                        json!({"Region": "ap-guangzhou", "InstanceId": "ckafka-1", "Topic": "t"})
+                }),
+            ),
+            (
+                "job.QueueType is reserved",
+                Box::new(|v| v["job"]["QueueType"] = json!("SpeedTranscoding")),
             ),
             (
                 "Message",
@@ -340,7 +397,14 @@ mod tests {
                 "1024",
                 Box::new(|v| v["job"]["Operation"]["UserData"] = json!("x".repeat(1011))),
             ),
-            ("Input.Object", Box::new(|v| v["job"]["Input"] = json!({}))),
+            (
+                "job.Input.Object: is required unless Input has a Url or a Vod",
+                Box::new(|v| v["job"]["Input"] = json!({})),
+            ),
+            (
+                "job.Input.Url: must be an http(s) URL",
+                Box::new(|v| v["job"]["Input"] = json!({"Url": "file:///etc/passwd"})),
+            ),
             (
                 "cannot be written as CI's XML",
                 Box::new(|v| v["job"]["Operation"]["Job Level"] = json!("0")),

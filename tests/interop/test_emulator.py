@@ -125,6 +125,7 @@ def test_official_sdk_against_the_emulator(emulator, pulsar_client):
         detail = resp["JobsDetail"][0]
         assert detail["Code"] == "Success"
         assert detail["State"] == "Submitted"
+        assert detail["Progress"] == "0"
         assert detail["JobId"].startswith("j") and len(detail["JobId"]) == 33
         assert detail["CreationTime"].endswith("+0800")
         assert detail["StartTime"] == "-" and detail["EndTime"] == "-"
@@ -178,8 +179,38 @@ def test_official_sdk_against_the_emulator(emulator, pulsar_client):
 
     finished = client.ci_get_media_jobs(Bucket=BUCKET, JobIDs=created["XML"])["JobsDetail"][0]
     assert finished["State"] == "Success"
+    assert finished["Progress"] == "100"
     assert finished["EndTime"] != "-"
     assert finished["Operation"]["MediaResult"]["OutputFile"]["ObjectName"] == "output/digital.mp4"
+
+
+def test_inputs_without_object(emulator):
+    port, _ = emulator
+    client = sdk_client(port)
+    by_url = client.ci_create_media_jobs(Bucket=BUCKET, Jobs={
+        "Tag": "Transcode",
+        "Input": {"Url": "https://example.com/in/demo.mp4"},
+        "Operation": {"TemplateId": "t1", "Output": {"Bucket": BUCKET, "Region": REGION, "Object": "out.mp4"}},
+        "CallBack": "no",
+    })["JobsDetail"][0]
+    assert by_url["Input"] == {"BucketId": BUCKET, "Region": REGION, "Url": "https://example.com/in/demo.mp4"}
+    by_vod = client.ci_create_media_jobs(Bucket=BUCKET, Jobs={
+        "Tag": "SpeechRecognition",
+        "Input": {"Vod": {"FileId": "5285890799710173650", "SubAppId": "1500000"}},
+        "Operation": {"TemplateId": "t1"},
+        "CallBack": "no",
+    })["JobsDetail"][0]
+    assert by_vod["Input"]["Vod"]["FileId"] == "5285890799710173650"
+    assert "Object" not in by_vod["Input"]
+    tts = client.ci_create_media_jobs(Bucket=BUCKET, Jobs={
+        "Tag": "Tts",
+        "Operation": {"TtsConfig": {"Input": "hello", "InputType": "Text"},
+                      "Output": {"Bucket": BUCKET, "Region": REGION, "Object": "out.mp3"}},
+        "CallBack": "no",
+    })["JobsDetail"][0]
+    assert tts["Tag"] == "Tts" and tts["State"] == "Submitted"
+    listed = client.ci_list_media_jobs(Bucket=BUCKET, Tag="Tts")
+    assert [d["JobId"] for d in listed["JobsDetail"]] == [tts["JobId"]]
 
 
 def test_official_sdk_sees_cis_errors(emulator):

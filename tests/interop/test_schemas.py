@@ -36,12 +36,31 @@ def test_result_examples_are_valid(name):
 @pytest.mark.parametrize(
     "mutate",
     [
+        lambda r: r["job"].update(Input={"Url": "https://example.com/in/a.mp4"}),
+        lambda r: r["job"].update(Input={"Vod": {"FileId": "5285890799710173650", "SubAppId": "1500000"}}),
+        lambda r: r["job"].update(Tag="Tts") or r["job"].pop("Input"),
+    ],
+)
+def test_request_schema_takes_inputs_without_object(mutate):
+    ok = copy.deepcopy(load("examples/request.json"))
+    mutate(ok)
+    validator(REQUEST).validate(ok)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
         lambda r: r.pop("request_id"),
         lambda r: r.update(request_id=""),
         lambda r: r.update(bucket="NoAppId"),
         lambda r: r["job"].pop("Tag"),
         lambda r: r["job"]["Input"].pop("Object"),
+        lambda r: r["job"].pop("Input"),
+        lambda r: r["job"].update(Input={"Url": "ftp://example.com/a.mp4"}),
+        lambda r: r["job"].update(Input={"Vod": {"SubAppId": "1"}}),
         lambda r: r["job"].update(CallBackType="Url"),
+        lambda r: r["job"].update(CallBackKafkaConfig={"Region": "ap-guangzhou", "Topic": "t"}),
+        lambda r: r["job"].update(QueueType="SpeedTranscoding"),
         lambda r: r["job"]["Operation"]["DigitalWatermark"].update(Version="V2"),
         lambda r: r["job"]["Operation"].update(UserData="tab\there"),
     ],
