@@ -325,12 +325,21 @@ impl RoleSource {
     }
 }
 
-/// When to ask the metadata service next, for keys expiring at `expired_time` that had
-/// `lifetime` left when fetched, the time being `now` (all Unix seconds).
-fn next_refresh(expired_time: i64, lifetime: i64, now: i64) -> Duration {
-    let margin = refresh_margin(Duration::from_secs(lifetime.max(0) as u64));
-    let at = expired_time - margin.as_secs() as i64;
-    Duration::from_secs((at - now).max(0) as u64)
+/// When to ask the metadata service next, for keys expiring at `expired_time` (Unix seconds) that
+/// had `lifetime` left when fetched, the time being `now_ms` (Unix milliseconds: with lifetimes of
+/// seconds, as in tests, whole seconds would eat the margin).
+fn next_refresh(expired_time: i64, lifetime: Duration, now_ms: i64) -> Duration {
+    let margin = refresh_margin(lifetime).as_millis() as i64;
+    let at = expired_time * 1000 - margin;
+    Duration::from_millis((at - now_ms).max(0) as u64)
+}
+
+fn lifetime_from(expired_time: i64, now_ms: i64) -> Duration {
+    Duration::from_millis((expired_time * 1000 - now_ms).max(0) as u64)
+}
+
+fn unix_now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 async fn refresh_role(
@@ -340,8 +349,8 @@ async fn refresh_role(
     stop: Shutdown,
 ) {
     let mut expired_time = first.expired_time.unwrap_or(0);
-    let mut lifetime = expired_time - unix_now();
-    let mut wait = next_refresh(expired_time, lifetime, unix_now());
+    let now_ms = unix_now_ms();
+    let mut wait = next_refresh(expired_time, lifetime_from(expired_time, now_ms), now_ms);
     let mut failures: u32 = 0;
     loop {
         tokio::select! {
@@ -356,8 +365,8 @@ async fn refresh_role(
                 if new_expiry > expired_time {
                     shared.replace(keys.credentials);
                     expired_time = new_expiry;
-                    lifetime = new_expiry - now;
-                    wait = next_refresh(expired_time, lifetime, unix_now());
+                    let now_ms = unix_now_ms();
+                    wait = next_refresh(expired_time, lifetime_from(expired_time, now_ms), now_ms);
                     tracing::info!(role = %role.role, expired_time, refresh_in = ?wait, "credentials: CVM role credentials refreshed");
                 } else {
                     // The service has not rotated them yet: ask again soon, well before expiry.
@@ -454,9 +463,15 @@ mod tests {
             refresh_margin(Duration::from_secs(9)),
             Duration::from_secs(3)
         );
-        assert_eq!(next_refresh(10_000, 7200, 2_800), Duration::from_secs(6900));
-        assert_eq!(next_refresh(109, 9, 100), Duration::from_secs(6));
-        assert_eq!(next_refresh(100, 9, 200), Duration::ZERO);
+        let s = Duration::from_secs;
+        assert_eq!(next_refresh(10_000, s(7200), 2_800_000), s(6900));
+        assert_eq!(next_refresh(109, s(9), 100_000), s(6));
+        assert_eq!(
+            next_refresh(109, s(9), 100_500),
+            Duration::from_millis(5500)
+        );
+        assert_eq!(next_refresh(100, s(9), 200_000), Duration::ZERO);
+        assert_eq!(lifetime_from(109, 100_250), Duration::from_millis(8750));
     }
 
     fn settings(pairs: &[(&str, &str)]) -> Settings {
