@@ -18,6 +18,8 @@ use std::time::Duration;
 pub const CONFIG_FILE_ENV: &str = "CI_WORKER_CONFIG";
 const ENV_PREFIX: &str = "CI_WORKER";
 const ENV_SEPARATOR: &str = "__";
+/// The CVM instance metadata service (`ci.metadata_endpoint`'s default).
+pub const DEFAULT_METADATA_ENDPOINT: &str = "http://metadata.tencentyun.com";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -121,6 +123,17 @@ pub struct CiSettings {
     pub secret_key: Secret,
     /// Temporary credentials' token, sent as the signed `x-ci-security-token` header.
     pub session_token: Secret,
+    /// Temporary credentials in a JSON file, in the CVM metadata answer's field names
+    /// (`TmpSecretId`, `TmpSecretKey`, optional `Token`, `ExpiredTime`), re-read when it changes
+    /// (e.g. a Kubernetes Secret volume). Empty = not used. One credential source at a time:
+    /// `secret_id`/`secret_key` (or `TENCENTCLOUD_SECRET_*`), this file, or `cvm_role`.
+    pub credentials_file: String,
+    /// The CVM / TKE node's CAM role: its temporary credentials are fetched from
+    /// `<metadata_endpoint>/latest/meta-data/cam/security-credentials/<cvm_role>` and refreshed
+    /// before they expire. Empty = not used.
+    pub cvm_role: String,
+    /// The instance metadata service `cvm_role` is read from.
+    pub metadata_endpoint: String,
     /// CI queue for submitted jobs; empty = CI's default queue. A `QueueId` in the job wins.
     pub queue_id: String,
     /// `JSON` or `XML`: the format CI writes completion events in. A `CallBackFormat` in the job wins.
@@ -149,6 +162,9 @@ impl Default for CiSettings {
             secret_id: String::new(),
             secret_key: Secret::default(),
             session_token: Secret::default(),
+            credentials_file: String::new(),
+            cvm_role: String::new(),
+            metadata_endpoint: DEFAULT_METADATA_ENDPOINT.into(),
             queue_id: String::new(),
             callback_format: CallbackFormat::Json,
             callback_type: CallbackType::Tdmq,
@@ -324,6 +340,14 @@ pub struct EmulatorSettings {
     pub duplicate_rate: f64,
     /// Key pairs accepted besides `ci.secret_id` / `ci.secret_key` (TENCENTCLOUD_* variables).
     pub credentials: Vec<KeyPair>,
+    /// CAM role names the emulator's instance metadata path
+    /// (`GET /latest/meta-data/cam/security-credentials/<role>` on `listen`) issues temporary
+    /// credentials for; empty = that path answers 404. From the environment: comma-separated.
+    pub cvm_roles: Vec<String>,
+    /// How long the temporary credentials it issues are valid (`ExpiredTime` − issue time). A key
+    /// set is handed out until half of this is gone, then a new one; requests signed with one past
+    /// its `ExpiredTime` are refused (CI: 401 `SignatureExpired`, CMQ: 4100).
+    pub temporary_credentials_lifetime_secs: u64,
     /// Accept every request without checking its signature. Without it the emulator refuses to start
     /// when no key pair is configured, so that a misconfigured setup fails loudly instead of silently
     /// letting unsigned requests through.
@@ -346,6 +370,8 @@ impl Default for EmulatorSettings {
             error_rate: 0.0,
             duplicate_rate: 0.0,
             credentials: Vec::new(),
+            cvm_roles: Vec::new(),
+            temporary_credentials_lifetime_secs: 7200,
             allow_anonymous: false,
         }
     }
@@ -440,12 +466,13 @@ const CLOSED_SETS: [ClosedSetKey; 7] = [
 ];
 
 /// Keys holding a list; from the environment their value is split at commas.
-const LIST_KEYS: [(&str, &str); 2] = [
+const LIST_KEYS: [(&str, &str); 3] = [
     (
         "worker.callback_ingress",
         "CI_WORKER__WORKER__CALLBACK_INGRESS",
     ),
     ("emulator.cmq_queues", "CI_WORKER__EMULATOR__CMQ_QUEUES"),
+    ("emulator.cvm_roles", "CI_WORKER__EMULATOR__CVM_ROLES"),
 ];
 
 /// Checks the closed-set keys on the merged raw values, before they are typed: serde's own refusal
@@ -660,6 +687,7 @@ impl Settings {
                 "ci.secret_id and ci.secret_key (or TENCENTCLOUD_SECRET_ID/_KEY) go together",
             ));
         }
+        self.validate_credential_source()?;
         if c.request_timeout.is_zero() {
             return Err(invalid("ci.request_timeout", "0s", "must be above zero"));
         }
@@ -808,6 +836,20 @@ impl Settings {
                 "must be between 1 and 43200 (CMQ's visibilityTimeout range)",
             ));
         }
+        if !(1..=43_200).contains(&e.temporary_credentials_lifetime_secs) {
+            return Err(invalid(
+                "emulator.temporary_credentials_lifetime_secs",
+                &e.temporary_credentials_lifetime_secs.to_string(),
+                "must be between 1 and 43200",
+            ));
+        }
+        if let Some(bad) = e.cvm_roles.iter().find(|r| !is_role_name(r)) {
+            return Err(invalid(
+                "emulator.cvm_roles",
+                bad,
+                "must be CAM role names: at most 128 characters of A-Z a-z 0-9 + = , . @ _ -",
+            ));
+        }
         if !e.callback_topic_template.contains("{MqName}") {
             return Err(invalid(
                 "emulator.callback_topic_template",
@@ -816,6 +858,88 @@ impl Settings {
             ));
         }
         Ok(())
+    }
+
+    /// One credential source at most, each well-formed. The order is that of Tencent's SDK chains
+    /// (environment, profile file, CVM role), but where they take the first source that yields
+    /// keys, two configured sources are refused here: a worker signing with other keys than the
+    /// operator meant is worse than one that does not start.
+    fn validate_credential_source(&self) -> Result<(), ConfigError> {
+        let c = &self.ci;
+        let keys = !c.secret_id.is_empty();
+        let file = !c.credentials_file.trim().is_empty();
+        let role = !c.cvm_role.trim().is_empty();
+        let both = |key: &'static str, value: &str, other: &str| ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            allowed: format!(
+                "must not be set together with {other}: one credential source at a time \
+                 (ci.secret_id/ci.secret_key or TENCENTCLOUD_SECRET_ID/_KEY, ci.credentials_file, \
+                 or ci.cvm_role)"
+            ),
+        };
+        if file && keys {
+            return Err(both(
+                "ci.credentials_file",
+                &c.credentials_file,
+                "ci.secret_id/ci.secret_key (or TENCENTCLOUD_SECRET_ID/_KEY)",
+            ));
+        }
+        if role && keys {
+            return Err(both(
+                "ci.cvm_role",
+                &c.cvm_role,
+                "ci.secret_id/ci.secret_key (or TENCENTCLOUD_SECRET_ID/_KEY)",
+            ));
+        }
+        if role && file {
+            return Err(both("ci.cvm_role", &c.cvm_role, "ci.credentials_file"));
+        }
+        if !c.session_token.is_empty() && !keys {
+            return Err(ConfigError::Invalid {
+                key: "ci.session_token",
+                value: "(set)".into(),
+                allowed: if file || role {
+                    "must not be set with ci.credentials_file or ci.cvm_role: those bring their own Token".into()
+                } else {
+                    "needs ci.secret_id/ci.secret_key (or TENCENTCLOUD_SECRET_ID/_KEY): a token belongs to a temporary key pair".into()
+                },
+            });
+        }
+        if role && !is_role_name(&c.cvm_role) {
+            return Err(ConfigError::Invalid {
+                key: "ci.cvm_role",
+                value: c.cvm_role.clone(),
+                allowed:
+                    "must be a CAM role name: at most 128 characters of A-Z a-z 0-9 + = , . @ _ -"
+                        .into(),
+            });
+        }
+        let ok = url::Url::parse(&c.metadata_endpoint)
+            .map(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+            })
+            .unwrap_or(false);
+        if !ok {
+            return Err(ConfigError::Invalid {
+                key: "ci.metadata_endpoint",
+                value: c.metadata_endpoint.clone(),
+                allowed: format!(
+                    "must be an http(s)://host[:port] address without a path, such as {DEFAULT_METADATA_ENDPOINT}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether any credential source is configured (keys, `ci.credentials_file` or `ci.cvm_role`).
+    pub fn has_credential_source(&self) -> bool {
+        !self.ci.secret_id.is_empty()
+            || !self.ci.credentials_file.trim().is_empty()
+            || !self.ci.cvm_role.trim().is_empty()
     }
 
     /// The effective configuration as TOML, secrets redacted (for `ci-worker config`), after a
@@ -866,6 +990,14 @@ mod duration_str {
             },
         }
     }
+}
+
+/// A CAM role name: 1–128 characters of `A-Z a-z 0-9 + = , . @ _ -` (it goes into a URL path).
+pub fn is_role_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b',' | b'.' | b'@' | b'_' | b'-')
+        })
 }
 
 /// A topic's full name: Pulsar reads `name` alone as `persistent://public/default/name`.
@@ -1053,6 +1185,93 @@ mod tests {
         let err = Settings::load_from(None, &env(&[("CI_WORKER__WORKER__JOB_TIMEOUT", "soon")]))
             .unwrap_err();
         assert!(err.to_string().contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn one_credential_source_at_a_time_each_refusal_naming_its_key() {
+        let refused = |pairs: &[(&str, &str)], key: &str, says: &str| {
+            let e = Settings::load_from(None, &env(pairs))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(says), "{pairs:?}: {e}");
+            assert!(
+                !e.contains("tc-key") && !e.contains("tc-token"),
+                "a secret in {e}"
+            );
+        };
+        let keys = [
+            ("TENCENTCLOUD_SECRET_ID", "tc-id"),
+            ("TENCENTCLOUD_SECRET_KEY", "tc-key"),
+        ];
+        let file = (
+            "CI_WORKER__CI__CREDENTIALS_FILE",
+            "/var/run/ci/credentials.json",
+        );
+        let role = ("CI_WORKER__CI__CVM_ROLE", "CVMas");
+        refused(
+            &[keys[0], keys[1], file],
+            "ci.credentials_file",
+            "one credential source",
+        );
+        refused(
+            &[keys[0], keys[1], role],
+            "ci.cvm_role",
+            "one credential source",
+        );
+        refused(&[file, role], "ci.cvm_role", "ci.credentials_file");
+        refused(
+            &[file, ("TENCENTCLOUD_SESSION_TOKEN", "tc-token")],
+            "ci.session_token",
+            "bring their own Token",
+        );
+        refused(
+            &[("TENCENTCLOUD_SESSION_TOKEN", "tc-token")],
+            "ci.session_token",
+            "needs ci.secret_id",
+        );
+        refused(
+            &[("CI_WORKER__CI__CVM_ROLE", "a/../b")],
+            "ci.cvm_role",
+            "CAM role name",
+        );
+        refused(
+            &[
+                role,
+                (
+                    "CI_WORKER__CI__METADATA_ENDPOINT",
+                    "metadata.tencentyun.com",
+                ),
+            ],
+            "ci.metadata_endpoint",
+            "http(s)://",
+        );
+        refused(
+            &[("CI_WORKER__EMULATOR__CVM_ROLES", "ok,bad role")],
+            "emulator.cvm_roles",
+            "CAM role names",
+        );
+        refused(
+            &[(
+                "CI_WORKER__EMULATOR__TEMPORARY_CREDENTIALS_LIFETIME_SECS",
+                "0",
+            )],
+            "emulator.temporary_credentials_lifetime_secs",
+            "between 1",
+        );
+        for alone in [&[file][..], &[role], &keys] {
+            let s = Settings::load_from(None, &env(alone)).unwrap();
+            assert!(s.has_credential_source());
+        }
+        assert!(!Settings::default().has_credential_source());
+        let s = Settings::load_from(
+            None,
+            &env(&[role, ("CI_WORKER__EMULATOR__CVM_ROLES", "CVMas, Other")]),
+        )
+        .unwrap();
+        assert_eq!(s.ci.metadata_endpoint, DEFAULT_METADATA_ENDPOINT);
+        assert_eq!(s.emulator.cvm_roles, ["CVMas", "Other"]);
+        let out = s.to_redacted_toml();
+        assert!(out.contains(r#"cvm_role = "CVMas""#), "{out}");
     }
 
     #[test]

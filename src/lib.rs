@@ -29,6 +29,9 @@
 //!   job → result, used by every path that publishes one.
 //! - [`telemetry`]: Prometheus metrics and the consume loops' health (imports nothing of the crate).
 //! - [`shutdown`]: the one stop signal every loop and server watches.
+//! - [`credentials`]: where the CI/CMQ keys come from (keys, `ci.credentials_file`, `ci.cvm_role`)
+//!   and the tasks keeping temporary ones current, into the [`ci::sign::SharedCredentials`] the
+//!   clients sign with.
 //! - [`pulsar`]: the only user of the `pulsar` crate: client, publisher, consumers, the consume loop.
 //! - [`worker`]: `ci-worker run`: the wiring, the three handlers (submission, completion,
 //!   deadlines) and what they share, the ingress sources (`cmq`, `http`), and the HTTP probes.
@@ -47,6 +50,7 @@ pub mod callback;
 pub mod ci;
 pub mod cmq;
 pub mod config;
+pub mod credentials;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 #[cfg(test)]

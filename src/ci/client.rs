@@ -6,14 +6,13 @@
 //! the secret key and the session token.
 
 use super::response::{parse_error, parse_jobs_response, CiErrorBody, JobDetail, JobsResponse};
-use super::sign::{encode, Credentials};
+use super::sign::{encode, Credentials, SharedCredentials};
 use super::tree::Node;
 use super::{ci_host, xml};
 use base64::Engine as _;
 use md5::{Digest, Md5};
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use reqwest::Method;
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -110,8 +109,9 @@ pub struct CiClient {
     http: reqwest::Client,
     /// `scheme://host[:port]` requests go to; `None` = `https://<bucket>.ci.<region>.myqcloud.com`.
     endpoint: Option<String>,
-    /// `None`: requests go unsigned (only useful against an emulator that does not verify).
-    credentials: Option<Arc<Credentials>>,
+    /// `None`: requests go unsigned (only useful against an emulator that does not verify). Asked
+    /// once per request: temporary credentials are replaced under a running client.
+    credentials: Option<SharedCredentials>,
 }
 
 /// One request, before signing.
@@ -139,32 +139,25 @@ impl CiClient {
         credentials: Option<Credentials>,
         timeout: Duration,
     ) -> Result<CiClient, CiError> {
+        if let Some(c) = &credentials {
+            c.check().map_err(CiError::Config)?;
+        }
+        Self::with_shared(endpoint, credentials.map(SharedCredentials::new), timeout)
+    }
+
+    /// [`CiClient::new`] with a key set that may be replaced while the client runs (temporary
+    /// credentials kept current by [`crate::credentials`]); each request signs with the one current
+    /// when it is sent.
+    pub fn with_shared(
+        endpoint: Option<&str>,
+        credentials: Option<SharedCredentials>,
+        timeout: Duration,
+    ) -> Result<CiClient, CiError> {
         let endpoint = endpoint
             .map(str::trim)
             .filter(|e| !e.is_empty())
             .map(parse_endpoint)
             .transpose()?;
-        if let Some(c) = &credentials {
-            if c.secret_id.is_empty() || c.secret_key.is_empty() {
-                return Err(CiError::Config(
-                    "credentials need both a SecretId and a SecretKey".into(),
-                ));
-            }
-            if HeaderValue::from_str(&c.secret_id).is_err() || c.secret_id.contains(['&', '=', ';'])
-            {
-                return Err(CiError::Config(
-                    "SecretId has characters that cannot go into an Authorization header".into(),
-                ));
-            }
-            if let Some((_, token)) = c.token_header() {
-                if HeaderValue::from_str(token).is_err() {
-                    // The token itself is never printed.
-                    return Err(CiError::Config(
-                        "the session token is not a valid HTTP header value".into(),
-                    ));
-                }
-            }
-        }
         if timeout.is_zero() {
             return Err(CiError::Config(
                 "the request timeout must be above zero".into(),
@@ -183,7 +176,7 @@ impl CiClient {
         Ok(CiClient {
             http,
             endpoint,
-            credentials: credentials.map(Arc::new),
+            credentials,
         })
     }
 
@@ -336,7 +329,9 @@ impl CiClient {
             None if call.method == Method::PUT => headers.push((CONTENT_LENGTH, "0".into())),
             None => {}
         }
-        if let Some((name, token)) = self.credentials.as_ref().and_then(|c| c.token_header()) {
+        // One key set for the whole request: the token sent and the key signing must match.
+        let credentials = self.credentials.as_ref().map(SharedCredentials::current);
+        if let Some((name, token)) = credentials.as_ref().and_then(|c| c.token_header()) {
             headers.push((HeaderName::from_static(name), token.to_string()));
         }
 
@@ -347,7 +342,7 @@ impl CiClient {
             })?;
             req = req.header(name.clone(), value);
         }
-        if let Some(creds) = &self.credentials {
+        if let Some(creds) = &credentials {
             let now = unix_now();
             let start = now - SIGN_CLOCK_SKEW.as_secs() as i64;
             let end = now + SIGN_EXPIRE.as_secs() as i64;
@@ -500,7 +495,7 @@ mod tests {
     use axum::http::StatusCode;
     use axum::response::Response;
     use serde_json::json;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -746,6 +741,47 @@ mod tests {
         assert_eq!(seen.header("x-ci-security-token"), Some(TOKEN));
         let auth = seen.verify(SECRET_KEY);
         assert_eq!(auth.header_list, ["host", "x-ci-security-token"]);
+    }
+
+    #[tokio::test]
+    async fn each_request_signs_with_the_key_set_current_when_it_is_sent() {
+        let (endpoint, log) = serve(200, DESCRIBED.into()).await;
+        let shared = SharedCredentials::new(credentials(true));
+        let c = CiClient::with_shared(
+            Some(&endpoint),
+            Some(shared.clone()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        c.describe(BUCKET, REGION, &["ja"]).await.unwrap();
+        shared.replace(Credentials {
+            secret_id: "AKIDrotated".into(),
+            secret_key: Secret::new("rotated-key"),
+            session_token: Some(Secret::new("rotated-token")),
+        });
+        c.describe(BUCKET, REGION, &["ja"]).await.unwrap();
+        let seen = log.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].header("x-ci-security-token"), Some(TOKEN));
+        seen[0].verify(SECRET_KEY);
+        assert_eq!(seen[1].header("x-ci-security-token"), Some("rotated-token"));
+        let auth = parse_authorization(seen[1].header("authorization").unwrap()).unwrap();
+        assert_eq!(auth.secret_id, "AKIDrotated");
+        let hs = http_string(
+            "GET",
+            "/jobs/ja",
+            &[],
+            &[("host", HOST), ("x-ci-security-token", "rotated-token")],
+        );
+        assert_eq!(
+            signature(
+                "rotated-key",
+                &auth.key_time_str(),
+                &auth.sign_time_str(),
+                &hs
+            ),
+            auth.signature
+        );
     }
 
     #[tokio::test]

@@ -69,6 +69,73 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// Why these cannot sign a request, if they cannot: an empty half, a SecretId that cannot go
+    /// into an `Authorization` header, a token that is not a header value. Never names a value.
+    pub fn check(&self) -> Result<(), String> {
+        if self.secret_id.is_empty() || self.secret_key.is_empty() {
+            return Err("credentials need both a SecretId and a SecretKey".into());
+        }
+        if self.secret_id.contains(['&', '=', ';'])
+            || !self.secret_id.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(
+                "SecretId has characters that cannot go into an Authorization header".into(),
+            );
+        }
+        if let Some((_, token)) = self.token_header() {
+            if !token
+                .bytes()
+                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+            {
+                return Err("the session token is not a valid HTTP header value".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The key set every request is signed with, replaceable while clients use it: temporary
+/// credentials (`ci.credentials_file`, `ci.cvm_role`) are swapped in by a refresher while the CI and
+/// CMQ clients take [`SharedCredentials::current`] once per request, so a request's token and
+/// signature always come from one key set. Cheap on the hot path: an uncontended read lock and an
+/// `Arc` clone; the writer takes the lock only to swap the pointer.
+#[derive(Clone)]
+pub struct SharedCredentials(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Credentials>>>);
+
+impl SharedCredentials {
+    pub fn new(credentials: Credentials) -> SharedCredentials {
+        SharedCredentials(std::sync::Arc::new(std::sync::RwLock::new(
+            std::sync::Arc::new(credentials),
+        )))
+    }
+
+    /// The key set to sign the next request with.
+    pub fn current(&self) -> std::sync::Arc<Credentials> {
+        match self.0.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Makes `credentials` the key set of every request from now on.
+    pub fn replace(&self, credentials: Credentials) {
+        let next = std::sync::Arc::new(credentials);
+        match self.0.write() {
+            Ok(mut guard) => *guard = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+}
+
+impl std::fmt::Debug for SharedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedCredentials")
+            .field(&self.current())
+            .finish()
+    }
+}
+
 /// Every intermediate of one signature (tests compare each against the official vectors).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignParts {

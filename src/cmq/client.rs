@@ -8,6 +8,7 @@
 
 use super::api::{code, Answer, DeleteFailure, ReceivedMessage, MAX_BATCH};
 use super::sign::{signed_params, CmqCredentials, RequestStamp, SignatureMethod, PATH};
+use crate::ci::sign::{Credentials, SharedCredentials};
 use std::time::Duration;
 
 /// Why a CMQ call failed. Never holds a secret: the parameters (and the signature) are not kept.
@@ -90,7 +91,8 @@ pub struct CmqClient {
     http: reqwest::Client,
     url: String,
     host: String,
-    credentials: std::sync::Arc<CmqCredentials>,
+    /// Asked once per call: temporary credentials are replaced under a running client.
+    credentials: SharedCredentials,
     method: SignatureMethod,
     timeout: Duration,
 }
@@ -100,6 +102,22 @@ impl CmqClient {
     pub fn new(
         endpoint: &str,
         credentials: CmqCredentials,
+        method: SignatureMethod,
+        timeout: Duration,
+    ) -> Result<CmqClient, CmqError> {
+        let shared = SharedCredentials::new(Credentials {
+            secret_id: credentials.secret_id,
+            secret_key: credentials.secret_key,
+            session_token: credentials.token,
+        });
+        Self::with_shared(endpoint, shared, method, timeout)
+    }
+
+    /// [`CmqClient::new`] with the key set the CI client signs with, which may be replaced while the
+    /// client runs (temporary credentials); each call signs with the one current when it is made.
+    pub fn with_shared(
+        endpoint: &str,
+        credentials: SharedCredentials,
         method: SignatureMethod,
         timeout: Duration,
     ) -> Result<CmqClient, CmqError> {
@@ -125,7 +143,7 @@ impl CmqClient {
             http,
             url,
             host,
-            credentials: std::sync::Arc::new(credentials),
+            credentials,
             method,
             timeout,
         })
@@ -146,14 +164,13 @@ impl CmqClient {
             nonce: rand::random::<u32>() as u64 + 1,
             timestamp: chrono::Utc::now().timestamp(),
         };
-        let signed = signed_params(
-            &self.credentials,
-            self.method,
-            &self.host,
-            action,
-            params,
-            stamp,
-        );
+        let current = self.credentials.current();
+        let credentials = CmqCredentials {
+            secret_id: current.secret_id.clone(),
+            secret_key: current.secret_key.clone(),
+            token: current.session_token.clone(),
+        };
+        let signed = signed_params(&credentials, self.method, &self.host, action, params, stamp);
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(signed.iter())
             .finish();

@@ -69,8 +69,35 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route(CALLS_PATH, get(calls))
+        .route(super::metadata::PATH, get(metadata))
+        .route(&format!("{}{{role}}", super::metadata::PATH), get(metadata))
         .fallback(handle)
         .with_state(shared)
+}
+
+/// The CVM instance metadata path for role credentials ([`super::metadata`]); not signed, as on a
+/// CVM (the service answers the instance itself).
+async fn metadata(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+    let rest = uri.path().strip_prefix(super::metadata::PATH).unwrap_or("");
+    let (status, body) = shared
+        .verifier
+        .temporary()
+        .answer(rest, chrono::Utc::now().timestamp());
+    let json = status == 200 && !rest.trim_end_matches('/').is_empty();
+    let mut r = (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::NOT_FOUND),
+        body,
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if json {
+            "application/json"
+        } else {
+            "text/plain"
+        }),
+    );
+    r
 }
 
 async fn healthz() -> &'static str {

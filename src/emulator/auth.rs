@@ -12,14 +12,19 @@
 //! Refused (CI's codes, `error-codes.md`, all HTTP 401): no `Authorization` → `MissingAuthorization`;
 //! unparseable or non-sha1 → `InvalidAuthorization`; unknown `q-ak` → `SecretidNotExist`; now outside
 //! `q-sign-time` → `SignatureExpired`; a signature that does not verify, a listed header or parameter
-//! the request does not carry, or a missing/wrong session token → `AccessDenied`.
+//! the request does not carry, or a missing/wrong session token → `AccessDenied`; a temporary key
+//! set the emulator issued ([`super::metadata`]) used at or after its `ExpiredTime` →
+//! `SignatureExpired` (CI documents no code of its own for an expired token: this is its 401 for
+//! "expired", and what the worker must never see while it refreshes in time).
 
 use super::error::{ApiError, EmulatorError};
+use super::metadata::TemporaryKeys;
 use crate::ci::sign::{self, Authorization};
 use crate::config::Settings;
 use crate::secret::Secret;
 use axum::http::{HeaderMap, Method};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// One accepted key pair.
 struct Key {
@@ -32,6 +37,8 @@ struct Key {
 /// Checks requests against the configured key pairs.
 pub(crate) struct Verifier {
     keys: HashMap<String, Key>,
+    /// The key sets issued on the metadata path (`emulator.cvm_roles`), valid until they expire.
+    temporary: Arc<TemporaryKeys>,
     anonymous: bool,
 }
 
@@ -75,10 +82,23 @@ impl Verifier {
             );
         }
         let anonymous = settings.emulator.allow_anonymous;
-        if keys.is_empty() && !anonymous {
+        let temporary = Arc::new(TemporaryKeys::new(
+            &settings.emulator.cvm_roles,
+            settings.emulator.temporary_credentials_lifetime_secs,
+        ));
+        if keys.is_empty() && !anonymous && !temporary.has_roles() {
             return Err(EmulatorError::NoCredentials);
         }
-        Ok(Verifier { keys, anonymous })
+        Ok(Verifier {
+            keys,
+            temporary,
+            anonymous,
+        })
+    }
+
+    /// The temporary key sets (the metadata path issues them; the CMQ API accepts them too).
+    pub(crate) fn temporary(&self) -> &Arc<TemporaryKeys> {
+        &self.temporary
     }
 
     pub(crate) fn is_anonymous(&self) -> bool {
@@ -120,12 +140,28 @@ impl Verifier {
         }
         let auth = sign::parse_authorization(value)
             .map_err(|e| ApiError::unauthorized("InvalidAuthorization", e.to_string()))?;
-        let key = self.keys.get(&auth.secret_id).ok_or_else(|| {
-            ApiError::unauthorized(
-                "SecretidNotExist",
-                format!("The SecretId {} does not exist.", auth.secret_id),
-            )
-        })?;
+        let issued;
+        let (secret_key, session_token) = match self.keys.get(&auth.secret_id) {
+            Some(key) => (&key.secret_key, key.session_token.as_ref()),
+            None => {
+                issued = self.temporary.lookup(&auth.secret_id).ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "SecretidNotExist",
+                        format!("The SecretId {} does not exist.", auth.secret_id),
+                    )
+                })?;
+                if issued.expired(now) {
+                    return Err(ApiError::unauthorized(
+                        "SignatureExpired",
+                        format!(
+                            "The temporary credentials {} expired at {} (ExpiredTime); the time is now {now}.",
+                            auth.secret_id, issued.expired_time
+                        ),
+                    ));
+                }
+                (&issued.secret_key, Some(&issued.token))
+            }
+        };
         let (start, end) = auth.sign_time;
         if now < start || now > end {
             return Err(ApiError::unauthorized(
@@ -135,7 +171,7 @@ impl Verifier {
                 ),
             ));
         }
-        if let Some(token) = &key.session_token {
+        if let Some(token) = session_token {
             let sent = ["x-ci-security-token", "x-cos-security-token"]
                 .iter()
                 .find_map(|name| req.headers.get(*name))
@@ -148,7 +184,7 @@ impl Verifier {
                 ));
             }
         }
-        if signature_matches(&auth, key.secret_key.expose(), req)? {
+        if signature_matches(&auth, secret_key.expose(), req)? {
             Ok(())
         } else {
             Err(ApiError::unauthorized(
@@ -320,6 +356,52 @@ mod tests {
             },
             NOW,
         )
+    }
+
+    #[test]
+    fn issued_temporary_credentials_work_until_their_expiry_then_get_signature_expired() {
+        let mut s = Settings::default();
+        s.emulator.cvm_roles = vec!["CVMas".into()];
+        s.emulator.temporary_credentials_lifetime_secs = 60;
+        let v = Verifier::from_settings(&s).expect("roles alone are credentials enough");
+        let issued = v.temporary().for_role("CVMas", NOW).unwrap();
+        let at = |now: i64, token: &str| {
+            let host = "b-1.ci.ap-guangzhou.myqcloud.com";
+            let parts = sign::sign(
+                &issued.secret_id,
+                issued.secret_key.expose(),
+                "GET",
+                "/jobs/j1",
+                &[],
+                &[("Host", host), ("x-ci-security-token", token)],
+                now - 60,
+                now + 600,
+            );
+            let h = headers(&[
+                ("host", host),
+                ("x-ci-security-token", token),
+                ("authorization", &parts.authorization),
+            ]);
+            v.verify(
+                &SignedRequest {
+                    method: &Method::GET,
+                    raw_path: "/jobs/j1",
+                    raw_query: None,
+                    headers: &h,
+                },
+                now,
+            )
+            .map_err(|e| (e.status.as_u16(), e.code, e.message))
+        };
+        at(NOW + 59, issued.token.expose()).unwrap();
+        assert_eq!(at(NOW + 30, "wrong-token").unwrap_err().1, "AccessDenied");
+        let (status, code, message) = at(NOW + 60, issued.token.expose()).unwrap_err();
+        assert_eq!((status, code), (401, "SignatureExpired"));
+        assert!(message.contains("expired at"), "{message}");
+        assert!(
+            !message.contains(issued.token.expose())
+                && !message.contains(issued.secret_key.expose())
+        );
     }
 
     #[test]

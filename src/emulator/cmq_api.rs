@@ -261,6 +261,8 @@ struct Key {
 /// ([`super::auth::Verifier`] checked them when the emulator started).
 struct Keys {
     keys: HashMap<String, Key>,
+    /// The temporary key sets the metadata path issued, valid until they expire.
+    temporary: std::sync::Arc<super::metadata::TemporaryKeys>,
     anonymous: bool,
 }
 
@@ -281,6 +283,7 @@ impl Keys {
             .collect();
         Keys {
             keys,
+            temporary: verifier.temporary().clone(),
             anonymous: verifier.is_anonymous(),
         }
     }
@@ -302,10 +305,27 @@ impl Keys {
             return Ok(());
         }
         let id = params.get("SecretId").unwrap_or("");
-        let key = self.keys.get(id).ok_or_else(|| {
-            Refusal::new(code::AUTH_FAILED, "(10270)secret id is not existed")
-                .because(format!("unknown SecretId {id:?}"))
-        })?;
+        let issued;
+        let (secret_key, token) = match self.keys.get(id) {
+            Some(key) => (&key.secret_key, key.token.as_ref()),
+            None => {
+                issued = self.temporary.lookup(id).ok_or_else(|| {
+                    Refusal::new(code::AUTH_FAILED, "(10270)secret id is not existed")
+                        .because(format!("unknown SecretId {id:?}"))
+                })?;
+                if issued.expired(now) {
+                    return Err(
+                        Refusal::new(code::AUTH_FAILED, "(10080)secret id status error").because(
+                            format!(
+                                "the temporary credentials {id} expired at {} (ExpiredTime); now is {now}",
+                                issued.expired_time
+                            ),
+                        ),
+                    );
+                }
+                (&issued.secret_key, Some(&issued.token))
+            }
+        };
         let claimed = params
             .get("Signature")
             .filter(|s| !s.is_empty())
@@ -324,7 +344,7 @@ impl Keys {
             .and_then(|n| n.trim().parse::<u64>().ok())
             .filter(|n| *n > 0)
             .ok_or_else(|| Refusal::auth_failed("no positive integer Nonce"))?;
-        if let Some(token) = &key.token {
+        if let Some(token) = token {
             let sent = params.get("Token").unwrap_or("");
             if !constant_time_eq(sent.as_bytes(), token.expose().as_bytes()) {
                 return Err(Refusal::auth_failed(
@@ -336,7 +356,7 @@ impl Keys {
         let hmac = SignatureMethod::of_request(params.get("SignatureMethod"));
         let all = params.pairs();
         let text = sign::string_to_sign(method.as_str(), host, PATH, &all);
-        if sign::verify(hmac, key.secret_key.expose(), &text, claimed) {
+        if sign::verify(hmac, secret_key.expose(), &text, claimed) {
             return Ok(());
         }
         if method == Method::POST {
@@ -349,7 +369,7 @@ impl Keys {
                 .collect();
             if without.len() != all.len() {
                 let text = sign::string_to_sign(method.as_str(), host, PATH, &without);
-                if sign::verify(hmac, key.secret_key.expose(), &text, claimed) {
+                if sign::verify(hmac, secret_key.expose(), &text, claimed) {
                     return Ok(());
                 }
             }
@@ -915,6 +935,38 @@ mod tests {
         assert_eq!(
             code_of(k.authenticate(&Method::POST, None, &p, NOW)),
             auth_failed
+        );
+    }
+
+    #[test]
+    fn issued_temporary_credentials_expire_with_4100() {
+        let mut s = Settings::default();
+        s.emulator.cvm_roles = vec!["CVMas".into()];
+        s.emulator.temporary_credentials_lifetime_secs = 60;
+        let k = Keys::from_settings(&s);
+        let issued = k.temporary.for_role("CVMas", NOW).unwrap();
+        let at = |now: i64| {
+            let p = form(&signed_params(
+                &CmqCredentials {
+                    secret_id: issued.secret_id.clone(),
+                    secret_key: issued.secret_key.clone(),
+                    token: Some(issued.token.clone()),
+                },
+                SignatureMethod::HmacSha256,
+                HOST,
+                "BatchReceiveMessage",
+                &[("queueName", "q".into())],
+                RequestStamp {
+                    nonce: 7,
+                    timestamp: now,
+                },
+            ));
+            code_of(k.authenticate(&Method::POST, Some(HOST), &p, now))
+        };
+        assert_eq!(at(NOW + 59), None);
+        assert_eq!(
+            at(NOW + 60),
+            Some((4100, "(10080)secret id status error".to_string()))
         );
     }
 

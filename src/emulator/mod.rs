@@ -41,6 +41,7 @@ mod faults;
 mod job;
 mod lifecycle;
 mod media;
+mod metadata;
 mod notices;
 mod shared;
 mod store;

@@ -36,9 +36,9 @@ pub async fn run<B: Broker + Clone, C: CiApi>(
     cmq: CmqClient,
     stop: Shutdown,
 ) {
-    if ctx.settings.ci.secret_id.is_empty() {
+    if !ctx.settings.has_credential_source() {
         tracing::error!(
-            "cmq ingress: no credentials (ci.secret_id / ci.secret_key): CMQ refuses unsigned requests"
+            "cmq ingress: no credentials (ci.secret_id / ci.secret_key, ci.credentials_file or ci.cvm_role): CMQ refuses unsigned requests"
         );
     }
     tracing::info!(

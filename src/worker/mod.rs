@@ -65,8 +65,8 @@ mod test_doubles;
 pub use context::{Context, WorkerError};
 
 use crate::ci::client::CiClient;
+use crate::ci::sign::{Credentials, SharedCredentials};
 use crate::cmq::client::CmqClient;
-use crate::cmq::sign::CmqCredentials;
 use crate::config::{CallbackIngress, Settings};
 use crate::pulsar::Publisher;
 use crate::shutdown::Shutdown;
@@ -171,16 +171,22 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         .count_rebuilds(metrics.pulsar_reconnects.clone());
     let _ = publisher_slot.set(probe);
     let _ = ingress_slot.set(publisher.clone());
+    // One key set for CI and CMQ, kept current when it is temporary (file, CVM role).
+    let credentials = crate::credentials::start(&settings, &stop)
+        .await
+        .map_err(|e| WorkerError::Task(e.to_string()))?;
     let cmq = if settings.has_ingress(CallbackIngress::Cmq) {
         Some(
-            CmqClient::new(
+            CmqClient::with_shared(
                 &settings.cmq_endpoint(),
-                CmqCredentials {
-                    secret_id: settings.ci.secret_id.clone(),
-                    secret_key: settings.ci.secret_key.clone(),
-                    token: (!settings.ci.session_token.is_empty())
-                        .then(|| settings.ci.session_token.clone()),
-                },
+                credentials.clone().unwrap_or_else(|| {
+                    // Unsigned: CMQ refuses, and the ingress says why at start.
+                    SharedCredentials::new(Credentials {
+                        secret_id: String::new(),
+                        secret_key: Default::default(),
+                        session_token: None,
+                    })
+                }),
                 settings.cmq.signature_method,
                 settings.ci.request_timeout,
             )
@@ -189,9 +195,9 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     } else {
         None
     };
-    let ci = CiClient::new(
+    let ci = CiClient::with_shared(
         (!settings.ci.endpoint.is_empty()).then_some(settings.ci.endpoint.as_str()),
-        settings.credentials(),
+        credentials,
         settings.ci.request_timeout,
     )?;
     // Fail fast on a broker that refuses us (bad token, bad topic) instead of at the first result;

@@ -319,6 +319,12 @@ impl Stack {
         self.worker = Some(self.spawn("run"));
     }
 
+    /// [`Stack::start_worker`] with environment for the worker alone (what the emulator must not
+    /// see, e.g. another credential source; an empty value unsets a shared one).
+    pub fn start_worker_with(&mut self, extra_env: &[(&str, String)]) {
+        self.worker = Some(self.spawn_with("run", extra_env));
+    }
+
     /// Another worker process on the same topics and subscriptions (a second replica), with its HTTP
     /// endpoint on `http_port`. The caller owns (and kills) it.
     pub fn spawn_replica(&mut self, http_port: u16) -> Child {
