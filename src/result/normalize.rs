@@ -422,13 +422,29 @@ mod tests {
     #[test]
     fn xml_and_json_forms_give_equal_results() {
         // Pages that document both forms.
-        for (xml, json) in [(DW_XML, DW_JSON), (WF_XML, WF_JSON)] {
+        for (xml, json) in [
+            (DW_XML, DW_JSON),
+            (WF_XML, WF_JSON),
+            (TRANSCODE_XML, TRANSCODE_JSON),
+            (SNAPSHOT_XML, SNAPSHOT_JSON),
+            (VIDEO_TAG_XML, VIDEO_TAG_JSON),
+            (ASR_XML, ASR_JSON),
+        ] {
             let (x, j) = (results(xml), results(json));
             assert!(!x.is_empty());
             assert_eq!(x, j);
         }
         // Pages with the XML form only: the JSON form made mechanically.
-        for xml in [DW_XML, JOB_CB_XML, WF_CONTENT_XML, WF_XML] {
+        for xml in [
+            DW_XML,
+            JOB_CB_XML,
+            WF_CONTENT_XML,
+            WF_XML,
+            TRANSCODE_XML,
+            SNAPSHOT_XML,
+            VIDEO_TAG_XML,
+            ASR_XML,
+        ] {
             let json = json_form(xml);
             assert_eq!(
                 parse_event(json.as_bytes()).unwrap().format,
@@ -450,6 +466,301 @@ mod tests {
         let numeric = DW_JSON.replace("\"Width\": \"1920\"", "\"Width\": 1920");
         assert_ne!(numeric, DW_JSON);
         assert_eq!(results(&numeric), results(DW_XML));
+    }
+
+    /// The one result of a documented callback, the same from its XML and its JSON sample.
+    fn documented(xml: &str, json: &str) -> JobResult {
+        let (x, j) = (results(xml), results(json));
+        assert_eq!(x.len(), 1);
+        assert_eq!(x, j);
+        x.into_iter().next().unwrap()
+    }
+
+    fn tree(t: &Option<CiTree>) -> Value {
+        t.as_ref().expect("a tree").to_value()
+    }
+
+    #[test]
+    fn transcode_results_are_kept() {
+        let r = documented(TRANSCODE_XML, TRANSCODE_JSON);
+        assert_eq!(
+            (r.tag.as_deref(), r.state),
+            (Some("Transcode"), ResultState::Succeeded)
+        );
+        assert_eq!(r.progress.as_deref(), Some("100"));
+        assert_eq!(
+            r.template_id.as_deref(),
+            Some("t1995d523e42df4c5e858f244b4174360c")
+        );
+        let file = &tree(&r.media_result)["OutputFile"];
+        assert_eq!(file["ObjectName"], json!(["output/transcode.mp4"]));
+        assert_eq!(
+            file["Md5Info"],
+            json!([{"Md5": "2db78d168edf2f883adce89a1b4ca033", "ObjectName": "output/transcode.mp4"}])
+        );
+        let streams = &tree(&r.media_info)["Stream"];
+        assert_eq!(streams["Video"][0]["CodecName"], "hevc");
+        assert_eq!(streams["Audio"][0]["CodecName"], "aac");
+        assert_eq!(streams["Video"].as_array().unwrap().len(), 1);
+        let op = tree(&r.operation);
+        assert_eq!(op["TemplateName"], "trans_993874");
+        assert_eq!(op["Output"]["Object"], "output/transcode.mp4");
+        let headers = &tree(&r.input_detail)["CosHeaders"];
+        assert_eq!(headers.as_array().unwrap().len(), 4);
+        assert_eq!(headers[3], json!({"Key": "Size", "Value": "1424687"}));
+        assert_eq!(r.workflow.len(), 1);
+        assert_eq!(
+            r.workflow[0].name.as_deref(),
+            Some("Transcode_1581665960537")
+        );
+        assert_eq!(
+            r.workflow[0].run_id.as_deref(),
+            Some("ic90edd59f84f11ec9d4f525400a3c59f")
+        );
+    }
+
+    #[test]
+    fn snapshot_results_are_kept() {
+        // The JSON sample writes the sprite's one ObjectName as a string, the six frames as an
+        // array: the result has both as arrays.
+        let r = documented(SNAPSHOT_XML, SNAPSHOT_JSON);
+        let file = &tree(&r.media_result)["OutputFile"];
+        let frames: Vec<String> = (0..6).map(|i| format!("{i}.jpg")).collect();
+        assert_eq!(file["ObjectName"], json!(frames));
+        assert_eq!(file["ObjectPrefix"], "output/snapshot-");
+        assert_eq!(file["SpriteOutputFile"]["ObjectName"], json!(["0.jpg"]));
+        assert_eq!(file["SpriteOutputFile"]["ObjectPrefix"], "output/sprite-");
+        assert!(file.get("Md5Info").is_none(), "<Md5Info/> is empty");
+        assert_eq!(r.media_info, None, "every MediaInfo element is empty");
+        assert_eq!(
+            tree(&r.operation)["Output"]["SpriteObject"],
+            "output/sprite-${Number}.jpg"
+        );
+        assert_eq!(
+            r.template_id.as_deref(),
+            Some("t1f16e1dfbdc9ds4105b31632d45710642a")
+        );
+        assert_eq!(
+            r.output,
+            obj(
+                "test-123456789",
+                Some("ap-chongqing"),
+                "output/snapshot-${Number}.jpg"
+            )
+        );
+    }
+
+    #[test]
+    fn video_tag_results_are_kept() {
+        let r = documented(VIDEO_TAG_XML, VIDEO_TAG_JSON);
+        assert_eq!(r.tag.as_deref(), Some("VideoTag"));
+        let op = tree(&r.operation);
+        assert_eq!(op["VideoTag"], json!({"Scenario": "Stream"}));
+        let stream = &op["VideoTagResult"]["StreamData"];
+        assert_eq!(
+            (&stream["SubErrCode"], &stream["SubErrMsg"]),
+            (&json!("0"), &json!("ok"))
+        );
+        let data = &stream["Data"];
+        assert_eq!(data["Tags"].as_array().unwrap().len(), 4);
+        assert_eq!(
+            data["Tags"][1],
+            json!({"Confidence": "0.587103", "Tag": "Game"})
+        );
+        // Lists of one stay lists; an emptied one (`<Tags/>`) is absent.
+        assert_eq!(
+            data["ActionTags"][0]["Tags"],
+            json!([{"Confidence": "0.421531", "Tag": "Speak", "TagCls": "Speak"}])
+        );
+        assert!(data["ActionTags"][1].get("Tags").is_none());
+        assert_eq!(data["ObjectTags"].as_array().unwrap().len(), 1);
+        assert_eq!(data["ObjectTags"][0]["Objects"][0]["Name"], "Keyboard");
+        assert_eq!(
+            data["ObjectTags"][0]["Objects"][0]["BBox"][0]["X1"],
+            "0.10181817412376404"
+        );
+        assert_eq!(data["PlaceTags"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            data["PlaceTags"][0]["ClipFrameResult"]
+                .as_array()
+                .unwrap()
+                .len(),
+            11
+        );
+        assert_eq!(data["PlaceTags"][1]["Tags"][1]["TagCls"], "Nature/Outdoor");
+        assert!(data.get("PersonTags").is_none());
+        assert_eq!((r.media_info, r.media_result), (None, None));
+    }
+
+    #[test]
+    fn speech_recognition_results_are_kept() {
+        let r = documented(ASR_XML, ASR_JSON);
+        assert_eq!(r.tag.as_deref(), Some("SpeechRecognition"));
+        let op = tree(&r.operation);
+        assert_eq!(op["JobLevel"], "0");
+        let asr = &op["SpeechRecognitionResult"];
+        assert_eq!(asr["AudioTime"], "19.7124");
+        assert_eq!(
+            asr["ObjectName"], "/example.txt",
+            "a single value here (not OutputFile's list)"
+        );
+        assert_eq!(asr["DetailObjectName"], "/example.txt.detail");
+        // `Result` is a list in the SDK, `ResultDetail` one on CI's page: arrays of one.
+        assert_eq!(asr["Result"].as_array().unwrap().len(), 1);
+        assert!(asr["Result"][0].as_str().unwrap().contains("锄禾日当午"));
+        let detail = &asr["ResultDetail"];
+        assert_eq!(detail.as_array().unwrap().len(), 1);
+        assert_eq!(detail[0]["WordsNum"], "22");
+        assert_eq!(detail[0]["Words"].as_array().unwrap().len(), 22);
+        assert_eq!(
+            detail[0]["Words"][0],
+            json!({"OffsetEndMs": "2190", "OffsetStartMs": "0", "VoiceType": "0", "Word": "悯"})
+        );
+        assert_eq!(
+            r.template_id.as_deref(),
+            Some("t14aea553bb55c468b963fafa472afc538")
+        );
+        assert_eq!(
+            r.output,
+            obj("test-1234567890", Some("ap-chongqing"), "/example.txt")
+        );
+    }
+
+    #[test]
+    fn repeated_elements_are_arrays_with_one_and_with_two() {
+        let file = |r: &JobResult| tree(&r.media_result)["OutputFile"].clone();
+        let second = |x: String| {
+            x.replace(
+                "</Md5Info>",
+                "</Md5Info><Md5Info><Md5>0123</Md5><ObjectName>output/second.mp4</ObjectName></Md5Info>",
+            )
+            .replace(
+                "<ObjectPrefix/>",
+                "<ObjectName>output/second.mp4</ObjectName><ObjectPrefix/>",
+            )
+            .replace("</Video>", "</Video><Video><Index>2</Index></Video>")
+        };
+        let one = job_with(|x| x);
+        let two = job_with(second);
+        for (r, n) in [(&one, 1), (&two, 2)] {
+            let f = file(r);
+            assert_eq!(f["ObjectName"].as_array().unwrap().len(), n);
+            assert_eq!(f["Md5Info"].as_array().unwrap().len(), n);
+            let streams = &tree(&r.media_info)["Stream"];
+            assert_eq!(streams["Video"].as_array().unwrap().len(), n);
+            assert_eq!(streams["Audio"].as_array().unwrap().len(), 1);
+        }
+        assert_eq!(
+            file(&two)["ObjectName"],
+            json!(["output/digital.mp4", "output/second.mp4"])
+        );
+        // The JSON forms: CI's own conversion (one an object) and `[{…}]` read alike.
+        let xml_two = second(DW_XML.to_string());
+        assert_eq!(results(&json_form(&xml_two)), results(&xml_two));
+        assert_eq!(results(&json_form(DW_XML)), vec![one]);
+    }
+
+    /// WF_XML with a `ResultInfo` in each task: one object in the first, two in the second, the
+    /// second task failed on its second object.
+    fn workflow_with_result_info() -> String {
+        let info = |objects: &str, count: usize| {
+            format!("<ResultInfo><ObjectCount>{count}</ObjectCount>{objects}</ResultInfo>")
+        };
+        let object = |name: &str, code: &str, message: &str| {
+            format!(
+                "<ObjectInfo><ObjectName>{name}</ObjectName><ObjectUrl>https://test-1234567890.cos.ap-chongqing.myqcloud.com/{name}</ObjectUrl>\
+                 <InputObjectName>wk-test/game.mp4</InputObjectName><Code>{code}</Code><Message>{message}</Message></ObjectInfo>"
+            )
+        };
+        let first = info(&object("snapshot/game-0.jpg", "Success", ""), 1);
+        let second = info(
+            &format!(
+                "{}{}",
+                object("transcode/game.mp4", "Success", ""),
+                object("transcode/game-hd.mp4", "InternalError", "transcode failed")
+            ),
+            1,
+        );
+        WF_XML
+            .replacen("</TemplateName>", &format!("</TemplateName>{first}"), 1)
+            .replace(
+                "<TemplateName>MP4-265-SD</TemplateName>",
+                &format!("<TemplateName>MP4-265-SD</TemplateName>{second}"),
+            )
+            .replace(
+                "<State>Success</State>\n            <JobId>j1686",
+                "<State>Failed</State>\n            <JobId>j1686",
+            )
+    }
+
+    #[test]
+    fn workflow_task_result_info_is_kept() {
+        let xml = workflow_with_result_info();
+        assert!(xml.contains("<State>Failed</State>"), "{xml}");
+        let r = results(&xml);
+        assert_eq!(
+            r,
+            results(&json_form(&xml)),
+            "XML and CI's JSON form (one ObjectInfo an object)"
+        );
+        assert_eq!(r.len(), 2);
+        let info = |t: &JobResult| tree(&t.task)["ResultInfo"].clone();
+        assert_eq!(info(&r[0])["ObjectCount"], "1");
+        assert_eq!(info(&r[0])["ObjectInfo"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            info(&r[0])["ObjectInfo"][0]["ObjectName"],
+            "snapshot/game-0.jpg"
+        );
+        assert_eq!(
+            (r[0].state, r[0].code.as_str()),
+            (ResultState::Succeeded, "Success")
+        );
+        let objects = info(&r[1])["ObjectInfo"].clone();
+        assert_eq!(objects.as_array().unwrap().len(), 2);
+        assert_eq!(objects[1]["InputObjectName"], "wk-test/game.mp4");
+        assert_eq!(
+            objects[1]["ObjectUrl"],
+            "https://test-1234567890.cos.ap-chongqing.myqcloud.com/transcode/game-hd.mp4"
+        );
+        // The failed task is told by the object it failed on.
+        assert_eq!(r[1].state, ResultState::Failed);
+        assert_eq!(
+            (r[1].code.as_str(), r[1].message.as_str()),
+            ("InternalError", "transcode failed")
+        );
+        // The task whole: its name, template, times as CI wrote them.
+        let task = tree(&r[1].task);
+        assert_eq!(task["Name"], "Transcode_1581665960537");
+        assert_eq!(task["TemplateName"], "MP4-265-SD");
+        assert_eq!(
+            r[1].template_id.as_deref(),
+            Some("t01e57db1c2d154d2fb57aa5de9313a897")
+        );
+        assert_eq!(
+            r[1].workflow[0].name.as_deref(),
+            Some("Transcode_1581665960537")
+        );
+        assert_eq!(
+            (r[1].operation.as_ref(), r[1].media_result.as_ref()),
+            (None, None)
+        );
+        // The run's two custom headers, on every task.
+        for t in &r {
+            assert_eq!(
+                tree(&t.input_detail)["CosHeaders"]
+                    .as_array()
+                    .unwrap()
+                    .len(),
+                2
+            );
+        }
+        // Without ResultInfo a failed task has no code to tell (the pages' own samples).
+        let failed = WF_XML.replacen(
+            "<State>Success</State>\n            <JobId>j23c",
+            "<State>Failed</State>\n            <JobId>j23c",
+            1,
+        );
+        assert_eq!(results(&failed)[0].code, "");
     }
 
     #[test]
@@ -846,7 +1157,17 @@ mod tests {
     #[test]
     fn moving_the_event_gives_the_same_results_as_reading_it() {
         let mut compared = 0;
-        for payload in [DW_XML, DW_JSON, JOB_CB_XML, WF_XML, WF_JSON, WF_CONTENT_XML] {
+        for payload in [
+            DW_XML,
+            DW_JSON,
+            JOB_CB_XML,
+            WF_XML,
+            WF_JSON,
+            WF_CONTENT_XML,
+            SNAPSHOT_XML,
+            VIDEO_TAG_JSON,
+            &workflow_with_result_info(),
+        ] {
             let event = parse_event(payload.as_bytes()).unwrap();
             let by_ref = normalize_event(&event);
             assert_eq!(normalize_owned(event), by_ref, "{payload}");
@@ -880,6 +1201,15 @@ mod tests {
             WF_JSON,
             WF_CONTENT_XML,
             WF_CONTENT_NODES,
+            TRANSCODE_XML,
+            TRANSCODE_JSON,
+            SNAPSHOT_XML,
+            SNAPSHOT_JSON,
+            VIDEO_TAG_XML,
+            VIDEO_TAG_JSON,
+            ASR_XML,
+            ASR_JSON,
+            &workflow_with_result_info(),
         ] {
             for r in results(payload) {
                 let v: Value = serde_json::from_slice(&r.to_json()).unwrap();
@@ -887,7 +1217,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 10);
+        assert_eq!(checked, 20);
         for example in [
             include_str!("../../schemas/examples/result-succeeded.json"),
             include_str!("../../schemas/examples/result-rejected.json"),
