@@ -8,8 +8,8 @@ use serde_json::Value;
 
 /// Version of the result schema; bumped only on incompatible changes. 2: CI's whole `Operation`
 /// (`operation`), `Input` (`input_detail`) and workflow task (`task`) kept, `progress` and
-/// `template_id`, the SDK's list fields always arrays, `workflow` an array (README, "Upgrading from
-/// 0.3 to 0.4").
+/// `template_id`, the SDK's list fields always arrays, `workflow` an array (docs/results.md,
+/// "Upgrading from version 1").
 pub const RESULT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
