@@ -124,8 +124,9 @@ impl<'a> Node<'a> {
     /// CI's mechanical XML → JSON conversion, in place: empty texts, nulls, and maps/lists left
     /// empty are dropped, a list left with one element becomes that element (so one child is an
     /// object, several an array). Key order is kept. Returns false when nothing is left (the node is
-    /// then `Null`). CI's JSON events are this of its XML ones; results carry their media trees in
-    /// this form.
+    /// then `Null`). CI's JSON events are this of its XML ones (the emulator writes them so);
+    /// results carry their trees in [`Node::canonicalize_in`]'s form, which differs only in the
+    /// SDK's list fields.
     pub fn canonicalize(&mut self) -> bool {
         let keep = match self {
             Node::Null => false,
