@@ -7,73 +7,87 @@
 //! CI's XML writes one element once and several repeated; its JSON form writes one as an object and
 //! several as an array (and sometimes one as `[{…}]`). A result built on that would change type with
 //! the number of outputs; [`is_list`] says which children the result always publishes as an array
-//! ([`crate::ci::tree::Node::canonicalize_in`]).
+//! ([`crate::ci::tree::Node::canonicalize_in`] with [`list_children`]).
 //!
 //! Keyed by (parent element, child element): no pair is a list in one place of the SDK's types and a
 //! single value in another, so the parent's name is enough context. An element the SDK does not model
 //! keeps CI's own rule (one an object, several an array).
 
-/// True when `child` under `parent` is a list in Tencent's SDK (see the module doc).
-pub fn is_list(parent: &str, child: &str) -> bool {
-    match child {
+/// The children of `parent` that are lists in Tencent's SDK (see the module doc); empty for most
+/// elements. One lookup per element, not per child: the completion path asks it of every map.
+pub fn list_children(parent: &str) -> &'static [&'static str] {
+    match parent {
         // MediaResult.OutputFile (and its SpriteOutputFile): every Tag that writes files.
-        "ObjectName" | "Md5Info" => matches!(parent, "OutputFile" | "SpriteOutputFile"),
+        "OutputFile" | "SpriteOutputFile" => &["Md5Info", "ObjectName"],
         // MediaInfo.Stream.
-        "Audio" | "Video" => parent == "Stream",
-        // JobsDetail.Input, WorkflowExecution.
-        "CosHeaders" => matches!(parent, "Input" | "WorkflowExecution"),
-        "Workflow" => parent == "JobsDetail",
-        // WorkflowExecution.Tasks[].ResultInfo.
-        "Tasks" => parent == "WorkflowExecution",
-        "ObjectInfo" | "SpriteObjectInfo" => parent == "ResultInfo",
+        "Stream" => &["Audio", "Video"],
+        // JobsDetail, its Input; WorkflowExecution and its Tasks' ResultInfo.
+        "JobsDetail" => &["Workflow"],
+        "Input" => &["CosHeaders"],
+        "WorkflowExecution" => &["CosHeaders", "Tasks"],
+        "ResultInfo" => &["ObjectInfo", "SpriteObjectInfo"],
         // Operation: the request's own lists, echoed.
-        "Watermark" | "WatermarkTemplateId" => parent == "Operation",
-        "StreamExtract" => parent == "Output",
-        "AudioMixArray" => matches!(parent, "ConcatTemplate" | "Transcode" | "VideoMontage"),
-        "ConcatFragment" => parent == "ConcatTemplate",
-        "FillInput" => parent == "FillConcat",
-        "SpliceInfo" => parent == "VideoSynthesis",
-        "Subtitle" => parent == "Subtitles",
+        "Operation" => &["Watermark", "WatermarkTemplateId"],
+        "Output" => &["StreamExtract"],
+        "ConcatTemplate" => &["AudioMixArray", "ConcatFragment"],
+        "Transcode" | "VideoMontage" => &["AudioMixArray"],
+        "FillConcat" => &["FillInput"],
+        "VideoSynthesis" => &["SpliceInfo"],
+        "Subtitles" => &["Subtitle"],
         // VideoTagResult.StreamData.Data.
-        "ActionTags" | "Labels" | "ObjectTags" | "PersonTags" | "PlaceTags" => parent == "Data",
-        "Objects" => parent == "ObjectTags",
-        "BBox" => matches!(parent, "DetailPerSecond" | "Objects"),
-        "DetailPerSecond" => parent == "PersonTags",
-        "ClipFrameResult" => parent == "PlaceTags",
-        "Tags" => matches!(parent, "ActionTags" | "Data" | "PlaceTags"),
-        // SpeechRecognitionResult.
-        "Result" | "ResultDetail" | "FlashResult" => parent == "SpeechRecognitionResult",
-        "Words" => matches!(parent, "ResultDetail" | "TextDetections"),
-        "sentence_list" => parent == "FlashResult",
-        "word_list" => parent == "sentence_list",
+        "Data" => &[
+            "ActionTags",
+            "Labels",
+            "ObjectTags",
+            "PersonTags",
+            "PlaceTags",
+            "Tags",
+        ],
+        "ActionTags" => &["Tags"],
+        "PlaceTags" => &["ClipFrameResult", "Tags"],
+        "ObjectTags" => &["Objects"],
+        "Objects" | "DetailPerSecond" => &["BBox"],
+        "PersonTags" => &["DetailPerSecond"],
+        // SpeechRecognitionResult (`FlashResult` and `ResultDetail`: CI's page; the SDK has one).
+        "SpeechRecognitionResult" => &["FlashResult", "Result", "ResultDetail"],
+        "ResultDetail" => &["Words"],
+        "FlashResult" => &["sentence_list"],
+        "sentence_list" => &["word_list"],
         // QualityEstimate.VqaPlusResult.
-        "DetailedResult" => parent == "VqaPlusResult",
-        "Items" => parent == "DetailedResult",
-        "AreaCoordSet" => parent == "Items",
+        "VqaPlusResult" => &["DetailedResult"],
+        "DetailedResult" => &["Items"],
+        "Items" => &["AreaCoordSet"],
         // DnaResult, SplitVideoInfoResult, VocalScoreResult, WordsGeneralizeResult.
-        "MatchDetail" => parent == "Detection",
-        "TimeInfo" => parent == "SplitVideoInfoResult",
-        "SentenceScores" => matches!(parent, "PitchScore" | "RhythemScore"),
-        "WordsGeneralizeLable" | "WordsGeneralizeToken" => parent == "WordsGeneralizeResult",
+        "Detection" => &["MatchDetail", "TextDetections"],
+        "SplitVideoInfoResult" => &["TimeInfo"],
+        "PitchScore" | "RhythemScore" => &["SentenceScores"],
+        "WordsGeneralizeResult" => &["WordsGeneralizeLable", "WordsGeneralizeToken"],
         // VideoTargetRecResult.
-        "BodyRecognition"
-        | "CarRecognition"
-        | "FaceRecognition"
-        | "LicenseRecognitionResult"
-        | "PetRecognition" => parent == "VideoTargetRecResult",
-        "BodyInfo" => parent == "BodyRecognition",
-        "CarInfo" => parent == "CarRecognition",
-        "FaceInfo" => parent == "FaceRecognition",
-        "PetInfo" => parent == "PetRecognition",
-        "PlateInfo" => parent == "LicenseRecognitionResult",
+        "VideoTargetRecResult" => &[
+            "BodyRecognition",
+            "CarRecognition",
+            "FaceRecognition",
+            "LicenseRecognitionResult",
+            "PetRecognition",
+        ],
+        "BodyRecognition" => &["BodyInfo"],
+        "CarRecognition" => &["CarInfo"],
+        "FaceRecognition" => &["FaceInfo"],
+        "PetRecognition" => &["PetInfo"],
+        "LicenseRecognitionResult" => &["PlateInfo"],
         // ImageOCR detections (Operation.Detection, a task's ObjectInfo[].ImageOcrResult).
-        "TextDetections" => matches!(parent, "Detection" | "ImageOcrResult"),
-        "ItemPolygon" | "Polygon" | "WordPolygon" => parent == "TextDetections",
-        "LeftBottom" | "LeftTop" | "RightBottom" | "RightTop" => parent == "WordPolygon",
-        "WordCoordPoint" => parent == "Words",
-        "WordCoordinate" => parent == "WordCoordPoint",
-        _ => false,
+        "ImageOcrResult" => &["TextDetections"],
+        "TextDetections" => &["ItemPolygon", "Polygon", "WordPolygon", "Words"],
+        "WordPolygon" => &["LeftBottom", "LeftTop", "RightBottom", "RightTop"],
+        "Words" => &["WordCoordPoint"],
+        "WordCoordPoint" => &["WordCoordinate"],
+        _ => &[],
     }
+}
+
+/// True when `child` under `parent` is a list in Tencent's SDK.
+pub fn is_list(parent: &str, child: &str) -> bool {
+    list_children(parent).contains(&child)
 }
 
 #[cfg(test)]
@@ -161,6 +175,11 @@ mod tests {
         for &(parent, child) in SDK_LISTS {
             assert!(is_list(parent, child), "{parent}.{child}");
         }
+        // And nothing else for those parents.
+        let mut parents: Vec<&str> = SDK_LISTS.iter().map(|&(p, _)| p).collect();
+        parents.dedup();
+        let listed: usize = parents.iter().map(|p| list_children(p).len()).sum();
+        assert_eq!(listed, SDK_LISTS.len());
         for (parent, child) in [
             ("OutputFile", "ObjectName"),
             ("OutputFile", "Md5Info"),

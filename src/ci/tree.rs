@@ -151,29 +151,34 @@ impl<'a> Node<'a> {
         keep
     }
 
-    /// [`Node::canonicalize`] of the element `name`, except that a child that `is_list(parent,
-    /// child)` names is always an array, of one element too, and in whatever form it came (a lone
-    /// value, `[{…}]`, a repeated XML element, nested arrays flattened). In place; false when
-    /// nothing is left (the node is then `Null`). The result's CI trees are this with
-    /// [`crate::ci::lists::is_list`], so they have one shape whatever the number of outputs, and the
-    /// same for XML and JSON events.
-    pub fn canonicalize_in(&mut self, name: &str, is_list: fn(&str, &str) -> bool) -> bool {
+    /// [`Node::canonicalize`] of the element `name`, except that a child `lists(parent)` names is
+    /// always an array, of one element too, in whatever form it came (a lone value, `[{…}]`, a
+    /// repeated XML element; nested arrays flattened). In place; false when nothing is left (the
+    /// node is then `Null`). The result's CI trees are this with
+    /// [`crate::ci::lists::list_children`], so they have one shape whatever the number of outputs,
+    /// and the same for XML and JSON events. `lists` is asked once per element, not per child.
+    pub fn canonicalize_in(
+        &mut self,
+        name: &str,
+        lists: fn(&str) -> &'static [&'static str],
+    ) -> bool {
         let keep = match self {
             Node::Null => false,
             Node::Text(s) => !s.is_empty(),
             Node::Map(entries) => {
+                let here = lists(name);
                 entries.retain_mut(|(key, v)| {
-                    if is_list(name, key) {
-                        v.canonicalize_list(key, is_list)
+                    if !here.is_empty() && here.contains(&key.as_ref()) {
+                        v.canonicalize_list(key, lists)
                     } else {
-                        v.canonicalize_in(key, is_list)
+                        v.canonicalize_in(key, lists)
                     }
                 });
                 !entries.is_empty()
             }
             // A repetition the SDK does not know as a list: CI's own rule.
             Node::List(items) => {
-                items.retain_mut(|item| item.canonicalize_in(name, is_list));
+                items.retain_mut(|item| item.canonicalize_in(name, lists));
                 if items.len() == 1 {
                     let only = items.pop().unwrap_or_default();
                     *self = only;
@@ -190,21 +195,25 @@ impl<'a> Node<'a> {
 
     /// The list element `name`: always a `List` of its canonical, non-empty elements; false (and
     /// `Null`) when none is left.
-    fn canonicalize_list(&mut self, name: &str, is_list: fn(&str, &str) -> bool) -> bool {
-        let items = match self.take() {
-            Node::List(items) => items,
-            Node::Null => Vec::new(),
-            one => vec![one],
-        };
+    fn canonicalize_list(
+        &mut self,
+        name: &str,
+        lists: fn(&str) -> &'static [&'static str],
+    ) -> bool {
         fn flatten<'a>(node: Node<'a>, kept: &mut Vec<Node<'a>>) {
             match node {
                 Node::List(inner) => inner.into_iter().for_each(|n| flatten(n, kept)),
                 other => kept.push(other),
             }
         }
+        let items = match self.take() {
+            Node::List(items) => items,
+            Node::Null => Vec::new(),
+            one => vec![one],
+        };
         let mut kept = Vec::with_capacity(items.len());
         for mut item in items {
-            if item.canonicalize_in(name, is_list) {
+            if item.canonicalize_in(name, lists) {
                 flatten(item, &mut kept);
             }
         }
@@ -607,7 +616,7 @@ mod tests {
 
     #[test]
     fn list_fields_are_always_arrays() {
-        let lists = crate::ci::lists::is_list;
+        let lists = crate::ci::lists::list_children;
         let canonical_in = |name: &str, value: Value| {
             let mut n = Node::from_value(&value);
             let kept = n.canonicalize_in(name, lists);

@@ -12,7 +12,7 @@
 //!
 //! # Canonical form of CI's trees (`media_info`, `media_result`, `operation`, `input_detail`, `task`)
 //! They are republished in CI's own JSON form, made list-stable ([`Node::canonicalize_in`] with
-//! [`crate::ci::lists::is_list`], computed in place on the moved tree and kept as JSON text,
+//! [`crate::ci::lists::list_children`], computed in place on the moved tree and kept as JSON text,
 //! [`CiTree`]): CI's element names kept, every scalar a string (`"JobLevel": 0` → `"0"`), empty
 //! elements dropped; an element Tencent's Go SDK types as a list (`OutputFile.ObjectName`,
 //! `Md5Info`, `Stream.Video`/`Audio`, `Input.CosHeaders`, `ResultInfo.ObjectInfo`, `Data.Tags`, …) is

@@ -67,7 +67,7 @@ impl CiTree {
     /// always arrays: [`Node::canonicalize_in`]); `None` when that is not a non-empty object
     /// (absent, all empty, bare text or a list: the schema wants an object or null).
     pub fn canonical(mut tree: Node<'_>, name: &str) -> Option<CiTree> {
-        tree.canonicalize_in(name, crate::ci::lists::is_list);
+        tree.canonicalize_in(name, crate::ci::lists::list_children);
         if !tree.is_map() {
             return None;
         }
