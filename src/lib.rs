@@ -12,6 +12,7 @@
 //! - [`secret`]: a string that never prints (secret key, session token, Pulsar JWT).
 //! - [`ci`]: the CI protocol and nothing else: [`ci::sign`] (the COS request signature),
 //!   [`ci::tree`] (the one tree type CI's documents are read into and a `<Request>` is built as),
+//!   [`ci::lists`] (the elements Tencent's SDK types as lists: always arrays in results),
 //!   [`ci::xml`] (CI's XML read and written), [`ci::response`] (job answers and error bodies),
 //!   [`ci::rules`] (CI's job rules and its closed sets of values), [`ci::client`] (the HTTP client:
 //!   submit, describe, list, cancel).

@@ -129,7 +129,8 @@ async fn requests_become_exactly_one_final_result_each() {
         assert!(job_id.starts_with('j') && job_id.len() > 10, "{job_id}");
         assert_eq!(submitted["job_id"], fin["job_id"]);
         for r in [submitted, fin] {
-            assert_eq!(r["version"], 1);
+            assert_eq!(r["version"], 2);
+            assert_eq!(r["workflow"], json!([]), "{id}: a job of no workflow");
             assert_eq!(r["request_id"], id.as_str());
             assert_eq!(r["tag"], "DigitalWatermark");
             assert_eq!(
@@ -162,6 +163,19 @@ async fn requests_become_exactly_one_final_result_each() {
             assert_eq!(fin["code"], "Success");
             assert!(fin["media_info"].is_object(), "{fin}");
             assert!(fin["media_result"].is_object(), "{fin}");
+            // One output file: still an array, as the SDK's `ObjectName` list.
+            assert_eq!(
+                fin["media_result"]["OutputFile"]["ObjectName"],
+                json!([req["job"]["Operation"]["Output"]["Object"]]),
+                "{fin}"
+            );
+            // The Tag's own element, from CI's Operation.
+            assert_eq!(
+                fin["operation"]["DigitalWatermark"]["Type"],
+                req["job"]["Operation"]["DigitalWatermark"]["Type"],
+                "{fin}"
+            );
+            assert!(fin["operation"].get("UserData").is_none(), "{fin}");
         }
     }
     for id in &rejected_ids {

@@ -9,11 +9,13 @@
 mod common;
 
 use ci_worker::callback::event::parse_event;
+use ci_worker::ci::lists::is_list;
 use ci_worker::ci::tree::Node;
 use ci_worker::ci::xml;
 use ci_worker::config::CiSettings;
 use ci_worker::request::SubmitRequest;
 use ci_worker::result::normalize::{normalize_event, normalize_job};
+use ci_worker::result::RESULT_VERSION;
 use common::{is_rfc3339_utc, watermark_request, BUCKET, REGION};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -78,6 +80,11 @@ fn json_tree() -> impl Strategy<Value = Value> {
                     Just("State".to_string()),
                     Just("MediaInfo".to_string()),
                     Just("Input".to_string()),
+                    Just("MediaResult".to_string()),
+                    Just("OutputFile".to_string()),
+                    Just("ObjectName".to_string()),
+                    Just("Stream".to_string()),
+                    Just("Video".to_string()),
                     "[A-Z][a-z]{0,6}".prop_map(String::from),
                 ],
                 inner,
@@ -137,6 +144,60 @@ fn ci_json_reference(v: &Value) -> Option<Value> {
             }
         }
     }
+}
+
+/// The result's form of CI's element `name` (`Node::canonicalize_in`), written apart from it over
+/// serde_json's tree: [`ci_json_reference`], except that a child the SDK types as a list
+/// (`is_list(parent, child)`) is an array of its kept elements, nested arrays flattened, even of one.
+fn result_tree_reference(v: &Value, name: &str) -> Option<Value> {
+    match v {
+        Value::Object(map) => {
+            let kept: serde_json::Map<String, Value> = map
+                .iter()
+                .filter_map(|(k, v)| {
+                    let tree = if is_list(name, k) {
+                        list_reference(v, k)
+                    } else {
+                        result_tree_reference(v, k)
+                    };
+                    Some((k.clone(), tree?))
+                })
+                .collect();
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        Value::Array(items) => {
+            let mut kept: Vec<Value> = items
+                .iter()
+                .filter_map(|item| result_tree_reference(item, name))
+                .collect();
+            match kept.len() {
+                0 => None,
+                1 => kept.pop(),
+                _ => Some(Value::Array(kept)),
+            }
+        }
+        scalar => ci_json_reference(scalar),
+    }
+}
+
+fn list_reference(v: &Value, name: &str) -> Option<Value> {
+    fn flatten(v: Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Array(items) => items.into_iter().for_each(|i| flatten(i, out)),
+            other => out.push(other),
+        }
+    }
+    let items: Vec<&Value> = match v {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    let mut kept = Vec::new();
+    for item in items {
+        if let Some(tree) = result_tree_reference(item, name) {
+            flatten(tree, &mut kept);
+        }
+    }
+    (!kept.is_empty()).then_some(Value::Array(kept))
 }
 
 proptest! {
@@ -208,18 +269,31 @@ proptest! {
     #[test]
     fn normalizer_takes_any_tree(detail in json_tree()) {
         let result = normalize_job(&Node::from_value(&detail));
-        prop_assert_eq!(result.version, 1);
-        // The media trees are CI's JSON conversion of what came (the reference below), byte for
-        // byte, or null when that is not a non-empty object.
+        prop_assert_eq!(result.version, RESULT_VERSION);
+        // The media trees are CI's JSON conversion of what came with the SDK's list fields always
+        // arrays (the reference above), byte for byte, or null when that is not a non-empty object.
         let operation = detail.get("Operation").filter(|o| o.is_object());
         for (key, got) in [("MediaInfo", &result.media_info), ("MediaResult", &result.media_result)] {
             let expected = operation
                 .and_then(|o| o.get(key))
-                .and_then(ci_json_reference)
+                .and_then(|tree| result_tree_reference(tree, key))
                 .filter(Value::is_object)
                 .map(|tree| tree.to_string());
             prop_assert_eq!(got.as_ref().map(|t| t.json().to_string()), expected);
         }
+        // `operation` is the rest of it but for UserData, in the same form.
+        let expected = operation
+            .map(|o| {
+                let mut rest = o.clone();
+                for key in ["MediaInfo", "MediaResult", "UserData"] {
+                    rest.as_object_mut().unwrap().remove(key);
+                }
+                rest
+            })
+            .and_then(|rest| result_tree_reference(&rest, "Operation"))
+            .filter(Value::is_object)
+            .map(|tree| tree.to_string());
+        prop_assert_eq!(result.operation.as_ref().map(|t| t.json().to_string()), expected);
         // Read from an event's bytes or from a `Value`, a job gives the same result.
         let wrapped = json!({"EventName": "TaskFinish", "JobsDetail": detail});
         if let Ok(event) = parse_event(wrapped.to_string().as_bytes()) {

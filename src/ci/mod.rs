@@ -1,6 +1,7 @@
 //! The Cloud Infinite protocol: signature, XML, response models (pure) and the HTTP client (I/O).
 
 pub mod client;
+pub mod lists;
 pub mod response;
 pub mod rules;
 pub mod sign;

@@ -124,8 +124,9 @@ impl<'a> Node<'a> {
     /// CI's mechanical XML → JSON conversion, in place: empty texts, nulls, and maps/lists left
     /// empty are dropped, a list left with one element becomes that element (so one child is an
     /// object, several an array). Key order is kept. Returns false when nothing is left (the node is
-    /// then `Null`). CI's JSON events are this of its XML ones; results carry their media trees in
-    /// this form.
+    /// then `Null`). CI's JSON events are this of its XML ones (the emulator writes them so);
+    /// results carry their trees in [`Node::canonicalize_in`]'s form, which differs only in the
+    /// SDK's list fields.
     pub fn canonicalize(&mut self) -> bool {
         let keep = match self {
             Node::Null => false,
@@ -148,6 +149,79 @@ impl<'a> Node<'a> {
             *self = Node::Null;
         }
         keep
+    }
+
+    /// [`Node::canonicalize`] of the element `name`, except that a child `lists(parent)` names is
+    /// always an array, of one element too, in whatever form it came (a lone value, `[{…}]`, a
+    /// repeated XML element; nested arrays flattened). In place; false when nothing is left (the
+    /// node is then `Null`). The result's CI trees are this with
+    /// [`crate::ci::lists::list_children`], so they have one shape whatever the number of outputs,
+    /// and the same for XML and JSON events. `lists` is asked once per element, not per child.
+    pub fn canonicalize_in(
+        &mut self,
+        name: &str,
+        lists: fn(&str) -> &'static [&'static str],
+    ) -> bool {
+        let keep = match self {
+            Node::Null => false,
+            Node::Text(s) => !s.is_empty(),
+            Node::Map(entries) => {
+                let here = lists(name);
+                entries.retain_mut(|(key, v)| {
+                    if !here.is_empty() && here.contains(&key.as_ref()) {
+                        v.canonicalize_list(key, lists)
+                    } else {
+                        v.canonicalize_in(key, lists)
+                    }
+                });
+                !entries.is_empty()
+            }
+            // A repetition the SDK does not know as a list: CI's own rule.
+            Node::List(items) => {
+                items.retain_mut(|item| item.canonicalize_in(name, lists));
+                if items.len() == 1 {
+                    let only = items.pop().unwrap_or_default();
+                    *self = only;
+                    return true;
+                }
+                !items.is_empty()
+            }
+        };
+        if !keep {
+            *self = Node::Null;
+        }
+        keep
+    }
+
+    /// The list element `name`: always a `List` of its canonical, non-empty elements; false (and
+    /// `Null`) when none is left.
+    fn canonicalize_list(
+        &mut self,
+        name: &str,
+        lists: fn(&str) -> &'static [&'static str],
+    ) -> bool {
+        fn flatten<'a>(node: Node<'a>, kept: &mut Vec<Node<'a>>) {
+            match node {
+                Node::List(inner) => inner.into_iter().for_each(|n| flatten(n, kept)),
+                other => kept.push(other),
+            }
+        }
+        let items = match self.take() {
+            Node::List(items) => items,
+            Node::Null => Vec::new(),
+            one => vec![one],
+        };
+        let mut kept = Vec::with_capacity(items.len());
+        for mut item in items {
+            if item.canonicalize_in(name, lists) {
+                flatten(item, &mut kept);
+            }
+        }
+        if kept.is_empty() {
+            return false;
+        }
+        *self = Node::List(kept);
+        true
     }
 
     /// Every map's keys in byte order, recursively: CI's completion events list elements
@@ -538,6 +612,77 @@ mod tests {
         let mut empty = node(r#"{"a": [null, {"b": ""}]}"#);
         assert!(!empty.canonicalize());
         assert_eq!(empty, Node::Null);
+    }
+
+    #[test]
+    fn list_fields_are_always_arrays() {
+        let lists = crate::ci::lists::list_children;
+        let canonical_in = |name: &str, value: Value| {
+            let mut n = Node::from_value(&value);
+            let kept = n.canonicalize_in(name, lists);
+            assert_eq!(kept, !matches!(n, Node::Null), "{value}");
+            serde_json::to_string(&n).unwrap()
+        };
+        for (value, expected) in [
+            // One, as XML and as JSON write it, and `[{…}]`: all one array.
+            (
+                json!({"OutputFile": {"ObjectName": "a.mp4", "Md5Info": {"Md5": "1"}}}),
+                json!({"OutputFile": {"ObjectName": ["a.mp4"], "Md5Info": [{"Md5": "1"}]}}),
+            ),
+            (
+                json!({"OutputFile": {"ObjectName": ["a.mp4"], "Md5Info": [{"Md5": "1", "ObjectName": "a.mp4"}]}}),
+                json!({"OutputFile": {"ObjectName": ["a.mp4"], "Md5Info": [{"Md5": "1", "ObjectName": "a.mp4"}]}}),
+            ),
+            // Two; empties dropped, nested arrays flattened, all empty: absent.
+            (
+                json!({"OutputFile": {"ObjectName": ["0.jpg", "", ["1.jpg", ["2.jpg"]]], "Md5Info": [{"Md5": ""}], "Region": 1}}),
+                json!({"OutputFile": {"ObjectName": ["0.jpg", "1.jpg", "2.jpg"], "Region": "1"}}),
+            ),
+            // Context is the parent: `Stream.Video` is a list, `Transcode.Video` is not; an element
+            // the SDK does not model keeps CI's rule (one an object, `[{…}]` too, several an array).
+            (
+                json!({"Stream": {"Video": {"Index": "0"}, "Subtitle": ""}, "Transcode": {"Video": [{"Codec": "H.264"}]}, "X": [{"A": "1"}, {"A": "2"}]}),
+                json!({"Stream": {"Video": [{"Index": "0"}]}, "Transcode": {"Video": {"Codec": "H.264"}}, "X": [{"A": "1"}, {"A": "2"}]}),
+            ),
+            // Inside a repeated element that is not a list itself, the children keep their rules.
+            (
+                json!({"Data": {"PlaceTags": [{"Tags": {"Tag": "Office"}}, {"Tags": [], "ClipFrameResult": "Other: 0.09"}]}}),
+                json!({"Data": {"PlaceTags": [{"Tags": [{"Tag": "Office"}]}, {"ClipFrameResult": ["Other: 0.09"]}]}}),
+            ),
+        ] {
+            assert_eq!(
+                canonical_in("MediaResult", value.clone()),
+                expected.to_string(),
+                "{value}"
+            );
+        }
+        // The root's own name is the first parent.
+        assert_eq!(
+            canonical_in(
+                "Input",
+                json!({"Object": "a", "CosHeaders": {"Key": "k", "Value": "v"}})
+            ),
+            r#"{"Object":"a","CosHeaders":[{"Key":"k","Value":"v"}]}"#
+        );
+        assert_eq!(
+            canonical_in("Output", json!({"CosHeaders": {"Key": "k"}})),
+            r#"{"CosHeaders":{"Key":"k"}}"#
+        );
+        assert_eq!(
+            canonical_in("Input", json!({"CosHeaders": [{"Key": ""}]})),
+            "null"
+        );
+        // XML and JSON forms of one element agree.
+        let xml = crate::ci::xml::parse(
+            "<R><OutputFile><ObjectName>a</ObjectName><Md5Info><Md5>1</Md5></Md5Info></OutputFile></R>",
+        )
+        .unwrap();
+        let mut from_xml = xml.node;
+        from_xml.canonicalize_in("MediaResult", lists);
+        let mut from_json =
+            node(r#"{"OutputFile": {"ObjectName": ["a"], "Md5Info": {"Md5": "1"}}}"#);
+        from_json.canonicalize_in("MediaResult", lists);
+        assert_eq!(from_xml, from_json);
     }
 
     #[test]

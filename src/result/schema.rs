@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// Version of the result schema; bumped only on incompatible changes.
-pub const RESULT_VERSION: u32 = 1;
+/// Version of the result schema; bumped only on incompatible changes. 2: CI's whole `Operation`
+/// (`operation`), `Input` (`input_detail`) and workflow task (`task`) kept, `progress` and
+/// `template_id`, the SDK's list fields always arrays, `workflow` an array (docs/results.md,
+/// "Upgrading from version 1").
+pub const RESULT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -48,8 +51,9 @@ pub struct ObjectRef {
     pub object: Option<String>,
 }
 
-/// One of CI's trees (`MediaInfo`, `MediaResult`) in the canonical form the result carries (see
-/// [`crate::result::normalize`]): a non-empty JSON object, kept as its JSON text.
+/// One of CI's trees (`MediaInfo`, `MediaResult`, `Operation`, `Input`, a workflow's `Tasks` element)
+/// in the canonical form the result carries (see [`crate::result::normalize`]): a non-empty JSON
+/// object, kept as its JSON text.
 ///
 /// Why text: the tree is written once, straight from the event it was read from, and republished as
 /// it is; building it as a `Value` first allocated every name and text again (docs/performance.md,
@@ -59,10 +63,11 @@ pub struct ObjectRef {
 pub struct CiTree(Box<RawValue>);
 
 impl CiTree {
-    /// The canonical form of `tree`, converted in place; `None` when that is not a non-empty object
+    /// The canonical form of `tree`, CI's element `name`, converted in place (the SDK's list fields
+    /// always arrays: [`Node::canonicalize_in`]); `None` when that is not a non-empty object
     /// (absent, all empty, bare text or a list: the schema wants an object or null).
-    pub fn canonical(mut tree: Node<'_>) -> Option<CiTree> {
-        tree.canonicalize();
+    pub fn canonical(mut tree: Node<'_>, name: &str) -> Option<CiTree> {
+        tree.canonicalize_in(name, crate::ci::lists::list_children);
         if !tree.is_map() {
             return None;
         }
@@ -92,6 +97,18 @@ impl std::fmt::Debug for CiTree {
     }
 }
 
+/// One `Workflow` element of a job (CI's `JobsDetail.Workflow`, a list in the SDK), or the run a
+/// workflow event's task belongs to; absent values null.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WorkflowRef {
+    pub run_id: Option<String>,
+    pub workflow_id: Option<String>,
+    pub workflow_name: Option<String>,
+    /// The workflow node that ran the job (`Workflow.Name`, a task's `Name`).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     pub version: u32,
@@ -107,6 +124,12 @@ pub struct JobResult {
     pub code: String,
     pub message: String,
     pub queue_id: Option<String>,
+    /// CI's `Progress` (0–100, as CI writes it), null when CI gave none.
+    #[serde(default)]
+    pub progress: Option<String>,
+    /// `Operation.TemplateId` (a task's `TemplateId`), null without a template.
+    #[serde(default)]
+    pub template_id: Option<String>,
     pub input: Option<ObjectRef>,
     pub output: Option<ObjectRef>,
     /// The caller's own `UserData`, unchanged (the correlation marker removed).
@@ -117,8 +140,38 @@ pub struct JobResult {
     pub finished_at: Option<String>,
     pub media_info: Option<CiTree>,
     pub media_result: Option<CiTree>,
-    /// Workflow run this job belonged to (`{run_id, workflow_id, workflow_name}`), if any.
-    pub workflow: Option<Value>,
+    /// CI's whole `Operation` (every Tag's own result: `VideoTagResult`, `SpeechRecognitionResult`,
+    /// `SnapshotPrefix`, …, the request's parameters as CI echoes them, `TemplateId`, `JobLevel`,
+    /// `Output`), but for `MediaInfo`, `MediaResult` (the fields above) and `UserData` (`user_data`).
+    #[serde(default)]
+    pub operation: Option<CiTree>,
+    /// CI's whole `Input` (`Object`, `BucketId`, `Region`, `Url`, `Vod`, `CosHeaders`, …); for a
+    /// workflow task the run's `BucketId`, `Object` and `CosHeaders`.
+    #[serde(default)]
+    pub input_detail: Option<CiTree>,
+    /// A workflow event's task, whole (`Name`, `TemplateId`, `ResultInfo{ObjectCount, ObjectInfo[]}`,
+    /// …); null for job results.
+    #[serde(default)]
+    pub task: Option<CiTree>,
+    /// The workflow runs this job belongs to (CI's `Workflow` elements), empty when none. A v1 result
+    /// (one object or null, kept in an older worker's deadline record) reads as its array.
+    #[serde(default, deserialize_with = "workflow_list")]
+    pub workflow: Vec<WorkflowRef>,
+}
+
+/// `workflow` as v2 writes it (an array), or as v1 did (an object or null).
+fn workflow_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<WorkflowRef>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<WorkflowRef>),
+        One(WorkflowRef),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => Vec::new(),
+        Some(OneOrMany::Many(list)) => list,
+        Some(OneOrMany::One(one)) => vec![one],
+    })
 }
 
 impl JobResult {
@@ -134,6 +187,8 @@ impl JobResult {
             code: String::new(),
             message: String::new(),
             queue_id: None,
+            progress: None,
+            template_id: None,
             input: None,
             output: None,
             user_data: None,
@@ -142,7 +197,30 @@ impl JobResult {
             finished_at: None,
             media_info: None,
             media_result: None,
-            workflow: None,
+            operation: None,
+            input_detail: None,
+            task: None,
+            workflow: Vec::new(),
+        }
+    }
+
+    /// A result read back from an older worker's record (a deadline's `submitted` event), made
+    /// this version's: fields v1 lacked are already their defaults (null, `[]`) and `workflow` an
+    /// array; its media trees get v2's list fields. What v1 dropped (the `Operation`, …) stays null.
+    pub fn upgrade(&mut self) {
+        if self.version == RESULT_VERSION {
+            return;
+        }
+        self.version = RESULT_VERSION;
+        for (tree, name) in [
+            (&mut self.media_info, "MediaInfo"),
+            (&mut self.media_result, "MediaResult"),
+        ] {
+            if let Some(old) = tree.take() {
+                *tree = serde_json::from_str::<Node>(old.json())
+                    .ok()
+                    .and_then(|node| CiTree::canonical(node, name));
+            }
         }
     }
 
@@ -162,6 +240,7 @@ mod tests {
         for example in [
             include_str!("../../schemas/examples/result-succeeded.json"),
             include_str!("../../schemas/examples/result-rejected.json"),
+            include_str!("../../schemas/examples/result-workflow-task.json"),
         ] {
             let parsed: JobResult = serde_json::from_str(example).unwrap();
             let written: Value = serde_json::from_slice(&parsed.to_json()).unwrap();

@@ -86,8 +86,16 @@ pub fn first(bucket: &str, region: &str, submitted: &JobResult, after: Duration)
     }
 }
 
-/// The deadlines a record carries, by its `ci-worker-record` property (absent = a 0.2 record).
+/// The deadlines a record carries, by its `ci-worker-record` property (absent = a 0.2 record);
+/// their `submitted` events are made this result version's ([`JobResult::upgrade`]), so a timed-out
+/// result of a job an older worker submitted is published as the current schema says.
 pub fn read(record: Option<&str>, payload: &[u8]) -> Result<Vec<Deadline>, String> {
+    let mut deadlines = read_as_written(record, payload)?;
+    deadlines.iter_mut().for_each(|d| d.submitted.upgrade());
+    Ok(deadlines)
+}
+
+fn read_as_written(record: Option<&str>, payload: &[u8]) -> Result<Vec<Deadline>, String> {
     match record {
         Some(RECORD_BATCH) => {
             let batch: DeadlineBatch = serde_json::from_slice(payload)
@@ -282,5 +290,38 @@ mod tests {
             .contains("version 3"));
         assert!(read(Some("other"), &batch).is_err());
         assert!(read(None, b"{}").is_err());
+    }
+
+    #[test]
+    fn a_v1_submitted_event_is_read_as_the_current_version() {
+        // As a 0.3 worker stored it: result version 1, `workflow` an object or null, no v2 fields.
+        let v1 = |workflow: &str| {
+            format!(
+                r#"{{"version":2,"deadlines":[{{"request_id":"r1","job_id":"j1","bucket":"b-1250000000",
+                "region":"ap-guangzhou","submitted_at_ms":1,"checks":0,"due_at_ms":2,"submitted":{{
+                "version":1,"request_id":"r1","job_id":"j1","tag":"Transcode","sub_tag":null,
+                "state":"submitted","code":"","message":"","queue_id":"p1","input":null,"output":null,
+                "user_data":null,"created_at":null,"started_at":null,"finished_at":null,
+                "media_info":null,"media_result":{{"OutputFile":{{"ObjectName":"a.mp4"}}}},
+                "workflow":{workflow}}}}}]}}"#
+            )
+        };
+        let with_run = v1(r#"{"run_id":"i1","workflow_id":"w1","workflow_name":"wf"}"#);
+        let d = &read(Some(RECORD_BATCH), with_run.as_bytes()).unwrap()[0];
+        assert_eq!(d.submitted.version, crate::result::RESULT_VERSION);
+        assert_eq!(d.submitted.workflow.len(), 1);
+        assert_eq!(d.submitted.workflow[0].run_id.as_deref(), Some("i1"));
+        assert_eq!(d.submitted.workflow[0].name, None);
+        assert_eq!(
+            (&d.submitted.operation, &d.submitted.progress),
+            (&None, &None)
+        );
+        let d = &read(Some(RECORD_BATCH), v1("null").as_bytes()).unwrap()[0];
+        assert!(d.submitted.workflow.is_empty());
+        // Its media trees get v2's list fields.
+        assert_eq!(
+            d.submitted.media_result.as_ref().unwrap().json(),
+            r#"{"OutputFile":{"ObjectName":["a.mp4"]}}"#
+        );
     }
 }

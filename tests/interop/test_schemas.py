@@ -28,7 +28,10 @@ def test_request_example_is_valid():
     validator(REQUEST).validate(load("examples/request.json"))
 
 
-@pytest.mark.parametrize("name", ["examples/result-succeeded.json", "examples/result-rejected.json"])
+@pytest.mark.parametrize(
+    "name",
+    ["examples/result-succeeded.json", "examples/result-rejected.json", "examples/result-workflow-task.json"],
+)
 def test_result_examples_are_valid(name):
     validator(RESULT).validate(load(name))
 
@@ -76,7 +79,12 @@ def test_request_schema_refuses_bad_requests(mutate):
     "mutate",
     [
         lambda r: r.update(state="done"),
-        lambda r: r.update(version=2),
+        lambda r: r.update(version=1),
+        lambda r: r.pop("operation"),
+        lambda r: r.update(workflow=None),
+        lambda r: r["media_result"]["OutputFile"].update(ObjectName="output/out.mp4"),
+        lambda r: r["media_result"]["OutputFile"].update(Md5Info={"Md5": "043221daee3f4e15ff13f42329f15eb1"}),
+        lambda r: r["media_info"]["Stream"].update(Video={"Index": "0"}),
         lambda r: r.update(created_at="2022-06-30T18:37:37+0800"),
         lambda r: r.update(surprise=True),
         lambda r: r.pop("job_id"),
@@ -84,6 +92,22 @@ def test_request_schema_refuses_bad_requests(mutate):
 )
 def test_result_schema_refuses_bad_results(mutate):
     bad = copy.deepcopy(load("examples/result-succeeded.json"))
+    mutate(bad)
+    with pytest.raises(jsonschema.ValidationError):
+        validator(RESULT).validate(bad)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda r: r["task"]["ResultInfo"].update(ObjectInfo=r["task"]["ResultInfo"]["ObjectInfo"][0]),
+        lambda r: r["input_detail"].update(CosHeaders={"Key": "Content-Type", "Value": "video/mp4"}),
+        lambda r: r.update(workflow=r["workflow"][0]),
+        lambda r: r["workflow"][0].pop("name"),
+    ],
+)
+def test_result_schema_refuses_single_values_where_lists_belong(mutate):
+    bad = copy.deepcopy(load("examples/result-workflow-task.json"))
     mutate(bad)
     with pytest.raises(jsonschema.ValidationError):
         validator(RESULT).validate(bad)
