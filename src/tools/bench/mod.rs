@@ -63,6 +63,17 @@ pub enum Section {
     Scaleout,
 }
 
+/// What happens to the replicas during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScaleoutMode {
+    /// No disruption: the baseline.
+    None,
+    /// SIGKILL one replica and restart it at once, `--scaleout-kills` times.
+    Kill,
+    /// A rolling update: SIGTERM, start the replacement, wait for the old one to exit; every replica.
+    Rolling,
+}
+
 /// How completion events reach the worker in a run of the messages section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum MessageIngress {
@@ -198,7 +209,7 @@ pub struct BenchOptions {
         value_delimiter = ',',
         default_value = "none,kill,rolling"
     )]
-    pub scaleout_mode: Vec<scaleout::ScaleoutMode>,
+    pub scaleout_mode: Vec<ScaleoutMode>,
     /// The binary the `ci-worker run` processes are started from (default: this one), to measure an
     /// older worker with this benchmark and emulator.
     #[arg(long, env = "BENCH_WORKER_BIN")]

@@ -30,24 +30,13 @@
 
 use super::io;
 use super::procs::Proc;
-use super::{events, format_of, now_ms, short, Bench, Kind, WorkerTopics};
+use super::{events, format_of, now_ms, short, Bench, Kind, ScaleoutMode, WorkerTopics};
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// What happens to the replicas during a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ScaleoutMode {
-    /// No disruption: the baseline.
-    None,
-    /// SIGKILL one replica and restart it at once, `--scaleout-kills` times.
-    Kill,
-    /// A rolling update: SIGTERM, start the replacement, wait for the old one to exit; every replica.
-    Rolling,
-}
 
 impl ScaleoutMode {
     fn name(self) -> &'static str {
