@@ -34,6 +34,19 @@ pub enum CiError {
 }
 
 impl CiError {
+    /// Whether a `POST /jobs` that ended so may still have created its job: the request may have
+    /// reached CI (a lost or garbled answer), or a server error came back — a gateway's 502 or 504
+    /// can follow a job CI accepted, and nothing tells a 5xx of CI's own from one in front of it.
+    /// A 429 or a 4xx refusal was not taken.
+    pub fn may_have_created(&self) -> bool {
+        match self {
+            CiError::Api { status, .. } => (500..600).contains(status),
+            CiError::Transport { ambiguous, .. } => *ambiguous,
+            CiError::Protocol(_) => true,
+            CiError::Config(_) => false,
+        }
+    }
+
     /// 429 SlowDown, 500, 503, connection errors and 403 QueueSaturated are worth retrying;
     /// other 4xx never are.
     pub fn is_transient(&self) -> bool {

@@ -242,27 +242,14 @@ async fn submit_with_retry<B: Broker, C: CiApi>(
             Ok(detail) => return Ok(detail),
             Err(e) if e.is_transient() && attempt + 1 < w.retry_max_attempts => {
                 ctx.metrics.ci_retries.inc();
-                in_doubt = matches!(
-                    e,
-                    CiError::Transport {
-                        ambiguous: true,
-                        ..
-                    } | CiError::Protocol(_)
-                );
+                in_doubt = in_doubt || e.may_have_created();
                 let delay = retry::backoff(attempt, w.retry_base_delay, w.retry_max_delay);
                 tracing::warn!(request_id = %req.request_id, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, error = %e, "transient CI failure; retrying");
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }
             Err(e) => {
-                let ambiguous = matches!(
-                    e,
-                    CiError::Transport {
-                        ambiguous: true,
-                        ..
-                    } | CiError::Protocol(_)
-                );
-                if e.is_transient() && (in_doubt || ambiguous) {
+                if e.is_transient() && (in_doubt || e.may_have_created()) {
                     // The redelivery must look before it submits.
                     ctx.recovery
                         .put_in_doubt(&req.request_id, first_attempt)
@@ -427,9 +414,9 @@ mod tests {
     #[tokio::test]
     async fn transient_failures_are_retried_then_the_request_is_released() {
         let ci = ScriptedCi::default()
-            .submit_answers(Err(refusal(503, "ServiceUnavailable")))
             .submit_answers(Err(refusal(429, "SlowDown")))
-            .submit_answers(Err(refusal(503, "ServiceUnavailable")));
+            .submit_answers(Err(refusal(429, "SlowDown")))
+            .submit_answers(Err(refusal(403, "QueueSaturated")));
         let ctx = context(ci);
         let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
         let Disposition::Retry(reason) = verdict else {
@@ -444,14 +431,53 @@ mod tests {
             0,
             "nothing is published for a released request"
         );
-        // CI answered each time: no job can exist, so the redelivery need not look for one.
+        // Throttled each time: no job can exist, so the redelivery need not look for one.
         assert_eq!(ctx.recovery.take_in_doubt("r1").await, None);
+    }
+
+    #[tokio::test]
+    async fn server_error_after_post_is_looked_for_before_submitting_again() {
+        // A gateway's 502 can follow a job CI accepted.
+        let ci = ScriptedCi::default()
+            .submit_answers(Err(refusal(502, "BadGateway")))
+            .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(
+            ctx.ci.calls(),
+            ["submit", "list"],
+            "found, not submitted again"
+        );
+        assert_eq!(results(&ctx)[0].job_id.as_deref(), Some("j1"));
+        assert_eq!(ctx.metrics.submissions_recovered.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn server_errors_to_the_end_leave_the_request_in_doubt() {
+        let ci = ScriptedCi::default()
+            .submit_answers(Err(refusal(504, "GatewayTimeout")))
+            .list_answers(Ok(jobs(&[], None)))
+            .submit_answers(Err(refusal(503, "ServiceUnavailable")))
+            .list_answers(Ok(jobs(&[], None)))
+            .submit_answers(Err(refusal(500, "InternalError")));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
+        assert_eq!(
+            ctx.ci.calls(),
+            ["submit", "list", "submit", "list", "submit"]
+        );
+        assert!(
+            ctx.recovery.take_in_doubt("r1").await.is_some(),
+            "the redelivery looks first"
+        );
     }
 
     #[tokio::test]
     async fn accepted_job_gets_its_submitted_event_and_a_deadline() {
         let ci = ScriptedCi::default()
-            .submit_answers(Err(refusal(503, "ServiceUnavailable")))
+            .submit_answers(Err(refusal(429, "SlowDown")))
             .submit_answers(Ok(job("j1", "Submitted", &sent_user_data("r1"))));
         let ctx = context(ci);
         let before = SystemTime::now();
@@ -668,8 +694,8 @@ mod tests {
     #[tokio::test]
     async fn lost_answer_on_the_last_attempt_leaves_the_request_in_doubt() {
         let ci = ScriptedCi::default()
-            .submit_answers(Err(refusal(503, "ServiceUnavailable")))
-            .submit_answers(Err(refusal(503, "ServiceUnavailable")))
+            .submit_answers(Err(refusal(429, "SlowDown")))
+            .submit_answers(Err(refusal(429, "SlowDown")))
             .submit_answers(Err(ambiguous()));
         let ctx = context(ci);
         let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
