@@ -134,7 +134,8 @@ pub struct CiSettings {
     pub cvm_role: String,
     /// The instance metadata service `cvm_role` is read from.
     pub metadata_endpoint: String,
-    /// CI queue for submitted jobs; empty = CI's default queue. A `QueueId` in the job wins.
+    /// CI queue for submitted jobs; empty = CI's default queue (learnt from `GET /queue` when the
+    /// worker must list a bucket's jobs). A `QueueId` in the job wins.
     pub queue_id: String,
     /// `JSON` or `XML`: the format CI writes completion events in. A `CallBackFormat` in the job wins.
     pub callback_format: CallbackFormat,

@@ -1054,7 +1054,7 @@ async fn emulator_calls_counts_every_job_api_request() {
     let em = emulator::start(settings(600_000)).await.unwrap();
     assert_eq!(
         calls(&em).await,
-        serde_json::json!({"submit": 0, "describe": 0, "list": 0, "cancel": 0, "other": 0})
+        serde_json::json!({"submit": 0, "describe": 0, "list": 0, "cancel": 0, "queue": 0, "other": 0})
     );
     let ci = Ci::new(&em);
     let job = submitted_job(&ci.submit(&job_xml("input/count.mp4", "XML", "u")).await);
@@ -1098,7 +1098,7 @@ async fn emulator_calls_counts_every_job_api_request() {
         .unwrap();
     assert_eq!(
         calls(&em).await,
-        serde_json::json!({"submit": 3, "describe": 2, "list": 2, "cancel": 1, "other": 3}),
+        serde_json::json!({"submit": 3, "describe": 2, "list": 2, "cancel": 1, "queue": 0, "other": 3}),
         "not counted: /healthz and /_emulator/calls itself"
     );
     em.shutdown().await.unwrap();

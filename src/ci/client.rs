@@ -5,7 +5,10 @@
 //! sent to (`endpoint`, e.g. the local emulator). The signature never appears in errors or logs, nor do
 //! the secret key and the session token.
 
-use super::response::{parse_error, parse_jobs_response, CiErrorBody, JobDetail, JobsResponse};
+use super::response::{
+    parse_error, parse_jobs_response, parse_queues_response, CiErrorBody, JobDetail, JobsResponse,
+    QueueInfo,
+};
 use super::sign::{encode, Credentials, SharedCredentials};
 use super::tree::Node;
 use super::{ci_host, xml};
@@ -287,6 +290,23 @@ impl CiClient {
         };
         let answer = self.call(bucket, region, call).await?;
         parse_jobs(&answer, "list")
+    }
+
+    /// `GET /queue` (DescribeMediaProcessQueues): the bucket's media processing queues, first page
+    /// (up to 100).
+    pub async fn queues(&self, bucket: &str, region: &str) -> Result<Vec<QueueInfo>, CiError> {
+        let call = Call {
+            op: "queues",
+            method: Method::GET,
+            path: "/queue".into(),
+            query: vec![
+                ("pageNumber", Some("1".to_string())),
+                ("pageSize", Some("100".to_string())),
+            ],
+            body: None,
+        };
+        let answer = self.call(bucket, region, call).await?;
+        parse_queues_response(&answer.text).map_err(|e| protocol("queues", &answer, e.to_string()))
     }
 
     /// `PUT /jobs/<id>?cancel`.

@@ -107,6 +107,40 @@ pub fn parse_jobs_response(body: &str) -> Result<JobsResponse, XmlError> {
     })
 }
 
+/// One media processing queue of a `GET /queue` answer (DescribeMediaProcessQueues).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub queue_id: String,
+    pub name: String,
+    /// `Active` or `Paused`.
+    pub state: String,
+}
+
+/// Reads a `GET /queue` answer: `<Response>…<QueueList>` (one or several) `…</Response>`.
+pub fn parse_queues_response(body: &str) -> Result<Vec<QueueInfo>, XmlError> {
+    let doc = xml::parse(body)?;
+    if doc.root != "Response" {
+        return Err(XmlError::Malformed(format!(
+            "expected <Response>, got <{}>",
+            doc.root
+        )));
+    }
+    Ok(doc
+        .node
+        .get("QueueList")
+        .map(Node::many)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|q| {
+            Some(QueueInfo {
+                queue_id: q.text_at(&["QueueId"])?.to_string(),
+                name: q.text_at(&["Name"]).unwrap_or_default().to_string(),
+                state: q.text_at(&["State"]).unwrap_or_default().to_string(),
+            })
+        })
+        .collect())
+}
+
 /// CI's error body, from XML (`<Error>`) or JSON. Empty strings for what the body lacks.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CiErrorBody {
@@ -238,6 +272,35 @@ pub fn error_xml(err: &CiErrorBody) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn queue_list_one_or_several() {
+        let one = "<Response><RequestId>r</RequestId><TotalCount>1</TotalCount><QueueList>\
+                   <QueueId>p1</QueueId><Name>queue-default</Name><State>Active</State>\
+                   </QueueList></Response>";
+        assert_eq!(
+            parse_queues_response(one).unwrap(),
+            [QueueInfo {
+                queue_id: "p1".into(),
+                name: "queue-default".into(),
+                state: "Active".into()
+            }]
+        );
+        let two = "<Response><QueueList><QueueId>p1</QueueId></QueueList>\
+                   <QueueList><QueueId>p2</QueueId><State>Paused</State></QueueList></Response>";
+        let ids: Vec<String> = parse_queues_response(two)
+            .unwrap()
+            .into_iter()
+            .map(|q| q.queue_id)
+            .collect();
+        assert_eq!(ids, ["p1", "p2"]);
+        assert!(
+            parse_queues_response("<Response><TotalCount>0</TotalCount></Response>")
+                .unwrap()
+                .is_empty()
+        );
+        assert!(parse_queues_response("<Error><Code>x</Code></Error>").is_err());
+    }
+
     use super::*;
     use serde_json::json;
 

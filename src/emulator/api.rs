@@ -14,7 +14,7 @@
 use super::auth::{self, SignedRequest};
 use super::error::{error_body, ApiError};
 use super::faults::{self, Refusal};
-use super::job::{JobState, CI_TIME_FORMAT};
+use super::job::{default_queue_id, JobState, CI_TIME_FORMAT};
 use super::lifecycle;
 use super::notices::EmulatorEvent;
 use super::shared::{CallKind, Shared};
@@ -48,7 +48,7 @@ const DRAIN_LIMIT_BYTES: usize = 16 << 20;
 const DEFAULT_PAGE: usize = 10;
 const MAX_PAGE: usize = 100;
 /// CI's other job endpoints, which the emulator does not implement.
-const OTHER_CI_PREFIXES: [&str; 8] = [
+const OTHER_CI_PREFIXES: [&str; 7] = [
     "/pic_jobs",
     "/ai_jobs",
     "/asr_jobs",
@@ -56,7 +56,6 @@ const OTHER_CI_PREFIXES: [&str; 8] = [
     "/file_jobs",
     "/workflow",
     "/inventorytriggerjob",
-    "/queue",
 ];
 
 /// A successful answer: an XML document or an empty body.
@@ -126,6 +125,7 @@ async fn handle(
         Ok(Route::Describe(_)) => CallKind::Describe,
         Ok(Route::List) => CallKind::List,
         Ok(Route::Cancel(_)) => CallKind::Cancel,
+        Ok(Route::Queues) => CallKind::Queue,
         Err(_) => CallKind::Other,
     });
     let request_id = new_request_id();
@@ -188,16 +188,20 @@ async fn handle(
     response
 }
 
-/// The operations `/jobs` offers.
+/// The operations the emulator offers: `/jobs`, and `GET /queue`.
 enum Route {
     Submit,
     List,
     Describe(String),
     Cancel(String),
+    Queues,
 }
 
 fn route(method: &Method, uri: &Uri) -> Result<Route, ApiError> {
     let path = uri.path();
+    if (path == "/queue" || path == "/queue/") && *method == Method::GET {
+        return Ok(Route::Queues);
+    }
     if path == "/jobs" || path == "/jobs/" {
         return match *method {
             Method::POST => Ok(Route::Submit),
@@ -285,8 +289,100 @@ async fn dispatch(
         Route::List => list(shared, uri, &bucket, &region, request_id),
         Route::Describe(ids) => describe(shared, &ids, &bucket, &region, request_id),
         Route::Cancel(id) => cancel(shared, &id, &bucket, &region),
+        Route::Queues => queues(uri, &bucket, &region, request_id),
     }
 }
+
+/// `GET /queue` (DescribeMediaProcessQueues): the bucket's one media processing queue, the one
+/// its jobs run in when they name none (`queueIds`, `state`, `category`, `pageNumber`, `pageSize`
+/// filter as CI does; ids not found are listed in `NonExistPIDs`).
+fn queues(uri: &Uri, bucket: &str, region: &str, request_id: &str) -> Result<Reply, ApiError> {
+    let pairs = auth::query_pairs(uri.query().unwrap_or(""));
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let invalid = |m: String| ApiError::bad_request("InvalidArgument", m);
+    let number = |name: &str, default: usize, max: usize| match get(name) {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(invalid(format!(
+                "The value {v:?} of {name} must be an integer from 1 to {max}."
+            ))),
+        },
+    };
+    let page_number = number("pageNumber", 1, usize::MAX)?;
+    let page_size = number("pageSize", 10, 100)?;
+    // `All` (what the Python SDK sends by default) filters nothing.
+    let state = get("state").filter(|s| s != "All");
+    if let Some(s) = &state {
+        if !["Active", "Paused"].contains(&s.as_str()) {
+            return Err(invalid(format!(
+                "The value {s:?} of state must be All, Active or Paused."
+            )));
+        }
+    }
+    let category = get("category").unwrap_or_else(|| "Transcoding".into());
+    if !["CateAll", "Transcoding", "SpeedTranscoding"].contains(&category.as_str()) {
+        return Err(invalid(format!(
+            "The value {category:?} of category must be CateAll, Transcoding or SpeedTranscoding."
+        )));
+    }
+    let default = default_queue_id(bucket, region);
+    let wanted: Option<Vec<String>> = get("queueIds").map(|ids| {
+        ids.split(',')
+            .map(|id| id.trim().to_string())
+            .filter(|id| !id.is_empty())
+            .collect()
+    });
+    let matches = category != "SpeedTranscoding"
+        && state.as_deref().is_none_or(|s| s == "Active")
+        && wanted.as_ref().is_none_or(|ids| ids.contains(&default));
+    let queues: Vec<Node> = (matches && page_number == 1)
+        .then(|| {
+            Node::Map(vec![
+                ("QueueId".into(), default.clone().into()),
+                ("Name".into(), "queue-default".to_string().into()),
+                ("State".into(), "Active".to_string().into()),
+                ("MaxSize".into(), "10000".to_string().into()),
+                ("MaxConcurrent".into(), "10".to_string().into()),
+                ("Category".into(), "Transcoding".to_string().into()),
+                ("CreateTime".into(), EMULATOR_EPOCH.to_string().into()),
+                ("UpdateTime".into(), EMULATOR_EPOCH.to_string().into()),
+                (
+                    "NotifyConfig".into(),
+                    Node::Map(vec![("State".into(), "Off".to_string().into())]),
+                ),
+            ])
+        })
+        .into_iter()
+        .collect();
+    let mut root = Node::Map(vec![
+        ("RequestId".into(), request_id.to_string().into()),
+        ("TotalCount".into(), usize::from(matches).to_string().into()),
+        ("PageNumber".into(), page_number.to_string().into()),
+        ("PageSize".into(), page_size.to_string().into()),
+    ]);
+    if !queues.is_empty() {
+        root.insert("QueueList", one_or_many(queues));
+    }
+    let missing: Vec<String> = wanted
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|id| *id != default)
+        .collect();
+    if !missing.is_empty() {
+        root.insert("NonExistPIDs", missing.join(",").into());
+    }
+    write_xml(&root)
+}
+
+/// When the emulator's default queues were "created".
+const EMULATOR_EPOCH: &str = "2020-01-01T00:00:00+0800";
 
 async fn submit(
     shared: &Arc<Shared>,

@@ -20,6 +20,8 @@ pub(crate) enum CallKind {
     Describe,
     List,
     Cancel,
+    /// `GET /queue` (DescribeMediaProcessQueues).
+    Queue,
     /// Any other method or path of the job API listener (404, 501).
     Other,
 }
@@ -31,6 +33,7 @@ pub(crate) struct Calls {
     describe: AtomicU64,
     list: AtomicU64,
     cancel: AtomicU64,
+    queue: AtomicU64,
     other: AtomicU64,
 }
 
@@ -41,12 +44,13 @@ impl Calls {
             CallKind::Describe => &self.describe,
             CallKind::List => &self.list,
             CallKind::Cancel => &self.cancel,
+            CallKind::Queue => &self.queue,
             CallKind::Other => &self.other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `{"submit":N,"describe":N,"list":N,"cancel":N,"other":N}`.
+    /// `{"submit":N,"describe":N,"list":N,"cancel":N,"queue":N,"other":N}`.
     pub(crate) fn to_json(&self) -> serde_json::Value {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
@@ -54,6 +58,7 @@ impl Calls {
             "describe": n(&self.describe),
             "list": n(&self.list),
             "cancel": n(&self.cancel),
+            "queue": n(&self.queue),
             "other": n(&self.other),
         })
     }

@@ -7,7 +7,7 @@
 //! thousands a second; generics cost nothing at run time.
 
 use crate::ci::client::{CiClient, CiError, ListQuery};
-use crate::ci::response::{JobDetail, JobsResponse};
+use crate::ci::response::{JobDetail, JobsResponse, QueueInfo};
 use crate::ci::tree::Node;
 use crate::pulsar::{Outgoing, Publisher, PulsarIoError};
 use std::future::Future;
@@ -76,6 +76,13 @@ pub trait CiApi: Send + Sync + 'static {
         query: &ListQuery,
     ) -> impl Future<Output = Result<JobsResponse, CiError>> + Send;
 
+    /// `GET /queue`: the bucket's media processing queues.
+    fn queues(
+        &self,
+        bucket: &str,
+        region: &str,
+    ) -> impl Future<Output = Result<Vec<QueueInfo>, CiError>> + Send;
+
     /// `PUT /jobs/<id>?cancel`.
     fn cancel(
         &self,
@@ -111,6 +118,14 @@ impl CiApi for CiClient {
         query: &ListQuery,
     ) -> impl Future<Output = Result<JobsResponse, CiError>> + Send {
         CiClient::list(self, bucket, region, query)
+    }
+
+    fn queues(
+        &self,
+        bucket: &str,
+        region: &str,
+    ) -> impl Future<Output = Result<Vec<QueueInfo>, CiError>> + Send {
+        CiClient::queues(self, bucket, region)
     }
 
     fn cancel(

@@ -3,7 +3,7 @@
 //! `POST /jobs` is not idempotent. Two situations leave the worker unsure whether a job exists:
 //! - an **ambiguous submit**: the request reached CI but the answer was lost (timeout, reset, garbled
 //!   body). Before retrying, the worker lists the jobs created since the first attempt and looks for
-//!   its correlation marker in `UserData` ([`search`]).
+//!   its correlation marker in `UserData` ([`Recovery::search`]).
 //! - a **restart**: a request published before this process started may have been submitted by the
 //!   previous one (killed before it acknowledged). For those the worker consults one list scan per
 //!   (bucket, region, queue, tag), taken lazily and shared by all such requests ([`Recovery::lookup`]),
@@ -11,7 +11,7 @@
 //!
 //! - a **possible repeat**: a request another attempt (of any replica) may have submitted, as the
 //!   attempt records tell ([`super::attempts`]): before submitting, the worker looks for the marker
-//!   among the jobs of the request's input object created since that attempt ([`search`]).
+//!   among the jobs of the request's input object created since that attempt ([`Recovery::search`]).
 //!
 //! [`check_for`] decides which check a request needs. The marker is unique per request id, so a
 //! match is the request's own job.
@@ -47,6 +47,8 @@ pub struct Recovery {
     scans: Mutex<HashMap<ScanKey, (SystemTime, SharedScan)>>,
     /// Requests released while a job may exist for them, with their first attempt's time.
     in_doubt: Mutex<HashMap<String, SystemTime>>,
+    /// Per (bucket, region): the media queue CI runs jobs in that name none, once learnt.
+    default_queues: Mutex<HashMap<(String, String), Option<String>>>,
 }
 
 impl Recovery {
@@ -56,6 +58,7 @@ impl Recovery {
             lookback,
             scans: Mutex::new(HashMap::new()),
             in_doubt: Mutex::new(HashMap::new()),
+            default_queues: Mutex::new(HashMap::new()),
         }
     }
 
@@ -70,6 +73,60 @@ impl Recovery {
     /// If `request_id` is in doubt: since when (and it no longer is, until put back).
     pub async fn take_in_doubt(&self, request_id: &str) -> Option<SystemTime> {
         self.in_doubt.lock().await.remove(request_id)
+    }
+
+    /// The queue `req`'s job runs in: its `QueueId` (the request's or `ci.queue_id`), else the
+    /// bucket's default media queue, learnt once from CI (`GET /queue`, the first active one), as
+    /// CI's list wants a `queueId`. If CI cannot tell, `None`: the list is sent without one (CI's
+    /// page marks it required; the emulator, and CI as observed by the SDKs' users, list the
+    /// bucket's jobs then), and the next check asks again.
+    pub async fn queue_for(
+        &self,
+        ci: &impl CiApi,
+        metrics: &Metrics,
+        req: &ValidRequest,
+    ) -> Option<String> {
+        if let Some(queue) = text_at(req, &["QueueId"]) {
+            return Some(queue);
+        }
+        let key = (req.bucket.clone(), req.region.clone());
+        if let Some(known) = self.default_queues.lock().await.get(&key) {
+            return known.clone();
+        }
+        match ci_calls::timed(metrics, "queues", ci.queues(&req.bucket, &req.region)).await {
+            Ok(queues) => {
+                let default = queues
+                    .iter()
+                    .find(|q| q.state == "Active")
+                    .or(queues.first())
+                    .map(|q| q.queue_id.clone());
+                tracing::info!(bucket = %req.bucket, region = %req.region, queue_id = default.as_deref().unwrap_or(""), "learnt the bucket's default media queue (ci.queue_id is empty)");
+                self.default_queues
+                    .lock()
+                    .await
+                    .insert(key, default.clone());
+                default
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %req.bucket, region = %req.region, error = %e, "cannot learn the bucket's default media queue (set ci.queue_id); listing jobs without a queueId");
+                None
+            }
+        }
+    }
+
+    /// Looks for `req`'s job among those created since `since`.
+    pub async fn search(
+        &self,
+        ci: &impl CiApi,
+        metrics: &Metrics,
+        req: &ValidRequest,
+        since: SystemTime,
+    ) -> Result<Option<JobDetail>, CiError> {
+        let wanted = marker(req);
+        let queue = self.queue_for(ci, metrics, req).await;
+        Ok(scan(ci, metrics, req, queue, since, Some(&wanted))
+            .await?
+            .remove(&wanted))
     }
 
     /// The job an earlier process created for `req`, from the shared scan of its queue, taken after
@@ -96,7 +153,10 @@ impl Recovery {
         };
         let since = self.started_at - self.lookback;
         let scan = cell
-            .get_or_init(|| async { scan(ci, metrics, req, since, None).await.ok() })
+            .get_or_init(|| async {
+                let queue = self.queue_for(ci, metrics, req).await;
+                scan(ci, metrics, req, queue, since, None).await.ok()
+            })
             .await;
         match scan {
             Some(found) => Ok(found.get(&marker(req)).cloned()),
@@ -120,7 +180,7 @@ pub const PUBLISH_SKEW: Duration = Duration::from_secs(2);
 pub enum Check {
     /// Nothing suggests a job may exist: submit.
     None,
-    /// A job may exist: look for the marker among the jobs created since then ([`search`]).
+    /// A job may exist: look for the marker among the jobs created since then ([`Recovery::search`]).
     Marker(SystemTime),
     /// Published before this process knew every attempt (it started, or may have missed or
     /// forgotten records, at that time): the shared scan of its queue taken since
@@ -170,19 +230,6 @@ fn text_at(req: &ValidRequest, path: &[&str]) -> Option<String> {
     req.ci_job.text_at(path).map(str::to_string)
 }
 
-/// Looks for `req`'s job among those created since `since`.
-pub async fn search(
-    ci: &impl CiApi,
-    metrics: &Metrics,
-    req: &ValidRequest,
-    since: SystemTime,
-) -> Result<Option<JobDetail>, CiError> {
-    let wanted = marker(req);
-    Ok(scan(ci, metrics, req, since, Some(&wanted))
-        .await?
-        .remove(&wanted))
-}
-
 /// Lists the jobs of `req`'s bucket, queue and tag created since `since`, keyed by their `UserData`;
 /// stops early once `stop_at` is found. Looking for one request's marker, the list is filtered on the
 /// request's input object (CI's `inputObject`, an exact match), so it usually takes one call
@@ -191,12 +238,13 @@ async fn scan(
     ci: &impl CiApi,
     metrics: &Metrics,
     req: &ValidRequest,
+    queue: Option<String>,
     since: SystemTime,
     stop_at: Option<&str>,
 ) -> Result<Scan, CiError> {
     let since: chrono::DateTime<chrono::Utc> = (since - SKEW).into();
     let mut query = ListQuery {
-        queue_id: text_at(req, &["QueueId"]),
+        queue_id: queue,
         tag: text_at(req, &["Tag"]).unwrap_or_default(),
         input_object: stop_at.and_then(|_| text_at(req, &["Input", "Object"])),
         states: Some("All".into()),
@@ -234,6 +282,7 @@ async fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ci::response::QueueInfo;
     use crate::request::SubmitRequest;
     use crate::worker::test_doubles::*;
     use std::time::UNIX_EPOCH;
@@ -257,7 +306,8 @@ mod tests {
                 Some("page-3"),
             )));
         let since = SystemTime::now() - Duration::from_secs(60);
-        let found = search(&ci, &Metrics::new(), &valid("r1"), since)
+        let found = Recovery::new(Duration::from_secs(3600))
+            .search(&ci, &Metrics::new(), &valid("r1"), since)
             .await
             .unwrap();
         assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
@@ -279,7 +329,8 @@ mod tests {
     async fn search_without_the_marker_finds_nothing() {
         let ci = ScriptedCi::default()
             .list_answers(Ok(jobs(&[("j0", "Success", &sent_user_data("r0"))], None)));
-        let found = search(&ci, &Metrics::new(), &valid("r1"), SystemTime::now())
+        let found = Recovery::new(Duration::from_secs(3600))
+            .search(&ci, &Metrics::new(), &valid("r1"), SystemTime::now())
             .await
             .unwrap();
         assert!(found.is_none());
@@ -392,6 +443,63 @@ mod tests {
             .unwrap();
         assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
         assert_eq!(ci.calls(), ["list", "list"]);
+    }
+
+    #[tokio::test]
+    async fn the_default_queue_is_learnt_once_per_bucket_and_listed() {
+        let ci = ScriptedCi::default()
+            .queue_answers(Ok(vec![
+                QueueInfo {
+                    queue_id: "p-paused".into(),
+                    name: "old".into(),
+                    state: "Paused".into(),
+                },
+                QueueInfo {
+                    queue_id: "p-default".into(),
+                    name: "queue-default".into(),
+                    state: "Active".into(),
+                },
+            ]))
+            .list_answers(Ok(jobs(&[], None)))
+            .list_answers(Ok(jobs(&[], None)));
+        let recovery = Recovery::new(Duration::from_secs(3600));
+        let metrics = Metrics::new();
+        for id in ["r1", "r2"] {
+            recovery
+                .search(&ci, &metrics, &valid(id), SystemTime::now())
+                .await
+                .unwrap();
+        }
+        assert_eq!(ci.calls(), ["queues", "list", "list"], "learnt once");
+        let queries = ci.list_queries.lock().unwrap();
+        assert!(queries
+            .iter()
+            .all(|q| q.queue_id.as_deref() == Some("p-default")));
+    }
+
+    #[tokio::test]
+    async fn a_queue_ci_cannot_tell_is_left_out_and_asked_again() {
+        let ci = ScriptedCi::default()
+            .queue_answers(Err(refusal(503, "ServiceUnavailable")))
+            .list_answers(Ok(jobs(&[], None)))
+            .queue_answers(Ok(vec![QueueInfo {
+                queue_id: "p-default".into(),
+                name: "queue-default".into(),
+                state: "Active".into(),
+            }]))
+            .list_answers(Ok(jobs(&[], None)));
+        let recovery = Recovery::new(Duration::from_secs(3600));
+        let metrics = Metrics::new();
+        for id in ["r1", "r2"] {
+            recovery
+                .search(&ci, &metrics, &valid(id), SystemTime::now())
+                .await
+                .unwrap();
+        }
+        assert_eq!(ci.calls(), ["queues", "list", "queues", "list"]);
+        let queries = ci.list_queries.lock().unwrap();
+        assert_eq!(queries[0].queue_id, None);
+        assert_eq!(queries[1].queue_id.as_deref(), Some("p-default"));
     }
 
     #[tokio::test]

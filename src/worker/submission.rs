@@ -79,7 +79,7 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
         Check::Marker(since) => {
             tracing::info!(request_id = %valid.request_id, "a job may exist for this request (an earlier attempt); looking for it at CI");
             with_backoff(ctx, &valid.request_id, || {
-                recover::search(&ctx.ci, &ctx.metrics, &valid, since)
+                ctx.recovery.search(&ctx.ci, &ctx.metrics, &valid, since)
             })
             .await
         }
@@ -221,7 +221,11 @@ async fn submit_with_retry<B: Broker, C: CiApi>(
     let mut in_doubt = false;
     loop {
         if in_doubt {
-            match recover::search(&ctx.ci, &ctx.metrics, req, first_attempt).await {
+            match ctx
+                .recovery
+                .search(&ctx.ci, &ctx.metrics, req, first_attempt)
+                .await
+            {
                 Ok(Some(detail)) => {
                     ctx.metrics.submissions_recovered.inc();
                     tracing::info!(request_id = %req.request_id, job_id = detail.job_id().unwrap_or(""), "a lost answer had created the job; not submitting again");

@@ -5,7 +5,7 @@
 
 use super::io::{Broker, CiApi};
 use crate::ci::client::{CiError, ListQuery};
-use crate::ci::response::{parse_jobs_response, CiErrorBody, JobDetail, JobsResponse};
+use crate::ci::response::{parse_jobs_response, CiErrorBody, JobDetail, JobsResponse, QueueInfo};
 use crate::ci::tree::Node;
 use crate::config::Settings;
 use crate::pulsar::consume::Delivery;
@@ -79,6 +79,7 @@ pub struct ScriptedCi {
     submits: Mutex<VecDeque<Result<JobDetail, CiError>>>,
     describes: Mutex<VecDeque<Result<JobsResponse, CiError>>>,
     lists: Mutex<VecDeque<Result<JobsResponse, CiError>>>,
+    queues: Mutex<VecDeque<Result<Vec<QueueInfo>, CiError>>>,
     /// Operations called, in order (`submit`, `describe`, `list`, `cancel`).
     calls: Mutex<Vec<&'static str>>,
     /// The queries of the list calls.
@@ -93,6 +94,12 @@ impl ScriptedCi {
 
     pub fn describe_answers(self, answer: Result<JobsResponse, CiError>) -> ScriptedCi {
         self.describes.lock().unwrap().push_back(answer);
+        self
+    }
+
+    /// Answers of `GET /queue`; unscripted, CI names no queue (and the call is not counted).
+    pub fn queue_answers(self, answer: Result<Vec<QueueInfo>, CiError>) -> ScriptedCi {
+        self.queues.lock().unwrap().push_back(answer);
         self
     }
 
@@ -144,6 +151,19 @@ impl CiApi for ScriptedCi {
     ) -> impl Future<Output = Result<JobsResponse, CiError>> + Send {
         self.list_queries.lock().unwrap().push(query.clone());
         std::future::ready(self.next("list", &self.lists))
+    }
+
+    fn queues(
+        &self,
+        _bucket: &str,
+        _region: &str,
+    ) -> impl Future<Output = Result<Vec<QueueInfo>, CiError>> + Send {
+        let answer = if self.queues.lock().unwrap().is_empty() {
+            Ok(Vec::new())
+        } else {
+            self.next("queues", &self.queues)
+        };
+        std::future::ready(answer)
     }
 
     fn cancel(

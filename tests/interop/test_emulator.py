@@ -213,6 +213,28 @@ def test_inputs_without_object(emulator):
     assert [d["JobId"] for d in listed["JobsDetail"]] == [tts["JobId"]]
 
 
+def test_official_sdk_lists_the_default_media_queue(emulator):
+    port, _ = emulator
+    client = sdk_client(port)
+    listed = client.ci_get_media_queue(Bucket=BUCKET)
+    assert listed["TotalCount"] == "1"
+    [queue] = listed["QueueList"]
+    assert queue["QueueId"].startswith("p") and len(queue["QueueId"]) == 33
+    assert queue["State"] == "Active"
+    # Jobs that name no queue run in it, and the list of that queue finds them.
+    job = client.ci_create_media_jobs(Bucket=BUCKET, Jobs={
+        "Tag": "Tts",
+        "Operation": {"TtsConfig": {"Input": "hello", "InputType": "Text"},
+                      "Output": {"Bucket": BUCKET, "Region": REGION, "Object": "q.mp3"}},
+        "CallBack": "no",
+    })["JobsDetail"][0]
+    assert job["QueueId"] == queue["QueueId"]
+    by_id = client.ci_get_media_queue(Bucket=BUCKET, QueueIds=queue["QueueId"] + ",pnosuchqueue")
+    assert [q["QueueId"] for q in by_id["QueueList"]] == [queue["QueueId"]]
+    assert by_id["NonExistPIDs"] == "pnosuchqueue"
+    assert "QueueList" not in client.ci_get_media_queue(Bucket=BUCKET, State="Paused")
+
+
 def test_official_sdk_sees_cis_errors(emulator):
     port, _ = emulator
     wrong_key = sdk_client(port, secret_key="not-the-secret-key")
