@@ -128,27 +128,10 @@ impl<'a> Node<'a> {
     /// results carry their trees in [`Node::canonicalize_in`]'s form, which differs only in the
     /// SDK's list fields.
     pub fn canonicalize(&mut self) -> bool {
-        let keep = match self {
-            Node::Null => false,
-            Node::Text(s) => !s.is_empty(),
-            Node::Map(entries) => {
-                entries.retain_mut(|(_, v)| v.canonicalize());
-                !entries.is_empty()
-            }
-            Node::List(items) => {
-                items.retain_mut(Node::canonicalize);
-                if items.len() == 1 {
-                    let only = items.pop().unwrap_or_default();
-                    *self = only;
-                    return true;
-                }
-                !items.is_empty()
-            }
-        };
-        if !keep {
-            *self = Node::Null;
+        fn no_lists(_: &str) -> &'static [&'static str] {
+            &[]
         }
-        keep
+        self.canonicalize_in("", no_lists)
     }
 
     /// [`Node::canonicalize`] of the element `name`, except that a child `lists(parent)` names is

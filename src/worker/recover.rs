@@ -445,31 +445,36 @@ mod tests {
         assert_eq!(ci.calls(), ["list", "list"]);
     }
 
-    #[tokio::test]
-    async fn the_default_queue_is_learnt_once_per_bucket_and_listed() {
-        let ci = ScriptedCi::default()
-            .queue_answers(Ok(vec![
-                QueueInfo {
-                    queue_id: "p-paused".into(),
-                    name: "old".into(),
-                    state: "Paused".into(),
-                },
-                QueueInfo {
-                    queue_id: "p-default".into(),
-                    name: "queue-default".into(),
-                    state: "Active".into(),
-                },
-            ]))
-            .list_answers(Ok(jobs(&[], None)))
-            .list_answers(Ok(jobs(&[], None)));
+    fn queue(queue_id: &str, state: &str) -> QueueInfo {
+        QueueInfo {
+            queue_id: queue_id.into(),
+            name: "queue-default".into(),
+            state: state.into(),
+        }
+    }
+
+    /// Looks for r1's job, then r2's, through one `Recovery`.
+    async fn search_r1_and_r2(ci: &ScriptedCi) {
         let recovery = Recovery::new(Duration::from_secs(3600));
         let metrics = Metrics::new();
         for id in ["r1", "r2"] {
             recovery
-                .search(&ci, &metrics, &valid(id), SystemTime::now())
+                .search(ci, &metrics, &valid(id), SystemTime::now())
                 .await
                 .unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn the_default_queue_is_learnt_once_per_bucket_and_listed() {
+        let ci = ScriptedCi::default()
+            .queue_answers(Ok(vec![
+                queue("p-paused", "Paused"),
+                queue("p-default", "Active"),
+            ]))
+            .list_answers(Ok(jobs(&[], None)))
+            .list_answers(Ok(jobs(&[], None)));
+        search_r1_and_r2(&ci).await;
         assert_eq!(ci.calls(), ["queues", "list", "list"], "learnt once");
         let queries = ci.list_queries.lock().unwrap();
         assert!(queries
@@ -482,20 +487,9 @@ mod tests {
         let ci = ScriptedCi::default()
             .queue_answers(Err(refusal(503, "ServiceUnavailable")))
             .list_answers(Ok(jobs(&[], None)))
-            .queue_answers(Ok(vec![QueueInfo {
-                queue_id: "p-default".into(),
-                name: "queue-default".into(),
-                state: "Active".into(),
-            }]))
+            .queue_answers(Ok(vec![queue("p-default", "Active")]))
             .list_answers(Ok(jobs(&[], None)));
-        let recovery = Recovery::new(Duration::from_secs(3600));
-        let metrics = Metrics::new();
-        for id in ["r1", "r2"] {
-            recovery
-                .search(&ci, &metrics, &valid(id), SystemTime::now())
-                .await
-                .unwrap();
-        }
+        search_r1_and_r2(&ci).await;
         assert_eq!(ci.calls(), ["queues", "list", "queues", "list"]);
         let queries = ci.list_queries.lock().unwrap();
         assert_eq!(queries[0].queue_id, None);
