@@ -286,7 +286,8 @@ proptest! {
             .map(|o| {
                 let mut rest = o.clone();
                 for key in ["MediaInfo", "MediaResult", "UserData"] {
-                    rest.as_object_mut().unwrap().remove(key);
+                    // `shift_remove`: the others keep their order (`remove` swaps the last in).
+                    rest.as_object_mut().unwrap().shift_remove(key);
                 }
                 rest
             })

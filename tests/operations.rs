@@ -64,6 +64,16 @@ async fn metrics_and_probes_follow_the_jobs() {
         "{producers:?}"
     );
 
+    // A completion event is acknowledged once its done record is stored, a moment after its
+    // result: read the counters once nothing is left in flight.
+    stack
+        .settle(
+            common::BUCKET,
+            common::REGION,
+            "DigitalWatermark",
+            Duration::from_secs(30),
+        )
+        .await;
     let after = metrics(stack.worker_http_port).await;
     assert_eq!(
         metric(&after, "ci_worker_requests_consumed_total"),
