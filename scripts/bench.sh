@@ -5,7 +5,8 @@
 #      if it started it),
 #   3. runs the criterion benches of the pure parts (cargo bench --bench pure),
 #   4. runs `ci-worker bench` on the local stack: completion-path throughput against the raw relay
-#      limit, submission-path throughput, end-to-end latency at a steady rate, cost, scaling, the cmq
+#      limit and a Python worker on Apache's pulsar-client (scripts/bench-python-worker.py, from the
+#      project's .venv, set up here when missing; `--no-python` leaves it out), submission-path throughput, end-to-end latency at a steady rate, cost, scaling, the cmq
 #      ingress, broker messages per job (`messages`: topic stats, both ingress modes, about 20 s),
 #      scale-out without duplicate CI jobs (`scaleout`: 3 replicas, replicas killed or replaced while
 #      600 requests are submitted; CI jobs, duplicate results, CI calls, ack lag; about 2 minutes),
@@ -42,6 +43,12 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 && -z ${BENCH_BIN:-} ]]; then
   cargo build --release --quiet
 fi
 [[ -x $BIN ]] || { say "no binary at $BIN"; exit 1; }
+
+# The completion section's Python peer runs on Apache's pulsar-client from the project's venv.
+if ! "$REPO_ROOT/.venv/bin/python" -c 'import pulsar' >/dev/null 2>&1; then
+  say "setting up the Python venv (scripts/setup.sh)"
+  SETUP_SKIP_PULSAR=1 bash scripts/setup.sh >&2
+fi
 
 started_broker=0
 cleanup() {

@@ -27,8 +27,8 @@
 //!   delivered to its subscriptions, per job), with events on the Pulsar callback topic and through
 //!   the CMQ ingress (`--message-ingress`).
 //!
-//! Throughput is counted between the first and the last result's `publish_time` (the producing
-//! client's clock), so process start-up and the benchmark's own consumer do not count. CPU seconds and
+//! Throughput is counted between the first and the last output as the benchmark's own consumer
+//! receives them (what a client counting results sees), so process start-up does not count. CPU seconds and
 //! peak RSS come from `/proc/<pid>/stat` (utime + stime) and `/proc/<pid>/status` (VmHWM).
 
 mod cmq;
@@ -61,6 +61,31 @@ pub enum Section {
     Cmq,
     Messages,
     Scaleout,
+}
+
+/// The completion events of the completion section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventMix {
+    /// CI's JSON `TaskFinish` events only.
+    Json,
+    /// Half XML, half JSON, alternating.
+    Mixed,
+}
+
+impl EventMix {
+    fn format_of(self, i: u64) -> EventFormat {
+        match self {
+            EventMix::Json => EventFormat::Json,
+            EventMix::Mixed => format_of(i),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            EventMix::Json => "JSON TaskFinish events",
+            EventMix::Mixed => "half XML, half JSON",
+        }
+    }
 }
 
 /// What happens to the replicas during a run.
@@ -214,6 +239,19 @@ pub struct BenchOptions {
     /// older worker with this benchmark and emulator.
     #[arg(long, env = "BENCH_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
+    /// Completion events of the completion section: `json` (CI's JSON `TaskFinish`, as issue #17
+    /// measures) or `mixed` (half XML, half JSON, alternating).
+    #[arg(long, value_enum, default_value = "json")]
+    pub event_format: EventMix,
+    /// Leave the Python peer out of the completion section.
+    #[arg(long)]
+    pub no_python: bool,
+    /// The Python interpreter of the Python peer (with `pulsar-client`; scripts/setup.sh makes it).
+    #[arg(long, default_value = ".venv/bin/python")]
+    pub python: PathBuf,
+    /// The Python peer of the completion section.
+    #[arg(long, default_value = "scripts/bench-python-worker.py")]
+    pub python_worker: PathBuf,
     /// Internal: be the raw relay (pulsar.callback_topic → pulsar.result_topic) until killed.
     #[arg(long, hide = true)]
     pub relay: bool,
@@ -276,7 +314,7 @@ struct Row {
 #[derive(Debug, Clone, Copy)]
 struct Throughput {
     n: usize,
-    /// Messages per second between the first and the last output's publish time.
+    /// Messages per second between the first and the last output received.
     rate: f64,
     /// From the first process's start to the last output received.
     wall: Duration,
@@ -321,7 +359,37 @@ struct Bench {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Worker,
+    /// The raw relay limit ([`io::relay`]).
     Relay,
+    /// `scripts/bench-python-worker.py` on Apache's `pulsar-client`: what a user would write instead.
+    Python,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Worker => "worker",
+            Kind::Relay => "relay",
+            Kind::Python => "python",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Worker => "ci-worker run",
+            Kind::Relay => "raw relay limit (same crate, forwards unparsed, batching off, ack after the receipt)",
+            Kind::Python => "Python worker on Apache's pulsar-client (scripts/bench-python-worker.py: parses, maps the main fields, producer batching, ack on the receipt)",
+        }
+    }
+
+    /// What the worker should reach against this runner (issue #17).
+    fn target(self) -> &'static str {
+        match self {
+            Kind::Worker => "1",
+            Kind::Relay => "≥ 0.9",
+            Kind::Python => "≥ 1.5",
+        }
+    }
 }
 
 impl Bench {
@@ -518,15 +586,18 @@ impl Bench {
                 env.insert("CI_WORKER__WORKER__MAX_IN_FLIGHT".into(), m.to_string());
             }
             env.extend(self.extra_worker_env.clone());
-            let (name, args): (String, &[&str]) = match kind {
-                Kind::Worker => (format!("worker-{label}-{i}"), &["run"]),
-                Kind::Relay => (format!("relay-{label}-{i}"), &["bench", "--relay"]),
+            let script = self.opts.python_worker.to_string_lossy().into_owned();
+            let (name, args): (String, Vec<&str>) = match kind {
+                Kind::Worker => (format!("worker-{label}-{i}"), vec!["run"]),
+                Kind::Relay => (format!("relay-{label}-{i}"), vec!["bench", "--relay"]),
+                Kind::Python => (format!("python-{label}-{i}"), vec![script.as_str()]),
             };
             let exe = match (kind, &self.opts.worker_bin) {
                 (Kind::Worker, Some(bin)) => bin.clone(),
+                (Kind::Python, _) => self.opts.python.clone(),
                 _ => std::env::current_exe().context("locating the ci-worker binary")?,
             };
-            let mut proc = Proc::spawn_exe(&exe, &name, args, &env, &self.log_dir)?;
+            let mut proc = Proc::spawn_exe(&exe, &name, &args, &env, &self.log_dir)?;
             proc.http_port = Some(http_port);
             out.push(proc);
         }
@@ -629,74 +700,65 @@ impl Bench {
 
     async fn completion(&mut self) -> Result<()> {
         let n = self.opts.events;
-        eprintln!("completion path: publishing {n} completion events (half XML, half JSON)");
+        let format = self.opts.event_format;
+        eprintln!(
+            "completion path: publishing {n} completion events ({})",
+            format.describe()
+        );
         let topic = self.callback_events_topic().await?;
         let cmd = self.command(&format!("--only completion --events {n}"));
+        let kinds: Vec<Kind> = if self.opts.no_python {
+            vec![Kind::Worker, Kind::Relay]
+        } else {
+            vec![Kind::Worker, Kind::Relay, Kind::Python]
+        };
         // The broker is a JVM: the first passes over a code path run interpreted while the JIT
         // compiles it (measured: a third of the broker's CPU in the first run went to compiler
         // threads, and the run after one warm-up pair still gave a ratio of 0.56 against 0.72–0.81
-        // for the next three). Two unmeasured passes of each kind first, so that the runs compare
-        // the worker and the relay rather than a cold broker and a warm one.
-        eprintln!("completion path: warm-up (two unmeasured worker runs and relay runs)");
-        for kind in [Kind::Worker, Kind::Relay, Kind::Worker, Kind::Relay] {
-            self.completion_run(kind, 1, &topic, "completion-warmup")
-                .await
-                .context("completion path warm-up")?;
+        // for the next three). Unmeasured passes of each kind first, so that the runs compare the
+        // runners rather than a cold broker and a warm one.
+        eprintln!("completion path: warm-up (two unmeasured runs of each runner)");
+        for _ in 0..2 {
+            for &kind in &kinds {
+                self.completion_run(kind, 1, &topic, "completion-warmup")
+                    .await
+                    .with_context(|| format!("completion path warm-up ({})", kind.name()))?;
+            }
         }
-        let mut workers = Vec::new();
-        let mut relays = Vec::new();
+        let mut runs: BTreeMap<&'static str, Vec<Throughput>> = BTreeMap::new();
         for rep in 1..=self.opts.repeat.max(1) {
-            // The order alternates (worker then relay, relay then worker, …): whichever goes second
-            // reads entries the first has just pulled through the broker, so a fixed order would
-            // favour one side in every pair.
-            let order = if rep % 2 == 1 {
-                [Kind::Worker, Kind::Relay]
-            } else {
-                [Kind::Relay, Kind::Worker]
-            };
-            let mut pair = (None, None);
+            // The order alternates (A B C, then C B A, …): whichever goes later reads entries the
+            // others have just pulled through the broker, so a fixed order would favour one side.
+            let mut order = kinds.clone();
+            if rep % 2 == 0 {
+                order.reverse();
+            }
             for kind in order {
                 let label = format!("completion{rep}");
-                match kind {
-                    Kind::Worker => {
-                        eprintln!("completion path, run {rep}: ci-worker run");
-                        match self.completion_run(Kind::Worker, 1, &topic, &label).await {
-                            Ok(w) => {
-                                eprintln!(
-                                    "  worker: {:.0} events/s ({} results, {:.1} s wall)",
-                                    w.rate,
-                                    w.n,
-                                    w.wall.as_secs_f64()
-                                );
-                                pair.0 = Some(w);
-                            }
-                            Err(e) => {
-                                let row = format!("completion path, worker run {rep} (N = {n})");
-                                self.row("failure", row, format!("FAILED: {e:#}"), cmd.clone());
-                            }
-                        }
-                    }
-                    Kind::Relay => {
-                        eprintln!("completion path, run {rep}: raw relay");
-                        let r = self.completion_run(Kind::Relay, 1, &topic, &label).await?;
+                eprintln!("completion path, run {rep}: {}", kind.name());
+                match self.completion_run(kind, 1, &topic, &label).await {
+                    Ok(t) => {
                         eprintln!(
-                            "  relay: {:.0} messages/s ({:.1} s wall)",
-                            r.rate,
-                            r.wall.as_secs_f64()
+                            "  {}: {:.0} events/s ({} results, {:.1} s wall, {:.2} CPU s)",
+                            kind.name(),
+                            t.rate,
+                            t.n,
+                            t.wall.as_secs_f64(),
+                            t.usage.cpu_secs
                         );
-                        pair.1 = Some(r);
+                        runs.entry(kind.name()).or_default().push(t);
+                    }
+                    Err(e) => {
+                        let row = format!("completion path, {} run {rep} (N = {n})", kind.name());
+                        self.row("failure", row, format!("FAILED: {e:#}"), cmd.clone());
                     }
                 }
             }
-            if let (Some(w), Some(r)) = pair {
-                workers.push(w);
-                relays.push(r);
-            }
         }
+        let workers = runs.remove(Kind::Worker.name()).unwrap_or_default();
         if workers.is_empty() {
-            bail!("no completion-path run finished");
+            bail!("no completion-path run of the worker finished");
         }
-        // Ratios pair each worker run with the relay run of the same repetition.
         self.completion_single
             .extend(workers.iter().map(|w| w.rate));
         let list = |v: &[Throughput]| {
@@ -706,80 +768,71 @@ impl Bench {
                 .join(", ")
         };
         let wmean = mean(workers.iter().map(|t| t.rate));
-        let rmean = mean(relays.iter().map(|t| t.rate));
-        let ratios: Vec<String> = workers
-            .iter()
-            .zip(&relays)
-            .map(|(w, r)| format!("{:.2}", w.rate / r.rate))
-            .collect();
+        let cpu_per_10k =
+            |v: &[Throughput]| mean(v.iter().map(|t| t.usage.cpu_secs * 10_000.0 / t.n as f64));
+        let peak = |v: &[Throughput]| v.iter().map(|t| t.usage.peak_rss_kib).max().unwrap_or(0);
         self.row(
             "completion",
             format!(
-                "completion path, worker (N = {n}, events/s; runs: {})",
+                "completion path, worker (N = {n}, {}; events/s as the results reach a consumer, first to last; runs: {})",
+                format.describe(),
                 list(&workers)
             ),
-            format!("{wmean:.0} events/s"),
-            cmd.clone(),
-        );
-        self.row(
-            "completion",
             format!(
-                "raw relay limit, same crate and settings (messages/s; runs: {})",
-                list(&relays)
+                "{wmean:.0} events/s; {:.2} CPU s per 10,000; peak RSS {}",
+                cpu_per_10k(&workers),
+                mib(peak(&workers))
             ),
-            format!("{rmean:.0} messages/s"),
             cmd.clone(),
         );
-        self.row(
-            "completion",
-            format!("worker / raw relay (per run: {})", ratios.join(", ")),
-            format!("{:.2}", wmean / rmean),
-            cmd.clone(),
-        );
-        let cpu = mean(
-            workers
+        for kind in &kinds[1..] {
+            let others = runs.get(kind.name()).cloned().unwrap_or_default();
+            if others.is_empty() {
+                continue;
+            }
+            let omean = mean(others.iter().map(|t| t.rate));
+            // Ratios pair each worker run with the other runner's run of the same repetition.
+            let ratios: Vec<String> = workers
                 .iter()
-                .map(|t| t.usage.cpu_secs * 10_000.0 / t.n as f64),
-        );
-        let rcpu = mean(
-            relays
-                .iter()
-                .map(|t| t.usage.cpu_secs * 10_000.0 / t.n as f64),
-        );
-        let rss = workers
-            .iter()
-            .map(|t| t.usage.peak_rss_kib)
-            .max()
-            .unwrap_or(0);
-        let rrss = relays
-            .iter()
-            .map(|t| t.usage.peak_rss_kib)
-            .max()
-            .unwrap_or(0);
-        self.row(
-            "cost",
-            "worker CPU per 10,000 completion events (relay: same messages)".into(),
-            format!("{cpu:.2} s (relay {rcpu:.2} s)"),
-            cmd.clone(),
-        );
-        self.row(
-            "cost",
-            "worker peak RSS, completion path (relay)".into(),
-            format!("{} (relay {})", mib(rss), mib(rrss)),
-            cmd.clone(),
-        );
-        if let Some(b) = mean_opt(workers.iter().map(|t| t.broker_cpu)) {
-            let rb = mean_opt(relays.iter().map(|t| t.broker_cpu)).unwrap_or(0.0);
-            let wall = mean(workers.iter().map(|t| t.wall.as_secs_f64()));
-            let rwall = mean(relays.iter().map(|t| t.wall.as_secs_f64()));
+                .zip(&others)
+                .map(|(w, o)| format!("{:.2}", w.rate / o.rate))
+                .collect();
             self.row(
                 "completion",
-                "broker CPU share while the worker runs (relay)".into(),
+                format!("{} (events/s; runs: {})", kind.describe(), list(&others)),
                 format!(
-                    "{:.0}% of a core ({:.0}%)",
-                    100.0 * b / wall,
-                    100.0 * rb / rwall
+                    "{omean:.0} events/s; {:.2} CPU s per 10,000; peak RSS {}",
+                    cpu_per_10k(&others),
+                    mib(peak(&others))
                 ),
+                cmd.clone(),
+            );
+            self.row(
+                "completion",
+                format!(
+                    "**worker / {}** (per run: {}; target {})",
+                    kind.name(),
+                    ratios.join(", "),
+                    kind.target()
+                ),
+                format!("{:.2}", wmean / omean),
+                cmd.clone(),
+            );
+        }
+        if let Some(b) = mean_opt(workers.iter().map(|t| t.broker_cpu)) {
+            let wall = mean(workers.iter().map(|t| t.wall.as_secs_f64()));
+            let mut value = format!("worker {:.0}%", 100.0 * b / wall);
+            for kind in &kinds[1..] {
+                let others = runs.get(kind.name()).cloned().unwrap_or_default();
+                if let Some(ob) = mean_opt(others.iter().map(|t| t.broker_cpu)) {
+                    let owall = mean(others.iter().map(|t| t.wall.as_secs_f64()));
+                    let _ = write!(value, ", {} {:.0}%", kind.name(), 100.0 * ob / owall);
+                }
+            }
+            self.row(
+                "completion",
+                "broker CPU (share of a core) while each runner runs".into(),
+                value,
                 cmd,
             );
         }
@@ -793,27 +846,33 @@ impl Bench {
         }
         let topic = self.topic("callbacks");
         let run = self.id.clone();
-        let (mut xml_bytes, mut json_bytes) = (0usize, 0usize);
+        let mix = self.opts.event_format;
+        let mut sizes: BTreeMap<&'static str, (usize, usize)> = BTreeMap::new();
         let took = io::publish_all(&self.client, &topic, self.opts.events, |i| {
-            let body = events::completion_event(&run, i, format_of(i));
-            match format_of(i) {
-                EventFormat::Xml => xml_bytes += body.len(),
-                EventFormat::Json => json_bytes += body.len(),
-            }
+            let format = mix.format_of(i);
+            let body = events::completion_event(&run, i, format);
+            let name = match format {
+                EventFormat::Xml => "XML",
+                EventFormat::Json => "JSON",
+            };
+            let entry = sizes.entry(name).or_default();
+            entry.0 += 1;
+            entry.1 += body.len();
             (body, None)
         })
         .await?;
-        let half = (self.opts.events / 2).max(1) as usize;
+        let sizes = sizes
+            .iter()
+            .map(|(name, (count, bytes))| format!("{name} {} B", bytes / count.max(&1)))
+            .collect::<Vec<_>>()
+            .join(", ");
         eprintln!(
-            "  published in {:.1} s; average size XML {} B, JSON {} B",
-            took.as_secs_f64(),
-            xml_bytes / half,
-            json_bytes / half
+            "  published in {:.1} s; average size {sizes}",
+            took.as_secs_f64()
         );
         self.note(format!(
-            "completion events: XML {} bytes, JSON {} bytes on average (TaskFinish, DigitalWatermark with MediaInfo and MediaResult)",
-            xml_bytes / half,
-            json_bytes / half
+            "completion events: {}, {sizes} on average (TaskFinish, DigitalWatermark with MediaInfo and MediaResult)",
+            mix.describe()
         ));
         self.completion_topic = Some(topic.clone());
         Ok(topic)
@@ -1279,13 +1338,21 @@ fn now_ms() -> u64 {
 }
 
 /// Messages per second between the first and the last publish time.
+/// Messages per second as the benchmark's consumer received them, first to last: what a client
+/// counting the outputs sees (the producers' `publish_time` would hide a consumer that falls behind,
+/// and batches that arrive in bursts).
 fn rate_of(seen: &[Seen]) -> f64 {
-    let first = seen.iter().map(|s| s.publish_ms).min().unwrap_or(0);
-    let last = seen.iter().map(|s| s.publish_ms).max().unwrap_or(0);
-    if seen.len() < 2 || last <= first {
+    let (Some(first), Some(last)) = (
+        seen.iter().map(|s| s.received).min(),
+        seen.iter().map(|s| s.received).max(),
+    ) else {
+        return 0.0;
+    };
+    let secs = last.duration_since(first).as_secs_f64();
+    if seen.len() < 2 || secs <= 0.0 {
         return 0.0;
     }
-    (seen.len() - 1) as f64 * 1000.0 / (last - first) as f64
+    (seen.len() - 1) as f64 / secs
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> f64 {
@@ -1335,8 +1402,8 @@ mod tests {
         let now = Instant::now();
         let seen: Vec<Seen> = (0..11)
             .map(|i| Seen {
-                publish_ms: 1000 + i * 100,
-                received: now,
+                publish_ms: 0,
+                received: now + Duration::from_millis(i * 100),
                 key: None,
                 state: None,
                 payload: None,
