@@ -68,6 +68,20 @@ pub struct PulsarSettings {
     /// Internal: `done` records (ids of jobs whose final result is out, batched), which every replica
     /// reads on a subscription of its own, so whichever replica a deadline reaches knows the job finished.
     pub done_topic: String,
+    /// Producer batching on `result_topic`: results stored together, one broker entry per batch
+    /// (up to `result_batch_max_messages` or 1 MiB, sent `result_batch_delay_ms` after its first
+    /// result at the latest). Each result is still acknowledged to the worker on its own, and its
+    /// input acknowledged only after that. Safe for consumers on Apache's Java, C++, Python and Go
+    /// clients (they acknowledge an entry once all its messages are acknowledged; a batch redelivered
+    /// after a consumer crash comes again whole, as duplicates). Turn it off for consumers on the
+    /// Rust `pulsar` crate (it acknowledges the whole entry with its first message) and for
+    /// Key_Shared consumers that need each request's results in order on one consumer (the broker
+    /// routes a batch by its first key). See README "Results".
+    pub result_batching: bool,
+    /// Most results in one batch (`result_batching`).
+    pub result_batch_max_messages: u32,
+    /// How long a batch waits for more results after its first, milliseconds (`result_batching`).
+    pub result_batch_delay_ms: u64,
 }
 
 impl PulsarSettings {
@@ -109,6 +123,9 @@ impl Default for PulsarSettings {
             dead_letter_topic: "persistent://public/default/ci-dead-letter".into(),
             deadline_topic: "persistent://public/default/ci-worker-deadlines".into(),
             done_topic: "persistent://public/default/ci-worker-done".into(),
+            result_batching: true,
+            result_batch_max_messages: 1000,
+            result_batch_delay_ms: 1,
         }
     }
 }
@@ -622,6 +639,21 @@ impl Settings {
                 &p.url,
                 "must be pulsar://host:port or pulsar+ssl://host:port (binary protocol), or \
                  http://host:port or https://host:port (HTTP lookup, TDMQ's service URL)",
+            ));
+        }
+        if p.result_batching && p.result_batch_max_messages < 2 {
+            return Err(invalid(
+                "pulsar.result_batch_max_messages",
+                &p.result_batch_max_messages.to_string(),
+                "must be at least 2 while pulsar.result_batching is on (set result_batching = false \
+                 for one message per entry)",
+            ));
+        }
+        if p.result_batch_delay_ms > 1000 {
+            return Err(invalid(
+                "pulsar.result_batch_delay_ms",
+                &p.result_batch_delay_ms.to_string(),
+                "must be at most 1000 (each result waits up to this long before it is sent)",
             ));
         }
         let topics = [

@@ -40,7 +40,7 @@ pub use client::{broker_retry_delay, connect, connect_with, Client};
 pub use error::PulsarIoError;
 pub use follow::Follower;
 pub use lookup::LookupError;
-pub use publish::{producer_options, Outgoing, Publisher};
+pub use publish::{producer_options, Batching, Outgoing, Publisher};
 pub use subscribe::{
     message_id_string, properties_of, subscribe, SubscribeOptions, SubscriptionKind,
 };

@@ -68,7 +68,7 @@ use crate::ci::client::CiClient;
 use crate::ci::sign::{Credentials, SharedCredentials};
 use crate::cmq::client::CmqClient;
 use crate::config::{CallbackIngress, Settings};
-use crate::pulsar::Publisher;
+use crate::pulsar::{Batching, Publisher};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
 use std::future::Future;
@@ -163,8 +163,17 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
             return Ok(());
         }
     };
-    let publisher = Publisher::new(client.clone(), "ci-worker")
+    let mut publisher = Publisher::new(client.clone(), "ci-worker")
         .count_rebuilds(metrics.pulsar_reconnects.clone());
+    if settings.pulsar.result_batching {
+        publisher = publisher.batch(
+            &settings.pulsar.result_topic,
+            Batching {
+                max_messages: settings.pulsar.result_batch_max_messages,
+                max_delay: std::time::Duration::from_millis(settings.pulsar.result_batch_delay_ms),
+            },
+        );
+    }
     // The probe pings over the same connection but with a producer of its own: a ping holds its
     // producer for up to the probe's timeout, and the results must not wait behind it.
     let probe = Publisher::new(client.clone(), "ci-worker-probe")
