@@ -484,7 +484,11 @@ mod tests {
         assert_eq!(earlier(&inner), Some(from_unix_ms(1_000)));
         let forget = |inner: &Inner| inner.seen().forget_oldest();
         forget(&inner);
-        assert_eq!(earlier(&inner), Some(from_unix_ms(1_000)), "one of two left");
+        assert_eq!(
+            earlier(&inner),
+            Some(from_unix_ms(1_000)),
+            "one of two left"
+        );
         forget(&inner);
         assert_eq!(earlier(&inner), Some(from_unix_ms(2_000)));
         forget(&inner);

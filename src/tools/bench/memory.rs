@@ -103,10 +103,8 @@ impl Bench {
         if !jobs.is_empty() {
             // One emulator for every size: each run has a bucket of its own.
             let (mut emulator, port) = self.start_emulator(0, 0).await?;
-            self.extra_worker_env.insert(
-                "CI_WORKER__WORKER__JOB_TIMEOUT".into(),
-                JOB_TIMEOUT.into(),
-            );
+            self.extra_worker_env
+                .insert("CI_WORKER__WORKER__JOB_TIMEOUT".into(), JOB_TIMEOUT.into());
             let outcome = async {
                 for &n in &jobs {
                     waiting.push(self.memory_waiting(&mut emulator, port, n).await?);
@@ -123,7 +121,11 @@ impl Bench {
             drained.push(self.memory_backlog(m).await?);
         }
 
-        if let Some(idle) = waiting.iter().filter_map(|s| s.idle).min_by_key(|m| m.rss_kib) {
+        if let Some(idle) = waiting
+            .iter()
+            .filter_map(|s| s.idle)
+            .min_by_key(|m| m.rss_kib)
+        {
             self.row(
                 "memory",
                 "worker RSS, ready and idle after start (baseline; anonymous part; peak so far)"
@@ -159,14 +161,7 @@ impl Bench {
     }
 
     /// The rows of one scenario: the largest size's figures, the smaller ones in brackets.
-    fn scenario_rows(
-        &mut self,
-        samples: &[Sample],
-        what: &str,
-        when: &str,
-        unit: &str,
-        cmd: &str,
-    ) {
+    fn scenario_rows(&mut self, samples: &[Sample], what: &str, when: &str, unit: &str, cmd: &str) {
         let Some((largest, smaller)) = samples.split_last() else {
             return;
         };
