@@ -10,6 +10,8 @@
 #      ingress, broker messages per job (`messages`: topic stats, both ingress modes, about 20 s),
 #      scale-out without duplicate CI jobs (`scaleout`: 3 replicas, replicas killed or replaced while
 #      600 requests are submitted; CI jobs, duplicate results, CI calls, ack lag; about 2 minutes),
+#      memory (`memory`: peak and current RSS of `ci-worker run` with 1,000 / 10,000 jobs waiting for
+#      their callbacks and working through a backlog of 5,000 / 50,000 events; about 1.5 minutes),
 #   5. prints one table of every figure with the command that produced it.
 #
 #   scripts/bench.sh [BENCH OPTIONS]      options go to `ci-worker bench` (`--help` lists them), e.g.
@@ -17,6 +19,7 @@
 #   BENCH_SKIP_BUILD=1 BENCH_SKIP_CRITERION=1 scripts/bench.sh --only messages   broker messages per job
 #   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only scaleout --scaleout-requests 200 --scaleout-partitions 0 --scaleout-mode kill
 #   BENCH_WORKER_BIN=/path/to/old/ci-worker scripts/bench.sh --only scaleout   an older worker, this bench and emulator
+#   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only memory --memory-jobs 1000,10000 --memory-backlog 5000,50000
 #
 # Environment: BENCH_SKIP_BUILD=1 (use the binary as built), BENCH_BIN (the binary to run instead of
 # the release build, e.g. target/debug/ci-worker; implies BENCH_SKIP_BUILD), BENCH_WORKER_BIN (the

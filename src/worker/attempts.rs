@@ -26,7 +26,9 @@ use super::group_commit::GroupCommit;
 use super::io::Broker;
 use crate::pulsar::{props, Outgoing};
 use serde::{Deserialize, Serialize};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -36,7 +38,7 @@ use tokio::sync::watch;
 pub const RECORD_ATTEMPTS: &str = "attempts";
 /// The version of [`AttemptRecord`].
 pub const RECORD_VERSION: u32 = 1;
-/// Attempts remembered per process (about 100 bytes each).
+/// Attempts remembered per process (60–110 bytes each, so at most about 20 MB).
 pub const CAPACITY: usize = 200_000;
 /// Most requests in one record.
 pub const MAX_PER_RECORD: usize = 1000;
@@ -117,17 +119,47 @@ struct Inner {
     read: watch::Sender<ReadState>,
 }
 
+/// Requests are known by a 64-bit hash of their id, keyed at random per process, not by the id: a
+/// request id is often a UUID, and two copies of it (map key, forgetting order) plus a vector per
+/// request were about 250 bytes per attempt, 50 MB for a full window (docs/performance.md,
+/// Memory). A collision can only make a request look attempted before, which costs it one marker
+/// check at CI (a list call), never a second job; with 200,000 requests remembered the chance is
+/// about 1 in 10^14 per claim, and the random key keeps ids from being chosen to collide.
 #[derive(Default)]
 struct Seen {
-    by_request: HashMap<String, Vec<Sighting>>,
+    key: RandomState,
+    by_request: HashMap<u64, Sightings>,
     /// Every sighting's request, oldest first (for forgetting).
-    order: VecDeque<String>,
+    order: VecDeque<u64>,
     /// Since when every record stored is read here: the reader's subscription (or this process's
     /// first own record read).
     known_since_ms: Option<u64>,
     /// Records up to this time may be unknown here: forgotten ones, or missed while the reader
     /// reconnected.
     forgotten_ms: u64,
+}
+
+/// A request's sightings, in the topic's order: nearly always one, kept without an allocation.
+#[derive(Debug, Clone)]
+enum Sightings {
+    One(Sighting),
+    Many(Vec<Sighting>),
+}
+
+impl Sightings {
+    fn as_slice(&self) -> &[Sighting] {
+        match self {
+            Sightings::One(s) => std::slice::from_ref(s),
+            Sightings::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, sighting: Sighting) {
+        match self {
+            Sightings::One(first) => *self = Sightings::Many(vec![*first, sighting]),
+            Sightings::Many(v) => v.push(sighting),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -250,14 +282,18 @@ impl Inner {
                 seen.known_since_ms.get_or_insert(record.at_ms);
             }
             for request in &record.requests {
-                seen.by_request
-                    .entry(request.clone())
-                    .or_default()
-                    .push(Sighting {
-                        own_seq: own.then_some(record.seq),
-                        at_ms: record.at_ms,
-                    });
-                seen.order.push_back(request.clone());
+                let key = seen.key.hash_one(request);
+                let sighting = Sighting {
+                    own_seq: own.then_some(record.seq),
+                    at_ms: record.at_ms,
+                };
+                match seen.by_request.entry(key) {
+                    Entry::Occupied(mut known) => known.get_mut().push(sighting),
+                    Entry::Vacant(new) => {
+                        new.insert(Sightings::One(sighting));
+                    }
+                }
+                seen.order.push_back(key);
             }
             while seen.order.len() > CAPACITY {
                 seen.forget_oldest();
@@ -276,8 +312,10 @@ impl Inner {
 
     fn claim(&self, request_id: &str, seq: u64, read_back: bool) -> Claim {
         let seen = self.seen();
-        let earlier = seen.by_request.get(request_id).and_then(|sightings| {
+        let key = seen.key.hash_one(request_id);
+        let earlier = seen.by_request.get(&key).and_then(|sightings| {
             sightings
+                .as_slice()
                 .iter()
                 .take_while(|s| s.own_seq != Some(seq))
                 .map(|s| s.at_ms)
@@ -293,17 +331,24 @@ impl Inner {
 
 impl Seen {
     fn forget_oldest(&mut self) {
-        let Some(request) = self.order.pop_front() else {
+        let Some(key) = self.order.pop_front() else {
             return;
         };
-        if let Some(sightings) = self.by_request.get_mut(&request) {
-            if !sightings.is_empty() {
-                let oldest = sightings.remove(0);
-                self.forgotten_ms = self.forgotten_ms.max(oldest.at_ms);
+        let Entry::Occupied(mut known) = self.by_request.entry(key) else {
+            return;
+        };
+        let (oldest, none_left) = match known.get_mut() {
+            Sightings::One(only) => (Some(*only), true),
+            Sightings::Many(v) => {
+                let oldest = (!v.is_empty()).then(|| v.remove(0));
+                (oldest, v.is_empty())
             }
-            if sightings.is_empty() {
-                self.by_request.remove(&request);
-            }
+        };
+        if none_left {
+            known.remove();
+        }
+        if let Some(oldest) = oldest {
+            self.forgotten_ms = self.forgotten_ms.max(oldest.at_ms);
         }
     }
 }
@@ -419,6 +464,57 @@ mod tests {
             None,
             "forgotten"
         );
+    }
+
+    fn inner() -> Inner {
+        Inner {
+            writer: "me".into(),
+            next_seq: AtomicU64::new(1),
+            seen: Mutex::new(Seen::default()),
+            read: watch::channel(ReadState::default()).0,
+        }
+    }
+
+    #[test]
+    fn repeats_are_forgotten_one_sighting_at_a_time() {
+        let inner = inner();
+        inner.observe(&other(1, 1_000, &["r", "r"]));
+        inner.observe(&other(2, 2_000, &["r", "s"]));
+        let earlier = |inner: &Inner| inner.claim("r", 99, true).earlier_attempt;
+        assert_eq!(earlier(&inner), Some(from_unix_ms(1_000)));
+        let forget = |inner: &Inner| inner.seen().forget_oldest();
+        forget(&inner);
+        assert_eq!(
+            earlier(&inner),
+            Some(from_unix_ms(1_000)),
+            "one of two left"
+        );
+        forget(&inner);
+        assert_eq!(earlier(&inner), Some(from_unix_ms(2_000)));
+        forget(&inner);
+        assert_eq!(earlier(&inner), None);
+        assert!(inner.claim("s", 99, true).earlier_attempt.is_some());
+        let seen = inner.seen();
+        assert_eq!((seen.by_request.len(), seen.order.len()), (1, 1));
+        assert_eq!(seen.forgotten_ms, 2_000);
+    }
+
+    #[test]
+    fn the_window_holds_at_most_capacity_sightings() {
+        let inner = inner();
+        inner.observe(&other(1, 1_000, &["old", "old"]));
+        let many: Vec<String> = (0..CAPACITY + 10).map(|i| format!("r{i}")).collect();
+        inner.observe(&AttemptRecord {
+            requests: many,
+            ..other(2, 2_000, &[])
+        });
+        let seen = inner.seen();
+        assert_eq!(seen.order.len(), CAPACITY);
+        assert_eq!(seen.by_request.len(), CAPACITY);
+        assert!(!seen.by_request.contains_key(&seen.key.hash_one("old")));
+        assert!(!seen.by_request.contains_key(&seen.key.hash_one("r9")));
+        assert!(seen.by_request.contains_key(&seen.key.hash_one("r10")));
+        assert_eq!(seen.forgotten_ms, 2_000);
     }
 
     #[test]

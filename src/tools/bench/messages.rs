@@ -447,7 +447,7 @@ async fn topic_stats(
 }
 
 /// Waits for `collector`, failing if one of `procs` exits first.
-async fn watch(
+pub(super) async fn watch(
     collector: tokio::task::JoinHandle<Result<Vec<Seen>>>,
     procs: &mut [&mut Proc],
 ) -> Result<Vec<Seen>> {

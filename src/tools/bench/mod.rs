@@ -26,6 +26,9 @@
 //!   deadline come due and settled, counted from the broker's topic stats (published by the worker +
 //!   delivered to its subscriptions, per job), with events on the Pulsar callback topic and through
 //!   the CMQ ingress (`--message-ingress`).
+//! - `memory`: peak and current RSS of `ci-worker run` ([`memory`]) with `--memory-jobs` jobs
+//!   waiting for callbacks that never come, and working through a backlog of `--memory-backlog`
+//!   completion events, each at several sizes to show whether it grows with them.
 //!
 //! Throughput is counted between the first and the last output as the benchmark's own consumer
 //! receives them (what a client counting results sees), so process start-up does not count. CPU seconds and
@@ -34,6 +37,7 @@
 mod cmq;
 pub mod events;
 mod io;
+mod memory;
 mod messages;
 mod procs;
 mod scaleout;
@@ -61,6 +65,7 @@ pub enum Section {
     Cmq,
     Messages,
     Scaleout,
+    Memory,
 }
 
 /// The completion events of the completion section.
@@ -134,7 +139,7 @@ pub struct BenchOptions {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "completion,submission,latency,scaling,cmq,messages,scaleout"
+        default_value = "completion,submission,latency,scaling,cmq,messages,scaleout,memory"
     )]
     pub only: Vec<Section>,
     /// Completion events for the completion-path and scaling figures.
@@ -205,6 +210,12 @@ pub struct BenchOptions {
     /// (the emulator publishes them on the callback topic) or `cmq` (through a CMQ queue).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "pulsar,cmq")]
     pub message_ingress: Vec<MessageIngress>,
+    /// Jobs left waiting for their callbacks in the memory section, one worker per value.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub memory_jobs: Vec<u64>,
+    /// Completion events pre-published as a backlog in the memory section, one worker per value.
+    #[arg(long, value_delimiter = ',', default_value = "5000,50000")]
+    pub memory_backlog: Vec<u64>,
     /// Replicas of `ci-worker run` on the same subscriptions in the scaleout section.
     #[arg(long, default_value_t = 3)]
     pub scaleout_replicas: usize,
@@ -405,6 +416,7 @@ impl Bench {
             Section::Cmq,
             Section::Messages,
             Section::Scaleout,
+            Section::Memory,
         ] {
             if !only.contains(&section) {
                 continue;
@@ -417,6 +429,7 @@ impl Bench {
                 Section::Cmq => self.cmq().await,
                 Section::Messages => self.messages().await,
                 Section::Scaleout => self.scaleout().await,
+                Section::Memory => self.memory().await,
             };
             if let Err(e) = outcome {
                 let name = format!("{section:?}").to_lowercase();
