@@ -22,6 +22,7 @@
 //!   its callback topic (batch 16, for each `--cmq-concurrency`); then a paced sender at
 //!   `--cmq-rate` events/s and, per event, the time from CMQ's answer to its `SendMessage` to the
 //!   event's arrival at a consumer of the callback topic (p50/p99).
+//! - `throttle`: the submission path against the emulator's `qps_limit` ([`throttle`]).
 //! - `messages`: broker messages per job ([`messages`]): a burst of `--message-jobs` jobs, every
 //!   deadline come due and settled, counted from the broker's topic stats (published by the worker +
 //!   delivered to its subscriptions, per job), with events on the Pulsar callback topic and through
@@ -37,6 +38,7 @@ mod io;
 mod messages;
 mod procs;
 mod scaleout;
+mod throttle;
 
 use crate::callback::event::parse_event;
 use crate::config::Settings;
@@ -61,6 +63,7 @@ pub enum Section {
     Cmq,
     Messages,
     Scaleout,
+    Throttle,
 }
 
 /// What happens to the replicas during a run.
@@ -109,7 +112,7 @@ pub struct BenchOptions {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "completion,submission,latency,scaling,cmq,messages,scaleout"
+        default_value = "completion,submission,latency,scaling,cmq,messages,scaleout,throttle"
     )]
     pub only: Vec<Section>,
     /// Completion events for the completion-path and scaling figures.
@@ -214,6 +217,8 @@ pub struct BenchOptions {
     /// older worker with this benchmark and emulator.
     #[arg(long, env = "BENCH_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
+    #[command(flatten)]
+    pub throttle: throttle::ThrottleOptions,
     /// Internal: be the raw relay (pulsar.callback_topic → pulsar.result_topic) until killed.
     #[arg(long, hide = true)]
     pub relay: bool,
@@ -337,6 +342,7 @@ impl Bench {
             Section::Cmq,
             Section::Messages,
             Section::Scaleout,
+            Section::Throttle,
         ] {
             if !only.contains(&section) {
                 continue;
@@ -349,6 +355,7 @@ impl Bench {
                 Section::Cmq => self.cmq().await,
                 Section::Messages => self.messages().await,
                 Section::Scaleout => self.scaleout().await,
+                Section::Throttle => self.throttle().await,
             };
             if let Err(e) = outcome {
                 let name = format!("{section:?}").to_lowercase();
