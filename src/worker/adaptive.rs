@@ -100,6 +100,10 @@ pub struct RateAimd {
     last_cut: Option<Instant>,
     /// When the calls CI accepted in the last second came back, while the pace is unlimited.
     recent: VecDeque<Instant>,
+    /// When the pace was learnt (cut from unlimited): calls sent before then and accepted after it
+    /// still count in what CI accepted (answers of one burst come back in any order, the first 429
+    /// may come before most of the successes).
+    learnt_at: Option<Instant>,
 }
 
 /// A new pace for the bucket.
@@ -121,6 +125,7 @@ impl RateAimd {
             adaptive,
             last_cut: None,
             recent: VecDeque::new(),
+            learnt_at: None,
         }
     }
 
@@ -128,11 +133,21 @@ impl RateAimd {
         self.rate
     }
 
-    /// A call CI accepted came back at `now`; `waited`: it had waited for the pace (the pace was what
-    /// held it back, so there is demand above it). Returns the new pace, if it changed.
-    pub fn on_success(&mut self, waited: bool, now: Instant) -> Option<f64> {
+    /// A call sent at `sent_at` and accepted by CI came back at `now`; `waited`: it had waited for
+    /// the pace (the pace was what held it back, so there is demand above it). Returns the new pace,
+    /// if it changed.
+    pub fn on_success(&mut self, sent_at: Instant, waited: bool, now: Instant) -> Option<f64> {
         if !self.adaptive {
             return None;
+        }
+        if let (Some(learnt), Some(rate)) = (self.learnt_at, self.rate) {
+            if sent_at < learnt && now < learnt + RATE_CUT_INTERVAL {
+                // One more accepted in the second the pace was learnt from.
+                let rate = rate + RATE_CUT;
+                let rate = self.ceiling.map_or(rate, |c| rate.min(c));
+                self.rate = Some(rate);
+                return Some(rate);
+            }
         }
         match self.rate {
             None => {
@@ -167,8 +182,12 @@ impl RateAimd {
             }
         }
         let (from, hold_until) = match self.rate {
-            Some(rate) => (rate, None),
+            Some(rate) => {
+                self.learnt_at = None;
+                (rate, None)
+            }
             None => {
+                self.learnt_at = Some(now);
                 // CI's budget per second is about what it accepted in the last one.
                 self.forget_before(now);
                 let accepted = self.recent.len() as f64;
@@ -235,7 +254,7 @@ impl Pace {
     pub fn observe(&self, token: Token, ok: bool, rate_limited: bool) {
         let now = Instant::now();
         if ok {
-            if let Some(rate) = lock(&self.aimd).on_success(token.waited, now) {
+            if let Some(rate) = lock(&self.aimd).on_success(token.sent_at, token.waited, now) {
                 self.bucket.set_rate(Some(rate));
                 self.metrics.ci_rate_limit.set(rate);
             }
@@ -416,16 +435,23 @@ mod tests {
         let mut r = RateAimd::new(None, true);
         // 60 accepted long ago, 50 within the last second (from 10 ms on), then a 429.
         for i in 0..60 {
-            assert_eq!(r.on_success(false, t0 + ms(i)), None);
+            assert_eq!(r.on_success(t0 + ms(i), false, t0 + ms(i)), None);
         }
         let start = t0 + Duration::from_secs(5);
         for i in 0..50 {
-            r.on_success(false, start + ms(10 + i));
+            r.on_success(start + ms(i), false, start + ms(10 + i));
         }
         let cut = r.on_throttle(start + ms(55), start + ms(60)).unwrap();
         assert!((cut.rate - 45.0).abs() < 1e-9, "{cut:?}");
         assert_eq!(cut.hold_until, Some(start + ms(1010)), "CI's second ends");
         assert_eq!(r.rate(), Some(cut.rate));
+        // Five more of the same burst come back after the 429: they count too (55 accepted).
+        for i in 0..5 {
+            r.on_success(start + ms(50), false, start + ms(70 + i));
+        }
+        assert!((r.rate().unwrap() - 49.5).abs() < 1e-9, "{:?}", r.rate());
+        // Calls sent after the cut do not.
+        assert_eq!(r.on_success(start + ms(80), false, start + ms(90)), None);
     }
 
     #[test]
@@ -461,14 +487,18 @@ mod tests {
         let mut r = RateAimd::new(Some(50.0), true);
         r.on_throttle(t0, t0);
         assert!((r.rate().unwrap() - 45.0).abs() < 1e-9);
-        assert_eq!(r.on_success(false, t0), None, "not held back: no growth");
+        assert_eq!(
+            r.on_success(t0, false, t0),
+            None,
+            "not held back: no growth"
+        );
         // One second of calls at 45/s, each having waited: +1 call/s.
         for _ in 0..45 {
-            r.on_success(true, t0);
+            r.on_success(t0, true, t0);
         }
         assert!((r.rate().unwrap() - 46.0).abs() < 0.05, "{:?}", r.rate());
         for _ in 0..10_000 {
-            r.on_success(true, t0);
+            r.on_success(t0, true, t0);
         }
         assert_eq!(
             r.rate(),
@@ -482,7 +512,7 @@ mod tests {
         let t0 = Instant::now();
         let mut fixed = RateAimd::new(Some(50.0), false);
         assert_eq!(fixed.on_throttle(t0, t0), None);
-        assert_eq!(fixed.on_success(true, t0), None);
+        assert_eq!(fixed.on_success(t0, true, t0), None);
         assert_eq!(fixed.rate(), Some(50.0));
         let mut none = RateAimd::new(None, false);
         assert_eq!(none.on_throttle(t0, t0), None);
@@ -490,7 +520,7 @@ mod tests {
         // Adaptive but never throttled: unlimited, however many calls.
         let mut free = RateAimd::new(Some(0.0), true);
         for i in 0..1000 {
-            free.on_success(true, t0 + ms(i));
+            free.on_success(t0 + ms(i), true, t0 + ms(i));
         }
         assert_eq!(free.rate(), None);
     }
