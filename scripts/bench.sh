@@ -9,6 +9,9 @@
 #      ingress, broker messages per job (`messages`: topic stats, both ingress modes, about 20 s),
 #      scale-out without duplicate CI jobs (`scaleout`: 3 replicas, replicas killed or replaced while
 #      600 requests are submitted; CI jobs, duplicate results, CI calls, ack lag; about 2 minutes),
+#      the submission path against a CI that limits calls per second (`throttle`: emulator
+#      qps_limit 50, 1,000 requests, adaptive / fixed / paced / concurrency-only, CI latency 0 and
+#      50 ms; throughput and POST /jobs throttled; about 3–4 minutes),
 #   5. prints one table of every figure with the command that produced it.
 #
 #   scripts/bench.sh [BENCH OPTIONS]      options go to `ci-worker bench` (`--help` lists them), e.g.
@@ -16,6 +19,7 @@
 #   BENCH_SKIP_BUILD=1 BENCH_SKIP_CRITERION=1 scripts/bench.sh --only messages   broker messages per job
 #   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only scaleout --scaleout-requests 200 --scaleout-partitions 0 --scaleout-mode kill
 #   BENCH_WORKER_BIN=/path/to/old/ci-worker scripts/bench.sh --only scaleout   an older worker, this bench and emulator
+#   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only throttle --throttle-variants adaptive,fixed --throttle-latency-ms 0
 #
 # Environment: BENCH_SKIP_BUILD=1 (use the binary as built), BENCH_BIN (the binary to run instead of
 # the release build, e.g. target/debug/ci-worker; implies BENCH_SKIP_BUILD), BENCH_WORKER_BIN (the
@@ -24,7 +28,7 @@
 # benchmark's own log filter, default warn,pulsar=error; `--worker-log` sets that of the processes under test),
 # PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh, CARGO_TARGET_DIR.
 # Output: the table on stdout; logs and a copy of the figures (last.md, last.json) in .cache/bench/.
-# Takes about 4–5 minutes on a 2-core machine (a first release build comes on top).
+# Takes about 4–5 minutes on a 2-core machine, plus 3–4 for throttle (a first release build comes on top).
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

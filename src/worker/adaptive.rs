@@ -344,15 +344,13 @@ impl Permit<'_> {
         let before = s.aimd.permits();
         match throttled {
             Some(false) => s.aimd.on_success(),
-            Some(true) => {
-                if s.aimd.on_throttle(self.taken_at, now) {
-                    tracing::info!(
-                        max_in_flight = s.aimd.permits(),
-                        "CI throttles: fewer submissions in flight"
-                    );
-                }
+            Some(true) if s.aimd.on_throttle(self.taken_at, now) => {
+                tracing::info!(
+                    max_in_flight = s.aimd.permits(),
+                    "CI throttles: fewer submissions in flight"
+                );
             }
-            None => {}
+            Some(true) | None => {}
         }
         let after = s.aimd.permits();
         if after != before {
