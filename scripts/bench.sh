@@ -6,12 +6,16 @@
 #   3. runs the criterion benches of the pure parts (cargo bench --bench pure),
 #   4. runs `ci-worker bench` on the local stack: completion-path throughput against the raw relay
 #      limit and a Python worker on Apache's pulsar-client (scripts/bench-python-worker.py, from the
-#      project's .venv, set up here when missing; `--no-python` leaves it out), submission-path throughput, end-to-end latency at a steady rate, cost, scaling, the cmq
-#      ingress, broker messages per job (`messages`: topic stats, both ingress modes, about 20 s),
+#      project's .venv, set up here when missing; `--no-python` leaves it out),
+#      submission-path throughput, end-to-end latency at a steady rate, cost, scaling, the cmq ingress,
+#      broker messages per job (`messages`: topic stats, both ingress modes, about 20 s),
 #      scale-out without duplicate CI jobs (`scaleout`: 3 replicas, replicas killed or replaced while
 #      600 requests are submitted; CI jobs, duplicate results, CI calls, ack lag; about 2 minutes),
 #      memory (`memory`: peak and current RSS of `ci-worker run` with 1,000 / 10,000 jobs waiting for
 #      their callbacks and working through a backlog of 5,000 / 50,000 events; about 1.5 minutes),
+#      the submission path against a CI that limits calls per second (`throttle`: emulator
+#      qps_limit 50, 1,000 requests, adaptive / fixed / paced / concurrency-only, CI latency 0 and
+#      50 ms; throughput and POST /jobs throttled; about 3–4 minutes),
 #   5. prints one table of every figure with the command that produced it.
 #
 #   scripts/bench.sh [BENCH OPTIONS]      options go to `ci-worker bench` (`--help` lists them), e.g.
@@ -20,6 +24,7 @@
 #   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only scaleout --scaleout-requests 200 --scaleout-partitions 0 --scaleout-mode kill
 #   BENCH_WORKER_BIN=/path/to/old/ci-worker scripts/bench.sh --only scaleout   an older worker, this bench and emulator
 #   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only memory --memory-jobs 1000,10000 --memory-backlog 5000,50000
+#   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only throttle --throttle-variants adaptive,fixed --throttle-latency-ms 0
 #
 # Environment: BENCH_SKIP_BUILD=1 (use the binary as built), BENCH_BIN (the binary to run instead of
 # the release build, e.g. target/debug/ci-worker; implies BENCH_SKIP_BUILD), BENCH_WORKER_BIN (the
@@ -28,7 +33,7 @@
 # benchmark's own log filter, default warn,pulsar=error; `--worker-log` sets that of the processes under test),
 # PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh, CARGO_TARGET_DIR.
 # Output: the table on stdout; logs and a copy of the figures (last.md, last.json) in .cache/bench/.
-# Takes about 4–5 minutes on a 2-core machine (a first release build comes on top).
+# Takes about 10–12 minutes on a 2-core machine with every section (a first release build comes on top).
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

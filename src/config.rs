@@ -171,6 +171,14 @@ pub struct CiSettings {
     /// Timeout of one CI HTTP call.
     #[serde(with = "duration_str")]
     pub request_timeout: Duration,
+    /// At most this many CI calls per second from this process (every call: submit, describe, list,
+    /// cancel, queue), spaced evenly; a fraction is allowed. 0 = no limit of its own. With
+    /// `adaptive_rate` it is also the ceiling of the pace learnt from CI's 429s.
+    pub max_requests_per_second: f64,
+    /// On CI's 429 `SlowDown`, pace every CI call of the process at a rate learnt from the calls CI
+    /// accepted (cut by 10 % per 429, at most once a second; raised again while it holds calls back).
+    /// `false` = only `max_requests_per_second`, fixed.
+    pub adaptive_rate: bool,
 }
 
 impl Default for CiSettings {
@@ -191,6 +199,8 @@ impl Default for CiSettings {
             mq_mode: MqMode::Queue,
             mq_name: "ci-callbacks".into(),
             request_timeout: Duration::from_secs(10),
+            max_requests_per_second: 0.0,
+            adaptive_rate: true,
         }
     }
 }
@@ -198,8 +208,12 @@ impl Default for CiSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
-    /// At most this many CI calls at once (and requests held unacknowledged).
+    /// At most this many requests held unacknowledged, and `POST /jobs` in flight.
     pub max_in_flight: usize,
+    /// On CI's 429 `SlowDown` or 403 `QueueSaturated`, fewer `POST /jobs` in flight (× 0.7, once per
+    /// round of calls), one more again per round of successes, up to `max_in_flight`.
+    /// `false` = always `max_in_flight`.
+    pub adaptive_concurrency: bool,
     /// Drain bound on SIGTERM/SIGINT: in-flight work past it is released (nacked) for redelivery.
     #[serde(with = "duration_str")]
     pub shutdown_timeout: Duration,
@@ -233,6 +247,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             max_in_flight: 64,
+            adaptive_concurrency: true,
             shutdown_timeout: Duration::from_secs(20),
             retry_max_attempts: 6,
             retry_base_delay: Duration::from_millis(200),
@@ -352,6 +367,9 @@ pub struct EmulatorSettings {
     pub callback_topic_template: String,
     /// Fraction of `POST /jobs` answered 429 SlowDown.
     pub throttle_rate: f64,
+    /// A rate limit over every CI API call served: above this many calls in any one second (a
+    /// sliding window of the calls let through), 429 `SlowDown`. 0 = none.
+    pub qps_limit: u32,
     /// Fraction of `POST /jobs` answered 503 ServiceUnavailable.
     pub error_rate: f64,
     /// Fraction of completion events delivered twice.
@@ -385,6 +403,7 @@ impl Default for EmulatorSettings {
             cmq_visibility_timeout_s: 30,
             callback_topic_template: "persistent://public/default/{MqName}".into(),
             throttle_rate: 0.0,
+            qps_limit: 0,
             error_rate: 0.0,
             duplicate_rate: 0.0,
             credentials: Vec::new(),
@@ -793,6 +812,14 @@ impl Settings {
             ));
         }
         let w = &self.worker;
+        let rps = self.ci.max_requests_per_second;
+        if !rps.is_finite() || rps < 0.0 {
+            return Err(invalid(
+                "ci.max_requests_per_second",
+                &rps.to_string(),
+                "must be a number of calls per second, 0 or more (0 = no limit)",
+            ));
+        }
         if w.max_in_flight == 0 || w.max_in_flight > 10_000 {
             return Err(invalid(
                 "worker.max_in_flight",
@@ -1103,6 +1130,34 @@ mod tests {
     }
 
     #[test]
+    fn the_pace_of_ci_calls_is_an_integer_or_a_fraction() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            f,
+            "[ci]\nmax_requests_per_second = 50\n[emulator]\nqps_limit = 40"
+        )
+        .unwrap();
+        let s = Settings::load_from(Some(f.path()), &env(&[])).unwrap();
+        assert_eq!(s.ci.max_requests_per_second, 50.0);
+        assert_eq!(s.emulator.qps_limit, 40);
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("CI_WORKER__CI__MAX_REQUESTS_PER_SECOND", "2.5"),
+                ("CI_WORKER__CI__ADAPTIVE_RATE", "false"),
+                ("CI_WORKER__WORKER__ADAPTIVE_CONCURRENCY", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.ci.max_requests_per_second, 2.5);
+        assert!(!s.ci.adaptive_rate && !s.worker.adaptive_concurrency);
+        let d = Settings::load_from(None, &env(&[])).unwrap();
+        assert_eq!(d.ci.max_requests_per_second, 0.0);
+        assert!(d.ci.adaptive_rate && d.worker.adaptive_concurrency);
+        assert_eq!(d.emulator.qps_limit, 0);
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         for (var, value, key) in [
             (
@@ -1124,6 +1179,11 @@ mod tests {
                 "CI_WORKER__EMULATOR__ERROR_RATE",
                 "1.5",
                 "emulator.error_rate",
+            ),
+            (
+                "CI_WORKER__CI__MAX_REQUESTS_PER_SECOND",
+                "-1",
+                "ci.max_requests_per_second",
             ),
             ("CI_WORKER__LOG__FORMAT", "xml", "log.format"),
             (

@@ -1054,7 +1054,8 @@ async fn emulator_calls_counts_every_job_api_request() {
     let em = emulator::start(settings(600_000)).await.unwrap();
     assert_eq!(
         calls(&em).await,
-        serde_json::json!({"submit": 0, "describe": 0, "list": 0, "cancel": 0, "queue": 0, "other": 0})
+        serde_json::json!({"submit": 0, "describe": 0, "list": 0, "cancel": 0, "queue": 0, "other": 0,
+            "throttled": {"submit": 0, "describe": 0, "list": 0, "cancel": 0, "queue": 0, "other": 0}})
     );
     let ci = Ci::new(&em);
     let job = submitted_job(&ci.submit(&job_xml("input/count.mp4", "XML", "u")).await);
@@ -1098,7 +1099,8 @@ async fn emulator_calls_counts_every_job_api_request() {
         .unwrap();
     assert_eq!(
         calls(&em).await,
-        serde_json::json!({"submit": 3, "describe": 2, "list": 2, "cancel": 1, "queue": 0, "other": 3}),
+        serde_json::json!({"submit": 3, "describe": 2, "list": 2, "cancel": 1, "queue": 0, "other": 3,
+            "throttled": {"submit": 0, "describe": 0, "list": 0, "cancel": 0, "queue": 0, "other": 0}}),
         "not counted: /healthz and /_emulator/calls itself"
     );
     em.shutdown().await.unwrap();
@@ -1113,6 +1115,57 @@ async fn emulator_calls_counts_every_job_api_request() {
         assert_eq!(r.refusal(), (429, "SlowDown".into()));
     }
     assert_eq!(calls(&em).await["submit"], 3);
+    assert_eq!(calls(&em).await["throttled"]["submit"], 3);
+    em.shutdown().await.unwrap();
+}
+
+/// `emulator.qps_limit`: a rate limit over every job API call, not a roll of the dice. The exact
+/// window arithmetic is unit-tested on given instants (`emulator::faults`); here, calls made well
+/// within one second: beyond the limit, every one is refused with CI's 429 `SlowDown` body.
+#[tokio::test]
+async fn qps_limit_answers_slow_down_beyond_n_calls_a_second() {
+    let mut s = settings(600_000);
+    s.emulator.qps_limit = 4;
+    let em = emulator::start(s).await.unwrap();
+    let ci = Ci::new(&em);
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    let mut refusals = Vec::new();
+    for i in 0..7 {
+        // Every operation counts against the one limit.
+        let r = if i % 2 == 0 {
+            ci.submit(&job_xml("input/qps.mp4", "XML", "u")).await
+        } else {
+            ci.call("GET", "/jobs", &[], None).await
+        };
+        statuses.push(r.status);
+        if r.status != 200 {
+            refusals.push(r.error());
+        }
+    }
+    let took = started.elapsed();
+    if took < Duration::from_millis(900) {
+        assert_eq!(statuses, [200, 200, 200, 200, 429, 429, 429], "{took:?}");
+        let counts = calls(&em).await;
+        assert_eq!(counts["throttled"]["submit"], 2, "{counts}");
+        assert_eq!(counts["throttled"]["list"], 1, "{counts}");
+    } else {
+        // A machine too slow to make 7 calls in a second: still never more than 4 a second.
+        assert!(
+            statuses.iter().filter(|s| **s == 200).count() >= 4,
+            "{statuses:?}"
+        );
+    }
+    for e in &refusals {
+        assert_eq!(e.code, "SlowDown");
+        assert!(
+            !e.message.is_empty() && !e.request_id.is_empty() && !e.resource.is_empty(),
+            "{e:?}"
+        );
+    }
+    // Once the second has passed, calls go through again.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(ci.call("GET", "/jobs", &[], None).await.status, 200);
     em.shutdown().await.unwrap();
 }
 

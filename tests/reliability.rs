@@ -9,6 +9,7 @@
 //! 2. `lost_submit_answers_do_not_create_second_jobs`
 //! 3. `broker_restart_loses_nothing`
 //! 4. `ci_faults_and_duplicate_callbacks`
+//!    - 4b. `a_ci_rate_limit_costs_no_request_and_no_second_job`
 //! 5. `lost_callbacks_are_found_by_deadlines_across_a_restart`
 //!    - 5b. `deadlines_of_finished_jobs_cost_nothing_across_replicas`
 //!    - 5c. `replicas_killed_mid_submission_create_no_second_job` and
@@ -240,6 +241,57 @@ async fn ci_faults_and_duplicate_callbacks() {
     let jobs = stack
         .ci_jobs_per_request(BUCKET, REGION, "DigitalWatermark")
         .await;
+    assert!(jobs.values().all(|n| *n == 1), "{jobs:?}");
+}
+
+/// 4b. CI limits calls per second (the emulator's `qps_limit`, far below what the worker would send)
+///     and the worker is not told: it learns a pace and fewer submissions in flight from the 429s,
+///     and still turns every request into exactly one CI job, one `submitted` event and one final
+///     result. Outcomes only; the speed it reaches is the benchmark's (`--only throttle`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ci_rate_limit_costs_no_request_and_no_second_job() {
+    let mut stack = Stack::new("qps");
+    stack.env.extend([
+        ("CI_WORKER__EMULATOR__QPS_LIMIT".into(), "8".into()),
+        ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "300".into()),
+        ("CI_WORKER__WORKER__RETRY_MAX_ATTEMPTS".into(), "8".into()),
+    ]);
+    stack.start_emulator().await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    stack.start_worker();
+    let ids = publish_requests(&stack, "paced", 60, |id| format!("in/{id}.mp4")).await;
+    let seen = collect(&mut results, Duration::from_secs(180), |s| {
+        all_final(s, &ids)
+    })
+    .await;
+    // Anything published late (a duplicate) would be in by now.
+    let later = collect(&mut results, Duration::from_secs(2), |_| true).await;
+    let mut all = seen;
+    all.extend(later);
+    let map = by_request(&all);
+    for id in &ids {
+        let states: Vec<&str> = map[id].iter().filter_map(|r| r["state"].as_str()).collect();
+        assert_eq!(states, ["submitted", "succeeded"], "{id}");
+    }
+    let m = metrics(stack.worker_http_port).await;
+    assert!(
+        metric(
+            &m,
+            "ci_worker_ci_calls_total{op=\"submit\",outcome=\"transient\",status=\"429\"}"
+        ) > 0.0,
+        "CI did throttle: {m}"
+    );
+    assert!(
+        metric(&m, "ci_worker_ci_rate_limit") > 0.0,
+        "a pace was learnt: {m}"
+    );
+    assert!(metric(&m, "ci_worker_ci_concurrency_limit") >= 1.0, "{m}");
+    // The emulator's window has room again for the test's own list call.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let jobs = stack
+        .ci_jobs_per_request(BUCKET, REGION, "DigitalWatermark")
+        .await;
+    assert_eq!(jobs.len(), ids.len(), "{jobs:?}");
     assert!(jobs.values().all(|n| *n == 1), "{jobs:?}");
 }
 

@@ -50,6 +50,18 @@ impl CiError {
         }
     }
 
+    /// CI refused for the rate of calls: 429 (`SlowDown`).
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, CiError::Api { status: 429, .. })
+    }
+
+    /// CI asked for less: fewer calls per second (429 `SlowDown`) or fewer jobs queued at once
+    /// (403 `QueueSaturated`).
+    pub fn is_throttled(&self) -> bool {
+        self.is_rate_limited()
+            || matches!(self, CiError::Api { status: 403, body } if body.code == "QueueSaturated")
+    }
+
     /// 429 SlowDown, 500, 503, connection errors and 403 QueueSaturated are worth retrying;
     /// other 4xx never are.
     pub fn is_transient(&self) -> bool {

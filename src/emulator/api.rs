@@ -1,7 +1,8 @@
 //! The HTTP surface: CI's media job API on the paths, headers and error bodies CI uses.
 //!
 //! Every request is counted (by the operation its method and path name, whatever its answer; see
-//! [`CALLS_PATH`]), then goes through, in order: `emulator.latency_ms`; the Host
+//! [`CALLS_PATH`]), then goes through, in order: `emulator.latency_ms`; `emulator.qps_limit` (else
+//! 429 `SlowDown`); the Host
 //! (`<bucket>.ci.<region>.myqcloud.com[:port]`, else 400 `InvalidHost`); the route (else 404
 //! `InvalidUrl`; CI's other job endpoints 501 `NotImplemented`); the signature ([`super::auth`]); then
 //! the operation; then `emulator.answer_delay_ms` holds the answer (the job already exists). Every
@@ -36,8 +37,9 @@ use rand::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// The call counts: `{"submit":N,"describe":N,"list":N,"cancel":N,"other":N}`, every request of the
-/// job API received since start (refused ones too; not `/healthz` nor this path). No Host or
+/// The call counts: `{"submit":N,"describe":N,"list":N,"cancel":N,"queue":N,"other":N,
+/// "throttled":{"submit":N,…}}`, every request of the job API received since start (refused ones
+/// too; not `/healthz` nor this path), and of those the ones answered 429 `SlowDown`. No Host or
 /// signature needed, no latency or answer delay applied.
 pub(crate) const CALLS_PATH: &str = "/_emulator/calls";
 /// Largest `POST /jobs` body accepted; larger ones get 413 `InvalidContent`.
@@ -120,20 +122,30 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    shared.calls.count(match route(&method, &uri) {
+    let kind = match route(&method, &uri) {
         Ok(Route::Submit) => CallKind::Submit,
         Ok(Route::Describe(_)) => CallKind::Describe,
         Ok(Route::List) => CallKind::List,
         Ok(Route::Cancel(_)) => CallKind::Cancel,
         Ok(Route::Queues) => CallKind::Queue,
         Err(_) => CallKind::Other,
-    });
+    };
+    shared.calls.count(kind);
     let request_id = new_request_id();
     let latency = shared.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let result = dispatch(&shared, &method, &uri, &headers, body, &request_id).await;
+    // The rate limit counts calls as they reach CI, past the network's latency; before anything
+    // else, as a gateway does.
+    let result = if shared.faults.within_qps_limit() {
+        dispatch(&shared, &method, &uri, &headers, body, &request_id).await
+    } else {
+        Err(slow_down())
+    };
+    if matches!(&result, Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS) {
+        shared.calls.count_throttled(kind);
+    }
     // Handled (a submitted job exists); the answer is slow on its way back.
     let answer_delay = shared.faults.answer_delay();
     if !answer_delay.is_zero() {
@@ -381,6 +393,15 @@ fn queues(uri: &Uri, bucket: &str, region: &str, request_id: &str) -> Result<Rep
     write_xml(&root)
 }
 
+/// CI's answer to too many calls (error-codes.md: 429 `SlowDown`).
+fn slow_down() -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "SlowDown",
+        "Please decrease the access frequency.",
+    )
+}
+
 /// When the emulator's default queues were "created".
 const EMULATOR_EPOCH: &str = "2020-01-01T00:00:00+0800";
 
@@ -392,13 +413,7 @@ async fn submit(
     region: &str,
 ) -> Result<Reply, ApiError> {
     match shared.faults.submit_refusal() {
-        Some(Refusal::Throttle) => {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "SlowDown",
-                "Please decrease the access frequency.",
-            ))
-        }
+        Some(Refusal::Throttle) => return Err(slow_down()),
         Some(Refusal::Unavailable) => {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -5,6 +5,9 @@
 //! `duplicate_rate` delivers a completion event twice. `latency_ms` delays every API request before it is
 //! handled, `answer_delay_ms` every answer after it (the job already exists while its answer is held).
 //!
+//! By rate limit: `qps_limit` answers every job API call beyond that many in any one second with
+//! 429 `SlowDown`, deterministically (see [`QpsLimit`]): a client that keeps under it is never refused.
+//!
 //! By marker in the input object key (`Input/Object`): `__fail__` ends the job `Failed`, `__lost__`
 //! ends it `Success` but never sends its completion event, `__slow__` makes it take ten times
 //! `job_duration_ms`, `__hangup__` creates the job but holds the answer for [`HANGUP_DELAY`] (longer
@@ -14,7 +17,9 @@
 use super::error::EmulatorError;
 use crate::config::EmulatorSettings;
 use rand::Rng;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Marker: the job fails.
 pub(crate) const FAIL_MARKER: &str = "__fail__";
@@ -56,8 +61,44 @@ pub(crate) enum Refusal {
     Unavailable,
 }
 
+/// At most `limit` calls let through in any one second: a sliding window over the instants of the
+/// calls it let through (refused calls do not count, as with a gateway's limit: a client over it is
+/// refused only for its excess). Pure: the caller passes the instant.
+#[derive(Debug)]
+pub(crate) struct QpsLimit {
+    limit: usize,
+    admitted: VecDeque<Instant>,
+}
+
+impl QpsLimit {
+    pub(crate) fn new(limit: u32) -> QpsLimit {
+        QpsLimit {
+            limit: limit as usize,
+            admitted: VecDeque::with_capacity(limit.min(100_000) as usize),
+        }
+    }
+
+    /// Whether a call arriving at `now` is let through (and counted).
+    pub(crate) fn admit(&mut self, now: Instant) -> bool {
+        while self
+            .admitted
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= Duration::from_secs(1))
+        {
+            self.admitted.pop_front();
+        }
+        if self.admitted.len() >= self.limit {
+            return false;
+        }
+        self.admitted.push_back(now);
+        true
+    }
+}
+
 /// The configured rates.
 pub(crate) struct Faults {
+    /// `emulator.qps_limit`; `None` = no limit.
+    qps: Option<Mutex<QpsLimit>>,
     throttle_rate: f64,
     error_rate: f64,
     duplicate_rate: f64,
@@ -80,12 +121,24 @@ impl Faults {
             }
         }
         Ok(Faults {
+            qps: (e.qps_limit > 0).then(|| Mutex::new(QpsLimit::new(e.qps_limit))),
             throttle_rate: e.throttle_rate,
             error_rate: e.error_rate,
             duplicate_rate: e.duplicate_rate,
             latency: Duration::from_millis(e.latency_ms),
             answer_delay: Duration::from_millis(e.answer_delay_ms),
         })
+    }
+
+    /// Whether the rate limit lets a job API call arriving now through.
+    pub(crate) fn within_qps_limit(&self) -> bool {
+        match &self.qps {
+            None => true,
+            Some(limit) => limit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .admit(Instant::now()),
+        }
     }
 
     /// Rolls the dice for one `POST /jobs`: throttling first, then the 503.
@@ -140,6 +193,40 @@ mod tests {
         let f = ObjectFaults::of("in/a__slow____fail__.mp4");
         assert!(f.fail && f.slow && !f.lost);
         assert!(ObjectFaults::of("x/__lost__/y").lost);
+    }
+
+    #[test]
+    fn the_qps_limit_refuses_exactly_the_calls_beyond_it_in_any_second() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut q = QpsLimit::new(50);
+        // 50 + 7 calls in the same instant: exactly 7 refused.
+        let let_through = (0..57).filter(|_| q.admit(t0)).count();
+        assert_eq!(let_through, 50);
+        // Refused calls do not count; nothing more in that second.
+        assert!(!q.admit(t0 + ms(999)));
+        // A second after the first ones, all of them have left the window.
+        assert_eq!((0..60).filter(|_| q.admit(t0 + ms(1000))).count(), 50);
+        // Spread: one call every 20 ms (50/s) is never refused, and a 51st within the second is.
+        let mut q = QpsLimit::new(50);
+        let start = t0 + Duration::from_secs(10);
+        assert!((0..500).all(|i| q.admit(start + ms(20 * i))));
+        let last = start + ms(20 * 499);
+        assert!(!q.admit(last + ms(5)), "51 within one second");
+        assert!(q.admit(last + ms(20)));
+    }
+
+    #[test]
+    fn no_qps_limit_by_default() {
+        let f = Faults::from_settings(&EmulatorSettings::default()).unwrap();
+        assert!((0..10_000).all(|_| f.within_qps_limit()));
+        let one = Faults::from_settings(&EmulatorSettings {
+            qps_limit: 1,
+            ..EmulatorSettings::default()
+        })
+        .unwrap();
+        assert!(one.within_qps_limit());
+        assert!(!one.within_qps_limit());
     }
 
     #[test]

@@ -35,9 +35,15 @@ pub(crate) struct Calls {
     cancel: AtomicU64,
     queue: AtomicU64,
     other: AtomicU64,
+    /// Of those, answered 429 `SlowDown` (`qps_limit`, `throttle_rate`), by operation.
+    throttled: [AtomicU64; 6],
 }
 
 impl Calls {
+    pub(crate) fn count_throttled(&self, kind: CallKind) {
+        self.throttled[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn count(&self, kind: CallKind) {
         let counter = match kind {
             CallKind::Submit => &self.submit,
@@ -50,10 +56,20 @@ impl Calls {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `{"submit":N,"describe":N,"list":N,"cancel":N,"queue":N,"other":N}`.
+    /// `{"submit":N,"describe":N,"list":N,"cancel":N,"queue":N,"other":N,"throttled":{…}}`, the
+    /// throttled ones by the same keys.
     pub(crate) fn to_json(&self) -> serde_json::Value {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let t = |k: CallKind| self.throttled[k as usize].load(Ordering::Relaxed);
         serde_json::json!({
+            "throttled": {
+                "submit": t(CallKind::Submit),
+                "describe": t(CallKind::Describe),
+                "list": t(CallKind::List),
+                "cancel": t(CallKind::Cancel),
+                "queue": t(CallKind::Queue),
+                "other": t(CallKind::Other),
+            },
             "submit": n(&self.submit),
             "describe": n(&self.describe),
             "list": n(&self.list),

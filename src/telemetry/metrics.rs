@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -72,6 +73,10 @@ pub struct Metrics {
     pub results: Family<StateLabel, Counter>,
     pub events_consumed: Family<FormatLabel, Counter>,
     pub in_flight: Gauge,
+    /// `POST /jobs` allowed in flight now (the adaptive limit, at most `worker.max_in_flight`).
+    pub ci_concurrency_limit: Gauge,
+    /// The pace of CI calls now, calls/s; 0 = none.
+    pub ci_rate_limit: Gauge<f64, AtomicU64>,
     pub job_duration: Histogram,
     pub pulsar_reconnects: Counter,
     pub redeliveries_requested: Counter,
@@ -106,6 +111,8 @@ impl Metrics {
             results: Family::default(),
             events_consumed: Family::default(),
             in_flight: Gauge::default(),
+            ci_concurrency_limit: Gauge::default(),
+            ci_rate_limit: Gauge::default(),
             job_duration: Histogram::new(exponential_buckets(0.25, 2.0, 16)),
             pulsar_reconnects: Counter::default(),
             redeliveries_requested: Counter::default(),
@@ -180,6 +187,16 @@ impl Metrics {
             "in_flight",
             "Requests and events being processed",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "ci_concurrency_limit",
+            "POST /jobs allowed in flight now: worker.max_in_flight, lowered while CI throttles",
+            m.ci_concurrency_limit.clone(),
+        );
+        registry.register(
+            "ci_rate_limit",
+            "Pace of CI calls now, calls per second (ci.max_requests_per_second, or learnt from CI's 429s); 0 = none",
+            m.ci_rate_limit.clone(),
         );
         registry.register(
             "job_duration_seconds",
@@ -285,5 +302,10 @@ mod tests {
             text.contains("ci_worker_ci_call_duration_seconds_bucket"),
             "{text}"
         );
+        m.ci_concurrency_limit.set(44);
+        m.ci_rate_limit.set(45.5);
+        let text = m.render();
+        assert!(text.contains("ci_worker_ci_concurrency_limit 44"), "{text}");
+        assert!(text.contains("ci_worker_ci_rate_limit 45.5"), "{text}");
     }
 }

@@ -1,7 +1,9 @@
 //! What every handler of the worker shares: the [`Context`] (settings, I/O, metrics and the in-process
 //! state of the three paths) and the [`WorkerError`] a loop ends with.
 
+use super::adaptive::ConcurrencyLimiter;
 use super::attempts::Attempts;
+use super::ci_calls::CiCalls;
 use super::deadline_record::DeadlineBatcher;
 use super::done_records::DoneRecorder;
 use super::duplicates::FinishedJobs;
@@ -33,6 +35,10 @@ pub struct Context<B = Publisher, C = CiClient> {
     pub broker: B,
     pub ci: C,
     pub metrics: Arc<Metrics>,
+    /// The pace every CI call waits for, with the metrics of CI calls.
+    pub ci_calls: CiCalls,
+    /// The `POST /jobs` in flight (adaptive, at most `worker.max_in_flight`).
+    pub submissions: ConcurrencyLimiter,
     pub recovery: Recovery,
     pub attempts: Attempts,
     pub finished_jobs: FinishedJobs,
@@ -62,6 +68,12 @@ impl<B: Broker + Clone, C: CiApi> Context<B, C> {
                 settings.pulsar.deadline_topic.clone(),
             ),
             failures: Failures::default(),
+            ci_calls: CiCalls::new(&settings, metrics.clone()),
+            submissions: ConcurrencyLimiter::new(
+                settings.worker.max_in_flight,
+                settings.worker.adaptive_concurrency,
+                metrics.clone(),
+            ),
             health,
             settings,
             broker,

@@ -178,7 +178,7 @@ async fn check<B: Broker, C: CiApi>(
     let ids: Vec<&str> = chunk.iter().map(|d| d.job_id.as_str()).collect();
     ctx.metrics.deadline_checks.inc_by(chunk.len() as u64);
     let described = ci_calls::timed(
-        &ctx.metrics,
+        &ctx.ci_calls,
         "describe",
         ctx.ci.describe(&bucket, &region, &ids),
     )
@@ -217,7 +217,8 @@ async fn check<B: Broker, C: CiApi>(
             }
             Decision::TimedOut { cancel } => {
                 if cancel {
-                    if let Err(e) = ctx.ci.cancel(&d.bucket, &d.region, &d.job_id).await {
+                    let cancel = ctx.ci.cancel(&d.bucket, &d.region, &d.job_id);
+                    if let Err(e) = ci_calls::timed(&ctx.ci_calls, "cancel", cancel).await {
                         tracing::warn!(request_id = %d.request_id, job_id = %d.job_id, error = %e, "could not cancel the timed-out job at CI");
                     }
                 }

@@ -35,6 +35,7 @@
 //! Every loop acknowledges a message only after its outcome is stored on the broker, and on shutdown
 //! nacks whatever did not finish within `worker.shutdown_timeout` (so it is redelivered, never lost).
 
+pub mod adaptive;
 pub mod attempts;
 pub mod ci_calls;
 pub mod cmq_ingress;

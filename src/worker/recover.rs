@@ -18,11 +18,11 @@
 
 use super::attempts::Claim;
 use super::ci_calls;
+use super::ci_calls::CiCalls;
 use super::io::CiApi;
 use crate::ci::client::{CiError, ListQuery};
 use crate::ci::response::JobDetail;
 use crate::request::ValidRequest;
-use crate::telemetry::Metrics;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -83,7 +83,7 @@ impl Recovery {
     pub async fn queue_for(
         &self,
         ci: &impl CiApi,
-        metrics: &Metrics,
+        calls: &CiCalls,
         req: &ValidRequest,
     ) -> Option<String> {
         if let Some(queue) = text_at(req, &["QueueId"]) {
@@ -93,7 +93,7 @@ impl Recovery {
         if let Some(known) = self.default_queues.lock().await.get(&key) {
             return known.clone();
         }
-        match ci_calls::timed(metrics, "queues", ci.queues(&req.bucket, &req.region)).await {
+        match ci_calls::timed(calls, "queues", ci.queues(&req.bucket, &req.region)).await {
             Ok(queues) => {
                 let default = queues
                     .iter()
@@ -118,13 +118,13 @@ impl Recovery {
     pub async fn search(
         &self,
         ci: &impl CiApi,
-        metrics: &Metrics,
+        calls: &CiCalls,
         req: &ValidRequest,
         since: SystemTime,
     ) -> Result<Option<JobDetail>, CiError> {
         let wanted = marker(req);
-        let queue = self.queue_for(ci, metrics, req).await;
-        Ok(scan(ci, metrics, req, queue, since, Some(&wanted))
+        let queue = self.queue_for(ci, calls, req).await;
+        Ok(scan(ci, calls, req, queue, since, Some(&wanted))
             .await?
             .remove(&wanted))
     }
@@ -136,7 +136,7 @@ impl Recovery {
     pub async fn lookup(
         &self,
         ci: &impl CiApi,
-        metrics: &Metrics,
+        calls: &CiCalls,
         req: &ValidRequest,
         not_before: SystemTime,
     ) -> Result<Option<JobDetail>, CiError> {
@@ -154,8 +154,8 @@ impl Recovery {
         let since = self.started_at - self.lookback;
         let scan = cell
             .get_or_init(|| async {
-                let queue = self.queue_for(ci, metrics, req).await;
-                scan(ci, metrics, req, queue, since, None).await.ok()
+                let queue = self.queue_for(ci, calls, req).await;
+                scan(ci, calls, req, queue, since, None).await.ok()
             })
             .await;
         match scan {
@@ -236,7 +236,7 @@ fn text_at(req: &ValidRequest, path: &[&str]) -> Option<String> {
 /// whatever the queue holds.
 async fn scan(
     ci: &impl CiApi,
-    metrics: &Metrics,
+    calls: &CiCalls,
     req: &ValidRequest,
     queue: Option<String>,
     since: SystemTime,
@@ -257,7 +257,7 @@ async fn scan(
     let mut found = Scan::new();
     for _ in 0..MAX_PAGES {
         let page =
-            ci_calls::timed(metrics, "list", ci.list(&req.bucket, &req.region, &query)).await?;
+            ci_calls::timed(calls, "list", ci.list(&req.bucket, &req.region, &query)).await?;
         for job in page.jobs {
             if let Some(user_data) = job.user_data().map(str::to_string) {
                 let hit = stop_at == Some(user_data.as_str());
@@ -287,6 +287,10 @@ mod tests {
     use crate::worker::test_doubles::*;
     use std::time::UNIX_EPOCH;
 
+    fn calls() -> CiCalls {
+        CiCalls::unpaced(Arc::new(crate::telemetry::Metrics::new()))
+    }
+
     fn valid(request_id: &str) -> ValidRequest {
         SubmitRequest::parse(request(request_id).as_bytes())
             .unwrap()
@@ -307,7 +311,7 @@ mod tests {
             )));
         let since = SystemTime::now() - Duration::from_secs(60);
         let found = Recovery::new(Duration::from_secs(3600))
-            .search(&ci, &Metrics::new(), &valid("r1"), since)
+            .search(&ci, &calls(), &valid("r1"), since)
             .await
             .unwrap();
         assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
@@ -330,7 +334,7 @@ mod tests {
         let ci = ScriptedCi::default()
             .list_answers(Ok(jobs(&[("j0", "Success", &sent_user_data("r0"))], None)));
         let found = Recovery::new(Duration::from_secs(3600))
-            .search(&ci, &Metrics::new(), &valid("r1"), SystemTime::now())
+            .search(&ci, &calls(), &valid("r1"), SystemTime::now())
             .await
             .unwrap();
         assert!(found.is_none());
@@ -342,7 +346,7 @@ mod tests {
         let ci = ScriptedCi::default()
             .list_answers(Err(refusal(503, "ServiceUnavailable")))
             .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
-        let metrics = Metrics::new();
+        let metrics = calls();
         let recovery = Recovery::new(Duration::from_secs(3600));
         assert!(recovery
             .lookup(&ci, &metrics, &valid("r1"), UNIX_EPOCH)
@@ -424,7 +428,7 @@ mod tests {
         let ci = ScriptedCi::default()
             .list_answers(Ok(jobs(&[], None)))
             .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
-        let metrics = Metrics::new();
+        let metrics = calls();
         let recovery = Recovery::new(Duration::from_secs(3600));
         let before = SystemTime::now();
         assert!(recovery
@@ -456,7 +460,7 @@ mod tests {
     /// Looks for r1's job, then r2's, through one `Recovery`.
     async fn search_r1_and_r2(ci: &ScriptedCi) {
         let recovery = Recovery::new(Duration::from_secs(3600));
-        let metrics = Metrics::new();
+        let metrics = calls();
         for id in ["r1", "r2"] {
             recovery
                 .search(ci, &metrics, &valid(id), SystemTime::now())

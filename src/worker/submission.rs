@@ -79,14 +79,14 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
         Check::Marker(since) => {
             tracing::info!(request_id = %valid.request_id, "a job may exist for this request (an earlier attempt); looking for it at CI");
             with_backoff(ctx, &valid.request_id, || {
-                ctx.recovery.search(&ctx.ci, &ctx.metrics, &valid, since)
+                ctx.recovery.search(&ctx.ci, &ctx.ci_calls, &valid, since)
             })
             .await
         }
         Check::RestartScan(not_before) => {
             with_backoff(ctx, &valid.request_id, || {
                 ctx.recovery
-                    .lookup(&ctx.ci, &ctx.metrics, &valid, not_before)
+                    .lookup(&ctx.ci, &ctx.ci_calls, &valid, not_before)
             })
             .await
         }
@@ -223,7 +223,7 @@ async fn submit_with_retry<B: Broker, C: CiApi>(
         if in_doubt {
             match ctx
                 .recovery
-                .search(&ctx.ci, &ctx.metrics, req, first_attempt)
+                .search(&ctx.ci, &ctx.ci_calls, req, first_attempt)
                 .await
             {
                 Ok(Some(detail)) => {
@@ -236,12 +236,20 @@ async fn submit_with_retry<B: Broker, C: CiApi>(
                 Err(e) => return Err(e),
             }
         }
+        // A slot among the submissions in flight for this one call: released before any backoff
+        // below, so a throttled request waiting to retry does not keep another from going.
+        let slot = ctx.submissions.acquire().await;
         let outcome = ci_calls::timed(
-            &ctx.metrics,
+            &ctx.ci_calls,
             "submit",
             ctx.ci.submit(&req.bucket, &req.region, &req.ci_job),
         )
         .await;
+        slot.finish(match &outcome {
+            Ok(_) => Some(false),
+            Err(e) if e.is_throttled() => Some(true),
+            Err(_) => None,
+        });
         match outcome {
             Ok(detail) => return Ok(detail),
             Err(e) if e.is_transient() && attempt + 1 < w.retry_max_attempts => {

@@ -22,6 +22,7 @@
 //!   its callback topic (batch 16, for each `--cmq-concurrency`); then a paced sender at
 //!   `--cmq-rate` events/s and, per event, the time from CMQ's answer to its `SendMessage` to the
 //!   event's arrival at a consumer of the callback topic (p50/p99).
+//! - `throttle`: the submission path against the emulator's `qps_limit` ([`throttle`]).
 //! - `messages`: broker messages per job ([`messages`]): a burst of `--message-jobs` jobs, every
 //!   deadline come due and settled, counted from the broker's topic stats (published by the worker +
 //!   delivered to its subscriptions, per job), with events on the Pulsar callback topic and through
@@ -41,6 +42,7 @@ mod memory;
 mod messages;
 mod procs;
 mod scaleout;
+mod throttle;
 
 use crate::callback::event::parse_event;
 use crate::config::Settings;
@@ -66,6 +68,7 @@ pub enum Section {
     Messages,
     Scaleout,
     Memory,
+    Throttle,
 }
 
 /// The completion events of the completion section.
@@ -139,7 +142,7 @@ pub struct BenchOptions {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "completion,submission,latency,scaling,cmq,messages,scaleout,memory"
+        default_value = "completion,submission,latency,scaling,cmq,messages,scaleout,memory,throttle"
     )]
     pub only: Vec<Section>,
     /// Completion events for the completion-path and scaling figures.
@@ -263,6 +266,8 @@ pub struct BenchOptions {
     /// The Python peer of the completion section.
     #[arg(long, default_value = "scripts/bench-python-worker.py")]
     pub python_worker: PathBuf,
+    #[command(flatten)]
+    pub throttle: throttle::ThrottleOptions,
     /// Internal: be the raw relay (pulsar.callback_topic → pulsar.result_topic) until killed.
     #[arg(long, hide = true)]
     pub relay: bool,
@@ -417,6 +422,7 @@ impl Bench {
             Section::Messages,
             Section::Scaleout,
             Section::Memory,
+            Section::Throttle,
         ] {
             if !only.contains(&section) {
                 continue;
@@ -430,6 +436,7 @@ impl Bench {
                 Section::Messages => self.messages().await,
                 Section::Scaleout => self.scaleout().await,
                 Section::Memory => self.memory().await,
+                Section::Throttle => self.throttle().await,
             };
             if let Err(e) = outcome {
                 let name = format!("{section:?}").to_lowercase();
