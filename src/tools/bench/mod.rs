@@ -96,6 +96,39 @@ impl EventMix {
     }
 }
 
+/// Options of the throttle section (flattened into `ci-worker bench`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThrottleOptions {
+    /// The emulator's `qps_limit` in the throttle section.
+    #[arg(long, default_value_t = 50)]
+    pub throttle_qps: u32,
+    /// Requests per throttle run.
+    #[arg(long, default_value_t = 1000)]
+    pub throttle_requests: u64,
+    /// Emulator `latency_ms` values of the throttle section.
+    #[arg(long, value_delimiter = ',', default_value = "0,50")]
+    pub throttle_latency_ms: Vec<u64>,
+    /// Worker settings of the throttle section, comma-separated: adaptive, fixed, paced, concurrency.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "adaptive,fixed,paced,concurrency"
+    )]
+    pub throttle_variants: Vec<Variant>,
+    /// Runs of each combination.
+    #[arg(long, default_value_t = 1)]
+    pub throttle_repeat: u32,
+}
+
+/// Worker settings of a throttle run (`--throttle-variants`; see the `throttle` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Variant {
+    Adaptive,
+    Fixed,
+    Paced,
+    Concurrency,
+}
+
 /// What happens to the replicas during a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ScaleoutMode {
@@ -267,7 +300,7 @@ pub struct BenchOptions {
     #[arg(long, default_value = "scripts/bench-python-worker.py")]
     pub python_worker: PathBuf,
     #[command(flatten)]
-    pub throttle: throttle::ThrottleOptions,
+    pub throttle: ThrottleOptions,
     /// Internal: be the raw relay (pulsar.callback_topic → pulsar.result_topic) until killed.
     #[arg(long, hide = true)]
     pub relay: bool,

@@ -15,42 +15,10 @@
 //! - `paced`: `ci.max_requests_per_second` = the emulator's limit (adaptive on).
 //! - `concurrency`: `ci.adaptive_rate = false`: AIMD on the calls in flight alone.
 
-use super::{Bench, Throughput};
+use super::{Bench, Throughput, Variant};
 use anyhow::{Context as _, Result};
 use serde_json::Value;
 use std::time::Duration;
-
-/// Options of the throttle section (flattened into `ci-worker bench`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct ThrottleOptions {
-    /// The emulator's `qps_limit` in the throttle section.
-    #[arg(long, default_value_t = 50)]
-    pub throttle_qps: u32,
-    /// Requests per throttle run.
-    #[arg(long, default_value_t = 1000)]
-    pub throttle_requests: u64,
-    /// Emulator `latency_ms` values of the throttle section.
-    #[arg(long, value_delimiter = ',', default_value = "0,50")]
-    pub throttle_latency_ms: Vec<u64>,
-    /// Worker settings of the throttle section, comma-separated: adaptive, fixed, paced, concurrency.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "adaptive,fixed,paced,concurrency"
-    )]
-    pub throttle_variants: Vec<Variant>,
-    /// Runs of each combination.
-    #[arg(long, default_value_t = 1)]
-    pub throttle_repeat: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Variant {
-    Adaptive,
-    Fixed,
-    Paced,
-    Concurrency,
-}
 
 impl Variant {
     fn name(self) -> &'static str {
