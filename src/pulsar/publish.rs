@@ -233,9 +233,11 @@ impl Publisher {
                 }
             };
             // Enqueue under the lock, await the receipt outside it, so concurrent publishes pipeline.
+            // The crate's send future is tens of KiB: boxed, it is not part of every waiting
+            // publisher's state (a handler waiting for its receipt), nor copied with it.
             let receipt = {
                 let mut guard = producer.lock().await;
-                guard.send_non_blocking(msg.clone().into_message()).await
+                Box::pin(guard.send_non_blocking(msg.clone().into_message())).await
             };
             let outcome = match receipt {
                 Ok(future) => future.await,
