@@ -243,13 +243,7 @@ impl Bench {
         }));
         self.cmq_worker_env(endpoint, &queue, concurrency);
         let mut procs = self.start_workers(Kind::Worker, 1, "cmq-latency", &topics, None, None)?;
-        let port = procs[0].http_port.unwrap_or_default();
-        procs::wait_http_ok(
-            &format!("http://127.0.0.1:{port}/readyz"),
-            &mut procs[0],
-            Duration::from_secs(60),
-        )
-        .await?;
+        procs::wait_ready(&mut procs[0], Duration::from_secs(60)).await?;
         eprintln!("cmq ingress latency: {count} events at {rate}/s");
         let run = format!("{}-latency", self.id);
         let mut sent: HashMap<String, Instant> = HashMap::new();

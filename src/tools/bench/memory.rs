@@ -233,14 +233,7 @@ impl Bench {
         let label = format!("memory-waiting{n}");
         let mut procs = self.start_workers(Kind::Worker, 1, &label, &topics, Some(port), None)?;
         let mut worker = procs.remove(0);
-        let http_port = worker.http_port.unwrap_or_default();
-        procs::wait_http_ok(
-            &format!("http://127.0.0.1:{http_port}/readyz"),
-            &mut worker,
-            Duration::from_secs(60),
-        )
-        .await
-        .with_context(|| format!("waiting for {}", worker.name))?;
+        procs::wait_ready(&mut worker, Duration::from_secs(60)).await?;
         // Let the consumers settle on their subscriptions (and start-up's allocations be freed).
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle = Memory::of(&worker)?;

@@ -222,14 +222,7 @@ impl Bench {
             None,
         )?;
         let mut worker = procs.remove(0);
-        let http_port = worker.http_port.unwrap_or_default();
-        procs::wait_http_ok(
-            &format!("http://127.0.0.1:{http_port}/readyz"),
-            &mut worker,
-            Duration::from_secs(60),
-        )
-        .await
-        .with_context(|| format!("waiting for {}", worker.name))?;
+        procs::wait_ready(&mut worker, Duration::from_secs(60)).await?;
         // Let the consumers settle on their subscriptions before the counters are read.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = self.all_stats(&run_topics).await?;

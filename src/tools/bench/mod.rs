@@ -1093,17 +1093,7 @@ impl Bench {
         }));
         let mut procs =
             self.start_workers(Kind::Worker, 1, "latency", &topics, Some(port), None)?;
-        let http = procs[0].name.clone();
-        // Wait for the worker's readiness (its /readyz checks the broker), so start-up is not measured.
-        if let Some(p) = procs[0].http_port {
-            procs::wait_http_ok(
-                &format!("http://127.0.0.1:{p}/readyz"),
-                &mut procs[0],
-                Duration::from_secs(30),
-            )
-            .await
-            .with_context(|| format!("waiting for {http}"))?;
-        }
+        procs::wait_ready(&mut procs[0], Duration::from_secs(30)).await?;
         // Let the consumers settle on their subscriptions.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let worker_before = procs[0].usage().unwrap_or_default();

@@ -158,6 +158,15 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// Waits until a worker started with an HTTP port says it is ready (`/readyz`, which checks the
+/// broker), so that start-up is not measured.
+pub async fn wait_ready(proc: &mut Proc, limit: Duration) -> Result<()> {
+    let port = proc
+        .http_port
+        .with_context(|| format!("{} has no HTTP port", proc.name))?;
+    wait_http_ok(&format!("http://127.0.0.1:{port}/readyz"), proc, limit).await
+}
+
 /// Waits until `url` answers 2xx, or fails after `limit` (checking that `proc` is still alive).
 pub async fn wait_http_ok(url: &str, proc: &mut Proc, limit: Duration) -> Result<()> {
     let http = reqwest::Client::new();
