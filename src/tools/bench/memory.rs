@@ -41,6 +41,16 @@ pub struct Memory {
     pub anon_kib: u64,
 }
 
+/// The worker's memory when its last output is out, and [`SETTLE`] later; then stops it.
+async fn done_and_settled(mut worker: Proc) -> Result<(Memory, Memory)> {
+    let done = Memory::of(&worker)?;
+    tokio::time::sleep(SETTLE).await;
+    worker.check_alive()?;
+    let settled = Memory::of(&worker)?;
+    worker.stop().await;
+    Ok((done, settled))
+}
+
 impl Memory {
     /// Reads the fields of a `/proc/<pid>/status` text (0 for one that is missing).
     pub fn parse(status: &str) -> Memory {
@@ -263,20 +273,8 @@ impl Bench {
         .await?;
         let seen = watch(collector, &mut [&mut worker, emulator]).await?;
         let secs = started.elapsed().as_secs_f64();
-        let done = Memory::of(&worker)?;
-        tokio::time::sleep(SETTLE).await;
-        worker.check_alive()?;
-        let settled = Memory::of(&worker)?;
-        worker.stop().await;
-        let others = seen
-            .iter()
-            .filter(|s| s.state.as_deref() != Some("submitted"))
-            .count();
-        if others > 0 {
-            self.note(format!(
-                "memory, {n} jobs waiting: {others} results other than `submitted` (see the logs)"
-            ));
-        }
+        let (done, settled) = done_and_settled(worker).await?;
+        self.note_not_submitted(&format!("memory, {n} jobs waiting"), &seen);
         eprintln!(
             "  {n} submitted in {secs:.1} s; RSS idle {}, peak {}, after {}, {} s later {}",
             mib(idle.rss_kib),
@@ -322,11 +320,7 @@ impl Bench {
         let mut worker = procs.remove(0);
         watch(collector, &mut [&mut worker]).await?;
         let secs = started.elapsed().as_secs_f64();
-        let done = Memory::of(&worker)?;
-        tokio::time::sleep(SETTLE).await;
-        worker.check_alive()?;
-        let settled = Memory::of(&worker)?;
-        worker.stop().await;
+        let (done, settled) = done_and_settled(worker).await?;
         eprintln!(
             "  {m} results in {secs:.1} s; RSS peak {}, after {}, {} s later {}",
             mib(done.peak_kib),

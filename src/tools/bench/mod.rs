@@ -519,6 +519,19 @@ impl Bench {
         self.notes.push(note);
     }
 
+    /// Notes the results of a submission-only run that are not `submitted` (none are expected).
+    fn note_not_submitted(&mut self, label: &str, seen: &[io::Seen]) {
+        let others = seen
+            .iter()
+            .filter(|s| s.state.as_deref() != Some("submitted"))
+            .count();
+        if others > 0 {
+            self.note(format!(
+                "{label}: {others} results other than `submitted` (see the logs)"
+            ));
+        }
+    }
+
     /// Environment of every process under test: broker, credentials, log filter.
     fn base_env(&self) -> BTreeMap<String, String> {
         let p = &self.settings.pulsar;
@@ -975,15 +988,7 @@ impl Bench {
         let (seen, wall, usage, broker_cpu) = self
             .supervise(procs, collector, started, broker_before)
             .await?;
-        let others = seen
-            .iter()
-            .filter(|s| s.state.as_deref() != Some("submitted"))
-            .count();
-        if others > 0 {
-            self.note(format!(
-                "{label}: {others} results other than `submitted` (see the logs)"
-            ));
-        }
+        self.note_not_submitted(label, &seen);
         Ok(Throughput::of(&seen, wall, usage, broker_cpu))
     }
 
