@@ -346,20 +346,20 @@ mod tests {
         let ci = ScriptedCi::default()
             .list_answers(Err(refusal(503, "ServiceUnavailable")))
             .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
-        let metrics = calls();
+        let ci_calls = calls();
         let recovery = Recovery::new(Duration::from_secs(3600));
         assert!(recovery
-            .lookup(&ci, &metrics, &valid("r1"), UNIX_EPOCH)
+            .lookup(&ci, &ci_calls, &valid("r1"), UNIX_EPOCH)
             .await
             .is_err());
         let found = recovery
-            .lookup(&ci, &metrics, &valid("r1"), UNIX_EPOCH)
+            .lookup(&ci, &ci_calls, &valid("r1"), UNIX_EPOCH)
             .await
             .unwrap();
         assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
         // The successful scan is kept for every later request of the queue.
         assert!(recovery
-            .lookup(&ci, &metrics, &valid("r2"), UNIX_EPOCH)
+            .lookup(&ci, &ci_calls, &valid("r2"), UNIX_EPOCH)
             .await
             .unwrap()
             .is_none());
@@ -428,18 +428,23 @@ mod tests {
         let ci = ScriptedCi::default()
             .list_answers(Ok(jobs(&[], None)))
             .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
-        let metrics = calls();
+        let ci_calls = calls();
         let recovery = Recovery::new(Duration::from_secs(3600));
         let before = SystemTime::now();
         assert!(recovery
-            .lookup(&ci, &metrics, &valid("r1"), before - Duration::from_secs(1))
+            .lookup(
+                &ci,
+                &ci_calls,
+                &valid("r1"),
+                before - Duration::from_secs(1)
+            )
             .await
             .unwrap()
             .is_none());
         let found = recovery
             .lookup(
                 &ci,
-                &metrics,
+                &ci_calls,
                 &valid("r1"),
                 SystemTime::now() + Duration::from_secs(1),
             )
@@ -460,10 +465,10 @@ mod tests {
     /// Looks for r1's job, then r2's, through one `Recovery`.
     async fn search_r1_and_r2(ci: &ScriptedCi) {
         let recovery = Recovery::new(Duration::from_secs(3600));
-        let metrics = calls();
+        let ci_calls = calls();
         for id in ["r1", "r2"] {
             recovery
-                .search(ci, &metrics, &valid(id), SystemTime::now())
+                .search(ci, &ci_calls, &valid(id), SystemTime::now())
                 .await
                 .unwrap();
         }
