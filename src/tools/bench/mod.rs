@@ -791,7 +791,8 @@ impl Bench {
                     .with_context(|| format!("completion path warm-up ({})", kind.name()))?;
             }
         }
-        let mut runs: BTreeMap<&'static str, Vec<Throughput>> = BTreeMap::new();
+        // Each runner's runs by repetition, so that a failed run does not shift the pairs below.
+        let mut runs: BTreeMap<&'static str, BTreeMap<u32, Throughput>> = BTreeMap::new();
         for rep in 1..=self.opts.repeat.max(1) {
             // The order alternates (A B C, then C B A, …): whichever goes later reads entries the
             // others have just pulled through the broker, so a fixed order would favour one side.
@@ -812,7 +813,7 @@ impl Bench {
                             t.wall.as_secs_f64(),
                             t.usage.cpu_secs
                         );
-                        runs.entry(kind.name()).or_default().push(t);
+                        runs.entry(kind.name()).or_default().insert(rep, t);
                     }
                     Err(e) => {
                         let row = format!("completion path, {} run {rep} (N = {n})", kind.name());
@@ -821,7 +822,8 @@ impl Bench {
                 }
             }
         }
-        let workers = runs.remove(Kind::Worker.name()).unwrap_or_default();
+        let worker_runs = runs.remove(Kind::Worker.name()).unwrap_or_default();
+        let workers: Vec<Throughput> = worker_runs.values().copied().collect();
         if workers.is_empty() {
             bail!("no completion-path run of the worker finished");
         }
@@ -852,16 +854,16 @@ impl Bench {
             cmd.clone(),
         );
         for kind in &kinds[1..] {
-            let others = runs.get(kind.name()).cloned().unwrap_or_default();
-            if others.is_empty() {
+            let Some(other_runs) = runs.get(kind.name()) else {
                 continue;
-            }
+            };
+            let others: Vec<Throughput> = other_runs.values().copied().collect();
             let omean = mean(others.iter().map(|t| t.rate));
             // Ratios pair each worker run with the other runner's run of the same repetition.
-            let ratios: Vec<String> = workers
+            let ratios: Vec<String> = worker_runs
                 .iter()
-                .zip(&others)
-                .map(|(w, o)| format!("{:.2}", w.rate / o.rate))
+                .filter_map(|(rep, w)| other_runs.get(rep).map(|o| w.rate / o.rate))
+                .map(|r| format!("{r:.2}"))
                 .collect();
             self.row(
                 "completion",
@@ -889,9 +891,9 @@ impl Bench {
             let wall = mean(workers.iter().map(|t| t.wall.as_secs_f64()));
             let mut value = format!("worker {:.0}%", 100.0 * b / wall);
             for kind in &kinds[1..] {
-                let others = runs.get(kind.name()).cloned().unwrap_or_default();
-                if let Some(ob) = mean_opt(others.iter().map(|t| t.broker_cpu)) {
-                    let owall = mean(others.iter().map(|t| t.wall.as_secs_f64()));
+                let others = runs.get(kind.name()).into_iter().flat_map(|r| r.values());
+                if let Some(ob) = mean_opt(others.clone().map(|t| t.broker_cpu)) {
+                    let owall = mean(others.map(|t| t.wall.as_secs_f64()));
                     let _ = write!(value, ", {} {:.0}%", kind.name(), 100.0 * ob / owall);
                 }
             }
