@@ -470,6 +470,29 @@ fn backlog(stats: &serde_json::Value, subscription: &str) -> Option<i64> {
     stats["subscriptions"][subscription]["msgBacklog"].as_i64()
 }
 
+/// A Failover consumer of `topic` from its start.
+async fn failover_consumer(
+    client: &Pulsar<TokioExecutor>,
+    topic: &str,
+    subscription: &str,
+    name: &str,
+) -> Consumer<Vec<u8>, TokioExecutor> {
+    consumer_of(client, topic, subscription, SubType::Failover, name, None).await
+}
+
+/// Three clients, three connections: as two replicas and a producer (or three replicas) have.
+async fn three_clients() -> (
+    Pulsar<TokioExecutor>,
+    Pulsar<TokioExecutor>,
+    Pulsar<TokioExecutor>,
+) {
+    (
+        common::client().await,
+        common::client().await,
+        common::client().await,
+    )
+}
+
 /// Probe of the broker's redelivery count (see [`consumer_of`]): a delivery counted once or more
 /// goes to `topic` instead of the application.
 fn count_probe(topic: &str) -> Option<DeadLetterPolicy> {
@@ -504,12 +527,7 @@ async fn shared_delayed_message_acked_early_by_id_from_another_client_is_never_d
     let topic = unique_topic("smoke-deadline");
     common::create_partitioned_topic(&topic, 2).await;
     let sub = unique_name("smoke-sub");
-    // Three clients, three connections: as three replicas would have.
-    let (ca, cb, cp) = (
-        common::client().await,
-        common::client().await,
-        common::client().await,
-    );
+    let (ca, cb, cp) = three_clients().await;
     let mut a = consumer_of(
         &ca,
         &topic,
@@ -609,14 +627,10 @@ async fn failover_partitions_move_to_a_joining_consumer_with_their_unacked_messa
     let topic = unique_topic("smoke-failover");
     common::create_partitioned_topic(&topic, N).await;
     let sub = unique_name("smoke-sub");
-    let (ca, cb, cp) = (
-        common::client().await,
-        common::client().await,
-        common::client().await,
-    );
+    let (ca, cb, cp) = three_clients().await;
     // The broker orders a partition's consumers by priority, then name: a before b.
     let (name_a, name_b) = (unique_name("smoke-fo-a"), unique_name("smoke-fo-b"));
-    let mut a = consumer_of(&ca, &topic, &sub, SubType::Failover, &name_a, None).await;
+    let mut a = failover_consumer(&ca, &topic, &sub, &name_a).await;
     let mut producers = partition_producers(&cp, &topic, N).await;
 
     // Round 0: A owns every partition; it reads one message of each and holds it unacked.
@@ -655,7 +669,7 @@ async fn failover_partitions_move_to_a_joining_consumer_with_their_unacked_messa
 
     // B joins: it takes the odd partitions, and receives both rounds of them although A holds
     // round 0 unacked and has round 1 in its queue.
-    let mut b = consumer_of(&cb, &topic, &sub, SubType::Failover, &name_b, None).await;
+    let mut b = failover_consumer(&cb, &topic, &sub, &name_b).await;
     let joined = Instant::now();
     let first = next_message(&mut b, 20).await;
     let moved_after = joined.elapsed();
@@ -852,15 +866,7 @@ async fn failover_redelivery_after_close_or_kill_is_uncounted() {
     // Closed: A holds both unacked and closes; C (another client) receives them uncounted.
     let closed_sub = unique_name("smoke-sub-close");
     let other = common::client().await;
-    let mut a = consumer_of(
-        &client,
-        &topic,
-        &closed_sub,
-        SubType::Failover,
-        &unique_name("smoke-a"),
-        None,
-    )
-    .await;
+    let mut a = failover_consumer(&client, &topic, &closed_sub, &unique_name("smoke-a")).await;
     assert_eq!(texts(&receive_n(&mut a, 2, 20).await), ["m0", "m1"]);
     a.close().await.expect("close a");
     let mut c = consumer_of(
@@ -947,15 +953,7 @@ async fn failover_redelivery_after_close_or_kill_is_uncounted() {
 async fn failover_child(spec: &str) {
     let (topic, sub) = spec.split_once(' ').expect("<topic> <subscription>");
     let client = common::client().await;
-    let mut consumer = consumer_of(
-        &client,
-        topic,
-        sub,
-        SubType::Failover,
-        &unique_name("smoke-child"),
-        None,
-    )
-    .await;
+    let mut consumer = failover_consumer(&client, topic, sub, &unique_name("smoke-child")).await;
     let _ = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let m = next_message(&mut consumer, 60).await;
@@ -972,14 +970,10 @@ async fn failover_ack_by_id_from_a_consumer_not_active_for_the_partition_is_appl
     let topic = unique_topic("smoke-fo-ack");
     common::create_partitioned_topic(&topic, 2).await;
     let sub = unique_name("smoke-sub");
-    let (ca, cb, cp) = (
-        common::client().await,
-        common::client().await,
-        common::client().await,
-    );
+    let (ca, cb, cp) = three_clients().await;
     let (name_a, name_b) = (unique_name("smoke-fo-a"), unique_name("smoke-fo-b"));
-    let mut a = consumer_of(&ca, &topic, &sub, SubType::Failover, &name_a, None).await;
-    let mut b = consumer_of(&cb, &topic, &sub, SubType::Failover, &name_b, None).await;
+    let mut a = failover_consumer(&ca, &topic, &sub, &name_a).await;
+    let mut b = failover_consumer(&cb, &topic, &sub, &name_b).await;
     let p1 = partition_topic(&topic, 1);
     // Partition 1 belongs to B (second in name order) once the broker has chosen.
     await_stats(&p1, 20, "B active on partition 1", |s| {
@@ -1060,15 +1054,7 @@ async fn message_ids_name_partition_and_position() {
     common::create_partitioned_topic(&topic, N).await;
     let client = common::client().await;
     let sub = unique_name("smoke-sub");
-    let mut consumer = consumer_of(
-        &client,
-        &topic,
-        &sub,
-        SubType::Failover,
-        &unique_name("smoke-a"),
-        None,
-    )
-    .await;
+    let mut consumer = failover_consumer(&client, &topic, &sub, &unique_name("smoke-a")).await;
     let mut producers = partition_producers(&client, &topic, N).await;
     let mut receipts: BTreeMap<String, MessageIdData> = BTreeMap::new();
     for i in 0..N {
