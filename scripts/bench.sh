@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark in one command (issue #8; figures and their meaning in docs/performance.md):
+# The benchmark in one command (figures and their meaning in docs/performance.md):
 #   1. builds ci-worker (release),
 #   2. starts the Apache Pulsar standalone broker if it is not running (and stops it at the end only
 #      if it started it),

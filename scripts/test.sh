@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: installs what is missing, builds, starts two fresh Apache Pulsar brokers, runs
 # `cargo test --all-targets --no-fail-fast` and `pytest tests/interop`, validates the deployment files, checks the
-# import graph (scripts/module-graph.py), the paths the docs name (scripts/check-paths.py) and the
+# import graph (scripts/module-graph.py), the paths the docs name and README's Layout (scripts/check-paths.py) and the
 # production build (--no-default-features), stops the brokers, exits non-zero if anything failed. Used by CI (.ci/run) and by developers alike.
 #
 # Brokers (both wiped at start, both stopped at exit unless PULSAR_KEEP=1):
@@ -130,7 +130,8 @@ graph_rc=0
 python3 "$REPO_ROOT/scripts/module-graph.py" || graph_rc=$?
 ((graph_rc == 0)) || failed_phases+=("module-graph (exit $graph_rc)")
 
-# Paths that the docs, scripts and deployment files name exist (scripts/check-paths.py).
+# Paths that the docs, scripts and deployment files name exist, and README's Layout names every *.rs
+# (scripts/check-paths.py).
 phase "scripts/check-paths.py"
 paths_rc=0
 python3 "$REPO_ROOT/scripts/check-paths.py" || paths_rc=$?
@@ -180,7 +181,7 @@ prod_passed=$((prod_rc == 0 ? 1 : 0))
 prod_unit_passed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed;.*/\1/p' "$LOG_DIR/cargo-test-prod.log" 2>/dev/null | awk '{s+=$1} END {print s+0}')
 echo "validate-deploy: $([[ $deploy_rc == 0 ]] && echo passed || echo "failed (exit $deploy_rc)")"
 echo "module graph: $([[ $graph_rc == 0 ]] && echo "no cycle" || echo "cycles (above)")"
-echo "named paths: $([[ $paths_rc == 0 ]] && echo "all exist" || echo "dangling (above)")"
+echo "named paths: $([[ $paths_rc == 0 ]] && echo "all exist, Layout complete" || echo "dangling or missing from Layout (above)")"
 echo "production build (--no-default-features): $([[ $prod_rc == 0 ]] && echo "passed, $prod_unit_passed unit tests" || echo failed)"
 echo "took $((SECONDS - T0)) s; logs in $LOG_DIR"
 if ((${#failed_phases[@]})); then

@@ -10,20 +10,10 @@ mod stack;
 use ci_worker::ci::client::{CiClient, CiError};
 use ci_worker::ci::sign::Credentials;
 use ci_worker::secret::Secret;
+use common::JobRequest;
 use serde_json::Value;
 use stack::{all_final, by_request, finals, Stack};
 use std::time::{Duration, Instant};
-
-fn request(id: &str) -> Vec<u8> {
-    common::watermark_request(
-        id,
-        &format!("input/{id}.mp4"),
-        "rotation",
-        &format!("output/{id}.mp4"),
-    )
-    .to_string()
-    .into_bytes()
-}
 
 /// A stack whose emulator issues key sets of `lifetime_s` for `role`.
 fn stack(prefix: &str, role: &str, lifetime_s: u64) -> Stack {
@@ -87,7 +77,7 @@ where
             &common::pulsar_url(),
             None,
             &stack.topics.request,
-            vec![request(&id)],
+            vec![JobRequest::watermark(&id, "rotation").bytes()],
         )
         .await;
         ids.push(id);

@@ -5,23 +5,14 @@
 mod common;
 mod stack;
 
-use common::{is_rfc3339_utc, watermark_request, BUCKET, REGION};
+use common::{is_rfc3339_utc, JobRequest, BUCKET, REGION};
 use serde_json::{json, Value};
 use stack::{collect, Stack};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// A request of this test: CI's callback `format`, the caller's `user_data` if any.
-fn request(id: &str, object: &str, format: &str, user_data: Option<&str>) -> Value {
-    let mut req = watermark_request(id, object, "e2e-watermark_1", &format!("output/{id}.mp4"));
-    let op = &mut req["job"]["Operation"];
-    op["JobLevel"] = json!("1");
-    if let Some(u) = user_data {
-        op["UserData"] = json!(u);
-    }
-    req["job"]["CallBackFormat"] = json!(format);
-    req
-}
+/// The watermark text of this test's requests.
+const MESSAGE: &str = "e2e-watermark_1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_become_exactly_one_final_result_each() {
@@ -48,7 +39,14 @@ async fn requests_become_exactly_one_final_result_each() {
             1 => Some(format!("caller data {i} ;with:marker-like ciw1:x; text")),
             _ => Some("<xml>&amp; \"quotes\"</xml>".to_string()),
         };
-        let req = request(&id, &object, format, user_data.as_deref());
+        let mut req = JobRequest::watermark(&id, MESSAGE)
+            .input(&object)
+            .job_level("1")
+            .callback_format(format);
+        if let Some(u) = &user_data {
+            req = req.user_data(u);
+        }
+        let req = req.json();
         payloads.push(req.to_string().into_bytes());
         expected.insert(id, req);
     }
@@ -56,7 +54,11 @@ async fn requests_become_exactly_one_final_result_each() {
     let mut rejected_ids = Vec::new();
     for i in 0..20 {
         let id = format!("bad-{i}");
-        let mut req = request(&id, "input/x.mp4", "JSON", None);
+        let mut req = JobRequest::watermark(&id, MESSAGE)
+            .input("input/x.mp4")
+            .job_level("1")
+            .callback_format("JSON")
+            .json();
         if i % 2 == 0 {
             req["job"]["Operation"]["DigitalWatermark"]["Message"] = json!("not allowed!");
         } else {

@@ -3,8 +3,10 @@
 //! seed corpus in `tests/fuzz-corpus/` (documented examples and known attacks) and also mutates it;
 //! proptest keeps any failing case in `tests/fuzz.proptest-regressions` so it is replayed forever.
 //!
-//! Properties: nothing panics; what the parser refuses it refuses with an error; text written into
-//! CI's XML comes back from CI's XML exactly as it went in (no injection survives escaping).
+//! Properties: nothing panics; what the parser refuses it refuses with an error; a readable request
+//! validates into XML that CI's parser reads back, or is refused naming the field at fault; text
+//! written into CI's XML comes back from CI's XML exactly as it went in (no injection survives
+//! escaping).
 
 mod common;
 
@@ -13,10 +15,10 @@ use ci_worker::ci::lists::is_list;
 use ci_worker::ci::tree::Node;
 use ci_worker::ci::xml;
 use ci_worker::config::CiSettings;
-use ci_worker::request::SubmitRequest;
+use ci_worker::request::{marker, SubmitRequest};
 use ci_worker::result::normalize::{normalize_event, normalize_job};
 use ci_worker::result::RESULT_VERSION;
-use common::{is_rfc3339_utc, watermark_request, BUCKET, REGION};
+use common::{is_rfc3339_utc, JobRequest, BUCKET, REGION};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -93,6 +95,37 @@ fn json_tree() -> impl Strategy<Value = Value> {
             .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
+}
+
+/// Jobs for the validator: arbitrary trees (nearly all refused), and the documented watermark job
+/// with one element replaced by an arbitrary tree or added (often valid, often refused by one rule).
+fn any_job() -> impl Strategy<Value = Value> {
+    const PATHS: &[&[&str]] = &[
+        &["Tag"],
+        &["Input"],
+        &["Input", "Object"],
+        &["Operation"],
+        &["Operation", "UserData"],
+        &["Operation", "JobLevel"],
+        &["Operation", "DigitalWatermark"],
+        &["Operation", "DigitalWatermark", "Message"],
+        &["Operation", "Output", "Object"],
+        &["CallBackFormat"],
+        &["CallBackType"],
+        &["QueueId"],
+        &["Extra"],
+    ];
+    let documented = JobRequest::watermark("r", "m").json()["job"].clone();
+    prop_oneof![
+        json_tree(),
+        (0..PATHS.len(), json_tree()).prop_map(move |(i, tree)| {
+            let mut job = documented.clone();
+            let (last, parents) = PATHS[i].split_last().unwrap();
+            let parent = parents.iter().fold(&mut job, |at, key| &mut at[*key]);
+            parent[*last] = tree;
+            job
+        }),
+    ]
 }
 
 /// Printable ASCII with every XML metacharacter over-represented.
@@ -221,18 +254,48 @@ proptest! {
         }
     }
 
+    /// A readable request either validates into a `<Request>` that CI's XML parser reads back with
+    /// the marker naming the request and the caller's `UserData` after it, or is refused as
+    /// `InvalidRequest` with a message that names the field at fault.
     #[test]
-    fn any_json_request_validates_or_refuses(job in json_tree(), id in ".{1,20}") {
+    fn any_json_request_validates_or_refuses(job in any_job(), id in ".{1,20}") {
         prop_assume!(!id.trim().is_empty());
         let payload = json!({"request_id": id, "bucket": BUCKET, "region": REGION, "job": job}).to_string();
         let req = SubmitRequest::parse(payload.as_bytes()).unwrap();
-        let _ = req.validate(&ci());
+        prop_assert_eq!(&req.request_id, &id);
+        match req.validate(&ci()) {
+            Ok(valid) => {
+                prop_assert_eq!(&valid.request_id, &id);
+                let caller = job["Operation"]["UserData"].as_str();
+                prop_assert_eq!(valid.user_data.as_deref(), caller);
+                let body = xml::to_xml("Request", &valid.ci_job).unwrap();
+                let doc = xml::parse(&body).unwrap();
+                prop_assert_eq!(&doc.root, "Request");
+                prop_assert_eq!(doc.node.text_at(&["Tag"]), valid.ci_job.text_at(&["Tag"]));
+                let sent = doc.node.text_at(&["Operation", "UserData"]);
+                let caller = caller.filter(|u| !u.is_empty()).map(String::from);
+                prop_assert_eq!(marker::decode(sent), (Some(id.clone()), caller));
+                prop_assert!(doc.node.text_at(&["CallBackType"]).is_some(), "{}", body);
+            }
+            Err(refused) => {
+                prop_assert_eq!(&refused.code, "InvalidRequest");
+                if !job.is_object() {
+                    prop_assert!(refused.message.starts_with("job must be an object"), "{}", refused.message);
+                }
+                // `job.<path>: rule`, `job.<key> is reserved`, `job cannot be written as CI's XML`,
+                // or the marker's `UserData …` (the caller's job.Operation.UserData).
+                prop_assert!(
+                    ["job.", "job ", "UserData "].iter().any(|p| refused.message.starts_with(p)),
+                    "no field named: {}", refused.message
+                );
+            }
+        }
     }
 
     /// Text fields survive the trip into CI's XML and back exactly: no metacharacter escapes.
     #[test]
     fn text_round_trips_through_ci_xml(object in hostile_text(), user_data in hostile_text()) {
-        let mut payload = watermark_request("r", &object, "m", "o");
+        let mut payload = JobRequest::watermark("r", "m").input(&object).output("o").json();
         payload["job"]["Operation"]["Output"]["Bucket"] = json!("b-1");
         payload["job"]["Operation"]["UserData"] = json!(user_data);
         let payload = payload.to_string();

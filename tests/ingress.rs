@@ -8,7 +8,7 @@
 mod common;
 mod stack;
 
-use common::watermark_request;
+use common::JobRequest;
 use stack::{all_final, by_request, collect, finals, metric, metrics, PrivateBroker, Stack};
 use std::time::Duration;
 
@@ -18,15 +18,10 @@ fn requests(prefix: &str, n: usize) -> (Vec<String>, Vec<Vec<u8>>) {
         .iter()
         .enumerate()
         .map(|(i, id)| {
-            let mut req = watermark_request(
-                id,
-                &format!("input/{id}.mp4"),
-                "ingress-watermark",
-                &format!("output/{id}.mp4"),
-            );
             // Both formats CI writes.
-            req["job"]["CallBackFormat"] = (if i % 2 == 0 { "JSON" } else { "XML" }).into();
-            req.to_string().into_bytes()
+            JobRequest::watermark(id, "ingress-watermark")
+                .callback_format(if i % 2 == 0 { "JSON" } else { "XML" })
+                .bytes()
         })
         .collect();
     (ids, payloads)

@@ -7,7 +7,7 @@
 mod common;
 mod stack;
 
-use common::watermark_request;
+use common::JobRequest;
 use serde_json::Value;
 use stack::{all_final, by_request, collect, finals, Stack};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,14 +19,9 @@ async fn publish_jobs(stack: &Stack, url: &str, token: Option<String>, ids: &[St
     let payloads = ids
         .iter()
         .map(|id| {
-            watermark_request(
-                id,
-                &format!("input/{id}.mp4"),
-                "lookup",
-                &format!("out/{id}.mp4"),
-            )
-            .to_string()
-            .into_bytes()
+            JobRequest::watermark(id, "lookup")
+                .output(&format!("out/{id}.mp4"))
+                .bytes()
         })
         .collect();
     common::publish(url, token, &stack.topics.request, payloads).await;

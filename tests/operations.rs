@@ -5,22 +5,9 @@
 mod common;
 mod stack;
 
-use common::publish;
-use serde_json::json;
+use common::{publish, JobRequest};
 use stack::{collect, http_get, metric, metrics, wait_status, Stack};
 use std::time::Duration;
-
-/// A request of this test, as the bytes published.
-fn request(id: &str) -> Vec<u8> {
-    common::watermark_request(
-        id,
-        &format!("input/{id}.mp4"),
-        "ops",
-        &format!("output/{id}.mp4"),
-    )
-    .to_string()
-    .into_bytes()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_probes_follow_the_jobs() {
@@ -34,7 +21,9 @@ async fn metrics_and_probes_follow_the_jobs() {
     let before = metrics(stack.worker_http_port).await;
     assert_eq!(metric(&before, "ci_worker_requests_consumed_total"), 0.0);
 
-    let mut payloads: Vec<Vec<u8>> = (0..6).map(|i| request(&format!("ops-{i}"))).collect();
+    let mut payloads: Vec<Vec<u8>> = (0..6)
+        .map(|i| JobRequest::watermark(&format!("ops-{i}"), "ops").bytes())
+        .collect();
     payloads.push(b"not json".to_vec());
     publish(&common::pulsar_url(), None, &stack.topics.request, payloads).await;
     collect(&mut results, Duration::from_secs(60), |seen| {
@@ -142,7 +131,12 @@ async fn submit_command_follows_its_job_and_cleans_up() {
     let mut stack = Stack::new("cli");
     stack.start_emulator().await;
     stack.start_worker();
-    let out = submit_and_wait(&stack, &request("cli-done"), 60).await;
+    let out = submit_and_wait(
+        &stack,
+        &JobRequest::watermark("cli-done", "ops").bytes(),
+        60,
+    )
+    .await;
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -158,9 +152,10 @@ async fn submit_command_follows_its_job_and_cleans_up() {
     assert!(!stderr.contains("ERROR"), "{stderr}");
 
     // A job that never finishes: the command gives up after its timeout, with the reason.
-    let mut lost = serde_json::from_slice::<serde_json::Value>(&request("cli-lost")).unwrap();
-    lost["job"]["Input"]["Object"] = json!("input/__lost__/cli-lost.mp4");
-    let out = submit_and_wait(&stack, lost.to_string().as_bytes(), 3).await;
+    let lost = JobRequest::watermark("cli-lost", "ops")
+        .input("input/__lost__/cli-lost.mp4")
+        .bytes();
+    let out = submit_and_wait(&stack, &lost, 3).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("no final result for cli-lost"), "{stderr}");
@@ -203,7 +198,7 @@ async fn readiness_drops_without_the_broker_and_returns_with_it() {
         &broker.url,
         None,
         &stack.topics.request,
-        vec![request("after-restart")],
+        vec![JobRequest::watermark("after-restart", "ops").bytes()],
     )
     .await;
     collect(&mut results, Duration::from_secs(90), |seen| {
@@ -231,7 +226,7 @@ async fn worker_authenticates_with_pulsar_token() {
         &common::auth_pulsar_url(),
         Some(common::auth_token()),
         &stack.topics.request,
-        vec![request("with-token")],
+        vec![JobRequest::watermark("with-token", "ops").bytes()],
     )
     .await;
     collect(&mut results, Duration::from_secs(60), |seen| {

@@ -21,17 +21,10 @@
 mod common;
 mod stack;
 
-use common::{publish, watermark_request, BUCKET, REGION};
-use serde_json::{json, Value};
+use common::{publish, JobRequest, BUCKET, REGION};
+use serde_json::json;
 use stack::{all_final, by_request, collect, finals, metric, metrics, Stack};
 use std::time::Duration;
-
-/// A request of this test: its `UserData` names it.
-fn request(id: &str, object: &str) -> Value {
-    let mut req = watermark_request(id, object, "reliable", &format!("out/{id}.mp4"));
-    req["job"]["Operation"]["UserData"] = json!(format!("data of {id}"));
-    req
-}
 
 /// Publishes `n` requests `<prefix>-<i>` whose input object is `object(id)`; returns their ids.
 async fn publish_requests(
@@ -43,7 +36,12 @@ async fn publish_requests(
     let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
     let payloads = ids
         .iter()
-        .map(|id| request(id, &object(id)).to_string().into_bytes())
+        .map(|id| {
+            JobRequest::watermark(id, "reliable")
+                .input(&object(id))
+                .user_data(&format!("data of {id}"))
+                .bytes()
+        })
         .collect();
     publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
     ids
@@ -152,9 +150,10 @@ async fn broker_restart_loses_nothing() {
     let encode = |ids: &[String]| -> Vec<Vec<u8>> {
         ids.iter()
             .map(|id| {
-                request(id, &format!("in/{id}.mp4"))
-                    .to_string()
-                    .into_bytes()
+                JobRequest::watermark(id, "reliable")
+                    .input(&format!("in/{id}.mp4"))
+                    .user_data(&format!("data of {id}"))
+                    .bytes()
             })
             .collect()
     };
@@ -317,16 +316,18 @@ async fn lost_callbacks_are_found_by_deadlines_across_a_restart() {
     let mut payloads = Vec::new();
     for id in &lost {
         payloads.push(
-            request(id, &format!("in/__lost__/{id}.mp4"))
-                .to_string()
-                .into_bytes(),
+            JobRequest::watermark(id, "reliable")
+                .input(&format!("in/__lost__/{id}.mp4"))
+                .user_data(&format!("data of {id}"))
+                .bytes(),
         );
     }
     for id in &slow {
         payloads.push(
-            request(id, &format!("in/__slow__/{id}.mp4"))
-                .to_string()
-                .into_bytes(),
+            JobRequest::watermark(id, "reliable")
+                .input(&format!("in/__slow__/{id}.mp4"))
+                .user_data(&format!("data of {id}"))
+                .bytes(),
         );
     }
     publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
@@ -716,7 +717,10 @@ async fn hostile_input_is_refused_or_escaped_and_secrets_stay_secret() {
     for _ in 0..10_000 {
         nested.push('}');
     }
-    let mut big = request("big", "in/big.mp4");
+    let mut big = JobRequest::watermark("big", "reliable")
+        .input("in/big.mp4")
+        .user_data("data of big")
+        .json();
     big["job"]["Operation"]["Padding"] = json!("x".repeat(4 * 1024 * 1024));
     // Nested past serde_json's limit, even with a request_id inside, it is not readable JSON.
     let unreadable: Vec<Vec<u8>> = vec![
@@ -724,9 +728,15 @@ async fn hostile_input_is_refused_or_escaped_and_secrets_stay_secret() {
         nested.clone().into_bytes(),
         format!("{{\"request_id\": \"deep\", \"job\": {nested}}}").into_bytes(),
     ];
-    let mut escaped = request("escaped", "in/<&>\"'.mp4");
+    let mut escaped = JobRequest::watermark("escaped", "reliable")
+        .input("in/<&>\"'.mp4")
+        .user_data("data of escaped")
+        .json();
     escaped["job"]["Operation"]["UserData"] = json!(injection);
-    let mut evil_tag = request("evil-tag", "in/x.mp4");
+    let mut evil_tag = JobRequest::watermark("evil-tag", "reliable")
+        .input("in/x.mp4")
+        .user_data("data of evil-tag")
+        .json();
     evil_tag["job"]["Tag"] = json!("</Tag><Input>");
     let mut payloads = unreadable.clone();
     payloads.push(escaped.to_string().into_bytes());
@@ -799,7 +809,10 @@ async fn poison_messages_are_dead_lettered_with_their_history() {
     stack.start_emulator().await;
     let mut dead = stack.follow(&stack.topics.dead_letter).await;
     stack.start_worker();
-    let payload = request("poison-1", "in/p.mp4").to_string().into_bytes();
+    let payload = JobRequest::watermark("poison-1", "reliable")
+        .input("in/p.mp4")
+        .user_data("data of poison-1")
+        .bytes();
     publish(
         &stack.pulsar_url(),
         None,

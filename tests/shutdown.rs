@@ -8,7 +8,7 @@
 mod common;
 mod stack;
 
-use common::{publish, watermark_request};
+use common::{publish, JobRequest};
 use stack::{all_final, by_request, collect, finals, signal_pid, PrivateBroker, Stack};
 use std::time::Duration;
 
@@ -23,14 +23,10 @@ async fn publish_requests(stack: &Stack, prefix: &str, n: usize) -> Vec<String> 
     let payloads = ids
         .iter()
         .map(|id| {
-            watermark_request(
-                id,
-                &format!("in/{id}.mp4"),
-                "term",
-                &format!("out/{id}.mp4"),
-            )
-            .to_string()
-            .into_bytes()
+            JobRequest::watermark(id, "term")
+                .input(&format!("in/{id}.mp4"))
+                .output(&format!("out/{id}.mp4"))
+                .bytes()
         })
         .collect();
     publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
@@ -182,8 +178,11 @@ async fn emulator_and_submit_wait_end_on_sigterm() {
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("request.json");
-    let request = watermark_request("term-tools-wait", "in/wait.mp4", "term", "out/wait.mp4");
-    std::fs::write(&file, request.to_string()).unwrap();
+    let request = JobRequest::watermark("term-tools-wait", "term")
+        .input("in/wait.mp4")
+        .output("out/wait.mp4")
+        .bytes();
+    std::fs::write(&file, request).unwrap();
     let mut client = stack.spawn_command(&[
         "submit",
         "--wait",

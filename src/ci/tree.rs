@@ -2,8 +2,8 @@
 //! from, whatever their format.
 //!
 //! Why not `serde_json::Value`: an owned tree allocates every element name, every text and a hash
-//! map per element, then frees them all once the event is normalized. That was most of the completion
-//! path's own CPU (docs/performance.md, finding 14). A `Node` borrows names and texts from the payload
+//! map per element, then frees them all once the event is normalized: most of the completion path's
+//! own CPU (docs/performance.md, finding 14). A `Node` borrows names and texts from the payload
 //! (copies are made only where the text must change: entities, escapes, numbers) and keeps each
 //! element's children in one vector.
 //!

@@ -164,7 +164,7 @@ impl Publisher {
             return Ok(producer.clone());
         }
         // Boxed: the builder's future is several KiB, and inlined it would be copied into every
-        // publish's future (measured: memcpy was a fifth of the completion path's samples).
+        // publish's future (measured: that memcpy is a fifth of the completion path's samples).
         let producer = slot
             .get_or_try_init(|| {
                 Box::pin(async {
@@ -263,9 +263,9 @@ impl Publisher {
     /// Checks that a producer on `topic` is connected (readiness).
     ///
     /// A partitioned topic's producer is not pinged: the crate pings all its partitions at once,
-    /// mostly over one connection, which keeps a single pong slot, so the pings cancel each other and
-    /// the producer was rebuilt at every check. The broker answering the topic's partition lookup
-    /// is the check instead.
+    /// mostly over one connection, which keeps a single pong slot, so the pings would cancel each
+    /// other and the producer be rebuilt at every check. The broker answering the topic's partition
+    /// lookup is the check instead.
     pub async fn check(&self, topic: &str) -> Result<(), PulsarIoError> {
         let producer = self.producer(topic).await?;
         let partitioned = producer.lock().await.partitions().is_some();

@@ -28,7 +28,7 @@
 //! | [`next_message`], [`properties`] | the next message; its properties | stack, `broker_smoke`, `emulator` |
 //! | [`within`] | a future with a timeout | stack, `broker_smoke`, `consume_loop`, `emulator`, `operations`, `reliability` |
 //! | [`BUCKET`], [`REGION`] | the bucket and region of every test job | stack users, `emulator`, `fuzz` |
-//! | [`watermark_request`] | a DigitalWatermark request in the worker's input format | `e2e`, `fuzz`, `operations`, `reliability` |
+//! | [`JobRequest`] | a DigitalWatermark request in the worker's input format, field by field | `credentials`, `e2e`, `fuzz`, `ingress`, `lookup`, `operations`, `reliability`, `shutdown` |
 //! | [`is_rfc3339_utc`] | the result times' format | `e2e`, `fuzz` |
 
 #![allow(dead_code)]
@@ -311,14 +311,61 @@ pub const BUCKET: &str = "examplebucket-1250000000";
 /// The region of every test job.
 pub const REGION: &str = "ap-guangzhou";
 
-/// A DigitalWatermark request in the worker's input format: job `id` on [`BUCKET`] in [`REGION`],
-/// input `object`, text watermark `message`, output `output` in the same bucket. Callers add or
-/// change fields (`UserData`, `JobLevel`, `CallBackFormat`, …) on the returned value.
-pub fn watermark_request(id: &str, object: &str, message: &str, output: &str) -> Value {
-    json!({"request_id": id, "bucket": BUCKET, "region": REGION,
-           "job": {"Tag": "DigitalWatermark", "Input": {"Object": object},
-                   "Operation": {"DigitalWatermark": {"Type": "Text", "Message": message, "Version": "V1"},
-                                 "Output": {"Region": REGION, "Bucket": BUCKET, "Object": output}}}})
+/// A DigitalWatermark request in the worker's input format, built field by field:
+/// `JobRequest::watermark(id, message)` is job `id` on [`BUCKET`] in [`REGION`] writing the text
+/// watermark `message` from `input/<id>.mp4` into `output/<id>.mp4` of the same bucket; the other
+/// methods change one field each. A test that needs a field no method sets edits [`JobRequest::json`].
+#[derive(Debug, Clone)]
+pub struct JobRequest(Value);
+
+impl JobRequest {
+    pub fn watermark(id: &str, message: &str) -> Self {
+        JobRequest(json!({"request_id": id, "bucket": BUCKET, "region": REGION,
+            "job": {"Tag": "DigitalWatermark", "Input": {"Object": format!("input/{id}.mp4")},
+                    "Operation": {"DigitalWatermark": {"Type": "Text", "Message": message, "Version": "V1"},
+                                  "Output": {"Region": REGION, "Bucket": BUCKET,
+                                             "Object": format!("output/{id}.mp4")}}}}))
+    }
+
+    /// The input object (`job.Input.Object`).
+    pub fn input(mut self, object: &str) -> Self {
+        self.0["job"]["Input"]["Object"] = json!(object);
+        self
+    }
+
+    /// The output object (`job.Operation.Output.Object`).
+    pub fn output(mut self, object: &str) -> Self {
+        self.0["job"]["Operation"]["Output"]["Object"] = json!(object);
+        self
+    }
+
+    /// CI's callback format, `JSON` or `XML` (`job.CallBackFormat`).
+    pub fn callback_format(mut self, format: &str) -> Self {
+        self.0["job"]["CallBackFormat"] = json!(format);
+        self
+    }
+
+    /// The caller's data (`job.Operation.UserData`).
+    pub fn user_data(mut self, data: &str) -> Self {
+        self.0["job"]["Operation"]["UserData"] = json!(data);
+        self
+    }
+
+    /// The job's priority (`job.Operation.JobLevel`).
+    pub fn job_level(mut self, level: &str) -> Self {
+        self.0["job"]["Operation"]["JobLevel"] = json!(level);
+        self
+    }
+
+    /// The request as JSON.
+    pub fn json(self) -> Value {
+        self.0
+    }
+
+    /// The request as the bytes published on the request topic.
+    pub fn bytes(self) -> Vec<u8> {
+        self.0.to_string().into_bytes()
+    }
 }
 
 /// Whether `s` is an RFC 3339 time in UTC (`…Z`), the format of every time in a result.

@@ -135,6 +135,29 @@ def pulsar_auth_client(pulsar_auth_url, pulsar_auth_token):
     client.close()
 
 
+# The bucket and region of every job the interop tests submit, and CI's Host for them.
+BUCKET, REGION = "examplebucket-1250000000", "ap-guangzhou"
+CI_HOST = f"{BUCKET}.ci.{REGION}.myqcloud.com"
+
+
+def sdk_client(port, secret_id, secret_key, domain=CI_HOST):
+    """Tencent's cos-python-sdk-v5 client of an emulator on 127.0.0.1:`port`, configured as
+    sdk-interop.md says: it connects there while sending and signing the Host `domain` (CI's real
+    one unless a test needs another). No retries, so each call is one request the test can see."""
+    from qcloud_cos import CosConfig, CosS3Client
+
+    config = CosConfig(
+        Region=REGION,
+        SecretId=secret_id,
+        SecretKey=secret_key,
+        Scheme="http",
+        IP="127.0.0.1",
+        Port=port,
+        Domain=domain,
+    )
+    return CosS3Client(config, retry=0)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

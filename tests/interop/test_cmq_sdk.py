@@ -17,9 +17,8 @@ import pytest
 from cmq.account import Account
 from cmq.cmq_exception import CMQServerException, CMQServerNetworkException
 from cmq.queue import Message, QueueMeta
-from conftest import emulator_process, free_port
+from conftest import BUCKET, REGION, emulator_process, free_port, sdk_client
 
-BUCKET, REGION = "examplebucket-1250000000", "ap-guangzhou"
 SECRET_ID = "AKIDemulatorCmqInterop000000000"
 SECRET_KEY = "emulatorcmqinteropsecret0123456"
 QUEUE = "ci-callbacks"
@@ -215,21 +214,8 @@ def test_the_outage_switch_answers_503(cmq_emulator):
 def test_tdmq_completion_events_arrive_in_the_cmq_queue(cmq_emulator):
     """Both official SDKs: a job submitted with cos-python-sdk-v5 (CallBackType=TDMQ, MqName = the
     queue), its TaskFinish event read with the CMQ SDK."""
-    from qcloud_cos import CosConfig, CosS3Client
-
     port, endpoint = cmq_emulator
-    ci = CosS3Client(
-        CosConfig(
-            Region=REGION,
-            SecretId=SECRET_ID,
-            SecretKey=SECRET_KEY,
-            Scheme="http",
-            IP="127.0.0.1",
-            Port=port,
-            Domain=f"{BUCKET}.ci.{REGION}.myqcloud.com",
-        ),
-        retry=0,
-    )
+    ci = sdk_client(port, SECRET_ID, SECRET_KEY)
     job = {
         "Tag": "DigitalWatermark",
         "Input": {"Object": "input/demo.mp4"},

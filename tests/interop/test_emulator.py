@@ -11,11 +11,9 @@ import xml.etree.ElementTree as ET
 
 import pulsar
 import pytest
-from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
-from conftest import emulator_process, free_port
+from conftest import BUCKET, REGION, emulator_process, free_port, sdk_client
 
-BUCKET, REGION = "examplebucket-1250000000", "ap-guangzhou"
 SECRET_ID = "AKIDemulatorPythonInterop0000000"
 SECRET_KEY = "emulatorpythoninteropsecret01234"
 MQ_NAME = "ci-callback-queue"
@@ -44,17 +42,14 @@ def emulator(tmp_path, pulsar_url):
         yield port, f"persistent://public/default/{prefix}-{MQ_NAME}"
 
 
-def sdk_client(port, secret_id=SECRET_ID, secret_key=SECRET_KEY):
-    config = CosConfig(
-        Region=REGION,
-        SecretId=secret_id,
-        SecretKey=secret_key,
-        Scheme="http",
-        IP="127.0.0.1",
-        Port=port,
-        Domain=f"{BUCKET}.ci.{REGION}.myqcloud.com",
-    )
-    return CosS3Client(config, retry=0)
+def tts_job(output):
+    """A Tts job (no Input: its text is in TtsConfig) writing `output`, without a callback."""
+    return {
+        "Tag": "Tts",
+        "Operation": {"TtsConfig": {"Input": "hello", "InputType": "Text"},
+                      "Output": {"Bucket": BUCKET, "Region": REGION, "Object": output}},
+        "CallBack": "no",
+    }
 
 
 def watermark_job(obj, callback_format, user_data):
@@ -115,7 +110,7 @@ def test_official_sdk_against_the_emulator(emulator, pulsar_client):
         consumer_type=pulsar.ConsumerType.Exclusive,
         initial_position=pulsar.InitialPosition.Earliest,
     )
-    client = sdk_client(port)
+    client = sdk_client(port, SECRET_ID, SECRET_KEY)
 
     created = {}
     for fmt in ("JSON", "XML"):
@@ -186,7 +181,7 @@ def test_official_sdk_against_the_emulator(emulator, pulsar_client):
 
 def test_inputs_without_object(emulator):
     port, _ = emulator
-    client = sdk_client(port)
+    client = sdk_client(port, SECRET_ID, SECRET_KEY)
     by_url = client.ci_create_media_jobs(Bucket=BUCKET, Jobs={
         "Tag": "Transcode",
         "Input": {"Url": "https://example.com/in/demo.mp4"},
@@ -202,12 +197,7 @@ def test_inputs_without_object(emulator):
     })["JobsDetail"][0]
     assert by_vod["Input"]["Vod"]["FileId"] == "5285890799710173650"
     assert "Object" not in by_vod["Input"]
-    tts = client.ci_create_media_jobs(Bucket=BUCKET, Jobs={
-        "Tag": "Tts",
-        "Operation": {"TtsConfig": {"Input": "hello", "InputType": "Text"},
-                      "Output": {"Bucket": BUCKET, "Region": REGION, "Object": "out.mp3"}},
-        "CallBack": "no",
-    })["JobsDetail"][0]
+    tts = client.ci_create_media_jobs(Bucket=BUCKET, Jobs=tts_job("out.mp3"))["JobsDetail"][0]
     assert tts["Tag"] == "Tts" and tts["State"] == "Submitted"
     listed = client.ci_list_media_jobs(Bucket=BUCKET, Tag="Tts")
     assert [d["JobId"] for d in listed["JobsDetail"]] == [tts["JobId"]]
@@ -215,19 +205,14 @@ def test_inputs_without_object(emulator):
 
 def test_official_sdk_lists_the_default_media_queue(emulator):
     port, _ = emulator
-    client = sdk_client(port)
+    client = sdk_client(port, SECRET_ID, SECRET_KEY)
     listed = client.ci_get_media_queue(Bucket=BUCKET)
     assert listed["TotalCount"] == "1"
     [queue] = listed["QueueList"]
     assert queue["QueueId"].startswith("p") and len(queue["QueueId"]) == 33
     assert queue["State"] == "Active"
     # Jobs that name no queue run in it, and the list of that queue finds them.
-    job = client.ci_create_media_jobs(Bucket=BUCKET, Jobs={
-        "Tag": "Tts",
-        "Operation": {"TtsConfig": {"Input": "hello", "InputType": "Text"},
-                      "Output": {"Bucket": BUCKET, "Region": REGION, "Object": "q.mp3"}},
-        "CallBack": "no",
-    })["JobsDetail"][0]
+    job = client.ci_create_media_jobs(Bucket=BUCKET, Jobs=tts_job("q.mp3"))["JobsDetail"][0]
     assert job["QueueId"] == queue["QueueId"]
     by_id = client.ci_get_media_queue(Bucket=BUCKET, QueueIds=queue["QueueId"] + ",pnosuchqueue")
     assert [q["QueueId"] for q in by_id["QueueList"]] == [queue["QueueId"]]
@@ -237,18 +222,18 @@ def test_official_sdk_lists_the_default_media_queue(emulator):
 
 def test_official_sdk_sees_cis_errors(emulator):
     port, _ = emulator
-    wrong_key = sdk_client(port, secret_key="not-the-secret-key")
+    wrong_key = sdk_client(port, SECRET_ID, "not-the-secret-key")
     with pytest.raises(CosServiceError) as err:
         wrong_key.ci_get_media_jobs(Bucket=BUCKET, JobIDs="j0")
     assert (err.value.get_status_code(), err.value.get_error_code()) == (401, "AccessDenied")
     assert err.value.get_request_id()
 
-    unknown_id = sdk_client(port, secret_id="AKIDnobodyknows")
+    unknown_id = sdk_client(port, "AKIDnobodyknows", SECRET_KEY)
     with pytest.raises(CosServiceError) as err:
         unknown_id.ci_list_media_jobs(Bucket=BUCKET, Tag="DigitalWatermark")
     assert (err.value.get_status_code(), err.value.get_error_code()) == (401, "SecretidNotExist")
 
-    client = sdk_client(port)
+    client = sdk_client(port, SECRET_ID, SECRET_KEY)
     bad = watermark_job("input/demo.mp4", "JSON", "u")
     del bad["CallBackMqConfig"]
     with pytest.raises(CosServiceError) as err:

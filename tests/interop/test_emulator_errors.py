@@ -8,12 +8,9 @@ endpoint it does not implement, injected 503, bad Host) must carry all four, wit
 import uuid
 
 import pytest
-from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
-from conftest import emulator_process, free_port
+from conftest import BUCKET, CI_HOST, REGION, emulator_process, free_port, sdk_client
 
-BUCKET, REGION = "examplebucket-1250000000", "ap-guangzhou"
-HOST = f"{BUCKET}.ci.{REGION}.myqcloud.com"
 SECRET_ID = "AKIDemulatorPythonErrors00000000"
 SECRET_KEY = "emulatorpythonerrorssecret012345"
 
@@ -30,19 +27,6 @@ def emulator_env(pulsar_url, **extra):
         "CI_WORKER__EMULATOR__TDMQ_DELIVERY": "pulsar",
         **extra,
     }
-
-
-def sdk_client(port, secret_key=SECRET_KEY, domain=HOST):
-    config = CosConfig(
-        Region=REGION,
-        SecretId=SECRET_ID,
-        SecretKey=secret_key,
-        Scheme="http",
-        IP="127.0.0.1",
-        Port=port,
-        Domain=domain,
-    )
-    return CosS3Client(config, retry=0)
 
 
 def job(tag="DigitalWatermark"):
@@ -78,14 +62,14 @@ def refusal(call):
 def test_every_error_path_carries_what_the_sdk_reads(tmp_path, pulsar_url):
     port = free_port()
     with emulator_process(tmp_path, port, emulator_env(pulsar_url)):
-        client = sdk_client(port)
+        client = sdk_client(port, SECRET_ID, SECRET_KEY)
         cases = [
             # (call, status, code, path of Resource, a word the message has)
             (lambda: client.ci_create_media_jobs(Bucket=BUCKET, Jobs=job("NoSuchTag")),
              400, "InvalidArgument", "/jobs", "Tag"),
             (lambda: client.ci_create_media_jobs(Bucket=BUCKET, Jobs={**job(), "Input": {}}),
              400, "InvalidArgument", "/jobs", "Input"),
-            (lambda: sdk_client(port, secret_key="wrong").ci_get_media_jobs(Bucket=BUCKET, JobIDs="j0"),
+            (lambda: sdk_client(port, SECRET_ID, "wrong").ci_get_media_jobs(Bucket=BUCKET, JobIDs="j0"),
              401, "AccessDenied", "/jobs/j0", ""),
             (lambda: client.ci_cancel_jobs(Bucket=BUCKET, JobID="jdoesnotexist"),
              400, "InvalidArgument", "/jobs/jdoesnotexist", "jdoesnotexist"),
@@ -98,13 +82,13 @@ def test_every_error_path_carries_what_the_sdk_reads(tmp_path, pulsar_url):
         for call, status, code, path, word in cases:
             got = refusal(call)
             assert (got["status"], got["code"]) == (status, code), got
-            assert got["resource"] == f"{HOST}{path}", got
+            assert got["resource"] == f"{CI_HOST}{path}", got
             assert word in got["message"], got
             request_ids.add(got["request_id"])
         assert len(request_ids) == len(cases), "each error has its own RequestId"
 
         # A Host that is not <bucket>.ci.<region>.myqcloud.com: Resource is what was asked for.
-        got = refusal(lambda: sdk_client(port, domain="127.0.0.1").ci_get_media_jobs(Bucket=BUCKET, JobIDs="j0"))
+        got = refusal(lambda: sdk_client(port, SECRET_ID, SECRET_KEY, domain="127.0.0.1").ci_get_media_jobs(Bucket=BUCKET, JobIDs="j0"))
         assert (got["status"], got["code"]) == (400, "InvalidHost"), got
         assert got["resource"] == "127.0.0.1/jobs/j0", got
 
@@ -113,6 +97,6 @@ def test_injected_server_errors_carry_what_the_sdk_reads(tmp_path, pulsar_url):
     port = free_port()
     env = emulator_env(pulsar_url, CI_WORKER__EMULATOR__ERROR_RATE="1")
     with emulator_process(tmp_path, port, env):
-        got = refusal(lambda: sdk_client(port).ci_create_media_jobs(Bucket=BUCKET, Jobs=job()))
+        got = refusal(lambda: sdk_client(port, SECRET_ID, SECRET_KEY).ci_create_media_jobs(Bucket=BUCKET, Jobs=job()))
         assert (got["status"], got["code"]) == (503, "ServiceUnavailable"), got
-        assert got["resource"] == f"{HOST}/jobs", got
+        assert got["resource"] == f"{CI_HOST}/jobs", got
