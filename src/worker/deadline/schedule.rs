@@ -1,6 +1,6 @@
-//! Deadline records: delayed messages on `pulsar.deadline_topic`, each carrying the deadlines of a
-//! batch of jobs, delivered when the worker should ask CI about those jobs itself
-//! ([`super::deadline_check`] handles them when they come due).
+//! Scheduling deadlines: delayed records on `pulsar.deadline_topic` ([`Record::Deadlines`]), each
+//! carrying the deadlines of a batch of jobs, delivered when the worker should ask CI about those
+//! jobs itself ([`super`] handles them when they come due).
 //!
 //! Batched because a record per job cost the broker two messages per job (its publish and its
 //! delivery), half again the four every job needs anyway. The submission path hands each new
@@ -14,11 +14,11 @@
 //! (`due_at_ms`); a record is delivered at the earliest of its deadlines, at most [`MAX_DELAY`] from
 //! now, and a deadline delivered before it is due is simply re-armed for the rest of its wait.
 
-use super::group_commit::GroupCommit;
-use super::io::Broker;
-use crate::pulsar::{props, Outgoing, PulsarIoError};
+use crate::pulsar::Outgoing;
 use crate::result::JobResult;
-use serde::{Deserialize, Serialize};
+use crate::worker::io::Broker;
+use crate::worker::record::{self, now_ms, Deadline, Record};
+use crate::worker::replica_log::group_commit::{CommitError, GroupCommit};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The longest delay TDMQ for Pulsar accepts on a message (864,000 s).
@@ -29,47 +29,6 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// Deadlines due within this of each other share a re-armed record; also how early a delivery may
 /// be and still count as due (TDMQ delivers delayed messages to about a second).
 pub const DUE_TOLERANCE: Duration = Duration::from_secs(1);
-
-/// `ci-worker-record` of a batch record. Records of 0.2 carried one deadline each, as
-/// [`RECORD_SINGLE`] (read still, for an upgrade with deadlines pending).
-pub const RECORD_BATCH: &str = "deadlines";
-pub const RECORD_SINGLE: &str = "deadline";
-/// The version of [`DeadlineBatch`].
-pub const BATCH_VERSION: u32 = 2;
-
-/// A pending job, as stored on the deadline topic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Deadline {
-    pub request_id: String,
-    pub job_id: String,
-    /// Where the job lives (its CI host).
-    pub bucket: String,
-    pub region: String,
-    /// The `submitted` event, the base of a `timed_out` result.
-    pub submitted: JobResult,
-    /// Unix milliseconds of the submission.
-    pub submitted_at_ms: u64,
-    /// Describes done so far.
-    pub checks: u32,
-    /// Unix milliseconds when the job should be checked; 0 (records of 0.2) = when delivered.
-    #[serde(default)]
-    pub due_at_ms: u64,
-}
-
-/// A record's payload: the deadlines of several jobs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeadlineBatch {
-    pub version: u32,
-    pub deadlines: Vec<Deadline>,
-}
-
-/// Now, in Unix milliseconds (the unit of `submitted_at_ms` and `due_at_ms`).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// A new deadline for a job just submitted (`submitted` is its `submitted` event), due `after` from now.
 pub fn first(bucket: &str, region: &str, submitted: &JobResult, after: Duration) -> Deadline {
@@ -83,35 +42,6 @@ pub fn first(bucket: &str, region: &str, submitted: &JobResult, after: Duration)
         submitted_at_ms: now,
         checks: 0,
         due_at_ms: now.saturating_add(after.as_millis() as u64),
-    }
-}
-
-/// The deadlines a record carries, by its `ci-worker-record` property (absent = a 0.2 record);
-/// their `submitted` events are made this result version's ([`JobResult::upgrade`]), so a timed-out
-/// result of a job an older worker submitted is published as the current schema says.
-pub fn read(record: Option<&str>, payload: &[u8]) -> Result<Vec<Deadline>, String> {
-    let mut deadlines = read_as_written(record, payload)?;
-    deadlines.iter_mut().for_each(|d| d.submitted.upgrade());
-    Ok(deadlines)
-}
-
-fn read_as_written(record: Option<&str>, payload: &[u8]) -> Result<Vec<Deadline>, String> {
-    match record {
-        Some(RECORD_BATCH) => {
-            let batch: DeadlineBatch = serde_json::from_slice(payload)
-                .map_err(|e| format!("unreadable deadline record: {e}"))?;
-            if batch.version != BATCH_VERSION {
-                return Err(format!(
-                    "deadline record version {} (this worker reads {BATCH_VERSION})",
-                    batch.version
-                ));
-            }
-            Ok(batch.deadlines)
-        }
-        Some(RECORD_SINGLE) | None => serde_json::from_slice::<Deadline>(payload)
-            .map(|d| vec![d])
-            .map_err(|e| format!("unreadable deadline record: {e}")),
-        Some(other) => Err(format!("unknown deadline record kind {other:?}")),
     }
 }
 
@@ -148,15 +78,10 @@ pub fn records(mut deadlines: Vec<Deadline>) -> Vec<Vec<Deadline>> {
     out
 }
 
-/// The message of one record.
+/// The message of one record, delivered when its first deadline is due.
 fn message(deadlines: Vec<Deadline>) -> Outgoing {
     let at = deliver_at(&deadlines, SystemTime::now());
-    let batch = DeadlineBatch {
-        version: BATCH_VERSION,
-        deadlines,
-    };
-    let mut msg = Outgoing::new(serde_json::to_vec(&batch).expect("deadlines serialize"))
-        .with_property(props::RECORD, RECORD_BATCH);
+    let mut msg = record::message(&Record::Deadlines(deadlines));
     msg.deliver_at = Some(at);
     msg
 }
@@ -166,7 +91,7 @@ pub async fn schedule_all(
     broker: &impl Broker,
     topic: &str,
     deadlines: Vec<Deadline>,
-) -> Result<(), PulsarIoError> {
+) -> Result<(), crate::pulsar::PulsarIoError> {
     let sends = records(deadlines)
         .into_iter()
         .map(|r| broker.publish(topic, message(r)));
@@ -177,34 +102,22 @@ pub async fn schedule_all(
 #[derive(Clone)]
 pub struct DeadlineBatcher {
     commit: GroupCommit<Deadline>,
-    topic: String,
 }
 
 impl DeadlineBatcher {
     /// Starts the batching task, publishing to `topic` through `broker`: one record being stored at
     /// a time, the deadlines arriving meanwhile gathered into the next ([`GroupCommit`]).
     pub fn spawn(broker: impl Broker + Clone, topic: String) -> DeadlineBatcher {
-        let to = topic.clone();
         let commit = GroupCommit::spawn(MAX_PER_RECORD, Duration::ZERO, move |deadlines| {
-            let (broker, topic) = (broker.clone(), to.clone());
-            async move {
-                schedule_all(&broker, &topic, deadlines)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            let (broker, topic) = (broker.clone(), topic.clone());
+            async move { schedule_all(&broker, &topic, deadlines).await }
         });
-        DeadlineBatcher { commit, topic }
+        DeadlineBatcher { commit }
     }
 
     /// Stores `deadline` in the next record; returns once the broker has it (or refused it).
-    pub async fn schedule(&self, deadline: Deadline) -> Result<(), PulsarIoError> {
-        self.commit
-            .commit(deadline)
-            .await
-            .map_err(|message| PulsarIoError::Publish {
-                topic: self.topic.clone(),
-                message,
-            })
+    pub async fn schedule(&self, deadline: Deadline) -> Result<(), CommitError> {
+        self.commit.commit(deadline).await
     }
 }
 
@@ -263,65 +176,5 @@ mod tests {
         assert_eq!(deliver_at(&[deadline("c", far)], now), now + MAX_DELAY);
         // A deadline already past is delivered now, not in the past.
         assert_eq!(deliver_at(&[deadline("d", 1)], now), now);
-    }
-
-    #[test]
-    fn batch_and_single_records_are_read_and_others_refused() {
-        let d = deadline("j1", 42);
-        let batch = serde_json::to_vec(&DeadlineBatch {
-            version: BATCH_VERSION,
-            deadlines: vec![d.clone()],
-        })
-        .unwrap();
-        assert_eq!(
-            read(Some(RECORD_BATCH), &batch).unwrap(),
-            std::slice::from_ref(&d)
-        );
-        // A 0.2 record: one deadline, no due time (due when delivered).
-        let mut old = serde_json::to_value(&d).unwrap();
-        old.as_object_mut().unwrap().remove("due_at_ms");
-        let old = serde_json::to_vec(&old).unwrap();
-        let read_old = read(Some(RECORD_SINGLE), &old).unwrap();
-        assert_eq!(read_old[0].due_at_ms, 0);
-        assert_eq!(read_old[0].job_id, "j1");
-        let future = br#"{"version":3,"deadlines":[]}"#;
-        assert!(read(Some(RECORD_BATCH), future)
-            .unwrap_err()
-            .contains("version 3"));
-        assert!(read(Some("other"), &batch).is_err());
-        assert!(read(None, b"{}").is_err());
-    }
-
-    #[test]
-    fn a_v1_submitted_event_is_read_as_the_current_version() {
-        // As a 0.3 worker stored it: result version 1, `workflow` an object or null, no v2 fields.
-        let v1 = |workflow: &str| {
-            format!(
-                r#"{{"version":2,"deadlines":[{{"request_id":"r1","job_id":"j1","bucket":"b-1250000000",
-                "region":"ap-guangzhou","submitted_at_ms":1,"checks":0,"due_at_ms":2,"submitted":{{
-                "version":1,"request_id":"r1","job_id":"j1","tag":"Transcode","sub_tag":null,
-                "state":"submitted","code":"","message":"","queue_id":"p1","input":null,"output":null,
-                "user_data":null,"created_at":null,"started_at":null,"finished_at":null,
-                "media_info":null,"media_result":{{"OutputFile":{{"ObjectName":"a.mp4"}}}},
-                "workflow":{workflow}}}}}]}}"#
-            )
-        };
-        let with_run = v1(r#"{"run_id":"i1","workflow_id":"w1","workflow_name":"wf"}"#);
-        let d = &read(Some(RECORD_BATCH), with_run.as_bytes()).unwrap()[0];
-        assert_eq!(d.submitted.version, crate::result::RESULT_VERSION);
-        assert_eq!(d.submitted.workflow.len(), 1);
-        assert_eq!(d.submitted.workflow[0].run_id.as_deref(), Some("i1"));
-        assert_eq!(d.submitted.workflow[0].name, None);
-        assert_eq!(
-            (&d.submitted.operation, &d.submitted.progress),
-            (&None, &None)
-        );
-        let d = &read(Some(RECORD_BATCH), v1("null").as_bytes()).unwrap()[0];
-        assert!(d.submitted.workflow.is_empty());
-        // Its media trees get v2's list fields.
-        assert_eq!(
-            d.submitted.media_result.as_ref().unwrap().json(),
-            r#"{"OutputFile":{"ObjectName":["a.mp4"]}}"#
-        );
     }
 }
