@@ -8,9 +8,11 @@
 //! tagging), so it is read straight into its type: the `submitted` result inside a deadline holds
 //! CI's trees as raw JSON, which serde cannot read out of a buffered (internally tagged) body.
 //!
-//! Version 3 because the deadline records of 0.3 and 0.4 were version 2: those may still be pending
-//! on the deadline topic (delayed up to ten days) after an upgrade, so they are still read; a 0.4
-//! worker refuses a version 3 record by its version, with a reason, rather than misread it.
+//! Version 3 continues the count of the deadline records of 0.3 and 0.4 (version 2), so that a
+//! version alone tells which format any record on these topics has. Those may still be pending on
+//! the deadline topic (delayed up to ten days) after an upgrade, so they are still read. A 0.4 worker
+//! cannot read version 3 (it dead-letters such a deadline record, skips such a done record): README,
+//! "Upgrading to 0.5".
 
 use crate::pulsar::Outgoing;
 use crate::result::JobResult;

@@ -2,7 +2,7 @@
 //! carrying the deadlines of a batch of jobs, delivered when the worker should ask CI about those
 //! jobs itself ([`super`] handles them when they come due).
 //!
-//! Batched because a record per job cost the broker two messages per job (its publish and its
+//! Batched because a record per job costs the broker two messages per job (its publish and its
 //! delivery), half again the four every job needs anyway. The submission path hands each new
 //! deadline to the [`DeadlineBatcher`], which stores one record at a time and gathers the deadlines
 //! that arrive meanwhile into the next (so a request waits for no timer, and a burst shares a few

@@ -80,8 +80,10 @@ mod tests {
 
     #[test]
     fn the_policy_retries_one_less_than_the_attempts() {
-        let mut w = WorkerSettings::default();
-        w.retry_max_attempts = 3;
+        let mut w = WorkerSettings {
+            retry_max_attempts: 3,
+            ..WorkerSettings::default()
+        };
         assert_eq!(policy(&w).count(), 2);
         w.retry_max_attempts = 1;
         assert_eq!(policy(&w).count(), 0);
