@@ -43,7 +43,7 @@ RUN touch src/lib.rs src/main.rs \
 
 FROM ${RUNTIME_IMAGE}
 ARG RUNTIME_IMAGE
-ARG VERSION=0.4.0
+ARG VERSION=0.5.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="ci-worker" \
       org.opencontainers.image.description="Pulsar/TDMQ worker that submits Tencent Cloud Infinite (CI) media jobs and republishes normalized results" \

@@ -24,8 +24,7 @@
 //! - [`request`]: the job-submission request (JSON) parsed, validated and turned into CI's
 //!   `<Request>`; [`request::marker`] carries `request_id` through CI's `UserData`.
 //! - [`callback`]: completion events coming in (XML or JSON) read into
-//!   [`callback::event::CompletionEvent`]s; [`callback::ingress`]: what the `cmq` and `http` ingress
-//!   decide before storing one (its bytes, its key).
+//!   [`callback::event::CompletionEvent`]s.
 //! - [`result`]: the one stable result schema ([`result::JobResult`]) and [`result::normalize`], CI's
 //!   job → result, used by every path that publishes one.
 //! - [`telemetry`]: Prometheus metrics and the consume loops' health (imports nothing of the crate).
@@ -34,8 +33,9 @@
 //!   and the tasks keeping temporary ones current, into the [`ci::sign::SharedCredentials`] the
 //!   clients sign with.
 //! - [`pulsar`]: the only user of the `pulsar` crate: client, publisher, consumers, the consume loop.
-//! - [`worker`]: `ci-worker run`: the wiring, the three handlers (submission, completion,
-//!   deadlines) and what they share, the ingress sources (`cmq`, `http`), and the HTTP probes.
+//! - [`worker`]: `ci-worker run`: the wiring, one room per flow (submit, complete, deadline, the
+//!   replica log, the `cmq`/`http` ingress) and what they share (settling a delivery, the pace of CI
+//!   calls, the record format, bounded memories), and the HTTP probes.
 //!
 //! Apart from the product:
 //! - `emulator` (cargo feature `emulator`, on by default): `ci-worker emulator`, a local CI that

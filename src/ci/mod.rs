@@ -2,7 +2,6 @@
 
 pub mod client;
 pub mod lists;
-pub mod rate_limit;
 pub mod response;
 pub mod rules;
 pub mod sign;

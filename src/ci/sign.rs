@@ -101,30 +101,24 @@ impl Credentials {
 /// signature always come from one key set. Cheap on the hot path: an uncontended read lock and an
 /// `Arc` clone; the writer takes the lock only to swap the pointer.
 #[derive(Clone)]
-pub struct SharedCredentials(std::sync::Arc<std::sync::RwLock<std::sync::Arc<Credentials>>>);
+pub struct SharedCredentials(std::sync::Arc<parking_lot::RwLock<std::sync::Arc<Credentials>>>);
 
 impl SharedCredentials {
     pub fn new(credentials: Credentials) -> SharedCredentials {
-        SharedCredentials(std::sync::Arc::new(std::sync::RwLock::new(
+        SharedCredentials(std::sync::Arc::new(parking_lot::RwLock::new(
             std::sync::Arc::new(credentials),
         )))
     }
 
     /// The key set to sign the next request with.
     pub fn current(&self) -> std::sync::Arc<Credentials> {
-        match self.0.read() {
-            Ok(guard) => guard.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.0.read().clone()
     }
 
     /// Makes `credentials` the key set of every request from now on.
     pub fn replace(&self, credentials: Credentials) {
         let next = std::sync::Arc::new(credentials);
-        match self.0.write() {
-            Ok(mut guard) => *guard = next,
-            Err(poisoned) => *poisoned.into_inner() = next,
-        }
+        *self.0.write() = next;
     }
 }
 

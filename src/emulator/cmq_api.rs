@@ -80,9 +80,10 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::Router;
+use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -489,11 +490,7 @@ async fn index(
         }
     };
     let action = params.get("Action").unwrap_or("").to_string();
-    let outage = api
-        .outage
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .hit(&action, Instant::now());
+    let outage = api.outage.lock().hit(&action, Instant::now());
     if outage {
         tracing::info!(action, "emulator: CMQ outage injected: HTTP 503");
         return json_response(
@@ -791,11 +788,7 @@ async fn set_outage(State(api): State<Arc<Api>>, uri: Uri) -> Response {
     match outage_rule(uri.query().unwrap_or(""), Instant::now()) {
         Ok((rule, answer)) => {
             tracing::info!(outage = %answer, "emulator: CMQ outage set");
-            api.outage
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .rules
-                .push(rule);
+            api.outage.lock().rules.push(rule);
             json_response(StatusCode::OK, &answer)
         }
         Err(message) => bad_outage(message),
@@ -803,7 +796,7 @@ async fn set_outage(State(api): State<Arc<Api>>, uri: Uri) -> Response {
 }
 
 async fn clear_outage(State(api): State<Arc<Api>>) -> Response {
-    let mut outage = api.outage.lock().unwrap_or_else(|e| e.into_inner());
+    let mut outage = api.outage.lock();
     let cleared = outage.rules.len();
     outage.rules.clear();
     tracing::info!(cleared, "emulator: CMQ outages cleared");

@@ -26,9 +26,10 @@
 //! the unit tests move time by hand instead of sleeping.
 
 use crate::cmq::api::ReceivedMessage;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -265,9 +266,7 @@ pub(crate) struct Queue {
 
 impl Queue {
     fn messages(&self) -> MutexGuard<'_, Messages> {
-        // A panic while holding the lock leaves consistent data (every change is one statement
-        // group without await); keep serving.
-        self.messages.lock().unwrap_or_else(|e| e.into_inner())
+        self.messages.lock()
     }
 
     fn check_body(&self, body: &str) -> Result<(), QueueError> {
@@ -462,7 +461,7 @@ impl Queues {
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Queue>>> {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+        self.queues.lock()
     }
 
     /// Creates a queue; its name must follow the rule and differ (case-insensitively) from every

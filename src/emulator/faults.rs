@@ -16,9 +16,9 @@
 
 use super::error::EmulatorError;
 use crate::config::EmulatorSettings;
+use parking_lot::Mutex;
 use rand::Rng;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Marker: the job fails.
@@ -134,10 +134,7 @@ impl Faults {
     pub(crate) fn within_qps_limit(&self) -> bool {
         match &self.qps {
             None => true,
-            Some(limit) => limit
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .admit(Instant::now()),
+            Some(limit) => limit.lock().admit(Instant::now()),
         }
     }
 

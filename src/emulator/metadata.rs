@@ -13,8 +13,9 @@
 //! (CI: 401 `SignatureExpired`; CMQ: 4100 `(10080)secret id status error`).
 
 use crate::secret::Secret;
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The path prefix every metadata request starts with.
 pub(crate) const PATH: &str = "/latest/meta-data/cam/security-credentials/";
@@ -62,8 +63,8 @@ impl TemporaryKeys {
         !self.roles.is_empty()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// The key set to hand out for `role` at `now`; `None` for a role not configured.

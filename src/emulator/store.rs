@@ -8,8 +8,8 @@ use super::job::{ci_now, default_queue_id, new_job_id, Job, JobState};
 use super::media::failure_for;
 use super::submit::JobSpec;
 use chrono::{DateTime, FixedOffset};
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Jobs kept in memory; past this the oldest finished ones are dropped.
@@ -57,10 +57,8 @@ impl Store {
         Store::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock cannot leave a job half-written (every update is one
-        // assignment), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     /// Creates a `Submitted` job.

@@ -41,7 +41,7 @@ struct Resolver {
     lookup: HttpLookup,
     token: Secret,
     /// Held only to find a broker's slot, never while a client is built.
-    brokers: std::sync::Mutex<HashMap<String, BrokerSlot>>,
+    brokers: parking_lot::Mutex<HashMap<String, BrokerSlot>>,
 }
 
 impl Client {
@@ -62,7 +62,7 @@ impl Client {
                 let broker = resolver.lookup.broker_url(topic).await?;
                 tracing::debug!(topic, broker, "HTTP lookup");
                 let slot = {
-                    let mut brokers = resolver.brokers.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut brokers = resolver.brokers.lock();
                     brokers.entry(broker.clone()).or_default().clone()
                 };
                 let client = slot
@@ -140,7 +140,7 @@ pub async fn connect(url: &str, token: &Secret) -> Result<Client, PulsarIoError>
         return Ok(Client(Kind::Lookup(Arc::new(Resolver {
             lookup: HttpLookup::new(url, token)?,
             token: token.clone(),
-            brokers: std::sync::Mutex::default(),
+            brokers: parking_lot::Mutex::default(),
         }))));
     }
     Ok(Client(Kind::Binary(build(url, token).await?)))

@@ -105,7 +105,7 @@ pub struct Publisher {
     client: Client,
     /// Held only to find a topic's slot, never while a producer is built: a topic whose producer
     /// cannot be created (a broker that leaves the request unanswered) must not hold up the others.
-    producers: Arc<std::sync::Mutex<HashMap<String, ProducerSlot>>>,
+    producers: Arc<parking_lot::Mutex<HashMap<String, ProducerSlot>>>,
     name_prefix: String,
     /// Counts producers dropped after a failure (the `pulsar_reconnects` metric).
     rebuilds: Option<prometheus_client::metrics::counter::Counter>,
@@ -148,8 +148,8 @@ impl Publisher {
         self
     }
 
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, ProducerSlot>> {
-        self.producers.lock().unwrap_or_else(|e| e.into_inner())
+    fn slots(&self) -> parking_lot::MutexGuard<'_, HashMap<String, ProducerSlot>> {
+        self.producers.lock()
     }
 
     async fn producer(&self, topic: &str) -> Result<SharedProducer, PulsarIoError> {

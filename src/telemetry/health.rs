@@ -5,16 +5,13 @@ use std::collections::HashMap;
 /// Which loops have a working consumer (for `/readyz`).
 #[derive(Default)]
 pub struct Health {
-    loops: std::sync::Mutex<HashMap<&'static str, bool>>,
+    loops: parking_lot::Mutex<HashMap<&'static str, bool>>,
     changed: tokio::sync::Notify,
 }
 
 impl Health {
     pub fn set(&self, name: &'static str, ok: bool) {
-        self.loops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name, ok);
+        self.loops.lock().insert(name, ok);
         self.changed.notify_waiters();
     }
 
@@ -33,13 +30,13 @@ impl Health {
 
     /// Whether loop `name` has a working consumer.
     pub fn is_ok(&self, name: &str) -> bool {
-        let loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
+        let loops = self.loops.lock();
         loops.get(name).copied().unwrap_or(false)
     }
 
     /// The loops without a working consumer (empty = all subscribed).
     pub fn failing(&self) -> Vec<&'static str> {
-        let loops = self.loops.lock().unwrap_or_else(|e| e.into_inner());
+        let loops = self.loops.lock();
         let mut failing: Vec<&'static str> = loops
             .iter()
             .filter(|(_, ok)| !**ok)

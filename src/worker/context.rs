@@ -1,15 +1,15 @@
 //! What every handler of the worker shares: the [`Context`] (settings, I/O, metrics and the in-process
-//! state of the three paths) and the [`WorkerError`] a loop ends with.
+//! state of the paths) and the [`WorkerError`] a loop ends with.
 
-use super::adaptive::ConcurrencyLimiter;
-use super::attempts::Attempts;
-use super::ci_calls::CiCalls;
-use super::deadline_record::DeadlineBatcher;
-use super::done_records::DoneRecorder;
-use super::duplicates::FinishedJobs;
-use super::failure_history::Failures;
+use super::deadline::schedule::DeadlineBatcher;
 use super::io::{Broker, CiApi};
-use super::recover::Recovery;
+use super::pace::ci_calls::CiCalls;
+use super::pace::concurrency::ConcurrencyLimiter;
+use super::replica_log::attempts::Attempts;
+use super::replica_log::done::DoneRecorder;
+use super::replica_log::finished::FinishedJobs;
+use super::settle::failures::Failures;
+use super::submit::recovery::Recovery;
 use crate::ci::client::{CiClient, CiError};
 use crate::config::Settings;
 use crate::pulsar::{Publisher, PulsarIoError};
@@ -60,7 +60,7 @@ impl<B: Broker + Clone, C: CiApi> Context<B, C> {
     ) -> Context<B, C> {
         Context {
             recovery: Recovery::new(settings.worker.recovery_lookback),
-            attempts: Attempts::spawn(broker.clone(), settings.pulsar.done_topic.clone(), false),
+            attempts: Attempts::spawn(broker.clone(), settings.pulsar.done_topic.clone()),
             finished_jobs: FinishedJobs::default(),
             done_records: DoneRecorder::spawn(broker.clone(), settings.pulsar.done_topic.clone()),
             deadlines: DeadlineBatcher::spawn(

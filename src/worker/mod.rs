@@ -1,33 +1,27 @@
-//! `ci-worker run`: three independent consume loops over one Pulsar client, plus the HTTP probes.
-//! This file only wires them; each path's decisions are in its handler.
+//! `ci-worker run`: four consume loops over one Pulsar client (requests, completion events, due
+//! deadlines, the replica log), the ingress sources, and the HTTP probes. This file only wires them;
+//! each path's decisions are in its room.
 //!
-//! Handlers (one per consumed topic; they never import each other):
-//! - [`submission`]: requests → validate → CI `POST /jobs` → `submitted` event and a deadline (or a
+//! The flows (each a consume loop and its handler; they never import each other):
+//! - [`submit`]: requests → validate → CI `POST /jobs` → `submitted` event and a deadline (or a
 //!   `rejected` result, or a dead letter).
-//! - [`completion`]: CI's completion events → normalized results; finals once per job.
-//! - [`deadline_check`]: deadline records come due → describe the jobs at CI whose final result did
-//!   not come → their finals, new deadlines, or `timed_out`.
-//! - [`done_reader`]: every replica's `done` records → the jobs known finished here.
+//! - [`complete`]: CI's completion events → normalized results; finals once per job.
+//! - [`deadline`]: deadline records come due → describe the jobs at CI whose final result did not
+//!   come → their finals, new deadlines, or `timed_out`.
+//! - [`replica_log`]: every replica's done and attempt records → the jobs known finished, the
+//!   attempts known here; and the writers of those records.
+//! - [`ingress`]: the `cmq` and `http` sources (`worker.callback_ingress`) storing CI's completion
+//!   events in the callback topic the completion handler reads.
 //!
-//! Ingress sources (`worker.callback_ingress`), which store CI's completion events in the callback
-//! topic the completion handler reads, so that every event takes the one completion path:
-//! - [`cmq_ingress`]: reads the TDMQ for CMQ queue CI writes to (`cmq`).
-//! - [`http_ingress`]: `POST /ci/callback/<token>`, for `CallBackType=Url` (`http`).
-//! - `pulsar`: nothing to run; something else (CI through a bridge) writes the callback topic.
-//!
-//! Shared pieces the handlers import (none of them imports a handler):
+//! What the flows share (none of it imports a flow, except through [`context`]):
 //! - [`context`]: [`Context`] (settings, I/O, metrics, in-process state) and [`WorkerError`].
 //! - [`io`]: the [`io::Broker`] and [`io::CiApi`] traits the context's I/O goes through.
-//! - [`serve`]: one consume loop ([`crate::pulsar::consume`]) running a handler behind the poison guard.
+//! - [`settle`]: a consume loop running a handler, and what becomes of its verdict (ack, retry,
+//!   poison, dead letter).
 //! - [`results`]: publishing a result, a final result once per job, and the verdict of a publish.
-//! - [`deadline_record`]: deadline records (a batch of jobs each) and how they are scheduled.
-//! - [`done_records`]: batched records telling every replica that a job's final is out.
-//! - [`duplicates`]: the window of jobs whose final result is out ([`duplicates::FinishedJobs`]).
-//! - [`recover`]: finding a job an earlier attempt or process created, by its correlation marker.
-//! - [`ci_calls`]: the metrics of every CI call.
-//! - [`dead_letter`]: moving a message to the dead-letter topic.
-//! - [`poison`] and [`failure_history`]: a message that keeps failing becomes a dead letter.
-//! - [`retry`]: backoff with jitter.
+//! - [`record`]: the one format of everything written on the internal topics.
+//! - [`pace`]: the pace and concurrency of CI calls, their metrics, and the retry delays.
+//! - [`bounded`]: the one kind of bounded memory every in-process memory is.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics`.
 //! - `test_doubles`, `test_context` (unit tests only): an in-memory broker and a scripted CI, and a
 //!   context over them.
@@ -35,29 +29,19 @@
 //! Every loop acknowledges a message only after its outcome is stored on the broker, and on shutdown
 //! nacks whatever did not finish within `worker.shutdown_timeout` (so it is redelivered, never lost).
 
-pub mod adaptive;
-pub mod attempts;
-pub mod ci_calls;
-pub mod cmq_ingress;
-pub mod completion;
+pub mod bounded;
+pub mod complete;
 pub mod context;
-pub mod dead_letter;
-pub mod deadline_check;
-pub mod deadline_record;
-pub mod done_reader;
-pub mod done_records;
-pub mod duplicates;
-pub mod failure_history;
-pub mod group_commit;
-pub mod http_ingress;
+pub mod deadline;
+pub mod ingress;
 pub mod io;
-pub mod poison;
+pub mod pace;
 pub mod probes;
-pub mod recover;
+pub mod record;
+pub mod replica_log;
 pub mod results;
-pub mod retry;
-pub mod serve;
-pub mod submission;
+pub mod settle;
+pub mod submit;
 #[cfg(test)]
 mod test_context;
 #[cfg(test)]
@@ -72,6 +56,8 @@ use crate::config::{CallbackIngress, Settings};
 use crate::pulsar::{Batching, Publisher};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
+use ingress::{cmq, http};
+use replica_log::reader;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -117,16 +103,16 @@ async fn stop_all_on_error(
     outcome
 }
 
-/// Runs both loops until `shutdown` is triggered, then drains within `worker.shutdown_timeout`.
+/// Runs the loops until `shutdown` is triggered, then drains within `worker.shutdown_timeout`.
 pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     // Not ready until every loop has subscribed.
-    for name in ["submit", "complete", "deadline", done_reader::HEALTH_NAME] {
+    for name in ["submit", "complete", "deadline", reader::HEALTH_NAME] {
         health.set(name, false);
     }
     if settings.has_ingress(CallbackIngress::Cmq) {
-        health.set(cmq_ingress::HEALTH_NAME, false);
+        health.set(cmq::HEALTH_NAME, false);
     }
     warn_on_mismatched_callbacks(&settings);
     let listener = tokio::net::TcpListener::bind(&settings.http.listen)
@@ -140,7 +126,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     let publisher_slot = Arc::new(tokio::sync::OnceCell::new());
     let ingress_slot = Arc::new(tokio::sync::OnceCell::new());
     let ingress_routes = settings.has_ingress(CallbackIngress::Http).then(|| {
-        http_ingress::HttpIngress::new(
+        http::HttpIngress::new(
             ingress_slot.clone(),
             &settings.http.callback_token,
             settings.pulsar.callback_topic.clone(),
@@ -185,7 +171,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     let credentials = crate::credentials::start(&settings, &stop)
         .await
         .map_err(|e| WorkerError::Task(e.to_string()))?;
-    let cmq = if settings.has_ingress(CallbackIngress::Cmq) {
+    let cmq_client = if settings.has_ingress(CallbackIngress::Cmq) {
         Some(
             CmqClient::with_shared(
                 &settings.cmq_endpoint(),
@@ -244,39 +230,39 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         max_in_flight = ctx.settings.worker.max_in_flight,
         "worker started"
     );
-    // The done reader starts first and stops last: a submission reads its attempt record back
-    // through it, so it must be subscribed before the first one and outlive the last.
+    // The replica log's reader starts first and stops last: a submission reads its attempt record
+    // back through it, so it must be subscribed before the first one and outlive the last.
     let reader_stop = Shutdown::new();
     let done = tokio::spawn(stop_all_on_error(
-        done_reader::run(ctx.clone(), client.clone(), reader_stop.clone()),
+        reader::run(ctx.clone(), client.clone(), reader_stop.clone()),
         stop.clone(),
     ));
     tokio::select! {
-        _ = ctx.health.ok(done_reader::HEALTH_NAME) => {
+        _ = ctx.health.ok(reader::HEALTH_NAME) => {
             ctx.attempts.reading_since(std::time::SystemTime::now());
         }
         // Stopping, or the reader failed (its error is reported below): the loops start and drain.
         _ = stop.triggered() => {}
     }
     let submit = tokio::spawn(stop_all_on_error(
-        submission::run(ctx.clone(), client.clone(), stop.clone()),
+        submit::run(ctx.clone(), client.clone(), stop.clone()),
         stop.clone(),
     ));
     let complete = tokio::spawn(stop_all_on_error(
-        completion::run(ctx.clone(), client.clone(), stop.clone()),
+        complete::run(ctx.clone(), client.clone(), stop.clone()),
         stop.clone(),
     ));
     let deadlines = tokio::spawn(stop_all_on_error(
-        deadline_check::run(ctx.clone(), client.clone(), stop.clone()),
+        deadline::run(ctx.clone(), client.clone(), stop.clone()),
         stop.clone(),
     ));
-    let cmq_reader = cmq.map(|cmq| tokio::spawn(cmq_ingress::run(ctx.clone(), cmq, stop)));
+    let cmq_reader = cmq_client.map(|client| tokio::spawn(cmq::run(ctx.clone(), client, stop)));
     let (a, b, c) = tokio::join!(submit, complete, deadlines);
     reader_stop.trigger();
     let d = done.await;
-    if let Some(reader) = cmq_reader {
+    if let Some(task) = cmq_reader {
         // Its loops watch the same stop; a batch in hand is bounded by the drain.
-        let _ = reader.await;
+        let _ = task.await;
     }
     // Bounded: a broker that went away must not hold up the exit. A done record not stored costs
     // the job's deadline one describe call later; a producer not closed ends with the connection.

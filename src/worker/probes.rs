@@ -1,6 +1,6 @@
 //! The worker's HTTP endpoint on `http.listen`: `/metrics` (Prometheus text), `/healthz` (the process
 //! is alive) and `/readyz` (200 only while the broker accepts our publishes; 503 with the reason),
-//! plus the routes of the `http` ingress when it is on ([`super::http_ingress`]).
+//! plus the routes of the `http` ingress when it is on ([`super::ingress::http`]).
 
 use crate::pulsar::Publisher;
 use crate::shutdown::Shutdown;

@@ -2,11 +2,11 @@
 //! [`publish`]; a final result through [`publish_final`], which publishes it once per job.
 //! [`stored`] turns a publish's outcome into the handler's verdict.
 
-use super::context::Context;
-use super::io::{Broker, CiApi};
 use crate::pulsar::consume::Disposition;
 use crate::pulsar::{Outgoing, PulsarIoError};
 use crate::result::JobResult;
+use crate::worker::context::Context;
+use crate::worker::io::{Broker, CiApi};
 
 /// Publishes a result keyed by `request_id` (or the job id for jobs this worker did not submit) and
 /// waits for the broker to store it.
@@ -63,7 +63,7 @@ pub async fn publish_final<B: Broker, C: CiApi>(
 }
 
 /// Ack only what is stored; a failed publish leaves the input for redelivery.
-pub fn stored(outcome: Result<(), PulsarIoError>) -> Disposition {
+pub fn stored(outcome: Result<(), impl std::fmt::Display>) -> Disposition {
     match outcome {
         Ok(()) => Disposition::Ack,
         Err(e) => {

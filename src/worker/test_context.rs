@@ -1,9 +1,9 @@
 //! A [`Context`] over the in-memory doubles of [`super::test_doubles`], and readers of what the
 //! handlers under test stored, for the handlers' unit tests.
 
-use super::attempts::Attempts;
 use super::context::Context;
-use super::recover::PUBLISH_SKEW;
+use super::replica_log::attempts::Attempts;
+use super::submit::check::PUBLISH_SKEW;
 use super::test_doubles::{settings, MemoryBroker, ScriptedCi};
 use crate::config::Settings;
 use crate::result::JobResult;
@@ -30,12 +30,9 @@ pub fn context_with(settings: Settings, ci: ScriptedCi) -> TestContext {
     // No reader runs here: the attempt records are read back as soon as they are stored, and the
     // attempts made since just before this "process" started are known (a request published now is
     // fresh, one published well before it started is not).
-    ctx.attempts = Attempts::spawn(
-        ctx.broker.clone(),
-        ctx.settings.pulsar.done_topic.clone(),
-        true,
-    )
-    .knowing_since(ctx.recovery.started_at - PUBLISH_SKEW - Duration::from_secs(1));
+    ctx.attempts =
+        Attempts::spawn_reading_own(ctx.broker.clone(), ctx.settings.pulsar.done_topic.clone())
+            .knowing_since(ctx.recovery.started_at - PUBLISH_SKEW - Duration::from_secs(1));
     ctx
 }
 

@@ -1,17 +1,17 @@
 //! The completion path: CI's completion event (XML or JSON, detected per message) → normalized results
 //! on the results topic. Unparseable events are dead-lettered, never dropped.
 
-use super::context::{Context, WorkerError};
-use super::dead_letter;
-use super::io::{Broker, CiApi};
-use super::results::{self, publish_final};
-use super::serve::serve;
 use crate::callback::event::{parse_event, EventFormat};
 use crate::pulsar::consume::{Delivery, Disposition};
 use crate::pulsar::{Client, SubscribeOptions, SubscriptionKind};
 use crate::result::normalize::normalize_owned;
 use crate::shutdown::Shutdown;
 use crate::telemetry::FormatLabel;
+use crate::worker::context::{Context, WorkerError};
+use crate::worker::io::{Broker, CiApi};
+use crate::worker::results::{self, publish_final};
+use crate::worker::settle::dead_letter;
+use crate::worker::settle::serve::serve;
 use std::sync::Arc;
 
 /// Events handled at once, and the receiver queue. Normalizing is cheap; an event's time is spent
@@ -154,9 +154,11 @@ mod tests {
         ctx.done_records.flush().await;
         let done = ctx.broker.on(&ctx.settings.pulsar.done_topic);
         assert_eq!(done.len(), 1);
-        assert_eq!(done[0].properties[props::RECORD], "done");
         assert_eq!(done[0].key, None);
-        assert_eq!(done[0].payload, JOB_ID.as_bytes());
+        assert_eq!(
+            crate::worker::record::read(&done[0].payload).unwrap(),
+            crate::worker::record::Record::Done(vec![JOB_ID.into()])
+        );
     }
 
     #[tokio::test]

@@ -8,19 +8,20 @@
 //! 200 without storing it again, and a repeat that arrives while the first is still being stored
 //! waits for that one: one event, one copy in the callback topic, however CI retries.
 
+use super::event::event_key;
 use crate::callback::event::MAX_EVENT_BYTES;
-use crate::callback::ingress::event_key;
 use crate::pulsar::{Outgoing, Publisher};
 use crate::secret::Secret;
 use crate::telemetry::{IngressLabels, Metrics, SourceLabel};
+use crate::worker::bounded::Bounded;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::{watch, OnceCell};
@@ -167,25 +168,35 @@ enum Begin {
 
 enum Entry {
     Pending(watch::Sender<Option<bool>>),
-    Stored(Instant),
+    Stored,
 }
 
-/// Bodies being stored or stored lately, by digest.
-#[derive(Default)]
+/// Bodies being stored or stored lately, by digest: at most [`REMEMBER_MAX`], each for
+/// [`REMEMBER`] (the oldest first; a store still pending that is forgotten answers its waiters 503,
+/// and CI sends the event again).
 struct RecentBodies {
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    entries: Mutex<Bounded<[u8; 32], Entry>>,
+}
+
+impl Default for RecentBodies {
+    fn default() -> Self {
+        RecentBodies::with_capacity(REMEMBER_MAX)
+    }
 }
 
 impl RecentBodies {
-    fn begin(&self, digest: [u8; 32]) -> Begin {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        match entries.get(&digest) {
-            Some(Entry::Stored(at)) if at.elapsed() < REMEMBER => return Begin::Stored,
-            Some(Entry::Pending(sender)) => return Begin::Pending(sender.subscribe()),
-            _ => {}
+    fn with_capacity(capacity: usize) -> RecentBodies {
+        RecentBodies {
+            entries: Mutex::new(Bounded::new(capacity, Some(REMEMBER))),
         }
-        if entries.len() >= REMEMBER_MAX {
-            forget_oldest(&mut entries);
+    }
+
+    fn begin(&self, digest: [u8; 32]) -> Begin {
+        let mut entries = self.entries.lock();
+        match entries.get(&digest) {
+            Some(Entry::Stored) => return Begin::Stored,
+            Some(Entry::Pending(sender)) => return Begin::Pending(sender.subscribe()),
+            None => {}
         }
         let (sender, receiver) = watch::channel(None);
         entries.insert(digest, Entry::Pending(sender));
@@ -195,34 +206,14 @@ impl RecentBodies {
     /// Records the outcome of a store: a stored body is remembered, a failed one forgotten (so that
     /// the next attempt stores it anew).
     fn finish(&self, digest: [u8; 32], stored: bool) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let previous = if stored {
-            entries.insert(digest, Entry::Stored(Instant::now()))
-        } else {
-            entries.remove(&digest)
-        };
+        let mut entries = self.entries.lock();
+        let previous = entries.remove(&digest);
+        if stored {
+            entries.insert(digest, Entry::Stored);
+        }
         if let Some(Entry::Pending(sender)) = previous {
             let _ = sender.send(Some(stored));
         }
-    }
-}
-
-/// Drops expired entries, and the older half of the stored ones if that is not enough.
-fn forget_oldest(entries: &mut HashMap<[u8; 32], Entry>) {
-    entries.retain(|_, e| !matches!(e, Entry::Stored(at) if at.elapsed() >= REMEMBER));
-    if entries.len() < REMEMBER_MAX {
-        return;
-    }
-    let mut stored: Vec<Instant> = entries
-        .values()
-        .filter_map(|e| match e {
-            Entry::Stored(at) => Some(*at),
-            Entry::Pending(_) => None,
-        })
-        .collect();
-    stored.sort_unstable();
-    if let Some(cut) = stored.get(stored.len() / 2).copied() {
-        entries.retain(|_, e| !matches!(e, Entry::Stored(at) if *at < cut));
     }
 }
 
@@ -264,18 +255,16 @@ mod tests {
     }
 
     #[test]
-    fn the_memory_is_bounded() {
-        let mut entries = HashMap::new();
-        let now = Instant::now();
-        for i in 0..REMEMBER_MAX as u32 {
-            let mut d = [0u8; 32];
-            d[..4].copy_from_slice(&i.to_be_bytes());
-            entries.insert(d, Entry::Stored(now + Duration::from_nanos(i as u64)));
+    fn the_memory_is_bounded_and_forgets_the_oldest_first() {
+        let recent = RecentBodies::with_capacity(2);
+        for body in 1..=3u8 {
+            let Begin::New(_) = recent.begin([body; 32]) else {
+                panic!()
+            };
+            recent.finish([body; 32], true);
         }
-        forget_oldest(&mut entries);
-        assert!(entries.len() <= REMEMBER_MAX / 2 + 1, "{}", entries.len());
-        let mut newest = [0u8; 32];
-        newest[..4].copy_from_slice(&(REMEMBER_MAX as u32 - 1).to_be_bytes());
-        assert!(entries.contains_key(&newest));
+        assert_eq!(recent.entries.lock().len(), 2);
+        assert!(matches!(recent.begin([3; 32]), Begin::Stored));
+        assert!(matches!(recent.begin([1; 32]), Begin::New(_)), "forgotten");
     }
 }

@@ -1,9 +1,9 @@
 //! Dead letters: the original payload and properties untouched, the reason and origin added.
 
-use super::context::Context;
-use super::io::{Broker, CiApi};
 use crate::pulsar::consume::Delivery;
 use crate::pulsar::{props, Outgoing, PulsarIoError};
+use crate::worker::context::Context;
+use crate::worker::io::{Broker, CiApi};
 
 /// Longest reason kept in the properties (parser messages can quote input).
 const MAX_REASON: usize = 1024;

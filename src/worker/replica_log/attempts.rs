@@ -10,61 +10,40 @@
 //! 1. Before submitting, a replica stores an *attempt record* naming the request on
 //!    `pulsar.done_topic` (group-committed: one record per broker round trip, whatever the load).
 //! 2. Every replica reads every record of that topic on a subscription of its own
-//!    ([`super::done_reader`]), in the topic's order, and remembers who attempted what.
+//!    ([`super::reader`]), in the topic's order, and remembers who attempted what.
 //! 3. The submitting replica waits until it has read *its own* record back. The topic is one
 //!    ordered log, so by then it has read every record stored before its own, including that of any
 //!    earlier attempt at the same request (an attempt is recorded before its `POST /jobs`, and a
 //!    request is redelivered only after that attempt's holder died or let it go).
 //! 4. An earlier attempt, from any process, makes the request *possibly repeated*: the caller checks
-//!    CI for the marker before submitting ([`super::recover`]).
+//!    CI for the marker before submitting ([`crate::worker::submit::recovery`]).
 //!
 //! What a replica cannot know this way — attempts before its own first record was read, and
-//! attempts it forgot (it remembers the newest [`CAPACITY`]) — the [`Claim`] says too, so that
-//! requests published before then are checked against CI ([`super::recover::check_for`]).
+//! attempts it forgot (it remembers the newest [`CAPACITY`] requests) — the [`Claim`] says too, so
+//! that requests published before then are checked against CI ([`crate::worker::submit::check`]).
 
-use super::group_commit::GroupCommit;
-use super::io::Broker;
-use crate::pulsar::{props, Outgoing};
-use serde::{Deserialize, Serialize};
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use super::group_commit::{CommitError, GroupCommit};
+use crate::worker::bounded::Bounded;
+use crate::worker::io::Broker;
+use crate::worker::record::{self, from_unix_ms, unix_ms, Attempt, Record};
+use parking_lot::{Mutex, MutexGuard};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
-/// `ci-worker-record` of an attempt record.
-pub const RECORD_ATTEMPTS: &str = "attempts";
-/// The version of [`AttemptRecord`].
-pub const RECORD_VERSION: u32 = 1;
-/// Attempts remembered per process (60–110 bytes each, so at most about 20 MB).
+/// Requests remembered per process, each with at most [`MAX_SIGHTINGS`] sightings (about 75 bytes
+/// with one, so at most about 15 MB for the usual single attempt).
 pub const CAPACITY: usize = 200_000;
+/// Sightings kept per request: the first (the earliest attempt, what a claim needs) and the newest.
+/// More means a request redelivered over and over; what is dropped is a middle one, which a claim's
+/// answer (the earliest attempt before its own) does not need.
+pub const MAX_SIGHTINGS: usize = 8;
 /// Most requests in one record.
 pub const MAX_PER_RECORD: usize = 1000;
 /// How long a submission waits to read its own record back before it checks CI instead.
 pub const READ_BACK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// One attempt record, as stored (JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttemptRecord {
-    pub version: u32,
-    /// The process that wrote it (random per process).
-    pub writer: String,
-    /// The writer's record number, from 1.
-    pub seq: u64,
-    /// Unix milliseconds when it was written (the writer's clock).
-    pub at_ms: u64,
-    pub requests: Vec<String>,
-}
-
-impl AttemptRecord {
-    pub fn parse(payload: &[u8]) -> Option<AttemptRecord> {
-        serde_json::from_slice::<AttemptRecord>(payload)
-            .ok()
-            .filter(|r| r.version == RECORD_VERSION)
-    }
-}
 
 /// What a replica learnt about a request it is about to submit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,24 +98,44 @@ struct Inner {
     read: watch::Sender<ReadState>,
 }
 
+impl Inner {
+    fn new() -> Inner {
+        Inner {
+            writer: uuid::Uuid::new_v4().simple().to_string(),
+            next_seq: AtomicU64::new(1),
+            seen: Mutex::new(Seen::default()),
+            read: watch::channel(ReadState::default()).0,
+        }
+    }
+}
+
 /// Requests are known by a 64-bit hash of their id, keyed at random per process, not by the id: a
 /// request id is often a UUID, and two copies of it (map key, forgetting order) plus a vector per
 /// request were about 250 bytes per attempt, 50 MB for a full window (docs/performance.md,
 /// Memory). A collision can only make a request look attempted before, which costs it one marker
 /// check at CI (a list call), never a second job; with 200,000 requests remembered the chance is
 /// about 1 in 10^14 per claim, and the random key keeps ids from being chosen to collide.
-#[derive(Default)]
 struct Seen {
     key: RandomState,
-    by_request: HashMap<u64, Sightings>,
-    /// Every sighting's request, oldest first (for forgetting).
-    order: VecDeque<u64>,
+    /// Oldest first: a request seen again is renewed.
+    by_request: Bounded<u64, Sightings>,
     /// Since when every record stored is read here: the reader's subscription (or this process's
     /// first own record read).
     known_since_ms: Option<u64>,
     /// Records up to this time may be unknown here: forgotten ones, or missed while the reader
     /// reconnected.
     forgotten_ms: u64,
+}
+
+impl Default for Seen {
+    fn default() -> Seen {
+        Seen {
+            key: RandomState::new(),
+            by_request: Bounded::new(CAPACITY, None),
+            known_since_ms: None,
+            forgotten_ms: 0,
+        }
+    }
 }
 
 /// A request's sightings, in the topic's order: nearly always one, kept without an allocation.
@@ -157,7 +156,12 @@ impl Sightings {
     fn push(&mut self, sighting: Sighting) {
         match self {
             Sightings::One(first) => *self = Sightings::Many(vec![*first, sighting]),
-            Sightings::Many(v) => v.push(sighting),
+            Sightings::Many(v) => {
+                if v.len() >= MAX_SIGHTINGS {
+                    v.remove(1);
+                }
+                v.push(sighting)
+            }
         }
     }
 }
@@ -170,36 +174,40 @@ struct Sighting {
 }
 
 impl Attempts {
-    /// Starts the record writer on `topic`. With `loop_back`, the writer reads its own records back
-    /// itself as soon as they are stored (for tests without a reader).
-    pub fn spawn(broker: impl Broker + Clone, topic: String, loop_back: bool) -> Attempts {
-        let inner = Arc::new(Inner {
-            writer: uuid::Uuid::new_v4().simple().to_string(),
-            next_seq: AtomicU64::new(1),
-            seen: Mutex::new(Seen::default()),
-            read: watch::channel(ReadState::default()).0,
-        });
+    /// Starts the record writer on `topic`; the reader hands this process the records it reads
+    /// ([`Self::observe`], [`Self::read_at`]).
+    pub fn spawn(broker: impl Broker + Clone, topic: String) -> Attempts {
+        Attempts::spawn_with(broker, topic, false)
+    }
+
+    /// A writer that reads its own records back itself as soon as they are stored, for tests
+    /// without a reader.
+    #[cfg(test)]
+    pub fn spawn_reading_own(broker: impl Broker + Clone, topic: String) -> Attempts {
+        Attempts::spawn_with(broker, topic, true)
+    }
+
+    fn spawn_with(broker: impl Broker + Clone, topic: String, loop_back: bool) -> Attempts {
+        let inner = Arc::new(Inner::new());
         let writer = inner.clone();
         let commit = GroupCommit::spawn(MAX_PER_RECORD, Duration::ZERO, move |requests| {
             let (broker, topic, inner) = (broker.clone(), topic.clone(), writer.clone());
             async move {
-                let record = AttemptRecord {
-                    version: RECORD_VERSION,
+                let attempt = Attempt {
                     writer: inner.writer.clone(),
                     seq: inner.next_seq.fetch_add(1, Ordering::Relaxed),
                     at_ms: unix_ms(SystemTime::now()),
                     requests,
                 };
-                let payload = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-                let msg = Outgoing::new(payload).with_property(props::RECORD, RECORD_ATTEMPTS);
-                let at = broker
-                    .publish_at(&topic, msg)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let seq = attempt.seq;
+                let record = Record::Attempts(attempt);
+                let at = broker.publish_at(&topic, record::message(&record)).await?;
                 if loop_back {
-                    inner.observe(&record);
+                    if let Record::Attempts(attempt) = &record {
+                        inner.observe(attempt);
+                    }
                 }
-                Ok((record.seq, at))
+                Ok((seq, at))
             }
         });
         Attempts {
@@ -210,6 +218,7 @@ impl Attempts {
     }
 
     /// Takes every attempt since `t` as known (for tests without a reader).
+    #[cfg(test)]
     pub fn knowing_since(self, t: SystemTime) -> Attempts {
         self.reading_since(t);
         self
@@ -222,6 +231,7 @@ impl Attempts {
     }
 
     /// Waits at most `timeout` for a record to be read back (instead of [`READ_BACK_TIMEOUT`]).
+    #[cfg(test)]
     pub fn with_read_back_timeout(mut self, timeout: Duration) -> Attempts {
         self.read_back_timeout = timeout;
         self
@@ -230,7 +240,7 @@ impl Attempts {
     /// Records that this process is about to submit `request_id`, and says what it learnt: returns
     /// once the record is stored and every record before it was read (or [`READ_BACK_TIMEOUT`]
     /// passed). `Err` when the record could not be stored: the request must not be submitted then.
-    pub async fn claim(&self, request_id: &str) -> Result<Claim, String> {
+    pub async fn claim(&self, request_id: &str) -> Result<Claim, CommitError> {
         let (seq, stored_at) = self.commit.commit(request_id.to_string()).await?;
         let mut read = self.inner.read.subscribe();
         let read_back = tokio::time::timeout(
@@ -249,7 +259,7 @@ impl Attempts {
     }
 
     /// Takes in a record read from the topic (any writer's, in the topic's order).
-    pub fn observe(&self, record: &AttemptRecord) {
+    pub fn observe(&self, record: &Attempt) {
         self.inner.observe(record);
     }
 
@@ -270,11 +280,11 @@ impl Attempts {
 }
 
 impl Inner {
-    fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    fn seen(&self) -> MutexGuard<'_, Seen> {
+        self.seen.lock()
     }
 
-    fn observe(&self, record: &AttemptRecord) {
+    fn observe(&self, record: &Attempt) {
         let own = record.writer == self.writer;
         {
             let mut seen = self.seen();
@@ -287,16 +297,16 @@ impl Inner {
                     own_seq: own.then_some(record.seq),
                     at_ms: record.at_ms,
                 };
-                match seen.by_request.entry(key) {
-                    Entry::Occupied(mut known) => known.get_mut().push(sighting),
-                    Entry::Vacant(new) => {
-                        new.insert(Sightings::One(sighting));
+                let sightings = match seen.by_request.remove(&key) {
+                    Some(mut known) => {
+                        known.push(sighting);
+                        known
                     }
+                    None => Sightings::One(sighting),
+                };
+                if let Some((_, forgotten)) = seen.by_request.insert(key, sightings) {
+                    seen.forget(&forgotten);
                 }
-                seen.order.push_back(key);
-            }
-            while seen.order.len() > CAPACITY {
-                seen.forget_oldest();
             }
         }
         if own {
@@ -311,7 +321,7 @@ impl Inner {
     }
 
     fn claim(&self, request_id: &str, seq: u64, read_back: bool) -> Claim {
-        let seen = self.seen();
+        let mut seen = self.seen();
         let key = seen.key.hash_one(request_id);
         let earlier = seen.by_request.get(&key).and_then(|sightings| {
             sightings
@@ -330,49 +340,24 @@ impl Inner {
 }
 
 impl Seen {
-    fn forget_oldest(&mut self) {
-        let Some(key) = self.order.pop_front() else {
-            return;
-        };
-        let Entry::Occupied(mut known) = self.by_request.entry(key) else {
-            return;
-        };
-        let (oldest, none_left) = match known.get_mut() {
-            Sightings::One(only) => (Some(*only), true),
-            Sightings::Many(v) => {
-                let oldest = (!v.is_empty()).then(|| v.remove(0));
-                (oldest, v.is_empty())
-            }
-        };
-        if none_left {
-            known.remove();
-        }
-        if let Some(oldest) = oldest {
-            self.forgotten_ms = self.forgotten_ms.max(oldest.at_ms);
+    /// A request's sightings left the memory: attempts up to its newest may be unknown here now.
+    fn forget(&mut self, sightings: &Sightings) {
+        if let Some(newest) = sightings.as_slice().iter().map(|s| s.at_ms).max() {
+            self.forgotten_ms = self.forgotten_ms.max(newest);
         }
     }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn from_unix_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::worker::test_doubles::MemoryBroker;
+    use std::time::UNIX_EPOCH;
 
     const TOPIC: &str = "persistent://public/default/done";
 
-    fn other(seq: u64, at_ms: u64, requests: &[&str]) -> AttemptRecord {
-        AttemptRecord {
-            version: RECORD_VERSION,
+    fn other(seq: u64, at_ms: u64, requests: &[&str]) -> Attempt {
+        Attempt {
             writer: "another-process".into(),
             seq,
             at_ms,
@@ -383,22 +368,23 @@ mod tests {
     #[tokio::test]
     async fn a_first_attempt_is_not_a_repeat_and_is_stored_before_it_is_claimed() {
         let broker = MemoryBroker::default();
-        let attempts = Attempts::spawn(broker.clone(), TOPIC.into(), true);
+        let attempts = Attempts::spawn_reading_own(broker.clone(), TOPIC.into());
         let claim = attempts.claim("r1").await.unwrap();
         assert_eq!(claim.earlier_attempt, None);
         assert!(claim.known_since.is_some());
         assert_eq!(claim.forgotten_until, UNIX_EPOCH);
         let stored = broker.on(TOPIC);
         assert_eq!(stored.len(), 1);
-        assert_eq!(stored[0].properties[props::RECORD], RECORD_ATTEMPTS);
-        let record = AttemptRecord::parse(&stored[0].payload).unwrap();
+        let Ok(Record::Attempts(record)) = record::read(&stored[0].payload) else {
+            panic!("an attempt record")
+        };
         assert_eq!(record.requests, ["r1"]);
         assert_eq!(record.seq, 1);
     }
 
     #[tokio::test]
     async fn another_process_attempt_read_before_ours_makes_it_a_repeat() {
-        let attempts = Attempts::spawn(MemoryBroker::default(), TOPIC.into(), true);
+        let attempts = Attempts::spawn_reading_own(MemoryBroker::default(), TOPIC.into());
         attempts.claim("warm-up").await.unwrap();
         attempts.observe(&other(7, 1_700_000_000_000, &["r1", "r2"]));
         let claim = attempts.claim("r1").await.unwrap();
@@ -408,7 +394,7 @@ mod tests {
 
     #[tokio::test]
     async fn our_own_earlier_attempt_counts_too() {
-        let attempts = Attempts::spawn(MemoryBroker::default(), TOPIC.into(), true);
+        let attempts = Attempts::spawn_reading_own(MemoryBroker::default(), TOPIC.into());
         assert_eq!(attempts.claim("r1").await.unwrap().earlier_attempt, None);
         assert!(attempts
             .claim("r1")
@@ -422,14 +408,14 @@ mod tests {
     async fn a_record_that_cannot_be_stored_forbids_the_submission() {
         let broker = MemoryBroker::default();
         broker.refuse(TOPIC);
-        let attempts = Attempts::spawn(broker, TOPIC.into(), true);
+        let attempts = Attempts::spawn_reading_own(broker, TOPIC.into());
         assert!(attempts.claim("r1").await.is_err());
     }
 
     #[tokio::test]
     async fn a_record_not_read_back_leaves_nothing_known() {
         // No loop back and no reader: the record is stored but never read.
-        let attempts = Attempts::spawn(MemoryBroker::default(), TOPIC.into(), false)
+        let attempts = Attempts::spawn(MemoryBroker::default(), TOPIC.into())
             .with_read_back_timeout(Duration::from_millis(50));
         let claim = attempts.claim("r1").await.unwrap();
         assert_eq!(claim.known_since, None);
@@ -437,17 +423,12 @@ mod tests {
 
     #[test]
     fn forgetting_moves_the_horizon() {
-        let inner = Inner {
-            writer: "me".into(),
-            next_seq: AtomicU64::new(1),
-            seen: Mutex::new(Seen::default()),
-            read: watch::channel(ReadState::default()).0,
-        };
+        let inner = inner();
         let mut mine = other(1, 1_000, &["first"]);
         mine.writer = "me".into();
         inner.observe(&mine);
         let many: Vec<String> = (0..CAPACITY).map(|i| format!("r{i}")).collect();
-        inner.observe(&AttemptRecord {
+        inner.observe(&Attempt {
             requests: many,
             ..other(1, 2_000, &[])
         });
@@ -476,45 +457,39 @@ mod tests {
     }
 
     #[test]
-    fn repeats_are_forgotten_one_sighting_at_a_time() {
-        let inner = inner();
-        inner.observe(&other(1, 1_000, &["r", "r"]));
-        inner.observe(&other(2, 2_000, &["r", "s"]));
-        let earlier = |inner: &Inner| inner.claim("r", 99, true).earlier_attempt;
-        assert_eq!(earlier(&inner), Some(from_unix_ms(1_000)));
-        let forget = |inner: &Inner| inner.seen().forget_oldest();
-        forget(&inner);
-        assert_eq!(
-            earlier(&inner),
-            Some(from_unix_ms(1_000)),
-            "one of two left"
-        );
-        forget(&inner);
-        assert_eq!(earlier(&inner), Some(from_unix_ms(2_000)));
-        forget(&inner);
-        assert_eq!(earlier(&inner), None);
-        assert!(inner.claim("s", 99, true).earlier_attempt.is_some());
-        let seen = inner.seen();
-        assert_eq!((seen.by_request.len(), seen.order.len()), (1, 1));
-        assert_eq!(seen.forgotten_ms, 2_000);
+    fn a_request_is_forgotten_with_its_sightings_and_a_repeat_renews_it() {
+        let inner = Inner {
+            seen: Mutex::new(Seen {
+                by_request: Bounded::new(2, None),
+                ..Seen::default()
+            }),
+            ..inner()
+        };
+        inner.observe(&other(1, 1_000, &["r", "s"]));
+        inner.observe(&other(2, 2_000, &["r"]));
+        let earlier = |id| inner.claim(id, 99, true).earlier_attempt;
+        assert_eq!(earlier("r"), Some(from_unix_ms(1_000)), "its first attempt");
+        // r, seen again, is newer than s: s goes first.
+        inner.observe(&other(3, 3_000, &["t"]));
+        assert_eq!(earlier("s"), None);
+        assert_eq!(inner.seen().forgotten_ms, 1_000);
+        inner.observe(&other(4, 4_000, &["u"]));
+        assert_eq!(earlier("r"), None);
+        assert_eq!(inner.seen().forgotten_ms, 2_000, "up to r's newest attempt");
     }
 
     #[test]
-    fn the_window_holds_at_most_capacity_sightings() {
+    fn a_request_keeps_its_first_and_newest_sightings_within_the_bound() {
         let inner = inner();
-        inner.observe(&other(1, 1_000, &["old", "old"]));
-        let many: Vec<String> = (0..CAPACITY + 10).map(|i| format!("r{i}")).collect();
-        inner.observe(&AttemptRecord {
-            requests: many,
-            ..other(2, 2_000, &[])
-        });
-        let seen = inner.seen();
-        assert_eq!(seen.order.len(), CAPACITY);
-        assert_eq!(seen.by_request.len(), CAPACITY);
-        assert!(!seen.by_request.contains_key(&seen.key.hash_one("old")));
-        assert!(!seen.by_request.contains_key(&seen.key.hash_one("r9")));
-        assert!(seen.by_request.contains_key(&seen.key.hash_one("r10")));
-        assert_eq!(seen.forgotten_ms, 2_000);
+        for seq in 1..=20 {
+            inner.observe(&other(seq, 1_000 * seq, &["r"]));
+        }
+        let mut seen = inner.seen();
+        let key = seen.key.hash_one("r");
+        let kept = seen.by_request.get(&key).unwrap().as_slice().to_vec();
+        assert_eq!(kept.len(), MAX_SIGHTINGS);
+        assert_eq!(kept[0].at_ms, 1_000, "the first");
+        assert_eq!(kept[MAX_SIGHTINGS - 1].at_ms, 20_000, "the newest");
     }
 
     #[test]
@@ -536,8 +511,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_that_does_not_follow_the_last_one_makes_the_past_unknown() {
-        let attempts =
-            Attempts::spawn(MemoryBroker::default(), TOPIC.into(), true).knowing_since(UNIX_EPOCH);
+        let attempts = Attempts::spawn_reading_own(MemoryBroker::default(), TOPIC.into())
+            .knowing_since(UNIX_EPOCH);
         let t = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
         attempts.read_at(Some((5, 0)), t(10));
         attempts.read_at(Some((5, 1)), t(11));
@@ -555,14 +530,5 @@ mod tests {
             t(13),
             "a new ledger may hide a gap too"
         );
-    }
-
-    #[test]
-    fn records_of_another_version_are_not_read() {
-        let mut r = other(1, 1, &["r1"]);
-        assert!(AttemptRecord::parse(&serde_json::to_vec(&r).unwrap()).is_some());
-        r.version = 2;
-        assert!(AttemptRecord::parse(&serde_json::to_vec(&r).unwrap()).is_none());
-        assert!(AttemptRecord::parse(b"r1\nr2").is_none());
     }
 }

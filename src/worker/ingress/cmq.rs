@@ -10,15 +10,16 @@
 //! `ci_worker_cmq_calls_total`, the log and readiness (`cmq`). Several replicas may read one queue:
 //! CMQ hands each message to one receiver at a time.
 
-use super::context::Context;
-use super::io::{Broker, CiApi};
-use super::retry::backoff;
-use crate::callback::ingress::{event_bytes, event_key};
+use super::event::{event_bytes, event_key};
 use crate::cmq::api::ReceivedMessage;
 use crate::cmq::client::{CmqClient, CmqError};
 use crate::pulsar::Outgoing;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{CmqCallLabels, IngressLabels, SourceLabel};
+use crate::worker::context::Context;
+use crate::worker::io::{Broker, CiApi};
+use crate::worker::pace::retry;
+use backon::Retryable;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,44 +64,34 @@ async fn receive_loop<B: Broker + Clone, C: CiApi>(
     stop: Shutdown,
 ) {
     let settings = &ctx.settings;
+    let w = &settings.worker;
     let queue = settings.cmq_queue().to_string();
-    let mut failures = 0u32;
+    let receive = || cmq.batch_receive(&queue, settings.cmq.batch_size, settings.cmq.polling_wait);
     while !stop.is_triggered() {
+        // A receive that fails is tried again, without end, until one works or the worker stops.
         let received = tokio::select! {
             _ = stop.triggered() => break,
-            r = cmq.batch_receive(&queue, settings.cmq.batch_size, settings.cmq.polling_wait) => r,
+            r = receive
+                .retry(retry::backoff(w.retry_base_delay, w.retry_max_delay, usize::MAX))
+                .notify(|error: &CmqError, pause| {
+                    ctx.health.set(HEALTH_NAME, false);
+                    count_call(&ctx, "BatchReceiveMessage", &error.label());
+                    log_failure(error, &queue, pause);
+                }) => r,
         };
-        let messages = match received {
-            Ok(messages) => {
-                ctx.health.set(HEALTH_NAME, true);
-                count_call(
-                    &ctx,
-                    "BatchReceiveMessage",
-                    if messages.is_empty() { "empty" } else { "ok" },
-                );
-                failures = 0;
-                messages
-            }
-            Err(error) => {
-                ctx.health.set(HEALTH_NAME, false);
-                count_call(&ctx, "BatchReceiveMessage", &error.label());
-                let pause = backoff(
-                    failures,
-                    settings.worker.retry_base_delay,
-                    settings.worker.retry_max_delay,
-                );
-                failures = failures.saturating_add(1);
-                log_failure(&error, &queue, pause);
-                pause_or_stop(pause, &stop).await;
-                continue;
-            }
-        };
+        let Ok(messages) = received else { continue };
+        ctx.health.set(HEALTH_NAME, true);
+        count_call(
+            &ctx,
+            "BatchReceiveMessage",
+            if messages.is_empty() { "empty" } else { "ok" },
+        );
         if messages.is_empty() {
             continue;
         }
         let arrived = Instant::now();
         // A batch in hand is finished even when a shutdown comes: it is bounded by the drain.
-        let grace = settings.worker.shutdown_timeout;
+        let grace = w.shutdown_timeout;
         let stored = tokio::select! {
             stored = store_batch(&ctx, &messages, arrived) => stored,
             _ = stopped_then(&stop, grace) => {
@@ -112,12 +103,7 @@ async fn receive_loop<B: Broker + Clone, C: CiApi>(
         delete_stored(&ctx, &cmq, &queue, &stored).await;
         if not_stored > 0 {
             // The broker is in trouble: give it a moment before taking more.
-            let pause = backoff(
-                failures,
-                settings.worker.retry_base_delay,
-                settings.worker.retry_max_delay,
-            );
-            failures = failures.saturating_add(1);
+            let pause = retry::delay(w, 0);
             tracing::warn!(
                 queue,
                 not_stored,
@@ -186,47 +172,44 @@ async fn delete_stored<B: Broker + Clone, C: CiApi>(
     if handles.is_empty() {
         return;
     }
-    let settings = &ctx.settings;
-    for attempt in 0..DELETE_ATTEMPTS {
-        match cmq.batch_delete(queue, handles).await {
-            Ok(outcome) => {
-                count_call(
-                    ctx,
-                    "BatchDeleteMessage",
-                    if outcome.failed.is_empty() {
-                        "ok"
-                    } else {
-                        "partial"
-                    },
+    let w = &ctx.settings.worker;
+    let deleted = (|| cmq.batch_delete(queue, handles))
+        .retry(retry::backoff(
+            w.retry_base_delay,
+            w.retry_max_delay,
+            DELETE_ATTEMPTS as usize - 1,
+        ))
+        .when(CmqError::is_transient)
+        .notify(|error: &CmqError, _| count_call(ctx, "BatchDeleteMessage", &error.label()))
+        .await;
+    match deleted {
+        Ok(outcome) => {
+            count_call(
+                ctx,
+                "BatchDeleteMessage",
+                if outcome.failed.is_empty() {
+                    "ok"
+                } else {
+                    "partial"
+                },
+            );
+            for failure in &outcome.failed {
+                tracing::info!(
+                    queue,
+                    code = failure.code,
+                    message = %failure.message,
+                    "cmq ingress: a stored event was not deleted (its receipt handle expired); CMQ shows it again and its copy is suppressed"
                 );
-                for failure in &outcome.failed {
-                    tracing::info!(
-                        queue,
-                        code = failure.code,
-                        message = %failure.message,
-                        "cmq ingress: a stored event was not deleted (its receipt handle expired); CMQ shows it again and its copy is suppressed"
-                    );
-                }
-                return;
             }
-            Err(error) => {
-                count_call(ctx, "BatchDeleteMessage", &error.label());
-                if attempt + 1 == DELETE_ATTEMPTS || !error.is_transient() {
-                    tracing::warn!(
-                        queue,
-                        %error,
-                        events = handles.len(),
-                        "cmq ingress: stored events not deleted; CMQ shows them again and their copies are suppressed"
-                    );
-                    return;
-                }
-                tokio::time::sleep(backoff(
-                    attempt,
-                    settings.worker.retry_base_delay,
-                    settings.worker.retry_max_delay,
-                ))
-                .await;
-            }
+        }
+        Err(error) => {
+            count_call(ctx, "BatchDeleteMessage", &error.label());
+            tracing::warn!(
+                queue,
+                %error,
+                events = handles.len(),
+                "cmq ingress: stored events not deleted; CMQ shows them again and their copies are suppressed"
+            );
         }
     }
 }

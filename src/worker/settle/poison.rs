@@ -2,15 +2,15 @@
 //! `worker.max_redeliveries` deliveries, with its history in properties, instead of cycling forever.
 //!
 //! The history (attempts, first and last failure, last reason) is kept per message id in this process
-//! ([`super::failure_history`]).
+//! ([`super::failures`]).
 //! The consumer's own dead-letter policy (the broker's redelivery count) stays as a backstop for
 //! messages that fail across restarts; those arrive without the history properties.
 
-use super::context::Context;
 use super::dead_letter;
-use super::io::{Broker, CiApi};
 use crate::pulsar::consume::{Delivery, Disposition};
 use crate::pulsar::props;
+use crate::worker::context::Context;
+use crate::worker::io::{Broker, CiApi};
 
 /// Turns a handler's verdict into the loop's: a retry past the limit becomes a dead letter.
 pub async fn settle<B: Broker, C: CiApi>(

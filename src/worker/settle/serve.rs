@@ -1,11 +1,11 @@
 //! One consume loop of the worker: the shared consume/settle loop ([`crate::pulsar::consume`]) running
 //! one path's handler, behind the poison guard.
 
-use super::context::{Context, WorkerError};
 use super::poison;
 use crate::pulsar::consume::{self, Delivery, Disposition, LoopOptions};
 use crate::pulsar::{Client, SubscribeOptions};
 use crate::shutdown::Shutdown;
+use crate::worker::context::{Context, WorkerError};
 use std::future::Future;
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! The deadline path, for lost callbacks: every submitted job gets a deadline
-//! ([`super::deadline_record`]), kept in Pulsar on `pulsar.deadline_topic` as part of a delayed
+//! ([`schedule`]), kept in Pulsar on `pulsar.deadline_topic` as part of a delayed
 //! record shared with the jobs submitted alongside it, due at `submitted + worker.job_timeout`; this
 //! handler takes the records as they come due.
 //!
@@ -7,26 +7,33 @@
 //! no volume (the container's root filesystem stays read-only), any replica can handle any deadline,
 //! and it lives exactly as long as the job's other messages. The subscription is Shared: TDMQ for
 //! Pulsar delays messages on no other kind. Which jobs already finished every replica learns from the
-//! `done` records ([`super::done_reader`]), so a record's finished jobs cost nothing here.
+//! `done` records ([`crate::worker::replica_log`]), so a record's finished jobs cost nothing here.
 //!
 //! For each job of a record that is due and whose final result is not out (see
-//! [`super::duplicates`]), the worker describes it (`GET /jobs/<id>,…`, up to [`DESCRIBE_BATCH`] ids
+//! [`crate::worker::replica_log::finished`]), the worker describes it (`GET /jobs/<id>,…`, up to [`DESCRIBE_BATCH`] ids
 //! per call): a final state is published as the result (the callback was lost); a job still running
 //! gets a new deadline; past `worker.job_timeout_max` the worker cancels it at CI (best effort, so it
 //! does no work nobody waits for) and publishes `timed_out`. [`decide`] is that choice, apart from I/O.
+//!
+//! - this file: the handler (and its consume loop): read a record, describe, settle each job;
+//! - [`decide`]: the choice for one due job, pure;
+//! - [`schedule`]: deadline records written (batched, delayed, the 10-day cap).
 
-use super::context::{Context, WorkerError};
-use super::deadline_record::{self, now_ms, schedule_all, Deadline, DUE_TOLERANCE};
-use super::io::{Broker, CiApi};
-use super::results::publish_final;
-use super::serve::serve;
-use super::{ci_calls, dead_letter, done_records, retry};
-use crate::ci::response::JobDetail;
+pub mod decide;
+pub mod schedule;
+
+use self::decide::{decide, next, timed_out, Decision};
+use self::schedule::{schedule_all, DUE_TOLERANCE};
 use crate::pulsar::consume::{Delivery, Disposition};
-use crate::pulsar::{props, Client, SubscribeOptions, SubscriptionKind};
-use crate::result::normalize::normalize_job;
-use crate::result::{JobResult, ResultState};
+use crate::pulsar::{Client, SubscribeOptions, SubscriptionKind};
 use crate::shutdown::Shutdown;
+use crate::worker::context::{Context, WorkerError};
+use crate::worker::io::{Broker, CiApi};
+use crate::worker::pace::{ci_calls, retry};
+use crate::worker::record::{self, now_ms, Deadline, Record};
+use crate::worker::results::publish_final;
+use crate::worker::settle::dead_letter;
+use crate::worker::settle::serve::serve;
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -61,56 +68,14 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
     .await
 }
 
-/// What becomes of one due job, given what CI said about it (`None`: CI does not know it, or refused
-/// to say).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
-    /// CI has its final state: publish it (the completion event was lost).
-    Final(Box<JobResult>),
-    /// Past `worker.job_timeout_max`: publish `timed_out`, cancelling the job at CI first unless
-    /// it is already cancelled (by this worker, before a restart cut it short).
-    TimedOut { cancel: bool },
-    /// Not finished: check again after this long.
-    CheckAgain(Duration),
-}
-
-/// The choice for a due job `age` after its submission.
-pub fn decide(
-    deadline: &Deadline,
-    detail: Option<&JobDetail>,
-    age: Duration,
-    job_timeout: Duration,
-    job_timeout_max: Duration,
-) -> Decision {
-    if let Some(detail) = detail {
-        let mut result = normalize_job(detail.tree());
-        // Past job_timeout_max a cancelled job is the worker's own cancel, whose `timed_out` did not
-        // get out (a restart between the cancel and the publish): finish what it started.
-        if result.state == ResultState::Cancelled && age >= job_timeout_max {
-            return Decision::TimedOut { cancel: false };
-        }
-        if result.state.is_final() {
-            result.request_id = Some(deadline.request_id.clone());
-            result.user_data = deadline.submitted.user_data.clone();
-            return Decision::Final(Box::new(result));
-        }
-    }
-    if age >= job_timeout_max {
-        return Decision::TimedOut { cancel: true };
-    }
-    Decision::CheckAgain(job_timeout.min(job_timeout_max - age))
-}
-
 pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Delivery) -> Disposition {
-    let record = delivery.properties.get(props::RECORD).map(String::as_str);
-    if record == Some(done_records::RECORD_DONE) {
-        // Written here by replicas of 0.2, before done records had a topic of their own.
-        for job_id in done_records::ids_of(&delivery.payload) {
-            ctx.finished_jobs.insert(job_id);
-        }
-        return Disposition::Ack;
-    }
-    let deadlines = match deadline_record::read(record, &delivery.payload) {
+    let deadlines = match record::read(&delivery.payload) {
+        Ok(Record::Deadlines(deadlines)) => Ok(deadlines),
+        Ok(Record::Done(_)) => Err("not a deadline record: a done record".to_string()),
+        Ok(Record::Attempts(_)) => Err("not a deadline record: an attempt record".to_string()),
+        Err(e) => Err(format!("unreadable deadline record: {e}")),
+    };
+    let deadlines = match deadlines {
         Ok(deadlines) => deadlines,
         // Not ours to interpret: keep it for a human.
         Err(reason) => {
@@ -190,8 +155,7 @@ async fn check<B: Broker, C: CiApi>(
             return Ok(chunk
                 .into_iter()
                 .map(|d| {
-                    let delay = retry::backoff(d.checks, w.retry_base_delay, w.retry_max_delay)
-                        .max(Duration::from_secs(1));
+                    let delay = retry::delay(w, d.checks).max(Duration::from_secs(1));
                     next(&d, delay)
                 })
                 .collect());
@@ -234,32 +198,12 @@ async fn check<B: Broker, C: CiApi>(
     Ok(rearm)
 }
 
-/// The deadline's next check, `after` from now.
-fn next(deadline: &Deadline, after: Duration) -> Deadline {
-    Deadline {
-        checks: deadline.checks + 1,
-        due_at_ms: now_ms().saturating_add(after.as_millis() as u64),
-        ..deadline.clone()
-    }
-}
-
-fn timed_out(deadline: &Deadline, age: Duration) -> JobResult {
-    let mut r = deadline.submitted.clone();
-    r.state = ResultState::TimedOut;
-    r.code = "TimedOut".into();
-    r.message = format!(
-        "no final state from CI after {}s (worker.job_timeout_max); the job was cancelled at CI",
-        age.as_secs()
-    );
-    r.started_at = None;
-    r.finished_at = None;
-    r
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::deadline_record::{first, DeadlineBatch, BATCH_VERSION, RECORD_BATCH};
+    use crate::pulsar::props;
+    use crate::result::{JobResult, ResultState};
+    use crate::worker::deadline::schedule::first;
     use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
     use std::time::SystemTime;
@@ -277,30 +221,12 @@ mod tests {
 
     /// A record of `deadlines`, delivered.
     fn record(ctx: &TestContext, deadlines: &[Deadline]) -> Delivery {
-        let batch = DeadlineBatch {
-            version: BATCH_VERSION,
-            deadlines: deadlines.to_vec(),
-        };
-        let mut delivery = delivery(
-            &ctx.settings.pulsar.deadline_topic,
-            serde_json::to_vec(&batch).unwrap(),
-        );
-        delivery
-            .properties
-            .insert(props::RECORD.into(), RECORD_BATCH.into());
-        delivery
+        let stored = record::message(&Record::Deadlines(deadlines.to_vec()));
+        delivery(&ctx.settings.pulsar.deadline_topic, stored.payload)
     }
 
     fn due(ctx: &TestContext, d: &Deadline) -> Delivery {
         record(ctx, std::slice::from_ref(d))
-    }
-
-    fn done_record(ctx: &TestContext, ids: &str) -> Delivery {
-        let mut delivery = delivery(&ctx.settings.pulsar.deadline_topic, ids);
-        delivery
-            .properties
-            .insert(props::RECORD.into(), "done".into());
-        delivery
     }
 
     /// The deadlines scheduled, with when their record is delivered.
@@ -309,12 +235,11 @@ mod tests {
             .on(&ctx.settings.pulsar.deadline_topic)
             .iter()
             .flat_map(|m| {
-                assert_eq!(m.properties[props::RECORD], RECORD_BATCH);
                 let at = m.deliver_at.expect("delayed");
-                deadline_record::read(Some(RECORD_BATCH), &m.payload)
-                    .unwrap()
-                    .into_iter()
-                    .map(move |d| (d, at))
+                let Ok(Record::Deadlines(ds)) = record::read(&m.payload) else {
+                    panic!("not a deadline record")
+                };
+                ds.into_iter().map(move |d| (d, at))
             })
             .collect()
     }
@@ -322,8 +247,10 @@ mod tests {
     #[tokio::test]
     async fn job_whose_done_record_came_is_not_described() {
         let ctx = context(ScriptedCi::default());
+        let done = record::message(&Record::Done(vec!["j0".into(), "j1".into()]));
+        let done = delivery(&ctx.settings.pulsar.done_topic, done.payload);
         assert_eq!(
-            handle(&ctx, &done_record(&ctx, "j0\nj1")).await,
+            crate::worker::replica_log::reader::handle(&ctx, &done),
             Disposition::Ack
         );
         let verdict = handle(&ctx, &due(&ctx, &deadline(Duration::from_secs(600)))).await;
@@ -528,7 +455,8 @@ mod tests {
         let done = ctx.broker.on(&ctx.settings.pulsar.done_topic);
         assert_eq!(done.len(), 1);
         assert_eq!(
-            done[0].payload, b"j2",
+            record::read(&done[0].payload).unwrap(),
+            Record::Done(vec!["j2".into()]),
             "the final found is announced to every replica"
         );
     }
@@ -536,18 +464,14 @@ mod tests {
     #[tokio::test]
     async fn a_record_of_finished_jobs_costs_nothing() {
         let ctx = context(ScriptedCi::default());
-        let mut ids = String::new();
-        let ds: Vec<Deadline> = (0..25)
-            .map(|i| {
-                let job = format!("j{i}");
-                ids.push_str(&job);
-                ids.push('\n');
-                deadline_of(&job, Duration::from_secs(600))
-            })
+        let ids: Vec<String> = (0..25).map(|i| format!("j{i}")).collect();
+        let ds: Vec<Deadline> = ids
+            .iter()
+            .map(|job| deadline_of(job, Duration::from_secs(600)))
             .collect();
-        let mut done = delivery(&ctx.settings.pulsar.done_topic, ids);
-        done.properties.insert(props::RECORD.into(), "done".into());
-        crate::worker::done_reader::handle(&ctx, &done);
+        let done = record::message(&Record::Done(ids));
+        let done = delivery(&ctx.settings.pulsar.done_topic, done.payload);
+        crate::worker::replica_log::reader::handle(&ctx, &done);
         assert_eq!(handle(&ctx, &record(&ctx, &ds)).await, Disposition::Ack);
         assert!(ctx.ci.calls().is_empty());
         assert_eq!(ctx.broker.count(), 0, "no result, no new deadline");
@@ -591,26 +515,39 @@ mod tests {
         assert_eq!(again[0].0.due_at_ms, d.due_at_ms, "still due when it was");
         assert_eq!(again[0].0.checks, d.checks, "not a check");
         let delay = again[0].1.duration_since(SystemTime::now()).unwrap();
-        assert!(delay <= deadline_record::MAX_DELAY, "{delay:?}");
-        assert!(delay > deadline_record::MAX_DELAY - Duration::from_secs(60));
+        assert!(delay <= schedule::MAX_DELAY, "{delay:?}");
+        assert!(delay > schedule::MAX_DELAY - Duration::from_secs(60));
     }
 
     #[tokio::test]
-    async fn a_record_of_version_0_2_is_still_handled() {
+    async fn a_record_of_0_4_is_still_handled() {
         let ci = ScriptedCi::default()
             .describe_answers(Ok(jobs(&[("j1", "Failed", &sent_user_data("r1"))], None)));
         let ctx = context(ci);
-        let mut old = serde_json::to_value(deadline(Duration::from_secs(600))).unwrap();
-        old.as_object_mut().unwrap().remove("due_at_ms");
+        let old =
+            serde_json::json!({"version": 2, "deadlines": [deadline(Duration::from_secs(600))]});
         let mut d = delivery(
             &ctx.settings.pulsar.deadline_topic,
             serde_json::to_vec(&old).unwrap(),
         );
-        d.key = Some("jobs-07".into());
-        d.properties.insert(props::RECORD.into(), "deadline".into());
+        d.properties
+            .insert("ci-worker-record".into(), "deadlines".into());
         assert_eq!(handle(&ctx, &d).await, Disposition::Ack);
         assert_eq!(ctx.ci.calls(), ["describe"]);
         assert_eq!(results(&ctx)[0].state, ResultState::Failed);
+    }
+
+    #[tokio::test]
+    async fn a_record_of_another_kind_is_dead_lettered() {
+        let ctx = context(ScriptedCi::default());
+        let done = record::message(&Record::Done(vec!["j1".into()]));
+        let d = delivery(&ctx.settings.pulsar.deadline_topic, done.payload);
+        assert_eq!(handle(&ctx, &d).await, Disposition::Ack);
+        let dead = ctx.broker.on(&ctx.settings.pulsar.dead_letter_topic);
+        assert_eq!(
+            dead[0].properties[props::DLQ_REASON],
+            "not a deadline record: a done record"
+        );
     }
 
     #[tokio::test]
@@ -629,44 +566,5 @@ mod tests {
             "not out, so not finished"
         );
         assert!(scheduled(&ctx).is_empty());
-    }
-
-    #[test]
-    fn decisions() {
-        let d = deadline(Duration::ZERO);
-        let (t, max) = (Duration::from_secs(600), Duration::from_secs(3600));
-        let running = jobs(&[("j1", "Running", "")], None).jobs;
-        let cancelled = jobs(&[("j1", "Cancel", "")], None).jobs;
-        let ok = jobs(&[("j1", "Success", "")], None).jobs;
-        let at = Duration::from_secs;
-        assert_eq!(
-            decide(&d, Some(&running[0]), at(600), t, max),
-            Decision::CheckAgain(t)
-        );
-        assert_eq!(
-            decide(&d, None, at(3500), t, max),
-            Decision::CheckAgain(at(100)),
-            "never past job_timeout_max"
-        );
-        assert_eq!(
-            decide(&d, None, at(3600), t, max),
-            Decision::TimedOut { cancel: true }
-        );
-        assert_eq!(
-            decide(&d, Some(&cancelled[0]), at(3601), t, max),
-            Decision::TimedOut { cancel: false }
-        );
-        assert!(matches!(
-            decide(&d, Some(&cancelled[0]), at(600), t, max),
-            Decision::Final(r) if r.state == ResultState::Cancelled
-        ));
-        match decide(&d, Some(&ok[0]), at(3601), t, max) {
-            Decision::Final(r) => {
-                assert_eq!(r.state, ResultState::Succeeded);
-                assert_eq!(r.request_id.as_deref(), Some("r1"));
-                assert_eq!(r.user_data.as_deref(), Some("mine"));
-            }
-            other => panic!("{other:?}"),
-        }
     }
 }

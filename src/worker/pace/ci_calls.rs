@@ -1,8 +1,8 @@
 //! Every CI call the worker makes goes through [`timed`]: it waits for the process's pace (one
-//! token bucket for all CI calls, see [`super::adaptive::Pace`]), then makes the call and records
+//! token bucket for all CI calls, see [`super::rate::Pace`]), then makes the call and records
 //! its outcome and duration (`ci_calls`, `ci_call_duration`) and tells the pace how CI answered.
 
-use super::adaptive::Pace;
+use super::rate::Pace;
 use crate::ci::client::CiError;
 use crate::config::Settings;
 use crate::telemetry::Metrics;

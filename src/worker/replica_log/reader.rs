@@ -1,21 +1,21 @@
-//! The `done` records of every replica ([`super::done_records`]), read on a non-durable subscription
-//! of this process's own: each job id goes into [`super::duplicates::FinishedJobs`], so that a
-//! deadline of a job another replica finished costs no CI call here, and a completion event that
-//! reaches this replica late is a recognized duplicate. The attempt records on the same topic go to
-//! [`super::attempts::Attempts`] (in the topic's order: that order is what they rely on).
+//! The reader of `pulsar.done_topic`: the `done` records of every replica ([`super::done`]), read on
+//! a non-durable subscription of this process's own: each job id goes into
+//! [`super::finished::FinishedJobs`], so that a deadline of a job another replica finished costs no
+//! CI call here, and a completion event that reaches this replica late is a recognized duplicate.
+//! The attempt records on the same topic go to [`super::attempts::Attempts`] (in the topic's order:
+//! that order is what they rely on).
 //!
 //! Non-durable, starting at the newest record: the broker keeps nothing for a replica that is gone,
 //! so killed replicas leave no backlog behind, and a restarted one learns only what finishes from
 //! then on (an older job whose deadline reaches it is described once, as README Limits says).
 
-use super::attempts::{AttemptRecord, RECORD_ATTEMPTS};
-use super::context::{Context, WorkerError};
-use super::done_records::{ids_of, RECORD_DONE};
-use super::io::{Broker, CiApi};
-use super::serve::serve;
 use crate::pulsar::consume::{Delivery, Disposition};
-use crate::pulsar::{props, Client, SubscribeOptions, SubscriptionKind};
+use crate::pulsar::{Client, SubscribeOptions, SubscriptionKind};
 use crate::shutdown::Shutdown;
+use crate::worker::context::{Context, WorkerError};
+use crate::worker::io::{Broker, CiApi};
+use crate::worker::record::{self, Record};
+use crate::worker::settle::serve::serve;
 use std::sync::Arc;
 
 /// The readiness name of this loop.
@@ -49,18 +49,19 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
 /// Remembers a done record's jobs as finished, and an attempt record's requests as attempted.
 /// Anything else on the topic is not ours: skipped.
 pub fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Delivery) -> Disposition {
-    let record = delivery.properties.get(props::RECORD).map(String::as_str);
-    if record == Some(RECORD_DONE) {
-        for job_id in ids_of(&delivery.payload) {
-            ctx.finished_jobs.insert(job_id);
+    match record::read(&delivery.payload) {
+        Ok(Record::Done(jobs)) => {
+            for job_id in &jobs {
+                ctx.finished_jobs.insert(job_id);
+            }
         }
-    } else if let Some(attempts) = (record == Some(RECORD_ATTEMPTS))
-        .then(|| AttemptRecord::parse(&delivery.payload))
-        .flatten()
-    {
-        ctx.attempts.observe(&attempts);
-    } else {
-        tracing::warn!(topic = %delivery.topic, message_id = %delivery.message_id, "not a done record; skipped");
+        Ok(Record::Attempts(attempt)) => ctx.attempts.observe(&attempt),
+        Ok(Record::Deadlines(_)) => {
+            tracing::warn!(topic = %delivery.topic, message_id = %delivery.message_id, "a deadline record on the done topic; skipped");
+        }
+        Err(error) => {
+            tracing::warn!(topic = %delivery.topic, message_id = %delivery.message_id, %error, "not a done or attempt record; skipped");
+        }
     }
     ctx.attempts
         .read_at(position(&delivery.message_id), delivery.publish_time);
@@ -76,17 +77,22 @@ fn position(message_id: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::worker::record::Attempt;
     use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
+
+    fn stored(ctx: &TestContext, record: &Record) -> Delivery {
+        delivery(
+            &ctx.settings.pulsar.done_topic,
+            record::message(record).payload,
+        )
+    }
 
     #[tokio::test]
     async fn every_job_of_a_done_record_is_known_finished() {
         let ctx = context(ScriptedCi::default());
-        let mut record = delivery(&ctx.settings.pulsar.done_topic, "j1\nj2");
-        record
-            .properties
-            .insert(props::RECORD.into(), RECORD_DONE.into());
-        assert_eq!(handle(&ctx, &record), Disposition::Ack);
+        let done = stored(&ctx, &Record::Done(vec!["j1".into(), "j2".into()]));
+        assert_eq!(handle(&ctx, &done), Disposition::Ack);
         assert!(ctx.finished_jobs.contains("j1"));
         assert!(ctx.finished_jobs.contains("j2"));
         assert!(!ctx.finished_jobs.contains("j3"));
@@ -95,20 +101,13 @@ mod tests {
     #[tokio::test]
     async fn an_attempt_record_makes_its_requests_possible_repeats() {
         let ctx = context(ScriptedCi::default());
-        let record = crate::worker::attempts::AttemptRecord {
-            version: crate::worker::attempts::RECORD_VERSION,
+        let attempt = Record::Attempts(Attempt {
             writer: "another-replica".into(),
             seq: 3,
             at_ms: 1_700_000_000_000,
             requests: vec!["r1".into()],
-        };
-        let mut d = delivery(
-            &ctx.settings.pulsar.done_topic,
-            serde_json::to_vec(&record).unwrap(),
-        );
-        d.properties
-            .insert(props::RECORD.into(), RECORD_ATTEMPTS.into());
-        assert_eq!(handle(&ctx, &d), Disposition::Ack);
+        });
+        assert_eq!(handle(&ctx, &stored(&ctx, &attempt)), Disposition::Ack);
         let claim = ctx.attempts.claim("r1").await.unwrap();
         assert!(claim.earlier_attempt.is_some());
         assert_eq!(
@@ -120,6 +119,7 @@ mod tests {
     #[tokio::test]
     async fn anything_else_teaches_nothing() {
         let ctx = context(ScriptedCi::default());
+        // A done record of 0.4: ids one per line.
         let stranger = delivery(&ctx.settings.pulsar.done_topic, "j1");
         assert_eq!(handle(&ctx, &stranger), Disposition::Ack);
         assert!(!ctx.finished_jobs.contains("j1"));

@@ -4,15 +4,16 @@
 //!
 //! Deadlines are read on a Shared subscription (TDMQ delays messages on no other kind), so any
 //! replica may get any job's deadline: the records go to `pulsar.done_topic`, which every replica
-//! reads on a non-durable subscription of its own ([`super::done_reader`]). One record carries the
+//! reads on a non-durable subscription of its own ([`super::reader`]). One record carries the
 //! ids of every job that finished while the previous record was being stored, and records are at
 //! least [`MIN_INTERVAL`] apart ([`GroupCommit`]), so a burst of a thousand jobs costs a few dozen
 //! messages. Records are best effort: a lost one (or one published while a replica was
 //! restarting) only means the deadline checks CI and finds the job finished.
 
-use super::group_commit::GroupCommit;
-use super::io::Broker;
-use crate::pulsar::{props, Outgoing};
+use super::group_commit::{CommitError, GroupCommit};
+use crate::pulsar::PulsarIoError;
+use crate::worker::io::Broker;
+use crate::worker::record::{self, Record};
 use std::time::Duration;
 
 /// The least time between two records of one replica. A completion event is acknowledged once the
@@ -20,19 +21,8 @@ use std::time::Duration;
 /// as a duplicate), so this is latency on the event's acknowledgement, not on its result; 10 ms keeps
 /// a burst to about 100 records a second per replica.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
-/// Most ids in one record (about 165 KB with CI's 32-character job ids).
+/// Most ids in one record (about 175 KB with CI's 32-character job ids).
 pub const MAX_IDS_PER_RECORD: usize = 5000;
-/// `ci-worker-record` of a done record.
-pub const RECORD_DONE: &str = "done";
-
-/// The job ids a done record carries: one per line.
-pub fn ids_of(payload: &[u8]) -> impl Iterator<Item = &str> {
-    std::str::from_utf8(payload)
-        .unwrap_or("")
-        .lines()
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-}
 
 /// Handle to the batching task; cheap to call from every handler.
 #[derive(Clone)]
@@ -52,7 +42,7 @@ impl DoneRecorder {
 
     /// Records that `job_id`'s final result is stored; returns once the record holding it is stored
     /// (or why it could not be: the record is best effort, the caller goes on either way).
-    pub async fn record(&self, job_id: &str) -> Result<(), String> {
+    pub async fn record(&self, job_id: &str) -> Result<(), CommitError> {
         self.commit.commit(job_id.to_string()).await
     }
 
@@ -63,30 +53,14 @@ impl DoneRecorder {
 
     /// Returns once everything recorded so far is stored or refused (at shutdown).
     pub async fn flush(&self) {
-        let _ = self.commit.commit(String::new()).await;
+        self.commit.flush().await;
     }
 }
 
-async fn publish(broker: &impl Broker, topic: &str, mut ids: Vec<String>) -> Result<(), String> {
-    ids.retain(|id| !id.is_empty());
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let msg = Outgoing::new(ids.join("\n")).with_property(props::RECORD, RECORD_DONE);
-    broker.publish(topic, msg).await.map(|_| ()).map_err(|e| {
-        tracing::warn!(jobs = ids.len(), error = %e, "could not record jobs as done; their deadlines will check CI");
-        e.to_string()
+async fn publish(broker: &impl Broker, topic: &str, ids: Vec<String>) -> Result<(), PulsarIoError> {
+    let jobs = ids.len();
+    let msg = record::message(&Record::Done(ids));
+    broker.publish(topic, msg).await.inspect_err(|e| {
+        tracing::warn!(jobs, error = %e, "could not record jobs as done; their deadlines will check CI");
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_carry_one_id_per_line() {
-        let ids: Vec<&str> = ids_of(b"j1\nj2\r\n\n j3 ").collect();
-        assert_eq!(ids, ["j1", "j2", "j3"]);
-        assert_eq!(ids_of(b"\xff\xfe").count(), 0);
-    }
 }

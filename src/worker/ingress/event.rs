@@ -6,7 +6,7 @@
 //! that a keyed subscription keeps one job's events together) and never refuses an event it cannot
 //! read: the completion path dead-letters it with the reason.
 
-use super::event::parse_event;
+use crate::callback::event::parse_event;
 use base64::Engine;
 use std::borrow::Cow;
 

@@ -1,6 +1,11 @@
 //! A token bucket for CI calls: [`Bucket`] is the pure arithmetic (instants passed in, unit-tested
 //! without a clock), [`RateLimiter`] shares one between tasks and sleeps until a caller's token is due.
 //!
+//! Hand-written because the pace ([`super::rate`]) changes the rate while callers wait (every cut
+//! and every increase of the AIMD) and sometimes holds every token until an instant; `governor`, the
+//! well-kept crate for this, fixes its quota when the limiter is built (a new limiter per change
+//! would forget the tokens promised to the callers waiting) and has no hold.
+//!
 //! Reservations, not polling: a caller takes its token at once, possibly "on credit" (the count goes
 //! negative), and sleeps until that token would have been there. Callers are served in the order they
 //! asked, the rate holds however many wait, and no task spins.
@@ -10,7 +15,7 @@
 //! after an idle spell and then `rate` more in the following second sends twice the limit within one
 //! second.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 /// The burst of a bucket at `rate` calls/s: 10 ms worth of calls, at least one. One call keeps the
@@ -41,10 +46,6 @@ impl Bucket {
             tokens: burst,
             at: now,
         }
-    }
-
-    pub fn rate(&self) -> Option<f64> {
-        self.rate
     }
 
     /// Takes one token: how long the caller must wait for it (zero when one was there).
@@ -115,30 +116,20 @@ impl RateLimiter {
 
     /// Waits for a token; returns how long it waited (zero: the call could go at once).
     pub async fn acquire(&self) -> Duration {
-        let wait = self.lock().reserve(Instant::now());
+        let wait = self.bucket.lock().reserve(Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
         wait
     }
 
-    pub fn rate(&self) -> Option<f64> {
-        self.lock().rate()
-    }
-
     pub fn set_rate(&self, rate: Option<f64>) {
-        self.lock().set_rate(rate, Instant::now());
+        self.bucket.lock().set_rate(rate, Instant::now());
     }
 
     /// See [`Bucket::hold_until`].
     pub fn hold_until(&self, until: Instant) {
-        self.lock().hold_until(until, Instant::now());
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Bucket> {
-        // The bucket's state is a few numbers always left consistent: a panic elsewhere while the
-        // lock was held cannot have broken it.
-        self.bucket.lock().unwrap_or_else(|p| p.into_inner())
+        self.bucket.lock().hold_until(until, Instant::now());
     }
 }
 

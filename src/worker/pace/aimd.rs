@@ -1,14 +1,13 @@
-//! How the worker finds CI's rate by itself (issue 17): CI does not document its QPS limits, it
-//! answers 429 `SlowDown` (too many calls per second) or 403 `QueueSaturated` (too many jobs queued).
+//! The two AIMD controllers (additive increase, multiplicative decrease) through which the worker
+//! finds CI's rate by itself: CI does not document its QPS limits, it answers 429 `SlowDown` (too
+//! many calls per second) or 403 `QueueSaturated` (too many jobs queued). Pure decision cores fed
+//! with instants; [`super::concurrency`] and [`super::rate`] wrap them for the tasks that share them.
 //!
-//! Two AIMD controllers (additive increase, multiplicative decrease), each a pure decision core fed
-//! with instants, wrapped for the tasks that share it:
-//!
-//! - [`ConcurrencyAimd`] / [`ConcurrencyLimiter`]: the `POST /jobs` in flight, between 1 and
-//!   `worker.max_in_flight`. A throttled submission lowers it, successes raise it again.
-//! - [`RateAimd`] / [`Pace`]: the calls per second of every CI call of the process, through one
-//!   [`RateLimiter`]. Unlimited until CI first says 429 (unless `ci.max_requests_per_second` sets a
-//!   ceiling), then learnt from the calls CI accepted in the second before.
+//! - [`ConcurrencyAimd`]: the `POST /jobs` in flight, between 1 and `worker.max_in_flight`. A
+//!   throttled submission lowers it, successes raise it again.
+//! - [`RateAimd`]: the calls per second of every CI call of the process. Unlimited until CI first
+//!   says 429 (unless `ci.max_requests_per_second` sets a ceiling), then learnt from the calls CI
+//!   accepted in the second before.
 //!
 //! Why both: a limit on calls in flight limits calls per second only through CI's latency. At a few
 //! milliseconds per call a single call in flight is already hundreds per second, so against a rate
@@ -21,12 +20,8 @@
 //! otherwise take it down to the floor). The pace, whose signal is per second, lowers at most once
 //! a second too.
 
-use crate::ci::rate_limit::RateLimiter;
-use crate::telemetry::Metrics;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
 
 /// What a throttle does to the submissions in flight.
 pub const CONCURRENCY_CUT: f64 = 0.7;
@@ -57,8 +52,8 @@ pub struct ConcurrencyAimd {
 }
 
 impl ConcurrencyAimd {
-    /// Starts at `max` (what the worker did before it adapted): a first burst is refused once, and
-    /// the cut follows at once.
+    /// Starts at `max`, the most the operator allows: a first burst is refused once, and the cut
+    /// follows at once (starting low would cost every start-up the climb).
     pub fn new(max: usize, adaptive: bool) -> ConcurrencyAimd {
         let max = max.max(1) as f64;
         ConcurrencyAimd {
@@ -216,162 +211,6 @@ impl RateAimd {
     }
 }
 
-/// The pace every CI call of the process takes a token from ([`RateAimd`] over a [`RateLimiter`]);
-/// its current value is the gauge `ci_worker_ci_rate_limit` (0 = unlimited).
-pub struct Pace {
-    bucket: RateLimiter,
-    aimd: Mutex<RateAimd>,
-    metrics: Arc<Metrics>,
-}
-
-/// A token taken: when the call may go, and whether it waited for it.
-#[derive(Debug, Clone, Copy)]
-pub struct Token {
-    pub sent_at: Instant,
-    pub waited: bool,
-}
-
-impl Pace {
-    pub fn new(ceiling: Option<f64>, adaptive: bool, metrics: Arc<Metrics>) -> Pace {
-        let aimd = RateAimd::new(ceiling, adaptive);
-        metrics.ci_rate_limit.set(aimd.rate().unwrap_or(0.0));
-        Pace {
-            bucket: RateLimiter::new(aimd.rate()),
-            aimd: Mutex::new(aimd),
-            metrics,
-        }
-    }
-
-    pub async fn acquire(&self) -> Token {
-        let waited = !self.bucket.acquire().await.is_zero();
-        Token {
-            sent_at: Instant::now(),
-            waited,
-        }
-    }
-
-    /// Feeds the answer of the call `token` let through.
-    pub fn observe(&self, token: Token, ok: bool, rate_limited: bool) {
-        let now = Instant::now();
-        if ok {
-            if let Some(rate) = lock(&self.aimd).on_success(token.sent_at, token.waited, now) {
-                self.bucket.set_rate(Some(rate));
-                self.metrics.ci_rate_limit.set(rate);
-            }
-        } else if rate_limited {
-            let cut = lock(&self.aimd).on_throttle(token.sent_at, now);
-            if let Some(new) = cut {
-                tracing::info!(
-                    calls_per_second = format!("{:.1}", new.rate),
-                    "CI throttles: pacing CI calls"
-                );
-                self.bucket.set_rate(Some(new.rate));
-                if let Some(until) = new.hold_until {
-                    self.bucket.hold_until(until);
-                }
-                self.metrics.ci_rate_limit.set(new.rate);
-            }
-        }
-    }
-}
-
-/// The submissions in flight ([`ConcurrencyAimd`]), waited for before each `POST /jobs`; the
-/// current limit is the gauge `ci_worker_ci_concurrency_limit`.
-pub struct ConcurrencyLimiter {
-    state: Mutex<Slots>,
-    freed: Notify,
-    metrics: Arc<Metrics>,
-}
-
-struct Slots {
-    aimd: ConcurrencyAimd,
-    in_flight: usize,
-}
-
-/// One submission in flight; frees its slot when dropped.
-pub struct Permit<'a> {
-    limiter: &'a ConcurrencyLimiter,
-    taken_at: Instant,
-}
-
-impl ConcurrencyLimiter {
-    pub fn new(max: usize, adaptive: bool, metrics: Arc<Metrics>) -> ConcurrencyLimiter {
-        let aimd = ConcurrencyAimd::new(max, adaptive);
-        metrics.ci_concurrency_limit.set(aimd.permits() as i64);
-        ConcurrencyLimiter {
-            state: Mutex::new(Slots { aimd, in_flight: 0 }),
-            freed: Notify::new(),
-            metrics,
-        }
-    }
-
-    pub async fn acquire(&self) -> Permit<'_> {
-        loop {
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            // Registered before looking, so a slot freed in between still wakes this task.
-            freed.as_mut().enable();
-            {
-                let mut s = lock(&self.state);
-                if s.in_flight < s.aimd.permits() {
-                    s.in_flight += 1;
-                    return Permit {
-                        limiter: self,
-                        taken_at: Instant::now(),
-                    };
-                }
-            }
-            freed.await;
-        }
-    }
-
-    /// Submissions allowed in flight now.
-    pub fn permits(&self) -> usize {
-        lock(&self.state).aimd.permits()
-    }
-
-    pub fn in_flight(&self) -> usize {
-        lock(&self.state).in_flight
-    }
-}
-
-impl Permit<'_> {
-    /// The call made under this permit succeeded (`Some(false)`), was throttled (`Some(true)`), or
-    /// failed otherwise (`None`: says nothing about CI's capacity).
-    pub fn finish(self, throttled: Option<bool>) {
-        let now = Instant::now();
-        let mut s = lock(&self.limiter.state);
-        let before = s.aimd.permits();
-        match throttled {
-            Some(false) => s.aimd.on_success(),
-            Some(true) if s.aimd.on_throttle(self.taken_at, now) => {
-                tracing::info!(
-                    max_in_flight = s.aimd.permits(),
-                    "CI throttles: fewer submissions in flight"
-                );
-            }
-            Some(true) | None => {}
-        }
-        let after = s.aimd.permits();
-        if after != before {
-            self.limiter.metrics.ci_concurrency_limit.set(after as i64);
-        }
-        // The slot itself is freed on drop.
-    }
-}
-
-impl Drop for Permit<'_> {
-    fn drop(&mut self) {
-        lock(&self.limiter.state).in_flight -= 1;
-        self.limiter.freed.notify_waiters();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Plain numbers, consistent between statements: a panic elsewhere cannot have broken them.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,26 +360,5 @@ mod tests {
             free.on_success(t0 + ms(i), true, t0 + ms(i));
         }
         assert_eq!(free.rate(), None);
-    }
-
-    #[tokio::test]
-    async fn the_limiter_holds_calls_beyond_its_permits_until_one_is_freed() {
-        let limiter = ConcurrencyLimiter::new(2, true, Arc::new(Metrics::new()));
-        let a = limiter.acquire().await;
-        let b = limiter.acquire().await;
-        assert_eq!(limiter.in_flight(), 2);
-        let mut third = Box::pin(limiter.acquire());
-        assert!(futures::poll!(third.as_mut()).is_pending());
-        a.finish(Some(true));
-        assert_eq!(limiter.permits(), 1);
-        assert!(
-            futures::poll!(third.as_mut()).is_pending(),
-            "one in flight is the cut limit"
-        );
-        b.finish(Some(false));
-        let c = third.await;
-        assert_eq!(limiter.in_flight(), 1);
-        drop(c);
-        assert_eq!(limiter.in_flight(), 0);
     }
 }

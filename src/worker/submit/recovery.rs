@@ -10,28 +10,34 @@
 //!   so a backlog after a restart costs a few list calls, not one per request.
 //!
 //! - a **possible repeat**: a request another attempt (of any replica) may have submitted, as the
-//!   attempt records tell ([`super::attempts`]): before submitting, the worker looks for the marker
+//!   attempt records tell ([`crate::worker::replica_log::attempts`]): before submitting, the worker looks for the marker
 //!   among the jobs of the request's input object created since that attempt ([`Recovery::search`]).
 //!
-//! [`check_for`] decides which check a request needs. The marker is unique per request id, so a
-//! match is the request's own job.
+//! [`super::check::check_for`] decides which check a request needs. The marker is unique per
+//! request id, so a match is the request's own job.
+//!
+//! A request *in doubt* (released after an ambiguous submit) is remembered here, for its
+//! redelivery; bounded in number and in age (`worker.recovery_lookback`): a redelivery that goes to
+//! another replica never takes it, and that replica learns of the attempt from its record.
 
-use super::attempts::Claim;
-use super::ci_calls;
-use super::ci_calls::CiCalls;
-use super::io::CiApi;
 use crate::ci::client::{CiError, ListQuery};
 use crate::ci::response::JobDetail;
 use crate::request::ValidRequest;
+use crate::worker::bounded::Bounded;
+use crate::worker::io::CiApi;
+use crate::worker::pace::ci_calls::{self, CiCalls};
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::OnceCell;
 
 /// Pages of 100 jobs one scan reads at most (bounds the cost of a recovery).
 const MAX_PAGES: usize = 50;
 /// Clock skew allowed between this host and CI when choosing `startCreationTime`.
 const SKEW: Duration = Duration::from_secs(120);
+/// Requests in doubt remembered at most (the oldest is forgotten first).
+const IN_DOUBT_MAX: usize = 100_000;
 
 type ScanKey = (String, String, Option<String>, String);
 type Scan = HashMap<String, JobDetail>;
@@ -46,7 +52,7 @@ pub struct Recovery {
     /// Per queue: when the scan was asked for, and the scan.
     scans: Mutex<HashMap<ScanKey, (SystemTime, SharedScan)>>,
     /// Requests released while a job may exist for them, with their first attempt's time.
-    in_doubt: Mutex<HashMap<String, SystemTime>>,
+    in_doubt: Mutex<Bounded<String, SystemTime>>,
     /// Per (bucket, region): the media queue CI runs jobs in that name none, once learnt.
     default_queues: Mutex<HashMap<(String, String), Option<String>>>,
 }
@@ -57,22 +63,21 @@ impl Recovery {
             started_at: SystemTime::now(),
             lookback,
             scans: Mutex::new(HashMap::new()),
-            in_doubt: Mutex::new(HashMap::new()),
+            in_doubt: Mutex::new(Bounded::new(IN_DOUBT_MAX, Some(lookback))),
             default_queues: Mutex::new(HashMap::new()),
         }
     }
 
     /// Remembers that `request_id` was released after an attempt whose answer was lost.
-    pub async fn put_in_doubt(&self, request_id: &str, first_attempt: SystemTime) {
+    pub fn put_in_doubt(&self, request_id: &str, first_attempt: SystemTime) {
         self.in_doubt
             .lock()
-            .await
             .insert(request_id.to_string(), first_attempt);
     }
 
     /// If `request_id` is in doubt: since when (and it no longer is, until put back).
-    pub async fn take_in_doubt(&self, request_id: &str) -> Option<SystemTime> {
-        self.in_doubt.lock().await.remove(request_id)
+    pub fn take_in_doubt(&self, request_id: &str) -> Option<SystemTime> {
+        self.in_doubt.lock().remove(request_id)
     }
 
     /// The queue `req`'s job runs in: its `QueueId` (the request's or `ci.queue_id`), else the
@@ -90,7 +95,7 @@ impl Recovery {
             return Some(queue);
         }
         let key = (req.bucket.clone(), req.region.clone());
-        if let Some(known) = self.default_queues.lock().await.get(&key) {
+        if let Some(known) = self.default_queues.lock().get(&key).cloned() {
             return known.clone();
         }
         match ci_calls::timed(calls, "queues", ci.queues(&req.bucket, &req.region)).await {
@@ -101,10 +106,7 @@ impl Recovery {
                     .or(queues.first())
                     .map(|q| q.queue_id.clone());
                 tracing::info!(bucket = %req.bucket, region = %req.region, queue_id = default.as_deref().unwrap_or(""), "learnt the bucket's default media queue (ci.queue_id is empty)");
-                self.default_queues
-                    .lock()
-                    .await
-                    .insert(key, default.clone());
+                self.default_queues.lock().insert(key, default.clone());
                 default
             }
             Err(e) => {
@@ -142,7 +144,7 @@ impl Recovery {
     ) -> Result<Option<JobDetail>, CiError> {
         let key = scan_key(req);
         let cell = {
-            let mut scans = self.scans.lock().await;
+            let mut scans = self.scans.lock();
             let entry = scans
                 .entry(key)
                 .or_insert_with(|| (SystemTime::now(), Arc::default()));
@@ -162,51 +164,10 @@ impl Recovery {
             Some(found) => Ok(found.get(&marker(req)).cloned()),
             None => {
                 // A failed scan is not cached: forget it so the next request tries again.
-                self.scans.lock().await.remove(&scan_key(req));
+                self.scans.lock().remove(&scan_key(req));
                 Err(CiError::Protocol(
                     "could not list jobs to check for an earlier submission".into(),
                 ))
-            }
-        }
-    }
-}
-
-/// Clock difference allowed between the pipeline's producers and the worker's hosts, when comparing
-/// a request's publish time with what the attempt records cover.
-pub const PUBLISH_SKEW: Duration = Duration::from_secs(2);
-
-/// How a request must be checked against CI before it is submitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Check {
-    /// Nothing suggests a job may exist: submit.
-    None,
-    /// A job may exist: look for the marker among the jobs created since then ([`Recovery::search`]).
-    Marker(SystemTime),
-    /// Published before this process knew every attempt (it started, or may have missed or
-    /// forgotten records, at that time): the shared scan of its queue taken since
-    /// ([`Recovery::lookup`]), one for a whole backlog.
-    RestartScan(SystemTime),
-}
-
-/// Which check a request published at `published` needs, given what the attempt records said
-/// (`claim`) and whether an earlier attempt of this process lost its answer (`in_doubt`).
-pub fn check_for(claim: &Claim, in_doubt: Option<SystemTime>, published: SystemTime) -> Check {
-    if let Some(since) = [claim.earlier_attempt, in_doubt]
-        .into_iter()
-        .flatten()
-        .min()
-    {
-        return Check::Marker(since);
-    }
-    match claim.known_since {
-        // Nothing is sure: any attempt came after the request was published.
-        None => Check::Marker(published),
-        Some(known) => {
-            let horizon = known.max(claim.forgotten_until);
-            if published < horizon + PUBLISH_SKEW {
-                Check::RestartScan(horizon)
-            } else {
-                Check::None
             }
         }
     }
@@ -284,6 +245,7 @@ mod tests {
     use super::*;
     use crate::ci::response::QueueInfo;
     use crate::request::SubmitRequest;
+    use crate::worker::pace::ci_calls::CiCalls;
     use crate::worker::test_doubles::*;
     use std::time::UNIX_EPOCH;
 
@@ -364,63 +326,6 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(ci.calls(), ["list", "list"]);
-    }
-
-    #[test]
-    fn which_check_a_request_needs() {
-        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let secs = |s: u64| t0 + Duration::from_secs(s);
-        let claim = |earlier: Option<SystemTime>, known: Option<SystemTime>| Claim {
-            earlier_attempt: earlier,
-            known_since: known,
-            forgotten_until: UNIX_EPOCH,
-        };
-        let started = claim(None, Some(t0));
-        assert_eq!(
-            check_for(&started, None, secs(60)),
-            Check::None,
-            "a fresh request"
-        );
-        assert_eq!(
-            check_for(&claim(Some(secs(50)), Some(t0)), None, secs(40)),
-            Check::Marker(secs(50)),
-            "another attempt was recorded"
-        );
-        assert_eq!(
-            check_for(&claim(Some(secs(50)), Some(t0)), Some(secs(45)), secs(40)),
-            Check::Marker(secs(45)),
-            "the earliest of the attempts"
-        );
-        assert_eq!(
-            check_for(&started, Some(secs(70)), secs(60)),
-            Check::Marker(secs(70)),
-            "a lost answer"
-        );
-        assert_eq!(
-            check_for(&started, None, t0 - Duration::from_secs(3600)),
-            Check::RestartScan(t0),
-            "published before attempts were known here"
-        );
-        assert_eq!(
-            check_for(&started, None, secs(1)),
-            Check::RestartScan(t0),
-            "within the clock skew allowed"
-        );
-        assert_eq!(
-            check_for(&claim(None, None), None, secs(60)),
-            Check::Marker(secs(60)),
-            "own record not read back: nothing is sure"
-        );
-        let forgetful = Claim {
-            forgotten_until: secs(100),
-            ..started
-        };
-        assert_eq!(
-            check_for(&forgetful, None, secs(90)),
-            Check::RestartScan(secs(100)),
-            "records forgotten or missed: a scan taken since"
-        );
-        assert_eq!(check_for(&forgetful, None, secs(200)), Check::None);
     }
 
     #[tokio::test]
@@ -505,12 +410,32 @@ mod tests {
         assert_eq!(queries[1].queue_id.as_deref(), Some("p-default"));
     }
 
-    #[tokio::test]
-    async fn in_doubt_is_taken_once() {
+    #[test]
+    fn in_doubt_is_taken_once() {
         let recovery = Recovery::new(Duration::from_secs(3600));
         let t = SystemTime::now();
-        recovery.put_in_doubt("r1", t).await;
-        assert_eq!(recovery.take_in_doubt("r1").await, Some(t));
-        assert_eq!(recovery.take_in_doubt("r1").await, None);
+        recovery.put_in_doubt("r1", t);
+        assert_eq!(recovery.take_in_doubt("r1"), Some(t));
+        assert_eq!(recovery.take_in_doubt("r1"), None);
+    }
+
+    #[test]
+    fn in_doubt_holds_the_newest_requests_within_its_bound() {
+        let recovery = Recovery::new(Duration::from_secs(3600));
+        let t = SystemTime::now();
+        for i in 0..=IN_DOUBT_MAX {
+            recovery.put_in_doubt(&format!("r{i}"), t);
+        }
+        assert_eq!(recovery.in_doubt.lock().len(), IN_DOUBT_MAX);
+        assert_eq!(recovery.take_in_doubt("r0"), None, "the oldest went");
+        assert_eq!(recovery.take_in_doubt("r1"), Some(t));
+    }
+
+    #[test]
+    fn in_doubt_is_forgotten_after_the_lookback() {
+        // A lookback of zero: every entry is already too old when it is next looked at.
+        let recovery = Recovery::new(Duration::ZERO);
+        recovery.put_in_doubt("r1", SystemTime::now());
+        assert_eq!(recovery.take_in_doubt("r1"), None);
     }
 }
