@@ -125,8 +125,8 @@ impl Faults {
             throttle_rate: e.throttle_rate,
             error_rate: e.error_rate,
             duplicate_rate: e.duplicate_rate,
-            latency: Duration::from_millis(e.latency_ms),
-            answer_delay: Duration::from_millis(e.answer_delay_ms),
+            latency: e.latency,
+            answer_delay: e.answer_delay,
         })
     }
 
