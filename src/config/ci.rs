@@ -132,7 +132,11 @@ impl CiSettings {
         if self.secret_key.is_empty() != self.secret_id.is_empty() {
             return Err(invalid(
                 "ci.secret_id",
-                if self.secret_id.is_empty() { "" } else { "(set)" },
+                if self.secret_id.is_empty() {
+                    ""
+                } else {
+                    "(set)"
+                },
                 "ci.secret_id and ci.secret_key (or TENCENTCLOUD_SECRET_ID/_KEY) go together",
             ));
         }

@@ -356,7 +356,11 @@ mod without_emulator {
     #[test]
     fn an_emulator_section_is_ignored_and_said_so() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        writeln!(f, "[emulator]\nlisten = \"not checked\"\njob_duration_ms = 5").unwrap();
+        writeln!(
+            f,
+            "[emulator]\nlisten = \"not checked\"\njob_duration_ms = 5"
+        )
+        .unwrap();
         let vars = HashMap::from([(
             "CI_WORKER__EMULATOR__CMQ_QUEUES".to_string(),
             "a,b".to_string(),

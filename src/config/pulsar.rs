@@ -62,7 +62,8 @@ pub(super) const RENAMED: &[Renamed] = &[Renamed {
     )),
 }];
 
-const URL_RULE: &str = "must be pulsar://host:port or pulsar+ssl://host:port (binary protocol), or \
+const URL_RULE: &str =
+    "must be pulsar://host:port or pulsar+ssl://host:port (binary protocol), or \
      http://host:port or https://host:port (HTTP lookup, TDMQ's service URL)";
 
 /// `pulsar.url`: the binary protocol's schemes, or an http(s) address (HTTP lookup); a host either way.

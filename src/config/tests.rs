@@ -208,8 +208,8 @@ fn closed_sets_are_refused_in_the_configurations_words() {
 fn unknown_keys_and_bad_durations_are_refused() {
     let err = Settings::load_from(None, &env(&[("CI_WORKER__PULSAR__URLL", "x")])).unwrap_err();
     assert!(err.to_string().contains("urll"), "{err}");
-    let err = Settings::load_from(None, &env(&[("CI_WORKER__WORKER__JOB_TIMEOUT", "soon")]))
-        .unwrap_err();
+    let err =
+        Settings::load_from(None, &env(&[("CI_WORKER__WORKER__JOB_TIMEOUT", "soon")])).unwrap_err();
     assert!(err.to_string().contains("soon"), "{err}");
 }
 
@@ -607,19 +607,45 @@ fn http_addresses_are_typed_where_they_are_unused_too() {
     );
     assert_eq!(s.cmq_endpoint(), "http://127.0.0.1:9100");
     let out = s.to_redacted_toml();
-    assert!(out.contains("endpoint = \"http://127.0.0.1:9000\""), "{out}");
-    assert!(out.contains("callback_url = \"\""), "empty keys still shown: {out}");
+    assert!(
+        out.contains("endpoint = \"http://127.0.0.1:9000\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("callback_url = \"\""),
+        "empty keys still shown: {out}"
+    );
 }
 
 /// Keys that carried their unit: read in that unit, shown under the humane name, said deprecated.
 #[test]
 fn deprecated_unit_keys_are_read_and_said_deprecated() {
     let renamed = [
-        ("PULSAR__RESULT_BATCH_DELAY_MS", "5", "pulsar.result_batch_delay", "5ms"),
-        ("EMULATOR__JOB_DURATION_MS", "300", "emulator.job_duration", "300ms"),
+        (
+            "PULSAR__RESULT_BATCH_DELAY_MS",
+            "5",
+            "pulsar.result_batch_delay",
+            "5ms",
+        ),
+        (
+            "EMULATOR__JOB_DURATION_MS",
+            "300",
+            "emulator.job_duration",
+            "300ms",
+        ),
         ("EMULATOR__LATENCY_MS", "20", "emulator.latency", "20ms"),
-        ("EMULATOR__ANSWER_DELAY_MS", "1500", "emulator.answer_delay", "1s 500ms"),
-        ("EMULATOR__CMQ_VISIBILITY_TIMEOUT_S", "60", "emulator.cmq_visibility_timeout", "1m"),
+        (
+            "EMULATOR__ANSWER_DELAY_MS",
+            "1500",
+            "emulator.answer_delay",
+            "1s 500ms",
+        ),
+        (
+            "EMULATOR__CMQ_VISIBILITY_TIMEOUT_S",
+            "60",
+            "emulator.cmq_visibility_timeout",
+            "1m",
+        ),
         (
             "EMULATOR__TEMPORARY_CREDENTIALS_LIFETIME_SECS",
             "120",
@@ -646,16 +672,27 @@ fn deprecated_unit_keys_are_read_and_said_deprecated() {
     assert_eq!(s.notes().len(), renamed.len());
     for (var, _, new, humane) in renamed {
         let old = var.to_lowercase().replacen("__", ".", 1);
-        let comment = format!("# {old} is deprecated: read as {new} = \"{humane}\" (below); spell it so");
+        let comment =
+            format!("# {old} is deprecated: read as {new} = \"{humane}\" (below); spell it so");
         assert!(out.lines().any(|l| l == comment), "{comment} in {out}");
         let (_, leaf) = new.split_once('.').unwrap();
-        assert!(out.contains(&format!("\n{leaf} = \"{humane}\"")), "{new} in {out}");
+        assert!(
+            out.contains(&format!("\n{leaf} = \"{humane}\"")),
+            "{new} in {out}"
+        );
         let (_, old_leaf) = old.split_once('.').unwrap();
-        assert!(!out.contains(&format!("\n{old_leaf} =")), "{old} shown in {out}");
+        assert!(
+            !out.contains(&format!("\n{old_leaf} =")),
+            "{old} shown in {out}"
+        );
     }
     // From a file, in the old unit too.
     let mut f = tempfile::NamedTempFile::new().unwrap();
-    writeln!(f, "[pulsar]\nresult_batch_delay_ms = 7\n[emulator]\ncmq_visibility_timeout_s = 45").unwrap();
+    writeln!(
+        f,
+        "[pulsar]\nresult_batch_delay_ms = 7\n[emulator]\ncmq_visibility_timeout_s = 45"
+    )
+    .unwrap();
     let s = Settings::load_from(Some(f.path()), &env(&[])).unwrap();
     assert_eq!(s.pulsar.result_batch_delay, Duration::from_millis(7));
     assert_eq!(s.emulator.cmq_visibility_timeout, Duration::from_secs(45));
@@ -699,7 +736,10 @@ fn both_spellings_at_once_are_refused_naming_both() {
     let err = Settings::load_from(
         None,
         &env(&[
-            ("CI_WORKER__EMULATOR__TEMPORARY_CREDENTIALS_LIFETIME_SECS", "60"),
+            (
+                "CI_WORKER__EMULATOR__TEMPORARY_CREDENTIALS_LIFETIME_SECS",
+                "60",
+            ),
             ("CI_WORKER__EMULATOR__TEMPORARY_CREDENTIALS_LIFETIME", "1m"),
         ]),
     )

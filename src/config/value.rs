@@ -139,6 +139,8 @@ pub(crate) fn humane(d: Duration) -> String {
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Unit {
     Millis,
+    // Only the emulator's keys were spelled in seconds.
+    #[cfg_attr(not(feature = "emulator"), allow(dead_code))]
     Seconds,
 }
 
