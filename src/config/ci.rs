@@ -1,8 +1,8 @@
 //! `[ci]`: the Cloud Infinite API, the credentials that sign its calls, the callback every job
 //! carries, and the pace of the calls.
 
+use super::error::ConfigError;
 use super::value::{self, duration, HttpUrl};
-use super::ConfigError;
 use crate::ci::rules::{CallbackFormat, CallbackType, MqMode, MqRegion};
 use crate::secret::Secret;
 use serde::{Deserializer, Serialize};

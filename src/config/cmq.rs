@@ -1,7 +1,7 @@
 //! `[cmq]`: the TDMQ for CMQ queue the `cmq` ingress reads (signed with the CI credentials).
 
+use super::error::ConfigError;
 use super::value::{self, duration, HttpUrl};
-use super::ConfigError;
 use crate::cmq::sign::SignatureMethod;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::time::Duration;

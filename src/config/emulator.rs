@@ -4,8 +4,8 @@
 //! and the emulator reads `Settings`, so a section inside the emulator would make the two modules
 //! import each other.
 
+use super::error::ConfigError;
 use super::value::{self, duration, listen, Renamed, Unit};
-use super::ConfigError;
 use crate::ci::rules::closed_set;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
@@ -185,7 +185,7 @@ impl EmulatorSettings {
                 ));
             }
         }
-        if let Some(bad) = self.cvm_roles.iter().find(|r| !super::is_role_name(r)) {
+        if let Some(bad) = self.cvm_roles.iter().find(|r| !super::ci::is_role_name(r)) {
             return Err(invalid(
                 "emulator.cvm_roles",
                 bad,

@@ -1,7 +1,7 @@
 //! `[http]`: the worker's HTTP endpoint (probes, metrics, the `http` ingress).
 
+use super::error::ConfigError;
 use super::value::listen;
-use super::ConfigError;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;

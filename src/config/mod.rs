@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - this file: [`Settings`], loading, the keys renamed to humane durations, `ci-worker config`'s output.
+//! - `error`: [`ConfigError`], the line a bad value stops the program with.
 //! - `value`: what the sections share: humane durations, [`HttpUrl`] (the one http(s) rule),
 //!   listen addresses, the refusal a typed value gives.
 //! - one file per section, its struct beside its checks: `pulsar`, `ci`, `worker`, `http`, `cmq`,
@@ -18,6 +19,7 @@ mod ci;
 mod cmq;
 #[cfg(feature = "emulator")]
 mod emulator;
+mod error;
 mod http;
 mod log;
 mod pulsar;
@@ -31,6 +33,7 @@ pub use ci::{is_role_name, CiSettings, DEFAULT_METADATA_ENDPOINT};
 pub use cmq::CmqSettings;
 #[cfg(feature = "emulator")]
 pub use emulator::{EmulatorSettings, KeyPair, TdmqDelivery};
+pub use error::ConfigError;
 pub use http::HttpSettings;
 pub use log::{LogFormat, LogSettings};
 pub use pulsar::PulsarSettings;
@@ -47,60 +50,6 @@ use value::Renamed;
 pub const CONFIG_FILE_ENV: &str = "CI_WORKER_CONFIG";
 const ENV_PREFIX: &str = "CI_WORKER";
 const ENV_SEPARATOR: &str = "__";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(String),
-    #[error("configuration: invalid {key} = {value:?}: {allowed}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        allowed: String,
-    },
-    /// A typed value refused while it was read; `refusal` is `"<value>": <rule>`.
-    #[error("configuration: invalid {key} = {refusal}")]
-    Refused { key: String, refusal: String },
-    #[error(
-        "configuration: {old} and {new} are both set: {old} is the deprecated spelling of {new}; \
-         keep {new} only"
-    )]
-    BothSpellings {
-        old: &'static str,
-        new: &'static str,
-    },
-}
-
-impl ConfigError {
-    pub(crate) fn invalid(key: &'static str, value: &str, allowed: &str) -> ConfigError {
-        ConfigError::Invalid {
-            key,
-            value: value.to_string(),
-            allowed: allowed.to_string(),
-        }
-    }
-
-    /// A `config` crate error in the configuration's words: a typed value's refusal (see
-    /// `value::refuse`) as `invalid <key> = …`, anything else as the crate worded it.
-    fn from_loading(e: config::ConfigError) -> ConfigError {
-        if let config::ConfigError::At {
-            error,
-            key: Some(key),
-            ..
-        } = &e
-        {
-            if let config::ConfigError::Message(message) = error.as_ref() {
-                if let Some(refusal) = message.strip_prefix(value::REFUSAL) {
-                    return ConfigError::Refused {
-                        key: key.clone(),
-                        refusal: refusal.to_string(),
-                    };
-                }
-            }
-        }
-        ConfigError::Load(e.to_string())
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -349,8 +298,10 @@ fn respell(
 
 #[cfg(all(test, not(feature = "emulator")))]
 mod without_emulator {
-    use super::*;
+    use crate::config::Settings;
+    use std::collections::HashMap;
     use std::io::Write;
+    use std::path::Path;
 
     /// One file serves builds with and without the emulator: its section is read past and said so.
     #[test]

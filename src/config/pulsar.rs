@@ -1,7 +1,7 @@
 //! `[pulsar]`: the broker, the topics and subscriptions, and the batching of results.
 
+use super::error::ConfigError;
 use super::value::{self, duration, refuse, Renamed, Unit};
-use super::ConfigError;
 use crate::secret::Secret;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::time::Duration;

@@ -7,7 +7,6 @@
 //! a section's own `validate`.
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// What a typed value's deserializer answers to a bad spelling (see the module doc).
@@ -90,7 +89,9 @@ pub(crate) fn serialize_optional_url<S: Serializer>(
 
 /// A listen address (`http.listen`, `emulator.listen`, `emulator.cmq_listen`).
 pub(crate) mod listen {
-    use super::*;
+    use crate::config::value::refuse;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::SocketAddr;
 
     pub fn serialize<S: Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(addr)
@@ -105,7 +106,8 @@ pub(crate) mod listen {
 
 /// Durations as humane strings (`"20s"`, `"500ms"`, `"10m"`); a bare number means seconds.
 pub(crate) mod duration {
-    use super::*;
+    use serde::{de, Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())

@@ -1,8 +1,8 @@
 //! `[worker]`: how much work is in flight, retries and redeliveries, the job deadlines, and where
 //! completion events come in from.
 
+use super::error::ConfigError;
 use super::value::{duration, refuse};
-use super::ConfigError;
 use crate::ci::rules::closed_set;
 use serde::{Deserialize, Deserializer, Serialize};
 use std::time::Duration;
