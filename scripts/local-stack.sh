@@ -57,7 +57,7 @@ export TENCENTCLOUD_SECRET_ID=AKIDlocalstackdemo0000000000000000
 export TENCENTCLOUD_SECRET_KEY=localstackdemosecretkey000000000
 export CI_WORKER__PULSAR__URL="$PULSAR_URL"
 export CI_WORKER__EMULATOR__LISTEN="127.0.0.1:$EMULATOR_PORT"
-export CI_WORKER__EMULATOR__JOB_DURATION_MS="$JOB_DURATION_MS"
+export CI_WORKER__EMULATOR__JOB_DURATION="${JOB_DURATION_MS}ms"
 export CI_WORKER__CI__ENDPOINT="http://127.0.0.1:$EMULATOR_PORT"
 export CI_WORKER__CI__MQ_NAME=ci-callbacks
 # TDMQ callbacks through CMQ, as CI delivers them (the defaults, spelled out).

@@ -152,7 +152,11 @@ pub async fn start(
         return Ok(Some(shared));
     }
     if !c.cvm_role.trim().is_empty() {
-        let role = RoleSource::new(&c.metadata_endpoint, c.cvm_role.trim(), c.request_timeout)?;
+        let role = RoleSource::new(
+            c.metadata_endpoint.as_str(),
+            c.cvm_role.trim(),
+            c.request_timeout,
+        )?;
         let mut attempt = 0;
         let keys = loop {
             attempt += 1;

@@ -70,6 +70,9 @@ fn main() -> std::process::ExitCode {
         _ => false,
     };
     let log_writer = init_logging(&settings, quiet);
+    for note in settings.notes() {
+        tracing::warn!("configuration: {note}");
+    }
     // Message handlers are polled inside their consume loop's task (see `worker::consume`), so one
     // poll runs the loop and a handler's whole call chain: debug builds, whose async frames are
     // large, overflow tokio's default 2 MiB. Only touched pages cost memory.

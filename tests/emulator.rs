@@ -31,10 +31,10 @@ const SECRET_KEY: &str = "emulator-integration-secret";
 /// serves no CMQ API.
 fn settings(job_duration_ms: u64) -> Settings {
     let mut s = Settings::default();
-    s.emulator.listen = "127.0.0.1:0".into();
+    s.emulator.listen = "127.0.0.1:0".parse().unwrap();
     s.emulator.tdmq_delivery = TdmqDelivery::Pulsar;
-    s.emulator.cmq_listen = "127.0.0.1:0".into();
-    s.emulator.job_duration_ms = job_duration_ms;
+    s.emulator.cmq_listen = "127.0.0.1:0".parse().unwrap();
+    s.emulator.job_duration = Duration::from_millis(job_duration_ms);
     s.emulator.credentials.push(KeyPair {
         secret_id: SECRET_ID.into(),
         secret_key: Secret::new(SECRET_KEY),
@@ -948,7 +948,7 @@ async fn fault_rates_and_latency() {
 
     let mut s = settings(600_000);
     s.emulator.error_rate = 1.0;
-    s.emulator.latency_ms = 300;
+    s.emulator.latency = Duration::from_millis(300);
     let em = emulator::start(s).await.unwrap();
     let started = Instant::now();
     let r = Ci::new(&em)
@@ -980,7 +980,7 @@ async fn calls(em: &EmulatorHandle) -> Value {
 #[tokio::test]
 async fn answer_delay_holds_the_answer_after_the_job_exists() {
     let mut s = settings(600_000);
-    s.emulator.answer_delay_ms = 1500;
+    s.emulator.answer_delay = Duration::from_millis(1500);
     let em = emulator::start(s).await.unwrap();
     let delay = Duration::from_millis(1500);
     let mut notices = em.subscribe();

@@ -16,41 +16,23 @@ use hmac::{Hmac, Mac};
 /// The one path of CMQ API 2.0.
 pub const PATH: &str = "/v2/index.php";
 
-/// `SignatureMethod`: which HMAC signs the request. CMQ uses HmacSHA256 only when the parameter says
-/// so, HmacSHA1 otherwise (also when it is absent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub enum SignatureMethod {
-    #[serde(rename = "HmacSHA1")]
-    HmacSha1,
-    #[default]
-    #[serde(rename = "HmacSHA256")]
-    HmacSha256,
+crate::ci::rules::closed_set! {
+    /// `SignatureMethod`: which HMAC signs the request. CMQ uses HmacSHA256 only when the parameter
+    /// says so, HmacSHA1 otherwise (also when it is absent).
+    #[derive(Default)]
+    pub enum SignatureMethod: "must be HmacSHA256 or HmacSHA1" {
+        #[default]
+        HmacSha256 = "HmacSHA256",
+        HmacSha1 = "HmacSHA1",
+    }
 }
 
 impl SignatureMethod {
-    /// What `cmq.signature_method` accepts, for error messages.
-    pub const RULE: &'static str = "must be HmacSHA256 or HmacSHA1";
-
-    pub fn parse(text: &str) -> Option<SignatureMethod> {
-        match text {
-            "HmacSHA1" => Some(SignatureMethod::HmacSha1),
-            "HmacSHA256" => Some(SignatureMethod::HmacSha256),
-            _ => None,
-        }
-    }
-
     /// How CMQ reads the parameter on a request: HmacSHA256 only when named exactly.
     pub fn of_request(parameter: Option<&str>) -> SignatureMethod {
         match parameter {
             Some("HmacSHA256") => SignatureMethod::HmacSha256,
             _ => SignatureMethod::HmacSha1,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SignatureMethod::HmacSha1 => "HmacSHA1",
-            SignatureMethod::HmacSha256 => "HmacSHA256",
         }
     }
 }

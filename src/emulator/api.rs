@@ -1,11 +1,11 @@
 //! The HTTP surface: CI's media job API on the paths, headers and error bodies CI uses.
 //!
 //! Every request is counted (by the operation its method and path name, whatever its answer; see
-//! [`CALLS_PATH`]), then goes through, in order: `emulator.latency_ms`; `emulator.qps_limit` (else
+//! [`CALLS_PATH`]), then goes through, in order: `emulator.latency`; `emulator.qps_limit` (else
 //! 429 `SlowDown`); the Host
 //! (`<bucket>.ci.<region>.myqcloud.com[:port]`, else 400 `InvalidHost`); the route (else 404
 //! `InvalidUrl`; CI's other job endpoints 501 `NotImplemented`); the signature ([`super::auth`]); then
-//! the operation; then `emulator.answer_delay_ms` holds the answer (the job already exists). Every
+//! the operation; then `emulator.answer_delay` holds the answer (the job already exists). Every
 //! response carries a fresh `x-ci-request-id` and `Server: tencent-ci`; bodies are
 //! `application/xml`; errors are `<Error><Code/><Message/><Resource/><RequestId/><TraceId/></Error>`
 //! (see [`error_body`] for `Resource`) with the HTTP status error-codes.md gives the code.

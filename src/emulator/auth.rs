@@ -84,7 +84,7 @@ impl Verifier {
         let anonymous = settings.emulator.allow_anonymous;
         let temporary = Arc::new(TemporaryKeys::new(
             &settings.emulator.cvm_roles,
-            settings.emulator.temporary_credentials_lifetime_secs,
+            settings.emulator.temporary_credentials_lifetime.as_secs(),
         ));
         if keys.is_empty() && !anonymous && !temporary.has_roles() {
             return Err(EmulatorError::NoCredentials);
@@ -362,7 +362,7 @@ mod tests {
     fn issued_temporary_credentials_work_until_their_expiry_then_get_signature_expired() {
         let mut s = Settings::default();
         s.emulator.cvm_roles = vec!["CVMas".into()];
-        s.emulator.temporary_credentials_lifetime_secs = 60;
+        s.emulator.temporary_credentials_lifetime = std::time::Duration::from_secs(60);
         let v = Verifier::from_settings(&s).expect("roles alone are credentials enough");
         let issued = v.temporary().for_role("CVMas", NOW).unwrap();
         let at = |now: i64, token: &str| {

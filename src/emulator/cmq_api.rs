@@ -935,7 +935,7 @@ mod tests {
     fn issued_temporary_credentials_expire_with_4100() {
         let mut s = Settings::default();
         s.emulator.cvm_roles = vec!["CVMas".into()];
-        s.emulator.temporary_credentials_lifetime_secs = 60;
+        s.emulator.temporary_credentials_lifetime = std::time::Duration::from_secs(60);
         let k = Keys::from_settings(&s);
         let issued = k.temporary.for_role("CVMas", NOW).unwrap();
         let at = |now: i64| {

@@ -7,8 +7,6 @@ use axum::http::StatusCode;
 /// Why the emulator could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum EmulatorError {
-    #[error("emulator: invalid listen address {0:?} (expected e.g. 127.0.0.1:9000)")]
-    InvalidListen(String),
     #[error("emulator: cannot listen on {addr}: {source}")]
     Bind {
         addr: String,

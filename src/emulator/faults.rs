@@ -2,8 +2,8 @@
 //!
 //! By rate (`[emulator]` settings, fractions 0–1): `throttle_rate` answers `POST /jobs` with
 //! 429 `SlowDown`, `error_rate` with 503 `ServiceUnavailable` (no job is created either way);
-//! `duplicate_rate` delivers a completion event twice. `latency_ms` delays every API request before it is
-//! handled, `answer_delay_ms` every answer after it (the job already exists while its answer is held).
+//! `duplicate_rate` delivers a completion event twice. `latency` delays every API request before it is
+//! handled, `answer_delay` every answer after it (the job already exists while its answer is held).
 //!
 //! By rate limit: `qps_limit` answers every job API call beyond that many in any one second with
 //! 429 `SlowDown`, deterministically (see [`QpsLimit`]): a client that keeps under it is never refused.
@@ -125,8 +125,8 @@ impl Faults {
             throttle_rate: e.throttle_rate,
             error_rate: e.error_rate,
             duplicate_rate: e.duplicate_rate,
-            latency: Duration::from_millis(e.latency_ms),
-            answer_delay: Duration::from_millis(e.answer_delay_ms),
+            latency: e.latency,
+            answer_delay: e.answer_delay,
         })
     }
 

@@ -16,7 +16,10 @@ use std::time::Duration;
 /// `Running`, then `Success`/`Failed` and its completion event. A cancel in between stops it; so does
 /// the emulator's shutdown.
 pub(crate) fn spawn_lifecycle(shared: Arc<Shared>, job: &Job) {
-    let (queued, running) = timings(job, shared.settings.emulator.job_duration_ms);
+    let (queued, running) = timings(
+        job,
+        shared.settings.emulator.job_duration.as_millis() as u64,
+    );
     let id = job.id.clone();
     let shutdown = shared.shutdown.clone();
     tokio::spawn(async move {

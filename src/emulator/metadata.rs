@@ -7,7 +7,7 @@
 //!   "ExpiredTime", "Expiration", "Token", "Code": "Success"}` for a configured role, 404 otherwise.
 //!
 //! Each role has one current key set, handed out until half of
-//! `emulator.temporary_credentials_lifetime_secs` is gone, then replaced by a new one (the metadata
+//! `emulator.temporary_credentials_lifetime` is gone, then replaced by a new one (the metadata
 //! service rotates before expiry; the old set stays valid until its own `ExpiredTime`). The CI and
 //! CMQ APIs accept every issued set until it expires and refuse it after, with their codes for it
 //! (CI: 401 `SignatureExpired`; CMQ: 4100 `(10080)secret id status error`).

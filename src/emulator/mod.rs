@@ -138,12 +138,9 @@ fn serve(
     })
 }
 
-async fn bind(listen: &str) -> Result<(tokio::net::TcpListener, SocketAddr), EmulatorError> {
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|_| EmulatorError::InvalidListen(listen.to_string()))?;
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), EmulatorError> {
     let bind_error = |source| EmulatorError::Bind {
-        addr: listen.to_string(),
+        addr: addr.to_string(),
         source,
     };
     let listener = tokio::net::TcpListener::bind(addr)
@@ -154,16 +151,16 @@ async fn bind(listen: &str) -> Result<(tokio::net::TcpListener, SocketAddr), Emu
 }
 
 /// The CMQ queues that exist from the start (`emulator.cmq_queues`, with
-/// `emulator.cmq_visibility_timeout_s`).
+/// `emulator.cmq_visibility_timeout`).
 fn initial_queues(settings: &Settings) -> Result<cmq_queues::Queues, EmulatorError> {
     let e = &settings.emulator;
     let queues = cmq_queues::Queues::new();
     let mut attributes = cmq_queues::QueueAttributes::default();
     attributes
-        .set("visibilityTimeout", e.cmq_visibility_timeout_s)
+        .set("visibilityTimeout", e.cmq_visibility_timeout.as_secs())
         .map_err(|_| EmulatorError::InvalidSetting {
-            key: "emulator.cmq_visibility_timeout_s",
-            reason: format!("{} is not within 1–43200", e.cmq_visibility_timeout_s),
+            key: "emulator.cmq_visibility_timeout",
+            reason: format!("{:?} is not within 1s–12h", e.cmq_visibility_timeout),
         })?;
     let clock = cmq_queues::Clock::now();
     for name in &e.cmq_queues {
@@ -202,9 +199,9 @@ pub async fn start(settings: Settings) -> Result<EmulatorHandle, EmulatorError> 
     } else {
         cmq_queues::Queues::new()
     });
-    let (listener, local) = bind(&settings.emulator.listen).await?;
+    let (listener, local) = bind(settings.emulator.listen).await?;
     let cmq_listener = if cmq {
-        Some(bind(&settings.emulator.cmq_listen).await?)
+        Some(bind(settings.emulator.cmq_listen).await?)
     } else {
         None
     };
@@ -230,7 +227,7 @@ pub async fn start(settings: Settings) -> Result<EmulatorHandle, EmulatorError> 
     let e = &shared.settings.emulator;
     tracing::info!(
         addr = %local,
-        job_duration_ms = e.job_duration_ms,
+        job_duration = ?e.job_duration,
         tdmq_delivery = e.tdmq_delivery.as_str(),
         "emulator: Cloud Infinite job API listening"
     );
@@ -241,7 +238,7 @@ pub async fn start(settings: Settings) -> Result<EmulatorHandle, EmulatorError> 
                 addr = %cmq_local,
                 endpoint = %format!("http://{cmq_local}"),
                 queues = ?shared.cmq_queues.names(),
-                visibility_timeout_s = e.cmq_visibility_timeout_s,
+                visibility_timeout = ?e.cmq_visibility_timeout,
                 "emulator: CMQ API 2.0 listening (CallBackType=TDMQ events go into the queue MqName)"
             );
             (Some(cmq_local), Some(server))

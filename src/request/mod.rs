@@ -183,7 +183,13 @@ impl SubmitRequest {
                 ]);
                 ci_job.insert("CallBackMqConfig", mq);
             }
-            CallbackType::Url => ci_job.insert("CallBack", ci.callback_url.clone().into()),
+            CallbackType::Url => ci_job.insert(
+                "CallBack",
+                ci.callback_url
+                    .as_ref()
+                    .map_or_else(String::new, ToString::to_string)
+                    .into(),
+            ),
         }
 
         validate_job(&ci_job).map_err(|v| {

@@ -73,7 +73,7 @@ fn warn_on_mismatched_callbacks(settings: &Settings) {
     let ingress = &settings.worker.callback_ingress;
     match settings.ci.callback_type {
         CallbackType::Url if !settings.has_ingress(CallbackIngress::Http) => tracing::warn!(
-            callback_url = %settings.ci.callback_url,
+            callback_url = settings.ci.callback_url.as_ref().map_or("", |u| u.as_str()),
             ?ingress,
             "ci.callback_type = Url but worker.callback_ingress has no http: events reach this worker only if something at ci.callback_url stores them in the callback topic"
         ),
@@ -157,7 +157,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
             &settings.pulsar.result_topic,
             Batching {
                 max_messages: settings.pulsar.result_batch_max_messages,
-                max_delay: std::time::Duration::from_millis(settings.pulsar.result_batch_delay_ms),
+                max_delay: settings.pulsar.result_batch_delay,
             },
         );
     }
@@ -192,7 +192,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         None
     };
     let ci = CiClient::with_shared(
-        (!settings.ci.endpoint.is_empty()).then_some(settings.ci.endpoint.as_str()),
+        settings.ci.endpoint.as_ref().map(|u| u.as_str()),
         credentials,
         settings.ci.request_timeout,
     )?;
