@@ -216,6 +216,9 @@ struct Kill {
     in_flight: Option<f64>,
     /// Requests with a first outcome and no final result yet, fleet-wide.
     open_jobs: usize,
+    /// Requests whose first final result was published in the job timeout before the kill: their
+    /// deadlines were still to come due.
+    finished_before: usize,
     /// Extra final results published after this kill and before the next.
     extra_finals_after: usize,
 }
@@ -304,9 +307,8 @@ impl Bench {
         }
         self.extra_worker_env.clear();
         if !cells.is_empty() {
-            let table = cost_table(&cells, &o);
-            eprint!("{table}");
-            print!("{table}");
+            // On stdout, so that the matrix is in `last.md` beside the table of figures.
+            print!("{}", cost_table(&cells, &o));
         }
         self.extra_json.insert(
             "cost".into(),
@@ -418,11 +420,7 @@ impl Bench {
     /// Waits until `n` requests have a final result (or a bound passes: the requests without one
     /// are then what the run reports), then until every deadline has come due and been settled.
     /// Returns when the finals were in and the settled stats.
-    async fn drain(
-        &self,
-        stage: &mut Stage,
-        n: u64,
-    ) -> Result<(Instant, Vec<TopicStats>)> {
+    async fn drain(&self, stage: &mut Stage, n: u64) -> Result<(Instant, Vec<TopicStats>)> {
         let limit = Instant::now() + Duration::from_secs(120 + n / 50);
         while (stage.progress.finals.load(Ordering::Relaxed) as u64) < n {
             if Instant::now() > limit {
@@ -443,7 +441,9 @@ impl Bench {
             + Duration::from_secs(1);
         let mut procs: Vec<&mut Proc> = stage.replicas.iter_mut().collect();
         procs.push(&mut stage.emulator);
-        let after = self.settled_stats(&stage.run_topics, due, &mut procs).await?;
+        let after = self
+            .settled_stats(&stage.run_topics, due, &mut procs)
+            .await?;
         Ok((finals_at, after))
     }
 
@@ -596,7 +596,9 @@ impl Bench {
                 continue;
             }
             next_kill += every;
-            let kill = self.kill_one(&mut stage, kills.len(), &published, started).await?;
+            let kill = self
+                .kill_one(&mut stage, kills.len(), &published, started)
+                .await?;
             eprintln!(
                 "  SIGKILL {} at {:.0} s ({} published; in flight in it: {}; jobs open: {})",
                 kill.replica,
@@ -623,8 +625,14 @@ impl Bench {
             .collect();
         let kill_ms: Vec<u64> = kills.iter().map(|k| k.at_ms).collect();
         let per_kill = attribute(&extra_ms, &kill_ms);
+        let first_ms: Vec<u64> = by.values().map(|v| v[0].publish_ms).collect();
+        let timeout_ms = o.cost_job_timeout_secs.max(1) * 1000;
         for (k, count) in kills.iter_mut().zip(&per_kill[1..]) {
             k.extra_finals_after = *count;
+            k.finished_before = first_ms
+                .iter()
+                .filter(|&&t| t <= k.at_ms && t + timeout_ms > k.at_ms)
+                .count();
         }
         let calls = calls_before.zip(calls_after).map(|(b, a)| a.since(b));
         let ci_jobs: usize = jobs.values().sum();
@@ -691,6 +699,7 @@ impl Bench {
             published,
             in_flight,
             open_jobs,
+            finished_before: 0,
             extra_finals_after: 0,
         })
     }
@@ -712,7 +721,7 @@ impl Bench {
         );
         self.row(
             "soak",
-            format!("{head}: requests published (publisher achieved {:.0}/s{sustained}) / `POST /jobs` CI received", s.achieved_rate),
+            format!("{head}: requests published (publisher achieved {:.0}/s{sustained}) / `POST /jobs` CI received (a call a kill cut short before its job existed counts too)", s.achieved_rate),
             format!(
                 "{} / {}",
                 s.requests,
@@ -755,16 +764,17 @@ impl Bench {
             self.row(
                 "soak",
                 format!(
-                    "  kill {} at {:.0} s ({}): in flight in the killed replica / jobs open fleet-wide / extra finals published after it (before the next kill)",
+                    "  kill {} at {:.0} s ({}): in flight in the killed replica (`ci_worker_in_flight`) / jobs open fleet-wide / jobs finished in the job timeout before it (deadlines still to come) / extra finals published after it (before the next kill)",
                     i + 1,
                     k.at_secs,
                     k.replica
                 ),
                 format!(
-                    "{} / {} / {}",
+                    "{} / {} / {} / {}",
                     k.in_flight
                         .map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}")),
                     k.open_jobs,
+                    k.finished_before,
                     k.extra_finals_after
                 ),
                 cmd.clone(),

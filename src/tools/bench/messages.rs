@@ -155,7 +155,11 @@ pub(super) struct Breakdown {
     pub(super) delivered: u64,
 }
 
-pub(super) fn breakdown(topics: &[RunTopic], before: &[TopicStats], after: &[TopicStats]) -> Breakdown {
+pub(super) fn breakdown(
+    topics: &[RunTopic],
+    before: &[TopicStats],
+    after: &[TopicStats],
+) -> Breakdown {
     let mut rows = Vec::new();
     let (mut published, mut delivered) = (0, 0);
     for ((t, b), a) in topics.iter().zip(before).zip(after) {
@@ -544,5 +548,18 @@ mod tests {
         assert!(!stats(0, &[("w", 1, 1)]).settled());
         assert!(stats(0, &[("ci-worker-bench-x", 1, 1)]).settled());
         assert_eq!(TopicStats::parse(&Value::Null), TopicStats::default());
+    }
+
+    #[test]
+    fn partitions_are_summed_subscription_by_subscription() {
+        let t = "persistent://public/default/bench-x-requests-1";
+        assert!(is_topic_or_partition(t, t));
+        assert!(is_topic_or_partition(&format!("{t}-partition-3"), t));
+        assert!(!is_topic_or_partition(&format!("{t}-partition-"), t));
+        assert!(!is_topic_or_partition(&format!("{t}-sub-DLQ"), t));
+        assert!(!is_topic_or_partition(&format!("{t}0"), t));
+        let mut sum = stats(10, &[("w", 10, 1)]);
+        sum.absorb(stats(5, &[("w", 4, 0), ("reader", 3, 0)]));
+        assert_eq!(sum, stats(15, &[("w", 14, 1), ("reader", 3, 0)]));
     }
 }

@@ -558,7 +558,11 @@ impl Bench {
     }
 
     /// Jobs of `bucket` per request id (from the correlation marker), through CI's list API.
-    pub(super) async fn jobs_per_request(&self, port: u16, bucket: &str) -> Result<HashMap<String, usize>> {
+    pub(super) async fn jobs_per_request(
+        &self,
+        port: u16,
+        bucket: &str,
+    ) -> Result<HashMap<String, usize>> {
         let ci = crate::ci::client::CiClient::new(
             Some(&format!("http://127.0.0.1:{port}")),
             Some(crate::ci::sign::Credentials {
