@@ -16,6 +16,11 @@
 #      the submission path against a CI that limits calls per second (`throttle`: emulator
 #      qps_limit 50, 1,000 requests, adaptive / fixed / paced / concurrency-only, CI latency 0 and
 #      50 ms; throughput and POST /jobs throttled; about 3–4 minutes),
+#      and, only when named in `--only` (they are long): broker cost per job (`cost`: steady
+#      10 / 100 / 500 requests/s × 1 / 4 / 8 replicas, 30 s each, every deadline due; messages per job
+#      by topic from the broker's stats, CI list calls per 1,000 requests, one final per request;
+#      about 10 minutes) and a soak (`soak`: 50 requests/s, 2 replicas, a SIGKILL + restart every
+#      minute for 3 minutes; extra CI jobs, second finals, requests without a final),
 #   5. prints one table of every figure with the command that produced it.
 #
 #   scripts/bench.sh [BENCH OPTIONS]      options go to `ci-worker bench` (`--help` lists them), e.g.
@@ -25,6 +30,8 @@
 #   BENCH_WORKER_BIN=/path/to/old/ci-worker scripts/bench.sh --only scaleout   an older worker, this bench and emulator
 #   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only memory --memory-jobs 1000,10000 --memory-backlog 5000,50000
 #   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only throttle --throttle-variants adaptive,fixed --throttle-latency-ms 0
+#   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only cost --cost-rates 10,100,500 --cost-replicas 1,4,8 --cost-duration-secs 30
+#   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only soak --soak-duration-secs 2700 --soak-kill-every-secs 300   the 45-minute soak
 #
 # Environment: BENCH_SKIP_BUILD=1 (use the binary as built), BENCH_BIN (the binary to run instead of
 # the release build, e.g. target/debug/ci-worker; implies BENCH_SKIP_BUILD), BENCH_WORKER_BIN (the
@@ -33,7 +40,7 @@
 # benchmark's own log filter, default warn,pulsar=error; `--worker-log` sets that of the processes under test),
 # PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh, CARGO_TARGET_DIR.
 # Output: the table on stdout; logs and a copy of the figures (last.md, last.json) in .cache/bench/.
-# Takes about 10–12 minutes on a 2-core machine with every section (a first release build comes on top).
+# Takes about 10–12 minutes on a 2-core machine with the default sections (a first release build comes on top).
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

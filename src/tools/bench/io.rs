@@ -2,10 +2,11 @@
 //! relay it compares the worker with, and deleting its topics afterwards.
 
 use crate::config::Settings;
-use crate::pulsar::raw::{RawProducer, Tail};
+use crate::pulsar::raw::{RawProducer, Receipt, Tail};
 use crate::pulsar::{Client, SubscribeOptions, SubscriptionKind};
 use anyhow::{bail, Context as _, Result};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Receipts awaited at once while pre-publishing.
@@ -48,6 +49,77 @@ pub async fn publish_all(
     }
     producer.close().await;
     Ok(started.elapsed())
+}
+
+/// What a paced publication achieved.
+#[derive(Debug, Clone, Copy)]
+pub struct Paced {
+    pub published: u64,
+    /// From the first message's scheduled time to the last one handed to the crate.
+    pub secs: f64,
+    /// The worst delay of a message behind its scheduled time.
+    pub max_lag: Duration,
+}
+
+impl Paced {
+    /// Messages per second achieved.
+    pub fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.published as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Publishes `count` messages at `rate` per second, one at a time on a timer (message `i` at start +
+/// i/rate; none waits for an earlier one's receipt, whose receipts are awaited by a task of their
+/// own), counting each in `published` as it is handed to the crate; fails if the broker refused one.
+pub async fn publish_paced(
+    client: &Client,
+    topic: &str,
+    rate: f64,
+    count: u64,
+    published: &AtomicU64,
+    mut payload: impl FnMut(u64) -> (Vec<u8>, Option<String>),
+) -> Result<Paced> {
+    let mut producer = producer(client, topic).await?;
+    let (receipt_tx, mut receipt_rx) = tokio::sync::mpsc::unbounded_channel::<Receipt>();
+    let receipts = tokio::spawn(async move {
+        let mut failed = 0u64;
+        while let Some(r) = receipt_rx.recv().await {
+            if r.await.is_err() {
+                failed += 1;
+            }
+        }
+        failed
+    });
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut max_lag = Duration::ZERO;
+    for i in 0..count {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(at).await;
+        max_lag = max_lag.max(tokio::time::Instant::now().saturating_duration_since(at));
+        let (payload, key) = payload(i);
+        let receipt = producer
+            .send(payload, key)
+            .await
+            .with_context(|| format!("publishing to {topic}"))?;
+        published.fetch_add(1, Ordering::Relaxed);
+        let _ = receipt_tx.send(receipt);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    drop(receipt_tx);
+    let failed = receipts.await.unwrap_or(0);
+    producer.close().await;
+    if failed > 0 {
+        bail!("{failed} of {count} messages to {topic} were not stored by the broker");
+    }
+    Ok(Paced {
+        published: count,
+        secs,
+        max_lag,
+    })
 }
 
 /// One message seen on a followed topic.
@@ -128,6 +200,37 @@ pub fn admin_topic_request(
     } else {
         req.bearer_auth(token)
     })
+}
+
+/// The persistent topics of `namespace` (`tenant/ns`) as the broker lists them
+/// (`GET /admin/v2/persistent/{tenant}/{ns}`): partitions as `<topic>-partition-<i>`.
+pub async fn namespace_topics(
+    http: &reqwest::Client,
+    admin_url: &str,
+    token: &str,
+    namespace: &str,
+) -> Result<Vec<String>> {
+    let url = format!(
+        "{}/admin/v2/persistent/{namespace}",
+        admin_url.trim_end_matches('/')
+    );
+    let mut req = http.get(&url).timeout(Duration::from_secs(30));
+    if !token.is_empty() {
+        req = req.bearer_auth(token);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("listing the topics of {namespace}"))?;
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .with_context(|| format!("listing the topics of {namespace}"))?;
+    if !status.is_success() {
+        bail!("listing the topics of {namespace}: HTTP {status} {text}");
+    }
+    serde_json::from_str(&text).with_context(|| format!("the topics of {namespace}: {text}"))
 }
 
 /// Deletes topics through the admin REST API (best effort; the broker keeps them otherwise).

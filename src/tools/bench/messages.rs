@@ -9,8 +9,9 @@
 //! the job timeout since the last `submitted` result, and every subscription of the worker with no
 //! backlog, no unacknowledged and no delayed messages, the counters unchanged between two polls.
 //!
-//! Counted (`GET /admin/v2/persistent/{tenant}/{ns}/{topic}/stats` before the burst and after it
-//! settled, the difference, so the worker's start-up does not count): published = `msgInCounter` of
+//! Counted (`GET /admin/v2/persistent/{tenant}/{ns}/{topic}/stats` of every topic of the namespace
+//! that is one of the run's or one of their partitions, partitions summed, before the burst and after
+//! it settled, the difference, so the worker's start-up does not count): published = `msgInCounter` of
 //! the topics the worker writes (result, deadline, done, dead-letter; the callback topic with ingress
 //! `cmq`, where the worker stores each event itself); delivered = `msgOutCounter` of every subscription
 //! on the run's topics except the benchmark's own (`ci-worker-bench-…`), whatever their name or kind,
@@ -29,7 +30,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 /// The emulator's job duration in this section: short, but the `submitted` result still comes first.
-const JOB_DURATION_MS: u64 = 200;
+pub(super) const JOB_DURATION_MS: u64 = 200;
 /// Subscription names of the benchmark's own consumers ([`crate::pulsar::raw::Tail`]).
 const BENCH_SUBSCRIPTION_PREFIX: &str = "ci-worker-bench-";
 /// Between two reads of the stats while waiting for the deadlines to settle.
@@ -46,7 +47,7 @@ struct SubStats {
 
 /// One topic's counters (all zero for a topic the broker does not know).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct TopicStats {
+pub(super) struct TopicStats {
     published: u64,
     subscriptions: BTreeMap<String, SubStats>,
 }
@@ -77,6 +78,18 @@ impl TopicStats {
         }
     }
 
+    /// Adds `other`'s counters (another partition of the same topic), subscription by subscription.
+    fn absorb(&mut self, other: TopicStats) {
+        self.published += other.published;
+        for (name, s) in other.subscriptions {
+            let sum = self.subscriptions.entry(name).or_default();
+            sum.delivered += s.delivered;
+            sum.backlog += s.backlog;
+            sum.unacked += s.unacked;
+            sum.delayed += s.delayed;
+        }
+    }
+
     /// The subscriptions that are not the benchmark's own.
     fn worker_subscriptions(&self) -> impl Iterator<Item = (&String, &SubStats)> {
         self.subscriptions
@@ -102,20 +115,51 @@ impl TopicStats {
 }
 
 /// One topic of a run: its role, its name, and whether the worker publishes to it.
-struct RunTopic {
+pub(super) struct RunTopic {
     role: &'static str,
     name: String,
     worker_writes: bool,
 }
 
-/// A run's per-topic counts.
-struct Breakdown {
-    rows: Vec<(&'static str, u64, u64)>,
-    published: u64,
-    delivered: u64,
+/// The topics a worker reads and writes, in the order of the breakdown; the callback topic counts as
+/// written by the worker when `callback_written` (an ingress that stores the events there itself).
+pub(super) fn run_topics(topics: &WorkerTopics, callback_written: bool) -> Vec<RunTopic> {
+    let topic = |role, name: &String, worker_writes| RunTopic {
+        role,
+        name: name.clone(),
+        worker_writes,
+    };
+    vec![
+        topic("requests", &topics.request, false),
+        topic("callbacks", &topics.callback, callback_written),
+        topic("results", &topics.result, true),
+        topic("deadlines", &topics.deadline, true),
+        topic("done", &topics.done, true),
+        topic("dead letters", &topics.dead_letter, true),
+    ]
 }
 
-fn breakdown(topics: &[RunTopic], before: &[TopicStats], after: &[TopicStats]) -> Breakdown {
+/// Whether `listed` (a topic of the namespace's list) is `topic` or one of its partitions.
+fn is_topic_or_partition(listed: &str, topic: &str) -> bool {
+    listed == topic
+        || listed
+            .strip_prefix(topic)
+            .and_then(|rest| rest.strip_prefix("-partition-"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A run's per-topic counts: (role, published by the worker, delivered to its subscriptions).
+pub(super) struct Breakdown {
+    pub(super) rows: Vec<(&'static str, u64, u64)>,
+    pub(super) published: u64,
+    pub(super) delivered: u64,
+}
+
+pub(super) fn breakdown(
+    topics: &[RunTopic],
+    before: &[TopicStats],
+    after: &[TopicStats],
+) -> Breakdown {
     let mut rows = Vec::new();
     let (mut published, mut delivered) = (0, 0);
     for ((t, b), a) in topics.iter().zip(before).zip(after) {
@@ -180,38 +224,7 @@ impl Bench {
             "CI_WORKER__WORKER__JOB_TIMEOUT".into(),
             format!("{}s", job_timeout.as_secs()),
         );
-        let run_topics = vec![
-            RunTopic {
-                role: "requests",
-                name: topics.request.clone(),
-                worker_writes: false,
-            },
-            RunTopic {
-                role: "callbacks",
-                name: topics.callback.clone(),
-                worker_writes: mode == MessageIngress::Cmq,
-            },
-            RunTopic {
-                role: "results",
-                name: topics.result.clone(),
-                worker_writes: true,
-            },
-            RunTopic {
-                role: "deadlines",
-                name: topics.deadline.clone(),
-                worker_writes: true,
-            },
-            RunTopic {
-                role: "done",
-                name: topics.done.clone(),
-                worker_writes: true,
-            },
-            RunTopic {
-                role: "dead letters",
-                name: topics.dead_letter.clone(),
-                worker_writes: true,
-            },
-        ];
+        let run_topics = run_topics(&topics, mode == MessageIngress::Cmq);
         let follower = io::follow(&self.client, &topics.result).await?;
         let mut procs = self.start_workers(
             Kind::Worker,
@@ -274,31 +287,9 @@ impl Bench {
         // Every deadline due (job_timeout after the last submission, a second's margin for the broker's
         // delayed-delivery tick), then nothing left on any of the worker's subscriptions, twice in a row.
         let due = last_submitted + job_timeout + Duration::from_secs(1);
-        let limit = due + Duration::from_secs(60);
-        let mut previous: Option<Vec<TopicStats>> = None;
-        let after = loop {
-            tokio::time::sleep(POLL).await;
-            worker.check_alive()?;
-            emulator.check_alive()?;
-            let now = self.all_stats(&run_topics).await?;
-            let stable = previous.as_ref() == Some(&now);
-            if Instant::now() >= due && stable && now.iter().all(TopicStats::settled) {
-                break now;
-            }
-            if Instant::now() > limit {
-                let open: Vec<String> = run_topics
-                    .iter()
-                    .zip(&now)
-                    .filter(|(_, s)| !s.settled())
-                    .map(|(t, s)| format!("{}: {:?}", t.role, s.subscriptions))
-                    .collect();
-                bail!(
-                    "the worker's subscriptions did not settle within 60 s of the last deadline ({})",
-                    open.join("; ")
-                );
-            }
-            previous = Some(now);
-        };
+        let after = self
+            .settled_stats(&run_topics, due, &mut [&mut worker, &mut emulator])
+            .await?;
         let settled_secs = finals_at.elapsed().as_secs_f64();
         worker.stop().await;
         emulator.stop().await;
@@ -385,22 +376,61 @@ impl Bench {
         }
     }
 
-    /// The stats of every topic of a run, in order.
-    async fn all_stats(&self, topics: &[RunTopic]) -> Result<Vec<TopicStats>> {
+    /// The stats of every topic of a run, in order, read namespace-wide: every topic of
+    /// `--namespace` the broker lists that is one of them or one of their partitions, partitions
+    /// summed.
+    pub(super) async fn all_stats(&self, topics: &[RunTopic]) -> Result<Vec<TopicStats>> {
         let http = reqwest::Client::new();
+        let token = self.settings.pulsar.token.expose();
+        let listed =
+            io::namespace_topics(&http, &self.opts.admin_url, token, &self.opts.namespace).await?;
         let mut out = Vec::with_capacity(topics.len());
         for t in topics {
-            out.push(
-                topic_stats(
-                    &http,
-                    &self.opts.admin_url,
-                    self.settings.pulsar.token.expose(),
-                    &t.name,
-                )
-                .await?,
-            );
+            let mut sum = TopicStats::default();
+            for name in listed.iter().filter(|l| is_topic_or_partition(l, &t.name)) {
+                sum.absorb(topic_stats(&http, &self.opts.admin_url, token, name).await?);
+            }
+            out.push(sum);
         }
         Ok(out)
+    }
+
+    /// Waits until `due` has passed (every deadline come due) and then until nothing is left on any
+    /// of the worker's subscriptions on `topics` (no backlog, nothing unacknowledged or delayed),
+    /// the counters unchanged between two polls; fails if one of `procs` exits or 60 s after `due`.
+    /// Returns the stats then.
+    pub(super) async fn settled_stats(
+        &self,
+        topics: &[RunTopic],
+        due: Instant,
+        procs: &mut [&mut Proc],
+    ) -> Result<Vec<TopicStats>> {
+        let limit = due + Duration::from_secs(60);
+        let mut previous: Option<Vec<TopicStats>> = None;
+        loop {
+            tokio::time::sleep(POLL).await;
+            for p in procs.iter_mut() {
+                p.check_alive()?;
+            }
+            let now = self.all_stats(topics).await?;
+            let stable = previous.as_ref() == Some(&now);
+            if Instant::now() >= due && stable && now.iter().all(TopicStats::settled) {
+                return Ok(now);
+            }
+            if Instant::now() > limit {
+                let open: Vec<String> = topics
+                    .iter()
+                    .zip(&now)
+                    .filter(|(_, s)| !s.settled())
+                    .map(|(t, s)| format!("{}: {:?}", t.role, s.subscriptions))
+                    .collect();
+                bail!(
+                    "the worker's subscriptions did not settle within 60 s of the last deadline ({})",
+                    open.join("; ")
+                );
+            }
+            previous = Some(now);
+        }
     }
 }
 
@@ -518,5 +548,18 @@ mod tests {
         assert!(!stats(0, &[("w", 1, 1)]).settled());
         assert!(stats(0, &[("ci-worker-bench-x", 1, 1)]).settled());
         assert_eq!(TopicStats::parse(&Value::Null), TopicStats::default());
+    }
+
+    #[test]
+    fn partitions_are_summed_subscription_by_subscription() {
+        let t = "persistent://public/default/bench-x-requests-1";
+        assert!(is_topic_or_partition(t, t));
+        assert!(is_topic_or_partition(&format!("{t}-partition-3"), t));
+        assert!(!is_topic_or_partition(&format!("{t}-partition-"), t));
+        assert!(!is_topic_or_partition(&format!("{t}-sub-DLQ"), t));
+        assert!(!is_topic_or_partition(&format!("{t}0"), t));
+        let mut sum = stats(10, &[("w", 10, 1)]);
+        sum.absorb(stats(5, &[("w", 4, 0), ("reader", 3, 0)]));
+        assert_eq!(sum, stats(15, &[("w", 14, 1), ("reader", 3, 0)]));
     }
 }

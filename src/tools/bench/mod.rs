@@ -30,12 +30,18 @@
 //! - `memory`: peak and current RSS of `ci-worker run` ([`memory`]) with `--memory-jobs` jobs
 //!   waiting for callbacks that never come, and working through a backlog of `--memory-backlog`
 //!   completion events, each at several sizes to show whether it grows with them.
+//! - `cost` (not in the default run): broker messages per job by topic, CI list calls and final
+//!   results at steady request rates (`--cost-rates`) × replica counts (`--cost-replicas`)
+//!   ([`cost`]).
+//! - `soak` (not in the default run): a steady rate with replicas SIGKILLed now and then
+//!   (`--soak-…`): extra CI jobs, second final results, requests without one ([`cost`]).
 //!
 //! Throughput is counted between the first and the last output as the benchmark's own consumer
 //! receives them (what a client counting results sees), so process start-up does not count. CPU seconds and
 //! peak RSS come from `/proc/<pid>/stat` (utime + stime) and `/proc/<pid>/status` (VmHWM).
 
 mod cmq;
+mod cost;
 pub mod events;
 mod io;
 mod memory;
@@ -49,6 +55,7 @@ use crate::config::Settings;
 use crate::pulsar::Client;
 use crate::result::normalize::normalize_event;
 use anyhow::{bail, Context as _, Result};
+pub use cost::CostOptions;
 use events::{format_of, EventFormat};
 use io::Seen;
 use procs::{Proc, Usage};
@@ -69,6 +76,10 @@ pub enum Section {
     Scaleout,
     Memory,
     Throttle,
+    /// Not in the default run (about 10 minutes).
+    Cost,
+    /// Not in the default run.
+    Soak,
 }
 
 /// The completion events of the completion section.
@@ -301,6 +312,8 @@ pub struct BenchOptions {
     pub python_worker: PathBuf,
     #[command(flatten)]
     pub throttle: ThrottleOptions,
+    #[command(flatten)]
+    pub cost: CostOptions,
     /// Internal: be the raw relay (pulsar.callback_topic → pulsar.result_topic) until killed.
     #[arg(long, hide = true)]
     pub relay: bool,
@@ -456,6 +469,8 @@ impl Bench {
             Section::Scaleout,
             Section::Memory,
             Section::Throttle,
+            Section::Cost,
+            Section::Soak,
         ] {
             if !only.contains(&section) {
                 continue;
@@ -470,6 +485,8 @@ impl Bench {
                 Section::Scaleout => self.scaleout().await,
                 Section::Memory => self.memory().await,
                 Section::Throttle => self.throttle().await,
+                Section::Cost => self.cost().await,
+                Section::Soak => self.soak().await,
             };
             if let Err(e) = outcome {
                 let name = format!("{section:?}").to_lowercase();

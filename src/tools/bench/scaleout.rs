@@ -59,36 +59,36 @@ const TERM_LIMIT: Duration = Duration::from_secs(40);
 
 /// One message on the result topic.
 #[derive(Debug, Clone)]
-struct Outcome {
-    key: String,
-    state: String,
-    publish_ms: u64,
+pub(super) struct Outcome {
+    pub(super) key: String,
+    pub(super) state: String,
+    pub(super) publish_ms: u64,
 }
 
 /// What the result consumer has seen so far, shared with the run's driver.
 #[derive(Default)]
-struct Progress {
+pub(super) struct Progress {
     /// Requests with a first outcome (`submitted` or `rejected`).
-    outcomes: AtomicUsize,
+    pub(super) outcomes: AtomicUsize,
     /// Requests with a final result.
-    finals: AtomicUsize,
+    pub(super) finals: AtomicUsize,
     /// When the last result arrived (ms since epoch, this machine's clock).
-    last_ms: AtomicU64,
+    pub(super) last_ms: AtomicU64,
     seen: Mutex<Vec<Outcome>>,
 }
 
 /// The emulator's `GET /_emulator/calls`.
 #[derive(Debug, Clone, Copy, Default)]
-struct Calls {
-    submit: u64,
-    describe: u64,
-    list: u64,
-    cancel: u64,
-    other: u64,
+pub(super) struct Calls {
+    pub(super) submit: u64,
+    pub(super) describe: u64,
+    pub(super) list: u64,
+    pub(super) cancel: u64,
+    pub(super) other: u64,
 }
 
 impl Calls {
-    fn since(self, b: Calls) -> Calls {
+    pub(super) fn since(self, b: Calls) -> Calls {
         Calls {
             submit: self.submit.saturating_sub(b.submit),
             describe: self.describe.saturating_sub(b.describe),
@@ -532,7 +532,7 @@ impl Bench {
     }
 
     /// `PUT /admin/v2/persistent/{tenant}/{ns}/{topic}/partitions` with `partitions`.
-    async fn create_partitioned(&self, topic: &str, partitions: u32) -> Result<()> {
+    pub(super) async fn create_partitioned(&self, topic: &str, partitions: u32) -> Result<()> {
         let http = reqwest::Client::new();
         let req = io::admin_topic_request(
             &http,
@@ -558,7 +558,11 @@ impl Bench {
     }
 
     /// Jobs of `bucket` per request id (from the correlation marker), through CI's list API.
-    async fn jobs_per_request(&self, port: u16, bucket: &str) -> Result<HashMap<String, usize>> {
+    pub(super) async fn jobs_per_request(
+        &self,
+        port: u16,
+        bucket: &str,
+    ) -> Result<HashMap<String, usize>> {
         let ci = crate::ci::client::CiClient::new(
             Some(&format!("http://127.0.0.1:{port}")),
             Some(crate::ci::sign::Credentials {
@@ -721,7 +725,7 @@ impl ScaleoutMode {
 
 /// Waits until `subscription` on `topic` has `wanted` consumers in the broker's stats (each
 /// replica's; partitioned-stats lists a consumer of every partition once), checking that `procs` stay alive.
-async fn wait_consumers(
+pub(super) async fn wait_consumers(
     admin_url: &str,
     token: &str,
     topic: &str,
@@ -788,7 +792,7 @@ async fn terminate(p: &mut Proc) -> Duration {
 }
 
 /// Reads the result topic until told to stop, keeping every message and the run's progress.
-async fn follow_results(
+pub(super) async fn follow_results(
     mut consumer: crate::pulsar::raw::Tail,
     progress: Arc<Progress>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
@@ -924,7 +928,7 @@ fn percentiles(values: &[f64]) -> Option<Lag> {
 }
 
 /// `GET /_emulator/calls` on the emulator's CI listener; `None` when it has none.
-async fn emulator_calls(port: u16) -> Option<Calls> {
+pub(super) async fn emulator_calls(port: u16) -> Option<Calls> {
     let resp = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/_emulator/calls"))
         .timeout(Duration::from_secs(10))
