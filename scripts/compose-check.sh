@@ -477,6 +477,8 @@ EOF
     { tail -n 40 "$WORK/build.log" >&2; fail "docker compose build of the runtime-prebuilt target (log: $WORK/build.log)"; }
   how="runtime-prebuilt from $CI_WORKER_BIN"
 fi
+# The image this tag named before, now untagged.
+docker image prune -f --filter "label=org.opencontainers.image.title=ci-worker" >/dev/null 2>&1 || true
 image_bytes=$(docker image inspect -f '{{.Size}}' "$CI_WORKER_IMAGE") || fail "no image $CI_WORKER_IMAGE after the build"
 image_mb=$(awk -v b="$image_bytes" 'BEGIN { printf "%.1f", b / 1e6 }')
 SUMMARY+=("image ${image_mb} MB ($how, $((SECONDS - build_started)) s)")
