@@ -436,7 +436,7 @@ RUST_VERSION=$(dockerfile_arg RUST_VERSION)
 [[ $runtime_image == gcr.io/distroless/static-debian12:* ]] ||
   fail "the Dockerfile's RUNTIME_IMAGE is $runtime_image: this script has a stand-in for distroless static-debian12 only"
 ensure_base "$runtime_image" standin_distroless_static "$SUITE"
-ensure_base "$pulsar_image" standin_pulsar "$PULSAR_VERSION" "$(sha256sum "$REPO_ROOT/scripts/pulsar/pom.xml")"
+ensure_base "$pulsar_image" standin_pulsar "$PULSAR_VERSION" "$(sha256sum <"$REPO_ROOT/scripts/pulsar/pom.xml")"
 if ((FULL == 1)); then
   ensure_base "rust:$RUST_VERSION-bookworm" standin_rust "$RUST_VERSION" \
     "$(rustc "+$RUST_VERSION" --version 2>/dev/null || echo "rustc $RUST_VERSION")"
