@@ -49,6 +49,9 @@
 #   COMPOSE_CHECK_KEEP [0]      1: leave the stack running at the end (stop it with the `down -v` printed)
 #   DEBIAN_MIRROR [http://deb.debian.org/debian]  for debootstrap
 #   DOCKERD_ARGS []             extra dockerd arguments when it is started here (e.g. --storage-driver=vfs)
+#   BUILD_CA_FILE               (--full) a PEM CA bundle the image build trusts; by default the CAs this
+#                               machine added in /usr/local/share/ca-certificates, if any (a proxy's)
+#   CARGO_REGISTRY_MIRROR       (--full) passed to the build (see Dockerfile)
 # Logs: .cache/compose-check/ (dockerd, builds, compose logs on failure).
 set -uo pipefail
 
@@ -447,6 +450,13 @@ SUMMARY+=("bases: ${bases%, }")
 
 phase "the ci-worker image ($CI_WORKER_IMAGE)"
 export DOCKER_BUILDKIT=1 BUILDKIT_PROGRESS=plain
+# The build fetches crates over TLS: where this machine trusts CAs of its own (a TLS-intercepting
+# proxy's, in /usr/local/share/ca-certificates), the build gets them through its CA hook.
+if ((FULL == 1)) && [[ -z ${BUILD_CA_FILE:-} ]] && compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  cat /usr/local/share/ca-certificates/*.crt >"$WORK/build-ca.pem"
+  export BUILD_CA_FILE="$WORK/build-ca.pem"
+  say "the build trusts this machine's own CAs too (/usr/local/share/ca-certificates, through BUILD_CA_FILE)"
+fi
 build_started=$SECONDS
 if ((FULL == 1)); then
   compose build emulator >"$WORK/build.log" 2>&1 || { tail -n 40 "$WORK/build.log" >&2; fail "docker compose build (log: $WORK/build.log)"; }
