@@ -192,7 +192,8 @@ ensure_base() {
     return 0
   fi
   say "$tag cannot be pulled ($(tail -n 1 "$WORK/pull.err" 2>/dev/null)): building a stand-in"
-  local started=$SECONDS rootfs="$WORK/rootfs-${builder#standin_}"
+  local started=$SECONDS rootfs="$WORK/rootfs-${builder#standin_}" old
+  old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null)
   rm -rf "$rootfs" && mkdir -p "$rootfs"
   local changes=()
   "$builder" "$rootfs" || fail "building the stand-in for $tag failed"
@@ -200,6 +201,8 @@ ensure_base() {
     docker import "${changes[@]}" --change "LABEL $STAND_IN_LABEL=$recipe" - "$tag" >/dev/null ||
     fail "docker import of the stand-in for $tag failed"
   rm -rf "$rootfs"
+  # The stand-in of an older recipe, untagged now.
+  [[ -z $old ]] || docker image rm "$old" >/dev/null 2>&1 || true
   BASES+=("$tag (stand-in, built in $((SECONDS - started)) s)")
 }
 
