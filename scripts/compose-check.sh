@@ -6,7 +6,7 @@
 #      publishes 20 requests and reads their 20 final results; `ci-worker submit --wait` (pulsar-rs)
 #      and Apache's Java client do one each
 #   4. SIGTERM: `docker stop` of the worker, timed; it must exit 0 before its grace period
-#   5. `docker compose down -v`
+#   5. `docker compose down -v`; then the emulator alone, by the Dockerfile's `docker run`
 # and ends with one summary line (`compose-check: passed: ...` or `compose-check: FAILED: ...`).
 #
 #   scripts/compose-check.sh           the ci-worker image from a binary already built (CI_WORKER_BIN),
@@ -694,4 +694,25 @@ if [[ ${COMPOSE_CHECK_KEEP:-0} != 1 ]]; then
   [[ -z $left ]] || fail "containers left after down: $left"
   docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT" | grep -q . && fail "volumes left after down -v"
   SUMMARY+=("down -v: nothing left")
+fi
+
+if [[ ${COMPOSE_CHECK_KEEP:-0} != 1 ]]; then
+  phase "the emulator alone (the Dockerfile's docker run)"
+  # As the Dockerfile's header shows it, on the ports the stack used: both APIs answer from the host.
+  emulator=$(docker run -d --rm -p "127.0.0.1:$EMULATOR_PORT:9000" -p "127.0.0.1:$EMULATOR_CMQ_PORT:9100" \
+    -e CI_WORKER__EMULATOR__LISTEN=0.0.0.0:9000 -e CI_WORKER__EMULATOR__CMQ_LISTEN=0.0.0.0:9100 \
+    -e TENCENTCLOUD_SECRET_ID=AKIDlocalDemoOnlyNotARealKey0000 -e TENCENTCLOUD_SECRET_KEY=localDemoOnlyNotARealSecretKey00 \
+    "$CI_WORKER_IMAGE" emulator) || fail "docker run of the emulator alone"
+  emulator_ok=0
+  for _ in $(seq 1 60); do
+    if curl -fsS -o /dev/null "http://127.0.0.1:$EMULATOR_PORT/healthz" 2>/dev/null &&
+      [[ $(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$EMULATOR_CMQ_PORT/v2/index.php") != 000 ]]; then
+      emulator_ok=1
+      break
+    fi
+    sleep 0.5
+  done
+  docker stop "$emulator" >/dev/null 2>&1
+  ((emulator_ok == 1)) || fail "the emulator alone did not answer on :$EMULATOR_PORT/healthz and :$EMULATOR_CMQ_PORT"
+  SUMMARY+=("emulator alone (docker run): job API and CMQ API answer")
 fi
