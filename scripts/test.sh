@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: installs what is missing, builds, starts two fresh Apache Pulsar brokers, runs
-# `cargo test --all-targets --no-fail-fast` and `pytest tests/interop`, validates the deployment files, checks the
+# `cargo test --all-targets --no-fail-fast` and `pytest tests/interop`, validates the deployment files, runs
+# the compose stack for real on an image of the tested binary (scripts/compose-check.sh), checks the
 # import graph (scripts/module-graph.py), the paths the docs name and README's Layout (scripts/check-paths.py) and the
 # production build (--no-default-features), stops the brokers, exits non-zero if anything failed. Used by CI (.ci/run) and by developers alike.
 #
@@ -14,7 +15,8 @@
 #   PULSAR_AUTH_TOKEN, PULSAR_AUTH_TOKEN_FILE    its admin JWT ({"sub":"admin"})
 #   PULSAR_AUTH_DATA_DIR                         its data dir
 # Other knobs: TEST_SKIP_SETUP=1, CARGO_TEST_ARGS (extra args after `cargo test --all-targets`),
-# PYTEST_ARGS (extra pytest args).
+# PYTEST_ARGS (extra pytest args), COMPOSE_CHECK_PORT [PULSAR_PORT + 100] (the compose stack's host
+# ports, P..P+4), TEST_SKIP_COMPOSE=1 (no compose check: it needs root for Docker; said in the summary).
 set -uo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -124,6 +126,19 @@ deploy_rc=0
 bash "$REPO_ROOT/scripts/validate-deploy.sh" || deploy_rc=$?
 ((deploy_rc == 0)) || failed_phases+=("validate-deploy (exit $deploy_rc)")
 
+# The compose stack for real: an image of the binary tested above (Dockerfile target
+# runtime-prebuilt), the sample, 20 requests from the host, the worker's SIGTERM, `down -v`.
+# Before the production build, which replaces target/debug/ci-worker with one without the emulator.
+phase "scripts/compose-check.sh"
+compose_rc=0
+if [[ ${TEST_SKIP_COMPOSE:-0} == 1 ]]; then
+  echo "test.sh: TEST_SKIP_COMPOSE=1: the compose check is skipped"
+else
+  COMPOSE_CHECK_PORT=${COMPOSE_CHECK_PORT:-$((PLAIN_PORT + 100))} CI_WORKER_BIN="$REPO_ROOT/target/debug/ci-worker" \
+    bash "$REPO_ROOT/scripts/compose-check.sh" || compose_rc=$?
+fi
+((compose_rc == 0)) || failed_phases+=("compose-check (exit $compose_rc)")
+
 # The import graph (scripts/module-graph.py): no cycle between files or top-level modules.
 phase "scripts/module-graph.py"
 graph_rc=0
@@ -175,11 +190,16 @@ if ((pytest_rc != 0 && pytest_rc != 5 && py_failed == 0)); then
   py_failed=1
 fi
 deploy_passed=$((deploy_rc == 0 ? 1 : 0))
+compose_passed=$((compose_rc == 0 ? 1 : 0))
+compose_checks=1
+[[ ${TEST_SKIP_COMPOSE:-0} == 1 ]] && compose_passed=0 compose_checks=0
 graph_passed=$((graph_rc == 0 ? 1 : 0))
 paths_passed=$((paths_rc == 0 ? 1 : 0))
 prod_passed=$((prod_rc == 0 ? 1 : 0))
 prod_unit_passed=$(sed -n 's/^test result: .* \([0-9][0-9]*\) passed;.*/\1/p' "$LOG_DIR/cargo-test-prod.log" 2>/dev/null | awk '{s+=$1} END {print s+0}')
 echo "validate-deploy: $([[ $deploy_rc == 0 ]] && echo passed || echo "failed (exit $deploy_rc)")"
+echo "compose stack: $( ((compose_checks == 0)) && echo "skipped (TEST_SKIP_COMPOSE=1)" ||
+  { [[ $compose_rc == 0 ]] && echo passed || echo "failed (exit $compose_rc)"; })"
 echo "module graph: $([[ $graph_rc == 0 ]] && echo "no cycle" || echo "cycles (above)")"
 echo "named paths: $([[ $paths_rc == 0 ]] && echo "all exist, Layout complete" || echo "dangling or missing from Layout (above)")"
 echo "production build (--no-default-features): $([[ $prod_rc == 0 ]] && echo "passed, $prod_unit_passed unit tests" || echo failed)"
@@ -187,5 +207,5 @@ echo "took $((SECONDS - T0)) s; logs in $LOG_DIR"
 if ((${#failed_phases[@]})); then
   echo "FAILED: ${failed_phases[*]}"
 fi
-echo "summary: $((cargo_passed + py_passed + deploy_passed + graph_passed + paths_passed + prod_passed)) passed, $((cargo_failed + py_failed + 4 - deploy_passed - graph_passed - paths_passed - prod_passed)) failed"
+echo "summary: $((cargo_passed + py_passed + deploy_passed + compose_passed + graph_passed + paths_passed + prod_passed)) passed, $((cargo_failed + py_failed + 4 + compose_checks - deploy_passed - compose_passed - graph_passed - paths_passed - prod_passed)) failed"
 ((${#failed_phases[@]} == 0))

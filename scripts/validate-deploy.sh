@@ -28,6 +28,9 @@
 #      and KEDA objects against deploy/validate/keda.schema.json (strict)
 #   5. the KEDA objects against KEDA's own CRD schemas (deploy/validate/keda-crd-check.mjs)
 #
+# `validate-deploy.sh --compose-only` installs Docker Compose as above, prints the command, and exits
+# (scripts/compose-check.sh gets its compose this way).
+#
 # Environment:
 #   VALIDATE_CACHE_DIR [${XDG_CACHE_HOME:-$HOME/.cache}/ci-worker/validate-deploy]
 #   VALIDATE_K8S_VERSIONS ["1.28.0 1.37.0"]   VALIDATE_VERBOSE=1 lists every passing check
@@ -224,6 +227,12 @@ ensure_node() {
   fi
   NODE_MODULES="$dir/node_modules"
 }
+
+if [[ ${1:-} == --compose-only ]]; then
+  ensure_compose
+  echo "${COMPOSE_CMD[*]}"
+  exit 0
+fi
 
 phase "tools"
 ensure_kustomize

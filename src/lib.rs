@@ -40,12 +40,12 @@
 //! Apart from the product:
 //! - `emulator` (cargo feature `emulator`, on by default): `ci-worker emulator`, a local CI that
 //!   verifies signatures, runs jobs and delivers completion events as CI does.
-//! - [`tools`]: `ci-worker submit`, and `ci-worker bench` (`tools::bench`, cargo feature `bench`, on
-//!   by default; it turns on `emulator`).
+//! - [`tools`]: `ci-worker submit`, `ci-worker health`, and `ci-worker bench` (`tools::bench`,
+//!   cargo feature `bench`, on by default; it turns on `emulator`).
 //! - `fixtures` (unit tests only): CI's documented examples from `tests/fixtures/ci-docs/`.
 //!
-//! `cargo build --no-default-features` builds the production binary (`run`, `config`, `submit`),
-//! without the emulator and the bench.
+//! `cargo build --no-default-features` builds the production binary (`run`, `config`, `submit`,
+//! `health`), without the emulator and the bench.
 
 pub mod callback;
 pub mod ci;

@@ -47,6 +47,8 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Probe the worker's /readyz (or --url) once: exit 0 when ready, 1 with the reason otherwise.
+    Health(ci_worker::tools::health::HealthOptions),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +63,10 @@ fn main() -> std::process::ExitCode {
     if let Command::Config = cli.command {
         print!("{}", settings.to_redacted_toml());
         return std::process::ExitCode::SUCCESS;
+    }
+    // A healthcheck prints one line of its own and needs neither logging nor a multi-thread runtime.
+    if let Command::Health(options) = &cli.command {
+        return ci_worker::tools::health::run(&settings, options);
     }
     // A CLI tool prints its results on stdout; keep the client's connection chatter out of the way.
     let quiet = match cli.command {
@@ -134,7 +140,7 @@ async fn dispatch(command: Command, settings: Settings) -> Result<()> {
         }
         #[cfg(feature = "bench")]
         Command::Bench(opts) => ci_worker::tools::bench::run(&settings, *opts).await,
-        Command::Config => unreachable!("handled before the runtime starts"),
+        Command::Config | Command::Health(_) => unreachable!("handled before the runtime starts"),
     }
 }
 

@@ -325,11 +325,32 @@ def check_compose(repo: Path, path: Path, defaults: dict, binary: str | None) ->
     pulsar = services["pulsar"]
     check(pulsar.get("image", "").startswith("apachepulsar/pulsar:"), f"{p} broker is the official Apache Pulsar image",
           pulsar.get("image", ""))
-    cmd = pulsar.get("command") or []
-    check("standalone" in cmd and "--advertised-address" in cmd
-          and cmd[cmd.index("--advertised-address") + 1] == "pulsar",
-          f"{p} standalone broker advertises the address 'pulsar'", " ".join(cmd))
+    cmd = " ".join(pulsar.get("command") or [])
+    check("apply-config-from-env.py conf/standalone.conf" in cmd and "bin/pulsar standalone" in cmd,
+          f"{p} standalone broker, configured from PULSAR_PREFIX_* variables", cmd)
     check(bool(pulsar.get("healthcheck", {}).get("test")), f"{p} broker has a healthcheck")
+    # Two listeners: `internal` (pulsar://pulsar:6650) for the services, `external` bound to a port of
+    # its own that the host publishes, advertising the address the host reaches it at.
+    penv = {k: str(v) for k, v in (pulsar.get("environment") or {}).items()}
+    named = lambda value: dict(x.split(":", 1) for x in value.split(",") if ":" in x)  # noqa: E731
+    listeners = named(penv.get("PULSAR_PREFIX_advertisedListeners", ""))
+    binds = named(penv.get("PULSAR_PREFIX_bindAddresses", ""))
+    check(listeners.get("internal") == "pulsar://pulsar:6650"
+          and penv.get("PULSAR_PREFIX_internalListenerName") == "internal",
+          f"{p} broker's internal listener is pulsar://pulsar:6650", json.dumps(listeners))
+    ext = re.fullmatch(r"pulsar://([^:/]+):([0-9]+)", listeners.get("external", ""))
+    ext_bind = re.fullmatch(r"pulsar://0\.0\.0\.0:([0-9]+)", binds.get("external", ""))
+    published = [port for port in pulsar.get("ports", [])
+                 if ext and ext_bind and str(port.get("target")) == ext_bind.group(1)
+                 and str(port.get("published")) == ext.group(2) and port.get("host_ip") == ext.group(1)]
+    check(bool(published) and ext_bind.group(1) != "6650",
+          f"{p} broker's external listener: its own container port, published on the host address and "
+          f"port it advertises", f"listeners {json.dumps(listeners)}, binds {json.dumps(binds)}, "
+          f"ports {json.dumps(pulsar.get('ports', []))}")
+
+    builders = [name for name, svc in services.items() if svc.get("build")]
+    check(builders == ["emulator"], f"{p} one service builds the image (the emulator, which the others "
+          f"depend on), so `up --build` builds it once", ", ".join(builders))
 
     cfgs = {}
     for name in ("emulator", "worker", "sample"):
@@ -371,6 +392,18 @@ def check_compose(repo: Path, path: Path, defaults: dict, binary: str | None) ->
     check(grace >= duration_seconds(wrk["worker.shutdown_timeout"]) + 10,
           f"{p} worker stop_grace_period ≥ worker.shutdown_timeout + 10 s", f"{grace:g} s")
 
+    # Healthchecks: `ci-worker health` (the image has no shell or curl) against the worker's /readyz
+    # (the default URL, from http.listen) and the emulator's /healthz; dependants wait for them.
+    emu_test = (services["emulator"].get("healthcheck") or {}).get("test") or []
+    check(emu_test == ["CMD", "ci-worker", "health", "--url", f"http://127.0.0.1:{emu_port}/healthz"],
+          f"{p} emulator healthcheck: ci-worker health --url http://127.0.0.1:{emu_port}/healthz", json.dumps(emu_test))
+    wrk_test = (services["worker"].get("healthcheck") or {}).get("test") or []
+    check(wrk_test == ["CMD", "ci-worker", "health"],
+          f"{p} worker healthcheck: ci-worker health (/readyz of http.listen)", json.dumps(wrk_test))
+    for name, needs in (("worker", "emulator"), ("sample", "worker")):
+        dep = (services[name].get("depends_on") or {}).get(needs, {})
+        check(dep.get("condition") == "service_healthy", f"{p} {name} waits for a healthy {needs}", json.dumps(dep))
+
     sample = services["sample"]
     check(sample.get("profiles") == ["sample"], f"{p} sample only runs with --profile sample", json.dumps(sample.get("profiles")))
     command = sample.get("command") or []
@@ -386,6 +419,33 @@ def check_compose(repo: Path, path: Path, defaults: dict, binary: str | None) ->
 
 # --- Dockerfile ---------------------------------------------------------------------------------
 
+def dockerfile_stages(instr: list[tuple[str, str]]) -> list[dict]:
+    """The stages: base (image or earlier stage), name, and their instructions."""
+    stages: list[dict] = []
+    for i, a in instr:
+        if i == "FROM":
+            words = a.split()
+            name = words[2] if len(words) >= 3 and words[1].upper() == "AS" else str(len(stages))
+            stages.append({"base": words[0], "name": name, "instr": []})
+        elif stages:
+            stages[-1]["instr"].append((i, a))
+    return stages
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """.dockerignore's rule: the last pattern that matches the path or one of its parent
+    directories decides; a `!pattern` takes the path back in."""
+    parts = Path(path).parts
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        keep = pattern.startswith("!")
+        glob = pattern.lstrip("!").lstrip("/").rstrip("/")
+        if any(fnmatch.fnmatch(x, glob) or fnmatch.fnmatch(x, glob.replace("**/", "")) for x in prefixes):
+            excluded = not keep
+    return excluded
+
+
 def check_dockerfile(repo: Path) -> None:
     p = "[Dockerfile]"
     text = (repo / "Dockerfile").read_text()
@@ -400,24 +460,51 @@ def check_dockerfile(repo: Path) -> None:
             args.setdefault(key.strip(), value.strip())
     check(len(froms) >= 2 and froms[0].startswith("rust:") and "bookworm" in froms[0],
           f"{p} builds on the official Rust image (bookworm)", froms[0] if froms else "no FROM")
-    runtime = froms[-1].replace("${RUNTIME_IMAGE}", args.get("RUNTIME_IMAGE", ""))
-    check("distroless/cc-debian12" in runtime and runtime.endswith(":nonroot"),
-          f"{p} runs on distroless cc-debian12:nonroot", runtime)
+    stages = dockerfile_stages(instr)
+    by_name = {st["name"]: st for st in stages}
+
+    def chain(stage: dict) -> list[dict]:
+        """The stage and the stages it is FROM, root first."""
+        out = [stage]
+        while out[0]["base"] in by_name:
+            out.insert(0, by_name[out[0]["base"]])
+        return out
+
+    def image_of(stage: dict) -> tuple[str, list[tuple[str, str]]]:
+        """The base image a stage starts from and every instruction up to its end."""
+        stages_ = chain(stage)
+        base = stages_[0]["base"]
+        for key, value in args.items():
+            base = base.replace("${" + key + "}", value)
+        return base, [x for st in stages_ for x in st["instr"]]
+
+    final = stages[-1]
+    check(final["name"] == "runtime", f"{p} the last stage (what `docker build .` makes) is `runtime`", final["name"])
+    runtime, final_instr = image_of(final)
+    check("distroless/static-debian12" in runtime and runtime.endswith(":nonroot"),
+          f"{p} runs on distroless static-debian12:nonroot", runtime)
     runs = " ".join(a for i, a in instr if i == "RUN")
     check("protobuf-compiler" in runs, f"{p} installs protoc (protobuf-compiler) for the pulsar crate")
     check(runs.count("cargo build --release --locked") >= 1, f"{p} cargo build --release --locked")
-    final = instr[max(k for k, (i, _) in enumerate(instr) if i == "FROM"):]
-    final_d = {}
-    for i, a in final:
+    check("--mount=type=cache,target=/build/target" in runs and "--mount=type=cache,target=/usr/local/cargo/registry" in runs,
+          f"{p} target/ and the crates registry in BuildKit cache mounts")
+    check("image-rootfs target/release/ci-worker /out/rootfs" in runs,
+          f"{p} the build stage assembles /out/rootfs with scripts/image-rootfs.sh (stripped binary, its libraries)")
+    final_d: dict[str, list[str]] = {}
+    for i, a in final_instr:
         final_d.setdefault(i, []).append(a)
     check(final_d.get("USER", [""])[-1] in ("65532", "65532:65532", "nonroot", "nonroot:nonroot"),
           f"{p} runtime user is nonroot (65532)", str(final_d.get("USER")))
     check(final_d.get("ENTRYPOINT", [""])[-1] == '["ci-worker"]' and final_d.get("CMD", [""])[-1] == '["run"]',
           f"{p} ENTRYPOINT [\"ci-worker\"], CMD [\"run\"]")
     exposed = set(" ".join(final_d.get("EXPOSE", [])).split())
-    check({"9464", "9000"} <= exposed, f"{p} EXPOSE 9464 9000", " ".join(sorted(exposed)))
-    check(any("/usr/local/bin/ci-worker" in a for a in final_d.get("COPY", [])), f"{p} binary at /usr/local/bin/ci-worker")
-    check(any(a.startswith("org.opencontainers.image.") for i, a in final if i == "LABEL"), f"{p} OCI labels")
+    check({"9464", "9000", "9100"} <= exposed, f"{p} EXPOSE 9464 9000 9100", " ".join(sorted(exposed)))
+    check(any(a.split()[-2:] == ["/out/rootfs/", "/"] and "--from=build" in a for a in final_d.get("COPY", [])),
+          f"{p} the runtime copies /out/rootfs/ (binary at /usr/local/bin/ci-worker, libraries) from the build stage")
+    check(any(a.startswith("org.opencontainers.image.") for a in final_d.get("LABEL", [])), f"{p} OCI labels")
+    prebuilt = by_name.get("runtime-prebuilt")
+    check(prebuilt is not None and chain(prebuilt)[0] is chain(final)[0] and len(chain(final)) > 1,
+          f"{p} runtime-prebuilt and runtime share their base stage (only the files differ)")
 
     # Rust version of the image against the crate's rust-version.
     cargo = tomllib.loads((repo / "Cargo.toml").read_text())
@@ -429,22 +516,25 @@ def check_dockerfile(repo: Path) -> None:
     bins = [b["name"] for b in cargo.get("bin", [])] or [cargo["package"]["name"]]
     check("ci-worker" in bins, f"{p} the crate builds a binary named ci-worker", str(bins))
 
-    # Everything COPY takes from the context exists and survives .dockerignore.
-    ignore = [l.strip().rstrip("/") for l in (repo / ".dockerignore").read_text().splitlines()
+    # Everything the default target's stages COPY from the context exists and survives .dockerignore
+    # (runtime-prebuilt's context is the one scripts/compose-check.sh makes).
+    ignore = [l.strip() for l in (repo / ".dockerignore").read_text().splitlines()
               if l.strip() and not l.startswith("#")]
-    for i, a in instr:
-        if i != "COPY" or "--from=" in a:
+    used = {st["name"] for st in chain(final)}
+    for st in chain(final):
+        used |= {a.split("--from=", 1)[1].split()[0] for i, a in st["instr"] if i == "COPY" and "--from=" in a}
+    for st in stages:
+        if st["name"] not in used:
             continue
-        for src in a.split()[:-1]:
-            if src.startswith("--"):
+        for i, a in st["instr"]:
+            if i != "COPY" or "--from=" in a:
                 continue
-            path = repo / src
-            parts = Path(src).parts
-            excluded = [pat for pat in ignore if not pat.startswith("!") and any(
-                fnmatch.fnmatch("/".join(parts[: n + 1]), pat.lstrip("/")) or
-                fnmatch.fnmatch("/".join(parts[: n + 1]), pat.replace("**/", "")) for n in range(len(parts)))]
-            check(path.exists() and not excluded, f"{p} COPY source {src} is in the build context",
-                  "missing" if not path.exists() else f"excluded by .dockerignore {excluded}")
+            for src in a.split()[:-1]:
+                if src.startswith("--"):
+                    continue
+                path = repo / src
+                check(path.exists() and not ignored(src, ignore), f"{p} COPY source {src} is in the build context",
+                      "missing" if not path.exists() else "excluded by .dockerignore")
 
     dry_run_build(repo, instr)
 
@@ -484,18 +574,23 @@ def dry_run_build(repo: Path, instr: list[tuple[str, str]]) -> None:
         for i, a in instr[:stage_end]:
             if i == "COPY" and "--from=" not in a:
                 *srcs, dest = a.split()
+                # Absolute destinations (outside WORKDIR) land in the scratch directory too.
+                base = Path(tmp, "root") if dest.startswith("/") else work
+                dest = dest.lstrip("/")
                 for src in srcs:
-                    target = work / dest / Path(src).name if dest.endswith("/") else work / dest
+                    target = base / dest / Path(src).name if dest.endswith("/") else base / dest
                     if (repo / src).is_dir():
                         shutil.copytree(repo / src, target, dirs_exist_ok=True)
                     else:
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(repo / src, target)
             elif i == "RUN" and "cargo " in a:
-                cmd = a.replace("/out/", f"{tmp}/out/")
+                # The cargo commands of the step only, without its BuildKit --mount options.
+                steps = [x.strip() for x in re.sub(r"^(--mount=\S+\s+)+", "", a).split("&&")]
+                cmd = " && ".join(x for x in steps if x.startswith("cargo "))
                 proc = subprocess.run(["sh", "-ec", cmd], cwd=work, env=env, capture_output=True,
                                       text=True, timeout=600)
-                if not check(proc.returncode == 0, f"{p} dry run of `RUN {a[:60]}...`",
+                if not check(proc.returncode == 0, f"{p} dry run of `RUN {cmd[:60]}...`",
                              (proc.stderr or proc.stdout).strip()[-600:]):
                     return
 
