@@ -59,6 +59,7 @@ pub mod retry;
 pub mod serve;
 pub mod submission;
 #[cfg(test)]
+mod takeover;
 mod test_context;
 #[cfg(test)]
 mod test_doubles;

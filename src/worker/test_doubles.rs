@@ -223,7 +223,7 @@ pub fn request(request_id: &str) -> String {
 
 /// The `UserData` the worker sends CI for [`request`]`(request_id)`.
 pub fn sent_user_data(request_id: &str) -> String {
-    crate::request::marker::encode(request_id, Some("mine")).unwrap()
+    crate::request::marker::encode(request_id, None, Some("mine")).unwrap()
 }
 
 /// A job as CI describes it, read from CI's XML like a real answer.
