@@ -58,8 +58,8 @@ pub mod results;
 pub mod retry;
 pub mod serve;
 pub mod submission;
+pub mod takeover;
 #[cfg(test)]
-mod takeover;
 mod test_context;
 #[cfg(test)]
 mod test_doubles;

@@ -14,17 +14,9 @@
 //!
 //! Pure: the caller passes the clock.
 
+pub use crate::pulsar::consume::Position;
 use std::collections::HashMap;
 use std::time::Instant;
-
-/// Where a message is within its partition, as the broker delivered it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Position {
-    pub ledger: u64,
-    pub entry: u64,
-    /// The message's index within a producer batch; `-1` for a message sent alone.
-    pub batch_index: i32,
-}
 
 /// One takeover of one partition: the suspect deliveries that follow it share its lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

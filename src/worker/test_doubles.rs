@@ -194,6 +194,11 @@ pub fn delivery(topic: &str, payload: impl Into<Vec<u8>>) -> Delivery {
         properties: Default::default(),
         key: None,
         topic: topic.to_string(),
+        position: crate::pulsar::consume::Position {
+            ledger: 1,
+            entry: 2,
+            batch_index: -1,
+        },
         message_id: "1:2:-1".into(),
         publish_time: SystemTime::now(),
     }
