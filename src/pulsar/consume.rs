@@ -12,11 +12,18 @@
 //! delivered nothing for [`HEALTH_INTERVAL`], the loop asks the broker for its stats (which fails when
 //! the broker no longer knows the consumer) and rebuilds the consumer when that fails or hangs. Unacknowledged messages of the old one are redelivered by the
 //! broker; verdicts still pending are settled through the new one (acks apply to the subscription).
+//!
+//! A message delivered again while this loop still holds it (the broker redelivers what a rebuilt or
+//! rewound consumer had not acknowledged) is not handled twice: the copy is dropped, and the copy
+//! being handled settles it. On a Failover subscription a nack would rewind the whole partition, so a
+//! message to try again is handed to the handler again after `LoopOptions::retry_after`, by this
+//! loop, and at shutdown what did not finish is simply not acknowledged (the broker gives it to the
+//! partition's next owner).
 
 use super::client::{broker_retry_delay, Client};
 use super::error::PulsarIoError;
 use super::subscribe::{
-    message_id_string, properties_of, subscribe, PulsarConsumer, SubscribeOptions,
+    message_id_string, properties_of, subscribe, PulsarConsumer, SubscribeOptions, SubscriptionKind,
 };
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
@@ -24,7 +31,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use pulsar::proto::MessageIdData;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,13 +56,34 @@ pub enum Disposition {
     Retry(String),
 }
 
+/// Where a message is within its topic (or partition), as the broker delivered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position {
+    pub ledger: u64,
+    pub entry: u64,
+    /// The message's index within a producer batch; `-1` for a message sent alone.
+    pub batch_index: i32,
+}
+
+impl Position {
+    fn of(id: &MessageIdData) -> Position {
+        Position {
+            ledger: id.ledger_id,
+            entry: id.entry_id,
+            batch_index: id.batch_index.unwrap_or(-1),
+        }
+    }
+}
+
 /// One received message, detached from the consumer.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub payload: Vec<u8>,
     pub properties: HashMap<String, String>,
     pub key: Option<String>,
+    /// The partition's topic on a partitioned topic.
     pub topic: String,
+    pub position: Position,
     /// `ledger:entry:partition[:batch]`, for logs and dead-letter properties.
     pub message_id: String,
     /// When the producer published it (the broker's clock).
@@ -68,7 +96,20 @@ pub struct LoopOptions {
     pub subscribe: SubscribeOptions,
     pub max_in_flight: usize,
     pub drain_timeout: Duration,
+    /// On a Failover subscription: how long a message to try again waits before this loop hands it
+    /// to the handler again.
+    pub retry_after: Duration,
 }
+
+/// A message taken and not yet settled.
+struct Taken {
+    topic: String,
+    id: MessageIdData,
+    /// Kept on a Failover subscription only, to hand the message to the handler again.
+    again: Option<Delivery>,
+}
+
+type Handling = BoxFuture<'static, (u64, Disposition)>;
 
 /// Subscribes, then runs until `stop` is triggered (or the consumer ends), then drains.
 pub async fn run<H, F>(
@@ -92,9 +133,21 @@ where
     // Handlers run inside this task, polled together (as the pulsar-rs examples do), not spawned:
     // a spawned task per message cost the completion path 10–20 % of its CPU in cross-thread
     // wake-ups. A panicking handler is caught and its message redelivered.
-    let mut in_flight: FuturesUnordered<BoxFuture<'static, (u64, Disposition)>> =
-        FuturesUnordered::new();
-    let mut pending: HashMap<u64, (String, MessageIdData)> = HashMap::new();
+    let mut in_flight: FuturesUnordered<Handling> = FuturesUnordered::new();
+    let mut pending: HashMap<u64, Taken> = HashMap::new();
+    // The positions of `pending`, to recognise a message delivered again while still held.
+    let mut held: HashSet<(String, Position)> = HashSet::new();
+    let failover = opts.subscribe.kind == SubscriptionKind::Failover;
+    let dispatch = |id: u64, delivery: Delivery| -> Handling {
+        let handling = std::panic::AssertUnwindSafe(handler(delivery)).catch_unwind();
+        Box::pin(async move {
+            let verdict = handling.await.unwrap_or_else(|_| {
+                tracing::error!("a message handler panicked; the message will be redelivered");
+                Disposition::Retry("the handler panicked".into())
+            });
+            (id, verdict)
+        })
+    };
     let mut seq: u64 = 0;
     let mut check = tokio::time::interval(HEALTH_INTERVAL);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -106,8 +159,27 @@ where
             biased;
             _ = stop.triggered() => break,
             Some((id, verdict)) = in_flight.next(), if !in_flight.is_empty() => {
+                if failover {
+                    if let Disposition::Retry(reason) = &verdict {
+                        // Handed to the handler again here: a nack would rewind the partition.
+                        if let Some(again) = pending.get(&id).and_then(|t| t.again.clone()) {
+                            tracing::debug!(loop_name = name, message_id = %again.message_id, %reason, "trying again after {:?}", opts.retry_after);
+                            metrics.redeliveries_requested.inc();
+                            let handling = dispatch(id, again);
+                            let wait = opts.retry_after;
+                            in_flight.push(Box::pin(async move {
+                                tokio::time::sleep(wait).await;
+                                handling.await
+                            }));
+                            continue;
+                        }
+                    }
+                }
                 metrics.in_flight.dec();
-                settle(&mut consumer, &mut pending, &metrics, id, verdict).await;
+                if let Some(taken) = pending.remove(&id) {
+                    held.remove(&(taken.topic.clone(), Position::of(&taken.id)));
+                    settle(&mut consumer, taken, &metrics, verdict).await;
+                }
                 continue;
             }
             // Only a consumer we are reading from and that stayed silent a whole interval is
@@ -143,27 +215,32 @@ where
                 }
             }
         };
+        let position = Position::of(msg.message_id());
+        if !held.insert((msg.topic.clone(), position)) {
+            tracing::debug!(loop_name = name, message_id = %message_id_string(msg.message_id()), "delivered again while still held; the copy held settles it");
+            continue;
+        }
         seq += 1;
         let delivery = Delivery {
             payload: std::mem::take(&mut msg.payload.data),
             properties: properties_of(&msg),
             key: msg.key(),
             topic: msg.topic.clone(),
+            position,
             message_id: message_id_string(msg.message_id()),
             publish_time: std::time::UNIX_EPOCH
                 + Duration::from_millis(msg.metadata().publish_time),
         };
-        pending.insert(seq, (msg.topic.clone(), msg.message_id().clone()));
+        pending.insert(
+            seq,
+            Taken {
+                topic: msg.topic.clone(),
+                id: msg.message_id().clone(),
+                again: failover.then(|| delivery.clone()),
+            },
+        );
         metrics.in_flight.inc();
-        let id = seq;
-        let handling = std::panic::AssertUnwindSafe(handler(delivery)).catch_unwind();
-        in_flight.push(Box::pin(async move {
-            let verdict = handling.await.unwrap_or_else(|_| {
-                tracing::error!("a message handler panicked; the message will be redelivered");
-                Disposition::Retry("the handler panicked".into())
-            });
-            (id, verdict)
-        }));
+        in_flight.push(dispatch(seq, delivery));
     }
 
     drain(consumer, in_flight, pending, &opts, &metrics).await;
@@ -183,8 +260,8 @@ where
 /// then closes it from a task of its own, and the end of the connection does at the latest.
 async fn drain(
     mut consumer: PulsarConsumer,
-    mut in_flight: FuturesUnordered<BoxFuture<'static, (u64, Disposition)>>,
-    mut pending: HashMap<u64, (String, MessageIdData)>,
+    mut in_flight: FuturesUnordered<Handling>,
+    mut pending: HashMap<u64, Taken>,
     opts: &LoopOptions,
     metrics: &Metrics,
 ) {
@@ -198,7 +275,9 @@ async fn drain(
             biased;
             Some((id, verdict)) = in_flight.next() => {
                 metrics.in_flight.dec();
-                settle(&mut consumer, &mut pending, metrics, id, verdict).await;
+                if let Some(taken) = pending.remove(&id) {
+                    settle(&mut consumer, taken, metrics, verdict).await;
+                }
                 reader.budget = read_ahead;
             }
             next = consumer.next(), if reader.wanted() => reader.took(next.is_some()),
@@ -208,9 +287,13 @@ async fn drain(
     metrics.in_flight.dec_by(in_flight.len() as i64);
     drop(in_flight);
     let released = pending.len();
-    for (_, (topic, msg_id)) in pending.drain() {
+    for (_, taken) in pending.drain() {
         metrics.redeliveries_requested.inc();
-        let _ = consumer.nack_with_id(&topic, msg_id).await;
+        // On Failover the close hands them to the partition's next owner; a nack would first
+        // rewind the partition to this consumer.
+        if taken.again.is_none() {
+            let _ = consumer.nack_with_id(&taken.topic, taken.id).await;
+        }
     }
     if released > 0 {
         tracing::warn!(
@@ -335,19 +418,16 @@ async fn guard(
 
 async fn settle(
     consumer: &mut PulsarConsumer,
-    pending: &mut HashMap<u64, (String, MessageIdData)>,
+    taken: Taken,
     metrics: &Metrics,
-    id: u64,
     verdict: Disposition,
 ) {
-    let Some((topic, msg_id)) = pending.remove(&id) else {
-        return;
-    };
+    let Taken { topic, id, .. } = taken;
     let outcome = match &verdict {
-        Disposition::Ack => consumer.ack_with_id(&topic, msg_id).await,
+        Disposition::Ack => consumer.ack_with_id(&topic, id).await,
         Disposition::Retry(_) => {
             metrics.redeliveries_requested.inc();
-            consumer.nack_with_id(&topic, msg_id).await
+            consumer.nack_with_id(&topic, id).await
         }
     };
     if let Err(e) = outcome {

@@ -1,6 +1,7 @@
-//! Subscribing: [`subscribe`] builds a consumer with a unique consumer name, on a Shared subscription
-//! (replicas share the load) or on a non-durable subscription of its own (every replica sees every
-//! message); [`message_id_string`] and [`properties_of`] read a received message.
+//! Subscribing: [`subscribe`] builds a consumer with a unique consumer name, on a Shared, Failover or
+//! Key_Shared subscription (replicas share the load, by message, by partition or by key) or on a
+//! non-durable subscription of its own (every replica sees every message); [`message_id_string`] and
+//! [`properties_of`] read a received message.
 
 use super::client::Client;
 use super::error::PulsarIoError;
@@ -18,7 +19,8 @@ pub struct SubscribeOptions {
     /// Messages the broker may push ahead of processing, all partitions together
     /// ([`per_partition_queue`]).
     pub receiver_queue_size: u32,
-    /// After this many redeliveries the crate moves a message to `dead_letter_topic` (Shared only).
+    /// After this many redeliveries the crate moves a message to `dead_letter_topic` (the broker
+    /// counts redeliveries on Shared and Key_Shared subscriptions only).
     pub dead_letter: Option<(u32, String)>,
     /// Where a new subscription starts: the earliest stored message (workers: nothing published before
     /// the first start is missed) or only new ones (followers such as `ci-worker submit --wait`).
@@ -36,6 +38,13 @@ pub enum SubscriptionKind {
     /// alone sees every message published while it is connected, and the broker keeps nothing for it
     /// once it is gone (a replica killed leaves no backlog behind).
     OwnNonDurable,
+    /// `subscription` is durable and Failover: each partition has one active consumer, so a message
+    /// reaches another replica only when its partition changes owner. A nack rewinds the whole
+    /// partition (`docs/design/pulsar-facts.md`, fact 3), so the consume loop never sends one here.
+    Failover,
+    /// `subscription` is durable and Key_Shared (the broker's auto-split hash ranges): every message
+    /// of one key goes to the same consumer while the consumers stay the same.
+    KeyShared,
 }
 
 /// The consumer the worker and its tools build: payloads as bytes.
@@ -50,6 +59,8 @@ pub async fn subscribe(
     let unique = uuid::Uuid::new_v4();
     let (sub_type, subscription, durable) = match opts.kind {
         SubscriptionKind::Shared => (SubType::Shared, opts.subscription.clone(), true),
+        SubscriptionKind::Failover => (SubType::Failover, opts.subscription.clone(), true),
+        SubscriptionKind::KeyShared => (SubType::KeyShared, opts.subscription.clone(), true),
         SubscriptionKind::OwnNonDurable => (
             SubType::Exclusive,
             format!("{}-{}", opts.subscription, unique.simple()),

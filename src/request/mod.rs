@@ -78,6 +78,23 @@ pub struct ValidRequest {
     pub ci_job: Node<'static>,
 }
 
+impl ValidRequest {
+    /// Writes the position of the request's deadline record into the correlation marker, so that
+    /// whichever replica finishes the job can cancel the record (`validate` checked that it fits).
+    pub fn set_deadline(&mut self, deadline: marker::DeadlineRef) {
+        let user_data = marker::encode(&self.request_id, Some(deadline), self.user_data.as_deref())
+            .expect("validate checked that the widest deadline fits");
+        if let Some(op) = self.ci_job.get_mut("Operation") {
+            op.insert("UserData", user_data.into());
+        }
+    }
+
+    /// The deadline record the correlation marker names, if any.
+    pub fn deadline(&self) -> Option<marker::DeadlineRef> {
+        marker::decode(self.ci_job.text_at(&["Operation", "UserData"])).deadline
+    }
+}
+
 impl SubmitRequest {
     /// Reads a request message. Only problems that leave no `request_id` are errors here.
     pub fn parse(payload: &[u8]) -> Result<SubmitRequest, Unreadable> {
@@ -159,7 +176,9 @@ impl SubmitRequest {
                 ))),
             })
             .transpose()?;
-        let marker = marker::encode(&self.request_id, user_data.as_deref())
+        marker::check_fits(&self.request_id, user_data.as_deref())
+            .map_err(|e| Rejection::invalid(e.to_string()))?;
+        let marker = marker::encode(&self.request_id, None, user_data.as_deref())
             .map_err(|e| Rejection::invalid(e.to_string()))?;
 
         // From here on the job is CI's tree: its rules and its XML writer read nothing else.
@@ -263,7 +282,7 @@ mod tests {
         assert_eq!(valid.request_id, "order-42");
         assert_eq!(valid.user_data.as_deref(), Some("caller data"));
         let job = &valid.ci_job.clone().into_value();
-        assert_eq!(job["Operation"]["UserData"], "ciw1:order-42;caller data");
+        assert_eq!(job["Operation"]["UserData"], "ciw2:order-42;;caller data");
         assert_eq!(job["CallBackType"], "TDMQ");
         assert_eq!(job["CallBackFormat"], "JSON");
         assert_eq!(job["QueueId"], "p0123");

@@ -94,9 +94,9 @@ pub fn normalize_detail(mut detail: Node<'_>) -> JobResult {
     let t = |path: &[&str]| detail.text_at(path).map(str::to_string);
     let state = map_state(detail.text_at(&["State"]));
     let mut result = JobResult::new(state);
-    let (request_id, user_data) = marker::decode(operation.text_at(&["UserData"]));
-    result.request_id = request_id;
-    result.user_data = user_data;
+    let marker = marker::decode(operation.text_at(&["UserData"]));
+    result.request_id = marker.request_id;
+    result.user_data = marker.caller;
     result.job_id = t(&["JobId"]);
     result.tag = t(&["Tag"]);
     result.sub_tag = t(&["SubTag"]);

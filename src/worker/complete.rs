@@ -117,7 +117,7 @@ mod tests {
     fn our_event(request_id: &str) -> String {
         DW_JSON.replace(
             "This is my DigitalWatermark job.",
-            &crate::request::marker::encode(request_id, Some("caller")).unwrap(),
+            &crate::request::marker::encode(request_id, None, Some("caller")).unwrap(),
         )
     }
 

@@ -194,6 +194,11 @@ pub fn delivery(topic: &str, payload: impl Into<Vec<u8>>) -> Delivery {
         properties: Default::default(),
         key: None,
         topic: topic.to_string(),
+        position: crate::pulsar::consume::Position {
+            ledger: 1,
+            entry: 2,
+            batch_index: -1,
+        },
         message_id: "1:2:-1".into(),
         publish_time: SystemTime::now(),
     }
@@ -223,7 +228,7 @@ pub fn request(request_id: &str) -> String {
 
 /// The `UserData` the worker sends CI for [`request`]`(request_id)`.
 pub fn sent_user_data(request_id: &str) -> String {
-    crate::request::marker::encode(request_id, Some("mine")).unwrap()
+    crate::request::marker::encode(request_id, None, Some("mine")).unwrap()
 }
 
 /// A job as CI describes it, read from CI's XML like a real answer.

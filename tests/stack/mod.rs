@@ -495,7 +495,7 @@ impl Stack {
         loop {
             let page = ci.list(bucket, region, &query).await.unwrap();
             for job in &page.jobs {
-                let (request_id, _) = ci_worker::request::marker::decode(job.user_data());
+                let request_id = ci_worker::request::marker::decode(job.user_data()).request_id;
                 if let Some(id) = request_id {
                     *counts.entry(id).or_insert(0) += 1;
                 }

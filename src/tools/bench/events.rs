@@ -66,8 +66,8 @@ pub fn completion_event(run: &str, i: u64, format: EventFormat) -> Vec<u8> {
 /// `{"EventName": "TaskFinish", "JobsDetail": {…}}` for request `i`.
 pub fn event_tree(run: &str, i: u64) -> Node<'static> {
     let id = request_id(run, i);
-    let user_data =
-        marker::encode(&id, Some("bench caller data")).expect("a bench request id fits the marker");
+    let user_data = marker::encode(&id, None, Some("bench caller data"))
+        .expect("a bench request id fits the marker");
     let object = format!("output/{id}.mp4");
     let job = job_id(run, i);
     let md5 = md5_hex(&format!("{job}/{object}"));

@@ -586,7 +586,7 @@ impl Bench {
                 .await
                 .context("listing the run's CI jobs")?;
             for job in &page.jobs {
-                if let (Some(id), _) = crate::request::marker::decode(job.user_data()) {
+                if let Some(id) = crate::request::marker::decode(job.user_data()).request_id {
                     *counts.entry(id).or_insert(0) += 1;
                 }
             }

@@ -34,6 +34,7 @@ where
             subscribe,
             max_in_flight,
             drain_timeout: ctx.settings.worker.shutdown_timeout,
+            retry_after: ctx.settings.worker.retry_max_delay,
         },
         stop,
         ctx.metrics.clone(),

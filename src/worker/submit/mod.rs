@@ -6,11 +6,14 @@
 //! - [`outcome`]: what it publishes (`submitted`, `rejected`), pure;
 //! - [`check`]: which check at CI a request needs before it is submitted, pure;
 //! - [`recovery`]: those checks at CI (looking for a job an earlier attempt created), and the
-//!   requests in doubt.
+//!   requests in doubt;
+//! - [`takeover`]: which deliveries of a Failover subscription another replica may have been given
+//!   first, from their positions, pure (the ownership design of `docs/design/replicas.md`).
 
 pub mod check;
 pub mod outcome;
 pub mod recovery;
+pub mod takeover;
 
 use self::check::Check;
 use self::outcome::{rejected, rejection_of, submitted};
