@@ -274,7 +274,9 @@ proptest! {
                 prop_assert_eq!(doc.node.text_at(&["Tag"]), valid.ci_job.text_at(&["Tag"]));
                 let sent = doc.node.text_at(&["Operation", "UserData"]);
                 let caller = caller.filter(|u| !u.is_empty()).map(String::from);
-                prop_assert_eq!(marker::decode(sent), (Some(id.clone()), caller));
+                let decoded = marker::decode(sent);
+                prop_assert_eq!(decoded.request_id, Some(id.clone()));
+                prop_assert_eq!(decoded.caller, caller);
                 prop_assert!(doc.node.text_at(&["CallBackType"]).is_some(), "{}", body);
             }
             Err(refused) => {
