@@ -35,7 +35,7 @@ use super::io;
 use super::messages::{breakdown, run_topics, RunTopic, TopicStats, JOB_DURATION_MS};
 use super::procs::Proc;
 use super::scaleout::{emulator_calls, follow_results, wait_consumers, Calls, Outcome, Progress};
-use super::{events, format_of, now_ms, short, Bench, Kind, WorkerTopics};
+use super::{events, format_of, now_ms, short, Bench, CostOptions, Kind, WorkerTopics};
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -48,43 +48,6 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(100);
 /// The publisher fell short of the rate asked for when it achieved less than this share of it.
 const SUSTAINED: f64 = 0.95;
-
-/// Options of the cost and soak sections (flattened into `ci-worker bench`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct CostOptions {
-    /// Steady request rates of the cost section, requests/s, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "10,100,500")]
-    pub cost_rates: Vec<u64>,
-    /// Replica counts of the cost section, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
-    pub cost_replicas: Vec<usize>,
-    /// How long each cost cell publishes, seconds (rate × this many requests).
-    #[arg(long, default_value_t = 30)]
-    pub cost_duration_secs: u64,
-    /// `worker.job_timeout` of the cost and soak sections, seconds: short, so that every deadline
-    /// comes due in the run.
-    #[arg(long, default_value_t = 4)]
-    pub cost_job_timeout_secs: u64,
-    /// The emulator's `latency_ms` in the cost and soak sections (every CI call answered after it).
-    #[arg(long, default_value_t = 20)]
-    pub cost_ci_latency_ms: u64,
-    /// Partitions of the request, callback, result and deadline topics in the cost and soak sections
-    /// (0: plain topics; the done topic is never partitioned).
-    #[arg(long, default_value_t = 0)]
-    pub cost_partitions: u32,
-    /// Requests per second of the soak section.
-    #[arg(long, default_value_t = 50)]
-    pub soak_rate: u64,
-    /// Replicas of the soak section.
-    #[arg(long, default_value_t = 2)]
-    pub soak_replicas: usize,
-    /// How long the soak section publishes, seconds.
-    #[arg(long, default_value_t = 180)]
-    pub soak_duration_secs: u64,
-    /// One SIGKILL (and restart) of a replica this often during the soak, seconds; 0 = none.
-    #[arg(long, default_value_t = 60)]
-    pub soak_kill_every_secs: u64,
-}
 
 /// One topic's share of a cell, per job.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -55,7 +55,6 @@ use crate::config::Settings;
 use crate::pulsar::Client;
 use crate::result::normalize::normalize_event;
 use anyhow::{bail, Context as _, Result};
-pub use cost::CostOptions;
 use events::{format_of, EventFormat};
 use io::Seen;
 use procs::{Proc, Usage};
@@ -179,6 +178,43 @@ impl MessageIngress {
 }
 
 /// Options of `ci-worker bench`.
+/// Options of the cost and soak sections (flattened into `ci-worker bench`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CostOptions {
+    /// Steady request rates of the cost section, requests/s, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,500")]
+    pub cost_rates: Vec<u64>,
+    /// Replica counts of the cost section, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8")]
+    pub cost_replicas: Vec<usize>,
+    /// How long each cost cell publishes, seconds (rate × this many requests).
+    #[arg(long, default_value_t = 30)]
+    pub cost_duration_secs: u64,
+    /// `worker.job_timeout` of the cost and soak sections, seconds: short, so that every deadline
+    /// comes due in the run.
+    #[arg(long, default_value_t = 4)]
+    pub cost_job_timeout_secs: u64,
+    /// The emulator's `latency_ms` in the cost and soak sections (every CI call answered after it).
+    #[arg(long, default_value_t = 20)]
+    pub cost_ci_latency_ms: u64,
+    /// Partitions of the request, callback, result and deadline topics in the cost and soak sections
+    /// (0: plain topics; the done topic is never partitioned).
+    #[arg(long, default_value_t = 0)]
+    pub cost_partitions: u32,
+    /// Requests per second of the soak section.
+    #[arg(long, default_value_t = 50)]
+    pub soak_rate: u64,
+    /// Replicas of the soak section.
+    #[arg(long, default_value_t = 2)]
+    pub soak_replicas: usize,
+    /// How long the soak section publishes, seconds.
+    #[arg(long, default_value_t = 180)]
+    pub soak_duration_secs: u64,
+    /// One SIGKILL (and restart) of a replica this often during the soak, seconds; 0 = none.
+    #[arg(long, default_value_t = 60)]
+    pub soak_kill_every_secs: u64,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
     /// Sections to run, comma-separated.
