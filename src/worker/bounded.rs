@@ -45,8 +45,8 @@ impl<K: Hash + Eq, V> Bounded<K, V> {
     /// [`Self::insert`] at `now` (the clock passed in, for tests of the age).
     fn insert_at(&mut self, key: K, value: V, now: Instant) -> Option<(K, V)> {
         self.expire(now);
-        self.entries.remove(&key);
         let at = self.seconds(now);
+        // At the back, also when the key was there (hashlink moves it).
         self.entries.insert(key, (at, value));
         if self.entries.len() > self.capacity {
             return self.entries.pop_front().map(|(k, (_, v))| (k, v));
