@@ -7,7 +7,9 @@
 //! [`JOB_DURATION_MS`](super::messages::JOB_DURATION_MS), events on the Pulsar callback topic,
 //! R replicas of `ci-worker run` on the same subscriptions with `worker.job_timeout =
 //! --cost-job-timeout-secs` (short, so every job's deadline comes due within the run), and the
-//! benchmark's own consumer on the result topic, subscribed before anything is published there.
+//! benchmark's own consumer on the result topic, subscribed before anything is published there. The
+//! first request goes out [`START_QUIET`] after every replica is on the request subscription, so that
+//! the replicas' start-up list calls are not counted as the requests'.
 //! Requests are published at a steady rate by the benchmark's client, one at a time on a timer
 //! ([`io::publish_paced`]: nothing pre-published, no receipt waited for before the next send); the
 //! rate it achieved is reported beside the one asked for.
@@ -48,6 +50,11 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(100);
 /// The publisher fell short of the rate asked for when it achieved less than this share of it.
 const SUSTAINED: f64 = 0.95;
+/// From every replica's consumer on the request subscription to the first request. A worker lists
+/// CI's jobs once (its restart scan) for requests published within 2 s (its allowance for clock skew)
+/// of its start, as possibly submitted by an earlier process; the wait keeps that start-up call out
+/// of the per-request figures.
+const START_QUIET: Duration = Duration::from_secs(3);
 
 /// One topic's share of a cell, per job.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -339,8 +346,9 @@ impl Bench {
             &mut live,
         )
         .await?;
-        // Let the consumers settle on their subscriptions before the counters are read.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Past the replicas' start-up, and the consumers settled on their subscriptions before the
+        // counters are read.
+        tokio::time::sleep(START_QUIET).await;
         let run = format!("{}-{label}-{}", self.id, short());
         Ok(Stage {
             run_topics: run_topics(&topics, false),
