@@ -472,7 +472,7 @@ else
   fi
   [[ -n ${CI_WORKER_BIN:-} && -x $CI_WORKER_BIN ]] ||
     fail "no ci-worker binary: build one (cargo build) or set CI_WORKER_BIN, or use --full"
-  "$CI_WORKER_BIN" --help | grep -q '^  emulator ' ||
+  "$CI_WORKER_BIN" --help | grep '^  emulator ' >/dev/null ||
     fail "$CI_WORKER_BIN has no emulator subcommand (a --no-default-features build?)"
   context="$WORK/context"
   rm -rf "$context" && mkdir -p "$context"
@@ -682,7 +682,9 @@ docker stop -t "$grace" "$worker" >/dev/null || fail "docker stop of the worker"
 stop_took=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$stop_started" "$(date +%s.%N)")
 code=$(docker inspect -f '{{.State.ExitCode}}' "$worker")
 [[ $code == 0 ]] || { docker logs --tail 30 "$worker" >&2; fail "the worker exited $code on SIGTERM (after ${stop_took} s)"; }
-docker logs "$worker" 2>&1 | grep -q 'shutdown signal received' ||
+# grep reads to the end (no -q): under pipefail, a grep that quits early makes its writer's SIGPIPE the
+# pipeline's status.
+docker logs "$worker" 2>&1 | grep 'shutdown signal received' >/dev/null ||
   fail "the worker's log does not show the shutdown signal"
 SUMMARY+=("worker SIGTERM: exit 0 in ${stop_took} s (grace ${grace} s)")
 
@@ -692,7 +694,7 @@ if [[ ${COMPOSE_CHECK_KEEP:-0} != 1 ]]; then
   STACK_UP=0
   left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
   [[ -z $left ]] || fail "containers left after down: $left"
-  docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT" | grep -q . && fail "volumes left after down -v"
+  docker volume ls -q --filter "label=com.docker.compose.project=$PROJECT" | grep . >/dev/null && fail "volumes left after down -v"
   SUMMARY+=("down -v: nothing left")
 fi
 
