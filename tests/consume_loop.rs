@@ -59,6 +59,7 @@ async fn a_panicking_handler_gets_its_message_redelivered_and_the_loop_serves_on
             max_in_flight: 4,
             drain_timeout: Duration::from_secs(5),
             retry_after: Duration::from_millis(50),
+            acks: None,
         },
         stop.clone(),
         metrics.clone(),

@@ -24,12 +24,13 @@ pub struct PulsarSettings {
     pub callback_subscription: String,
     pub result_topic: String,
     pub dead_letter_topic: String,
-    /// Internal: delayed deadline records (each for a batch of jobs submitted together), due when the
-    /// worker should ask CI about a job whose completion event has not come; read on a Shared
-    /// subscription (`request_subscription`), the only kind TDMQ delays messages on.
+    /// Internal: delayed deadline records (one per request, published before its `POST /jobs` and
+    /// cancelled by whoever finishes the job), due when the worker should ask CI about a job whose
+    /// completion event has not come; read on a Shared subscription (`request_subscription`), the
+    /// only kind TDMQ delays messages on. Must not be partitioned.
     pub deadline_topic: String,
-    /// Internal: `done` records (ids of jobs whose final result is out, batched), which every replica
-    /// reads on a subscription of its own, so whichever replica a deadline reaches knows the job finished.
+    /// Unused since 0.6 (replicas no longer tell each other what they did): still read, so that
+    /// configurations naming it load unchanged; the topic can be deleted once no 0.5 replica runs.
     pub done_topic: String,
     /// Producer batching on `result_topic`: results stored together, one broker entry per batch
     /// (up to `result_batch_max_messages` or 1 MiB, sent `result_batch_delay` after its first

@@ -35,10 +35,17 @@ pub struct WorkerSettings {
     /// After this long a job still not finished gets a `timed_out` result.
     #[serde(with = "duration")]
     pub job_timeout_max: Duration,
-    /// After a restart, how far back the worker looks for jobs an earlier process may have created
-    /// for requests it had not acknowledged (so they are not submitted twice).
+    /// How long a request whose submit lost its answer stays in doubt (its next try looks for the
+    /// job at CI first).
     #[serde(with = "duration")]
     pub recovery_lookback: Duration,
+    /// When this replica takes over a partition of the request topic (at start, or when another
+    /// replica leaves or joins), how long the requests another replica may have been holding wait
+    /// before the worker looks for their jobs at CI: longer than CI takes to create a job from a
+    /// `POST /jobs` already sent. A request held here longer than half of it is checked at CI before
+    /// it is submitted (its partition may have moved meanwhile).
+    #[serde(with = "duration")]
+    pub takeover_grace: Duration,
     /// Where completion events come in from; each source stores them in `pulsar.callback_topic`:
     /// `cmq` (read the TDMQ for CMQ queue CI writes to), `http` (CI POSTs them to this worker),
     /// `pulsar` (something else writes the callback topic). From the environment: comma-separated.
@@ -99,6 +106,7 @@ impl Default for WorkerSettings {
             job_timeout: Duration::from_secs(600),
             job_timeout_max: Duration::from_secs(86_400),
             recovery_lookback: Duration::from_secs(3600),
+            takeover_grace: Duration::from_secs(5),
             callback_ingress: vec![CallbackIngress::Cmq],
         }
     }

@@ -19,6 +19,10 @@
 //! message to try again is handed to the handler again after `LoopOptions::retry_after`, by this
 //! loop, and at shutdown what did not finish is simply not acknowledged (the broker gives it to the
 //! partition's next owner).
+//!
+//! Messages of the subscription can also be acknowledged by id from outside the loop ([`AckById`]):
+//! the completion path cancels the deadline record of a job it finished that way, before the record
+//! is due (`docs/design/replicas.md`).
 
 use super::client::{broker_retry_delay, Client};
 use super::error::PulsarIoError;
@@ -88,6 +92,21 @@ pub struct Delivery {
     pub message_id: String,
     /// When the producer published it (the broker's clock).
     pub publish_time: std::time::SystemTime,
+    /// The earliest this process can have received it: the crate prefetches up to
+    /// [`prefetched_at_most`] messages ahead of the loop, so a message was received no earlier than
+    /// when the loop took the one that many before it (or subscribed). How long it may have been
+    /// held here, which on a Failover subscription bounds how long ago its partition can have moved
+    /// to another consumer without this one being told (the crate ignores the broker's notice).
+    pub held_since: tokio::time::Instant,
+    /// How many times this loop has handed it to a handler (from 1; more after local retries on a
+    /// Failover subscription).
+    pub attempt: u32,
+}
+
+/// How many messages the crate may hold received ahead of the loop with a receiver queue of
+/// `receiver_queue` (the queue itself, and as many again of flow permits the broker may still fill).
+pub fn prefetched_at_most(receiver_queue: u32) -> usize {
+    2 * receiver_queue.max(1) as usize
 }
 
 /// What the loop needs besides the handler.
@@ -99,6 +118,59 @@ pub struct LoopOptions {
     /// On a Failover subscription: how long a message to try again waits before this loop hands it
     /// to the handler again.
     pub retry_after: Duration,
+    /// Acknowledgements asked for by id from outside the loop ([`ack_by_id`]).
+    pub acks: Option<AckRequests>,
+}
+
+/// Asks a consume loop to acknowledge messages of its subscription by id, including messages not
+/// delivered yet (a delayed message acknowledged before it is due is never delivered:
+/// `docs/design/pulsar-facts.md`, fact 1). Cheap to clone, never waits: a request that finds the
+/// queue full, or the loop gone, is dropped, and that message is then delivered and handled as usual.
+#[derive(Clone, Debug)]
+pub struct AckById {
+    requests: tokio::sync::mpsc::Sender<(String, MessageIdData)>,
+}
+
+/// The loop's side of [`AckById`].
+pub struct AckRequests(tokio::sync::mpsc::Receiver<(String, MessageIdData)>);
+
+/// A channel of at most `capacity` acknowledgements waiting for the loop.
+pub fn ack_by_id(capacity: usize) -> (AckById, AckRequests) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    (AckById { requests: tx }, AckRequests(rx))
+}
+
+impl AckById {
+    /// Asks for the message at `position` of `topic` (the partition's topic name on a partitioned
+    /// topic, `partition` its index, `-1` otherwise) to be acknowledged; false when it was dropped.
+    pub fn ack(&self, topic: &str, partition: i32, position: Position) -> bool {
+        let id = MessageIdData {
+            ledger_id: position.ledger,
+            entry_id: position.entry,
+            partition: Some(partition),
+            batch_index: (position.batch_index >= 0).then_some(position.batch_index),
+            ..Default::default()
+        };
+        self.requests.try_send((topic.to_string(), id)).is_ok()
+    }
+}
+
+impl AckRequests {
+    /// The next acknowledgement asked for, if one is waiting (for tests of who asks).
+    pub fn try_next(&mut self) -> Option<(String, MessageIdData)> {
+        self.0.try_recv().ok()
+    }
+}
+
+/// The next acknowledgement asked for; never resolves when there is no channel or it is closed.
+async fn next_ack(acks: &mut Option<AckRequests>) -> (String, MessageIdData) {
+    if let Some(AckRequests(rx)) = acks {
+        if let Some(request) = rx.recv().await {
+            return request;
+        }
+        *acks = None;
+    }
+    std::future::pending().await
 }
 
 /// A message taken and not yet settled.
@@ -114,7 +186,7 @@ type Handling = BoxFuture<'static, (u64, Disposition)>;
 /// Subscribes, then runs until `stop` is triggered (or the consumer ends), then drains.
 pub async fn run<H, F>(
     client: Client,
-    opts: LoopOptions,
+    mut opts: LoopOptions,
     stop: Shutdown,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
@@ -153,6 +225,12 @@ where
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     check.tick().await;
     let mut last_message = tokio::time::Instant::now();
+    let mut acks = opts.acks.take();
+    // When the loop took the last messages (oldest first), for `Delivery::held_since`.
+    let prefetch = prefetched_at_most(opts.subscribe.receiver_queue_size);
+    let mut taken_at: std::collections::VecDeque<tokio::time::Instant> =
+        std::collections::VecDeque::with_capacity(prefetch);
+    let mut subscribed_at = tokio::time::Instant::now();
 
     loop {
         let next = tokio::select! {
@@ -162,7 +240,10 @@ where
                 if failover {
                     if let Disposition::Retry(reason) = &verdict {
                         // Handed to the handler again here: a nack would rewind the partition.
-                        if let Some(again) = pending.get(&id).and_then(|t| t.again.clone()) {
+                        if let Some(again) = pending.get_mut(&id).and_then(|t| t.again.as_mut()).map(|d| {
+                            d.attempt += 1;
+                            d.clone()
+                        }) {
                             tracing::debug!(loop_name = name, message_id = %again.message_id, %reason, "trying again after {:?}", opts.retry_after);
                             metrics.redeliveries_requested.inc();
                             let handling = dispatch(id, again);
@@ -179,6 +260,13 @@ where
                 if let Some(taken) = pending.remove(&id) {
                     held.remove(&(taken.topic.clone(), Position::of(&taken.id)));
                     settle(&mut consumer, taken, &metrics, verdict).await;
+                }
+                continue;
+            }
+            (topic, id) = next_ack(&mut acks) => {
+                if let Err(e) = consumer.ack_with_id(&topic, id).await {
+                    // Not acknowledged: the message is delivered when due and handled as usual.
+                    tracing::debug!(loop_name = name, error = %e, "acknowledging by id failed");
                 }
                 continue;
             }
@@ -208,6 +296,8 @@ where
                 match subscribe_until_ok(&client, &opts, &stop, false).await {
                     Ok(Some(fresh)) => {
                         consumer = fresh;
+                        subscribed_at = tokio::time::Instant::now();
+                        taken_at.clear();
                         health.set(name, true);
                         continue;
                     }
@@ -221,6 +311,13 @@ where
             continue;
         }
         seq += 1;
+        let now = tokio::time::Instant::now();
+        let held_since = if taken_at.len() < prefetch {
+            subscribed_at
+        } else {
+            taken_at.pop_front().unwrap_or(subscribed_at)
+        };
+        taken_at.push_back(now);
         let delivery = Delivery {
             payload: std::mem::take(&mut msg.payload.data),
             properties: properties_of(&msg),
@@ -230,6 +327,8 @@ where
             message_id: message_id_string(msg.message_id()),
             publish_time: std::time::UNIX_EPOCH
                 + Duration::from_millis(msg.metadata().publish_time),
+            held_since,
+            attempt: 1,
         };
         pending.insert(
             seq,

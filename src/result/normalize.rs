@@ -97,6 +97,7 @@ pub fn normalize_detail(mut detail: Node<'_>) -> JobResult {
     let marker = marker::decode(operation.text_at(&["UserData"]));
     result.request_id = marker.request_id;
     result.user_data = marker.caller;
+    result.deadline = marker.deadline;
     result.job_id = t(&["JobId"]);
     result.tag = t(&["Tag"]);
     result.sub_tag = t(&["SubTag"]);

@@ -157,6 +157,10 @@ pub struct JobResult {
     /// (one object or null, kept in an older worker's deadline record) reads as its array.
     #[serde(default, deserialize_with = "workflow_list")]
     pub workflow: Vec<WorkflowRef>,
+    /// The job's deadline record, as its marker names it: not part of the published schema (the
+    /// worker cancels that record once the job's final result is out).
+    #[serde(skip)]
+    pub deadline: Option<crate::request::marker::DeadlineRef>,
 }
 
 /// `workflow` as v2 writes it (an array), or as v1 did (an object or null).
@@ -201,6 +205,7 @@ impl JobResult {
             input_detail: None,
             task: None,
             workflow: Vec::new(),
+            deadline: None,
         }
     }
 

@@ -1,5 +1,11 @@
 //! The completion path: CI's completion event (XML or JSON, detected per message) → normalized results
-//! on the results topic. Unparseable events are dead-lettered, never dropped.
+//! on the results topic; a job's final result once, and its deadline record cancelled. Unparseable
+//! events are dead-lettered, never dropped.
+//!
+//! The callback topic is read on a Key_Shared subscription: every copy of a job's event (keyed by
+//! its job id) reaches the same replica, whose memory of finished jobs
+//! ([`crate::worker::finished`]) suppresses the copies. No replica needs to hear of another's
+//! finals.
 
 use crate::callback::event::{parse_event, EventFormat};
 use crate::pulsar::consume::{Delivery, Disposition};
@@ -15,9 +21,9 @@ use crate::worker::settle::serve::serve;
 use std::sync::Arc;
 
 /// Events handled at once, and the receiver queue. Normalizing is cheap; an event's time is spent
-/// waiting: for its result's receipt (batched) and its done record (group-committed every 10 ms), so
-/// the events in flight bound the rate at about this many per 10–20 ms. 256 capped it near 13,000
-/// events/s; the memory is the receiver queue's (a few MiB of payloads).
+/// waiting for its result's receipt (batched), so the events in flight bound the rate at about this
+/// many per broker round trip. 256 capped it near 13,000 events/s; the memory is the receiver
+/// queue's (a few MiB of payloads).
 const EVENTS_IN_FLIGHT: usize = 1000;
 
 pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<(), WorkerError> {
@@ -32,7 +38,7 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
             p.dead_letter_topic.clone(),
         )),
         from_earliest: true,
-        kind: SubscriptionKind::Shared,
+        kind: SubscriptionKind::KeyShared,
     };
     serve(
         &ctx,
@@ -42,6 +48,7 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
         "callback",
         subscribe,
         ctx.settings.worker.max_in_flight.max(EVENTS_IN_FLIGHT),
+        None,
         |ctx, d| async move { handle(&ctx, &d).await },
     )
     .await
@@ -77,15 +84,9 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
         );
         let verdict = if result.state.is_final() {
             let verdict = publish_final(ctx, &result).await;
-            // Only jobs this worker submitted have deadlines.
-            if let (Disposition::Ack, Some(_), Some(job_id)) =
-                (&verdict, &result.request_id, &result.job_id)
-            {
-                // The event is acknowledged once the done record with its job is stored too: if
-                // this process dies before its acknowledgement reaches the broker, whichever
-                // replica gets the event again knows the job finished. Best effort: a record not
-                // stored only costs that replica a duplicate result with the same state.
-                let _ = ctx.done_records.record(job_id).await;
+            // The final is out (now or before): the job's deadline has nothing left to find.
+            if let (Disposition::Ack, Some(deadline)) = (&verdict, result.deadline) {
+                ctx.cancel_deadline(deadline);
             }
             verdict
         } else {
@@ -107,17 +108,25 @@ mod tests {
     use super::*;
     use crate::fixtures::{DW_JSON, DW_XML};
     use crate::pulsar::props;
+    use crate::request::marker::DeadlineRef;
     use crate::result::ResultState;
     use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
 
     const JOB_ID: &str = "ja8de3b46f86011ec9452c1c27f56a659";
 
+    /// Where the deadline record of every job of [`our_event`] is.
+    const DEADLINE: DeadlineRef = DeadlineRef {
+        partition: -1,
+        ledger: 7,
+        entry: 12,
+    };
+
     /// CI's documented JSON event, for a job this worker submitted for `request_id`.
     fn our_event(request_id: &str) -> String {
         DW_JSON.replace(
             "This is my DigitalWatermark job.",
-            &crate::request::marker::encode(request_id, None, Some("caller")).unwrap(),
+            &crate::request::marker::encode(request_id, Some(DEADLINE), Some("caller")).unwrap(),
         )
     }
 
@@ -135,7 +144,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn completion_event_becomes_the_final_result_and_a_done_record() {
+    async fn completion_event_becomes_the_final_result_and_cancels_the_deadline() {
         let ctx = context(ScriptedCi::default());
         let verdict = handle(&ctx, &event_delivery(&ctx, our_event("r1"))).await;
         assert_eq!(verdict, Disposition::Ack);
@@ -151,14 +160,8 @@ mod tests {
         assert_eq!(json_events(&ctx), 1);
         assert!(ctx.ci.calls().is_empty());
 
-        ctx.done_records.flush().await;
-        let done = ctx.broker.on(&ctx.settings.pulsar.done_topic);
-        assert_eq!(done.len(), 1);
-        assert_eq!(done[0].key, None);
-        assert_eq!(
-            crate::worker::record::read(&done[0].payload).unwrap(),
-            crate::worker::record::Record::Done(vec![JOB_ID.into()])
-        );
+        assert_eq!(cancelled_deadlines(&ctx), [(7, 12)]);
+        assert_eq!(ctx.broker.count(), 1, "nothing but the result");
     }
 
     #[tokio::test]
@@ -174,7 +177,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn job_this_worker_did_not_submit_is_published_under_its_job_id_without_done_record() {
+    async fn job_this_worker_did_not_submit_is_published_under_its_job_id_and_cancels_nothing() {
         let ctx = context(ScriptedCi::default());
         let verdict = handle(&ctx, &event_delivery(&ctx, DW_XML)).await;
         assert_eq!(verdict, Disposition::Ack);
@@ -184,11 +187,7 @@ mod tests {
         assert_eq!(results[0].state, ResultState::Succeeded);
         let stored = ctx.broker.on(&ctx.settings.pulsar.result_topic);
         assert_eq!(stored[0].key.as_deref(), Some(JOB_ID));
-        ctx.done_records.flush().await;
-        assert!(
-            ctx.broker.on(&ctx.settings.pulsar.done_topic).is_empty(),
-            "it has no deadline to spare"
-        );
+        assert!(cancelled_deadlines(&ctx).is_empty(), "it has no deadline");
         assert_eq!(json_events(&ctx), 0, "counted as xml");
     }
 
@@ -203,11 +202,10 @@ mod tests {
         let progress = results(&ctx);
         assert_eq!(progress.len(), 2);
         assert!(progress.iter().all(|r| r.state == ResultState::Submitted));
-        ctx.done_records.flush().await;
-        assert!(ctx.broker.on(&ctx.settings.pulsar.done_topic).is_empty());
-        // Its final result still goes out.
+        // Its final result still goes out, and only that cancels the deadline.
         handle(&ctx, &event_delivery(&ctx, our_event("r1"))).await;
         assert_eq!(results(&ctx)[2].state, ResultState::Succeeded);
+        assert_eq!(cancelled_deadlines(&ctx), [(7, 12)]);
     }
 
     #[tokio::test]
@@ -230,16 +228,15 @@ mod tests {
         ctx.broker.refuse(&result_topic);
         let first = handle(&ctx, &event_delivery(&ctx, our_event("r1"))).await;
         assert!(matches!(first, Disposition::Retry(_)), "{first:?}");
-        ctx.done_records.flush().await;
-        assert!(
-            ctx.broker.on(&ctx.settings.pulsar.done_topic).is_empty(),
-            "not done while its result is not stored"
-        );
-
         ctx.broker.accept(&result_topic);
         let again = handle(&ctx, &event_delivery(&ctx, our_event("r1"))).await;
         assert_eq!(again, Disposition::Ack);
         assert_eq!(results(&ctx).len(), 1);
         assert_eq!(ctx.metrics.duplicates_suppressed.get(), 0);
+        assert_eq!(
+            cancelled_deadlines(&ctx),
+            [(7, 12)],
+            "cancelled once its final is stored, not before"
+        );
     }
 }

@@ -1,20 +1,25 @@
 //! What every handler of the worker shares: the [`Context`] (settings, I/O, metrics and the in-process
 //! state of the paths) and the [`WorkerError`] a loop ends with.
 
-use super::deadline::schedule::DeadlineBatcher;
+use super::finished::FinishedJobs;
 use super::io::{Broker, CiApi};
 use super::pace::ci_calls::CiCalls;
 use super::pace::concurrency::ConcurrencyLimiter;
-use super::replica_log::attempts::Attempts;
-use super::replica_log::done::DoneRecorder;
-use super::replica_log::finished::FinishedJobs;
 use super::settle::failures::Failures;
 use super::submit::recovery::Recovery;
+use super::submit::takeover::Takeovers;
 use crate::ci::client::{CiClient, CiError};
 use crate::config::Settings;
+use crate::pulsar::consume::{ack_by_id, AckById, AckRequests};
 use crate::pulsar::{Publisher, PulsarIoError};
+use crate::request::marker::DeadlineRef;
 use crate::telemetry::{Health, Metrics};
+use parking_lot::Mutex;
 use std::sync::Arc;
+
+/// Cancellations of deadline records waiting for the deadline loop at most (a burst of finished
+/// jobs); one that finds the queue full is dropped and its record checked when due.
+const DEADLINE_CANCELS_QUEUED: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -40,17 +45,19 @@ pub struct Context<B = Publisher, C = CiClient> {
     /// The `POST /jobs` in flight (adaptive, at most `worker.max_in_flight`).
     pub submissions: ConcurrencyLimiter,
     pub recovery: Recovery,
-    pub attempts: Attempts,
+    /// Which requests another replica may have been given first ([`Takeovers`]).
+    pub takeovers: Mutex<Takeovers>,
     pub finished_jobs: FinishedJobs,
-    pub done_records: DoneRecorder,
-    pub deadlines: DeadlineBatcher,
+    /// Cancels deadline records by acknowledging them on the deadline subscription.
+    deadline_cancels: AckById,
+    /// The deadline loop's side of `deadline_cancels`, until it starts.
+    deadline_cancel_requests: Mutex<Option<AckRequests>>,
     pub failures: Failures,
     pub health: Arc<Health>,
 }
 
 impl<B: Broker + Clone, C: CiApi> Context<B, C> {
-    /// A context with fresh in-process state; starts the batching tasks of done records and
-    /// deadlines (so it needs a Tokio runtime).
+    /// A context with fresh in-process state.
     pub fn new(
         settings: Settings,
         broker: B,
@@ -58,15 +65,13 @@ impl<B: Broker + Clone, C: CiApi> Context<B, C> {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Context<B, C> {
+        let (deadline_cancels, requests) = ack_by_id(DEADLINE_CANCELS_QUEUED);
         Context {
             recovery: Recovery::new(settings.worker.recovery_lookback),
-            attempts: Attempts::spawn(broker.clone(), settings.pulsar.done_topic.clone()),
+            takeovers: Mutex::new(Takeovers::new(takeover_window(&settings))),
             finished_jobs: FinishedJobs::default(),
-            done_records: DoneRecorder::spawn(broker.clone(), settings.pulsar.done_topic.clone()),
-            deadlines: DeadlineBatcher::spawn(
-                broker.clone(),
-                settings.pulsar.deadline_topic.clone(),
-            ),
+            deadline_cancels,
+            deadline_cancel_requests: Mutex::new(Some(requests)),
             failures: Failures::default(),
             ci_calls: CiCalls::new(&settings, metrics.clone()),
             submissions: ConcurrencyLimiter::new(
@@ -81,4 +86,41 @@ impl<B: Broker + Clone, C: CiApi> Context<B, C> {
             metrics,
         }
     }
+}
+
+impl<B, C> Context<B, C> {
+    /// Cancels the deadline record at `deadline` (a job finished, or a request that made no job):
+    /// the deadline loop acknowledges it, so it is never delivered. Best effort: a cancel that does
+    /// not get through costs that record its check when due.
+    pub fn cancel_deadline(&self, deadline: DeadlineRef) {
+        let topic = &self.settings.pulsar.deadline_topic;
+        let position = crate::pulsar::consume::Position {
+            ledger: deadline.ledger,
+            entry: deadline.entry,
+            batch_index: -1,
+        };
+        if !self
+            .deadline_cancels
+            .ack(topic, deadline.partition, position)
+        {
+            tracing::debug!(%deadline, "could not queue the deadline's cancel; it is checked when due");
+        }
+    }
+
+    /// The cancels for the deadline loop to carry out (once: the loop takes them when it starts).
+    pub fn take_deadline_cancels(&self) -> Option<AckRequests> {
+        self.deadline_cancel_requests.lock().take()
+    }
+}
+
+/// Deliveries of a partition suspect after a takeover: what the previous owner can have been holding
+/// unacknowledged (what the crate prefetched, and its handlers in flight).
+pub fn takeover_window(settings: &Settings) -> usize {
+    crate::pulsar::consume::prefetched_at_most(request_receiver_queue(settings))
+        + settings.worker.max_in_flight
+}
+
+/// The request consumer's receiver queue.
+pub fn request_receiver_queue(settings: &Settings) -> u32 {
+    settings.worker.max_in_flight.clamp(1, 1000) as u32
 }

@@ -1,15 +1,17 @@
-//! `ci-worker run`: four consume loops over one Pulsar client (requests, completion events, due
-//! deadlines, the replica log), the ingress sources, and the HTTP probes. This file only wires them;
-//! each path's decisions are in its room.
+//! `ci-worker run`: three consume loops over one Pulsar client (requests, completion events, due
+//! deadlines), the ingress sources, and the HTTP probes. This file only wires them; each path's
+//! decisions are in its room. How replicas share the work without telling each other anything is
+//! `docs/design/replicas.md`: each request partition has one owner (Failover), copies of a job's
+//! events reach one replica (Key_Shared by job id), and a job's deadline is cancelled by whoever
+//! finishes it.
 //!
 //! The flows (each a consume loop and its handler; they never import each other):
-//! - [`submit`]: requests → validate → CI `POST /jobs` → `submitted` event and a deadline (or a
-//!   `rejected` result, or a dead letter).
-//! - [`complete`]: CI's completion events → normalized results; finals once per job.
+//! - [`submit`]: requests → validate → the request's deadline → CI `POST /jobs` → `submitted` event
+//!   (or a `rejected` result, or a dead letter).
+//! - [`complete`]: CI's completion events → normalized results; finals once per job; the job's
+//!   deadline cancelled.
 //! - [`deadline`]: deadline records come due → describe the jobs at CI whose final result did not
 //!   come → their finals, new deadlines, or `timed_out`.
-//! - [`replica_log`]: every replica's done and attempt records → the jobs known finished, the
-//!   attempts known here; and the writers of those records.
 //! - [`ingress`]: the `cmq` and `http` sources (`worker.callback_ingress`) storing CI's completion
 //!   events in the callback topic the completion handler reads.
 //!
@@ -22,6 +24,7 @@
 //! - [`record`]: the one format of everything written on the internal topics.
 //! - [`pace`]: the pace and concurrency of CI calls, their metrics, and the retry delays.
 //! - [`bounded`]: the one kind of bounded memory every in-process memory is.
+//! - [`finished`]: the jobs whose final this replica published.
 //! - [`probes`]: `/healthz`, `/readyz`, `/metrics`.
 //! - `test_doubles`, `test_context` (unit tests only): an in-memory broker and a scripted CI, and a
 //!   context over them.
@@ -33,12 +36,12 @@ pub mod bounded;
 pub mod complete;
 pub mod context;
 pub mod deadline;
+pub mod finished;
 pub mod ingress;
 pub mod io;
 pub mod pace;
 pub mod probes;
 pub mod record;
-pub mod replica_log;
 pub mod results;
 pub mod settle;
 pub mod submit;
@@ -57,12 +60,10 @@ use crate::pulsar::{Batching, Publisher};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
 use ingress::{cmq, http};
-use replica_log::reader;
 use std::future::Future;
 use std::sync::Arc;
 
-/// After the loops have drained: how long flushing the done records and closing the producers may
-/// take. With the consume loop's release and close ([`crate::pulsar::consume::RELEASE_TIMEOUT`],
+/// After the loops have drained: how long closing the producers may take. With the consume loop's release and close ([`crate::pulsar::consume::RELEASE_TIMEOUT`],
 /// [`crate::pulsar::consume::CLOSE_TIMEOUT`]) it makes the bound README Guarantees states: a
 /// shutdown ends within `worker.shutdown_timeout` + 5 s.
 const EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -108,7 +109,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     // Not ready until every loop has subscribed.
-    for name in ["submit", "complete", "deadline", reader::HEALTH_NAME] {
+    for name in ["submit", "complete", "deadline"] {
         health.set(name, false);
     }
     if settings.has_ingress(CallbackIngress::Cmq) {
@@ -205,20 +206,23 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         http.abort();
         return Ok(());
     }
-    // The attempt records rely on the done topic being one ordered log.
-    let done_partitions = client
-        .for_topic(&settings.pulsar.done_topic)
+    // A deadline's position names its partition only on a topic that is not partitioned (the
+    // crate's partitioned producer does not say where a message went).
+    let deadline_partitions = client
+        .for_topic(&settings.pulsar.deadline_topic)
         .await?
-        .lookup_partitioned_topic_number(&settings.pulsar.done_topic)
+        .lookup_partitioned_topic_number(&settings.pulsar.deadline_topic)
         .await
         .map_err(|e| {
-            WorkerError::Task(format!("pulsar.done_topic: partition lookup failed: {e}"))
+            WorkerError::Task(format!(
+                "pulsar.deadline_topic: partition lookup failed: {e}"
+            ))
         })?;
-    if done_partitions > 0 {
+    if deadline_partitions > 0 {
         http.abort();
         return Err(WorkerError::Task(format!(
-            "pulsar.done_topic {} has {done_partitions} partitions; it must not be partitioned (the attempt records on it rely on one ordered log)",
-            settings.pulsar.done_topic
+            "pulsar.deadline_topic {} has {deadline_partitions} partitions; it must not be partitioned (a job's marker names its deadline record by ledger and entry)",
+            settings.pulsar.deadline_topic
         )));
     }
     let ctx = Arc::new(Context::new(settings, publisher, ci, metrics, health));
@@ -230,20 +234,6 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         max_in_flight = ctx.settings.worker.max_in_flight,
         "worker started"
     );
-    // The replica log's reader starts first and stops last: a submission reads its attempt record
-    // back through it, so it must be subscribed before the first one and outlive the last.
-    let reader_stop = Shutdown::new();
-    let done = tokio::spawn(stop_all_on_error(
-        reader::run(ctx.clone(), client.clone(), reader_stop.clone()),
-        stop.clone(),
-    ));
-    tokio::select! {
-        _ = ctx.health.ok(reader::HEALTH_NAME) => {
-            ctx.attempts.reading_since(std::time::SystemTime::now());
-        }
-        // Stopping, or the reader failed (its error is reported below): the loops start and drain.
-        _ = stop.triggered() => {}
-    }
     let submit = tokio::spawn(stop_all_on_error(
         submit::run(ctx.clone(), client.clone(), stop.clone()),
         stop.clone(),
@@ -258,21 +248,15 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     ));
     let cmq_reader = cmq_client.map(|client| tokio::spawn(cmq::run(ctx.clone(), client, stop)));
     let (a, b, c) = tokio::join!(submit, complete, deadlines);
-    reader_stop.trigger();
-    let d = done.await;
     if let Some(task) = cmq_reader {
         // Its loops watch the same stop; a batch in hand is bounded by the drain.
         let _ = task.await;
     }
-    // Bounded: a broker that went away must not hold up the exit. A done record not stored costs
-    // the job's deadline one describe call later; a producer not closed ends with the connection.
-    let _ = tokio::time::timeout(EXIT_TIMEOUT, async {
-        ctx.done_records.flush().await;
-        ctx.broker.close().await;
-    })
-    .await;
+    // Bounded: a broker that went away must not hold up the exit; a producer not closed ends with
+    // the connection.
+    let _ = tokio::time::timeout(EXIT_TIMEOUT, ctx.broker.close()).await;
     http.abort();
-    for outcome in [a, b, c, d] {
+    for outcome in [a, b, c] {
         outcome.map_err(|e| WorkerError::Task(e.to_string()))??;
     }
     tracing::info!("worker stopped");

@@ -1,18 +1,17 @@
-//! [`Record`]: everything the worker writes on its internal topics, in one format. Deadline records
-//! go to `pulsar.deadline_topic` (delayed until due, [`super::deadline`]); done and attempt records
-//! go to `pulsar.done_topic`, which every replica reads ([`super::replica_log`]).
+//! [`Record`]: what the worker writes on its internal topic, `pulsar.deadline_topic` (delayed until
+//! due, [`super::deadline`]).
 //!
-//! One JSON object per message, `{"version": 3, "record": "<kind>", "body": …}`: the version is
-//! checked first and is the same for every kind (a format change of any record bumps it), and the
-//! `record` tag is the one thing a reader dispatches on. The body follows the tag (serde's adjacent
-//! tagging), so it is read straight into its type: the `submitted` result inside a deadline holds
-//! CI's trees as raw JSON, which serde cannot read out of a buffered (internally tagged) body.
+//! One JSON object per message, `{"version": 4, "record": "<kind>", "body": …}`: the version is
+//! checked first (a format change bumps it), and the `record` tag is the one thing a reader
+//! dispatches on. The body follows the tag (serde's adjacent tagging), so it is read straight into
+//! its type: the `submitted` result inside a deadline holds CI's trees as raw JSON, which serde
+//! cannot read out of a buffered (internally tagged) body.
 //!
-//! Version 3 continues the count of the deadline records of 0.3 and 0.4 (version 2), so that a
-//! version alone tells which format any record on these topics has. Those may still be pending on
-//! the deadline topic (delayed up to ten days) after an upgrade, so they are still read. A 0.4 worker
-//! cannot read version 3 (it dead-letters such a deadline record, skips such a done record): README,
-//! "Upgrading to 0.5".
+//! Version 4 is a deadline per request, published before its job exists (`job_id` empty until the
+//! record comes due; [`Deadline::lookup`] finds the job then). Versions 2 (0.3, 0.4) and 3 (0.5)
+//! are deadlines of jobs already submitted, which may still be pending (delayed up to ten days)
+//! after an upgrade, so they are still read. An older worker cannot read version 4 (it
+//! dead-letters such a record): README, "Upgrading to 0.6".
 
 use crate::pulsar::Outgoing;
 use crate::result::JobResult;
@@ -20,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The version of every [`Record`].
-pub const RECORD_VERSION: u32 = 3;
+pub const RECORD_VERSION: u32 = 4;
+/// The version of the deadline records of 0.5 (read as this version's: same fields, fewer).
+const DEADLINES_OF_0_5: u32 = 3;
 /// The version of the deadline records of 0.3 and 0.4 (`{"version":2,"deadlines":[…]}`).
 const DEADLINES_OF_0_4: u32 = 2;
 
@@ -28,18 +29,15 @@ const DEADLINES_OF_0_4: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "record", content = "body", rename_all = "snake_case")]
 pub enum Record {
-    /// Jobs to check at CI when they are due (a batch submitted together).
+    /// Jobs to check at CI when they are due: one request's, or a batch re-armed together.
     Deadlines(Vec<Deadline>),
-    /// Jobs whose final result is out (ids, CI's).
-    Done(Vec<String>),
-    /// Requests a replica is about to submit.
-    Attempts(Attempt),
 }
 
 /// A pending job, as stored on the deadline topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deadline {
     pub request_id: String,
+    /// CI's job id; empty in a deadline published before the job existed (found by `lookup`).
     pub job_id: String,
     /// Where the job lives (its CI host).
     pub bucket: String,
@@ -52,18 +50,21 @@ pub struct Deadline {
     pub checks: u32,
     /// Unix milliseconds when the job should be checked.
     pub due_at_ms: u64,
+    /// What finds the job in CI's list when `job_id` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<JobLookup>,
+    /// Where the record the job's marker names is (`<partition>.<ledger>.<entry>`), when this
+    /// deadline was carried over into another record before its job was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_record: Option<String>,
 }
 
-/// An attempt record's body: the requests one process is about to submit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Attempt {
-    /// The process that wrote it (random per process).
-    pub writer: String,
-    /// The writer's record number, from 1.
-    pub seq: u64,
-    /// Unix milliseconds when it was written (the writer's clock).
-    pub at_ms: u64,
-    pub requests: Vec<String>,
+/// What finds a request's job in CI's list (`GET /jobs?…`): its queue, tag and input object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLookup {
+    pub queue_id: Option<String>,
+    pub tag: String,
+    pub input_object: Option<String>,
 }
 
 /// Why a message is not a record this worker reads.
@@ -72,7 +73,7 @@ pub enum RecordError {
     #[error("{0}")]
     Unreadable(#[from] serde_json::Error),
     #[error(
-        "record version {0} (this worker reads {RECORD_VERSION}, and 0.3/0.4 deadline records)"
+        "record version {0} (this worker reads {RECORD_VERSION}, and the deadline records of 0.3 to 0.5)"
     )]
     Version(u32),
 }
@@ -106,15 +107,14 @@ pub fn read(payload: &[u8]) -> Result<Record, RecordError> {
     }
     let Version { version } = serde_json::from_slice(payload)?;
     let mut record = match version {
-        RECORD_VERSION => serde_json::from_slice::<Record>(payload)?,
+        RECORD_VERSION | DEADLINES_OF_0_5 => serde_json::from_slice::<Record>(payload)?,
         DEADLINES_OF_0_4 => {
             Record::Deadlines(serde_json::from_slice::<DeadlinesOf04>(payload)?.deadlines)
         }
         other => return Err(RecordError::Version(other)),
     };
-    if let Record::Deadlines(deadlines) = &mut record {
-        deadlines.iter_mut().for_each(|d| d.submitted.upgrade());
-    }
+    let Record::Deadlines(deadlines) = &mut record;
+    deadlines.iter_mut().for_each(|d| d.submitted.upgrade());
     Ok(record)
 }
 
@@ -151,6 +151,8 @@ mod tests {
             submitted_at_ms: 1,
             checks: 0,
             due_at_ms: 42,
+            lookup: None,
+            first_record: None,
         }
     }
 
@@ -159,28 +161,34 @@ mod tests {
     }
 
     #[test]
-    fn every_kind_is_read_back_as_written() {
-        let attempt = Record::Attempts(Attempt {
-            writer: "w".into(),
-            seq: 7,
-            at_ms: 1_700_000_000_000,
-            requests: vec!["r1".into(), "r2".into()],
+    fn deadlines_are_read_back_as_written() {
+        let mut pending = deadline("");
+        pending.lookup = Some(JobLookup {
+            queue_id: None,
+            tag: "Transcode".into(),
+            input_object: Some("in/a.mp4".into()),
         });
-        assert_eq!(round_trip(attempt.clone()), attempt);
-        let done = Record::Done(vec!["j1".into(), "j2".into()]);
-        assert_eq!(round_trip(done.clone()), done);
-        let deadlines = Record::Deadlines(vec![deadline("j1"), deadline("j2")]);
+        pending.first_record = Some("-1.7.12".into());
+        let deadlines = Record::Deadlines(vec![deadline("j1"), pending]);
         assert_eq!(round_trip(deadlines.clone()), deadlines);
     }
 
     #[test]
     fn the_format_is_a_version_a_tag_and_a_body() {
-        let msg = message(&Record::Done(vec!["j1".into()]));
+        let msg = message(&Record::Deadlines(vec![]));
         assert_eq!(
             std::str::from_utf8(&msg.payload).unwrap(),
-            r#"{"version":3,"record":"done","body":["j1"]}"#
+            r#"{"version":4,"record":"deadlines","body":[]}"#
         );
         assert!(msg.properties.is_empty() && msg.key.is_none());
+    }
+
+    #[test]
+    fn deadline_records_of_0_5_are_read() {
+        let d = deadline("j1");
+        let v3 = serde_json::json!({"version": 3, "record": "deadlines", "body": [d]});
+        let read = read(&serde_json::to_vec(&v3).unwrap()).unwrap();
+        assert_eq!(read, Record::Deadlines(vec![d]));
     }
 
     #[test]
@@ -188,9 +196,7 @@ mod tests {
         let mut d = deadline("j1");
         let tree = r#"{"OutputFile":{"ObjectName":["a.mp4"]}}"#;
         d.submitted.media_result = serde_json::from_str(tree).unwrap();
-        let Record::Deadlines(back) = round_trip(Record::Deadlines(vec![d])) else {
-            panic!("a deadline record")
-        };
+        let Record::Deadlines(back) = round_trip(Record::Deadlines(vec![d]));
         assert_eq!(
             back[0].submitted.media_result.as_ref().unwrap().json(),
             tree
@@ -199,15 +205,17 @@ mod tests {
 
     #[test]
     fn other_versions_and_other_things_are_refused() {
-        let future = br#"{"version":4,"record":"done","body":[]}"#;
-        assert!(matches!(read(future), Err(RecordError::Version(4))));
+        let future = br#"{"version":5,"record":"deadlines","body":[]}"#;
+        assert!(matches!(read(future), Err(RecordError::Version(5))));
+        let done_of_0_5 = br#"{"version":3,"record":"done","body":["j1"]}"#;
+        assert!(read(done_of_0_5).is_err());
         let attempts_of_0_4 = br#"{"version":1,"writer":"w","seq":1,"at_ms":1,"requests":[]}"#;
         assert!(matches!(
             read(attempts_of_0_4),
             Err(RecordError::Version(1))
         ));
         assert!(read(b"j1\nj2").is_err(), "a done record of 0.4");
-        assert!(read(br#"{"version":3,"record":"other","body":[]}"#).is_err());
+        assert!(read(br#"{"version":4,"record":"other","body":[]}"#).is_err());
         assert!(read(b"{}").is_err());
     }
 
@@ -233,9 +241,9 @@ mod tests {
                 "workflow":{workflow}}}}}]}}"#
             )
         };
-        let deadlines = |payload: String| match read(payload.as_bytes()).unwrap() {
-            Record::Deadlines(ds) => ds,
-            other => panic!("{other:?}"),
+        let deadlines = |payload: String| {
+            let Record::Deadlines(ds) = read(payload.as_bytes()).unwrap();
+            ds
         };
         let d = &deadlines(v1(
             r#"{"run_id":"i1","workflow_id":"w1","workflow_name":"wf"}"#,

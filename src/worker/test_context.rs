@@ -2,38 +2,37 @@
 //! handlers under test stored, for the handlers' unit tests.
 
 use super::context::Context;
-use super::replica_log::attempts::Attempts;
-use super::submit::check::PUBLISH_SKEW;
 use super::test_doubles::{settings, MemoryBroker, ScriptedCi};
 use crate::config::Settings;
 use crate::result::JobResult;
 use crate::telemetry::{Health, Metrics};
 use std::sync::Arc;
-use std::time::Duration;
 
 pub type TestContext = Context<MemoryBroker, ScriptedCi>;
 
-/// A context over a fresh [`MemoryBroker`] and `ci` (needs a Tokio runtime: it starts the done
-/// records' task).
+/// A context over a fresh [`MemoryBroker`] and `ci`.
 pub fn context(ci: ScriptedCi) -> TestContext {
     context_with(settings(), ci)
 }
 
 pub fn context_with(settings: Settings, ci: ScriptedCi) -> TestContext {
-    let mut ctx = Context::new(
+    Context::new(
         settings,
         MemoryBroker::default(),
         ci,
         Arc::new(Metrics::new()),
         Arc::new(Health::default()),
-    );
-    // No reader runs here: the attempt records are read back as soon as they are stored, and the
-    // attempts made since just before this "process" started are known (a request published now is
-    // fresh, one published well before it started is not).
-    ctx.attempts =
-        Attempts::spawn_reading_own(ctx.broker.clone(), ctx.settings.pulsar.done_topic.clone())
-            .knowing_since(ctx.recovery.started_at - PUBLISH_SKEW - Duration::from_secs(1));
-    ctx
+    )
+}
+
+/// The deadline records cancelled so far (`(ledger, entry)`), in order.
+pub fn cancelled_deadlines(ctx: &TestContext) -> Vec<(u64, u64)> {
+    let mut requests = ctx
+        .take_deadline_cancels()
+        .expect("cancels are read once per context");
+    std::iter::from_fn(|| requests.try_next())
+        .map(|(_, id)| (id.ledger_id, id.entry_id))
+        .collect()
 }
 
 /// The results stored on the result topic.

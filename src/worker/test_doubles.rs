@@ -50,25 +50,36 @@ impl MemoryBroker {
     }
 }
 
+impl MemoryBroker {
+    /// Stores `msg`; where: ledger 1, the entry its index among every message stored.
+    fn store(&self, topic: &str, msg: Outgoing) -> Result<(u64, u64), PulsarIoError> {
+        if self.refused.lock().unwrap().contains(topic) {
+            return Err(PulsarIoError::Publish {
+                topic: topic.to_string(),
+                message: "refused by the test".into(),
+            });
+        }
+        let mut published = self.published.lock().unwrap();
+        published.push((topic.to_string(), msg));
+        Ok((1, published.len() as u64 - 1))
+    }
+}
+
 impl Broker for MemoryBroker {
     fn publish(
         &self,
         topic: &str,
         msg: Outgoing,
     ) -> impl Future<Output = Result<(), PulsarIoError>> + Send {
-        let outcome = if self.refused.lock().unwrap().contains(topic) {
-            Err(PulsarIoError::Publish {
-                topic: topic.to_string(),
-                message: "refused by the test".into(),
-            })
-        } else {
-            self.published
-                .lock()
-                .unwrap()
-                .push((topic.to_string(), msg));
-            Ok(())
-        };
-        std::future::ready(outcome)
+        std::future::ready(self.store(topic, msg).map(drop))
+    }
+
+    fn publish_at(
+        &self,
+        topic: &str,
+        msg: Outgoing,
+    ) -> impl Future<Output = Result<Option<(u64, u64)>, PulsarIoError>> + Send {
+        std::future::ready(self.store(topic, msg).map(Some))
     }
 }
 
@@ -184,23 +195,30 @@ pub fn settings() -> Settings {
     s.worker.retry_base_delay = Duration::from_millis(1);
     s.worker.retry_max_delay = Duration::from_millis(2);
     s.worker.max_redeliveries = 3;
+    // Long enough that no test holds a request for half of it unless it means to.
+    s.worker.takeover_grace = Duration::from_secs(2);
     s
 }
 
-/// A message as the consume loop hands it over, published now.
+/// A message as the consume loop hands it over, published and taken now: each at the next position
+/// of ledger 1000 (the positions [`MemoryBroker`] gives are in ledger 1).
 pub fn delivery(topic: &str, payload: impl Into<Vec<u8>>) -> Delivery {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let entry = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Delivery {
         payload: payload.into(),
         properties: Default::default(),
         key: None,
         topic: topic.to_string(),
         position: crate::pulsar::consume::Position {
-            ledger: 1,
-            entry: 2,
+            ledger: 1000,
+            entry,
             batch_index: -1,
         },
-        message_id: "1:2:-1".into(),
+        message_id: format!("1000:{entry}:-1"),
         publish_time: SystemTime::now(),
+        held_since: tokio::time::Instant::now(),
+        attempt: 1,
     }
 }
 

@@ -1,23 +1,27 @@
-//! The deadline path, for lost callbacks: every submitted job gets a deadline
-//! ([`schedule`]), kept in Pulsar on `pulsar.deadline_topic` as part of a delayed
-//! record shared with the jobs submitted alongside it, due at `submitted + worker.job_timeout`; this
-//! handler takes the records as they come due.
+//! The deadline path, for lost callbacks: every request gets a deadline record ([`schedule`]) on
+//! `pulsar.deadline_topic`, published before its `POST /jobs` and delayed until
+//! `submitted + worker.job_timeout`; whoever finishes the job cancels it (acknowledges it by the id
+//! the job's marker names), so only the deadlines of jobs whose final result did not come are
+//! delivered. This handler takes them as they come due.
 //!
 //! Why Pulsar and not an embedded store: the state then survives restarts *and* replica changes with
 //! no volume (the container's root filesystem stays read-only), any replica can handle any deadline,
 //! and it lives exactly as long as the job's other messages. The subscription is Shared: TDMQ for
-//! Pulsar delays messages on no other kind. Which jobs already finished every replica learns from the
-//! `done` records ([`crate::worker::replica_log`]), so a record's finished jobs cost nothing here.
+//! Pulsar delays messages on no other kind. Its loop also carries out the cancels
+//! ([`crate::worker::Context::cancel_deadline`]).
 //!
-//! For each job of a record that is due and whose final result is not out (see
-//! [`crate::worker::replica_log::finished`]), the worker describes it (`GET /jobs/<id>,…`, up to [`DESCRIBE_BATCH`] ids
-//! per call): a final state is published as the result (the callback was lost); a job still running
-//! gets a new deadline; past `worker.job_timeout_max` the worker cancels it at CI (best effort, so it
-//! does no work nobody waits for) and publishes `timed_out`. [`decide`] is that choice, apart from I/O.
+//! A record published before its job existed does not know the job's id: the job is found in CI's
+//! list by its marker ([`crate::worker::submit::recovery`]), and counts only if its marker names this
+//! very record (a request tried again, or taken over, publishes another; a refused one made none).
+//! For each due job whose final result is not out here ([`crate::worker::finished`]) the worker
+//! describes it (`GET /jobs/<id>,…`, up to [`DESCRIBE_BATCH`] ids per call): a final state is
+//! published as the result (the callback was lost); a job still running gets a new deadline; past
+//! `worker.job_timeout_max` the worker cancels it at CI (best effort, so it does no work nobody
+//! waits for) and publishes `timed_out`. [`decide`] is that choice, apart from I/O.
 //!
-//! - this file: the handler (and its consume loop): read a record, describe, settle each job;
+//! - this file: the handler (and its consume loop): read a record, find, describe, settle each job;
 //! - [`decide`]: the choice for one due job, pure;
-//! - [`schedule`]: deadline records written (batched, delayed, the 10-day cap).
+//! - [`schedule`]: deadline records written (one per request, delayed, the 10-day cap).
 
 pub mod decide;
 pub mod schedule;
@@ -26,6 +30,7 @@ use self::decide::{decide, next, timed_out, Decision};
 use self::schedule::{schedule_all, DUE_TOLERANCE};
 use crate::pulsar::consume::{Delivery, Disposition};
 use crate::pulsar::{Client, SubscribeOptions, SubscriptionKind};
+use crate::request::marker::{self, DeadlineRef};
 use crate::shutdown::Shutdown;
 use crate::worker::context::{Context, WorkerError};
 use crate::worker::io::{Broker, CiApi};
@@ -34,6 +39,7 @@ use crate::worker::record::{self, now_ms, Deadline, Record};
 use crate::worker::results::publish_final;
 use crate::worker::settle::dead_letter;
 use crate::worker::settle::serve::serve;
+use crate::worker::submit::recovery::JobAt;
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -55,6 +61,7 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
         from_earliest: true,
         kind: SubscriptionKind::Shared,
     };
+    let cancels = ctx.take_deadline_cancels();
     serve(
         &ctx,
         client,
@@ -63,6 +70,7 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
         "deadline",
         subscribe,
         16,
+        cancels,
         |ctx, d| async move { handle(&ctx, &d).await },
     )
     .await
@@ -71,8 +79,6 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
 pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Delivery) -> Disposition {
     let deadlines = match record::read(&delivery.payload) {
         Ok(Record::Deadlines(deadlines)) => Ok(deadlines),
-        Ok(Record::Done(_)) => Err("not a deadline record: a done record".to_string()),
-        Ok(Record::Attempts(_)) => Err("not a deadline record: an attempt record".to_string()),
         Err(e) => Err(format!("unreadable deadline record: {e}")),
     };
     let deadlines = match deadlines {
@@ -88,8 +94,27 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
     let now = now_ms();
     let early = now + DUE_TOLERANCE.as_millis() as u64;
     let mut again = Vec::new();
+    let here = DeadlineRef {
+        partition: -1,
+        ledger: delivery.position.ledger,
+        entry: delivery.position.entry,
+    };
+    let (pending, mut known): (Vec<Deadline>, Vec<Deadline>) =
+        deadlines.into_iter().partition(|d| d.job_id.is_empty());
+    let found: Vec<Result<Option<Deadline>, Deadline>> = futures::stream::iter(pending)
+        .map(|d| find_job(ctx, d, here, early))
+        .buffer_unordered(DESCRIBES_AT_ONCE)
+        .collect()
+        .await;
+    for outcome in found {
+        match outcome {
+            Ok(Some(d)) => known.push(d),
+            Ok(None) => {}
+            Err(later) => again.push(later),
+        }
+    }
     let mut due: BTreeMap<(String, String), Vec<Deadline>> = BTreeMap::new();
-    for d in deadlines {
+    for d in known {
         if ctx.finished_jobs.contains(&d.job_id) {
             continue;
         }
@@ -129,6 +154,62 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
     match schedule_all(&ctx.broker, &ctx.settings.pulsar.deadline_topic, again).await {
         Ok(()) => Disposition::Ack,
         Err(e) => Disposition::Retry(format!("could not reschedule deadlines: {e}")),
+    }
+}
+
+/// The job of a deadline published before it existed, found by its marker: `Ok(Some)` the deadline
+/// with its job, `Ok(None)` when no job names this record (nothing to check), `Err` the deadline to
+/// look again later (early, or CI could not be listed). `here` is where this record is.
+async fn find_job<B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
+    mut d: Deadline,
+    here: DeadlineRef,
+    early: u64,
+) -> Result<Option<Deadline>, Deadline> {
+    let record = d
+        .first_record
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(here);
+    let Some(lookup) = d.lookup.clone() else {
+        tracing::warn!(request_id = %d.request_id, "a deadline without a job id nor a way to find it; dropped");
+        return Ok(None);
+    };
+    if d.due_at_ms > early {
+        d.first_record = Some(record.to_string());
+        return Err(d);
+    }
+    let job = JobAt {
+        request_id: &d.request_id,
+        bucket: &d.bucket,
+        region: &d.region,
+        lookup: &lookup,
+    };
+    let since = record::from_unix_ms(d.submitted_at_ms);
+    match ctx
+        .recovery
+        .search(&ctx.ci, &ctx.ci_calls, &job, since)
+        .await
+    {
+        Ok(Some(detail)) if marker::decode(detail.user_data()).deadline == Some(record) => {
+            d.job_id = detail.job_id().unwrap_or_default().to_string();
+            d.submitted.job_id = Some(d.job_id.clone());
+            Ok(Some(d))
+        }
+        Ok(_) => {
+            tracing::debug!(request_id = %d.request_id, %record, "no job names this deadline record; nothing to check");
+            Ok(None)
+        }
+        Err(e) if e.is_transient() => {
+            tracing::warn!(request_id = %d.request_id, error = %e, "cannot look for the deadline's job; looking later");
+            d.first_record = Some(record.to_string());
+            let delay = retry::delay(&ctx.settings.worker, d.checks).max(Duration::from_secs(1));
+            Err(next(&d, delay))
+        }
+        Err(e) => {
+            tracing::warn!(request_id = %d.request_id, error = %e, "CI refuses to list the deadline's job; dropped");
+            Ok(None)
+        }
     }
 }
 
@@ -190,9 +271,8 @@ async fn check<B: Broker, C: CiApi>(
                 publish_final(ctx, &timed_out(&d, age)).await
             }
         };
-        match verdict {
-            Disposition::Ack => ctx.done_records.record_later(&d.job_id),
-            Disposition::Retry(reason) => return Err(reason),
+        if let Disposition::Retry(reason) = verdict {
+            return Err(reason);
         }
     }
     Ok(rearm)
@@ -204,6 +284,7 @@ mod tests {
     use crate::pulsar::props;
     use crate::result::{JobResult, ResultState};
     use crate::worker::deadline::schedule::first;
+    use crate::worker::record::JobLookup;
     use crate::worker::test_context::*;
     use crate::worker::test_doubles::*;
     use std::time::SystemTime;
@@ -242,22 +323,6 @@ mod tests {
                 ds.into_iter().map(move |d| (d, at))
             })
             .collect()
-    }
-
-    #[tokio::test]
-    async fn job_whose_done_record_came_is_not_described() {
-        let ctx = context(ScriptedCi::default());
-        let done = record::message(&Record::Done(vec!["j0".into(), "j1".into()]));
-        let done = delivery(&ctx.settings.pulsar.done_topic, done.payload);
-        assert_eq!(
-            crate::worker::replica_log::reader::handle(&ctx, &done),
-            Disposition::Ack
-        );
-        let verdict = handle(&ctx, &due(&ctx, &deadline(Duration::from_secs(600)))).await;
-        assert_eq!(verdict, Disposition::Ack);
-        assert!(ctx.ci.calls().is_empty(), "no GET /jobs");
-        assert_eq!(ctx.broker.count(), 0, "no result, no new deadline");
-        assert_eq!(ctx.metrics.deadline_checks.get(), 0);
     }
 
     #[tokio::test]
@@ -451,13 +516,9 @@ mod tests {
         assert_eq!(again.len(), 1, "only the running job is armed again");
         assert_eq!(again[0].0.job_id, "j3");
         assert_eq!(again[0].0.checks, 1);
-        ctx.done_records.flush().await;
-        let done = ctx.broker.on(&ctx.settings.pulsar.done_topic);
-        assert_eq!(done.len(), 1);
-        assert_eq!(
-            record::read(&done[0].payload).unwrap(),
-            Record::Done(vec!["j2".into()]),
-            "the final found is announced to every replica"
+        assert!(
+            ctx.finished_jobs.contains("j2"),
+            "a late event is a duplicate"
         );
     }
 
@@ -469,9 +530,9 @@ mod tests {
             .iter()
             .map(|job| deadline_of(job, Duration::from_secs(600)))
             .collect();
-        let done = record::message(&Record::Done(ids));
-        let done = delivery(&ctx.settings.pulsar.done_topic, done.payload);
-        crate::worker::replica_log::reader::handle(&ctx, &done);
+        for id in &ids {
+            ctx.finished_jobs.insert(id);
+        }
         assert_eq!(handle(&ctx, &record(&ctx, &ds)).await, Disposition::Ack);
         assert!(ctx.ci.calls().is_empty());
         assert_eq!(ctx.broker.count(), 0, "no result, no new deadline");
@@ -540,14 +601,91 @@ mod tests {
     #[tokio::test]
     async fn a_record_of_another_kind_is_dead_lettered() {
         let ctx = context(ScriptedCi::default());
-        let done = record::message(&Record::Done(vec!["j1".into()]));
-        let d = delivery(&ctx.settings.pulsar.deadline_topic, done.payload);
+        let done = br#"{"version":3,"record":"done","body":["j1"]}"#.to_vec();
+        let d = delivery(&ctx.settings.pulsar.deadline_topic, done);
         assert_eq!(handle(&ctx, &d).await, Disposition::Ack);
         let dead = ctx.broker.on(&ctx.settings.pulsar.dead_letter_topic);
-        assert_eq!(
-            dead[0].properties[props::DLQ_REASON],
-            "not a deadline record: a done record"
-        );
+        assert!(dead[0].properties[props::DLQ_REASON].starts_with("unreadable deadline record"));
+    }
+
+    /// The deadline of request `r1` as published before its job existed, delivered.
+    fn pending_due(ctx: &TestContext) -> (Delivery, DeadlineRef) {
+        let mut known = JobResult::new(ResultState::Submitted);
+        known.request_id = Some("r1".into());
+        known.user_data = Some("mine".into());
+        let lookup = JobLookup {
+            queue_id: None,
+            tag: "DigitalWatermark".into(),
+            input_object: Some("in/a.mp4".into()),
+        };
+        let d = schedule::pending(BUCKET, REGION, &known, lookup, Duration::ZERO);
+        let delivered = due(ctx, &d);
+        let here = DeadlineRef {
+            partition: -1,
+            ledger: delivered.position.ledger,
+            entry: delivered.position.entry,
+        };
+        (delivered, here)
+    }
+
+    fn naming(request_id: &str, deadline: DeadlineRef) -> String {
+        marker::encode(request_id, Some(deadline), Some("mine")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_deadline_published_before_its_job_finds_the_job_by_its_marker() {
+        let ctx0 = context(ScriptedCi::default());
+        let (delivered, here) = pending_due(&ctx0);
+        let ci = ScriptedCi::default()
+            .list_answers(Ok(jobs(&[("j1", "Running", &naming("r1", here))], None)))
+            .describe_answers(Ok(jobs(&[("j1", "Success", &naming("r1", here))], None)));
+        let ctx = context(ci);
+        assert_eq!(handle(&ctx, &delivered).await, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["list", "describe"]);
+        let queries = ctx.ci.list_queries.lock().unwrap();
+        assert_eq!(queries[0].input_object.as_deref(), Some("in/a.mp4"));
+        let results = results(&ctx);
+        assert_eq!(results.len(), 1);
+        assert_eq!(results[0].state, ResultState::Succeeded);
+        assert_eq!(results[0].job_id.as_deref(), Some("j1"));
+        assert_eq!(results[0].user_data.as_deref(), Some("mine"));
+        assert_eq!(ctx.metrics.callbacks_lost.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_no_job_names_is_dropped() {
+        let ctx0 = context(ScriptedCi::default());
+        let (delivered, here) = pending_due(&ctx0);
+        let elsewhere = DeadlineRef {
+            entry: here.entry + 1,
+            ..here
+        };
+        // The request was tried again under another record (or refused: no job at all).
+        let ci = ScriptedCi::default()
+            .list_answers(Ok(jobs(
+                &[("j1", "Running", &naming("r1", elsewhere))],
+                None,
+            )))
+            .list_answers(Ok(jobs(&[], None)));
+        let ctx = context(ci);
+        assert_eq!(handle(&ctx, &delivered).await, Disposition::Ack);
+        let (again, _) = pending_due(&ctx0);
+        assert_eq!(handle(&ctx, &again).await, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["list", "list"], "nothing described");
+        assert_eq!(ctx.broker.count(), 0, "no result, no new deadline");
+    }
+
+    #[tokio::test]
+    async fn a_deadline_whose_job_cannot_be_looked_for_is_armed_again_naming_its_first_record() {
+        let ctx0 = context(ScriptedCi::default());
+        let (delivered, here) = pending_due(&ctx0);
+        let ci = ScriptedCi::default().list_answers(Err(refusal(503, "ServiceUnavailable")));
+        let ctx = context(ci);
+        assert_eq!(handle(&ctx, &delivered).await, Disposition::Ack);
+        let again = scheduled(&ctx);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].0.job_id, "");
+        assert_eq!(again[0].0.first_record, Some(here.to_string()));
     }
 
     #[tokio::test]

@@ -1,24 +1,26 @@
-//! Scheduling deadlines: delayed records on `pulsar.deadline_topic` ([`Record::Deadlines`]), each
-//! carrying the deadlines of a batch of jobs, delivered when the worker should ask CI about those
-//! jobs itself ([`super`] handles them when they come due).
+//! Scheduling deadlines: delayed records on `pulsar.deadline_topic` ([`Record::Deadlines`]),
+//! delivered when the worker should ask CI about a job itself ([`super`] handles them when they come
+//! due).
 //!
-//! Batched because a record per job costs the broker two messages per job (its publish and its
-//! delivery), half again the four every job needs anyway. The submission path hands each new
-//! deadline to the [`DeadlineBatcher`], which stores one record at a time and gathers the deadlines
-//! that arrive meanwhile into the next (so a request waits for no timer, and a burst shares a few
-//! records); the check writes the deadlines it re-arms as records of its own ([`schedule_all`]).
+//! Each request gets a record of its own, published before its `POST /jobs` ([`publish_pending`]),
+//! whose position goes into the job's correlation marker: whichever replica finishes the job
+//! acknowledges that record by id, and an acknowledged delayed record is never delivered
+//! (`docs/design/replicas.md`). So a job whose completion event comes costs its deadline one
+//! message, its publish. A shared record could not be cancelled by any one of its jobs' finishers.
+//! The deadline check writes what it re-arms as records of its own, batched ([`schedule_all`]):
+//! those are not cancelled, they are checked when due.
 //!
 //! TDMQ for Pulsar's rules for delayed messages shape the rest: they must not be batched by the
-//! producer (the worker's producers never batch), they are honoured on Shared subscriptions only,
-//! and no delay may exceed [`MAX_DELAY`] (10 days). So each deadline carries the time it is due
-//! (`due_at_ms`); a record is delivered at the earliest of its deadlines, at most [`MAX_DELAY`] from
-//! now, and a deadline delivered before it is due is simply re-armed for the rest of its wait.
+//! producer (the worker's producers never batch them), they are honoured on Shared subscriptions
+//! only, and no delay may exceed [`MAX_DELAY`] (10 days). So each deadline carries the time it is
+//! due (`due_at_ms`); a record is delivered at the earliest of its deadlines, at most [`MAX_DELAY`]
+//! from now, and a deadline delivered before it is due is simply re-armed for the rest of its wait.
 
-use crate::pulsar::Outgoing;
+use crate::pulsar::{Outgoing, PulsarIoError};
+use crate::request::marker::DeadlineRef;
 use crate::result::JobResult;
 use crate::worker::io::Broker;
-use crate::worker::record::{self, now_ms, Deadline, Record};
-use crate::worker::replica_log::group_commit::{CommitError, GroupCommit};
+use crate::worker::record::{self, now_ms, Deadline, JobLookup, Record};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The longest delay TDMQ for Pulsar accepts on a message (864,000 s).
@@ -42,7 +44,40 @@ pub fn first(bucket: &str, region: &str, submitted: &JobResult, after: Duration)
         submitted_at_ms: now,
         checks: 0,
         due_at_ms: now.saturating_add(after.as_millis() as u64),
+        lookup: None,
+        first_record: None,
     }
+}
+
+/// The deadline of a request about to be submitted (`submitted` is what is known of it before CI
+/// answers), due `after` from now; `lookup` finds its job when it comes due.
+pub fn pending(
+    bucket: &str,
+    region: &str,
+    submitted: &JobResult,
+    lookup: JobLookup,
+    after: Duration,
+) -> Deadline {
+    Deadline {
+        lookup: Some(lookup),
+        ..first(bucket, region, submitted, after)
+    }
+}
+
+/// Publishes `deadline` as a record of its own; returns where the broker stored it, to be named in
+/// the job's marker (`None` when the broker does not say: the job then gets no early cancel).
+/// `topic` is not partitioned (the worker checks at start), so the partition is `-1`.
+pub async fn publish_pending(
+    broker: &impl Broker,
+    topic: &str,
+    deadline: Deadline,
+) -> Result<Option<DeadlineRef>, PulsarIoError> {
+    let at = broker.publish_at(topic, message(vec![deadline])).await?;
+    Ok(at.map(|(ledger, entry)| DeadlineRef {
+        partition: -1,
+        ledger,
+        entry,
+    }))
 }
 
 /// When a record of `deadlines` is to be delivered: at the earliest, capped at [`MAX_DELAY`].
@@ -96,29 +131,6 @@ pub async fn schedule_all(
         .into_iter()
         .map(|r| broker.publish(topic, message(r)));
     futures::future::try_join_all(sends).await.map(|_| ())
-}
-
-/// Gathers new deadlines into shared records; cheap to clone and call from every handler.
-#[derive(Clone)]
-pub struct DeadlineBatcher {
-    commit: GroupCommit<Deadline>,
-}
-
-impl DeadlineBatcher {
-    /// Starts the batching task, publishing to `topic` through `broker`: one record being stored at
-    /// a time, the deadlines arriving meanwhile gathered into the next ([`GroupCommit`]).
-    pub fn spawn(broker: impl Broker + Clone, topic: String) -> DeadlineBatcher {
-        let commit = GroupCommit::spawn(MAX_PER_RECORD, Duration::ZERO, move |deadlines| {
-            let (broker, topic) = (broker.clone(), topic.clone());
-            async move { schedule_all(&broker, &topic, deadlines).await }
-        });
-        DeadlineBatcher { commit }
-    }
-
-    /// Stores `deadline` in the next record; returns once the broker has it (or refused it).
-    pub async fn schedule(&self, deadline: Deadline) -> Result<(), CommitError> {
-        self.commit.commit(deadline).await
-    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! one path's handler, behind the poison guard.
 
 use super::poison;
-use crate::pulsar::consume::{self, Delivery, Disposition, LoopOptions};
+use crate::pulsar::consume::{self, AckRequests, Delivery, Disposition, LoopOptions};
 use crate::pulsar::{Client, SubscribeOptions};
 use crate::shutdown::Shutdown;
 use crate::worker::context::{Context, WorkerError};
@@ -20,6 +20,7 @@ pub async fn serve<H, F>(
     source: &'static str,
     subscribe: SubscribeOptions,
     max_in_flight: usize,
+    acks: Option<AckRequests>,
     handle: H,
 ) -> Result<(), WorkerError>
 where
@@ -35,6 +36,7 @@ where
             max_in_flight,
             drain_timeout: ctx.settings.worker.shutdown_timeout,
             retry_after: ctx.settings.worker.retry_max_delay,
+            acks,
         },
         stop,
         ctx.metrics.clone(),

@@ -1,31 +1,44 @@
-//! The submission path: request → validate → CI `POST /jobs` (retried with backoff on transient
-//! failures) → `submitted` event, or a `rejected` result, or a dead letter. The request is acknowledged
-//! only once that outcome is stored on the broker.
+//! The submission path: request → validate → its deadline record → CI `POST /jobs` (retried with
+//! backoff on transient failures) → `submitted` event, or a `rejected` result, or a dead letter. The
+//! request is acknowledged only once that outcome is stored on the broker.
+//!
+//! Requests are read on a Failover subscription (`docs/design/replicas.md`): a request reaches a
+//! second replica only when its partition changes owner. So a fresh request is submitted with no
+//! check and no record; only these are first looked for at CI by their marker ([`recovery`]):
+//! - the deliveries that follow a **takeover** ([`takeover`]), after `worker.takeover_grace` (the
+//!   previous owner's `POST /jobs` still on its way lands meanwhile);
+//! - a request **held here** longer than half the grace before its `POST /jobs` (its partition may
+//!   have moved, and the new owner may have submitted it, without this replica being told);
+//! - a request **in doubt** (an earlier try may have created a job whose answer was lost).
+//!
+//! Each request's deadline record is published before its `POST /jobs` and named in its marker,
+//! so that whoever finishes the job cancels it ([`crate::worker::deadline::schedule`]); a request
+//! that makes no job cancels its own.
 //!
 //! - this file: the handler (and its consume loop), the one place that orders the steps;
 //! - [`outcome`]: what it publishes (`submitted`, `rejected`), pure;
-//! - [`check`]: which check at CI a request needs before it is submitted, pure;
-//! - [`recovery`]: those checks at CI (looking for a job an earlier attempt created), and the
+//! - [`recovery`]: the checks at CI (looking for the job an earlier attempt created), and the
 //!   requests in doubt;
-//! - [`takeover`]: which deliveries of a Failover subscription another replica may have been given
-//!   first, from their positions, pure (the ownership design of `docs/design/replicas.md`).
+//! - [`takeover`]: which deliveries another replica may have been given first, from their
+//!   positions, pure.
 
-pub mod check;
 pub mod outcome;
 pub mod recovery;
 pub mod takeover;
 
-use self::check::Check;
 use self::outcome::{rejected, rejection_of, submitted};
+use self::recovery::JobLookup;
+use self::takeover::Delivery as Seen;
 use crate::ci::client::CiError;
 use crate::ci::response::JobDetail;
 use crate::pulsar::consume::{Delivery, Disposition};
 use crate::pulsar::{Client, SubscribeOptions, SubscriptionKind};
+use crate::request::marker::{self, DeadlineRef};
 use crate::request::{SubmitRequest, ValidRequest};
 use crate::result::normalize::normalize_job;
 use crate::result::JobResult;
 use crate::shutdown::Shutdown;
-use crate::worker::context::{Context, WorkerError};
+use crate::worker::context::{request_receiver_queue, Context, WorkerError};
 use crate::worker::deadline::schedule;
 use crate::worker::io::{Broker, CiApi};
 use crate::worker::pace::{ci_calls, retry};
@@ -33,9 +46,11 @@ use crate::worker::results::{self, stored};
 use crate::worker::settle::dead_letter;
 use crate::worker::settle::serve::serve;
 use backon::Retryable;
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
+use tokio::time::Instant;
 
 pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<(), WorkerError> {
     let p = &ctx.settings.pulsar;
@@ -43,13 +58,11 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
         topic: p.request_topic.clone(),
         subscription: p.request_subscription.clone(),
         name_prefix: "ci-worker-submit".into(),
-        receiver_queue_size: ctx.settings.worker.max_in_flight.clamp(1, 1000) as u32,
-        dead_letter: Some((
-            ctx.settings.worker.max_redeliveries,
-            p.dead_letter_topic.clone(),
-        )),
+        receiver_queue_size: request_receiver_queue(&ctx.settings),
+        // Never nacked (a nack rewinds the partition): the poison rule counts tries here.
+        dead_letter: None,
         from_earliest: true,
-        kind: SubscriptionKind::Shared,
+        kind: SubscriptionKind::Failover,
     };
     serve(
         &ctx,
@@ -59,6 +72,7 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
         "request",
         subscribe,
         ctx.settings.worker.max_in_flight,
+        None,
         |ctx, d| async move { handle(&ctx, &d).await },
     )
     .await
@@ -72,7 +86,7 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
             return stored(dead_letter::publish(ctx, delivery, "request", &unreadable.0).await)
         }
     };
-    let valid = match request.validate(&ctx.settings.ci) {
+    let mut valid = match request.validate(&ctx.settings.ci) {
         Ok(v) => v,
         Err(rejection) => {
             tracing::info!(request_id = %request.request_id, code = %rejection.code, message = %rejection.message, "request rejected");
@@ -81,56 +95,49 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
             return stored(results::publish(ctx, &result).await);
         }
     };
-    // Announce the attempt before anything else can create a job, and learn whether another
-    // attempt (of any replica) came first.
-    let claim = match ctx.attempts.claim(&valid.request_id).await {
-        Ok(claim) => claim,
-        Err(e) => {
-            tracing::warn!(request_id = %valid.request_id, error = %e, "cannot record the attempt; releasing the request for redelivery");
-            return Disposition::Retry(format!("cannot record the attempt: {e}"));
-        }
-    };
-    let in_doubt = ctx.recovery.take_in_doubt(&valid.request_id);
-    let found = match check::check_for(&claim, in_doubt, delivery.publish_time) {
-        Check::None => Ok(None),
-        Check::Marker(since) => {
-            tracing::info!(request_id = %valid.request_id, "a job may exist for this request (an earlier attempt); looking for it at CI");
-            with_backoff(ctx, &valid.request_id, || {
-                ctx.recovery.search(&ctx.ci, &ctx.ci_calls, &valid, since)
-            })
-            .await
-        }
-        Check::RestartScan(not_before) => {
-            with_backoff(ctx, &valid.request_id, || {
-                ctx.recovery
-                    .lookup(&ctx.ci, &ctx.ci_calls, &valid, not_before)
-            })
-            .await
-        }
-    };
-    match found {
-        Ok(Some(detail)) => return recovered(ctx, &valid, &detail).await,
-        Ok(None) => {}
-        Err(e) => {
-            if let Some(since) = in_doubt {
-                ctx.recovery.put_in_doubt(&valid.request_id, since);
-            }
-            tracing::warn!(request_id = %valid.request_id, error = %e, "cannot check for an earlier submission; releasing the request for redelivery");
-            return Disposition::Retry(format!("cannot check for an earlier submission: {e}"));
+    let lookout = Lookout::new(ctx, delivery, &valid.request_id).await;
+    // Looked for before the deadline is published, so that a job found costs no record.
+    if lookout.check_due() {
+        match lookout.check(ctx, &valid).await {
+            Ok(Some(detail)) => return recovered(ctx, &valid, &detail, None).await,
+            Ok(None) => {}
+            Err(disposition) => return disposition,
         }
     }
-    match submit_with_retry(ctx, &valid).await {
-        Ok(detail) => {
+    let pending = schedule::pending(
+        &valid.bucket,
+        &valid.region,
+        &outcome::pending(&valid),
+        JobLookup::of(&valid),
+        ctx.settings.worker.job_timeout,
+    );
+    match schedule::publish_pending(&ctx.broker, &ctx.settings.pulsar.deadline_topic, pending).await
+    {
+        Ok(Some(at)) => valid.set_deadline(at),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(request_id = %valid.request_id, error = %e, "cannot store the request's deadline; trying again later");
+            return Disposition::Retry(format!("could not store the request's deadline: {e}"));
+        }
+    }
+    let deadline = valid.deadline();
+    match submit_with_retry(ctx, &valid, &lookout).await {
+        Ok(Submission::Created(detail)) => {
             ctx.metrics.jobs_submitted.inc();
             let result = submitted(&valid, &detail);
             tracing::info!(request_id = %valid.request_id, job_id = result.job_id.as_deref().unwrap_or(""), "job submitted");
             announce(ctx, &valid, &result).await
         }
+        Ok(Submission::Found(detail)) => recovered(ctx, &valid, &detail, deadline).await,
         Err(e) if e.is_transient() => {
-            tracing::warn!(request_id = %valid.request_id, error = %e, "CI still unavailable after retries; releasing the request for redelivery");
+            if !ctx.recovery.is_in_doubt(&valid.request_id) {
+                cancel(ctx, deadline);
+            }
+            tracing::warn!(request_id = %valid.request_id, error = %e, "CI still unavailable after retries; trying the request again later");
             Disposition::Retry(format!("CI unavailable after retries: {e}"))
         }
         Err(e) => {
+            cancel(ctx, deadline);
             let rejection = rejection_of(&e);
             tracing::info!(request_id = %valid.request_id, code = %rejection.code, message = %rejection.message, "CI refused the job");
             ctx.metrics.requests_rejected.inc();
@@ -140,30 +147,108 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
     }
 }
 
-/// A job CI accepted: its `submitted` event and its deadline, both sent at once (waiting for one
-/// receipt before sending the other would cost a broker round trip per request; sent together, the
-/// event still usually precedes the final result). If either cannot be stored the request is
-/// redelivered, marked in doubt so that the redelivery finds this job instead of submitting again.
+fn cancel<B, C>(ctx: &Context<B, C>, deadline: Option<DeadlineRef>) {
+    if let Some(deadline) = deadline {
+        ctx.cancel_deadline(deadline);
+    }
+}
+
+/// When a request must be looked for at CI before it is submitted, and how far back.
+struct Lookout {
+    /// Until this instant nobody else can have submitted the request (unknown to this replica):
+    /// when it was taken, or last looked for.
+    clear_at: Mutex<Instant>,
+    /// A look is due whatever the time (a takeover, or an earlier try in doubt).
+    forced: AtomicBool,
+    /// The earliest a job for it can have been created: its publish time, or this replica's first
+    /// try when that lost its answer.
+    since: SystemTime,
+    /// Half of `worker.takeover_grace`: how long a request may be held before it is looked for.
+    held_at_most: std::time::Duration,
+}
+
+impl Lookout {
+    /// Classifies the delivery; after a takeover, waits out the grace first.
+    async fn new<B: Broker, C: CiApi>(
+        ctx: &Context<B, C>,
+        delivery: &Delivery,
+        request_id: &str,
+    ) -> Lookout {
+        let grace = ctx.settings.worker.takeover_grace;
+        let in_doubt = ctx.recovery.take_in_doubt(request_id);
+        // Classified once: a local retry hands the same delivery over again.
+        let seen = (delivery.attempt == 1).then(|| {
+            ctx.takeovers.lock().observe(
+                &delivery.topic,
+                delivery.position,
+                std::time::Instant::now(),
+            )
+        });
+        let suspect = match seen {
+            Some(Seen::Suspect(takeover)) => {
+                tracing::debug!(
+                    request_id,
+                    takeover = takeover.id,
+                    "taken over from another replica: looking for its job after the grace"
+                );
+                tokio::time::sleep_until(Instant::from_std(takeover.at + grace)).await;
+                true
+            }
+            _ => false,
+        };
+        Lookout {
+            clear_at: Mutex::new(delivery.held_since),
+            forced: AtomicBool::new(suspect || in_doubt.is_some()),
+            since: in_doubt.map_or(delivery.publish_time, |t| t.min(delivery.publish_time)),
+            held_at_most: grace / 2,
+        }
+    }
+
+    /// Whether the request must be looked for before its next `POST /jobs`.
+    fn check_due(&self) -> bool {
+        self.forced.load(Ordering::Relaxed) || self.clear_at.lock().elapsed() > self.held_at_most
+    }
+
+    /// Looks for the request's job (with backoff); `Err` is the verdict when CI cannot be asked.
+    async fn check<B: Broker, C: CiApi>(
+        &self,
+        ctx: &Context<B, C>,
+        req: &ValidRequest,
+    ) -> Result<Option<JobDetail>, Disposition> {
+        tracing::info!(request_id = %req.request_id, "a job may exist for this request (another replica, or an earlier try); looking for it at CI");
+        let looked_at = Instant::now();
+        match with_backoff(ctx, &req.request_id, || {
+            ctx.recovery
+                .search_request(&ctx.ci, &ctx.ci_calls, req, self.since)
+        })
+        .await
+        {
+            Ok(found) => {
+                self.forced.store(false, Ordering::Relaxed);
+                *self.clear_at.lock() = looked_at;
+                Ok(found)
+            }
+            Err(e) => {
+                if self.forced.load(Ordering::Relaxed) {
+                    ctx.recovery.put_in_doubt(&req.request_id, self.since);
+                }
+                tracing::warn!(request_id = %req.request_id, error = %e, "cannot check for an earlier submission; trying the request again later");
+                Err(Disposition::Retry(format!(
+                    "cannot check for an earlier submission: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// A job CI accepted: its `submitted` event. If that cannot be stored the request is tried again,
+/// marked in doubt so that the next try finds this job instead of submitting again.
 async fn announce<B: Broker, C: CiApi>(
     ctx: &Context<B, C>,
     req: &ValidRequest,
     result: &JobResult,
 ) -> Disposition {
-    let deadline = schedule::first(
-        &req.bucket,
-        &req.region,
-        result,
-        ctx.settings.worker.job_timeout,
-    );
-    let (announced, scheduled) = tokio::join!(
-        results::publish(ctx, result),
-        ctx.deadlines.schedule(deadline)
-    );
-    let outcome = match (announced, scheduled) {
-        (Ok(()), Ok(())) => Ok(()),
-        (Err(e), _) => Err(e.to_string()),
-        (_, Err(e)) => Err(e.to_string()),
-    };
+    let outcome = results::publish(ctx, result).await;
     if outcome.is_err() {
         ctx.recovery
             .put_in_doubt(&req.request_id, SystemTime::now());
@@ -171,19 +256,40 @@ async fn announce<B: Broker, C: CiApi>(
     stored(outcome)
 }
 
-/// A job an earlier attempt created: announce it (unless it already finished, in which case the
-/// completion path owns its result) instead of submitting again.
+/// A job an earlier attempt (here or at another replica) created: announce it (unless it already
+/// finished, in which case the completion path owns its result) instead of submitting again. `ours`
+/// is the deadline this try published, cancelled when the job names another; a job whose marker
+/// names no deadline (submitted by 0.5 or earlier) gets one.
 async fn recovered<B: Broker, C: CiApi>(
     ctx: &Context<B, C>,
     req: &ValidRequest,
     detail: &JobDetail,
+    ours: Option<DeadlineRef>,
 ) -> Disposition {
     ctx.metrics.submissions_recovered.inc();
     let result = submitted(req, detail);
+    let named = marker::decode(detail.user_data()).deadline;
+    if ours.is_some() && named != ours {
+        cancel(ctx, ours);
+    }
     let finished = normalize_job(detail.tree()).state.is_final();
     tracing::info!(request_id = %req.request_id, job_id = result.job_id.as_deref().unwrap_or(""), finished, "found the job an earlier attempt created; not submitting again");
     if finished {
         return Disposition::Ack;
+    }
+    if named.is_none() {
+        let deadline = schedule::first(
+            &req.bucket,
+            &req.region,
+            &result,
+            ctx.settings.worker.job_timeout,
+        );
+        let topic = &ctx.settings.pulsar.deadline_topic;
+        if let Err(e) = schedule::schedule_all(&ctx.broker, topic, vec![deadline]).await {
+            ctx.recovery
+                .put_in_doubt(&req.request_id, SystemTime::now());
+            return Disposition::Retry(format!("could not store the job's deadline: {e}"));
+        }
     }
     announce(ctx, req, &result).await
 }
@@ -213,62 +319,79 @@ where
 enum TryFailed {
     /// CI's answer to the submit.
     Submit(CiError),
-    /// The search for the job a lost answer may have created failed: cannot tell, so no retry (it
-    /// could make a second job); the request is redelivered later.
+    /// The search for a job that may exist failed: cannot tell, so no retry (it could make a second
+    /// job); the request is tried again later.
     Search(CiError),
+}
+
+/// What the tries came to.
+enum Submission {
+    /// CI created the job.
+    Created(JobDetail),
+    /// A job for the request existed already (a lost answer's, or another replica's).
+    Found(JobDetail),
 }
 
 async fn submit_with_retry<B: Broker, C: CiApi>(
     ctx: &Context<B, C>,
     req: &ValidRequest,
-) -> Result<JobDetail, CiError> {
+    lookout: &Lookout,
+) -> Result<Submission, CiError> {
     let first_attempt = SystemTime::now();
-    // Set once an attempt may have created a job whose answer we never read.
-    let in_doubt = AtomicBool::new(false);
-    let outcome = (|| try_submit(ctx, req, first_attempt, &in_doubt))
+    let outcome = (|| try_submit(ctx, req, lookout))
         .retry(retry::policy(&ctx.settings.worker))
         .when(|failed| matches!(failed, TryFailed::Submit(e) if e.is_transient()))
         .notify(|failed, delay| {
             if let TryFailed::Submit(e) = failed {
                 ctx.metrics.ci_retries.inc();
                 if e.may_have_created() {
-                    in_doubt.store(true, Ordering::Relaxed);
+                    lookout.forced.store(true, Ordering::Relaxed);
                 }
                 tracing::warn!(request_id = %req.request_id, delay_ms = delay.as_millis() as u64, error = %e, "transient CI failure; retrying");
             }
         })
         .await;
     match outcome {
-        Ok(detail) => Ok(detail),
-        Err(TryFailed::Search(e)) => Err(e),
+        Ok(submission) => Ok(submission),
+        Err(TryFailed::Search(e)) => {
+            if lookout.forced.load(Ordering::Relaxed) {
+                ctx.recovery
+                    .put_in_doubt(&req.request_id, first_attempt.min(lookout.since));
+            }
+            Err(e)
+        }
         Err(TryFailed::Submit(e)) => {
-            if e.is_transient() && (in_doubt.load(Ordering::Relaxed) || e.may_have_created()) {
-                // The redelivery must look before it submits.
-                ctx.recovery.put_in_doubt(&req.request_id, first_attempt);
+            if e.is_transient() && (lookout.forced.load(Ordering::Relaxed) || e.may_have_created())
+            {
+                // The next try must look before it submits.
+                ctx.recovery
+                    .put_in_doubt(&req.request_id, first_attempt.min(lookout.since));
             }
             Err(e)
         }
     }
 }
 
-/// One try: when an earlier try may have created the job, look for it first; else submit.
+/// One try: when a job may exist (a lost answer, or the request held long), look for it first; else
+/// submit.
 async fn try_submit<B: Broker, C: CiApi>(
     ctx: &Context<B, C>,
     req: &ValidRequest,
-    first_attempt: SystemTime,
-    in_doubt: &AtomicBool,
-) -> Result<JobDetail, TryFailed> {
-    if in_doubt.load(Ordering::Relaxed) {
+    lookout: &Lookout,
+) -> Result<Submission, TryFailed> {
+    if lookout.check_due() {
+        let looked_at = Instant::now();
         let found = ctx
             .recovery
-            .search(&ctx.ci, &ctx.ci_calls, req, first_attempt)
+            .search_request(&ctx.ci, &ctx.ci_calls, req, lookout.since)
             .await
             .map_err(TryFailed::Search)?;
         if let Some(detail) = found {
-            ctx.metrics.submissions_recovered.inc();
-            tracing::info!(request_id = %req.request_id, job_id = detail.job_id().unwrap_or(""), "a lost answer had created the job; not submitting again");
-            return Ok(detail);
+            tracing::info!(request_id = %req.request_id, job_id = detail.job_id().unwrap_or(""), "the job exists already; not submitting again");
+            return Ok(Submission::Found(detail));
         }
+        lookout.forced.store(false, Ordering::Relaxed);
+        *lookout.clear_at.lock() = looked_at;
     }
     // A slot among the submissions in flight for this one call: released before any backoff, so a
     // throttled request waiting to retry does not keep another from going.
@@ -284,12 +407,13 @@ async fn try_submit<B: Broker, C: CiApi>(
         Err(e) if e.is_throttled() => Some(true),
         Err(_) => None,
     });
-    outcome.map_err(TryFailed::Submit)
+    outcome.map(Submission::Created).map_err(TryFailed::Submit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pulsar::consume::Position;
     use crate::pulsar::props;
     use crate::result::ResultState;
     use crate::worker::record::{self, Deadline, Record};
@@ -297,20 +421,36 @@ mod tests {
     use crate::worker::test_doubles::*;
     use std::time::{Duration, SystemTime};
 
+    /// A request of a partition this replica has owned all along (nothing suspect).
     fn request_delivery(ctx: &TestContext, payload: impl Into<Vec<u8>>) -> Delivery {
-        delivery(&ctx.settings.pulsar.request_topic, payload)
-    }
-
-    /// A request published before this process started (a restart may have left it half done).
-    fn earlier_delivery(ctx: &TestContext, request_id: &str) -> Delivery {
-        let mut d = request_delivery(ctx, request(request_id));
-        d.publish_time = ctx.recovery.started_at - Duration::from_secs(3600);
+        let d = delivery(&ctx.settings.pulsar.request_topic, payload);
+        let before = Position {
+            entry: d.position.entry - 1,
+            ..d.position
+        };
+        ctx.takeovers.lock().adopt(&d.topic, before);
         d
     }
 
-    /// Messages stored besides the attempt records.
+    /// A request of a partition just taken over from another replica (at start, or when one left).
+    fn taken_over(ctx: &TestContext, request_id: &str) -> Delivery {
+        delivery(&ctx.settings.pulsar.request_topic, request(request_id))
+    }
+
+    /// Messages stored besides the deadline records.
     fn outcomes(ctx: &TestContext) -> usize {
-        ctx.broker.count() - ctx.broker.on(&ctx.settings.pulsar.done_topic).len()
+        ctx.broker.count() - ctx.broker.on(&ctx.settings.pulsar.deadline_topic).len()
+    }
+
+    /// The `UserData` this worker sends for `request_id` once its deadline is the `entry`-th message
+    /// the test broker stored.
+    fn with_deadline(request_id: &str, entry: u64) -> String {
+        let at = DeadlineRef {
+            partition: -1,
+            ledger: 1,
+            entry,
+        };
+        crate::request::marker::encode(request_id, Some(at), Some("mine")).unwrap()
     }
 
     fn deadlines(ctx: &TestContext) -> Vec<Deadline> {
@@ -385,7 +525,12 @@ mod tests {
         assert_eq!(results[0].code, "InvalidParameter");
         assert_eq!(results[0].message, "InvalidParameter (test)");
         assert_eq!(results[0].user_data.as_deref(), Some("mine"));
-        assert!(deadlines(&ctx).is_empty());
+        assert_eq!(deadlines(&ctx).len(), 1, "published before the POST");
+        assert_eq!(
+            cancelled_deadlines(&ctx),
+            [(1, 0)],
+            "and cancelled: there is no job"
+        );
         assert_eq!(ctx.metrics.requests_rejected.get(), 1);
         assert_eq!(ctx.metrics.jobs_submitted.get(), 0);
     }
@@ -410,8 +555,10 @@ mod tests {
             0,
             "nothing is published for a released request"
         );
-        // Throttled each time: no job can exist, so the redelivery need not look for one.
+        // Throttled each time: no job can exist, so the next try need not look for one, and the
+        // deadline is cancelled (the next try publishes its own).
         assert_eq!(ctx.recovery.take_in_doubt("r1"), None);
+        assert_eq!(cancelled_deadlines(&ctx), [(1, 0)]);
     }
 
     #[tokio::test]
@@ -454,10 +601,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn accepted_job_gets_its_submitted_event_and_a_deadline() {
+    async fn accepted_job_gets_its_submitted_event_and_a_deadline_published_before() {
         let ci = ScriptedCi::default()
             .submit_answers(Err(refusal(429, "SlowDown")))
-            .submit_answers(Ok(job("j1", "Submitted", &sent_user_data("r1"))));
+            .submit_answers(Ok(job("j1", "Submitted", &with_deadline("r1", 0))));
         let ctx = context(ci);
         let before = SystemTime::now();
         let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
@@ -478,31 +625,44 @@ mod tests {
         assert_eq!(stored[0].key.as_deref(), Some("r1"));
         assert_eq!(stored[0].properties["job_id"], "j1");
 
+        // The deadline is the first message stored, before CI was asked; the job's marker names it.
         let scheduled = ctx.broker.on(&ctx.settings.pulsar.deadline_topic);
-        assert_eq!(scheduled.len(), 1);
+        assert_eq!(scheduled.len(), 1, "one record, whatever the tries");
         let due = scheduled[0].deliver_at.expect("a delayed message");
-        assert!(due >= before + ctx.settings.worker.job_timeout);
+        // Due times are whole milliseconds.
+        assert!(due + Duration::from_millis(1) >= before + ctx.settings.worker.job_timeout);
         let deadline = &deadlines(&ctx)[0];
         assert_eq!(
             (deadline.request_id.as_str(), deadline.job_id.as_str()),
-            ("r1", "j1")
+            ("r1", ""),
+            "published before the job existed"
         );
         assert_eq!(
-            (deadline.bucket.as_str(), deadline.region.as_str()),
-            (BUCKET, REGION)
+            deadline
+                .lookup
+                .as_ref()
+                .and_then(|l| l.input_object.clone()),
+            JobLookup::of(&valid_request("r1")).input_object
         );
-        assert_eq!(deadline.checks, 0);
-        assert_eq!(&deadline.submitted, event);
+        assert_eq!(deadline.submitted.user_data.as_deref(), Some("mine"));
         let due_ms = due
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as u64;
         assert_eq!(deadline.due_at_ms, due_ms, "delivered when it is due");
+        assert!(cancelled_deadlines(&ctx).is_empty());
         assert_eq!(ctx.metrics.jobs_submitted.get(), 1);
     }
 
+    fn valid_request(request_id: &str) -> ValidRequest {
+        SubmitRequest::parse(request(request_id).as_bytes())
+            .unwrap()
+            .validate(&settings().ci)
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn jobs_submitted_together_share_one_deadline_record() {
+    async fn each_request_gets_a_deadline_record_of_its_own() {
         let mut ci = ScriptedCi::default();
         for i in 0..5 {
             ci = ci.submit_answers(Ok(job(
@@ -512,49 +672,54 @@ mod tests {
             )));
         }
         let ctx = context(ci);
-        let deliveries: Vec<Delivery> = (0..5)
-            .map(|i| request_delivery(&ctx, request(&format!("r{i}"))))
-            .collect();
-        let verdicts = futures::future::join_all(deliveries.iter().map(|d| handle(&ctx, d))).await;
-        assert!(
-            verdicts.iter().all(|v| *v == Disposition::Ack),
-            "{verdicts:?}"
-        );
-        assert_eq!(
-            ctx.broker.on(&ctx.settings.pulsar.deadline_topic).len(),
-            1,
-            "one record"
-        );
-        let mut ids: Vec<String> = deadlines(&ctx).into_iter().map(|d| d.job_id).collect();
+        for i in 0..5 {
+            let d = request_delivery(&ctx, request(&format!("r{i}")));
+            assert_eq!(handle(&ctx, &d).await, Disposition::Ack);
+        }
+        let mut ids: Vec<String> = deadlines(&ctx).into_iter().map(|d| d.request_id).collect();
         ids.sort();
-        assert_eq!(ids, ["j0", "j1", "j2", "j3", "j4"]);
+        assert_eq!(ids, ["r0", "r1", "r2", "r3", "r4"]);
+        assert_eq!(ctx.broker.on(&ctx.settings.pulsar.deadline_topic).len(), 5);
     }
 
     #[tokio::test]
-    async fn unstored_deadline_leaves_the_request_in_doubt_and_its_redelivery_finds_the_job() {
+    async fn request_whose_deadline_cannot_be_stored_is_not_submitted() {
+        let ctx = context(ScriptedCi::default());
+        ctx.broker.refuse(&ctx.settings.pulsar.deadline_topic);
+        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
+        assert!(ctx.ci.calls().is_empty());
+        assert_eq!(outcomes(&ctx), 0);
+    }
+
+    #[tokio::test]
+    async fn unstored_submitted_event_leaves_the_request_in_doubt_and_its_next_try_finds_the_job() {
         let ci = ScriptedCi::default()
-            .submit_answers(Ok(job("j1", "Submitted", &sent_user_data("r1"))))
+            .submit_answers(Ok(job("j1", "Submitted", &with_deadline("r1", 0))))
             .list_answers(Ok(jobs(
                 &[
                     ("j0", "Running", &sent_user_data("r0")),
-                    ("j1", "Submitted", &sent_user_data("r1")),
+                    ("j1", "Submitted", &with_deadline("r1", 0)),
                 ],
                 None,
             )));
         let ctx = context(ci);
-        let deadline_topic = ctx.settings.pulsar.deadline_topic.clone();
-        ctx.broker.refuse(&deadline_topic);
+        let result_topic = ctx.settings.pulsar.result_topic.clone();
+        ctx.broker.refuse(&result_topic);
         let first = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
         assert!(matches!(first, Disposition::Retry(_)), "{first:?}");
 
-        ctx.broker.accept(&deadline_topic);
-        let redelivered = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
-        assert_eq!(redelivered, Disposition::Ack);
+        ctx.broker.accept(&result_topic);
+        let again = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        assert_eq!(again, Disposition::Ack);
         assert_eq!(ctx.ci.calls(), ["submit", "list"], "no second submit");
         assert_eq!(ctx.metrics.submissions_recovered.get(), 1);
-        let deadlines = deadlines(&ctx);
-        assert_eq!(deadlines.len(), 1);
-        assert_eq!(deadlines[0].job_id, "j1");
+        assert_eq!(
+            deadlines(&ctx).len(),
+            1,
+            "the job keeps the deadline it names"
+        );
+        assert!(cancelled_deadlines(&ctx).is_empty());
         assert!(results(&ctx)
             .iter()
             .all(|r| r.job_id.as_deref() == Some("j1") && r.state == ResultState::Submitted));
@@ -583,51 +748,156 @@ mod tests {
         assert_eq!(ctx.recovery.take_in_doubt("r1"), Some(since));
     }
 
-    /// Another replica's attempt record naming `request_id`, as the done reader passes it on.
-    fn attempted_elsewhere(ctx: &TestContext, request_id: &str) {
-        ctx.attempts.observe(&record::Attempt {
-            writer: "another-replica".into(),
-            seq: 1,
-            at_ms: record::now_ms(),
-            requests: vec![request_id.into()],
-        });
+    #[tokio::test(start_paused = true)]
+    async fn request_taken_over_is_looked_for_after_the_grace_and_reuses_the_job() {
+        let ci = ScriptedCi::default().list_answers(Ok(jobs(
+            &[("j1", "Running", &with_deadline("r1", 40))],
+            None,
+        )));
+        let ctx = context(ci);
+        let taken = tokio::time::Instant::now();
+        let verdict = handle(&ctx, &taken_over(&ctx, "r1")).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert!(
+            taken.elapsed() >= ctx.settings.worker.takeover_grace,
+            "the previous owner's POST in flight had the grace to land"
+        );
+        assert_eq!(ctx.ci.calls(), ["list"], "found, not submitted again");
+        assert_eq!(results(&ctx)[0].job_id.as_deref(), Some("j1"));
+        assert!(deadlines(&ctx).is_empty(), "the job has its deadline");
+        assert_eq!(ctx.metrics.submissions_recovered.get(), 1);
     }
 
-    #[tokio::test]
-    async fn request_another_replica_attempted_reuses_the_job_it_created() {
+    #[tokio::test(start_paused = true)]
+    async fn request_taken_over_without_a_job_is_submitted_and_what_follows_is_fresh() {
+        let mut settings = settings();
+        settings.worker.max_in_flight = 1;
+        let window = crate::worker::context::takeover_window(&settings);
+        let mut ci = ScriptedCi::default();
+        for i in 0..window {
+            ci = ci.list_answers(Ok(jobs(&[], None))).submit_answers(Ok(job(
+                &format!("j{i}"),
+                "Submitted",
+                &sent_user_data(&format!("r{i}")),
+            )));
+        }
+        let ci = ci.submit_answers(Ok(job("jf", "Submitted", &sent_user_data("rf"))));
+        let ctx = context_with(settings, ci);
+        let first = taken_over(&ctx, "r0");
+        // The takeover's window is suspect (what the previous owner can have been holding); past
+        // it, requests go straight to CI.
+        for i in 0..=window {
+            let mut next = first.clone();
+            next.position.entry += i as u64;
+            next.held_since = tokio::time::Instant::now();
+            let id = if i < window {
+                format!("r{i}")
+            } else {
+                "rf".into()
+            };
+            next.payload = request(&id).into_bytes();
+            assert_eq!(handle(&ctx, &next).await, Disposition::Ack);
+        }
+        let calls = ctx.ci.calls();
+        assert_eq!(calls.iter().filter(|c| **c == "list").count(), window);
+        assert_eq!(calls.last(), Some(&"submit"));
+        assert_eq!(
+            calls[calls.len() - 2],
+            "submit",
+            "the last was not looked for"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn job_a_previous_owner_saw_finish_is_left_to_the_completion_path() {
+        let ci = ScriptedCi::default().list_answers(Ok(jobs(
+            &[("j1", "Success", &with_deadline("r1", 9))],
+            None,
+        )));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &taken_over(&ctx, "r1")).await;
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["list"]);
+        assert_eq!(
+            ctx.broker.count(),
+            0,
+            "no submitted event after the final, no deadline"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn job_submitted_by_an_older_worker_gets_a_deadline_when_found() {
         let ci = ScriptedCi::default()
             .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
         let ctx = context(ci);
-        attempted_elsewhere(&ctx, "r1");
-        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
+        let verdict = handle(&ctx, &taken_over(&ctx, "r1")).await;
         assert_eq!(verdict, Disposition::Ack);
-        assert_eq!(ctx.ci.calls(), ["list"], "found, not submitted again");
-        assert_eq!(results(&ctx)[0].job_id.as_deref(), Some("j1"));
-        assert_eq!(deadlines(&ctx)[0].job_id, "j1");
+        let deadlines = deadlines(&ctx);
+        assert_eq!(deadlines.len(), 1, "its marker names none");
+        assert_eq!(deadlines[0].job_id, "j1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn request_taken_over_that_cannot_be_checked_is_tried_again_and_stays_in_doubt() {
+        let ci = ScriptedCi::default()
+            .list_answers(Err(refusal(500, "InternalError")))
+            .list_answers(Err(refusal(500, "InternalError")))
+            .list_answers(Err(refusal(500, "InternalError")));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &taken_over(&ctx, "r1")).await;
+        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
+        assert_eq!(ctx.ci.calls(), ["list", "list", "list"]);
+        assert_eq!(ctx.broker.count(), 0);
+        assert!(
+            ctx.recovery.is_in_doubt("r1"),
+            "its next try looks again first"
+        );
+    }
+
+    /// CI down at the takeover: the check is retried with backoff instead of giving the request up
+    /// at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_check_that_fails_once_is_retried_and_finds_the_job() {
+        let ci = ScriptedCi::default()
+            .list_answers(Err(refusal(503, "ServiceUnavailable")))
+            .list_answers(Ok(jobs(
+                &[("j1", "Submitted", &with_deadline("r1", 3))],
+                None,
+            )));
+        let ctx = context(ci);
+        let verdict = handle(&ctx, &taken_over(&ctx, "r1")).await;
+        assert!(matches!(verdict, Disposition::Ack), "{verdict:?}");
+        assert_eq!(ctx.ci.calls(), ["list", "list"], "found, not submitted");
         assert_eq!(ctx.metrics.submissions_recovered.get(), 1);
     }
 
     #[tokio::test]
-    async fn request_another_replica_attempted_without_a_job_is_submitted() {
+    async fn request_held_longer_than_half_the_grace_is_looked_for_before_its_post() {
         let ci = ScriptedCi::default()
             .list_answers(Ok(jobs(&[], None)))
-            .submit_answers(Ok(job("j1", "Submitted", &sent_user_data("r1"))));
+            .submit_answers(Ok(job("j1", "Submitted", &with_deadline("r1", 0))));
         let ctx = context(ci);
-        attempted_elsewhere(&ctx, "r1");
-        attempted_elsewhere(&ctx, "r2");
-        let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
-        assert_eq!(verdict, Disposition::Ack);
+        let mut held = request_delivery(&ctx, request("r1"));
+        held.held_since = tokio::time::Instant::now() - ctx.settings.worker.takeover_grace;
+        assert_eq!(handle(&ctx, &held).await, Disposition::Ack);
         assert_eq!(ctx.ci.calls(), ["list", "submit"]);
-        assert_eq!(results(&ctx)[0].job_id.as_deref(), Some("j1"));
     }
 
     #[tokio::test]
-    async fn request_whose_attempt_cannot_be_recorded_is_not_submitted() {
-        let ctx = context(ScriptedCi::default());
-        ctx.broker.refuse(&ctx.settings.pulsar.done_topic);
+    async fn a_job_found_before_a_retry_keeps_its_own_deadline_and_ours_is_cancelled() {
+        // Throttled, then the partition may have moved while this replica waited: the job the new
+        // owner created names the new owner's deadline.
+        let ci = ScriptedCi::default()
+            .submit_answers(Err(ambiguous()))
+            .list_answers(Ok(jobs(
+                &[("j1", "Running", &with_deadline("r1", 77))],
+                None,
+            )));
+        let ctx = context(ci);
         let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
-        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
-        assert!(ctx.ci.calls().is_empty());
+        assert_eq!(verdict, Disposition::Ack);
+        assert_eq!(ctx.ci.calls(), ["submit", "list"]);
+        assert_eq!(cancelled_deadlines(&ctx), [(1, 0)]);
     }
 
     #[tokio::test]
@@ -635,7 +905,7 @@ mod tests {
         let ci = ScriptedCi::default()
             .submit_answers(Err(ambiguous()))
             .list_answers(Ok(jobs(
-                &[("j1", "Submitted", &sent_user_data("r1"))],
+                &[("j1", "Submitted", &with_deadline("r1", 0))],
                 None,
             )));
         let ctx = context(ci);
@@ -674,89 +944,5 @@ mod tests {
         let verdict = handle(&ctx, &request_delivery(&ctx, request("r1"))).await;
         assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
         assert!(ctx.recovery.take_in_doubt("r1").is_some());
-    }
-
-    #[tokio::test]
-    async fn requests_from_before_a_restart_share_one_scan_and_are_not_submitted_twice() {
-        let ci = ScriptedCi::default()
-            .list_answers(Ok(jobs(
-                &[
-                    ("j0", "Running", &sent_user_data("r0")),
-                    ("j1", "Running", &sent_user_data("r1")),
-                ],
-                None,
-            )))
-            .submit_answers(Ok(job("j2", "Submitted", &sent_user_data("r2"))));
-        let ctx = context(ci);
-        let found = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
-        assert_eq!(found, Disposition::Ack);
-        assert_eq!(ctx.ci.calls(), ["list"]);
-        assert_eq!(results(&ctx)[0].job_id.as_deref(), Some("j1"));
-        assert_eq!(deadlines(&ctx)[0].job_id, "j1");
-
-        // Not in the scan: the earlier process never submitted it.
-        let not_found = handle(&ctx, &earlier_delivery(&ctx, "r2")).await;
-        assert_eq!(not_found, Disposition::Ack);
-        assert_eq!(ctx.ci.calls(), ["list", "submit"], "the scan is shared");
-        assert_eq!(results(&ctx)[1].job_id.as_deref(), Some("j2"));
-        // The scan looks back `worker.recovery_lookback` (plus clock skew) from the start.
-        let queries = ctx.ci.list_queries.lock().unwrap();
-        let since = chrono::DateTime::parse_from_str(
-            queries[0].start_creation_time.as_deref().unwrap(),
-            "%Y-%m-%dT%H:%M:%S%z",
-        )
-        .unwrap();
-        let started: chrono::DateTime<chrono::Utc> = ctx.recovery.started_at.into();
-        let looked_back = started.signed_duration_since(since).num_seconds();
-        let lookback = ctx.settings.worker.recovery_lookback.as_secs() as i64;
-        assert!(
-            (lookback..=lookback + 121).contains(&looked_back),
-            "{looked_back}"
-        );
-    }
-
-    #[tokio::test]
-    async fn job_an_earlier_process_saw_finish_is_left_to_the_completion_path() {
-        let ci = ScriptedCi::default()
-            .list_answers(Ok(jobs(&[("j1", "Success", &sent_user_data("r1"))], None)));
-        let ctx = context(ci);
-        let verdict = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
-        assert_eq!(verdict, Disposition::Ack);
-        assert_eq!(ctx.ci.calls(), ["list"]);
-        assert_eq!(
-            outcomes(&ctx),
-            0,
-            "no submitted event after the final, no deadline"
-        );
-    }
-
-    #[tokio::test]
-    async fn request_from_before_a_restart_that_cannot_be_checked_is_released() {
-        let ci = ScriptedCi::default()
-            .list_answers(Err(refusal(500, "InternalError")))
-            .list_answers(Err(refusal(500, "InternalError")))
-            .list_answers(Err(refusal(500, "InternalError")));
-        let ctx = context(ci);
-        let verdict = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
-        assert!(matches!(verdict, Disposition::Retry(_)), "{verdict:?}");
-        assert_eq!(ctx.ci.calls(), ["list", "list", "list"]);
-        assert_eq!(outcomes(&ctx), 0);
-    }
-
-    /// CI down at start-up: the check is retried with backoff instead of releasing the request at
-    /// once (a release spends one of its redeliveries before the dead-letter topic).
-    #[tokio::test]
-    async fn a_check_that_fails_once_is_retried_and_finds_the_job() {
-        let ci = ScriptedCi::default()
-            .list_answers(Err(refusal(503, "ServiceUnavailable")))
-            .list_answers(Ok(jobs(
-                &[("j1", "Submitted", &sent_user_data("r1"))],
-                None,
-            )));
-        let ctx = context(ci);
-        let verdict = handle(&ctx, &earlier_delivery(&ctx, "r1")).await;
-        assert!(matches!(verdict, Disposition::Ack), "{verdict:?}");
-        assert_eq!(ctx.ci.calls(), ["list", "list"], "found, not submitted");
-        assert_eq!(ctx.metrics.submissions_recovered.get(), 1);
     }
 }

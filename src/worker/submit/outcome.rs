@@ -38,6 +38,24 @@ pub fn submitted(req: &ValidRequest, detail: &JobDetail) -> JobResult {
     result
 }
 
+/// What is known of a request's job before CI answers (the `submitted` event without CI's part):
+/// the base of the deadline published before the job exists.
+pub fn pending(req: &ValidRequest) -> JobResult {
+    let mut result = JobResult::new(ResultState::Submitted);
+    result.request_id = Some(req.request_id.clone());
+    result.user_data = req.user_data.clone();
+    let text = |path: &[&str]| req.ci_job.text_at(path).map(str::to_string);
+    result.tag = text(&["Tag"]);
+    result.queue_id = text(&["QueueId"]);
+    result.input = Some(ObjectRef {
+        bucket: Some(req.bucket.clone()),
+        region: Some(req.region.clone()),
+        object: text(&["Input", "Object"]),
+    });
+    result.output = output_of(&req.ci_job);
+    result
+}
+
 /// A `rejected` result, filled from the request as far as it goes.
 pub fn rejected(req: &SubmitRequest, rejection: &Rejection) -> JobResult {
     let mut result = JobResult::new(ResultState::Rejected);

@@ -1,36 +1,32 @@
-//! Finding a job CI may already have created for a request, so that a retry never submits it twice.
+//! Finding a job CI may already have created for a request, so that no request is submitted twice.
 //!
-//! `POST /jobs` is not idempotent. Two situations leave the worker unsure whether a job exists:
+//! `POST /jobs` is not idempotent. Three situations leave the worker unsure whether a job exists:
 //! - an **ambiguous submit**: the request reached CI but the answer was lost (timeout, reset, garbled
-//!   body). Before retrying, the worker lists the jobs created since the first attempt and looks for
-//!   its correlation marker in `UserData` ([`Recovery::search`]).
-//! - a **restart**: a request published before this process started may have been submitted by the
-//!   previous one (killed before it acknowledged). For those the worker consults one list scan per
-//!   (bucket, region, queue, tag), taken lazily and shared by all such requests ([`Recovery::lookup`]),
-//!   so a backlog after a restart costs a few list calls, not one per request.
+//!   body);
+//! - a **takeover**: the request's partition came to this replica from another one, which may have
+//!   submitted it before it stopped or lost the partition ([`super::takeover`]);
+//! - a request **held long** here: its partition may have moved meanwhile, and the new owner may have
+//!   submitted it.
 //!
-//! - a **possible repeat**: a request another attempt (of any replica) may have submitted, as the
-//!   attempt records tell ([`crate::worker::replica_log::attempts`]): before submitting, the worker looks for the marker
-//!   among the jobs of the request's input object created since that attempt ([`Recovery::search`]).
+//! In each the worker lists the request's jobs created since then (filtered on its input object, CI's
+//! `inputObject`, so usually one call) and looks for the request's id in the correlation marker of
+//! their `UserData` ([`Recovery::search`]). The marker is unique per request id, so a match is the
+//! request's own job. The same search finds the job of a deadline record published before its job
+//! existed ([`crate::worker::deadline`]), from what the record keeps ([`JobLookup`]).
 //!
-//! [`super::check::check_for`] decides which check a request needs. The marker is unique per
-//! request id, so a match is the request's own job.
-//!
-//! A request *in doubt* (released after an ambiguous submit) is remembered here, for its
-//! redelivery; bounded in number and in age (`worker.recovery_lookback`): a redelivery that goes to
-//! another replica never takes it, and that replica learns of the attempt from its record.
+//! A request *in doubt* (released after an ambiguous submit) is remembered here, for its next try;
+//! bounded in number and in age (`worker.recovery_lookback`).
 
 use crate::ci::client::{CiError, ListQuery};
 use crate::ci::response::JobDetail;
-use crate::request::ValidRequest;
+use crate::request::{marker, ValidRequest};
 use crate::worker::bounded::Bounded;
 use crate::worker::io::CiApi;
 use crate::worker::pace::ci_calls::{self, CiCalls};
+pub use crate::worker::record::JobLookup;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::sync::OnceCell;
 
 /// Pages of 100 jobs one scan reads at most (bounds the cost of a recovery).
 const MAX_PAGES: usize = 50;
@@ -39,18 +35,8 @@ const SKEW: Duration = Duration::from_secs(120);
 /// Requests in doubt remembered at most (the oldest is forgotten first).
 const IN_DOUBT_MAX: usize = 100_000;
 
-type ScanKey = (String, String, Option<String>, String);
-type Scan = HashMap<String, JobDetail>;
-/// A scan taken once for every request that needs it (`None`: it failed).
-type SharedScan = Arc<OnceCell<Option<Scan>>>;
-
-/// Restart recovery state: when this process started and the scans taken since.
+/// Recovery state: the requests in doubt and the media queues learnt.
 pub struct Recovery {
-    pub started_at: SystemTime,
-    /// How far back a restart scan looks (`worker.job_timeout_max` bounds what can still be pending).
-    pub lookback: Duration,
-    /// Per queue: when the scan was asked for, and the scan.
-    scans: Mutex<HashMap<ScanKey, (SystemTime, SharedScan)>>,
     /// Requests released while a job may exist for them, with their first attempt's time.
     in_doubt: Mutex<Bounded<String, SystemTime>>,
     /// Per (bucket, region): the media queue CI runs jobs in that name none, once learnt.
@@ -60,9 +46,6 @@ pub struct Recovery {
 impl Recovery {
     pub fn new(lookback: Duration) -> Recovery {
         Recovery {
-            started_at: SystemTime::now(),
-            lookback,
-            scans: Mutex::new(HashMap::new()),
             in_doubt: Mutex::new(Bounded::new(IN_DOUBT_MAX, Some(lookback))),
             default_queues: Mutex::new(HashMap::new()),
         }
@@ -73,6 +56,11 @@ impl Recovery {
         self.in_doubt
             .lock()
             .insert(request_id.to_string(), first_attempt);
+    }
+
+    /// Whether `request_id` is in doubt (a job of an earlier try of this replica may exist).
+    pub fn is_in_doubt(&self, request_id: &str) -> bool {
+        self.in_doubt.lock().contains(request_id)
     }
 
     /// If `request_id` is in doubt: since when (and it no longer is, until put back).
@@ -89,16 +77,17 @@ impl Recovery {
         &self,
         ci: &impl CiApi,
         calls: &CiCalls,
-        req: &ValidRequest,
+        job: &JobAt<'_>,
     ) -> Option<String> {
-        if let Some(queue) = text_at(req, &["QueueId"]) {
-            return Some(queue);
+        if let Some(queue) = &job.lookup.queue_id {
+            return Some(queue.clone());
         }
-        let key = (req.bucket.clone(), req.region.clone());
+        let req = job;
+        let key = (req.bucket.to_string(), req.region.to_string());
         if let Some(known) = self.default_queues.lock().get(&key).cloned() {
             return known.clone();
         }
-        match ci_calls::timed(calls, "queues", ci.queues(&req.bucket, &req.region)).await {
+        match ci_calls::timed(calls, "queues", ci.queues(req.bucket, req.region)).await {
             Ok(queues) => {
                 let default = queues
                     .iter()
@@ -116,98 +105,72 @@ impl Recovery {
         }
     }
 
-    /// Looks for `req`'s job among those created since `since`.
+    /// Looks for the job of `job.request_id` among those created since `since`.
     pub async fn search(
+        &self,
+        ci: &impl CiApi,
+        calls: &CiCalls,
+        job: &JobAt<'_>,
+        since: SystemTime,
+    ) -> Result<Option<JobDetail>, CiError> {
+        let queue = self.queue_for(ci, calls, job).await;
+        scan(ci, calls, job, queue, since).await
+    }
+
+    /// [`Recovery::search`] for `req`'s job.
+    pub async fn search_request(
         &self,
         ci: &impl CiApi,
         calls: &CiCalls,
         req: &ValidRequest,
         since: SystemTime,
     ) -> Result<Option<JobDetail>, CiError> {
-        let wanted = marker(req);
-        let queue = self.queue_for(ci, calls, req).await;
-        Ok(scan(ci, calls, req, queue, since, Some(&wanted))
-            .await?
-            .remove(&wanted))
-    }
-
-    /// The job an earlier process created for `req`, from the shared scan of its queue, taken after
-    /// `not_before` (a scan older than that is taken again: attempts up to then may be unknown to
-    /// the attempt records). `Err` when CI cannot be listed (the caller retries later rather than
-    /// risk a duplicate).
-    pub async fn lookup(
-        &self,
-        ci: &impl CiApi,
-        calls: &CiCalls,
-        req: &ValidRequest,
-        not_before: SystemTime,
-    ) -> Result<Option<JobDetail>, CiError> {
-        let key = scan_key(req);
-        let cell = {
-            let mut scans = self.scans.lock();
-            let entry = scans
-                .entry(key)
-                .or_insert_with(|| (SystemTime::now(), Arc::default()));
-            if entry.0 < not_before {
-                *entry = (SystemTime::now(), Arc::default());
-            }
-            entry.1.clone()
+        let lookup = JobLookup::of(req);
+        let job = JobAt {
+            request_id: &req.request_id,
+            bucket: &req.bucket,
+            region: &req.region,
+            lookup: &lookup,
         };
-        let since = self.started_at - self.lookback;
-        let scan = cell
-            .get_or_init(|| async {
-                let queue = self.queue_for(ci, calls, req).await;
-                scan(ci, calls, req, queue, since, None).await.ok()
-            })
-            .await;
-        match scan {
-            Some(found) => Ok(found.get(&marker(req)).cloned()),
-            None => {
-                // A failed scan is not cached: forget it so the next request tries again.
-                self.scans.lock().remove(&scan_key(req));
-                Err(CiError::Protocol(
-                    "could not list jobs to check for an earlier submission".into(),
-                ))
-            }
+        self.search(ci, calls, &job, since).await
+    }
+}
+
+/// Where a request's job is and what finds it in CI's list.
+#[derive(Debug, Clone, Copy)]
+pub struct JobAt<'a> {
+    pub request_id: &'a str,
+    pub bucket: &'a str,
+    pub region: &'a str,
+    pub lookup: &'a JobLookup,
+}
+
+impl JobLookup {
+    /// What finds `req`'s job.
+    pub fn of(req: &ValidRequest) -> JobLookup {
+        let text = |path: &[&str]| req.ci_job.text_at(path).map(str::to_string);
+        JobLookup {
+            queue_id: text(&["QueueId"]),
+            tag: text(&["Tag"]).unwrap_or_default(),
+            input_object: text(&["Input", "Object"]),
         }
     }
 }
 
-fn scan_key(req: &ValidRequest) -> ScanKey {
-    (
-        req.bucket.clone(),
-        req.region.clone(),
-        text_at(req, &["QueueId"]),
-        text_at(req, &["Tag"]).unwrap_or_default(),
-    )
-}
-
-/// The `UserData` the worker sent for `req` (marker plus the caller's data).
-fn marker(req: &ValidRequest) -> String {
-    text_at(req, &["Operation", "UserData"]).unwrap_or_default()
-}
-
-fn text_at(req: &ValidRequest, path: &[&str]) -> Option<String> {
-    req.ci_job.text_at(path).map(str::to_string)
-}
-
-/// Lists the jobs of `req`'s bucket, queue and tag created since `since`, keyed by their `UserData`;
-/// stops early once `stop_at` is found. Looking for one request's marker, the list is filtered on the
-/// request's input object (CI's `inputObject`, an exact match), so it usually takes one call
-/// whatever the queue holds.
+/// Lists the jobs of the request's bucket, queue, tag and input object created since `since` and
+/// returns the one whose marker names the request.
 async fn scan(
     ci: &impl CiApi,
     calls: &CiCalls,
-    req: &ValidRequest,
+    job: &JobAt<'_>,
     queue: Option<String>,
     since: SystemTime,
-    stop_at: Option<&str>,
-) -> Result<Scan, CiError> {
+) -> Result<Option<JobDetail>, CiError> {
     let since: chrono::DateTime<chrono::Utc> = (since - SKEW).into();
     let mut query = ListQuery {
         queue_id: queue,
-        tag: text_at(req, &["Tag"]).unwrap_or_default(),
-        input_object: stop_at.and_then(|_| text_at(req, &["Input", "Object"])),
+        tag: job.lookup.tag.clone(),
+        input_object: job.lookup.input_object.clone(),
         states: Some("All".into()),
         order_by_time: Some("Desc".into()),
         size: Some(100),
@@ -215,29 +178,20 @@ async fn scan(
         start_creation_time: Some(since.format("%Y-%m-%dT%H:%M:%S%z").to_string()),
         end_creation_time: None,
     };
-    let mut found = Scan::new();
     for _ in 0..MAX_PAGES {
-        let page =
-            ci_calls::timed(calls, "list", ci.list(&req.bucket, &req.region, &query)).await?;
-        for job in page.jobs {
-            if let Some(user_data) = job.user_data().map(str::to_string) {
-                let hit = stop_at == Some(user_data.as_str());
-                // Kept for the life of the process: without the media trees (37 → 212 MiB of RSS
-                // with them, for a queue of 10,000 finished jobs).
-                found
-                    .entry(user_data)
-                    .or_insert_with(|| job.without_media());
-                if hit {
-                    return Ok(found);
-                }
-            }
+        let page = ci_calls::timed(calls, "list", ci.list(job.bucket, job.region, &query)).await?;
+        let mine = page.jobs.into_iter().find(|found| {
+            marker::decode(found.user_data()).request_id.as_deref() == Some(job.request_id)
+        });
+        if mine.is_some() {
+            return Ok(mine);
         }
         match page.next_token {
             Some(token) => query.next_token = Some(token),
             None => break,
         }
     }
-    Ok(found)
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -247,7 +201,7 @@ mod tests {
     use crate::request::SubmitRequest;
     use crate::worker::pace::ci_calls::CiCalls;
     use crate::worker::test_doubles::*;
-    use std::time::UNIX_EPOCH;
+    use std::sync::Arc;
 
     fn calls() -> CiCalls {
         CiCalls::unpaced(Arc::new(crate::telemetry::Metrics::new()))
@@ -273,7 +227,7 @@ mod tests {
             )));
         let since = SystemTime::now() - Duration::from_secs(60);
         let found = Recovery::new(Duration::from_secs(3600))
-            .search(&ci, &calls(), &valid("r1"), since)
+            .search_request(&ci, &calls(), &valid("r1"), since)
             .await
             .unwrap();
         assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
@@ -284,7 +238,7 @@ mod tests {
         assert_eq!(queries[0].tag, "DigitalWatermark");
         assert_eq!(
             queries[0].input_object,
-            text_at(&valid("r1"), &["Input", "Object"]),
+            JobLookup::of(&valid("r1")).input_object,
             "only the request's input object"
         );
         assert!(queries[0].input_object.is_some());
@@ -296,67 +250,11 @@ mod tests {
         let ci = ScriptedCi::default()
             .list_answers(Ok(jobs(&[("j0", "Success", &sent_user_data("r0"))], None)));
         let found = Recovery::new(Duration::from_secs(3600))
-            .search(&ci, &calls(), &valid("r1"), SystemTime::now())
+            .search_request(&ci, &calls(), &valid("r1"), SystemTime::now())
             .await
             .unwrap();
         assert!(found.is_none());
         assert_eq!(ci.calls(), ["list"]);
-    }
-
-    #[tokio::test]
-    async fn failed_restart_scan_is_not_kept() {
-        let ci = ScriptedCi::default()
-            .list_answers(Err(refusal(503, "ServiceUnavailable")))
-            .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
-        let ci_calls = calls();
-        let recovery = Recovery::new(Duration::from_secs(3600));
-        assert!(recovery
-            .lookup(&ci, &ci_calls, &valid("r1"), UNIX_EPOCH)
-            .await
-            .is_err());
-        let found = recovery
-            .lookup(&ci, &ci_calls, &valid("r1"), UNIX_EPOCH)
-            .await
-            .unwrap();
-        assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
-        // The successful scan is kept for every later request of the queue.
-        assert!(recovery
-            .lookup(&ci, &ci_calls, &valid("r2"), UNIX_EPOCH)
-            .await
-            .unwrap()
-            .is_none());
-        assert_eq!(ci.calls(), ["list", "list"]);
-    }
-
-    #[tokio::test]
-    async fn a_scan_older_than_what_may_be_unknown_is_taken_again() {
-        let ci = ScriptedCi::default()
-            .list_answers(Ok(jobs(&[], None)))
-            .list_answers(Ok(jobs(&[("j1", "Running", &sent_user_data("r1"))], None)));
-        let ci_calls = calls();
-        let recovery = Recovery::new(Duration::from_secs(3600));
-        let before = SystemTime::now();
-        assert!(recovery
-            .lookup(
-                &ci,
-                &ci_calls,
-                &valid("r1"),
-                before - Duration::from_secs(1)
-            )
-            .await
-            .unwrap()
-            .is_none());
-        let found = recovery
-            .lookup(
-                &ci,
-                &ci_calls,
-                &valid("r1"),
-                SystemTime::now() + Duration::from_secs(1),
-            )
-            .await
-            .unwrap();
-        assert_eq!(found.as_ref().and_then(|j| j.job_id()), Some("j1"));
-        assert_eq!(ci.calls(), ["list", "list"]);
     }
 
     fn queue(queue_id: &str, state: &str) -> QueueInfo {
@@ -373,7 +271,7 @@ mod tests {
         let ci_calls = calls();
         for id in ["r1", "r2"] {
             recovery
-                .search(ci, &ci_calls, &valid(id), SystemTime::now())
+                .search_request(ci, &ci_calls, &valid(id), SystemTime::now())
                 .await
                 .unwrap();
         }

@@ -105,6 +105,26 @@ impl Takeovers {
     }
 }
 
+impl Takeovers {
+    /// Takes `topic` as this replica's since before `last`, with nothing suspect: for tests of what
+    /// follows the classification.
+    #[cfg(test)]
+    pub fn adopt(&mut self, topic: &str, last: Position) {
+        self.next_id += 1;
+        self.partitions.insert(
+            topic.to_string(),
+            Partition {
+                last,
+                takeover: Takeover {
+                    id: self.next_id,
+                    at: Instant::now(),
+                },
+                suspect_left: 0,
+            },
+        );
+    }
+}
+
 /// Whether `next` is the delivery right after `last` for one owner: the next message of the same
 /// batch, or the first of the next entry in the same ledger.
 fn follows(last: Position, next: Position) -> bool {

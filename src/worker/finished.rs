@@ -1,12 +1,13 @@
-//! Jobs whose final result is out, published here or (as their done records say) by another
-//! replica: duplicate completion events (CI, like any at-least-once producer, may deliver one twice)
-//! and deadline checks of jobs that already finished are recognized here and produce no second final
-//! result.
+//! Jobs whose final result this replica published: duplicate completion events (CI, like any
+//! at-least-once producer, may deliver one twice) and deadline checks of jobs that already finished
+//! are recognized here and produce no second final result. Copies of a job's event all reach the
+//! same replica (the callback subscription is Key_Shared by job id), so a memory of its own is
+//! enough: no replica needs to hear of another's finals.
 //!
 //! Bounded: the oldest entries are forgotten first. Duplicates arrive close together, so a window of
 //! the last [`CAPACITY`] jobs covers them; a duplicate older than that, or one reaching another
-//! replica before its done record, yields a repeated result with the same final state (results are
-//! at-least-once).
+//! replica after the job id's hash range moved (a replica joined or left in between), yields a
+//! repeated result with the same final state (results are at-least-once).
 //!
 //! Jobs are remembered by a 64-bit keyed hash of their id, not the id itself: no allocation per
 //! event on the completion path once the window is full, and ~8 MB instead of ~30 MB. Two ids of the window
