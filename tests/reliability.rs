@@ -370,22 +370,22 @@ async fn lost_callbacks_are_found_by_deadlines_across_a_restart() {
     }
 }
 
-/// 5b. With two replicas, a finished job's deadline meets the job's `done` record on whichever replica
-///     holds it: no job is described for nothing and no final result is published twice.
+/// 5b. With two replicas on a two-partition request topic, every job's deadline record is
+///     cancelled by whichever replica finishes the job: none is delivered, no job is described for
+///     nothing, no final result is published twice, and the replicas never read each other's records.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
-    let deadline_topic = common::unique_topic("deadlines");
+    const JOB_TIMEOUT: Duration = Duration::from_secs(10);
     let mut stack = Stack::new("replicas");
     stack.env.extend([
         ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "200".into()),
-        ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "10s".into()),
         (
-            "CI_WORKER__PULSAR__DEADLINE_TOPIC".into(),
-            deadline_topic.clone(),
+            "CI_WORKER__WORKER__JOB_TIMEOUT".into(),
+            format!("{}s", JOB_TIMEOUT.as_secs()),
         ),
-        // A small prefetch, so that one replica cannot take every request before the other starts.
         ("CI_WORKER__WORKER__MAX_IN_FLIGHT".into(), "4".into()),
     ]);
+    stack.partition_topics(2).await;
     stack.start_emulator().await;
     let mut results = stack.follow(&stack.topics.result).await;
     stack.start_worker();
@@ -395,56 +395,61 @@ async fn deadlines_of_finished_jobs_cost_nothing_across_replicas() {
         let ready = format!("http://127.0.0.1:{port}/readyz");
         stack::wait_status(&ready, 200, Duration::from_secs(60)).await;
     }
+    stack
+        .await_consumers(
+            &stack.topics.request,
+            "ci-worker",
+            2,
+            Duration::from_secs(60),
+        )
+        .await;
     let ids = publish_requests(&stack, "replica", 100, |id| format!("in/{id}.mp4")).await;
     let mut seen = collect(&mut results, Duration::from_secs(120), |s| {
         all_final(s, &ids)
     })
     .await;
-    // Every deadline has come due and been handled once the subscription holds nothing more.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let deadline_topic = &stack.topics.deadline;
+    // Every record cancelled: the subscription holds none, long before any is due.
+    let cancelled_by = tokio::time::Instant::now() + JOB_TIMEOUT / 2;
     loop {
-        let body = common::topic_stats(&deadline_topic).await;
-        let backlog = body["subscriptions"]["ci-worker"]["msgBacklog"].as_i64();
-        if backlog == Some(0) {
+        let body = common::topic_stats(deadline_topic).await;
+        if body["subscriptions"]["ci-worker"]["msgBacklog"].as_i64() == Some(0) {
             break;
         }
         assert!(
-            tokio::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < cancelled_by,
             "deadlines still pending: {body}"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    seen.extend(collect(&mut results, Duration::from_secs(5), |_| true).await);
+    // Past the time every record was due: none was delivered.
+    tokio::time::sleep(JOB_TIMEOUT).await;
+    seen.extend(collect(&mut results, Duration::from_secs(2), |_| true).await);
     let map = by_request(&seen);
     for id in &ids {
         assert_eq!(finals(&map[id]), ["succeeded"], "{id}");
     }
-    // Under TDMQ's rules: a Shared subscription (the only kind TDMQ delays messages on), records
-    // shared by jobs submitted together, and each replica reading every done record on its own.
-    let deadlines = common::topic_stats(&deadline_topic).await;
+    // Under TDMQ's rules: a Shared subscription (the only kind TDMQ delays messages on), one record
+    // per request, published before its job existed.
+    let deadlines = common::topic_stats(deadline_topic).await;
+    let sub = &deadlines["subscriptions"]["ci-worker"];
+    assert_eq!(sub["type"], "Shared", "{deadlines}");
     assert_eq!(
-        deadlines["subscriptions"]["ci-worker"]["type"], "Shared",
-        "{deadlines}"
+        deadlines["msgInCounter"].as_u64(),
+        Some(ids.len() as u64),
+        "one record per request: {deadlines}"
     );
-    let records = deadlines["msgInCounter"].as_u64().unwrap();
-    assert!(
-        records > 0 && records < ids.len() as u64,
-        "{records} deadline records for {} jobs",
-        ids.len()
+    assert_eq!(
+        sub["msgOutCounter"].as_u64(),
+        Some(0),
+        "none delivered: {deadlines}"
     );
-    let done = common::topic_stats(&stack.topics.done).await;
-    let readers = done["subscriptions"].as_object().unwrap();
-    assert_eq!(readers.len(), 2, "one per replica: {done}");
-    for (name, sub) in readers {
-        assert_eq!(sub["type"], "Exclusive", "{name}");
-        assert_eq!(sub["isDurable"], false, "{name}");
-    }
     let first_metrics = metrics(stack.worker_http_port).await;
     let second_metrics = metrics(second_port).await;
     for m in [&first_metrics, &second_metrics] {
         assert_eq!(metric(m, "ci_worker_deadline_checks_total"), 0.0, "{m}");
     }
-    // Both replicas took part.
+    // Both replicas took part: each owns a partition of the requests.
     assert!(metric(&first_metrics, "ci_worker_requests_consumed_total") > 0.0);
     assert!(metric(&second_metrics, "ci_worker_requests_consumed_total") > 0.0);
     second.kill().unwrap();

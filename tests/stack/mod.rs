@@ -41,11 +41,9 @@ pub struct Topics {
     pub callback: String,
     pub result: String,
     pub dead_letter: String,
-    /// Deadlines and done records: a topic of the stack's own, so deadlines left on a long-lived
-    /// broker by earlier runs (whose emulators are gone) never reach this stack's worker.
+    /// Deadlines: a topic of the stack's own, so deadlines left on a long-lived broker by earlier
+    /// runs (whose emulators are gone) never reach this stack's worker.
     pub deadline: String,
-    /// Done records, likewise the stack's own.
-    pub done: String,
     /// `MqName` the worker sends to CI; the emulator publishes to `persistent://public/default/<it>`.
     pub mq_name: String,
 }
@@ -60,7 +58,6 @@ impl Topics {
             result: format!("persistent://public/default/{prefix}-results-{id}"),
             dead_letter: format!("persistent://public/default/{prefix}-dlq-{id}"),
             deadline: format!("persistent://public/default/{prefix}-deadlines-{id}"),
-            done: format!("persistent://public/default/{prefix}-done-{id}"),
             mq_name,
         }
     }
@@ -123,7 +120,6 @@ impl Stack {
                 t.dead_letter.clone(),
             ),
             ("CI_WORKER__PULSAR__DEADLINE_TOPIC", t.deadline.clone()),
-            ("CI_WORKER__PULSAR__DONE_TOPIC", t.done.clone()),
             ("CI_WORKER__CI__MQ_NAME", t.mq_name.clone()),
             (
                 "CI_WORKER__CI__ENDPOINT",
@@ -344,12 +340,12 @@ impl Stack {
         }
     }
 
-    /// Creates the request, callback, result and deadline topics with `n` partitions each, before
-    /// any process of the stack uses them. The done topic stays unpartitioned (each replica reads
-    /// all of it on a subscription of its own).
+    /// Creates the request, callback and result topics with `n` partitions each, before any process
+    /// of the stack uses them. The deadline topic stays unpartitioned (the worker refuses one: a
+    /// job's marker names its deadline record by ledger and entry).
     pub async fn partition_topics(&self, n: u32) {
         let t = &self.topics;
-        for topic in [&t.request, &t.callback, &t.result, &t.deadline] {
+        for topic in [&t.request, &t.callback, &t.result] {
             common::create_partitioned_topic(topic, n).await;
         }
     }

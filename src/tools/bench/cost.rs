@@ -1,8 +1,8 @@
 //! The `cost` and `soak` sections: what a job costs the broker at steady request rates with several
 //! replicas, and what a long run with replicas killed now and then leaves behind.
 //!
-//! Both run the same stage: fresh topics (`--cost-partitions` N > 0 makes the request, callback,
-//! result and deadline topics partitioned; the done topic never is), an emulator answering every CI
+//! Both run the same stage: fresh topics (`--cost-partitions` N > 0, 8 by default, makes the
+//! request, callback and result topics partitioned; the deadline topic never is), an emulator answering every CI
 //! call after `--cost-ci-latency-ms` and finishing jobs after
 //! [`JOB_DURATION_MS`](super::messages::JOB_DURATION_MS), events on the Pulsar callback topic,
 //! R replicas of `ci-worker run` on the same subscriptions with `worker.job_timeout =
@@ -50,10 +50,9 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(100);
 /// The publisher fell short of the rate asked for when it achieved less than this share of it.
 const SUSTAINED: f64 = 0.95;
-/// From every replica's consumer on the request subscription to the first request. A worker lists
-/// CI's jobs once (its restart scan) for requests published within 2 s (its allowance for clock skew)
-/// of its start, as possibly submitted by an earlier process; the wait keeps that start-up call out
-/// of the per-request figures.
+/// From every replica's consumer on the request subscription to the first request: the consumers
+/// settle on their partitions (Failover moves a partition 1 s after a consumer joins) before anything
+/// is counted.
 const START_QUIET: Duration = Duration::from_secs(3);
 
 /// One topic's share of a cell, per job.
@@ -308,12 +307,7 @@ impl Bench {
         let o = self.opts.cost.clone();
         let topics = self.worker_topics(None);
         if o.cost_partitions > 0 {
-            for t in [
-                &topics.request,
-                &topics.callback,
-                &topics.result,
-                &topics.deadline,
-            ] {
+            for t in [&topics.request, &topics.callback, &topics.result] {
                 self.create_partitioned(t, o.cost_partitions).await?;
             }
         }

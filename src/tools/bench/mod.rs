@@ -197,9 +197,10 @@ pub struct CostOptions {
     /// The emulator's `latency_ms` in the cost and soak sections (every CI call answered after it).
     #[arg(long, default_value_t = 20)]
     pub cost_ci_latency_ms: u64,
-    /// Partitions of the request, callback, result and deadline topics in the cost and soak sections
-    /// (0: plain topics; the done topic is never partitioned).
-    #[arg(long, default_value_t = 0)]
+    /// Partitions of the request, callback and result topics in the cost and soak sections (0: plain
+    /// topics; the deadline topic is never partitioned). Requests are shared by partition (one
+    /// replica reads each), so the default gives every replica count of the default matrix a share.
+    #[arg(long, default_value_t = 8)]
     pub cost_partitions: u32,
     /// Requests per second of the soak section.
     #[arg(long, default_value_t = 50)]

@@ -181,7 +181,9 @@ impl Lookout {
             ctx.takeovers.lock().observe(
                 &delivery.topic,
                 delivery.position,
+                delivery.publish_time,
                 std::time::Instant::now(),
+                SystemTime::now(),
             )
         });
         let suspect = match seen {

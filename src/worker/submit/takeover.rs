@@ -11,12 +11,20 @@
 //! gap or a new ledger (someone else consumed in between, or the ledger rolled over: a lookup more, never
 //! one missed). From such a **takeover** the next `window` deliveries of the partition are
 //! [`Delivery::Suspect`]: everything the previous owner can have been holding. The rest are fresh.
+//! So is every delivery published more than [`PUBLISH_SKEW`] after the takeover was noticed, and
+//! the window ends there: the partition was this replica's by then, so the broker never gave that
+//! message (nor, in publish order, the ones after it) to anyone else. A partition that was idle when
+//! it moved thus costs a check only for what was published in the first moments.
 //!
-//! Pure: the caller passes the clock.
+//! Pure: the caller passes the clocks.
 
 pub use crate::pulsar::consume::Position;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Clock difference allowed between the pipeline's producers (a message's publish time is theirs)
+/// and the worker's hosts.
+pub const PUBLISH_SKEW: Duration = Duration::from_secs(2);
 
 /// One takeover of one partition: the suspect deliveries that follow it share its lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +33,8 @@ pub struct Takeover {
     pub id: u64,
     /// When it was noticed; the lookup waits `worker.takeover_grace` from here.
     pub at: Instant,
+    /// The same, by the wall clock (to compare publish times with).
+    pub noticed: SystemTime,
 }
 
 /// What a delivery is.
@@ -64,19 +74,31 @@ impl Takeovers {
     }
 
     /// Classifies a delivery of `topic` (a partition's topic name, or the topic when it is not
-    /// partitioned) at `position`.
-    pub fn observe(&mut self, topic: &str, position: Position, now: Instant) -> Delivery {
+    /// partitioned) at `position`, published at `published` (the producer's clock); `now` and `wall`
+    /// are this host's clocks.
+    pub fn observe(
+        &mut self,
+        topic: &str,
+        position: Position,
+        published: SystemTime,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Delivery {
         let window = self.window;
         let mut new_takeover = || {
             self.next_id += 1;
             Takeover {
                 id: self.next_id,
                 at: now,
+                noticed: wall,
             }
         };
         match self.partitions.get_mut(topic) {
             Some(p) if follows(p.last, position) => {
                 p.last = position;
+                if p.suspect_left > 0 && published > p.takeover.noticed + PUBLISH_SKEW {
+                    p.suspect_left = 0;
+                }
                 if p.suspect_left == 0 {
                     return Delivery::Fresh;
                 }
@@ -118,6 +140,7 @@ impl Takeovers {
                 takeover: Takeover {
                     id: self.next_id,
                     at: Instant::now(),
+                    noticed: SystemTime::now(),
                 },
                 suspect_left: 0,
             },
@@ -149,14 +172,18 @@ mod tests {
         }
     }
 
+    /// Classifies deliveries of messages published long ago.
     fn kinds(t: &mut Takeovers, topic: &str, positions: &[Position]) -> Vec<Option<u64>> {
         let now = Instant::now();
+        let wall = SystemTime::now();
         positions
             .iter()
-            .map(|p| match t.observe(topic, *p, now) {
-                Delivery::Fresh => None,
-                Delivery::Suspect(takeover) => Some(takeover.id),
-            })
+            .map(
+                |p| match t.observe(topic, *p, SystemTime::UNIX_EPOCH, now, wall) {
+                    Delivery::Fresh => None,
+                    Delivery::Suspect(takeover) => Some(takeover.id),
+                },
+            )
             .collect()
     }
 
@@ -220,5 +247,22 @@ mod tests {
             kinds(&mut t, "p", &[at(1, 0), at(1, 1), at(1, 2), at(1, 3)]),
             [Some(2), Some(2), Some(2), None]
         );
+    }
+
+    #[test]
+    fn what_was_published_after_the_takeover_is_fresh_and_ends_the_window() {
+        let mut t = Takeovers::new(10);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut see = |entry, published| match t.observe("p", at(1, entry), published, now, wall) {
+            Delivery::Fresh => None,
+            Delivery::Suspect(takeover) => Some(takeover.id),
+        };
+        let before = wall - Duration::from_secs(60);
+        let within_skew = wall + PUBLISH_SKEW;
+        let after = wall + PUBLISH_SKEW + Duration::from_millis(1);
+        assert_eq!(see(0, before), Some(1));
+        assert_eq!(see(1, within_skew), Some(1), "may predate the takeover");
+        assert_eq!(see(2, after), None);
+        assert_eq!(see(3, before), None, "the window ended");
     }
 }
