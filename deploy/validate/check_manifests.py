@@ -279,6 +279,18 @@ def check_render(name: str, path: Path, defaults: dict, binary: str | None, metr
         check(1 <= spec.get("minReplicaCount", 0) <= spec.get("maxReplicaCount", 100),
               f"{p} ScaledObject 1 ≤ minReplicaCount ≤ maxReplicaCount",
               "the worker also consumes completion events: keep at least one replica")
+        partitions = so["metadata"].get("annotations", {}).get("ci-worker/request-topic-partitions")
+        if check(partitions is not None and partitions.isdigit(),
+                 f"{p} ScaledObject names the request topic's partitions (ci-worker/request-topic-partitions)",
+                 "requests are shared by partition: say how many there are"):
+            check(spec.get("maxReplicaCount", 100) <= max(int(partitions), 1),
+                  f"{p} maxReplicaCount ≤ the request topic's partitions ({partitions})",
+                  "a replica beyond the partition count owns no requests")
+            for trig in spec["triggers"]:
+                if trig["type"] == "pulsar":
+                    check(trig["metadata"].get("isPartitionedTopic") == ("true" if int(partitions) > 0 else "false"),
+                          f"{p} pulsar trigger's isPartitionedTopic matches the partitions",
+                          f"{trig['metadata'].get('isPartitionedTopic')} vs {partitions} partitions")
         if "replicas" in dep["spec"]:
             check(False, f"{p} Deployment leaves spec.replicas to KEDA", "remove spec.replicas")
         for trig in spec["triggers"]:

@@ -16,7 +16,8 @@
 //!
 //! `tdmq_delivery = "pulsar"` (a bridge setup): published to the Pulsar topic
 //! `emulator.callback_topic_template` names, with `{MqName}`, `{MqRegion}` and `{MqMode}`
-//! substituted — no key, no properties (CI documents none). The Pulsar client is connected on first
+//! substituted, keyed by the job id as the README asks of a bridge (so that every copy of a job's
+//! event reaches the same replica), no properties (CI documents none). The Pulsar client is connected on first
 //! use, so the API serves even while the broker is down; failed publishes are retried with backoff (a
 //! broker restart is survived) for up to [`TDMQ_DEADLINE`], then logged and dropped.
 //!
@@ -146,9 +147,10 @@ impl Deliverer {
         }
     }
 
-    async fn publish_once(&self, topic: &str, body: &[u8]) -> Result<(), String> {
+    async fn publish_once(&self, topic: &str, key: &str, body: &[u8]) -> Result<(), String> {
         let (generation, publisher) = self.publisher().await?;
-        match publisher.publish(topic, Outgoing::new(body.to_vec())).await {
+        let msg = Outgoing::new(body.to_vec()).with_key(key.to_string());
+        match publisher.publish(topic, msg).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.reset(generation).await;
@@ -205,7 +207,10 @@ pub(crate) async fn deliver(deliverer: &Deliverer, faults: &Faults, notices: &No
                 label: format!("cmq:{}", mq.name),
                 queue: mq.name.clone(),
             },
-            TdmqDelivery::Pulsar => Target::Topic(topic_for(&deliverer.topic_template, mq)),
+            TdmqDelivery::Pulsar => Target::Topic {
+                topic: topic_for(&deliverer.topic_template, mq),
+                key: job.id.clone(),
+            },
         },
     };
     let (body, content_type) = completion_body(&job);
@@ -238,7 +243,11 @@ pub(crate) async fn deliver(deliverer: &Deliverer, faults: &Faults, notices: &No
 }
 
 enum Target {
-    Topic(String),
+    /// A Pulsar topic, and the key of what is published there (the job id).
+    Topic {
+        topic: String,
+        key: String,
+    },
     Url(String),
     /// A CMQ queue; `label` is `cmq:<queue>`, the notices' and the log's name for it.
     Queue {
@@ -250,7 +259,7 @@ enum Target {
 impl Target {
     fn name(&self) -> &str {
         match self {
-            Target::Topic(t) | Target::Url(t) => t,
+            Target::Topic { topic: t, .. } | Target::Url(t) => t,
             Target::Queue { label, .. } => label,
         }
     }
@@ -268,9 +277,9 @@ async fn deliver_one(
     loop {
         attempt += 1;
         let result = match target {
-            Target::Topic(topic) => {
+            Target::Topic { topic, key } => {
                 let remaining = TDMQ_DEADLINE.saturating_sub(started.elapsed());
-                tokio::time::timeout(remaining, deliverer.publish_once(topic, body))
+                tokio::time::timeout(remaining, deliverer.publish_once(topic, key, body))
                     .await
                     .unwrap_or_else(|_| Err("timed out".into()))
             }
@@ -282,7 +291,7 @@ async fn deliver_one(
             Err(e) => e,
         };
         let exhausted = match target {
-            Target::Topic(_) => started.elapsed() + backoff >= TDMQ_DEADLINE,
+            Target::Topic { .. } => started.elapsed() + backoff >= TDMQ_DEADLINE,
             Target::Url(_) => attempt >= URL_ATTEMPTS,
             // In memory: it works at once or never.
             Target::Queue { .. } => return Err(error),

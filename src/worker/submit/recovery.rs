@@ -26,7 +26,9 @@ use crate::worker::pace::ci_calls::{self, CiCalls};
 pub use crate::worker::record::JobLookup;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::sync::OnceCell;
 
 /// Pages of 100 jobs one scan reads at most (bounds the cost of a recovery).
 const MAX_PAGES: usize = 50;
@@ -39,8 +41,9 @@ const IN_DOUBT_MAX: usize = 100_000;
 pub struct Recovery {
     /// Requests released while a job may exist for them, with their first attempt's time.
     in_doubt: Mutex<Bounded<String, SystemTime>>,
-    /// Per (bucket, region): the media queue CI runs jobs in that name none, once learnt.
-    default_queues: Mutex<HashMap<(String, String), Option<String>>>,
+    /// Per (bucket, region): the media queue CI runs jobs in that name none, once learnt (a failed
+    /// lookup is not kept: the next check asks again).
+    default_queues: Mutex<HashMap<(String, String), Arc<OnceCell<Option<String>>>>>,
 }
 
 impl Recovery {
@@ -82,24 +85,26 @@ impl Recovery {
         if let Some(queue) = &job.lookup.queue_id {
             return Some(queue.clone());
         }
-        let req = job;
-        let key = (req.bucket.to_string(), req.region.to_string());
-        if let Some(known) = self.default_queues.lock().get(&key).cloned() {
-            return known.clone();
-        }
-        match ci_calls::timed(calls, "queues", ci.queues(req.bucket, req.region)).await {
-            Ok(queues) => {
+        let key = (job.bucket.to_string(), job.region.to_string());
+        // One `GET /queue` for all the checks waiting on it (after a takeover, many at once).
+        let cell = self.default_queues.lock().entry(key).or_default().clone();
+        let learnt = cell
+            .get_or_try_init(|| async {
+                let queues =
+                    ci_calls::timed(calls, "queues", ci.queues(job.bucket, job.region)).await?;
                 let default = queues
                     .iter()
                     .find(|q| q.state == "Active")
                     .or(queues.first())
                     .map(|q| q.queue_id.clone());
-                tracing::info!(bucket = %req.bucket, region = %req.region, queue_id = default.as_deref().unwrap_or(""), "learnt the bucket's default media queue (ci.queue_id is empty)");
-                self.default_queues.lock().insert(key, default.clone());
-                default
-            }
+                tracing::info!(bucket = %job.bucket, region = %job.region, queue_id = default.as_deref().unwrap_or(""), "learnt the bucket's default media queue (ci.queue_id is empty)");
+                Ok::<_, CiError>(default)
+            })
+            .await;
+        match learnt {
+            Ok(queue) => queue.clone(),
             Err(e) => {
-                tracing::warn!(bucket = %req.bucket, region = %req.region, error = %e, "cannot learn the bucket's default media queue (set ci.queue_id); listing jobs without a queueId");
+                tracing::warn!(bucket = %job.bucket, region = %job.region, error = %e, "cannot learn the bucket's default media queue (set ci.queue_id); listing jobs without a queueId");
                 None
             }
         }
@@ -201,7 +206,6 @@ mod tests {
     use crate::request::SubmitRequest;
     use crate::worker::pace::ci_calls::CiCalls;
     use crate::worker::test_doubles::*;
-    use std::sync::Arc;
 
     fn calls() -> CiCalls {
         CiCalls::unpaced(Arc::new(crate::telemetry::Metrics::new()))
