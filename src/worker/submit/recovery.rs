@@ -37,13 +37,16 @@ const SKEW: Duration = Duration::from_secs(120);
 /// Requests in doubt remembered at most (the oldest is forgotten first).
 const IN_DOUBT_MAX: usize = 100_000;
 
+/// A bucket's default media queue, learnt once for every check that needs it.
+type DefaultQueue = Arc<OnceCell<Option<String>>>;
+
 /// Recovery state: the requests in doubt and the media queues learnt.
 pub struct Recovery {
     /// Requests released while a job may exist for them, with their first attempt's time.
     in_doubt: Mutex<Bounded<String, SystemTime>>,
     /// Per (bucket, region): the media queue CI runs jobs in that name none, once learnt (a failed
     /// lookup is not kept: the next check asks again).
-    default_queues: Mutex<HashMap<(String, String), Arc<OnceCell<Option<String>>>>>,
+    default_queues: Mutex<HashMap<(String, String), DefaultQueue>>,
 }
 
 impl Recovery {
