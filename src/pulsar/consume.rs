@@ -92,11 +92,12 @@ pub struct Delivery {
     pub message_id: String,
     /// When the producer published it (the broker's clock).
     pub publish_time: std::time::SystemTime,
-    /// The earliest this process can have received it: the crate prefetches up to
-    /// [`prefetched_at_most`] messages ahead of the loop, so a message was received no earlier than
-    /// when the loop took the one that many before it (or subscribed). How long it may have been
-    /// held here, which on a Failover subscription bounds how long ago its partition can have moved
-    /// to another consumer without this one being told (the crate ignores the broker's notice).
+    /// The earliest this process can have received it: the latest of when the loop last found the
+    /// crate's queue empty (what was received before then was taken before then), when the loop
+    /// took the message [`prefetched_at_most`] before it (the crate holds no more ahead of the
+    /// loop), and when it subscribed. How long it may have been held here, which on a Failover
+    /// subscription bounds how long ago its partition can have moved to another consumer without
+    /// this one being told (the crate ignores the broker's notice).
     pub held_since: tokio::time::Instant,
     /// How many times this loop has handed it to a handler (from 1; more after local retries on a
     /// Failover subscription).
@@ -231,6 +232,8 @@ where
     let mut taken_at: std::collections::VecDeque<tokio::time::Instant> =
         std::collections::VecDeque::with_capacity(prefetch);
     let mut subscribed_at = tokio::time::Instant::now();
+    // When the loop last asked the crate for a message and it had none.
+    let mut found_empty_at = subscribed_at;
 
     loop {
         let next = tokio::select! {
@@ -279,7 +282,13 @@ where
             }
             // Only with room, so the broker keeps the messages we cannot start yet (other
             // replicas may take them).
-            next = consumer.next(), if in_flight.len() < opts.max_in_flight => next,
+            next = futures::future::poll_fn(|cx| {
+                let polled = consumer.poll_next_unpin(cx);
+                if polled.is_pending() {
+                    found_empty_at = tokio::time::Instant::now();
+                }
+                polled
+            }), if in_flight.len() < opts.max_in_flight => next,
         };
         last_message = tokio::time::Instant::now();
         let mut msg = match next {
@@ -297,6 +306,7 @@ where
                     Ok(Some(fresh)) => {
                         consumer = fresh;
                         subscribed_at = tokio::time::Instant::now();
+                        found_empty_at = subscribed_at;
                         taken_at.clear();
                         health.set(name, true);
                         continue;
@@ -312,11 +322,12 @@ where
         }
         seq += 1;
         let now = tokio::time::Instant::now();
-        let held_since = if taken_at.len() < prefetch {
+        let taken_before = if taken_at.len() < prefetch {
             subscribed_at
         } else {
             taken_at.pop_front().unwrap_or(subscribed_at)
         };
+        let held_since = taken_before.max(found_empty_at);
         taken_at.push_back(now);
         let delivery = Delivery {
             payload: std::mem::take(&mut msg.payload.data),
