@@ -1,9 +1,18 @@
 //! Where the CI (and CMQ) keys come from, and keeping temporary ones current while the worker runs.
 //!
-//! One source at a time ([`crate::config`] refuses two), in the order of Tencent's SDK chains:
-//! 1. `ci.secret_id` / `ci.secret_key` (+ `ci.session_token`), or `TENCENTCLOUD_SECRET_ID` /
-//!    `_KEY` / `_SESSION_TOKEN`: read once, fixed for the life of the process;
-//! 2. `ci.credentials_file`: a JSON object in the CVM metadata answer's field names
+//! A chain, as Tencent's SDKs have one: the first source that yields keys is used, and the log
+//! names it (and any other source that is there but comes later), never a key. In order:
+//! 1. **keys**: `ci.secret_id` / `ci.secret_key` (+ `ci.session_token`), or
+//!    `TENCENTCLOUD_SECRET_ID` / `_KEY` (+ `TENCENTCLOUD_SESSION_TOKEN`, `TENCENTCLOUD_TOKEN` or
+//!    `TENCENTCLOUD_SECURITY_TOKEN`): read once, fixed for the life of the process;
+//! 2. **the profile file** ([`profile`]): `TENCENTCLOUD_CREDENTIALS_FILE`, else
+//!    `~/.tencentcloud/credentials`, else `/etc/tencentcloud/credentials`; read once;
+//! 3. **TKE OIDC** ([`oidc`]): the `TKE_*` variables; the token file exchanged at
+//!    `ci.sts_endpoint` (STS `AssumeRoleWithWebIdentity`) at start and before the keys expire;
+//! 4. **the CVM role** ([`role`]): `ci.cvm_role`, or when that is empty the role the metadata
+//!    service at `ci.metadata_endpoint` names for the instance (looked for only when
+//!    `ci.credentials_file` is empty too, see below); fetched at start and before expiry;
+//! 5. **`ci.credentials_file`** ([`file`]): a JSON object in the CVM metadata answer's field names
 //!    (`TmpSecretId`, `TmpSecretKey`, optional `Token`, optional `ExpiredTime` in Unix seconds;
 //!    other fields such as `Expiration` and `Code` are accepted, a `Code` other than `Success` is
 //!    refused). Read at start (it must be usable then) and every [`FILE_POLL`] after: when its
@@ -13,23 +22,62 @@
 //!    move it at all), and a file of a few hundred bytes costs nothing to read every few seconds —
 //!    far less than a `stat` on every signing would on the hot path. An unreadable or invalid new
 //!    content is reported once and the old keys kept.
-//! 3. `ci.cvm_role`: `GET <ci.metadata_endpoint>/latest/meta-data/cam/security-credentials/<role>`
-//!    (`TmpSecretId`, `TmpSecretKey`, `Token`, `ExpiredTime`, `Expiration`, `Code`) at start (it must
-//!    answer then), and again before the keys expire: when less than [`refresh_margin`] of their
-//!    lifetime remains (300 s, as the SDKs do, or a third of the lifetime when that is shorter). A
-//!    failed refresh is retried with a doubling pause (1 s up to 60 s, never past the expiry) and
-//!    the old keys are kept meanwhile; an answer that has not rotated yet is asked again shortly.
+//!
+//! None of them: requests go unsigned (the emulator with `emulator.allow_anonymous`).
+//!
+//! Where this differs from the SDKs, and why:
+//! - The Python and Java SDKs try the CVM role before TKE OIDC (the Go SDK's default chain has no
+//!   OIDC). Here TKE OIDC comes first: on TKE the pod runs on a CVM node, and a role bound to the
+//!   node would otherwise stand in for the identity the pod was given (the `TKE_*` variables are
+//!   only there when the pod's service account asks for one).
+//! - `ci.credentials_file` is not the SDKs'; it comes last, and a role the configuration does not
+//!   name is not looked for when it is set: merely running on a CVM with a role must not take the
+//!   place of a file the operator named. `ci.secret_id`, `ci.credentials_file` and `ci.cvm_role`
+//!   exclude each other ([`crate::config`] refuses two).
+//! - A source that is there but unusable (a profile file without `secret_id`, `TKE_*` variables
+//!   without the token file's, a token STS refuses, a named role the metadata service does not
+//!   know) stops the start with an error naming the variable, key or file, as the Go SDK's chain
+//!   does, instead of falling through to a source the operator did not mean.
+//!
+//! Temporary keys (TKE OIDC, CVM role) are fetched again when less than [`refresh_margin`] of
+//! their lifetime remains (300 s, as the SDKs do, or a third of the lifetime when that is
+//! shorter). A failed refresh is retried with a doubling pause (1 s up to 60 s, never past the
+//! expiry) and the old keys are kept meanwhile; an answer that has not rotated yet is asked again
+//! shortly. The SDKs refresh when a request finds the keys near expiry; here a task does it ahead,
+//! so no request waits on STS or the metadata service.
 //!
 //! The keys go into a [`SharedCredentials`] that the CI and CMQ clients ask once per request. No key,
-//! token or metadata answer body is ever logged or put in an error: logs say where keys came from
-//! and when they expire.
+//! token or answer body is ever logged or put in an error: logs say where keys came from and when
+//! they expire.
+//!
+//! Not `reqsign-tencent-cos` (Apache OpenDAL), though it has an environment and a web identity
+//! provider: it has no profile-file or CVM-role provider; its STS address is fixed to
+//! `https://sts.tencentcloudapi.com` (neither the internal endpoint nor the emulator can be used);
+//! it reads `TKE_IDENTITY_TOKEN_FILE` but not `TKE_WEB_IDENTITY_TOKEN_FILE`, which the SDKs and
+//! TKE's webhook use; it puts STS's whole answer into its errors; and it would bring its own
+//! signer, HTTP and file-reading layers beside the ones the CI client already has.
+//!
+//! # Layout
+//! - this file: the chain ([`start`], [`resolve`]), the metadata answer format, the refresh task.
+//! - [`profile`]: the profile file.
+//! - [`oidc`]: the TKE OIDC exchange at STS.
+//! - [`role`]: the CVM role: its discovery and its keys.
+//! - [`file`]: `ci.credentials_file`, read and watched.
+
+mod file;
+pub mod oidc;
+pub mod profile;
+mod role;
 
 use crate::ci::sign::{Credentials, SharedCredentials};
 use crate::config::Settings;
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
+use oidc::TkeOidc;
+use role::RoleSource;
 use serde::Deserialize;
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How often `ci.credentials_file` is read for a change.
@@ -44,13 +92,19 @@ const START_ATTEMPTS: u32 = 3;
 /// Largest metadata answer or credentials file read.
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// Why no usable keys could be had. Names the configuration key, never a secret.
+/// Why no usable keys could be had. Names the configuration key, variable or file, never a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     #[error("ci.credentials_file {path}: {reason}")]
     File { path: String, reason: String },
     #[error("ci.cvm_role {role}: {reason}")]
     Role { role: String, reason: String },
+    #[error("CVM role {role} (named by the metadata service; ci.cvm_role is empty): {reason}")]
+    DiscoveredRole { role: String, reason: String },
+    #[error("profile file {path}: {reason}")]
+    Profile { path: String, reason: String },
+    #[error("TKE OIDC: {0}")]
+    Tke(String),
     #[error("credentials: {0}")]
     Invalid(String),
 }
@@ -117,215 +171,287 @@ pub fn refresh_margin(lifetime: Duration) -> Duration {
     REFRESH_BEFORE.min(lifetime / 3)
 }
 
-/// The source configured in `settings`, started: `None` without any (requests go unsigned).
-/// Temporary sources are kept current by a task that ends with `stop`.
+/// Where the keys in use come from (what the log and `ci-worker doctor` say; never a key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// `ci.secret_id` / `ci.secret_key`, or the `TENCENTCLOUD_SECRET_*` variables.
+    Keys,
+    /// The profile file at this path.
+    Profile(PathBuf),
+    /// TKE OIDC, for this role.
+    TkeOidc { role_arn: String },
+    /// The CVM role, named by `ci.cvm_role` or (`discovered`) by the metadata service.
+    CvmRole { role: String, discovered: bool },
+    /// `ci.credentials_file` at this path.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Keys => f.write_str("keys (ci.secret_id / TENCENTCLOUD_SECRET_ID)"),
+            Source::Profile(p) => write!(f, "profile file {}", p.display()),
+            Source::TkeOidc { role_arn } => write!(f, "TKE OIDC (role {role_arn})"),
+            Source::CvmRole {
+                role,
+                discovered: false,
+            } => write!(f, "CVM role {role} (ci.cvm_role)"),
+            Source::CvmRole {
+                role,
+                discovered: true,
+            } => write!(f, "CVM role {role} (named by the metadata service)"),
+            Source::File(p) => write!(f, "ci.credentials_file {}", p.display()),
+        }
+    }
+}
+
+/// The chain's outcome: the keys, kept current, and where they come from.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub credentials: SharedCredentials,
+    pub source: Source,
+}
+
+/// The chain run over `settings` and the process's environment, started: `None` without any
+/// source (requests go unsigned). Temporary keys are kept current by a task that ends with `stop`.
 pub async fn start(
     settings: &Settings,
     stop: &Shutdown,
 ) -> Result<Option<SharedCredentials>, CredentialError> {
+    let vars: HashMap<String, String> = std::env::vars().collect();
+    Ok(resolve(settings, &vars, stop).await?.map(|r| r.credentials))
+}
+
+/// [`start`] with an explicit environment (`TKE_*`, `TENCENTCLOUD_CREDENTIALS_FILE`, `HOME`), and
+/// the source it took.
+pub async fn resolve(
+    settings: &Settings,
+    vars: &HashMap<String, String>,
+    stop: &Shutdown,
+) -> Result<Option<Resolved>, CredentialError> {
     let c = &settings.ci;
-    if !c.secret_id.is_empty() {
+    let named_role = c.cvm_role.trim();
+    let file = c.credentials_file.trim();
+    // Each source that is there, in the chain's order (the CVM role when named: a discovery is
+    // only made when no earlier source answered).
+    let profile = profile::locate(vars)?;
+    let tke = TkeOidc::from_env(vars, c.sts_endpoint.as_str(), c.request_timeout)?;
+    let present: Vec<&str> = [
+        (
+            !c.secret_id.is_empty(),
+            "keys (ci.secret_id / TENCENTCLOUD_SECRET_ID)",
+        ),
+        (profile.is_some(), "the profile file"),
+        (tke.is_some(), "TKE OIDC (TKE_* variables)"),
+        (!named_role.is_empty(), "ci.cvm_role"),
+        (!file.is_empty(), "ci.credentials_file"),
+    ]
+    .into_iter()
+    .filter_map(|(there, name)| there.then_some(name))
+    .collect();
+    let resolved = if !c.secret_id.is_empty() {
         let fixed = settings
             .credentials()
             .ok_or_else(|| CredentialError::Invalid("ci.secret_id without ci.secret_key".into()))?;
         fixed.check().map_err(CredentialError::Invalid)?;
-        tracing::info!("credentials: ci.secret_id/ci.secret_key (or TENCENTCLOUD_SECRET_*), fixed");
-        return Ok(Some(SharedCredentials::new(fixed)));
-    }
-    if !c.credentials_file.trim().is_empty() {
-        let path = PathBuf::from(c.credentials_file.trim());
-        let (keys, content) = read_file(&path)?;
-        tracing::info!(
-            file = %path.display(),
-            expired_time = keys.expired_time,
-            poll_every = ?FILE_POLL,
-            "credentials: from ci.credentials_file, re-read when it changes"
-        );
+        Some(fixed_keys(Source::Keys, fixed))
+    } else if let Some(path) = profile {
+        let keys = profile::read(&path)?;
+        Some(fixed_keys(Source::Profile(path), keys))
+    } else if let Some(tke) = tke {
+        let keys = first_fetch(&Exchange::Tke(&tke), stop)
+            .await
+            .map_err(CredentialError::Tke)?;
+        let Some(keys) = keys else { return Ok(None) };
+        let source = Source::TkeOidc {
+            role_arn: tke.role_arn.clone(),
+        };
+        Some(refreshed(source, Refresher::Tke(tke), keys, stop))
+    } else if let Some((role, discovered)) = cvm_role(settings).await? {
+        let keys = match first_fetch(&Exchange::Role(&role), stop).await {
+            Ok(Some(keys)) => keys,
+            Ok(None) => return Ok(None),
+            Err(reason) if discovered => {
+                return Err(CredentialError::DiscoveredRole {
+                    role: role.role.clone(),
+                    reason,
+                })
+            }
+            Err(reason) => {
+                return Err(CredentialError::Role {
+                    role: role.role.clone(),
+                    reason,
+                })
+            }
+        };
+        let source = Source::CvmRole {
+            role: role.role.clone(),
+            discovered,
+        };
+        Some(refreshed(source, Refresher::Role(role), keys, stop))
+    } else if !file.is_empty() {
+        let path = PathBuf::from(file);
+        let (keys, content) = file::read_file(&path)?;
         let shared = SharedCredentials::new(keys.credentials);
-        tokio::spawn(watch_file(
-            path,
+        tokio::spawn(file::watch_file(
+            path.clone(),
             content,
             keys.expired_time,
             shared.clone(),
             stop.clone(),
         ));
-        return Ok(Some(shared));
-    }
-    if !c.cvm_role.trim().is_empty() {
-        let role = RoleSource::new(
-            c.metadata_endpoint.as_str(),
-            c.cvm_role.trim(),
-            c.request_timeout,
-        )?;
-        let mut attempt = 0;
-        let keys = loop {
-            attempt += 1;
-            match role.fetch().await {
-                Ok(keys) => break keys,
-                Err(reason) if attempt >= START_ATTEMPTS => {
-                    return Err(CredentialError::Role {
-                        role: role.role.clone(),
-                        reason,
-                    })
-                }
-                Err(reason) => {
-                    tracing::warn!(role = %role.role, %reason, attempt, "credentials: the metadata service did not answer usable credentials; trying again");
-                    tokio::select! {
-                        _ = tokio::time::sleep(RETRY_FIRST * attempt) => {}
-                        _ = stop.triggered() => return Ok(None),
-                    }
-                }
-            }
-        };
         tracing::info!(
-            role = %role.role,
-            endpoint = %c.metadata_endpoint,
             expired_time = keys.expired_time,
-            "credentials: from the CVM role, refreshed before they expire"
+            poll_every = ?FILE_POLL,
+            "credentials: ci.credentials_file, re-read when it changes"
         );
-        let shared = SharedCredentials::new(keys.credentials.clone());
-        tokio::spawn(refresh_role(role, keys, shared.clone(), stop.clone()));
-        return Ok(Some(shared));
-    }
-    Ok(None)
-}
-
-fn read_file(path: &Path) -> Result<(TemporaryKeys, Vec<u8>), CredentialError> {
-    let fail = |reason: String| CredentialError::File {
-        path: path.display().to_string(),
-        reason,
-    };
-    let content = read_limited(path).map_err(fail)?;
-    let keys = parse_answer(&content).map_err(fail)?;
-    Ok((keys, content))
-}
-
-fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
-    let content = std::fs::read(path).map_err(|e| format!("cannot read: {}", e.kind()))?;
-    if content.len() > MAX_ANSWER {
-        return Err(format!("larger than {MAX_ANSWER} bytes"));
-    }
-    Ok(content)
-}
-
-fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// Reads `path` every [`FILE_POLL`]; a changed, valid content replaces the keys.
-async fn watch_file(
-    path: PathBuf,
-    mut last: Vec<u8>,
-    mut expired_time: Option<i64>,
-    shared: SharedCredentials,
-    stop: Shutdown,
-) {
-    // Problems are reported once each, not every poll.
-    let mut reported: Option<String> = None;
-    let mut expiry_reported = false;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(FILE_POLL) => {}
-            _ = stop.triggered() => return,
-        }
-        let content = match read_limited(&path) {
-            Ok(c) => c,
-            Err(reason) => {
-                if reported.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!(file = %path.display(), %reason, "credentials: ci.credentials_file unreadable; keeping the keys read before");
-                    reported = Some(reason);
-                }
-                continue;
-            }
-        };
-        if content != last {
-            last = content;
-            match parse_answer(&last) {
-                Ok(keys) => {
-                    shared.replace(keys.credentials);
-                    expired_time = keys.expired_time;
-                    expiry_reported = false;
-                    reported = None;
-                    tracing::info!(file = %path.display(), expired_time, "credentials: ci.credentials_file changed; new keys in use");
-                }
-                Err(reason) => {
-                    tracing::warn!(file = %path.display(), %reason, "credentials: ci.credentials_file changed but is not usable; keeping the keys read before");
-                    reported = Some(reason);
-                }
-            }
-        }
-        if let Some(t) = expired_time {
-            if !expiry_reported && unix_now() >= t {
-                tracing::error!(file = %path.display(), expired_time = t, "credentials: the keys in ci.credentials_file have expired and the file has not been replaced");
-                expiry_reported = true;
-            }
-        }
-    }
-}
-
-/// The metadata service's answer for one role.
-struct RoleSource {
-    http: reqwest::Client,
-    url: String,
-    role: String,
-}
-
-impl RoleSource {
-    fn new(endpoint: &str, role: &str, timeout: Duration) -> Result<RoleSource, CredentialError> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| CredentialError::Role {
-                role: role.to_string(),
-                reason: format!("cannot build the HTTP client: {e}"),
-            })?;
-        Ok(RoleSource {
-            http,
-            url: format!(
-                "{}/latest/meta-data/cam/security-credentials/{role}",
-                endpoint.trim_end_matches('/')
-            ),
-            role: role.to_string(),
+        Some(Resolved {
+            credentials: shared,
+            source: Source::File(path),
         })
+    } else {
+        None
+    };
+    match &resolved {
+        Some(r) => {
+            tracing::info!(source = %r.source, "credentials: from {}", r.source);
+            for other in present.iter().skip(1) {
+                tracing::warn!(
+                    source = %r.source,
+                    "credentials: {other} is there too but not used: {} comes first in the chain",
+                    r.source
+                );
+            }
+        }
+        None => tracing::info!(
+            "credentials: none (no keys, profile file, TKE OIDC, CVM role or ci.credentials_file): \
+             requests go unsigned"
+        ),
+    }
+    Ok(resolved)
+}
+
+fn fixed_keys(source: Source, keys: Credentials) -> Resolved {
+    Resolved {
+        credentials: SharedCredentials::new(keys),
+        source,
+    }
+}
+
+/// The CVM role to use: `ci.cvm_role`, or the one the metadata service names when neither it
+/// nor `ci.credentials_file` is set (`true`: discovered). No role found is no source, not an error.
+async fn cvm_role(settings: &Settings) -> Result<Option<(RoleSource, bool)>, CredentialError> {
+    let c = &settings.ci;
+    let endpoint = c.metadata_endpoint.as_str();
+    let named = c.cvm_role.trim();
+    let (name, discovered) = if !named.is_empty() {
+        (named.to_string(), false)
+    } else if c.credentials_file.trim().is_empty() {
+        let timeout = c.request_timeout.min(role::DISCOVERY_TIMEOUT);
+        match role::discover(endpoint, timeout).await {
+            Ok(name) => (name, true),
+            Err(reason) => {
+                tracing::debug!(%endpoint, %reason, "credentials: no CVM role");
+                return Ok(None);
+            }
+        }
+    } else {
+        return Ok(None);
+    };
+    let role = RoleSource::new(endpoint, &name, c.request_timeout).map_err(|reason| {
+        CredentialError::Role {
+            role: name.clone(),
+            reason,
+        }
+    })?;
+    Ok(Some((role, discovered)))
+}
+
+/// A source of temporary keys fetched again before they expire.
+enum Refresher {
+    Role(RoleSource),
+    Tke(TkeOidc),
+}
+
+/// One fetch from a [`Refresher`] (borrowed, for the first fetch before it is moved).
+enum Exchange<'a> {
+    Role(&'a RoleSource),
+    Tke(&'a TkeOidc),
+}
+
+impl Refresher {
+    fn exchange(&self) -> Exchange<'_> {
+        match self {
+            Refresher::Role(r) => Exchange::Role(r),
+            Refresher::Tke(t) => Exchange::Tke(t),
+        }
+    }
+}
+
+impl Exchange<'_> {
+    async fn fetch(&self) -> Result<TemporaryKeys, String> {
+        match self {
+            Exchange::Role(r) => r.fetch().await,
+            Exchange::Tke(t) => t.fetch().await,
+        }
     }
 
-    /// One fetch. The error says what went wrong (status, transport, which field), never the body.
-    async fn fetch(&self) -> Result<TemporaryKeys, String> {
-        let resp = self
-            .http
-            .get(&self.url)
-            .send()
-            .await
-            .map_err(|e| format!("metadata service unreachable: {}", e.without_url()))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::NOT_FOUND {
-            return Err(
-                "HTTP 404 from the metadata service: no such role bound to this instance".into(),
-            );
+    /// The source's name in the refresh task's log lines.
+    fn label(&self) -> &'static str {
+        match self {
+            Exchange::Role(_) => "CVM role",
+            Exchange::Tke(_) => "TKE OIDC",
         }
-        if !status.is_success() {
-            return Err(format!(
-                "HTTP {} from the metadata service",
-                status.as_u16()
-            ));
+    }
+
+    /// What the log lines say the source is (a role name or ARN; never a key).
+    fn what(&self) -> String {
+        match self {
+            Exchange::Role(r) => r.role.clone(),
+            Exchange::Tke(t) => t.role_arn.clone(),
         }
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("metadata answer cut short: {}", e.without_url()))?;
-        if body.len() > MAX_ANSWER {
-            return Err(format!("metadata answer larger than {MAX_ANSWER} bytes"));
+    }
+}
+
+/// The first keys, with [`START_ATTEMPTS`] tries; `Ok(None)` when `stop` came first.
+async fn first_fetch(
+    exchange: &Exchange<'_>,
+    stop: &Shutdown,
+) -> Result<Option<TemporaryKeys>, String> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match exchange.fetch().await {
+            Ok(keys) => return Ok(Some(keys)),
+            Err(reason) if attempt >= START_ATTEMPTS => return Err(reason),
+            Err(reason) => {
+                tracing::warn!(source = exchange.label(), of = %exchange.what(), %reason, attempt, "credentials: no usable keys yet; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(RETRY_FIRST * attempt) => {}
+                    _ = stop.triggered() => return Ok(None),
+                }
+            }
         }
-        let keys = parse_answer(&body).map_err(|r| format!("metadata answer: {r}"))?;
-        if keys.expired_time.is_none() {
-            return Err("metadata answer: missing field `ExpiredTime`".into());
-        }
-        if keys.credentials.session_token.is_none() {
-            return Err("metadata answer: missing field `Token`".into());
-        }
-        Ok(keys)
+    }
+}
+
+/// `first` in use from now on, refreshed by a task until `stop`.
+fn refreshed(
+    source: Source,
+    refresher: Refresher,
+    first: TemporaryKeys,
+    stop: &Shutdown,
+) -> Resolved {
+    tracing::info!(
+        expired_time = first.expired_time,
+        "credentials: {}, refreshed before they expire",
+        refresher.exchange().label()
+    );
+    let shared = SharedCredentials::new(first.credentials.clone());
+    tokio::spawn(refresh(refresher, first, shared.clone(), stop.clone()));
+    Resolved {
+        credentials: shared,
+        source,
     }
 }
 
@@ -342,16 +468,22 @@ fn lifetime_from(expired_time: i64, now_ms: i64) -> Duration {
     Duration::from_millis((expired_time * 1000 - now_ms).max(0) as u64)
 }
 
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
 fn unix_now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-async fn refresh_role(
-    role: RoleSource,
+async fn refresh(
+    refresher: Refresher,
     first: TemporaryKeys,
     shared: SharedCredentials,
     stop: Shutdown,
 ) {
+    let source = refresher.exchange();
+    let (label, what) = (source.label(), source.what());
     let mut expired_time = first.expired_time.unwrap_or(0);
     let now_ms = unix_now_ms();
     let mut wait = next_refresh(expired_time, lifetime_from(expired_time, now_ms), now_ms);
@@ -362,7 +494,7 @@ async fn refresh_role(
             _ = stop.triggered() => return,
         }
         let now = unix_now();
-        match role.fetch().await {
+        match source.fetch().await {
             Ok(keys) => {
                 failures = 0;
                 let new_expiry = keys.expired_time.unwrap_or(0);
@@ -371,13 +503,13 @@ async fn refresh_role(
                     expired_time = new_expiry;
                     let now_ms = unix_now_ms();
                     wait = next_refresh(expired_time, lifetime_from(expired_time, now_ms), now_ms);
-                    tracing::info!(role = %role.role, expired_time, refresh_in = ?wait, "credentials: CVM role credentials refreshed");
+                    tracing::info!(of = %what, expired_time, refresh_in = ?wait, "credentials: {label} credentials refreshed");
                 } else {
                     // The service has not rotated them yet: ask again soon, well before expiry.
                     let left = (expired_time - now).max(0) as u64;
                     wait =
                         Duration::from_secs(left / 4).clamp(RETRY_FIRST, Duration::from_secs(30));
-                    tracing::debug!(role = %role.role, expired_time, retry_in = ?wait, "credentials: the metadata service answered the same credentials");
+                    tracing::debug!(of = %what, expired_time, retry_in = ?wait, "credentials: {label} answered the same credentials");
                 }
             }
             Err(reason) => {
@@ -393,9 +525,9 @@ async fn refresh_role(
                     backoff
                 };
                 if left > 0 {
-                    tracing::warn!(role = %role.role, %reason, expired_time, retry_in = ?wait, "credentials: refresh failed; the current credentials stay in use until they expire");
+                    tracing::warn!(of = %what, %reason, expired_time, retry_in = ?wait, "credentials: {label} refresh failed; the current credentials stay in use until they expire");
                 } else {
-                    tracing::error!(role = %role.role, %reason, expired_time, retry_in = ?wait, "credentials: refresh failed and the credentials in use have expired: CI and CMQ will refuse requests");
+                    tracing::error!(of = %what, %reason, expired_time, retry_in = ?wait, "credentials: {label} refresh failed and the credentials in use have expired: CI and CMQ will refuse requests");
                 }
             }
         }
