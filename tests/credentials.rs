@@ -264,6 +264,27 @@ fn tke_vars(token_file: &std::path::Path) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A running emulator whose STS accepts the token in `<dir>/token` (`jwt-0` now), and the
+/// variables of a pod exchanging that very file there: one file for both sides, as the token
+/// kubelet writes is the one the issuer accepts, so a worker that kept an old token would be
+/// refused after a rotation.
+async fn tke_pod(
+    prefix: &str,
+    lifetime_s: u64,
+) -> (Stack, tempfile::TempDir, Vec<(&'static str, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    rotate(&token, "jwt-0");
+    let mut stack = sts_stack(prefix, "Unused", lifetime_s, &token);
+    stack.start_emulator().await;
+    let mut vars = tke_vars(&token);
+    vars.push((
+        "CI_WORKER__CI__STS_ENDPOINT",
+        format!("http://127.0.0.1:{}", stack.emulator_port),
+    ));
+    (stack, dir, vars)
+}
+
 /// The chain over `vars` (configuration and environment alike), as `ci-worker run` starts it.
 async fn chain(
     vars: &[(&str, String)],
@@ -478,16 +499,8 @@ async fn a_wrong_web_identity_token_or_half_the_variables_stop_the_chain_naming_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tke_oidc_keys_are_refreshed_before_expiry_with_the_rotated_token() {
     const LIFETIME_S: u64 = 6;
-    let dir = tempfile::tempdir().unwrap();
-    // One file for both sides, as the token kubelet writes is the one the issuer accepts: a
-    // worker that kept the first token would be refused after the first rotation.
+    let (stack, dir, vars) = tke_pod("cred-tke", LIFETIME_S).await;
     let token = dir.path().join("token");
-    rotate(&token, "jwt-0");
-    let mut stack = sts_stack("cred-tke", "Unused", LIFETIME_S, &token);
-    stack.start_emulator().await;
-    let endpoint = format!("http://127.0.0.1:{}", stack.emulator_port);
-    let mut vars = tke_vars(&token);
-    vars.push(("CI_WORKER__CI__STS_ENDPOINT", endpoint));
     let stop = Shutdown::new();
     let r = chain(&vars, &stop).await.unwrap().unwrap();
     let first = (*r.credentials.current()).clone();
@@ -519,14 +532,8 @@ async fn tke_oidc_keys_are_refreshed_before_expiry_with_the_rotated_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_on_tke_oidc_keeps_working_across_credential_lifetimes_and_token_rotations() {
     const LIFETIME_S: u64 = 6;
-    let dir = tempfile::tempdir().unwrap();
+    let (mut stack, dir, env) = tke_pod("cred-oidc", LIFETIME_S).await;
     let token = dir.path().join("token");
-    rotate(&token, "jwt-worker-0");
-    let mut stack = sts_stack("cred-oidc", "Unused", LIFETIME_S, &token);
-    stack.start_emulator().await;
-    let endpoint = format!("http://127.0.0.1:{}", stack.emulator_port);
-    let mut env = tke_vars(&token);
-    env.push(("CI_WORKER__CI__STS_ENDPOINT", endpoint));
     stack.start_worker_with(&without_keys(&env));
     let mut n = 0;
     let token_ref = &token;
@@ -538,7 +545,7 @@ async fn a_worker_on_tke_oidc_keeps_working_across_credential_lifetimes_and_toke
             // kubelet rotates the token now and then (here every 2 s).
             n += 1;
             if n % 4 == 0 {
-                rotate(token_ref, &format!("jwt-worker-{n}"));
+                rotate(token_ref, &format!("jwt-{n}"));
             }
             async {}
         },
@@ -557,6 +564,6 @@ async fn a_worker_on_tke_oidc_keeps_working_across_credential_lifetimes_and_toke
         "too few refreshes"
     );
     no_expired_key_used(&logs);
-    assert!(!logs.contains("jwt-worker"), "a token in the logs");
+    assert!(!logs.contains("jwt-"), "a token in the logs");
     assert!(stack.stop_worker().unwrap().success());
 }

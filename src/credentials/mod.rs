@@ -535,7 +535,7 @@ async fn refresh(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -610,12 +610,16 @@ mod tests {
         assert_eq!(lifetime_from(109, 100_250), Duration::from_millis(8750));
     }
 
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
-        let vars = pairs
+    /// An environment of these variables.
+    pub(super) fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::load_from(None, &vars).unwrap()
+            .collect()
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        Settings::load_from(None, &vars(pairs)).unwrap()
     }
 
     #[tokio::test]

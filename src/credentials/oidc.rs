@@ -238,13 +238,7 @@ impl TkeOidc {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::credentials::tests::vars;
 
     const EP: &str = "https://sts.tencentcloudapi.com/";
 

@@ -70,13 +70,7 @@ pub(super) fn read(path: &Path) -> Result<Credentials, CredentialError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::credentials::tests::vars;
 
     #[test]
     fn the_variable_wins_then_home() {
