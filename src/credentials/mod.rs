@@ -36,8 +36,9 @@
 //!   exclude each other ([`crate::config`] refuses two).
 //! - A source that is there but unusable (a profile file without `secret_id`, `TKE_*` variables
 //!   without the token file's, a token STS refuses, a named role the metadata service does not
-//!   know) stops the start with an error naming the variable, key or file, as the Go SDK's chain
-//!   does, instead of falling through to a source the operator did not mean.
+//!   know) stops the start with an error naming the variable, key or file when the chain reaches
+//!   it, as the Go SDK's chain does, instead of falling through to a source the operator did not
+//!   mean.
 //!
 //! Temporary keys (TKE OIDC, CVM role) are fetched again when less than [`refresh_margin`] of
 //! their lifetime remains (300 s, as the SDKs do, or a third of the lifetime when that is
@@ -233,16 +234,17 @@ pub async fn resolve(
     let named_role = c.cvm_role.trim();
     let file = c.credentials_file.trim();
     // Each source that is there, in the chain's order (the CVM role when named: a discovery is
-    // only made when no earlier source answered).
-    let profile = profile::locate(vars)?;
-    let tke = TkeOidc::from_env(vars, c.sts_endpoint.as_str(), c.request_timeout)?;
+    // only made when no earlier source answered). A source that is there but unusable is an
+    // error only when the chain reaches it: an earlier source makes it irrelevant, as in the SDKs.
+    let profile = profile::locate(vars);
+    let tke = TkeOidc::from_env(vars, c.sts_endpoint.as_str(), c.request_timeout);
     let present: Vec<&str> = [
         (
             !c.secret_id.is_empty(),
             "keys (ci.secret_id / TENCENTCLOUD_SECRET_ID)",
         ),
-        (profile.is_some(), "the profile file"),
-        (tke.is_some(), "TKE OIDC (TKE_* variables)"),
+        (!matches!(profile, Ok(None)), "the profile file"),
+        (!matches!(tke, Ok(None)), "TKE OIDC (TKE_* variables)"),
         (!named_role.is_empty(), "ci.cvm_role"),
         (!file.is_empty(), "ci.credentials_file"),
     ]
@@ -255,10 +257,10 @@ pub async fn resolve(
             .ok_or_else(|| CredentialError::Invalid("ci.secret_id without ci.secret_key".into()))?;
         fixed.check().map_err(CredentialError::Invalid)?;
         Some(fixed_keys(Source::Keys, fixed))
-    } else if let Some(path) = profile {
+    } else if let Some(path) = profile? {
         let keys = profile::read(&path)?;
         Some(fixed_keys(Source::Profile(path), keys))
-    } else if let Some(tke) = tke {
+    } else if let Some(tke) = tke? {
         let keys = first_fetch(&Exchange::Tke(&tke), stop)
             .await
             .map_err(CredentialError::Tke)?;
@@ -657,6 +659,37 @@ pub(super) mod tests {
         tokio::time::sleep(FILE_POLL + Duration::from_millis(500)).await;
         assert_eq!(shared.current().secret_id, "AKIDtwo");
         stop.trigger();
+    }
+
+    #[tokio::test]
+    async fn an_unusable_later_source_does_not_matter_when_an_earlier_one_is_there() {
+        let stop = Shutdown::new();
+        let env = vars(&[
+            ("TENCENTCLOUD_SECRET_ID", "AKIDfirst"),
+            ("TENCENTCLOUD_SECRET_KEY", "k"),
+            ("TKE_ROLE_ARN", "qcs::cam::uin/1:roleName/r"),
+            (profile::PATH_VAR, ""),
+        ]);
+        let s = Settings::load_from(None, &env).unwrap();
+        let r = resolve(&s, &env, &stop).await.unwrap().unwrap();
+        assert_eq!(r.source, Source::Keys);
+        // Without the keys the chain reaches them, and stops at the first.
+        let env = vars(&[
+            ("TKE_ROLE_ARN", "qcs::cam::uin/1:roleName/r"),
+            (profile::PATH_VAR, ""),
+        ]);
+        let e = resolve(&Settings::default(), &env, &stop)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("TENCENTCLOUD_CREDENTIALS_FILE"),
+            "{e}"
+        );
+        let env = vars(&[("TKE_ROLE_ARN", "qcs::cam::uin/1:roleName/r")]);
+        let e = resolve(&Settings::default(), &env, &stop)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("TKE OIDC: TKE_REGION"), "{e}");
     }
 
     #[tokio::test]
