@@ -29,7 +29,7 @@
 //!   job → result, used by every path that publishes one.
 //! - [`telemetry`]: Prometheus metrics and the consume loops' health (imports nothing of the crate).
 //! - [`shutdown`]: the one stop signal every loop and server watches.
-//! - [`credentials`]: where the CI/CMQ keys come from (keys, `ci.credentials_file`, `ci.cvm_role`)
+//! - [`credentials`]: where the CI/CMQ keys come from: the chain (keys, profile file, TKE OIDC, CVM role, `ci.credentials_file`)
 //!   and the tasks keeping temporary ones current, into the [`ci::sign::SharedCredentials`] the
 //!   clients sign with.
 //! - [`pulsar`]: the only user of the `pulsar` crate: client, publisher, consumers, the consume loop.

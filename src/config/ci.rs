@@ -10,6 +10,9 @@ use std::time::Duration;
 
 /// The CVM instance metadata service (`ci.metadata_endpoint`'s default).
 pub const DEFAULT_METADATA_ENDPOINT: &str = "http://metadata.tencentyun.com";
+/// STS, where a TKE pod's OIDC token is exchanged for keys (`ci.sts_endpoint`'s default, the SDKs'
+/// endpoint; `https://sts.internal.tencentcloudapi.com` is the one inside Tencent Cloud's network).
+pub const DEFAULT_STS_ENDPOINT: &str = "https://sts.tencentcloudapi.com";
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -27,16 +30,22 @@ pub struct CiSettings {
     pub session_token: Secret,
     /// Temporary credentials in a JSON file, in the CVM metadata answer's field names
     /// (`TmpSecretId`, `TmpSecretKey`, optional `Token`, `ExpiredTime`), re-read when it changes
-    /// (e.g. a Kubernetes Secret volume). Empty = not used. One credential source at a time:
-    /// `secret_id`/`secret_key` (or `TENCENTCLOUD_SECRET_*`), this file, or `cvm_role`.
+    /// (e.g. a Kubernetes Secret volume). Empty = not used. One of these keys at a time:
+    /// `secret_id`/`secret_key` (or `TENCENTCLOUD_SECRET_*`), this file, or `cvm_role`; the rest
+    /// of the chain (profile file, TKE OIDC, a discovered role) is in [`crate::credentials`].
     pub credentials_file: String,
     /// The CVM / TKE node's CAM role: its temporary credentials are fetched from
     /// `<metadata_endpoint>/latest/meta-data/cam/security-credentials/<cvm_role>` and refreshed
-    /// before they expire. Empty = not used.
+    /// before they expire. Empty = the role bound to the instance, if the metadata service names
+    /// one (and neither an earlier source nor `credentials_file` is there).
     pub cvm_role: String,
     /// The instance metadata service `cvm_role` is read from.
     #[serde(deserialize_with = "metadata_endpoint")]
     pub metadata_endpoint: HttpUrl,
+    /// STS, where TKE OIDC (the `TKE_*` variables) exchanges the pod's token for temporary keys
+    /// with `AssumeRoleWithWebIdentity`.
+    #[serde(deserialize_with = "sts_endpoint")]
+    pub sts_endpoint: HttpUrl,
     /// CI queue for submitted jobs; empty = CI's default queue (learnt from `GET /queue` when the
     /// worker must list a bucket's jobs). A `QueueId` in the job wins.
     pub queue_id: String,
@@ -97,6 +106,13 @@ fn metadata_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<HttpUrl, D::Erro
     Ok(url)
 }
 
+fn sts_endpoint<'de, D: Deserializer<'de>>(d: D) -> Result<HttpUrl, D::Error> {
+    value::http_url(
+        d,
+        &format!("must be an http(s):// address such as {DEFAULT_STS_ENDPOINT}"),
+    )
+}
+
 impl Default for CiSettings {
     fn default() -> Self {
         CiSettings {
@@ -108,6 +124,8 @@ impl Default for CiSettings {
             cvm_role: String::new(),
             metadata_endpoint: HttpUrl::parse(DEFAULT_METADATA_ENDPOINT)
                 .expect("the default metadata endpoint is an http address"),
+            sts_endpoint: HttpUrl::parse(DEFAULT_STS_ENDPOINT)
+                .expect("the default STS endpoint is an https address"),
             queue_id: String::new(),
             callback_format: CallbackFormat::Json,
             callback_type: CallbackType::Tdmq,
@@ -158,10 +176,10 @@ impl CiSettings {
         Ok(())
     }
 
-    /// One credential source at most, each well-formed. The order is that of Tencent's SDK chains
-    /// (environment, profile file, CVM role), but where they take the first source that yields
-    /// keys, two configured sources are refused here: a worker signing with other keys than the
-    /// operator meant is worse than one that does not start.
+    /// One of the sources named by these keys at most, each well-formed. The chain
+    /// ([`crate::credentials`]) takes the first source that yields keys, as Tencent's SDKs do, but
+    /// two of these keys set are refused here: both name a source on purpose, and a worker
+    /// signing with other keys than the operator meant is worse than one that does not start.
     fn validate_credential_source(&self) -> Result<(), ConfigError> {
         let keys = !self.secret_id.is_empty();
         let file = !self.credentials_file.trim().is_empty();

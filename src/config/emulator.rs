@@ -63,6 +63,11 @@ pub struct EmulatorSettings {
     /// CMQ: 4100).
     #[serde(with = "duration")]
     pub temporary_credentials_lifetime: Duration,
+    /// The file holding the web identity token STS `AssumeRoleWithWebIdentity` (`POST /` on
+    /// `listen`) accepts, read at every call (a test rewrites it as kubelet rotates a service
+    /// account token); the answer's keys last `temporary_credentials_lifetime` (or the call's
+    /// `DurationSeconds` when shorter). Empty = every such call is refused.
+    pub web_identity_token_file: String,
     /// Accept every request without checking its signature. Without it the emulator refuses to start
     /// when no key pair is configured, so that a misconfigured setup fails loudly instead of silently
     /// letting unsigned requests through.
@@ -143,6 +148,7 @@ impl Default for EmulatorSettings {
             credentials: Vec::new(),
             cvm_roles: Vec::new(),
             temporary_credentials_lifetime: Duration::from_secs(7200),
+            web_identity_token_file: String::new(),
             allow_anonymous: false,
         }
     }

@@ -2,7 +2,8 @@
 //! `CI_WORKER__<SECTION>__<KEY>`, plus Tencent Cloud's usual credential variables.
 //!
 //! Precedence, lowest first: built-in defaults, the file, `TENCENTCLOUD_SECRET_ID` /
-//! `TENCENTCLOUD_SECRET_KEY` / `TENCENTCLOUD_SESSION_TOKEN`, then `CI_WORKER__*` (the most specific wins).
+//! `TENCENTCLOUD_SECRET_KEY` / `TENCENTCLOUD_SESSION_TOKEN` (or `TENCENTCLOUD_TOKEN`,
+//! `TENCENTCLOUD_SECURITY_TOKEN`), then `CI_WORKER__*` (the most specific wins).
 //! Every key is checked at start-up so that a bad value stops the program with one line naming the
 //! key: typed values (closed sets, durations, addresses) while they are read, the rest by each
 //! section's `validate`.
@@ -29,7 +30,7 @@ mod tests;
 mod value;
 mod worker;
 
-pub use ci::{is_role_name, CiSettings, DEFAULT_METADATA_ENDPOINT};
+pub use ci::{is_role_name, CiSettings, DEFAULT_METADATA_ENDPOINT, DEFAULT_STS_ENDPOINT};
 pub use cmq::CmqSettings;
 #[cfg(feature = "emulator")]
 pub use emulator::{EmulatorSettings, KeyPair, TdmqDelivery};
@@ -113,9 +114,13 @@ impl Settings {
             }
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
+        // The session token under each name Tencent's tools use; when several are set the
+        // last listed wins (the map keeps the last).
         let tencent: config::Map<String, String> = [
             ("TENCENTCLOUD_SECRET_ID", "SECRET_ID"),
             ("TENCENTCLOUD_SECRET_KEY", "SECRET_KEY"),
+            ("TENCENTCLOUD_SECURITY_TOKEN", "SESSION_TOKEN"),
+            ("TENCENTCLOUD_TOKEN", "SESSION_TOKEN"),
             ("TENCENTCLOUD_SESSION_TOKEN", "SESSION_TOKEN"),
         ]
         .into_iter()

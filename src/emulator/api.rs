@@ -10,7 +10,8 @@
 //! `application/xml`; errors are `<Error><Code/><Message/><Resource/><RequestId/><TraceId/></Error>`
 //! (see [`error_body`] for `Resource`) with the HTTP status error-codes.md gives the code.
 //! `GET /healthz` answers `ok` without any of that, and so does `GET /_emulator/calls` (the counts as
-//! JSON).
+//! JSON). So do the CVM metadata path ([`super::metadata`]) and STS `POST /` ([`super::sts`]), which
+//! are other services' and are not counted.
 
 use super::auth::{self, SignedRequest};
 use super::error::{error_body, ApiError};
@@ -28,7 +29,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
 use chrono::{DateTime, FixedOffset};
@@ -72,6 +73,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(CALLS_PATH, get(calls))
         .route(super::metadata::PATH, get(metadata))
         .route(&format!("{}{{role}}", super::metadata::PATH), get(metadata))
+        .route("/", post(sts))
         .fallback(handle)
         .with_state(shared)
 }
@@ -97,6 +99,27 @@ async fn metadata(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
         } else {
             "text/plain"
         }),
+    );
+    r
+}
+
+/// STS `AssumeRoleWithWebIdentity` ([`super::sts`]): API 3.0's JSON, not CI's XML; not signed.
+async fn sts(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let answer = super::sts::answer(
+        &headers,
+        &body,
+        &shared.settings.emulator.web_identity_token_file,
+        shared.verifier.temporary(),
+        chrono::Utc::now().timestamp(),
+    );
+    let mut r = (StatusCode::OK, answer.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     r
 }

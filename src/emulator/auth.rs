@@ -37,7 +37,8 @@ struct Key {
 /// Checks requests against the configured key pairs.
 pub(crate) struct Verifier {
     keys: HashMap<String, Key>,
-    /// The key sets issued on the metadata path (`emulator.cvm_roles`), valid until they expire.
+    /// The key sets issued on the metadata path (`emulator.cvm_roles`) and by STS
+    /// (`emulator.web_identity_token_file`), valid until they expire.
     temporary: Arc<TemporaryKeys>,
     anonymous: bool,
 }
@@ -86,7 +87,8 @@ impl Verifier {
             &settings.emulator.cvm_roles,
             settings.emulator.temporary_credentials_lifetime.as_secs(),
         ));
-        if keys.is_empty() && !anonymous && !temporary.has_roles() {
+        let sts = !settings.emulator.web_identity_token_file.trim().is_empty();
+        if keys.is_empty() && !anonymous && !temporary.has_roles() && !sts {
             return Err(EmulatorError::NoCredentials);
         }
         Ok(Verifier {

@@ -6,6 +6,8 @@
 //! - `GET /latest/meta-data/cam/security-credentials/<role>` → `{"TmpSecretId", "TmpSecretKey",
 //!   "ExpiredTime", "Expiration", "Token", "Code": "Success"}` for a configured role, 404 otherwise.
 //!
+//! STS `AssumeRoleWithWebIdentity` ([`super::sts`]) issues its key sets here too, one per call.
+//!
 //! Each role has one current key set, handed out until half of
 //! `emulator.temporary_credentials_lifetime` is gone, then replaced by a new one (the metadata
 //! service rotates before expiry; the old set stays valid until its own `ExpiredTime`). The CI and
@@ -78,18 +80,38 @@ impl TemporaryKeys {
                 return Some(current.clone());
             }
         }
+        let issued = Self::register(&mut state, self.lifetime, now);
+        state.current.insert(role.to_string(), issued.clone());
+        Some(issued)
+    }
+
+    /// A new key set valid for `lifetime_secs` (at most `emulator.temporary_credentials_lifetime`)
+    /// from `now`, accepted by both APIs until it expires: what STS `AssumeRoleWithWebIdentity`
+    /// hands out.
+    pub(crate) fn issue(&self, lifetime_secs: Option<i64>, now: i64) -> Arc<Issued> {
+        let lifetime = lifetime_secs.map_or(self.lifetime, |l| l.clamp(1, self.lifetime));
+        Self::register(&mut self.lock(), lifetime, now)
+    }
+
+    fn register(state: &mut State, lifetime: i64, now: i64) -> Arc<Issued> {
         let issued = Arc::new(Issued {
             secret_id: format!("AKIDemu{}", random_hex(16)),
             secret_key: Secret::new(random_hex(20)),
             token: Secret::new(format!("emu-token-{}", random_hex(24))),
-            expired_time: now + self.lifetime,
+            expired_time: now + lifetime,
         });
         state
             .by_id
             .retain(|_, k| now - k.expired_time < FORGET_AFTER_S);
         state.by_id.insert(issued.secret_id.clone(), issued.clone());
-        state.current.insert(role.to_string(), issued.clone());
-        Some(issued)
+        issued
+    }
+
+    /// `ExpiredTime` as the `Expiration` text both answers carry (`2021-03-12T23:00:47Z`).
+    pub(crate) fn expiration(expired_time: i64) -> String {
+        chrono::DateTime::from_timestamp(expired_time, 0)
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .unwrap_or_default()
     }
 
     /// The issued set with this SecretId (expired or not), if any.
@@ -110,9 +132,7 @@ impl TemporaryKeys {
         let Some(k) = self.for_role(role, now) else {
             return not_found;
         };
-        let expiration = chrono::DateTime::from_timestamp(k.expired_time, 0)
-            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-            .unwrap_or_default();
+        let expiration = Self::expiration(k.expired_time);
         let body = serde_json::json!({
             "TmpSecretId": k.secret_id,
             "TmpSecretKey": k.secret_key.expose(),
@@ -151,6 +171,12 @@ mod tests {
         let old = keys.lookup(&first.secret_id).unwrap();
         assert!(!old.expired(1099) && old.expired(1100));
         assert!(keys.lookup("AKIDunknown").is_none());
+        // A set issued on its own (STS) lasts the lifetime, or less when asked, and is known.
+        let sts = keys.issue(None, 2000);
+        assert_eq!(sts.expired_time, 2100);
+        assert_eq!(keys.issue(Some(30), 2000).expired_time, 2030);
+        assert_eq!(keys.issue(Some(7200), 2000).expired_time, 2100);
+        assert_eq!(keys.lookup(&sts.secret_id).unwrap().expired_time, 2100);
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //! routes to the job data; this file starts and stops it and holds nothing the others import.
 //! - [`error`]: `ApiError` (a refused request) and the `<Error>` body CI writes for it; `EmulatorError`.
 //! - [`faults`]: fault injection (rates from the configuration, markers in object keys).
-//! - [`auth`]: signature verification against the configured key pairs.
+//! - [`metadata`]: the CVM instance metadata path: CAM role key sets that expire, the role listing.
+//! - [`sts`]: STS `AssumeRoleWithWebIdentity` (TKE OIDC): checks the web identity token, issues
+//!   expiring key sets.
+//! - [`auth`]: signature verification against the configured key pairs and the issued key sets.
 //! - [`submit`]: the `<Request>` of `POST /jobs`, validated as CI validates it.
 //! - [`media`]: the fake media processing: the `MediaInfo`/`MediaResult` a job reports, or its failure.
 //! - [`job`]: one job: its state, IDs, CI's times and the `JobsDetail` CI shows for it.
@@ -45,6 +48,7 @@ mod metadata;
 mod notices;
 mod shared;
 mod store;
+mod sts;
 mod submit;
 
 pub use error::EmulatorError;
