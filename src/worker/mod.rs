@@ -177,7 +177,10 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
             CmqClient::with_shared(
                 &settings.cmq_endpoint(),
                 credentials.clone().unwrap_or_else(|| {
-                    // Unsigned: CMQ refuses, and the ingress says why at start.
+                    // Unsigned: CMQ refuses each call; said once here.
+                    tracing::error!(
+                        "cmq ingress: no credentials from any source (keys, profile file, TKE OIDC, CVM role, ci.credentials_file): CMQ refuses unsigned requests"
+                    );
                     SharedCredentials::new(Credentials {
                         secret_id: String::new(),
                         secret_key: Default::default(),

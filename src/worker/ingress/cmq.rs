@@ -37,11 +37,6 @@ pub async fn run<B: Broker + Clone, C: CiApi>(
     cmq: CmqClient,
     stop: Shutdown,
 ) {
-    if !ctx.settings.has_credential_source() {
-        tracing::error!(
-            "cmq ingress: no credentials (ci.secret_id / ci.secret_key, ci.credentials_file or ci.cvm_role): CMQ refuses unsigned requests"
-        );
-    }
     tracing::info!(
         endpoint = %ctx.settings.cmq_endpoint(),
         queue = %ctx.settings.cmq_queue(),
