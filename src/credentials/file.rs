@@ -1,7 +1,7 @@
 //! `ci.credentials_file`: keys in a JSON file another process keeps current (e.g. a Kubernetes
 //! Secret volume), read at start and every [`FILE_POLL`] after.
 
-use super::{parse_answer, unix_now, CredentialError, TemporaryKeys, FILE_POLL, MAX_ANSWER};
+use super::keys::{parse_answer, unix_now, CredentialError, TemporaryKeys, FILE_POLL, MAX_ANSWER};
 use crate::ci::sign::SharedCredentials;
 use crate::shutdown::Shutdown;
 use std::path::{Path, PathBuf};

@@ -66,23 +66,22 @@
 //! - [`file`]: `ci.credentials_file`, read and watched.
 
 mod file;
+pub mod keys;
 pub mod oidc;
 pub mod profile;
 mod role;
 
 use crate::ci::sign::{Credentials, SharedCredentials};
 use crate::config::Settings;
-use crate::secret::Secret;
 use crate::shutdown::Shutdown;
+use keys::unix_now;
+pub use keys::{parse_answer, CredentialError, TemporaryKeys, FILE_POLL};
 use oidc::TkeOidc;
 use role::RoleSource;
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How often `ci.credentials_file` is read for a change.
-pub const FILE_POLL: Duration = Duration::from_secs(2);
 /// Refresh role credentials when this much of their lifetime remains at most (the SDKs' 300 s).
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 /// Pauses between failed refreshes double from the first to the last.
@@ -90,80 +89,6 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Attempts of the first fetch from the metadata service before the worker gives up starting.
 const START_ATTEMPTS: u32 = 3;
-/// Largest metadata answer or credentials file read.
-const MAX_ANSWER: usize = 64 * 1024;
-
-/// Why no usable keys could be had. Names the configuration key, variable or file, never a secret.
-#[derive(Debug, thiserror::Error)]
-pub enum CredentialError {
-    #[error("ci.credentials_file {path}: {reason}")]
-    File { path: String, reason: String },
-    #[error("ci.cvm_role {role}: {reason}")]
-    Role { role: String, reason: String },
-    #[error("CVM role {role} (named by the metadata service; ci.cvm_role is empty): {reason}")]
-    DiscoveredRole { role: String, reason: String },
-    #[error("profile file {path}: {reason}")]
-    Profile { path: String, reason: String },
-    #[error("TKE OIDC: {0}")]
-    Tke(String),
-    #[error("credentials: {0}")]
-    Invalid(String),
-}
-
-/// One key set with its expiry (Unix seconds), when the source says it.
-#[derive(Debug, Clone)]
-pub struct TemporaryKeys {
-    pub credentials: Credentials,
-    pub expired_time: Option<i64>,
-}
-
-/// The CVM metadata answer, and the file format. Unknown fields are accepted (the answer has more).
-#[derive(Deserialize)]
-struct Answer {
-    #[serde(rename = "TmpSecretId")]
-    secret_id: String,
-    #[serde(rename = "TmpSecretKey")]
-    secret_key: Secret,
-    #[serde(rename = "Token", default)]
-    token: Option<Secret>,
-    #[serde(rename = "ExpiredTime", default)]
-    expired_time: Option<i64>,
-    #[serde(rename = "Code", default)]
-    code: Option<String>,
-}
-
-/// Reads a metadata answer / credentials file. The error never quotes the text: serde's own
-/// messages may (an `invalid type` error shows the value), so only their kind and place are kept.
-pub fn parse_answer(text: &[u8]) -> Result<TemporaryKeys, String> {
-    let answer: Answer = serde_json::from_slice(text).map_err(|e| {
-        let place = format!("line {} column {}", e.line(), e.column());
-        match e.classify() {
-            serde_json::error::Category::Data => {
-                let m = e.to_string();
-                match m.find("missing field `") {
-                    Some(i) => m[i..].split(" at line").next().unwrap_or("").to_string(),
-                    None => format!("a field has the wrong type ({place})"),
-                }
-            }
-            _ => format!("not a JSON object ({place})"),
-        }
-    })?;
-    if let Some(code) = answer.code.as_deref().filter(|c| *c != "Success") {
-        // CI's codes are words, not secrets; keep it short anyway.
-        let code: String = code.chars().take(64).collect();
-        return Err(format!("Code is {code:?}, not \"Success\""));
-    }
-    let credentials = Credentials {
-        secret_id: answer.secret_id,
-        secret_key: answer.secret_key,
-        session_token: answer.token.filter(|t| !t.is_empty()),
-    };
-    credentials.check()?;
-    Ok(TemporaryKeys {
-        credentials,
-        expired_time: answer.expired_time,
-    })
-}
 
 /// How long before `expired_time` role credentials are refreshed, for keys that had `lifetime`
 /// left when fetched: [`REFRESH_BEFORE`], or a third of the lifetime when that is less (so short
@@ -468,10 +393,6 @@ fn next_refresh(expired_time: i64, lifetime: Duration, now_ms: i64) -> Duration 
 
 fn lifetime_from(expired_time: i64, now_ms: i64) -> Duration {
     Duration::from_millis((expired_time * 1000 - now_ms).max(0) as u64)
-}
-
-fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 fn unix_now_ms() -> i64 {

@@ -6,7 +6,7 @@
 //! send it; the token file is read again at every exchange because kubelet rotates it.
 
 use super::file::read_limited;
-use super::{CredentialError, TemporaryKeys, MAX_ANSWER};
+use super::keys::{CredentialError, TemporaryKeys, MAX_ANSWER};
 use crate::ci::sign::Credentials;
 use crate::secret::Secret;
 use serde::Deserialize;

@@ -5,7 +5,7 @@
 //! unusable stops the start (the Go SDK's rule: the operator meant it), naming the file.
 
 use super::file::read_limited;
-use super::CredentialError;
+use super::keys::CredentialError;
 use crate::ci::sign::Credentials;
 use crate::secret::Secret;
 use std::collections::HashMap;
@@ -70,7 +70,13 @@ pub(super) fn read(path: &Path) -> Result<Credentials, CredentialError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::tests::vars;
+
+    fn vars(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
 
     #[test]
     fn the_variable_wins_then_home() {

@@ -1,7 +1,7 @@
 //! The CVM instance role: its keys from the instance metadata service, the role's name from
 //! `ci.cvm_role` or, as the SDKs do, from the service's listing of the role bound to the instance.
 
-use super::{parse_answer, TemporaryKeys, MAX_ANSWER};
+use super::keys::{parse_answer, TemporaryKeys, MAX_ANSWER};
 use crate::config::is_role_name;
 use std::time::Duration;
 

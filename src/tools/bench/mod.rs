@@ -1000,7 +1000,11 @@ impl Bench {
         Ok(topic)
     }
 
-    /// One submission-path run: `n` requests pre-published, `count` workers with `max_in_flight`.
+    /// One submission-path run: `count` workers with `max_in_flight` running and warmed (one request
+    /// through, and past the start's takeover: a worker checks at CI the requests published around
+    /// the moment it took a partition), then `n` requests published at once; results counted by this
+    /// benchmark's consumer, first to last. With several workers the request topic has a partition
+    /// each (requests are shared by partition).
     async fn submission_run(
         &mut self,
         emulator_port: u16,
@@ -1010,17 +1014,23 @@ impl Bench {
         label: &str,
     ) -> Result<Throughput> {
         let topics = self.worker_topics(None);
-        // Request ids and bucket of this run alone: the worker's restart recovery lists the bucket's
-        // jobs once for requests published before it started, and must find none of earlier runs.
+        if count > 1 {
+            self.create_partitioned(&topics.request, count as u32)
+                .await?;
+        }
+        // Request ids and bucket of this run alone: a worker's checks at CI list the bucket's jobs
+        // and must find none of earlier runs.
         let run = format!("{}-{label}-{}", self.id, short());
         let bucket = events::bucket_for(&run);
-        io::publish_all(&self.client, &topics.request, n, |i| {
-            (
-                events::request_in(&bucket, &run, i, format_of(i), true),
-                Some(events::request_id(&run, i)),
-            )
-        })
-        .await?;
+        let procs = self.start_workers(
+            Kind::Worker,
+            count,
+            label,
+            &topics,
+            Some(emulator_port),
+            Some(max_in_flight),
+        )?;
+        self.warm_up(&topics, &bucket, &run, count).await?;
         let follower = io::follow(&self.client, &topics.result).await?;
         let limit = Duration::from_secs(40 + n / 20);
         let target = n as usize;
@@ -1033,19 +1043,61 @@ impl Bench {
         }));
         let broker_before = self.broker_usage();
         let started = Instant::now();
-        let procs = self.start_workers(
-            Kind::Worker,
-            count,
-            label,
-            &topics,
-            Some(emulator_port),
-            Some(max_in_flight),
-        )?;
+        io::publish_all(&self.client, &topics.request, n, |i| {
+            (
+                events::request_in(&bucket, &run, i, format_of(i), true),
+                Some(events::request_id(&run, i)),
+            )
+        })
+        .await?;
         let (seen, wall, usage, broker_cpu) = self
             .supervise(procs, collector, started, broker_before)
             .await?;
         self.note_not_submitted(label, &seen);
         Ok(Throughput::of(&seen, wall, usage, broker_cpu))
+    }
+
+    /// Sends requests one at a time until each of `count` workers' partitions has had one through
+    /// (a `submitted` result per request), then waits out the start's takeover window
+    /// (`worker::submit::takeover::PUBLISH_SKEW`): what a running worker meets is measured, not its
+    /// start.
+    async fn warm_up(
+        &mut self,
+        topics: &WorkerTopics,
+        bucket: &str,
+        run: &str,
+        count: usize,
+    ) -> Result<()> {
+        let warm = format!("{run}-warm");
+        let requests = 16 * count as u64;
+        let follower = io::follow(&self.client, &topics.result).await?;
+        let target = requests as usize;
+        let mut submitted = 0usize;
+        let collector = tokio::spawn(io::collect(
+            follower,
+            Duration::from_secs(120),
+            false,
+            move |s| {
+                if s.state.as_deref() == Some("submitted") {
+                    submitted += 1;
+                }
+                submitted >= target
+            },
+        ));
+        io::publish_all(&self.client, &topics.request, requests, |i| {
+            (
+                events::request_in(bucket, &warm, i, format_of(i), true),
+                Some(events::request_id(&warm, i)),
+            )
+        })
+        .await?;
+        let seen = collector.await.context("warm-up collector")??;
+        if seen.len() < target {
+            bail!("warm-up: {} of {target} requests submitted", seen.len());
+        }
+        tokio::time::sleep(crate::worker::submit::takeover::PUBLISH_SKEW + Duration::from_secs(1))
+            .await;
+        Ok(())
     }
 
     /// N for a submission combination: all of `--requests`, or what its ideal rate gets through in
