@@ -70,7 +70,7 @@ COPY --from=build /out/ci-worker.debug /
 
 FROM ${RUNTIME_IMAGE} AS runtime-base
 ARG RUNTIME_IMAGE
-ARG VERSION=0.5.0
+ARG VERSION=0.6.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="ci-worker" \
       org.opencontainers.image.description="Pulsar/TDMQ worker that submits Tencent Cloud Infinite (CI) media jobs and republishes normalized results" \

@@ -117,7 +117,14 @@ impl<B, C> Context<B, C> {
 /// unacknowledged (what the crate prefetched, and its handlers in flight).
 pub fn takeover_window(settings: &Settings) -> usize {
     crate::pulsar::consume::prefetched_at_most(request_receiver_queue(settings))
-        + settings.worker.max_in_flight
+        + requests_in_flight(settings)
+}
+
+/// Requests handled at once: twice the `POST /jobs` in flight (`worker.max_in_flight`), so that
+/// requests storing their deadline record or their `submitted` event (a broker round trip each) do
+/// not keep a `POST /jobs` from going.
+pub fn requests_in_flight(settings: &Settings) -> usize {
+    2 * settings.worker.max_in_flight
 }
 
 /// The request consumer's receiver queue.

@@ -38,7 +38,7 @@ use crate::request::{SubmitRequest, ValidRequest};
 use crate::result::normalize::normalize_job;
 use crate::result::JobResult;
 use crate::shutdown::Shutdown;
-use crate::worker::context::{request_receiver_queue, Context, WorkerError};
+use crate::worker::context::{request_receiver_queue, requests_in_flight, Context, WorkerError};
 use crate::worker::deadline::schedule;
 use crate::worker::io::{Broker, CiApi};
 use crate::worker::pace::{ci_calls, retry};
@@ -71,7 +71,7 @@ pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<()
         "submit",
         "request",
         subscribe,
-        ctx.settings.worker.max_in_flight,
+        requests_in_flight(&ctx.settings),
         None,
         |ctx, d| async move { handle(&ctx, &d).await },
     )
