@@ -2,8 +2,8 @@
 //! Deployment runs them) while replicas die or are replaced, measured as a user sees it.
 //!
 //! Per run (one per `--scaleout-partitions` value × `--scaleout-mode`): fresh topics (request,
-//! callback, result and deadline topics created partitioned through the admin API when the value is
-//! N > 0; the done topic never), `--scaleout-replicas` workers with `worker.max_in_flight =
+//! callback and result topics created partitioned through the admin API when the value is N > 0; the
+//! deadline topic never), `--scaleout-replicas` workers with `worker.max_in_flight =
 //! --scaleout-max-in-flight`, started and ready, then `--scaleout-requests` requests published at once
 //! against an emulator whose answers are held `--scaleout-answer-delay-ms` after it created the job
 //! (`emulator.answer_delay_ms`; an emulator without that setting gets `latency_ms`, applied before
@@ -237,12 +237,7 @@ impl Bench {
         );
         let topics = self.worker_topics(None);
         if partitions > 0 {
-            for t in [
-                &topics.request,
-                &topics.callback,
-                &topics.result,
-                &topics.deadline,
-            ] {
+            for t in [&topics.request, &topics.callback, &topics.result] {
                 self.create_partitioned(t, partitions).await?;
             }
         }
