@@ -10,8 +10,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSettings {
-    /// At most this many `POST /jobs` in flight, and twice as many requests handled at once (those
-    /// storing their deadline record or their `submitted` event keep no `POST /jobs` from going).
+    /// At most this many `POST /jobs` in flight, and four times as many requests handled at once
+    /// (those storing their deadline record or their `submitted` event keep no `POST /jobs` from
+    /// going).
     pub max_in_flight: usize,
     /// On CI's 429 `SlowDown` or 403 `QueueSaturated`, fewer `POST /jobs` in flight (× 0.7, once per
     /// round of calls), one more again per round of successes, up to `max_in_flight`.
