@@ -1032,15 +1032,7 @@ impl Bench {
         )?;
         self.warm_up(&topics, &bucket, &run, count).await?;
         let follower = io::follow(&self.client, &topics.result).await?;
-        let limit = Duration::from_secs(40 + n / 20);
-        let target = n as usize;
-        let mut submitted = 0usize;
-        let collector = tokio::spawn(io::collect(follower, limit, false, move |s| {
-            if s.state.as_deref() == Some("submitted") {
-                submitted += 1;
-            }
-            submitted >= target
-        }));
+        let collector = until_submitted(follower, Duration::from_secs(40 + n / 20), n as usize);
         let broker_before = self.broker_usage();
         let started = Instant::now();
         io::publish_all(&self.client, &topics.request, n, |i| {
@@ -1072,18 +1064,7 @@ impl Bench {
         let requests = 16 * count as u64;
         let follower = io::follow(&self.client, &topics.result).await?;
         let target = requests as usize;
-        let mut submitted = 0usize;
-        let collector = tokio::spawn(io::collect(
-            follower,
-            Duration::from_secs(120),
-            false,
-            move |s| {
-                if s.state.as_deref() == Some("submitted") {
-                    submitted += 1;
-                }
-                submitted >= target
-            },
-        ));
+        let collector = until_submitted(follower, Duration::from_secs(120), target);
         io::publish_all(&self.client, &topics.request, requests, |i| {
             (
                 events::request_in(bucket, &warm, i, format_of(i), true),
@@ -1453,6 +1434,21 @@ impl Bench {
         }))
         .unwrap_or_default()
     }
+}
+
+/// Receives results (in a task) until `target` `submitted` events have come, or `limit` passes.
+fn until_submitted(
+    follower: crate::pulsar::raw::Tail,
+    limit: Duration,
+    target: usize,
+) -> tokio::task::JoinHandle<Result<Vec<Seen>>> {
+    let mut submitted = 0usize;
+    tokio::spawn(io::collect(follower, limit, false, move |s| {
+        if s.state.as_deref() == Some("submitted") {
+            submitted += 1;
+        }
+        submitted >= target
+    }))
 }
 
 /// Topics and subscription of the processes under test.

@@ -211,6 +211,25 @@ impl Lookout {
         self.forced.load(Ordering::Relaxed) || self.clear_at.lock().elapsed() > self.held_at_most
     }
 
+    /// Looks for the request's job once; when there is none, nobody else can have submitted the
+    /// request up to now.
+    async fn look<B: Broker, C: CiApi>(
+        &self,
+        ctx: &Context<B, C>,
+        req: &ValidRequest,
+    ) -> Result<Option<JobDetail>, CiError> {
+        let looked_at = Instant::now();
+        let found = ctx
+            .recovery
+            .search_request(&ctx.ci, &ctx.ci_calls, req, self.since)
+            .await?;
+        if found.is_none() {
+            self.forced.store(false, Ordering::Relaxed);
+            *self.clear_at.lock() = looked_at;
+        }
+        Ok(found)
+    }
+
     /// Looks for the request's job (with backoff); `Err` is the verdict when CI cannot be asked.
     async fn check<B: Broker, C: CiApi>(
         &self,
@@ -218,28 +237,15 @@ impl Lookout {
         req: &ValidRequest,
     ) -> Result<Option<JobDetail>, Disposition> {
         tracing::info!(request_id = %req.request_id, "a job may exist for this request (another replica, or an earlier try); looking for it at CI");
-        let looked_at = Instant::now();
-        match with_backoff(ctx, &req.request_id, || {
-            ctx.recovery
-                .search_request(&ctx.ci, &ctx.ci_calls, req, self.since)
-        })
-        .await
-        {
-            Ok(found) => {
-                self.forced.store(false, Ordering::Relaxed);
-                *self.clear_at.lock() = looked_at;
-                Ok(found)
-            }
-            Err(e) => {
+        with_backoff(ctx, &req.request_id, || self.look(ctx, req))
+            .await
+            .map_err(|e| {
                 if self.forced.load(Ordering::Relaxed) {
                     ctx.recovery.put_in_doubt(&req.request_id, self.since);
                 }
                 tracing::warn!(request_id = %req.request_id, error = %e, "cannot check for an earlier submission; trying the request again later");
-                Err(Disposition::Retry(format!(
-                    "cannot check for an earlier submission: {e}"
-                )))
-            }
-        }
+                Disposition::Retry(format!("cannot check for an earlier submission: {e}"))
+            })
     }
 }
 
@@ -382,18 +388,10 @@ async fn try_submit<B: Broker, C: CiApi>(
     lookout: &Lookout,
 ) -> Result<Submission, TryFailed> {
     if lookout.check_due() {
-        let looked_at = Instant::now();
-        let found = ctx
-            .recovery
-            .search_request(&ctx.ci, &ctx.ci_calls, req, lookout.since)
-            .await
-            .map_err(TryFailed::Search)?;
-        if let Some(detail) = found {
+        if let Some(detail) = lookout.look(ctx, req).await.map_err(TryFailed::Search)? {
             tracing::info!(request_id = %req.request_id, job_id = detail.job_id().unwrap_or(""), "the job exists already; not submitting again");
             return Ok(Submission::Found(detail));
         }
-        lookout.forced.store(false, Ordering::Relaxed);
-        *lookout.clear_at.lock() = looked_at;
     }
     // A slot among the submissions in flight for this one call: released before any backoff, so a
     // throttled request waiting to retry does not keep another from going.
