@@ -52,7 +52,7 @@ pub const MAX_BATCH: usize = 16;
 pub const MAX_POLLING_WAIT_SECONDS: u64 = 30;
 
 /// One message as `ReceiveMessage` returns it (and each element of `BatchReceiveMessage`'s
-/// `msgInfoList`).
+/// `msgInfoList`). The fields the TDMQ page calls reserved may be missing (read as 0).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ReceivedMessage {
@@ -60,11 +60,52 @@ pub struct ReceivedMessage {
     pub msg_id: String,
     /// Deletes the message; valid only until `next_visible_time`, and only the newest one.
     pub receipt_handle: String,
+    #[serde(default)]
     pub enqueue_time: i64,
+    #[serde(default)]
     pub first_dequeue_time: i64,
+    #[serde(default)]
     pub next_visible_time: i64,
-    /// How many times the message has been received (the TDMQ page calls it reserved).
+    /// How many times the message has been received, this time included (0: not given).
+    #[serde(default)]
     pub dequeue_count: i64,
+    /// Why the element could not be read as a message (then `msg_body` is the element as it came,
+    /// and the ids are whatever could be found): the reader dead-letters it and deletes it, so that
+    /// one odd element never holds up the others.
+    #[serde(skip)]
+    pub unreadable: Option<String>,
+}
+
+impl ReceivedMessage {
+    /// Reads one element; never fails (see [`ReceivedMessage::unreadable`]).
+    fn read(element: &Value) -> ReceivedMessage {
+        match serde_json::from_value::<ReceivedMessage>(element.clone()) {
+            Ok(message) => message,
+            Err(e) => {
+                let text = |name: &str| {
+                    element
+                        .get(name)
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let body = element.get("msgBody").and_then(Value::as_str);
+                ReceivedMessage {
+                    msg_body: body.map_or_else(|| element.to_string(), str::to_string),
+                    msg_id: text("msgId"),
+                    receipt_handle: text("receiptHandle"),
+                    enqueue_time: 0,
+                    first_dequeue_time: 0,
+                    next_visible_time: 0,
+                    dequeue_count: element
+                        .get("dequeueCount")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0),
+                    unreadable: Some(format!("unreadable CMQ message: {e}")),
+                }
+            }
+        }
+    }
 }
 
 /// One element of `BatchDeleteMessage`'s `errorList`.
@@ -119,14 +160,15 @@ impl Answer {
         })
     }
 
-    /// `msgInfoList` (BatchReceiveMessage) or the answer itself (ReceiveMessage) as messages.
+    /// `msgInfoList` (BatchReceiveMessage) or the answer itself (ReceiveMessage) as messages; an
+    /// element that is not a readable message is one with [`ReceivedMessage::unreadable`] set.
     pub fn messages(&self) -> Result<Vec<ReceivedMessage>, MalformedAnswer> {
         match self.fields.get("msgInfoList") {
-            Some(list) => serde_json::from_value(list.clone())
-                .map_err(|e| MalformedAnswer(format!("msgInfoList: {e}"))),
-            None => serde_json::from_value(Value::Object(self.fields.clone()))
-                .map(|m| vec![m])
-                .map_err(|e| MalformedAnswer(format!("message: {e}"))),
+            Some(Value::Array(list)) => Ok(list.iter().map(ReceivedMessage::read).collect()),
+            Some(other) => Err(MalformedAnswer(format!("msgInfoList: not a list: {other}"))),
+            None => Ok(vec![ReceivedMessage::read(&Value::Object(
+                self.fields.clone(),
+            ))]),
         }
     }
 
@@ -185,6 +227,48 @@ mod tests {
         let failures = partial.delete_failures().unwrap();
         assert_eq!(failures[0].receipt_handle, "4364564575");
         assert_eq!(failures[0].code, code::RECEIPT_HANDLE_INVALID);
+    }
+
+    #[test]
+    fn reserved_fields_may_be_missing_and_an_odd_element_does_not_spoil_the_batch() {
+        let answer = Answer::parse(
+            br#"{"code": 0, "message": "", "requestId": "r",
+                 "msgInfoList": [
+                    {"msgBody": "<Response/>", "msgId": "m1", "receiptHandle": "h1"},
+                    {"msgBody": 42, "msgId": "m2", "receiptHandle": "h2", "dequeueCount": 3},
+                    {"msgId": "m3"}
+                 ]}"#,
+        )
+        .unwrap();
+        let messages = answer.messages().unwrap();
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[0].unreadable, None);
+        assert_eq!(messages[0].dequeue_count, 0);
+        assert_eq!(messages[0].first_dequeue_time, 0);
+        let odd = &messages[1];
+        assert!(
+            odd.unreadable
+                .as_deref()
+                .unwrap()
+                .contains("expected a string"),
+            "{odd:?}"
+        );
+        assert_eq!(
+            (odd.msg_id.as_str(), odd.receipt_handle.as_str()),
+            ("m2", "h2")
+        );
+        assert_eq!(odd.dequeue_count, 3);
+        assert!(
+            odd.msg_body.contains("42"),
+            "kept as it came: {}",
+            odd.msg_body
+        );
+        assert!(messages[2].unreadable.is_some());
+        assert_eq!(messages[2].receipt_handle, "");
+        assert!(Answer::parse(br#"{"code": 0, "msgInfoList": 7}"#)
+            .unwrap()
+            .messages()
+            .is_err());
     }
 
     #[test]

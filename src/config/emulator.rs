@@ -39,6 +39,11 @@ pub struct EmulatorSettings {
     /// default: 30 s).
     #[serde(with = "duration")]
     pub cmq_visibility_timeout: Duration,
+    /// The queues' Max Message Unack Time (`msgRetentionSeconds` in TDMQ's `CreateCmqQueue`): a
+    /// message not deleted this long after it was sent is deleted by the service, received or not.
+    /// Whole seconds from 30 s to 12 h; TDMQ's default, 1 h.
+    #[serde(with = "duration")]
+    pub cmq_max_unack_time: Duration,
     /// Pulsar topic for TDMQ callbacks when `tdmq_delivery = "pulsar"`; `{MqName}`, `{MqRegion}`,
     /// `{MqMode}` are substituted.
     pub callback_topic_template: String,
@@ -140,6 +145,7 @@ impl Default for EmulatorSettings {
             cmq_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
             cmq_queues: vec!["ci-callbacks".into()],
             cmq_visibility_timeout: Duration::from_secs(30),
+            cmq_max_unack_time: Duration::from_secs(3600),
             callback_topic_template: "persistent://public/default/{MqName}".into(),
             throttle_rate: 0.0,
             qps_limit: 0,
@@ -190,6 +196,14 @@ impl EmulatorSettings {
                     &format!("must be whole seconds from 1s to 12h{what}"),
                 ));
             }
+        }
+        let unack = self.cmq_max_unack_time;
+        if unack.subsec_nanos() != 0 || !(30..=MAX_SECONDS).contains(&unack.as_secs()) {
+            return Err(invalid(
+                "emulator.cmq_max_unack_time",
+                &value::humane(unack),
+                "must be whole seconds from 30s to 12h (TDMQ for CMQ's Max Message Unack Time)",
+            ));
         }
         if let Some(bad) = self.cvm_roles.iter().find(|r| !super::ci::is_role_name(r)) {
             return Err(invalid(

@@ -9,8 +9,9 @@
 //!   `SendMessage` to `Abc` reaches `abc`.
 //! - Attributes (`CreateQueue`): `pollingWaitSeconds` 0–30 (default 0), `visibilityTimeout`
 //!   1–43200 (default 30), `maxMsgSize` 1024–1048576 (default 65536: the TDMQ SDK page's range; the
-//!   legacy CreateQueue page caps it at 65536), `msgRetentionSeconds` 60–1296000 (default 345600),
-//!   `rewindSeconds` 0–43200 (default 0; kept and reported, rewinding is not emulated).
+//!   legacy CreateQueue page caps it at 65536), `msgRetentionSeconds` 30–43200 (default 3600: what
+//!   TDMQ's `CreateCmqQueue` calls the Max Message Unack Time; CMQ before TDMQ kept messages up to 15
+//!   days), `rewindSeconds` 0–43200 (default 0; kept and reported, rewinding is not emulated).
 //! - A body must not be empty (`4000`/`10120`) nor longer than `maxMsgSize` bytes (`4400`/`10230`).
 //! - A receive hands out up to `n` visible messages, oldest first (CMQ promises no order; this one
 //!   keeps the sending order), and makes each inactive until now + `visibilityTimeout`, with a fresh
@@ -19,8 +20,10 @@
 //!   it — or the poll ends.
 //! - A delete succeeds only with the message's newest handle and before its `nextVisibleTime`;
 //!   anything else is `4430` "receipt handle is invalid" (module code `10260`).
-//! - A message older than `msgRetentionSeconds` is gone, whatever its state (checked on every
-//!   access: nothing needs to run in the background).
+//! - A message older than `msgRetentionSeconds` (counted from its sending) is gone, whatever its
+//!   state: TDMQ for CMQ deletes a message not deleted within the Max Message Unack Time ("the
+//!   server will automatically acknowledge the message"). Checked on every access: nothing needs to
+//!   run in the background.
 //!
 //! Decisions take a [`Clock`] (a monotonic instant and the Unix time reported in answers), so that
 //! the unit tests move time by hand instead of sleeping.
@@ -142,7 +145,7 @@ impl Default for QueueAttributes {
             polling_wait_seconds: 0,
             visibility_timeout: 30,
             max_msg_size: 65_536,
-            msg_retention_seconds: 345_600,
+            msg_retention_seconds: 3_600,
             rewind_seconds: 0,
         }
     }
@@ -175,7 +178,7 @@ impl QueueAttributes {
             "maxMsgSize" => (&mut self.max_msg_size, 1_024..=1_048_576, "maxMsgSize"),
             "msgRetentionSeconds" => (
                 &mut self.msg_retention_seconds,
-                60..=1_296_000,
+                30..=43_200,
                 "msgRetentionSeconds",
             ),
             "rewindSeconds" => (&mut self.rewind_seconds, 0..=43_200, "rewindSeconds"),
@@ -381,6 +384,7 @@ impl Queue {
                 first_dequeue_time: msg.first_dequeue_time,
                 next_visible_time: msg.next_visible_time,
                 dequeue_count: msg.dequeue_count,
+                unreadable: None,
             });
         }
         (got, next_visible)
@@ -528,13 +532,13 @@ mod tests {
                 d.max_msg_size,
                 d.msg_retention_seconds
             ),
-            (0, 30, 65_536, 345_600)
+            (0, 30, 65_536, 3_600)
         );
         for (name, low, high) in [
             ("pollingWaitSeconds", 0, 30),
             ("visibilityTimeout", 1, 43_200),
             ("maxMsgSize", 1_024, 1_048_576),
-            ("msgRetentionSeconds", 60, 1_296_000),
+            ("msgRetentionSeconds", 30, 43_200),
             ("rewindSeconds", 0, 43_200),
         ] {
             let mut a = QueueAttributes::default();

@@ -8,12 +8,11 @@
 //! The flows (each a consume loop and its handler; they never import each other):
 //! - [`submit`]: requests → validate → the request's deadline → CI `POST /jobs` → `submitted` event
 //!   (or a `rejected` result, or a dead letter).
-//! - [`complete`]: CI's completion events → normalized results; finals once per job; the job's
+//! - [`complete`]: CI's completion events, from each source of `worker.callback_ingress` (the
+//!   callback topic, a CMQ queue, HTTP POSTs) → normalized results; finals once per job; the job's
 //!   deadline cancelled.
 //! - [`deadline`]: deadline records come due → describe the jobs at CI whose final result did not
 //!   come → their finals, new deadlines, or `timed_out`.
-//! - [`ingress`]: the `cmq` and `http` sources (`worker.callback_ingress`) storing CI's completion
-//!   events in the callback topic the completion handler reads.
 //!
 //! What the flows share (none of it imports a flow, except through [`context`]):
 //! - [`context`]: [`Context`] (settings, I/O, metrics, in-process state) and [`WorkerError`].
@@ -37,7 +36,6 @@ pub mod complete;
 pub mod context;
 pub mod deadline;
 pub mod finished;
-pub mod ingress;
 pub mod io;
 pub mod pace;
 pub mod probes;
@@ -59,7 +57,7 @@ use crate::config::{CallbackIngress, Settings};
 use crate::pulsar::{Batching, Publisher};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
-use ingress::{cmq, http};
+use complete::ingress::{cmq, http};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -109,8 +107,11 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     // Not ready until every loop has subscribed.
-    for name in ["submit", "complete", "deadline"] {
+    for name in ["submit", "deadline"] {
         health.set(name, false);
+    }
+    if settings.has_ingress(CallbackIngress::Pulsar) {
+        health.set(complete::ingress::pulsar::HEALTH_NAME, false);
     }
     if settings.has_ingress(CallbackIngress::Cmq) {
         health.set(cmq::HEALTH_NAME, false);
@@ -125,12 +126,11 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     let stop = shutdown.child();
     // Probes answer from the start (alive, not ready) while the broker may still be out of reach.
     let publisher_slot = Arc::new(tokio::sync::OnceCell::new());
-    let ingress_slot = Arc::new(tokio::sync::OnceCell::new());
+    let worker_slot = Arc::new(tokio::sync::OnceCell::new());
     let ingress_routes = settings.has_ingress(CallbackIngress::Http).then(|| {
         http::HttpIngress::new(
-            ingress_slot.clone(),
+            worker_slot.clone(),
             &settings.http.callback_token,
-            settings.pulsar.callback_topic.clone(),
             metrics.clone(),
         )
         .router()
@@ -167,7 +167,6 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     let probe = Publisher::new(client.clone(), "ci-worker-probe")
         .count_rebuilds(metrics.pulsar_reconnects.clone());
     let _ = publisher_slot.set(probe);
-    let _ = ingress_slot.set(publisher.clone());
     // One key set for CI and CMQ, kept current when it is temporary (file, CVM role).
     let credentials = crate::credentials::start(&settings, &stop)
         .await
@@ -229,10 +228,11 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         )));
     }
     let ctx = Arc::new(Context::new(settings, publisher, ci, metrics, health));
+    let _ = worker_slot.set(ctx.clone());
 
     tracing::info!(
         request_topic = %ctx.settings.pulsar.request_topic,
-        callback_topic = %ctx.settings.pulsar.callback_topic,
+        callback_ingress = ?ctx.settings.worker.callback_ingress,
         result_topic = %ctx.settings.pulsar.result_topic,
         max_in_flight = ctx.settings.worker.max_in_flight,
         "worker started"
@@ -241,16 +241,22 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         submit::run(ctx.clone(), client.clone(), stop.clone()),
         stop.clone(),
     ));
-    let complete = tokio::spawn(stop_all_on_error(
-        complete::run(ctx.clone(), client.clone(), stop.clone()),
-        stop.clone(),
-    ));
+    let callback_topic = ctx.settings.has_ingress(CallbackIngress::Pulsar).then(|| {
+        tokio::spawn(stop_all_on_error(
+            complete::ingress::pulsar::run(ctx.clone(), client.clone(), stop.clone()),
+            stop.clone(),
+        ))
+    });
     let deadlines = tokio::spawn(stop_all_on_error(
         deadline::run(ctx.clone(), client.clone(), stop.clone()),
         stop.clone(),
     ));
     let cmq_reader = cmq_client.map(|client| tokio::spawn(cmq::run(ctx.clone(), client, stop)));
-    let (a, b, c) = tokio::join!(submit, complete, deadlines);
+    let (a, c) = tokio::join!(submit, deadlines);
+    let b = match callback_topic {
+        Some(task) => task.await,
+        None => Ok(Ok(())),
+    };
     if let Some(task) = cmq_reader {
         // Its loops watch the same stop; a batch in hand is bounded by the drain.
         let _ = task.await;

@@ -1,6 +1,6 @@
 //! Dead letters: the original payload and properties untouched, the reason and origin added.
 
-use crate::pulsar::consume::Delivery;
+use super::inbound::Inbound;
 use crate::pulsar::{props, Outgoing, PulsarIoError};
 use crate::worker::context::Context;
 use crate::worker::io::{Broker, CiApi};
@@ -8,25 +8,27 @@ use crate::worker::io::{Broker, CiApi};
 /// Longest reason kept in the properties (parser messages can quote input).
 const MAX_REASON: usize = 1024;
 
-/// Publishes `delivery` to `pulsar.dead_letter_topic`. `source` labels the metric (`request`,
-/// `callback`); `reason` comes from parsers that see only the payload, so it holds no secrets.
-pub async fn publish<B: Broker, C: CiApi>(
+/// Publishes `message` to `pulsar.dead_letter_topic`. `source` labels the metric (`request`,
+/// `callback`, `cmq`, …); `reason` comes from parsers that see only the payload, so it holds no
+/// secrets.
+pub async fn publish<'a, B: Broker, C: CiApi>(
     ctx: &Context<B, C>,
-    delivery: &Delivery,
+    message: impl Into<Inbound<'a>>,
     source: &str,
     reason: &str,
 ) -> Result<(), PulsarIoError> {
-    let mut msg = Outgoing::new(delivery.payload.clone());
-    msg.properties = delivery.properties.clone();
-    msg.key = delivery.key.clone();
+    let message = message.into();
+    let mut msg = Outgoing::new(message.payload.to_vec());
+    msg.properties = message.properties.clone();
+    msg.key = message.key.map(str::to_string);
     msg = msg
         .with_property(props::DLQ_REASON, truncate(reason, MAX_REASON))
-        .with_property(props::SOURCE_TOPIC, delivery.topic.clone())
-        .with_property(props::SOURCE_MESSAGE_ID, delivery.message_id.clone())
+        .with_property(props::SOURCE_TOPIC, message.origin)
+        .with_property(props::SOURCE_MESSAGE_ID, message.id)
         .with_property(props::DLQ_AT, chrono::Utc::now().to_rfc3339());
     tracing::warn!(
-        source_topic = %delivery.topic,
-        source_message_id = %delivery.message_id,
+        source_topic = %message.origin,
+        source_message_id = %message.id,
         reason,
         "dead-lettering message"
     );

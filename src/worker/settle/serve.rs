@@ -47,7 +47,7 @@ where
             let verdict = handle(ctx.clone(), delivery.clone());
             // Boxed: the handler's state machine is kilobytes, and the consume loop would otherwise
             // copy it several times per message on its way into the loop's set of handlers.
-            Box::pin(async move { poison::settle(&ctx, &delivery, source, verdict.await).await })
+            Box::pin(async move { poison::settle(&ctx, &*delivery, source, verdict.await).await })
         },
     )
     .await

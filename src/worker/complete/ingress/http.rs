@@ -1,19 +1,24 @@
 //! The `http` ingress: `POST /ci/callback/<http.callback_token>` on `http.listen`, where CI sends
 //! completion events when jobs are submitted with `CallBackType=Url` (`ci.callback_type = "Url"`).
 //!
-//! The body (XML or JSON, at most [`MAX_EVENT_BYTES`]) is stored in `pulsar.callback_topic`, keyed by
-//! job ID, and only then answered 200; while the broker does not take it the answer is 503, so that
-//! CI sends it again. A wrong token, or any other path, is 404; the token is compared in constant
-//! time. A repeat of a body already stored (CI retrying after an answer it did not see) is answered
-//! 200 without storing it again, and a repeat that arrives while the first is still being stored
-//! waits for that one: one event, one copy in the callback topic, however CI retries.
+//! The body (XML or JSON, at most [`MAX_EVENT_BYTES`]) goes through the completion handler, and is
+//! answered 200 only once its outcome (its results, or its dead letter) is stored; otherwise, or
+//! when that takes longer than [`STORE_WAIT`], 503, so that CI sends it again. A wrong token, or
+//! any other path, is 404; the token is compared in constant time. A repeat of a body already
+//! handled (CI retrying after an answer it did not see) is answered 200 without handling it again,
+//! and a repeat that arrives while the first is still being handled waits for that one. A body
+//! that keeps failing is dead-lettered after `worker.max_redeliveries` attempts (CI's retries
+//! count) and then answered 200.
 
-use super::event::event_key;
 use crate::callback::event::MAX_EVENT_BYTES;
-use crate::pulsar::{Outgoing, Publisher};
+use crate::pulsar::consume::Disposition;
 use crate::secret::Secret;
 use crate::telemetry::{IngressLabels, Metrics, SourceLabel};
 use crate::worker::bounded::Bounded;
+use crate::worker::complete::handle::{handle, SOURCE};
+use crate::worker::context::Context;
+use crate::worker::settle::inbound::Inbound;
+use crate::worker::settle::poison;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
@@ -21,13 +26,14 @@ use axum::routing::post;
 use axum::Router;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 use tokio::sync::{watch, OnceCell};
 
-/// How long one request waits for the broker's receipt before it is answered 503. The store goes
-/// on; a retry of the same body joins it.
+/// How long one request waits for the event's outcome to be stored before it is answered 503. The
+/// handling goes on; a retry of the same body joins it.
 const STORE_WAIT: Duration = Duration::from_secs(5);
 /// How long a stored body is remembered, to answer CI's retries of it without a second copy.
 const REMEMBER: Duration = Duration::from_secs(3600);
@@ -38,24 +44,21 @@ const REMEMBER_MAX: usize = 100_000;
 #[derive(Clone)]
 pub struct HttpIngress {
     /// Set once the worker has connected to the broker; until then every event is answered 503.
-    publisher: Arc<OnceCell<Publisher>>,
+    worker: Arc<OnceCell<Arc<Context>>>,
     token_digest: [u8; 32],
-    topic: String,
     metrics: Arc<Metrics>,
     recent: Arc<RecentBodies>,
 }
 
 impl HttpIngress {
     pub fn new(
-        publisher: Arc<OnceCell<Publisher>>,
+        worker: Arc<OnceCell<Arc<Context>>>,
         token: &Secret,
-        topic: String,
         metrics: Arc<Metrics>,
     ) -> HttpIngress {
         HttpIngress {
-            publisher,
+            worker,
             token_digest: Sha256::digest(token.expose().as_bytes()).into(),
-            topic,
             metrics,
             recent: Arc::new(RecentBodies::default()),
         }
@@ -91,7 +94,7 @@ async fn receive(
         ingress.count("refused");
         return (StatusCode::NOT_FOUND, "not found");
     }
-    let Some(publisher) = ingress.publisher.get().cloned() else {
+    let Some(ctx) = ingress.worker.get().cloned() else {
         ingress.count("failed");
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -108,19 +111,10 @@ async fn receive(
         Begin::Pending(outcome) => outcome,
         Begin::New(outcome) => {
             let recent = ingress.recent.clone();
-            let topic = ingress.topic.clone();
-            // Spawned: the store finishes even if CI hangs up, and a retry can join it.
+            // Spawned: the handling finishes even if CI hangs up, and a retry can join it.
             tokio::spawn(async move {
-                let mut msg =
-                    Outgoing::new(body.to_vec()).with_property("ci-worker-ingress", "http");
-                if let Some(key) = event_key(&body) {
-                    msg = msg.with_key(key);
-                }
-                let result = publisher.publish(&topic, msg).await;
-                if let Err(error) = &result {
-                    tracing::warn!(%error, "http ingress: event not stored; CI is answered 503");
-                }
-                recent.finish(digest, result.is_ok());
+                let stored = settle(&ctx, &body, &digest).await;
+                recent.finish(digest, stored);
             });
             outcome
         }
@@ -151,8 +145,34 @@ async fn receive(
         ingress.count("failed");
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the broker did not store the event; send it again",
+            "the event's outcome was not stored; send it again",
         )
+    }
+}
+
+/// The body through the completion handler and the poison guard (keyed by the body's digest, so
+/// that CI's retries of it count); true once its outcome is stored.
+async fn settle(ctx: &Context, body: &[u8], digest: &[u8; 32]) -> bool {
+    let properties = HashMap::from([("ci-worker-ingress".to_string(), "http".to_string())]);
+    let id = hex::encode(digest);
+    let inbound = Inbound {
+        payload: body,
+        properties: &properties,
+        key: None,
+        origin: "http",
+        id: &id,
+        deliveries: 1,
+    };
+    let verdict = handle(ctx, inbound).await;
+    match poison::settle(ctx, inbound, SOURCE, verdict).await {
+        Disposition::Ack => true,
+        Disposition::Retry(reason) => {
+            tracing::warn!(
+                reason,
+                "http ingress: event outcome not stored; CI is answered 503"
+            );
+            false
+        }
     }
 }
 

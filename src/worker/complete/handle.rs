@@ -1,65 +1,32 @@
-//! The completion path: CI's completion event (XML or JSON, detected per message) → normalized results
-//! on the results topic; a job's final result once, and its deadline record cancelled. Unparseable
-//! events are dead-lettered, never dropped.
-//!
-//! The callback topic is read on a Key_Shared subscription: every copy of a job's event (keyed by
-//! its job id) reaches the same replica, whose memory of finished jobs
-//! ([`crate::worker::finished`]) suppresses the copies. No replica needs to hear of another's
-//! finals.
+//! The one completion handler every ingress feeds: CI's completion event (XML or JSON, detected per
+//! message) → normalized results on the results topic; a job's final result once
+//! ([`crate::worker::finished`]), and its deadline record cancelled. An unparseable event is
+//! dead-lettered with the reason, never dropped. Its verdict is the source's acknowledgement: `Ack`
+//! only once the event's outcome (its results, or its dead letter) is stored.
 
 use crate::callback::event::{parse_event, EventFormat};
-use crate::pulsar::consume::{Delivery, Disposition};
-use crate::pulsar::{Client, SubscribeOptions, SubscriptionKind};
+use crate::pulsar::consume::Disposition;
 use crate::result::normalize::normalize_owned;
-use crate::shutdown::Shutdown;
 use crate::telemetry::FormatLabel;
-use crate::worker::context::{Context, WorkerError};
+use crate::worker::context::Context;
 use crate::worker::io::{Broker, CiApi};
 use crate::worker::results::{self, publish_final};
 use crate::worker::settle::dead_letter;
-use crate::worker::settle::serve::serve;
-use std::sync::Arc;
+use crate::worker::settle::inbound::Inbound;
 
-/// Events handled at once, and the receiver queue. Normalizing is cheap; an event's time is spent
-/// waiting for its result's receipt (batched), so the events in flight bound the rate at about this
-/// many per broker round trip. 256 capped it near 13,000 events/s; the memory is the receiver
-/// queue's (a few MiB of payloads).
-const EVENTS_IN_FLIGHT: usize = 1000;
+/// The metric label of the events' dead letters, whatever brought them.
+pub const SOURCE: &str = "callback";
 
-pub async fn run(ctx: Arc<Context>, client: Client, stop: Shutdown) -> Result<(), WorkerError> {
-    let p = &ctx.settings.pulsar;
-    let subscribe = SubscribeOptions {
-        topic: p.callback_topic.clone(),
-        subscription: p.callback_subscription.clone(),
-        name_prefix: "ci-worker-complete".into(),
-        receiver_queue_size: EVENTS_IN_FLIGHT as u32,
-        dead_letter: Some((
-            ctx.settings.worker.max_redeliveries,
-            p.dead_letter_topic.clone(),
-        )),
-        from_earliest: true,
-        kind: SubscriptionKind::KeyShared,
-    };
-    serve(
-        &ctx,
-        client,
-        stop,
-        "complete",
-        "callback",
-        subscribe,
-        ctx.settings.worker.max_in_flight.max(EVENTS_IN_FLIGHT),
-        None,
-        |ctx, d| async move { handle(&ctx, &d).await },
-    )
-    .await
-}
-
-pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Delivery) -> Disposition {
-    let event = match parse_event(&delivery.payload) {
+pub async fn handle<'a, B: Broker, C: CiApi>(
+    ctx: &Context<B, C>,
+    event: impl Into<Inbound<'a>>,
+) -> Disposition {
+    let inbound = event.into();
+    let event = match parse_event(inbound.payload) {
         Ok(event) => event,
         Err(e) => {
             let reason = format!("unparseable completion event: {e}");
-            return match dead_letter::publish(ctx, delivery, "callback", &reason).await {
+            return match dead_letter::publish(ctx, inbound, SOURCE, &reason).await {
                 Ok(()) => Disposition::Ack,
                 Err(e) => Disposition::Retry(format!("could not dead-letter: {e}")),
             };
@@ -107,6 +74,7 @@ pub async fn handle<B: Broker, C: CiApi>(ctx: &Context<B, C>, delivery: &Deliver
 mod tests {
     use super::*;
     use crate::fixtures::{DW_JSON, DW_XML};
+    use crate::pulsar::consume::Delivery;
     use crate::pulsar::props;
     use crate::request::marker::DeadlineRef;
     use crate::result::ResultState;

@@ -1,25 +1,37 @@
-//! The `cmq` ingress: reads the TDMQ for CMQ queue CI writes completion events into and stores each
-//! event in `pulsar.callback_topic`, where the completion path reads it.
+//! The `cmq` ingress: reads the TDMQ for CMQ queue CI writes completion events into and hands each
+//! event to the completion handler.
 //!
 //! One loop per `cmq.concurrency`: `BatchReceiveMessage` (long poll `cmq.polling_wait`, up to
-//! `cmq.batch_size`) → publish every body, keyed by job ID → once the broker has stored them,
-//! `BatchDeleteMessage` with their receipt handles. What could not be stored is not deleted: CMQ
-//! shows it again after the queue's visibility timeout. A delete that fails leaves the message to be
-//! received and stored again; the completion path suppresses the second copy. CMQ's "no message"
-//! answer is not an error; other errors and throttling back off (`worker.retry_*`) and show in
-//! `ci_worker_cmq_calls_total`, the log and readiness (`cmq`). Several replicas may read one queue:
-//! CMQ hands each message to one receiver at a time.
+//! `cmq.batch_size`) → every message through the completion handler, at once → `BatchDeleteMessage`
+//! with the receipt handles of those whose outcome (results or dead letter) is stored. A message
+//! whose outcome could not be stored is not deleted: CMQ shows it again after the queue's
+//! visibility timeout, and one that failed `worker.max_redeliveries` times (CMQ's `dequeueCount`,
+//! which every replica's receives raise) is dead-lettered and deleted. A message the worker cannot
+//! read (an element of the answer that is not a message, a body that is not an event) is
+//! dead-lettered with its body and the reason and deleted: it never holds up its batch. A delete
+//! that fails leaves the message to come again; the completion handler suppresses the second
+//! final. CMQ's "no message" answer is not an error; other errors and throttling back off
+//! (`worker.retry_*`) and show in `ci_worker_cmq_calls_total`, the log and readiness (`cmq`).
+//! Several replicas may read one queue: CMQ hands each message to one receiver at a time.
+//!
+//! TDMQ for CMQ deletes a message that was not deleted within the queue's Max Message Unack Time
+//! (from its sending): an event held up longer than that is gone, and its job is found by its
+//! deadline (README "TDMQ for CMQ").
 
-use super::event::{event_bytes, event_key};
+use super::body::event_bytes;
 use crate::cmq::api::ReceivedMessage;
 use crate::cmq::client::{CmqClient, CmqError};
-use crate::pulsar::Outgoing;
+use crate::pulsar::consume::Disposition;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{CmqCallLabels, IngressLabels, SourceLabel};
+use crate::worker::complete::handle::{handle, SOURCE};
 use crate::worker::context::Context;
 use crate::worker::io::{Broker, CiApi};
 use crate::worker::pace::retry;
+use crate::worker::settle::inbound::Inbound;
+use crate::worker::settle::{dead_letter, poison};
 use backon::Retryable;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,8 +39,6 @@ use std::time::{Duration, Instant};
 pub const HEALTH_NAME: &str = "cmq";
 /// Deletes of one batch tried before the batch is left to CMQ's visibility timeout.
 const DELETE_ATTEMPTS: u32 = 3;
-/// How long storing one event may take before it counts as not stored (and is not deleted).
-const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `cmq.concurrency` receive loops until `stop` is triggered; a batch being stored when it is
 /// gets `worker.shutdown_timeout` to finish.
@@ -87,47 +97,41 @@ async fn receive_loop<B: Broker + Clone, C: CiApi>(
         let arrived = Instant::now();
         // A batch in hand is finished even when a shutdown comes: it is bounded by the drain.
         let grace = w.shutdown_timeout;
-        let stored = tokio::select! {
-            stored = store_batch(&ctx, &messages, arrived) => stored,
+        let origin = format!("cmq:{queue}");
+        let settled = tokio::select! {
+            settled = settle_batch(&ctx, &origin, &messages, arrived) => settled,
             _ = stopped_then(&stop, grace) => {
-                tracing::warn!(queue, "cmq ingress: shutdown: a batch was not stored in time; CMQ shows it again");
+                tracing::warn!(queue, "cmq ingress: shutdown: a batch was not handled in time; CMQ shows it again");
                 break;
             }
         };
-        let not_stored = messages.len() - stored.len();
-        delete_stored(&ctx, &cmq, &queue, &stored).await;
-        if not_stored > 0 {
+        let kept = messages.len() - settled.len();
+        let deletable: Vec<&str> = settled.into_iter().filter(|h| !h.is_empty()).collect();
+        delete_settled(&ctx, &cmq, &queue, &deletable).await;
+        if kept > 0 {
             // The broker is in trouble: give it a moment before taking more.
             let pause = retry::delay(w, 0);
             tracing::warn!(
                 queue,
-                not_stored,
-                "cmq ingress: events not stored in the callback topic; left in CMQ (shown again after its visibility timeout)"
+                kept,
+                "cmq ingress: events whose outcome could not be stored; left in CMQ (shown again after its visibility timeout)"
             );
             pause_or_stop(pause, &stop).await;
         }
     }
 }
 
-/// Stores every message's event in the callback topic; returns the receipt handles of those stored.
-async fn store_batch<'m, B: Broker + Clone, C: CiApi>(
+/// Hands every message to the completion handler at once; returns the receipt handles of those
+/// settled (outcome stored, or dead-lettered).
+async fn settle_batch<'m, B: Broker + Clone, C: CiApi>(
     ctx: &Context<B, C>,
+    origin: &str,
     messages: &'m [ReceivedMessage],
     arrived: Instant,
 ) -> Vec<&'m str> {
-    let topic = &ctx.settings.pulsar.callback_topic;
-    let stores = messages.iter().map(|m| async move {
-        let payload = event_bytes(&m.msg_body);
-        let mut msg = Outgoing::new(payload.to_vec())
-            .with_property("ci-worker-ingress", "cmq")
-            .with_property("cmq-msg-id", m.msg_id.clone())
-            .with_property("cmq-dequeue-count", m.dequeue_count.to_string());
-        if let Some(key) = event_key(&payload) {
-            msg = msg.with_key(key);
-        }
-        let outcome = tokio::time::timeout(STORE_TIMEOUT, ctx.broker.publish(topic, msg)).await;
-        match outcome {
-            Ok(Ok(())) => {
+    let settles = messages.iter().map(|m| async move {
+        match settle(ctx, origin, m).await {
+            Disposition::Ack => {
                 count_event(ctx, "stored");
                 ctx.metrics
                     .ingress_store_duration
@@ -135,30 +139,59 @@ async fn store_batch<'m, B: Broker + Clone, C: CiApi>(
                         source: "cmq".into(),
                     })
                     .observe(arrived.elapsed().as_secs_f64());
+                if m.receipt_handle.is_empty() {
+                    tracing::warn!(msg_id = %m.msg_id, "cmq ingress: a message without a receipt handle cannot be deleted; CMQ drops it after the queue's unack time");
+                }
                 Some(m.receipt_handle.as_str())
             }
-            Ok(Err(error)) => {
+            Disposition::Retry(reason) => {
                 count_event(ctx, "failed");
-                tracing::warn!(msg_id = %m.msg_id, %error, "cmq ingress: event not stored");
-                None
-            }
-            Err(_) => {
-                count_event(ctx, "failed");
-                tracing::warn!(msg_id = %m.msg_id, "cmq ingress: event not stored within {STORE_TIMEOUT:?}");
+                tracing::warn!(msg_id = %m.msg_id, reason, "cmq ingress: event outcome not stored");
                 None
             }
         }
     });
-    futures::future::join_all(stores)
+    futures::future::join_all(settles)
         .await
         .into_iter()
         .flatten()
         .collect()
 }
 
-/// Deletes the stored messages, retrying a failed call a few times (a message not deleted is
-/// received again after its visibility timeout, and its second copy suppressed downstream).
-async fn delete_stored<B: Broker + Clone, C: CiApi>(
+/// One message: its event through the completion handler (an unreadable one straight to the dead
+/// letters), then the poison guard over CMQ's count of its receives.
+async fn settle<B: Broker + Clone, C: CiApi>(
+    ctx: &Context<B, C>,
+    origin: &str,
+    m: &ReceivedMessage,
+) -> Disposition {
+    let properties = HashMap::from([
+        ("ci-worker-ingress".to_string(), "cmq".to_string()),
+        ("cmq-msg-id".to_string(), m.msg_id.clone()),
+        ("cmq-dequeue-count".to_string(), m.dequeue_count.to_string()),
+    ]);
+    let payload = event_bytes(&m.msg_body);
+    let inbound = Inbound {
+        payload: &payload,
+        properties: &properties,
+        key: None,
+        origin,
+        id: &m.msg_id,
+        deliveries: u32::try_from(m.dequeue_count.max(1)).unwrap_or(u32::MAX),
+    };
+    let verdict = match &m.unreadable {
+        Some(reason) => match dead_letter::publish(ctx, inbound, SOURCE, reason).await {
+            Ok(()) => Disposition::Ack,
+            Err(e) => Disposition::Retry(format!("could not dead-letter: {e}")),
+        },
+        None => handle(ctx, inbound).await,
+    };
+    poison::settle(ctx, inbound, SOURCE, verdict).await
+}
+
+/// Deletes the settled messages, retrying a failed call a few times (a message not deleted is
+/// received again after its visibility timeout, and its second final suppressed).
+async fn delete_settled<B: Broker + Clone, C: CiApi>(
     ctx: &Context<B, C>,
     cmq: &CmqClient,
     queue: &str,
@@ -193,7 +226,7 @@ async fn delete_stored<B: Broker + Clone, C: CiApi>(
                     queue,
                     code = failure.code,
                     message = %failure.message,
-                    "cmq ingress: a stored event was not deleted (its receipt handle expired); CMQ shows it again and its copy is suppressed"
+                    "cmq ingress: a handled event was not deleted (its receipt handle expired); CMQ shows it again and its second final is suppressed"
                 );
             }
         }
@@ -203,7 +236,7 @@ async fn delete_stored<B: Broker + Clone, C: CiApi>(
                 queue,
                 %error,
                 events = handles.len(),
-                "cmq ingress: stored events not deleted; CMQ shows them again and their copies are suppressed"
+                "cmq ingress: handled events not deleted; CMQ shows them again and their second finals are suppressed"
             );
         }
     }
