@@ -11,4 +11,5 @@
 pub mod body;
 pub mod cmq;
 pub mod http;
+pub mod offsets;
 pub mod pulsar;
