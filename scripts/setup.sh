@@ -7,7 +7,9 @@
 #   - the Python venv .venv at the repo root with tests/interop/requirements.txt
 #     (pip runs only when the requirements or the interpreter changed)
 #   - the Apache Pulsar broker jars (scripts/pulsar.sh fetch, cached outside git)
-# Environment: SETUP_SKIP_PULSAR=1 skips the jars; PYTHON=python3.x picks the interpreter for .venv.
+#   - the Apache Kafka broker jars (scripts/kafka.sh fetch, cached outside git)
+# Environment: SETUP_SKIP_PULSAR=1 / SETUP_SKIP_KAFKA=1 skip the jars; PYTHON=python3.x picks the
+# interpreter for .venv.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -92,4 +94,10 @@ fi
 
 if [[ ${SETUP_SKIP_PULSAR:-0} != 1 ]]; then
   bash "$REPO_ROOT/scripts/pulsar.sh" fetch
+fi
+
+# --- Kafka broker jars ------------------------------------------------------------------------
+
+if [[ ${SETUP_SKIP_KAFKA:-0} != 1 ]]; then
+  bash "$REPO_ROOT/scripts/kafka.sh" fetch
 fi

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# THE test command: installs what is missing, builds, starts two fresh Apache Pulsar brokers, runs
+# THE test command: installs what is missing, builds, starts two fresh Apache Pulsar brokers and an
+# Apache Kafka broker (scripts/kafka.sh), runs
 # `cargo test --all-targets --no-fail-fast` and `pytest tests/interop`, validates the deployment files, runs
 # the compose stack for real on an image of the tested binary (scripts/compose-check.sh), checks the
 # import graph (scripts/module-graph.py), the paths the docs name and README's Layout (scripts/check-paths.py) and the
 # production build (--no-default-features), stops the brokers, exits non-zero if anything failed. Used by CI (.ci/run) and by developers alike.
 #
-# Brokers (both wiped at start, both stopped at exit unless PULSAR_KEEP=1):
+# Brokers (all wiped at start, all stopped at exit unless PULSAR_KEEP=1):
 #   plain  PULSAR_PORT [6650] / PULSAR_HTTP_PORT [8080]
 #   token  PULSAR_AUTH_PORT [PULSAR_PORT+1] / PULSAR_AUTH_HTTP_PORT [PULSAR_HTTP_PORT+1], JWT auth
+#   kafka  KAFKA_PORT [9092 + (PULSAR_PORT - 6650)] (its KRaft controller on KAFKA_PORT+1), topics
+#          created by the tests
 # The tests get:
 #   PULSAR_URL, PULSAR_ADMIN_URL                 the plain broker
 #   PULSAR_PORT, PULSAR_HTTP_PORT, PULSAR_DATA_DIR  so that tests can `scripts/pulsar.sh restart` it
 #   PULSAR_AUTH_URL, PULSAR_AUTH_ADMIN_URL       the token broker
 #   PULSAR_AUTH_TOKEN, PULSAR_AUTH_TOKEN_FILE    its admin JWT ({"sub":"admin"})
 #   PULSAR_AUTH_DATA_DIR                         its data dir
+#   KAFKA_BROKERS, KAFKA_PORT, KAFKA_DATA_DIR    the Kafka broker (127.0.0.1:KAFKA_PORT)
 # Other knobs: TEST_SKIP_SETUP=1, CARGO_TEST_ARGS (extra args after `cargo test --all-targets`),
 # PYTEST_ARGS (extra pytest args), COMPOSE_CHECK_PORT [PULSAR_PORT + 100] (the compose stack's host
 # ports, P..P+4), TEST_SKIP_COMPOSE=1 (no compose check: it needs root for Docker; said in the summary).
@@ -22,6 +26,7 @@ set -uo pipefail
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO_ROOT" || exit 1
 PULSAR_SH="$REPO_ROOT/scripts/pulsar.sh"
+KAFKA_SH="$REPO_ROOT/scripts/kafka.sh"
 LOG_DIR="$REPO_ROOT/.cache/test-logs"
 mkdir -p "$LOG_DIR"
 
@@ -42,23 +47,30 @@ AUTH_PORT=${PULSAR_AUTH_PORT:-$((PLAIN_PORT + 1))}
 AUTH_HTTP=${PULSAR_AUTH_HTTP_PORT:-$((PLAIN_HTTP + 1))}
 PLAIN_DATA=${PULSAR_DATA_DIR:-$REPO_ROOT/.cache/pulsar/data-$PLAIN_PORT}
 AUTH_DATA=${PULSAR_AUTH_DATA_DIR:-$REPO_ROOT/.cache/pulsar/data-$AUTH_PORT}
+# Offset like the Pulsar ports, so that two suites with different PULSAR_PORTs never share a broker.
+KAFKA_PORT=${KAFKA_PORT:-$((9092 + PLAIN_PORT - 6650))}
+KAFKA_DATA=${KAFKA_DATA_DIR:-$REPO_ROOT/.cache/kafka/data-$KAFKA_PORT}
 # Bookie/ZooKeeper ports follow from PULSAR_PORT inside pulsar.sh; never share them between the two.
-unset PULSAR_BOOKIE_PORT PULSAR_ZK_PORT PULSAR_WIPE PULSAR_AUTH PULSAR_METADATA
+# The Kafka controller port follows from KAFKA_PORT the same way.
+unset PULSAR_BOOKIE_PORT PULSAR_ZK_PORT PULSAR_WIPE PULSAR_AUTH PULSAR_METADATA KAFKA_CONTROLLER_PORT KAFKA_WIPE
 # The brokers start while cargo builds on the same cores: a cold build can slow their bootstrap far
 # past the 180 s an idle machine needs, so they get the whole build's time.
 export PULSAR_START_TIMEOUT=${PULSAR_START_TIMEOUT:-1200}
+export KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-1200}
 
 plain_broker() { PULSAR_PORT=$PLAIN_PORT PULSAR_HTTP_PORT=$PLAIN_HTTP PULSAR_DATA_DIR=$PLAIN_DATA "$@"; }
 auth_broker() { PULSAR_PORT=$AUTH_PORT PULSAR_HTTP_PORT=$AUTH_HTTP PULSAR_DATA_DIR=$AUTH_DATA "$@"; }
+kafka_broker() { KAFKA_PORT=$KAFKA_PORT KAFKA_DATA_DIR=$KAFKA_DATA "$@"; }
 
 stop_brokers() {
   local rc=$?
   if [[ ${PULSAR_KEEP:-0} == 1 ]]; then
-    echo "test.sh: PULSAR_KEEP=1: leaving the brokers running (scripts/pulsar.sh stop)" >&2
+    echo "test.sh: PULSAR_KEEP=1: leaving the brokers running (scripts/pulsar.sh stop, scripts/kafka.sh stop)" >&2
   else
     # Waits for a start still in progress (the per-data-dir lock), then stops.
     plain_broker bash "$PULSAR_SH" stop || true
     auth_broker bash "$PULSAR_SH" stop || true
+    kafka_broker bash "$KAFKA_SH" stop || true
   fi
   exit "$rc"
 }
@@ -66,16 +78,18 @@ trap stop_brokers EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-phase "starting brokers: plain on $PLAIN_PORT/$PLAIN_HTTP, token auth on $AUTH_PORT/$AUTH_HTTP (background)"
+phase "starting brokers: plain on $PLAIN_PORT/$PLAIN_HTTP, token auth on $AUTH_PORT/$AUTH_HTTP, Kafka on $KAFKA_PORT (background)"
 plain_broker env PULSAR_WIPE=1 PULSAR_AUTH=none bash "$PULSAR_SH" start >"$LOG_DIR/broker-plain.out" 2>&1 &
 PLAIN_START=$!
 auth_broker env PULSAR_WIPE=1 PULSAR_AUTH=token bash "$PULSAR_SH" start >"$LOG_DIR/broker-auth.out" 2>&1 &
 AUTH_START=$!
+kafka_broker env KAFKA_WIPE=1 bash "$KAFKA_SH" start >"$LOG_DIR/broker-kafka.out" 2>&1 &
+KAFKA_START=$!
 
 # --- 3. build ---------------------------------------------------------------------------------
 phase "cargo build --all-targets"
 if ! cargo build --all-targets; then
-  wait "$PLAIN_START" "$AUTH_START" 2>/dev/null
+  wait "$PLAIN_START" "$AUTH_START" "$KAFKA_START" 2>/dev/null
   die "cargo build --all-targets failed"
 fi
 
@@ -85,7 +99,9 @@ wait "$PLAIN_START" || broker_failed=1
 cat "$LOG_DIR/broker-plain.out"
 wait "$AUTH_START" || broker_failed=1
 cat "$LOG_DIR/broker-auth.out"
-((broker_failed == 0)) || die "a Pulsar broker did not start (output above; logs under .cache/pulsar/*/logs)"
+wait "$KAFKA_START" || broker_failed=1
+cat "$LOG_DIR/broker-kafka.out"
+((broker_failed == 0)) || die "a broker did not start (output above; logs under .cache/pulsar/*/logs, .cache/kafka/*/logs)"
 
 export PULSAR_PORT=$PLAIN_PORT PULSAR_HTTP_PORT=$PLAIN_HTTP PULSAR_DATA_DIR=$PLAIN_DATA
 export PULSAR_URL="pulsar://127.0.0.1:$PLAIN_PORT"
@@ -96,8 +112,10 @@ export PULSAR_AUTH_DATA_DIR=$AUTH_DATA
 export PULSAR_AUTH_TOKEN_FILE="$AUTH_DATA/auth/admin.token"
 PULSAR_AUTH_TOKEN=$(cat "$PULSAR_AUTH_TOKEN_FILE") || die "no token in $PULSAR_AUTH_TOKEN_FILE"
 export PULSAR_AUTH_TOKEN
+export KAFKA_PORT KAFKA_DATA_DIR=$KAFKA_DATA KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 echo "PULSAR_URL=$PULSAR_URL PULSAR_ADMIN_URL=$PULSAR_ADMIN_URL"
 echo "PULSAR_AUTH_URL=$PULSAR_AUTH_URL PULSAR_AUTH_ADMIN_URL=$PULSAR_AUTH_ADMIN_URL PULSAR_AUTH_TOKEN_FILE=$PULSAR_AUTH_TOKEN_FILE"
+echo "KAFKA_BROKERS=$KAFKA_BROKERS"
 
 # --- 4. tests ---------------------------------------------------------------------------------
 failed_phases=()

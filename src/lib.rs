@@ -33,6 +33,8 @@
 //!   and the tasks keeping temporary ones current, into the [`ci::sign::SharedCredentials`] the
 //!   clients sign with.
 //! - [`pulsar`]: the only user of the `pulsar` crate: client, publisher, consumers, the consume loop.
+//! - [`kafka`]: the librdkafka settings of the Kafka (CKafka) consumer and producer, built from the
+//!   configuration (the worker's `kafka` ingress and the emulator create their clients from them).
 //! - [`worker`]: `ci-worker run`: the wiring, one room per flow (submit, complete, deadline, the
 //!   replica log, the `cmq`/`http` ingress) and what they share (settling a delivery, the pace of CI
 //!   calls, the record format, bounded memories), and the HTTP probes.
@@ -56,6 +58,7 @@ pub mod credentials;
 pub mod emulator;
 #[cfg(test)]
 mod fixtures;
+pub mod kafka;
 pub mod pulsar;
 pub mod request;
 pub mod result;

@@ -1,7 +1,9 @@
 //! `ci-worker emulator` end to end: a real HTTP server on port 0, requests signed with
 //! `ci::sign::sign`, completion events read from a real Apache Pulsar broker with the `pulsar` crate
 //! (`tdmq_delivery = "pulsar"`) or from the emulator's CMQ queues with `cmq::client::CmqClient`
-//! (`tdmq_delivery = "cmq"`; the `cmq_*` and `tdmq_*_cmq_*` tests, which need no broker).
+//! (`tdmq_delivery = "cmq"`; the `cmq_*` and `tdmq_*_cmq_*` tests, which need no broker);
+//! `CallBackType=Kafka` events from a real Apache Kafka broker (`scripts/kafka.sh`, `KAFKA_BROKERS`)
+//! with an `rdkafka` consumer (the `*kafka*` tests).
 //! Waiting is always on an event (a broker message, an emulator notice, a callback request, a CMQ
 //! long poll) with a timeout, never a sleep — except where time itself is what is tested (a long poll
 //! that must last, an outage that must end).
@@ -2179,4 +2181,239 @@ async fn shutdown_ends_a_cmq_long_poll_at_once() {
         (200, &Value::from(7000)),
         "{answer}"
     );
+}
+
+/// `job_xml` with `CallBackType=Kafka` and `CallBackKafkaConfig` `config` (its inner XML).
+fn kafka_job_xml(object: &str, format: &str, user_data: &str, config: &str) -> String {
+    let tdmq = job_xml(object, format, user_data);
+    let (head, _) = tdmq
+        .split_once("<CallBackType>")
+        .expect("job_xml has a CallBackType");
+    format!(
+        "{head}<CallBackType>Kafka</CallBackType><CallBackKafkaConfig>{config}</CallBackKafkaConfig></Request>"
+    )
+}
+
+fn kafka_config(topic: &str) -> String {
+    format!("<Region>ap-guangzhou</Region><InstanceId>ckafka-emulator</InstanceId><Topic>{topic}</Topic>")
+}
+
+/// An emulator producing `CallBackType=Kafka` events to the test broker (`KAFKA_BROKERS`).
+fn kafka_settings(job_duration_ms: u64) -> Settings {
+    let mut s = settings(job_duration_ms);
+    s.emulator.kafka_brokers = common::kafka_brokers();
+    s
+}
+
+/// `CallBackType=Kafka`: each job's event reaches the request's topic on the real broker, keyed by
+/// its job id, in the job's `CallBackFormat`, with the body the other callback types carry.
+#[tokio::test]
+async fn kafka_callbacks_are_produced_to_the_requests_topic() {
+    let topic = common::unique_name("emu-kafka");
+    common::create_kafka_topic(&topic, 3).await;
+    let reader = common::kafka_reader(&topic).await;
+    let em = emulator::start(kafka_settings(300)).await.unwrap();
+    let ci = Ci::new(&em);
+    let mut notices = em.subscribe();
+
+    let mut ids = std::collections::BTreeMap::new();
+    for format in ["XML", "JSON"] {
+        let reply = ci
+            .submit(&kafka_job_xml(
+                &format!("input/{format}.mp4"),
+                format,
+                &format!("req-{format}"),
+                &kafka_config(&topic),
+            ))
+            .await;
+        let job = submitted_job(&reply);
+        // CI echoes the callback settings it was given.
+        assert!(
+            reply.body.contains(&format!(
+                "<CallBackType>Kafka</CallBackType><CallBackKafkaConfig>{}</CallBackKafkaConfig>",
+                kafka_config(&topic)
+            )),
+            "{}",
+            reply.body
+        );
+        ids.insert(format, job.job_id().unwrap().to_string());
+    }
+
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let record = common::next_record(&reader, 60).await;
+        let (format, tree, detail) = parse_event(&record.payload);
+        let id = &ids[format];
+        assert_eq!(detail.job_id(), Some(id.as_str()));
+        assert_eq!(record.key.as_deref(), Some(id.as_str()), "keyed by job id");
+        assert_eq!(tree["EventName"], "TaskFinish");
+        assert_eq!(detail.tree().text_at(&["State"]), Some("Success"));
+        assert_eq!(detail.user_data(), Some(format!("req-{format}").as_str()));
+        for key in ["CallBackType", "CallBackKafkaConfig", "CallBackFormat"] {
+            assert!(tree["JobsDetail"].get(key).is_none(), "{key} in the event");
+        }
+        assert_eq!(
+            tree["JobsDetail"]["Operation"]["MediaResult"]["OutputFile"]["ObjectName"],
+            "output/out.mp4"
+        );
+        assert!((0..3).contains(&record.partition));
+        seen.push(format);
+    }
+    seen.sort();
+    assert_eq!(seen, ["JSON", "XML"]);
+    // Both deliveries were notified, in either order, each to the topic's label.
+    let mut notified = std::collections::BTreeSet::new();
+    while notified.len() < ids.len() {
+        if let EmulatorEvent::CallbackDelivered {
+            job_id,
+            target,
+            copy,
+        } = notice(&mut notices, |e| {
+            matches!(e, EmulatorEvent::CallbackDelivered { .. })
+        })
+        .await
+        {
+            assert_eq!(target, format!("kafka:{topic}"));
+            assert_eq!(copy, 1);
+            notified.insert(job_id);
+        }
+    }
+    assert_eq!(notified, ids.values().cloned().collect());
+    em.shutdown().await.unwrap();
+}
+
+/// A `CallBackKafkaConfig` missing a value is refused as CI refuses a bad `CallBackMqConfig`: 400
+/// `InvalidArgument` naming the element; no job is made.
+#[tokio::test]
+async fn a_bad_kafka_callback_config_is_refused_like_ci() {
+    let em = emulator::start(kafka_settings(300)).await.unwrap();
+    let ci = Ci::new(&em);
+    for (config, element) in [
+        (
+            "<InstanceId>ckafka-1</InstanceId><Topic>t</Topic>".to_string(),
+            "Request.CallBackKafkaConfig.Region",
+        ),
+        (
+            "<Region>ap-guangzhou</Region><InstanceId/><Topic>t</Topic>".to_string(),
+            "Request.CallBackKafkaConfig.InstanceId",
+        ),
+        (
+            "<Region>ap-guangzhou</Region><InstanceId>ckafka-1</InstanceId>".to_string(),
+            "Request.CallBackKafkaConfig.Topic",
+        ),
+        (
+            "<Region>ap-guangzhou</Region><InstanceId>ckafka-1</InstanceId><Topic>a/b</Topic>"
+                .to_string(),
+            "Request.CallBackKafkaConfig.Topic",
+        ),
+    ] {
+        let reply = ci
+            .submit(&kafka_job_xml("input/a.mp4", "JSON", "u", &config))
+            .await;
+        assert_eq!(reply.refusal(), (400, "InvalidArgument".into()), "{config}");
+        assert!(
+            reply.error().message.contains(element),
+            "{config}: {}",
+            reply.body
+        );
+    }
+    let without = job_xml("input/a.mp4", "JSON", "u").replace(
+        "<CallBackType>TDMQ</CallBackType>",
+        "<CallBackType>Kafka</CallBackType>",
+    );
+    let reply = ci.submit(&without).await;
+    assert_eq!(reply.refusal(), (400, "InvalidArgument".into()));
+    assert!(
+        reply
+            .error()
+            .message
+            .contains("Request.CallBackKafkaConfig: is required when CallBackType is Kafka"),
+        "{}",
+        reply.body
+    );
+    let listed = ci
+        .call("GET", "/jobs", &[("tag", "DigitalWatermark")], None)
+        .await;
+    assert_eq!(parse_jobs_response(&listed.body).unwrap().jobs.len(), 0);
+    em.shutdown().await.unwrap();
+}
+
+/// A topic that does not exist (the broker creates none: `scripts/kafka.sh` turns
+/// `auto.create.topics.enable` off, as CKafka has it): the event is retried, not lost, and arrives
+/// once the topic is made; the emulator made no topic of its own.
+#[tokio::test]
+async fn a_kafka_event_for_a_missing_topic_waits_for_the_topic() {
+    let topic = common::unique_name("emu-kafka-late");
+    common::require_kafka().await;
+    let em = emulator::start(kafka_settings(100)).await.unwrap();
+    let ci = Ci::new(&em);
+    let mut notices = em.subscribe();
+    let id = submitted_job(
+        &ci.submit(&kafka_job_xml(
+            "input/late.mp4",
+            "XML",
+            "req-late",
+            &kafka_config(&topic),
+        ))
+        .await,
+    )
+    .job_id()
+    .unwrap()
+    .to_string();
+    notice(&mut notices, is_state(&id, JobState::Success)).await;
+    // Time is what is tested here: no delivery while the topic is missing.
+    let early = tokio::time::timeout(
+        Duration::from_secs(3),
+        notice(&mut notices, |e| {
+            matches!(
+                e,
+                EmulatorEvent::CallbackDelivered { .. } | EmulatorEvent::CallbackFailed { .. }
+            )
+        }),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "delivered or given up without a topic: {early:?}"
+    );
+    // Panics if the topic exists already, i.e. if anything created it meanwhile.
+    common::create_kafka_topic(&topic, 1).await;
+    let reader = common::kafka_reader(&topic).await;
+    let record = common::next_record(&reader, 90).await;
+    assert_eq!(record.key.as_deref(), Some(id.as_str()));
+    let (_, _, detail) = parse_event(&record.payload);
+    assert_eq!(detail.user_data(), Some("req-late"));
+    em.shutdown().await.unwrap();
+}
+
+/// Without `emulator.kafka_brokers` a Kafka event is given up at once, saying why.
+#[tokio::test]
+async fn a_kafka_event_without_brokers_is_given_up_saying_why() {
+    let em = emulator::start(settings(100)).await.unwrap();
+    let ci = Ci::new(&em);
+    let mut notices = em.subscribe();
+    let id = submitted_job(
+        &ci.submit(&kafka_job_xml(
+            "input/a.mp4",
+            "JSON",
+            "u",
+            &kafka_config("t"),
+        ))
+        .await,
+    )
+    .job_id()
+    .unwrap()
+    .to_string();
+    match notice(&mut notices, |e| {
+        matches!(e, EmulatorEvent::CallbackFailed { .. })
+    })
+    .await
+    {
+        EmulatorEvent::CallbackFailed { job_id, error } => {
+            assert_eq!(job_id, id);
+            assert!(error.contains("emulator.kafka_brokers is empty"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    em.shutdown().await.unwrap();
 }

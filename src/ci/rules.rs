@@ -105,10 +105,13 @@ closed_set! {
 
 closed_set! {
     /// `CallBackType`: where CI sends a job's completion event: a TDMQ queue or topic
-    /// (`CallBackMqConfig`), or an HTTP POST to the `CallBack` address.
-    pub enum CallbackType: "must be TDMQ or Url" {
+    /// (`CallBackMqConfig`), an HTTP POST to the `CallBack` address, or a CKafka topic
+    /// (`CallBackKafkaConfig`; Tencent's Java SDK `MediaJobsRequest.callBackType`: "Url 或 TDMQ 或
+    /// Kafka").
+    pub enum CallbackType: "must be TDMQ, Url or Kafka" {
         Tdmq = "TDMQ",
         Url = "Url",
+        Kafka = "Kafka",
     }
 }
 
@@ -118,6 +121,25 @@ closed_set! {
         Queue = "Queue",
         Topic = "Topic",
     }
+}
+
+/// A Tencent Cloud region id such as `ap-guangzhou` (lower-case letters, digits and `-`; it
+/// becomes part of a host name): a COS bucket's region, a CKafka instance's.
+pub fn is_region(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.contains('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A Kafka topic name as Kafka accepts it: 1–249 characters of `A-Z a-z 0-9 . _ -`, not `.` or `..`.
+pub fn is_kafka_topic(s: &str) -> bool {
+    (1..=249).contains(&s.len())
+        && s != "."
+        && s != ".."
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// CI's `UserData` charset: printable ASCII (space through `~`).
@@ -173,7 +195,13 @@ pub fn validate_job(job: &Node) -> Result<(), Violation> {
     match job.text_at(&["CallBackType"]).unwrap_or("Url") {
         "Url" => {}
         "TDMQ" => validate_mq_config(job)?,
-        _ => return Err(violation("Request.CallBackType", "must be Url or TDMQ")),
+        "Kafka" => validate_kafka_config(job)?,
+        _ => {
+            return Err(violation(
+                "Request.CallBackType",
+                "must be Url, TDMQ or Kafka",
+            ))
+        }
     }
     Ok(())
 }
@@ -308,6 +336,43 @@ fn validate_mq_config(job: &Node) -> Result<(), Violation> {
     Ok(())
 }
 
+/// `CallBackKafkaConfig{Region, InstanceId, Topic}`: the CKafka instance and topic CI writes the
+/// event into. No CI page documents it; the elements are those of Tencent's SDKs (cos-go-sdk-v5
+/// `ci_media.go` `KafkaConfig`, the Java SDK's `ciModel/job/CallBackKafkaConfig.java`), whose
+/// comments say only that each is required and valid (the Java model lists `ap-*` regions). So the
+/// rule checked here is the one they state: each present and not empty, the region an id.
+fn validate_kafka_config(job: &Node) -> Result<(), Violation> {
+    const P: &str = "Request.CallBackKafkaConfig";
+    if job.get("CallBackKafkaConfig").is_none() {
+        return Err(violation(P, "is required when CallBackType is Kafka"));
+    }
+    let field = |name: &str| job.text_at(&["CallBackKafkaConfig", name]);
+    match field("Region") {
+        Some(r) if is_region(r) => {}
+        Some(_) => {
+            return Err(violation(
+                &format!("{P}.Region"),
+                "must be a region such as ap-guangzhou",
+            ))
+        }
+        None => return Err(violation(&format!("{P}.Region"), "is required")),
+    }
+    if field("InstanceId").is_none_or(|i| i.trim().is_empty()) {
+        return Err(violation(&format!("{P}.InstanceId"), "is required"));
+    }
+    match field("Topic") {
+        Some(t) if is_kafka_topic(t) => {}
+        Some(_) => {
+            return Err(violation(
+                &format!("{P}.Topic"),
+                "must be a Kafka topic name (1-249 characters of A-Z a-z 0-9 . _ -)",
+            ))
+        }
+        None => return Err(violation(&format!("{P}.Topic"), "is required")),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,7 +473,7 @@ mod tests {
             ),
             (
                 "CallBackType",
-                Box::new(|j| j["CallBackType"] = json!("Kafka")),
+                Box::new(|j| j["CallBackType"] = json!("Http")),
             ),
             (
                 "CallBackFormat",
@@ -463,6 +528,7 @@ mod tests {
             assert_eq!(MqMode::parse(m.as_str()), Some(*m));
         }
         assert_eq!(CallbackFormat::parse("json"), None, "case matters to CI");
+        assert_eq!(CallbackType::parse("Kafka"), Some(CallbackType::Kafka));
         let err = serde_json::from_value::<MqMode>(json!("Fanout")).unwrap_err();
         assert!(err.to_string().contains("must be Queue or Topic"), "{err}");
     }
@@ -487,6 +553,76 @@ mod tests {
         assert_eq!(validate(&bad).unwrap_err().element, "Request.Input.Object");
         let transcode = json!({"Tag": "Transcode", "Operation": {"TemplateId": "t1"}});
         assert_eq!(validate(&transcode).unwrap_err().element, "Request.Input");
+    }
+
+    fn kafka_job() -> Value {
+        let mut job = seed_job();
+        let o = job.as_object_mut().unwrap();
+        o.remove("CallBackMqConfig");
+        o.insert("CallBackType".into(), json!("Kafka"));
+        o.insert(
+            "CallBackKafkaConfig".into(),
+            json!({"Region": "ap-chongqing", "InstanceId": "ckafka-abc", "Topic": "doc-test"}),
+        );
+        job
+    }
+
+    #[test]
+    fn kafka_callbacks_need_region_instance_and_topic() {
+        validate(&kafka_job()).unwrap();
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "Request.CallBackKafkaConfig",
+                Box::new(|j| {
+                    j.as_object_mut().unwrap().remove("CallBackKafkaConfig");
+                }),
+            ),
+            (
+                "Request.CallBackKafkaConfig.Region",
+                Box::new(|j| j["CallBackKafkaConfig"]["Region"] = json!("")),
+            ),
+            (
+                "Request.CallBackKafkaConfig.Region",
+                Box::new(|j| j["CallBackKafkaConfig"]["Region"] = json!("Guangzhou")),
+            ),
+            (
+                "Request.CallBackKafkaConfig.InstanceId",
+                Box::new(|j| {
+                    j["CallBackKafkaConfig"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("InstanceId");
+                }),
+            ),
+            (
+                "Request.CallBackKafkaConfig.Topic",
+                Box::new(|j| j["CallBackKafkaConfig"]["Topic"] = json!("  ")),
+            ),
+            (
+                "Request.CallBackKafkaConfig.Topic",
+                Box::new(|j| j["CallBackKafkaConfig"]["Topic"] = json!("a/b")),
+            ),
+        ];
+        for (element, mutate) in cases {
+            let mut job = kafka_job();
+            mutate(&mut job);
+            let err = validate(&job).unwrap_err();
+            assert_eq!(err.element, element, "got {err}");
+        }
+        // A TDMQ config beside it is not looked at, as the type says where the event goes.
+        let mut both = kafka_job();
+        both["CallBackMqConfig"] = json!({"MqRegion": "nowhere"});
+        validate(&both).unwrap();
+    }
+
+    #[test]
+    fn kafka_topic_names() {
+        for ok in ["a", "ci.callbacks", "ci_callbacks-2", &"t".repeat(249)] {
+            assert!(is_kafka_topic(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a b", "a/b", "主题", &"t".repeat(250)] {
+            assert!(!is_kafka_topic(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use super::error::ConfigError;
 use super::value::{self, duration, HttpUrl};
-use crate::ci::rules::{CallbackFormat, CallbackType, MqMode, MqRegion};
+use crate::ci::rules::{is_kafka_topic, is_region, CallbackFormat, CallbackType, MqMode, MqRegion};
 use crate::secret::Secret;
 use serde::{Deserializer, Serialize};
 use std::time::Duration;
@@ -51,8 +51,9 @@ pub struct CiSettings {
     pub queue_id: String,
     /// `JSON` or `XML`: the format CI writes completion events in. A `CallBackFormat` in the job wins.
     pub callback_format: CallbackFormat,
-    /// `TDMQ` (CI writes the event into the TDMQ for CMQ queue `mq_*` name) or `Url` (CI POSTs it to
-    /// `callback_url`, e.g. this worker's HTTP ingress).
+    /// `TDMQ` (CI writes the event into the TDMQ for CMQ queue `mq_*` name), `Url` (CI POSTs it to
+    /// `callback_url`, e.g. this worker's HTTP ingress) or `Kafka` (CI writes it into the CKafka
+    /// topic `kafka_*` name, which the `kafka` ingress reads).
     pub callback_type: CallbackType,
     /// `CallBack` when `callback_type = "Url"`: the address CI POSTs completion events to.
     #[serde(
@@ -67,6 +68,14 @@ pub struct CiSettings {
     /// `CallBackMqConfig.MqName`: the TDMQ queue/topic name CI publishes to. Kept apart from
     /// `pulsar.callback_topic` (the full Pulsar name the worker reads) because CI names it differently.
     pub mq_name: String,
+    /// `CallBackKafkaConfig.Region` when `callback_type = "Kafka"`: the CKafka instance's region,
+    /// such as `ap-guangzhou`.
+    pub kafka_region: String,
+    /// `CallBackKafkaConfig.InstanceId`: the CKafka instance, `ckafka-…`.
+    pub kafka_instance_id: String,
+    /// `CallBackKafkaConfig.Topic`: the topic of that instance CI writes events into (the `kafka`
+    /// ingress reads it unless `kafka.topic` names another).
+    pub kafka_topic: String,
     /// Timeout of one CI HTTP call.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
@@ -133,6 +142,9 @@ impl Default for CiSettings {
             mq_region: MqRegion::Gz,
             mq_mode: MqMode::Queue,
             mq_name: "ci-callbacks".into(),
+            kafka_region: String::new(),
+            kafka_instance_id: String::new(),
+            kafka_topic: String::new(),
             request_timeout: Duration::from_secs(10),
             max_requests_per_second: 0.0,
             adaptive_rate: true,
@@ -165,12 +177,46 @@ impl CiSettings {
         if self.callback_type == CallbackType::Url && self.callback_url.is_none() {
             return Err(invalid("ci.callback_url", "", CALLBACK_URL_RULE));
         }
+        if self.callback_type == CallbackType::Kafka {
+            self.validate_kafka_callback()?;
+        }
         let rps = self.max_requests_per_second;
         if !rps.is_finite() || rps < 0.0 {
             return Err(invalid(
                 "ci.max_requests_per_second",
                 &rps.to_string(),
                 "must be a number of calls per second, 0 or more (0 = no limit)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `CallBackKafkaConfig`'s three values, each required with `callback_type = "Kafka"` (CI
+    /// would take the job and lose its event otherwise).
+    fn validate_kafka_callback(&self) -> Result<(), ConfigError> {
+        let invalid = ConfigError::invalid;
+        const WHEN: &str = "with ci.callback_type = \"Kafka\"";
+        if !is_region(&self.kafka_region) {
+            return Err(invalid(
+                "ci.kafka_region",
+                &self.kafka_region,
+                &format!("must be the CKafka instance's region, such as ap-guangzhou, {WHEN}"),
+            ));
+        }
+        if !is_kafka_instance_id(&self.kafka_instance_id) {
+            return Err(invalid(
+                "ci.kafka_instance_id",
+                &self.kafka_instance_id,
+                &format!("must be a CKafka instance ID such as ckafka-abcd1234 {WHEN}"),
+            ));
+        }
+        if !is_kafka_topic(&self.kafka_topic) {
+            return Err(invalid(
+                "ci.kafka_topic",
+                &self.kafka_topic,
+                &format!(
+                    "must be the topic CI writes events into (1-249 characters of A-Z a-z 0-9 . _ -) {WHEN}"
+                ),
             ));
         }
         Ok(())
@@ -251,6 +297,17 @@ impl CiSettings {
             session_token: (!self.session_token.is_empty()).then(|| self.session_token.clone()),
         })
     }
+}
+
+/// A CKafka instance ID: `ckafka-` and lower-case letters and digits (the console's and the API's
+/// `InstanceId`, e.g. `ckafka-abcd1234`).
+pub fn is_kafka_instance_id(id: &str) -> bool {
+    id.strip_prefix("ckafka-").is_some_and(|rest| {
+        (1..=32).contains(&rest.len())
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    })
 }
 
 /// A CAM role name: 1–128 characters of `A-Z a-z 0-9 + = , . @ _ -` (it goes into a URL path).

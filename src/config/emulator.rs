@@ -47,6 +47,10 @@ pub struct EmulatorSettings {
     /// Pulsar topic for TDMQ callbacks when `tdmq_delivery = "pulsar"`; `{MqName}`, `{MqRegion}`,
     /// `{MqMode}` are substituted.
     pub callback_topic_template: String,
+    /// Kafka brokers (`host:port`, comma-separated) `CallBackType=Kafka` events are produced to,
+    /// into the request's `CallBackKafkaConfig.Topic` (`Region` and `InstanceId` are checked, not
+    /// used: one emulator stands for one CKafka instance). Empty = such events are given up (logged).
+    pub kafka_brokers: String,
     /// Fraction of `POST /jobs` answered 429 SlowDown.
     pub throttle_rate: f64,
     /// A rate limit over every CI API call served: above this many calls in any one second (a
@@ -147,6 +151,7 @@ impl Default for EmulatorSettings {
             cmq_visibility_timeout: Duration::from_secs(30),
             cmq_max_unack_time: Duration::from_secs(3600),
             callback_topic_template: "persistent://public/default/{MqName}".into(),
+            kafka_brokers: String::new(),
             throttle_rate: 0.0,
             qps_limit: 0,
             error_rate: 0.0,
@@ -161,7 +166,8 @@ impl Default for EmulatorSettings {
 }
 
 impl EmulatorSettings {
-    /// Checks the fractions, the second-granular durations, the role names and the topic template.
+    /// Checks the fractions, the second-granular durations, the role names, the Kafka brokers and
+    /// the topic template.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let invalid = ConfigError::invalid;
         for (key, rate) in [
@@ -211,6 +217,9 @@ impl EmulatorSettings {
                 bad,
                 "must be CAM role names: at most 128 characters of A-Z a-z 0-9 + = , . @ _ -",
             ));
+        }
+        if !self.kafka_brokers.trim().is_empty() {
+            super::kafka::check_brokers("emulator.kafka_brokers", &self.kafka_brokers)?;
         }
         if !self.callback_topic_template.contains("{MqName}") {
             return Err(invalid(

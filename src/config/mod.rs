@@ -14,7 +14,7 @@
 //! - `value`: what the sections share: humane durations, [`HttpUrl`] (the one http(s) rule),
 //!   listen addresses, the refusal a typed value gives.
 //! - one file per section, its struct beside its checks: `pulsar`, `ci`, `worker`, `http`, `cmq`,
-//!   `log`, and `emulator` (built with the `emulator` feature).
+//!   `kafka`, `log`, and `emulator` (built with the `emulator` feature).
 
 mod ci;
 mod cmq;
@@ -22,6 +22,7 @@ mod cmq;
 mod emulator;
 mod error;
 mod http;
+mod kafka;
 mod log;
 mod pulsar;
 // The loading tests spell every section, the emulator's included.
@@ -36,6 +37,7 @@ pub use cmq::CmqSettings;
 pub use emulator::{EmulatorSettings, KeyPair, TdmqDelivery};
 pub use error::ConfigError;
 pub use http::HttpSettings;
+pub use kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
 pub use log::{LogFormat, LogSettings};
 pub use pulsar::PulsarSettings;
 pub use value::HttpUrl;
@@ -60,6 +62,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub http: HttpSettings,
     pub cmq: CmqSettings,
+    pub kafka: KafkaSettings,
     #[cfg(feature = "emulator")]
     pub emulator: EmulatorSettings,
     /// A build without the emulator reads past an `[emulator]` section (one file serves both
@@ -195,6 +198,10 @@ impl Settings {
         self.http
             .validate(self.has_ingress(CallbackIngress::Http))?;
         self.cmq.validate()?;
+        self.kafka.validate(
+            self.has_ingress(CallbackIngress::Kafka),
+            &self.ci.kafka_topic,
+        )?;
         self.worker.validate()?;
         #[cfg(feature = "emulator")]
         self.emulator.validate()?;
@@ -225,6 +232,11 @@ impl Settings {
         } else {
             &self.cmq.queue
         }
+    }
+
+    /// The topic the `kafka` ingress reads (`kafka.topic`, or `ci.kafka_topic`).
+    pub fn kafka_topic(&self) -> &str {
+        self.kafka.topic_or(&self.ci.kafka_topic)
     }
 
     /// Whether `worker.callback_ingress` names `source`.

@@ -381,7 +381,7 @@ fn ingress_sources_come_as_a_list_from_the_environment() {
     assert_eq!(s.cmq_endpoint(), "https://cmq-gz.public.tencenttdmq.com");
     assert_eq!(s.cmq_queue(), "ci-callbacks");
     for (value, says) in [
-        ("cmq,kafka", "\"kafka\" is unknown"),
+        ("cmq,ckafka", "\"ckafka\" is unknown"),
         ("cmq,cmq", "\"cmq\" is repeated"),
         ("", "at least one"),
     ] {
@@ -462,6 +462,139 @@ fn each_ingress_and_callback_type_checks_what_it_needs() {
 
 /// The line `ci-worker config` prints (after `ci-worker: `) for each bad value, the same whether
 /// the value is refused while typed or by a section's check.
+/// What `ci.callback_type = "Kafka"` and the `kafka` ingress need, each refusal naming its key and
+/// never printing the SASL password.
+#[test]
+fn kafka_callbacks_and_ingress_check_what_they_need() {
+    const KAFKA_CI: [(&str, &str); 4] = [
+        ("CI_WORKER__CI__CALLBACK_TYPE", "Kafka"),
+        ("CI_WORKER__CI__KAFKA_REGION", "ap-guangzhou"),
+        ("CI_WORKER__CI__KAFKA_INSTANCE_ID", "ckafka-abcd1234"),
+        ("CI_WORKER__CI__KAFKA_TOPIC", "ci-callbacks"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut pairs = KAFKA_CI.to_vec();
+        pairs.extend_from_slice(extra);
+        pairs
+    };
+    let fails = |pairs: &[(&str, &str)], line: &str| {
+        let e = Settings::load_from(None, &env(pairs))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(line), "{pairs:?}:\n{e}\nwanted\n{line}");
+        assert!(!e.contains("hunter2"), "the password in an error: {e}");
+    };
+    let s = Settings::load_from(None, &env(&KAFKA_CI)).unwrap();
+    assert_eq!(s.ci.callback_type, CallbackType::Kafka);
+    assert_eq!(s.kafka_topic(), "ci-callbacks");
+    assert_eq!(s.kafka.group_id, "ci-worker");
+    assert_eq!(s.kafka.security_protocol, SecurityProtocol::Plaintext);
+
+    for (i, (key, name)) in [
+        ("ci.kafka_region", "CI_WORKER__CI__KAFKA_REGION"),
+        ("ci.kafka_instance_id", "CI_WORKER__CI__KAFKA_INSTANCE_ID"),
+        ("ci.kafka_topic", "CI_WORKER__CI__KAFKA_TOPIC"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut pairs = KAFKA_CI.to_vec();
+        pairs.remove(i + 1);
+        let _ = name;
+        fails(
+            &pairs,
+            &format!("configuration: invalid {key} = \"\": must be"),
+        );
+    }
+    fails(
+        &with(&[("CI_WORKER__CI__KAFKA_INSTANCE_ID", "my-instance")]),
+        "configuration: invalid ci.kafka_instance_id = \"my-instance\": must be a CKafka instance ID such as \
+         ckafka-abcd1234 with ci.callback_type = \"Kafka\"",
+    );
+    fails(
+        &with(&[("CI_WORKER__CI__KAFKA_REGION", "gz")]),
+        "configuration: invalid ci.kafka_region = \"gz\": must be the CKafka instance's region, such as ap-guangzhou",
+    );
+    // Unused with another callback type: not required.
+    Settings::load_from(None, &env(&[("CI_WORKER__CI__KAFKA_TOPIC", "")])).unwrap();
+
+    // The ingress: brokers and a topic.
+    fails(
+        &with(&[("CI_WORKER__WORKER__CALLBACK_INGRESS", "kafka")]),
+        "configuration: invalid kafka.brokers = \"\": is required when worker.callback_ingress has kafka: \
+         must be host:port addresses separated by commas",
+    );
+    fails(
+        &with(&[
+            ("CI_WORKER__WORKER__CALLBACK_INGRESS", "kafka"),
+            ("CI_WORKER__KAFKA__BROKERS", "10.0.0.5:9092,10.0.0.6"),
+        ]),
+        "configuration: invalid kafka.brokers = \"10.0.0.5:9092,10.0.0.6\": must be host:port addresses",
+    );
+    fails(
+        &[
+            ("CI_WORKER__WORKER__CALLBACK_INGRESS", "kafka"),
+            ("CI_WORKER__KAFKA__BROKERS", "127.0.0.1:9092"),
+        ],
+        "configuration: invalid kafka.topic = \"\": names the topic the kafka ingress reads",
+    );
+    let s = Settings::load_from(
+        None,
+        &env(&[
+            ("CI_WORKER__WORKER__CALLBACK_INGRESS", "kafka,pulsar"),
+            ("CI_WORKER__KAFKA__BROKERS", "10.0.0.5:9092, 10.0.0.6:9092"),
+            ("CI_WORKER__KAFKA__TOPIC", "events"),
+            ("CI_WORKER__KAFKA__GROUP_ID", "workers"),
+        ]),
+    )
+    .unwrap();
+    assert!(s.has_ingress(CallbackIngress::Kafka));
+    assert_eq!(s.kafka_topic(), "events");
+
+    // SASL: CKafka's <instanceId>#<user> and a password; neither without SASL.
+    let sasl = [
+        ("CI_WORKER__KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
+        (
+            "CI_WORKER__KAFKA__SASL_USERNAME",
+            "ckafka-abcd1234#ci-worker",
+        ),
+        ("CI_WORKER__KAFKA__SASL_PASSWORD", "hunter2"),
+    ];
+    let s = Settings::load_from(None, &env(&sasl)).unwrap();
+    assert_eq!(s.kafka.security_protocol, SecurityProtocol::SaslSsl);
+    assert_eq!(s.kafka.sasl_mechanism, SaslMechanism::Plain);
+    let out = s.to_redacted_toml();
+    assert!(out.contains("ckafka-abcd1234#ci-worker"), "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(!format!("{:?}", s.kafka).contains("hunter2"));
+    fails(
+        &[sasl[0], ("CI_WORKER__KAFKA__SASL_USERNAME", "ci-worker"), sasl[2]],
+        "configuration: invalid kafka.sasl_username = \"ci-worker\": must be CKafka's <instanceId>#<user>, \
+         such as ckafka-abcd1234#ci-worker, with kafka.security_protocol = SASL_SSL",
+    );
+    fails(
+        &[sasl[0], sasl[1]],
+        "configuration: invalid kafka.sasl_password = \"\": is required with kafka.security_protocol = SASL_SSL",
+    );
+    fails(
+        &[sasl[2]],
+        "configuration: invalid kafka.sasl_password = \"(set)\": is used only with kafka.security_protocol = \
+         SASL_PLAINTEXT or SASL_SSL",
+    );
+    fails(
+        &[("CI_WORKER__KAFKA__SECURITY_PROTOCOL", "SSL")],
+        "configuration: invalid kafka.security_protocol = \"SSL\": must be PLAINTEXT, SASL_PLAINTEXT or SASL_SSL",
+    );
+    fails(
+        &[("CI_WORKER__KAFKA__SASL_MECHANISM", "GSSAPI")],
+        "configuration: invalid kafka.sasl_mechanism = \"GSSAPI\": must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+    );
+    fails(
+        &[("CI_WORKER__EMULATOR__KAFKA_BROKERS", "localhost")],
+        "configuration: invalid emulator.kafka_brokers = \"localhost\": must be host:port addresses",
+    );
+}
+
 #[test]
 fn each_bad_value_gets_its_one_line() {
     for (var, value, line) in [
@@ -515,14 +648,14 @@ fn each_bad_value_gets_its_one_line() {
         ),
         (
             "WORKER__CALLBACK_INGRESS",
-            "cmq,kafka",
-            "configuration: invalid worker.callback_ingress = \"cmq,kafka\": must be a list of pulsar, cmq, http \
-             (each once; \"kafka\" is unknown)",
+            "cmq,ckafka",
+            "configuration: invalid worker.callback_ingress = \"cmq,ckafka\": must be a list of pulsar, cmq, http, \
+             kafka (each once; \"ckafka\" is unknown)",
         ),
         (
             "WORKER__CALLBACK_INGRESS",
             "",
-            "configuration: invalid worker.callback_ingress = \"\": must name at least one of pulsar, cmq, http",
+            "configuration: invalid worker.callback_ingress = \"\": must name at least one of pulsar, cmq, http, kafka",
         ),
         (
             "EMULATOR__TDMQ_DELIVERY",

@@ -50,7 +50,8 @@ pub struct WorkerSettings {
     pub takeover_grace: Duration,
     /// Where completion events come in from; each source stores them in `pulsar.callback_topic`:
     /// `cmq` (read the TDMQ for CMQ queue CI writes to), `http` (CI POSTs them to this worker),
-    /// `pulsar` (something else writes the callback topic). From the environment: comma-separated.
+    /// `kafka` (read the CKafka topic CI writes to, `[kafka]`), `pulsar` (something else writes the
+    /// callback topic). From the environment: comma-separated.
     /// At least one, each once.
     #[serde(deserialize_with = "ingress_sources")]
     pub callback_ingress: Vec<CallbackIngress>,
@@ -58,10 +59,11 @@ pub struct WorkerSettings {
 
 closed_set! {
     /// One of `worker.callback_ingress`.
-    pub enum CallbackIngress: "must be a list of pulsar, cmq, http" {
+    pub enum CallbackIngress: "must be a list of pulsar, cmq, http, kafka" {
         Pulsar = "pulsar",
         Cmq = "cmq",
         Http = "http",
+        Kafka = "kafka",
     }
 }
 
@@ -69,7 +71,10 @@ closed_set! {
 fn ingress_sources<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<CallbackIngress>, D::Error> {
     let names = Vec::<String>::deserialize(d)?;
     if names.is_empty() {
-        return Err(refuse("", "must name at least one of pulsar, cmq, http"));
+        return Err(refuse(
+            "",
+            "must name at least one of pulsar, cmq, http, kafka",
+        ));
     }
     let mut sources = Vec::with_capacity(names.len());
     for name in &names {

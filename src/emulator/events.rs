@@ -21,6 +21,16 @@
 //! use, so the API serves even while the broker is down; failed publishes are retried with backoff (a
 //! broker restart is survived) for up to [`TDMQ_DEADLINE`], then logged and dropped.
 //!
+//! `CallBackType=Kafka`: produced to `emulator.kafka_brokers` (one emulator stands for one CKafka
+//! instance: `Region` and `InstanceId` are checked at submit, not used), into the topic
+//! `CallBackKafkaConfig.Topic`, keyed by the job id (every copy of a job's event lands in one
+//! partition, so one consumer of the group sees them in order), the body as the `Url` callback's.
+//! The topic is never created here: what CI does with a topic that does not exist is not
+//! documented, so a failed produce (a missing topic, the broker down) is logged and retried with
+//! backoff for up to [`TDMQ_DEADLINE`], like a Pulsar publish; the broker creates the topic only
+//! if its own `auto.create.topics.enable` says so. With no `emulator.kafka_brokers` the event is
+//! given up at once (logged).
+//!
 //! `CallBackType=Url` with a `CallBack` address: the same body is POSTed there (`Content-Type`
 //! `application/xml` or `application/json`), up to [`URL_ATTEMPTS`] times until a 2xx.
 //!
@@ -39,12 +49,18 @@ use crate::config::{Settings, TdmqDelivery};
 use crate::pulsar::{Outgoing, Publisher};
 use crate::secret::Secret;
 use crate::shutdown::Shutdown;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
-/// How long a TDMQ completion event is retried before it is given up.
+/// How long a TDMQ or Kafka completion event is retried before it is given up.
 pub(crate) const TDMQ_DEADLINE: Duration = Duration::from_secs(600);
+/// One Kafka produce attempt: librdkafka's own retries within it (`message.timeout.ms`).
+const KAFKA_ATTEMPT: Duration = Duration::from_secs(10);
+/// The emulator's `client.id` at the Kafka broker.
+const KAFKA_CLIENT_ID: &str = "tencent-ci-emulator";
 /// Attempts of one URL callback.
 pub(crate) const URL_ATTEMPTS: u32 = 3;
 /// Timeout of one URL callback attempt.
@@ -96,6 +112,11 @@ pub(crate) struct Deliverer {
     publisher: Mutex<Option<(u64, Publisher)>>,
     generation: std::sync::atomic::AtomicU64,
     http: reqwest::Client,
+    /// `emulator.kafka_brokers`; empty = no Kafka delivery.
+    kafka_brokers: String,
+    /// Created on the first Kafka event (librdkafka connects in the background, so the API serves
+    /// while the broker is down).
+    kafka: tokio::sync::OnceCell<FutureProducer>,
     shutdown: Shutdown,
 }
 
@@ -115,6 +136,8 @@ impl Deliverer {
             publisher: Mutex::new(None),
             generation: std::sync::atomic::AtomicU64::new(0),
             http,
+            kafka_brokers: settings.emulator.kafka_brokers.trim().to_string(),
+            kafka: tokio::sync::OnceCell::new(),
             shutdown,
         }
     }
@@ -157,6 +180,30 @@ impl Deliverer {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// Produces the body into the Kafka topic `topic`, keyed `key`: one attempt, bounded by
+    /// [`KAFKA_ATTEMPT`].
+    async fn produce_once(&self, topic: &str, key: &str, body: &[u8]) -> Result<(), String> {
+        let producer = self
+            .kafka
+            .get_or_try_init(|| async {
+                let config = crate::kafka::producer_config(
+                    &self.kafka_brokers,
+                    KAFKA_CLIENT_ID,
+                    KAFKA_ATTEMPT.as_millis() as u64,
+                );
+                tracing::info!(settings = %crate::kafka::summary(&config), "emulator: Kafka producer created");
+                config.create::<FutureProducer>()
+            })
+            .await
+            .map_err(|e| format!("cannot create the Kafka producer: {e}"))?;
+        let record = FutureRecord::to(topic).key(key).payload(body);
+        producer
+            .send(record, Timeout::After(KAFKA_ATTEMPT))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e.to_string())
     }
 
     /// Sends the body into the CMQ queue `queue`; a refusal is final (see the module doc).
@@ -212,6 +259,11 @@ pub(crate) async fn deliver(deliverer: &Deliverer, faults: &Faults, notices: &No
                 key: job.id.clone(),
             },
         },
+        CallbackTarget::Kafka(kafka) => Target::Kafka {
+            label: format!("kafka:{}", kafka.topic),
+            topic: kafka.topic.clone(),
+            key: job.id.clone(),
+        },
     };
     let (body, content_type) = completion_body(&job);
     let copies = faults.copies();
@@ -254,13 +306,20 @@ enum Target {
         queue: String,
         label: String,
     },
+    /// A Kafka topic on `emulator.kafka_brokers`, the record's key (the job id); `label` is
+    /// `kafka:<topic>`.
+    Kafka {
+        topic: String,
+        key: String,
+        label: String,
+    },
 }
 
 impl Target {
     fn name(&self) -> &str {
         match self {
             Target::Topic { topic: t, .. } | Target::Url(t) => t,
-            Target::Queue { label, .. } => label,
+            Target::Queue { label, .. } | Target::Kafka { label, .. } => label,
         }
     }
 }
@@ -285,13 +344,22 @@ async fn deliver_one(
             }
             Target::Url(url) => deliverer.post_once(url, body, content_type).await,
             Target::Queue { queue, .. } => deliverer.enqueue(queue, body),
+            Target::Kafka { .. } if deliverer.kafka_brokers.is_empty() => {
+                return Err(
+                    "emulator.kafka_brokers is empty: no Kafka broker to deliver to; the event is dropped"
+                        .into(),
+                )
+            }
+            Target::Kafka { topic, key, .. } => deliverer.produce_once(topic, key, body).await,
         };
         let error = match result {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
         let exhausted = match target {
-            Target::Topic { .. } => started.elapsed() + backoff >= TDMQ_DEADLINE,
+            Target::Topic { .. } | Target::Kafka { .. } => {
+                started.elapsed() + backoff >= TDMQ_DEADLINE
+            }
             Target::Url(_) => attempt >= URL_ATTEMPTS,
             // In memory: it works at once or never.
             Target::Queue { .. } => return Err(error),

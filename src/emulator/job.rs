@@ -176,12 +176,7 @@ impl Job {
     /// settings, `SubTag` for a DigitalWatermark job, every level's keys in alphabetical order.
     pub(crate) fn event_detail(&self) -> Node<'static> {
         let mut d = self.detail();
-        for key in [
-            "CallBackFormat",
-            "CallBackType",
-            "CallBack",
-            "CallBackMqConfig",
-        ] {
+        for key in super::submit::CALLBACK_ELEMENTS {
             d.remove(key);
         }
         if self.spec.tag == "DigitalWatermark" {

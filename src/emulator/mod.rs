@@ -6,7 +6,9 @@
 //! send, runs each job through `Submitted → Running → Success/Failed` on tokio timers, and delivers
 //! CI's `TaskFinish` completion event: with `CallBackType=TDMQ` into its CMQ queue `MqName`, read
 //! over CMQ API 2.0 on `emulator.cmq_listen` (`emulator.tdmq_delivery = "cmq"`, the default) or
-//! published to Pulsar (`"pulsar"`); with a `CallBack` URL POSTed there. State lives in memory only.
+//! published to Pulsar (`"pulsar"`); with `CallBackType=Kafka` produced to the Kafka brokers of
+//! `emulator.kafka_brokers`, into `CallBackKafkaConfig.Topic`; with a `CallBack` URL POSTed there.
+//! State lives in memory only.
 //!
 //! # Layout
 //! Each file imports only the ones listed before it, so the emulator reads bottom-up from the HTTP
@@ -24,8 +26,8 @@
 //! - [`notices`]: [`EmulatorEvent`]s for tests and tooling.
 //! - [`cmq_queues`]: the CMQ queues in memory: attributes, send, long-polled receive with visibility
 //!   timeouts and receipt handles, delete, retention, counts.
-//! - [`events`]: the completion event body (XML/JSON) and its delivery (CMQ queue, Pulsar or URL),
-//!   with retries.
+//! - [`events`]: the completion event body (XML/JSON) and its delivery (CMQ queue, Pulsar, Kafka
+//!   or URL), with retries.
 //! - [`shared`]: the state the handlers, timers and deliveries share, and the job API's call counts.
 //! - [`lifecycle`]: the timers that move a job `Submitted → Running → Success/Failed` and deliver its
 //!   event.

@@ -1,5 +1,5 @@
 //! The `<Request>` of `POST /jobs`, validated as `submit-digital-watermark.md` and the
-//! `CallBackMqConfig` structure describe. Every refusal is 400 `InvalidArgument` naming the element,
+//! `CallBackMqConfig` structure describe (and `CallBackKafkaConfig` as Tencent's SDKs model it). Every refusal is 400 `InvalidArgument` naming the element,
 //! except a body that is not XML at all (400 `InvalidContent`).
 
 use super::error::ApiError;
@@ -51,12 +51,14 @@ pub(crate) const MEDIA_TAGS: [&str; 36] = [
     "WordsGeneralize",
 ];
 
-/// The elements of `<Request>` that configure the callback, echoed in `JobsDetail`.
-const CALLBACK_ELEMENTS: [&str; 4] = [
+/// The elements of `<Request>` that configure the callback, echoed in `JobsDetail` (not in a
+/// completion event's).
+pub(crate) const CALLBACK_ELEMENTS: [&str; 5] = [
     "CallBackFormat",
     "CallBackType",
     "CallBack",
     "CallBackMqConfig",
+    "CallBackKafkaConfig",
 ];
 
 /// `CallBackMqConfig`.
@@ -67,6 +69,14 @@ pub(crate) struct MqConfig {
     pub name: String,
 }
 
+/// `CallBackKafkaConfig`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KafkaConfig {
+    pub region: String,
+    pub instance_id: String,
+    pub topic: String,
+}
+
 /// Where the completion event goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum CallbackTarget {
@@ -75,6 +85,7 @@ pub(crate) enum CallbackTarget {
     None,
     Url(String),
     Tdmq(MqConfig),
+    Kafka(KafkaConfig),
 }
 
 /// A validated job request.
@@ -229,6 +240,10 @@ pub(crate) fn parse_request(body: &str) -> Result<JobSpec, ApiError> {
         Some(m) => Some(mq_config(m)?),
         None => None,
     };
+    let kafka = match container(req, "CallBackKafkaConfig", "Request.CallBackKafkaConfig")? {
+        Some(k) => Some(kafka_config(k)?),
+        None => None,
+    };
     let callback = leaf(req, "CallBack", "Request.CallBack")?;
     if let Some(url) = callback.as_deref().filter(|u| *u != "no") {
         let ok = url::Url::parse(url)
@@ -248,9 +263,14 @@ pub(crate) fn parse_request(body: &str) -> Result<JobSpec, ApiError> {
         Some("TDMQ") => CallbackTarget::Tdmq(mq.ok_or_else(|| {
             invalid("The element Request.CallBackMqConfig is required when CallBackType is TDMQ.")
         })?),
+        Some("Kafka") => CallbackTarget::Kafka(kafka.ok_or_else(|| {
+            invalid(
+                "The element Request.CallBackKafkaConfig is required when CallBackType is Kafka.",
+            )
+        })?),
         Some(other) => {
             return Err(invalid(format!(
-                "The value {other:?} of Request.CallBackType must be Url or TDMQ."
+                "The value {other:?} of Request.CallBackType must be Url, TDMQ or Kafka."
             )))
         }
     };
@@ -279,6 +299,16 @@ fn mq_config(m: &Node) -> Result<MqConfig, ApiError> {
         region: required_leaf(m, "MqRegion", "Request.CallBackMqConfig.MqRegion")?,
         mode: required_leaf(m, "MqMode", "Request.CallBackMqConfig.MqMode")?,
         name: required_leaf(m, "MqName", "Request.CallBackMqConfig.MqName")?,
+    })
+}
+
+/// `CallBackKafkaConfig`'s values (their rules were checked by [`validate_job`]).
+fn kafka_config(k: &Node) -> Result<KafkaConfig, ApiError> {
+    const P: &str = "Request.CallBackKafkaConfig";
+    Ok(KafkaConfig {
+        region: required_leaf(k, "Region", &format!("{P}.Region"))?,
+        instance_id: required_leaf(k, "InstanceId", &format!("{P}.InstanceId"))?,
+        topic: required_leaf(k, "Topic", &format!("{P}.Topic"))?,
     })
 }
 
@@ -327,6 +357,30 @@ mod tests {
     }
 
     #[test]
+    fn accepts_a_kafka_job_as_the_sdks_write_it() {
+        let spec = parse_request(&request(
+            GOOD_OP,
+            "<CallBackFormat>XML</CallBackFormat><CallBackType>Kafka</CallBackType>\
+             <CallBackKafkaConfig><Region>ap-chongqing</Region><InstanceId>ckafka-abc</InstanceId>\
+             <Topic>doc-test</Topic></CallBackKafkaConfig>",
+        ))
+        .unwrap();
+        assert_eq!(
+            spec.target,
+            CallbackTarget::Kafka(KafkaConfig {
+                region: "ap-chongqing".into(),
+                instance_id: "ckafka-abc".into(),
+                topic: "doc-test".into()
+            })
+        );
+        let keys: Vec<&str> = spec.callback_echo.iter().map(|(k, _)| k.as_ref()).collect();
+        assert_eq!(
+            keys,
+            ["CallBackFormat", "CallBackType", "CallBackKafkaConfig"]
+        );
+    }
+
+    #[test]
     fn defaults_are_xml_and_url() {
         let spec = parse_request(&request(
             GOOD_OP,
@@ -362,7 +416,32 @@ mod tests {
                 "InvalidArgument",
                 "Request.Operation",
             ),
-            (request(GOOD_OP, "<CallBackType>Kafka</CallBackType>"), "InvalidArgument", "CallBackType"),
+            (request(GOOD_OP, "<CallBackType>Http</CallBackType>"), "InvalidArgument", "CallBackType"),
+            (
+                request(GOOD_OP, "<CallBackType>Kafka</CallBackType>"),
+                "InvalidArgument",
+                "Request.CallBackKafkaConfig: is required when CallBackType is Kafka",
+            ),
+            (
+                request(GOOD_OP, "<CallBackType>Kafka</CallBackType><CallBackKafkaConfig><InstanceId>ckafka-1</InstanceId><Topic>t</Topic></CallBackKafkaConfig>"),
+                "InvalidArgument",
+                "Request.CallBackKafkaConfig.Region: is required",
+            ),
+            (
+                request(GOOD_OP, "<CallBackType>Kafka</CallBackType><CallBackKafkaConfig><Region>ap-guangzhou</Region><InstanceId></InstanceId><Topic>t</Topic></CallBackKafkaConfig>"),
+                "InvalidArgument",
+                "Request.CallBackKafkaConfig.InstanceId: is required",
+            ),
+            (
+                request(GOOD_OP, "<CallBackType>Kafka</CallBackType><CallBackKafkaConfig><Region>ap-guangzhou</Region><InstanceId>ckafka-1</InstanceId></CallBackKafkaConfig>"),
+                "InvalidArgument",
+                "Request.CallBackKafkaConfig.Topic: is required",
+            ),
+            (
+                request(GOOD_OP, "<CallBackType>Kafka</CallBackType><CallBackKafkaConfig>x</CallBackKafkaConfig>"),
+                "InvalidArgument",
+                "Request.CallBackKafkaConfig",
+            ),
             (request(GOOD_OP, "<CallBackType>TDMQ</CallBackType>"), "InvalidArgument", "CallBackMqConfig"),
             (
                 request(GOOD_OP, "<CallBackType>TDMQ</CallBackType><CallBackMqConfig><MqRegion>ap-guangzhou</MqRegion><MqMode>Queue</MqMode><MqName>q</MqName></CallBackMqConfig>"),

@@ -134,7 +134,7 @@ impl SubmitRequest {
     }
 
     /// Checks the request and builds CI's `<Request>`: the caller's job, then `QueueId`,
-    /// `CallBackFormat`, `CallBackType` and `CallBackMqConfig` (TDMQ) or `CallBack` (Url) from configuration (a value in the
+    /// `CallBackFormat`, `CallBackType` and `CallBackMqConfig` (TDMQ), `CallBackKafkaConfig` (Kafka) or `CallBack` (Url) from configuration (a value in the
     /// job wins for the format and the queue), with the correlation marker in `Operation.UserData`.
     pub fn validate(&self, ci: &CiSettings) -> Result<ValidRequest, Rejection> {
         let bucket = self
@@ -202,6 +202,16 @@ impl SubmitRequest {
                 ]);
                 ci_job.insert("CallBackMqConfig", mq);
             }
+            // Beside `CallBackType`, as cos-go-sdk-v5's `CreateMediaJobsOptions` places it
+            // (`CallBackKafkaConfig *KafkaConfig`, `ci_media.go`).
+            CallbackType::Kafka => {
+                let kafka = Node::Map(vec![
+                    ("Region".into(), ci.kafka_region.clone().into()),
+                    ("InstanceId".into(), ci.kafka_instance_id.clone().into()),
+                    ("Topic".into(), ci.kafka_topic.clone().into()),
+                ]);
+                ci_job.insert("CallBackKafkaConfig", kafka);
+            }
             CallbackType::Url => ci_job.insert(
                 "CallBack",
                 ci.callback_url
@@ -247,13 +257,7 @@ pub fn is_bucket_name(s: &str) -> bool {
 }
 
 /// A COS region id such as `ap-guangzhou` (it becomes part of a host name).
-pub fn is_region(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && s.contains('-')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
+pub use crate::ci::rules::is_region;
 
 #[cfg(test)]
 mod tests {
@@ -308,6 +312,33 @@ mod tests {
                 "CallBackMqConfig"
             ]
         );
+    }
+
+    /// The element names and their order are cos-go-sdk-v5's (`KafkaConfig{Region, InstanceId,
+    /// Topic}` as `CallBackKafkaConfig`, after `CallBackType`).
+    #[test]
+    fn a_kafka_callback_is_written_as_the_sdks_write_it() {
+        let ci = CiSettings {
+            callback_type: CallbackType::Kafka,
+            kafka_region: "ap-chongqing".into(),
+            kafka_instance_id: "ckafka-abc".into(),
+            kafka_topic: "doc-test".into(),
+            ..ci()
+        };
+        let valid = SubmitRequest::parse(EXAMPLE.as_bytes())
+            .unwrap()
+            .validate(&ci)
+            .unwrap();
+        let xml = xml::to_xml("Request", &valid.ci_job).unwrap();
+        assert!(
+            xml.ends_with(
+                "<CallBackFormat>JSON</CallBackFormat><CallBackType>Kafka</CallBackType>\
+                 <CallBackKafkaConfig><Region>ap-chongqing</Region><InstanceId>ckafka-abc</InstanceId>\
+                 <Topic>doc-test</Topic></CallBackKafkaConfig></Request>"
+            ),
+            "{xml}"
+        );
+        assert!(!xml.contains("CallBackMqConfig"), "{xml}");
     }
 
     #[test]

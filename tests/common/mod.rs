@@ -13,6 +13,7 @@
 //! | `PULSAR_AUTH_ADMIN_URL` | `http://127.0.0.1:8081` | its admin REST API (needs the token) |
 //! | `PULSAR_AUTH_TOKEN` | read from `PULSAR_AUTH_TOKEN_FILE` | admin JWT for the auth broker |
 //! | `PULSAR_AUTH_TOKEN_FILE` | `.cache/pulsar/data-6651/auth/admin.token` | file holding that JWT |
+//! | `KAFKA_BROKERS` | `127.0.0.1:9092` | the Kafka broker (`scripts/kafka.sh`) |
 //!
 //! The helpers, and the test files that use them (`tests/stack` builds on this module too):
 //!
@@ -30,6 +31,7 @@
 //! | [`BUCKET`], [`REGION`] | the bucket and region of every test job | stack users, `emulator`, `fuzz` |
 //! | [`JobRequest`] | a DigitalWatermark request in the worker's input format, field by field | `credentials`, `e2e`, `fuzz`, `ingress`, `lookup`, `operations`, `reliability`, `shutdown` |
 //! | [`is_rfc3339_utc`] | the result times' format | `e2e`, `fuzz` |
+//! | [`kafka_brokers`], [`create_kafka_topic`], [`kafka_reader`], [`next_record`] | the Kafka broker: a new topic, a reader of it from its start, the next record | `emulator` |
 
 #![allow(dead_code)]
 
@@ -44,6 +46,11 @@ use pulsar::{
     Authentication, Consumer, DeserializeMessage, Pulsar, SubType, TokioExecutor,
 };
 use serde_json::{json, Value};
+
+const HOW_TO_START_KAFKA: &str =
+    "run the tests with `scripts/test.sh` (it starts the Kafka broker \
+     too), or start one by hand with `scripts/kafka.sh start` (and KAFKA_BROKERS=127.0.0.1:<port> \
+     for another port than 9092)";
 
 const HOW_TO_START: &str = "run the tests with `scripts/test.sh` (it starts the brokers), \
      or start one by hand with `scripts/pulsar.sh start` \
@@ -371,4 +378,99 @@ impl JobRequest {
 /// Whether `s` is an RFC 3339 time in UTC (`…Z`), the format of every time in a result.
 pub fn is_rfc3339_utc(s: &str) -> bool {
     s.ends_with('Z') && chrono::DateTime::parse_from_rfc3339(s).is_ok()
+}
+
+/// `host:port` of the Kafka broker (`KAFKA_BROKERS`, as `scripts/kafka.sh env` prints it).
+pub fn kafka_brokers() -> String {
+    env_or("KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
+/// Fails fast, saying what to do, when no Kafka broker listens at [`kafka_brokers`] (librdkafka
+/// itself would retry forever).
+pub async fn require_kafka() {
+    let brokers = kafka_brokers();
+    let first = brokers
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&first),
+    )
+    .await
+    {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("no Kafka broker answers at {first} ({e}); {HOW_TO_START_KAFKA}"),
+        Err(_) => {
+            panic!("no Kafka broker answers at {first} (connect timed out); {HOW_TO_START_KAFKA}")
+        }
+    }
+}
+
+/// Creates `topic` with `partitions` partitions (one replica) on the Kafka broker; panics if it
+/// exists already (a name from [`unique_name`] never does) or the broker refuses.
+pub async fn create_kafka_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    require_kafka().await;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .create()
+        .expect("a Kafka admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = within(
+        60,
+        "the Kafka broker to create a topic",
+        admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &options,
+        ),
+    )
+    .await
+    .expect("CreateTopics");
+    for result in results {
+        if let Err((name, code)) = result {
+            panic!("the Kafka broker did not create topic {name}: {code}");
+        }
+    }
+}
+
+/// A reader of `topic` from its oldest record, in a consumer group of its own.
+pub async fn kafka_reader(topic: &str) -> rdkafka::consumer::StreamConsumer {
+    use rdkafka::consumer::Consumer;
+    require_kafka().await;
+    let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", unique_name("test-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        // A topic created a moment ago may not be in the first metadata answer yet; without this
+        // the group would wait for the next refresh (5 minutes by default) to see its partitions.
+        .set("topic.metadata.refresh.interval.ms", "500")
+        .create()
+        .expect("a Kafka consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
+}
+
+/// One record: its key, payload and partition.
+pub struct Record {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub partition: i32,
+}
+
+/// The next record `consumer` reads, waiting at most `secs` seconds.
+pub async fn next_record(consumer: &rdkafka::consumer::StreamConsumer, secs: u64) -> Record {
+    use rdkafka::Message;
+    let msg = within(secs, "a Kafka record", consumer.recv())
+        .await
+        .expect("a record from the Kafka broker");
+    Record {
+        key: msg.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        payload: msg.payload().unwrap_or_default().to_vec(),
+        partition: msg.partition(),
+    }
 }

@@ -1,0 +1,128 @@
+"""`CallBackType=Kafka`: jobs submitted with Tencent's official Python SDK (cos-python-sdk-v5) to
+`ci-worker emulator`, their completion events read from a real Apache Kafka broker
+(scripts/kafka.sh) by an independent client, `kafka-python`. Nothing here shares code with the
+emulator or with rdkafka.
+
+Environment: KAFKA_BROKERS [127.0.0.1:9092] (scripts/test.sh exports it).
+"""
+import json
+import uuid
+import xml.etree.ElementTree as ET
+
+import pytest
+from kafka import KafkaConsumer
+from kafka.admin import KafkaAdminClient, NewTopic
+from qcloud_cos.cos_exception import CosServiceError
+from conftest import BUCKET, REGION, _env, emulator_process, free_port, require_listening, sdk_client
+
+SECRET_ID = "AKIDemulatorKafkaInterop00000000"
+SECRET_KEY = "emulatorkafkainteropsecret012345"
+
+
+@pytest.fixture(scope="session")
+def kafka_brokers():
+    brokers = _env("KAFKA_BROKERS", "127.0.0.1:9092")
+    require_listening(f"kafka://{brokers.split(',')[0]}", "Kafka broker (scripts/kafka.sh start)")
+    return brokers
+
+
+@pytest.fixture
+def kafka_topic(kafka_brokers):
+    """A new topic of 2 partitions (the broker creates none by itself, as CKafka)."""
+    name = f"py-emu-kafka-{uuid.uuid4().hex[:12]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_brokers, client_id="interop-admin")
+    try:
+        admin.create_topics([NewTopic(name=name, num_partitions=2, replication_factor=1)])
+    finally:
+        admin.close()
+    return name
+
+
+@pytest.fixture
+def emulator(tmp_path, kafka_brokers):
+    port = free_port()
+    env = {
+        "TENCENTCLOUD_SECRET_ID": SECRET_ID,
+        "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
+        "CI_WORKER__EMULATOR__JOB_DURATION_MS": "300",
+        "CI_WORKER__EMULATOR__CMQ_LISTEN": f"127.0.0.1:{free_port()}",
+        "CI_WORKER__EMULATOR__KAFKA_BROKERS": kafka_brokers,
+    }
+    with emulator_process(tmp_path, port, env):
+        yield port
+
+
+def kafka_job(obj, callback_format, user_data, kafka_config):
+    """A DigitalWatermark job with a Kafka callback, the dict the SDK turns into CI's XML."""
+    return {
+        "Tag": "DigitalWatermark",
+        "Input": {"Object": obj},
+        "Operation": {
+            "DigitalWatermark": {"Type": "Text", "Message": "123456789ab", "Version": "V1"},
+            "Output": {"Bucket": BUCKET, "Region": REGION, "Object": "output/digital.mp4"},
+            "UserData": user_data,
+        },
+        "CallBackFormat": callback_format,
+        "CallBackType": "Kafka",
+        "CallBackKafkaConfig": kafka_config,
+    }
+
+
+def read_event(value):
+    """(format, JobId, State, UserData) of a completion event, XML or JSON."""
+    text = value.decode("utf-8")
+    if text.lstrip().startswith("<"):
+        root = ET.fromstring(text)
+        assert root.tag == "Response" and root.findtext("EventName") == "TaskFinish"
+        d = root.find("JobsDetail")
+        return "XML", d.findtext("JobId"), d.findtext("State"), d.findtext("Operation/UserData")
+    event = json.loads(text)
+    assert event["EventName"] == "TaskFinish"
+    d = event["JobsDetail"]
+    return "JSON", d["JobId"], d["State"], d["Operation"]["UserData"]
+
+
+def test_kafka_python_reads_the_emulators_events(emulator, kafka_brokers, kafka_topic):
+    client = sdk_client(emulator, SECRET_ID, SECRET_KEY)
+    config = {"Region": "ap-guangzhou", "InstanceId": "ckafka-interop", "Topic": kafka_topic}
+    created = {}
+    for fmt in ("XML", "JSON"):
+        detail = client.ci_create_media_jobs(
+            Bucket=BUCKET, Jobs=kafka_job(f"input/{fmt}.mp4", fmt, f"req-{fmt}", config)
+        )["JobsDetail"][0]
+        assert detail["Code"] == "Success"
+        assert detail["CallBackType"] == "Kafka"
+        assert detail["CallBackKafkaConfig"] == config
+        created[fmt] = detail["JobId"]
+
+    consumer = KafkaConsumer(
+        kafka_topic,
+        bootstrap_servers=kafka_brokers,
+        group_id=f"py-reader-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=60_000,
+    )
+    try:
+        events = {}
+        for record in consumer:
+            fmt, job_id, state, user_data = read_event(record.value)
+            assert record.key == job_id.encode(), "keyed by the job id"
+            assert state == "Success"
+            assert user_data == f"req-{fmt}"
+            events[fmt] = job_id
+            if len(events) == 2:
+                break
+    finally:
+        consumer.close()
+    assert events == created
+
+
+def test_the_sdk_sees_cis_refusal_of_a_bad_kafka_config(emulator):
+    client = sdk_client(emulator, SECRET_ID, SECRET_KEY)
+    bad = kafka_job("input/a.mp4", "JSON", "u", {"Region": "ap-guangzhou", "InstanceId": "ckafka-x"})
+    with pytest.raises(CosServiceError) as err:
+        client.ci_create_media_jobs(Bucket=BUCKET, Jobs=bad)
+    assert err.value.get_status_code() == 400
+    assert err.value.get_error_code() == "InvalidArgument"
+    assert "CallBackKafkaConfig.Topic" in err.value.get_error_msg()
