@@ -574,3 +574,271 @@ async fn two_replicas_share_one_cmq_queue() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+const KAFKA_SETTLED: &str = "ci_worker_ingress_events_total{source=\"kafka\",outcome=\"stored\"}";
+
+/// A producer of the test's own to the Kafka broker (CI writing into the topic).
+fn kafka_producer() -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_brokers())
+        .create()
+        .expect("a Kafka producer")
+}
+
+async fn produce(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    partition: i32,
+    body: &[u8],
+) {
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::<(), [u8]>::to(topic)
+                .partition(partition)
+                .payload(body),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("the Kafka broker stored the record");
+}
+
+/// What the worker's group committed on each partition of `topic` (-1001: nothing yet).
+async fn committed(stack: &Stack, topic: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let group = stack.env["CI_WORKER__KAFKA__GROUP_ID"].clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", common::kafka_brokers())
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition(&topic, p);
+        }
+        consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().unwrap_or(-1))
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// `CallBackType=Kafka`: the emulator writes XML and JSON events into the CKafka topic, the `kafka`
+/// ingress reads them in its group: one final each, nothing through the callback topic, and the
+/// group's offsets committed to the end of every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_ingress_takes_ckafka_callbacks_to_results() {
+    let mut stack = Stack::via_kafka("ingress-kafka", 3).await;
+    stack.start_emulator().await;
+    stack.start_worker();
+    run_requests(&stack, "kafka", 20).await;
+    callback_topic_unused(&stack).await;
+    let text = metric_reaches(stack.worker_http_port, KAFKA_SETTLED, 20.0).await;
+    assert_eq!(metric(&text, KAFKA_SETTLED), 20.0, "{text}");
+    let topic = stack.kafka_topic();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let offsets = committed(&stack, &topic, 3).await;
+        if offsets.iter().map(|o| (*o).max(0)).sum::<i64>() == 20 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "committed {offsets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A record the worker cannot read is dead-lettered with its body, the reason and its partition, and
+/// the group's offset moves past it; the records around it are handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_record_the_worker_cannot_read_is_dead_lettered_and_committed() {
+    let mut stack = Stack::via_kafka("ingress-kafka-garbage", 1).await;
+    let topic = stack.kafka_topic();
+    let producer = kafka_producer();
+    let good = |job: &str| {
+        format!(
+            "<Response><EventName>TaskFinish</EventName><JobsDetail><JobId>{job}</JobId>\
+             <State>Success</State></JobsDetail></Response>"
+        )
+    };
+    produce(&producer, &topic, 0, good("k-before").as_bytes()).await;
+    produce(&producer, &topic, 0, b"{\"not\": \"an event\"").await;
+    produce(&producer, &topic, 0, good("k-after").as_bytes()).await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    let mut dead = stack.follow(&stack.topics.dead_letter).await;
+    stack.start_worker();
+    let seen = collect(&mut results, Duration::from_secs(60), |s| s.len() >= 2).await;
+    let mut jobs: Vec<String> = seen
+        .iter()
+        .map(|(p, _, _)| {
+            serde_json::from_slice::<serde_json::Value>(p).unwrap()["job_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    jobs.sort();
+    assert_eq!(jobs, ["k-after", "k-before"]);
+    let letters = collect(&mut dead, Duration::from_secs(30), |s| !s.is_empty()).await;
+    assert_eq!(letters[0].0, b"{\"not\": \"an event\"");
+    let props = &letters[0].1;
+    assert!(
+        props["ci-worker-dlq-reason"].starts_with("unparseable completion event"),
+        "{props:?}"
+    );
+    assert_eq!(props["ci-worker-source-topic"], format!("kafka:{topic}/0"));
+    assert_eq!(props["kafka-offset"], "1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while committed(&stack, &topic, 1).await != [3] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not committed past the records"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The Kafka broker stopped (SIGSTOP) for a while with jobs under way: the emulator's deliveries and
+/// the ingress wait, and every job still gets one final once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_unavailable_for_a_while_loses_nothing() {
+    let mut stack = Stack::via_kafka("ingress-kafka-outage", 2).await;
+    stack.start_emulator().await;
+    stack.start_worker();
+    let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
+    stack::wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
+    let pid_file = std::path::PathBuf::from(
+        std::env::var("KAFKA_DATA_DIR")
+            .unwrap_or_else(|_| format!("{}/.cache/kafka/data-9092", env!("CARGO_MANIFEST_DIR"))),
+    )
+    .join("kafka.pid");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut results = stack.follow(&stack.topics.result).await;
+    let (ids, payloads) = requests("kafka-outage", 20);
+    stack::signal_pid(pid, "STOP");
+    common::publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
+    // The jobs finish at CI meanwhile; their events cannot be written or read.
+    let submitted = collect(&mut results, Duration::from_secs(60), |s| s.len() >= 20).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stack::signal_pid(pid, "CONT");
+    let rest = collect(&mut results, Duration::from_secs(180), |s| {
+        let mut all = submitted.clone();
+        all.extend(s.iter().cloned());
+        all_final(&all, &ids)
+    })
+    .await;
+    let mut seen = submitted;
+    seen.extend(rest);
+    let map = by_request(&seen);
+    for id in &ids {
+        assert_eq!(finals(&map[id]), ["succeeded"], "{id}: {:?}", map[id]);
+    }
+    let text = metrics(stack.worker_http_port).await;
+    assert_eq!(
+        metric(&text, "ci_worker_deadline_checks_total"),
+        0.0,
+        "{text}"
+    );
+}
+
+/// A worker SIGKILLed with records in hand, then started again: every job ends with its final and
+/// none with two different ones; the records after the group's last commit are read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_reader_killed_mid_batch_loses_nothing() {
+    let mut stack = Stack::via_kafka("ingress-kafka-kill", 2).await;
+    stack.env.extend([
+        ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "300".into()),
+        ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "5m".into()),
+    ]);
+    stack.start_emulator().await;
+    let mut results = stack.follow_in_background(&stack.topics.result).await;
+    stack.start_worker();
+    let n = 300;
+    let (ids, payloads) = requests("kafka-kill", n);
+    common::publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
+    results
+        .until(Duration::from_secs(120), |s| {
+            s.iter()
+                .filter(|(_, p, _)| p.get("state").map(String::as_str) == Some("succeeded"))
+                .count()
+                >= 80
+        })
+        .await;
+    stack.kill_worker();
+    stack.start_worker();
+    results
+        .until(Duration::from_secs(240), |s| all_final(s, &ids))
+        .await;
+    let map = by_request(&results.snapshot());
+    let mut repeated = 0;
+    for id in &ids {
+        let f = finals(&map[id]);
+        assert!(f.iter().all(|s| *s == "succeeded"), "{id}: {f:?}");
+        repeated += f.len() - 1;
+    }
+    let jobs = stack
+        .ci_jobs_per_request(common::BUCKET, common::REGION, "DigitalWatermark")
+        .await;
+    let extra_jobs: usize = jobs.values().map(|n| n - 1).sum();
+    eprintln!("kafka kill: {n} requests, {repeated} repeated finals, {extra_jobs} extra CI jobs");
+    assert_eq!(extra_jobs, 0, "{jobs:?}");
+}
+
+/// Two replicas in one group: the second joins while events flow and leaves (SIGTERM) while they
+/// still flow. The rebalances move partitions with their settled offsets committed first: every job
+/// gets exactly one final, and both replicas took events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_kafka_topic_through_rebalances() {
+    let mut stack = Stack::via_kafka("ingress-kafka-replicas", 4).await;
+    stack.start_emulator().await;
+    let mut results = stack.follow_in_background(&stack.topics.result).await;
+    stack.start_worker();
+    let n = 300;
+    let (ids, payloads) = requests("kafka-replicas", n);
+    // A steady 20 requests/s for 15 s, so that events flow through both rebalances.
+    let url = stack.pulsar_url();
+    let topic = stack.topics.request.clone();
+    let publisher = tokio::spawn(async move {
+        for chunk in payloads.chunks(5) {
+            common::publish(&url, None, &topic, chunk.to_vec()).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    let finals_seen = |s: &[stack::Received]| {
+        s.iter()
+            .filter(|(_, p, _)| p.get("state").map(String::as_str) == Some("succeeded"))
+            .count()
+    };
+    results
+        .until(Duration::from_secs(120), |s| finals_seen(s) >= 20)
+        .await;
+    let second = stack.start_replica();
+    second.ready(Duration::from_secs(60)).await;
+    // It has taken events once its KAFKA_SETTLED moves.
+    metric_reaches(second.port, KAFKA_SETTLED, 10.0).await;
+    let second_took = metric(&metrics(second.port).await, KAFKA_SETTLED);
+    let (status, _) = second.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    publisher.await.unwrap();
+    results
+        .until(Duration::from_secs(240), |s| all_final(s, &ids))
+        .await;
+    let map = by_request(&results.snapshot());
+    for id in &ids {
+        assert_eq!(finals(&map[id]), ["succeeded"], "{id}: {:?}", map[id]);
+    }
+    let first_took = metric(&metrics(stack.worker_http_port).await, KAFKA_SETTLED);
+    eprintln!("kafka replicas: first {first_took}, second at least {second_took} events");
+}

@@ -57,7 +57,7 @@ use crate::config::{CallbackIngress, Settings};
 use crate::pulsar::{Batching, Publisher};
 use crate::shutdown::Shutdown;
 use crate::telemetry::{Health, Metrics};
-use complete::ingress::{cmq, http};
+use complete::ingress::{cmq, http, kafka};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -115,6 +115,9 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     }
     if settings.has_ingress(CallbackIngress::Cmq) {
         health.set(cmq::HEALTH_NAME, false);
+    }
+    if settings.has_ingress(CallbackIngress::Kafka) {
+        health.set(kafka::HEALTH_NAME, false);
     }
     warn_on_mismatched_callbacks(&settings);
     let listener = tokio::net::TcpListener::bind(&settings.http.listen)
@@ -251,6 +254,17 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         deadline::run(ctx.clone(), client.clone(), stop.clone()),
         stop.clone(),
     ));
+    let kafka_reader = ctx.settings.has_ingress(CallbackIngress::Kafka).then(|| {
+        let (ctx, reader_stop) = (ctx.clone(), stop.clone());
+        tokio::spawn(stop_all_on_error(
+            async move {
+                kafka::run(ctx, reader_stop)
+                    .await
+                    .map_err(|e| WorkerError::Task(format!("kafka ingress: {e}")))
+            },
+            stop.clone(),
+        ))
+    });
     let cmq_reader = cmq_client.map(|client| tokio::spawn(cmq::run(ctx.clone(), client, stop)));
     let (a, c) = tokio::join!(submit, deadlines);
     let b = match callback_topic {
@@ -261,11 +275,15 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
         // Its loops watch the same stop; a batch in hand is bounded by the drain.
         let _ = task.await;
     }
+    let d = match kafka_reader {
+        Some(task) => task.await,
+        None => Ok(Ok(())),
+    };
     // Bounded: a broker that went away must not hold up the exit; a producer not closed ends with
     // the connection.
     let _ = tokio::time::timeout(EXIT_TIMEOUT, ctx.broker.close()).await;
     http.abort();
-    for outcome in [a, b, c] {
+    for outcome in [a, b, c, d] {
         outcome.map_err(|e| WorkerError::Task(e.to_string()))??;
     }
     tracing::info!("worker stopped");

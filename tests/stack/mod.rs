@@ -185,6 +185,41 @@ impl Stack {
         stack
     }
 
+    /// A stack on CI's CKafka callbacks: jobs are submitted with `CallBackType=Kafka` naming a topic
+    /// of the stack's own (created here with `partitions`), the emulator writes completion events
+    /// into it on the broker `scripts/kafka.sh` runs, and the worker's `kafka` ingress reads it in a
+    /// consumer group of the stack's own.
+    pub async fn via_kafka(prefix: &str, partitions: i32) -> Stack {
+        let mut stack = Stack::new(prefix);
+        let topic = format!("{}-events", stack.topics.mq_name);
+        common::create_kafka_topic(&topic, partitions).await;
+        let brokers = common::kafka_brokers();
+        for (k, v) in [
+            ("CI_WORKER__WORKER__CALLBACK_INGRESS", "kafka".to_string()),
+            ("CI_WORKER__CI__CALLBACK_TYPE", "Kafka".to_string()),
+            ("CI_WORKER__CI__KAFKA_REGION", "ap-guangzhou".to_string()),
+            (
+                "CI_WORKER__CI__KAFKA_INSTANCE_ID",
+                "ckafka-e2etest".to_string(),
+            ),
+            ("CI_WORKER__CI__KAFKA_TOPIC", topic),
+            ("CI_WORKER__KAFKA__BROKERS", brokers.clone()),
+            (
+                "CI_WORKER__KAFKA__GROUP_ID",
+                format!("{}-group", stack.topics.mq_name),
+            ),
+            ("CI_WORKER__EMULATOR__KAFKA_BROKERS", brokers),
+        ] {
+            stack.env.insert(k.into(), v);
+        }
+        stack
+    }
+
+    /// The Kafka topic of a [`Stack::via_kafka`] stack.
+    pub fn kafka_topic(&self) -> String {
+        self.env["CI_WORKER__CI__KAFKA_TOPIC"].clone()
+    }
+
     /// A stack on CI's URL callbacks: jobs are submitted with `CallBackType=Url` pointing at the
     /// worker's `http` ingress, which the emulator POSTs completion events to.
     pub fn via_http(prefix: &str) -> Stack {

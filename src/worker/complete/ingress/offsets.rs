@@ -97,7 +97,11 @@ mod tests {
         for offset in 10..15 {
             o.taken(&p(0), offset);
         }
-        assert_eq!(o.to_commit(), [(p(0), 10)], "nothing handled: the first record");
+        assert_eq!(
+            o.to_commit(),
+            [(p(0), 10)],
+            "nothing handled: the first record"
+        );
         assert!(o.to_commit().is_empty(), "not again");
         o.handled(&p(0), 12);
         o.handled(&p(0), 13);
