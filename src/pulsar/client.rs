@@ -98,24 +98,27 @@ impl Client {
         };
         let name = TopicName::parse(topic)?;
         let partitions = resolver.lookup.partitions(&name).await?;
-        let looked_up = parts(&name, partitions).into_iter().enumerate().map(|(n, part)| {
-            let shown = if partitions > 0 {
-                format!("{topic}-partition-{n}")
-            } else {
-                topic.to_string()
-            };
-            async move {
-                let broker = resolver.lookup.broker_of(&part).await?;
-                tracing::debug!(topic = %shown, broker, "HTTP lookup");
-                let client = resolver.client_of(&broker).await?;
-                Ok::<_, PulsarIoError>(Part {
-                    topic: shown,
-                    broker,
-                    client,
-                    partition: partitions > 0,
-                })
-            }
-        });
+        let looked_up = parts(&name, partitions)
+            .into_iter()
+            .enumerate()
+            .map(|(n, part)| {
+                let shown = if partitions > 0 {
+                    format!("{topic}-partition-{n}")
+                } else {
+                    topic.to_string()
+                };
+                async move {
+                    let broker = resolver.lookup.broker_of(&part).await?;
+                    tracing::debug!(topic = %shown, broker, "HTTP lookup");
+                    let client = resolver.client_of(&broker).await?;
+                    Ok::<_, PulsarIoError>(Part {
+                        topic: shown,
+                        broker,
+                        client,
+                        partition: partitions > 0,
+                    })
+                }
+            });
         Ok(Route::Parts(
             futures::future::try_join_all(looked_up).await?,
         ))
@@ -148,13 +151,15 @@ impl Client {
     /// How many partitions `topic` has (0: not partitioned), asked over HTTP with an HTTP URL.
     pub async fn partitions(&self, topic: &str) -> Result<u32, PulsarIoError> {
         match &self.0 {
-            Kind::Binary(client) => client
-                .lookup_partitioned_topic_number(topic)
-                .await
-                .map_err(|source| PulsarIoError::Partitions {
-                    topic: topic.to_string(),
-                    source,
-                }),
+            Kind::Binary(client) => {
+                client
+                    .lookup_partitioned_topic_number(topic)
+                    .await
+                    .map_err(|source| PulsarIoError::Partitions {
+                        topic: topic.to_string(),
+                        source,
+                    })
+            }
             Kind::Lookup(resolver) => Ok(resolver
                 .lookup
                 .partitions(&TopicName::parse(topic)?)

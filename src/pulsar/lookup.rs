@@ -476,7 +476,7 @@ mod tests {
     fn partitioned_topics_are_looked_up_partition_by_partition() {
         let t = TopicName::parse("persistent://t/ns/jobs").unwrap();
         assert!(!t.is_partition());
-        assert_eq!(parts(&t, 0), [t.clone()]);
+        assert_eq!(parts(&t, 0), std::slice::from_ref(&t));
         let all = parts(&t, 4);
         let names: Vec<String> = all.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -498,7 +498,11 @@ mod tests {
             short.to_string(),
             "persistent://public/default/my-topic-partition-12"
         );
-        for not_one in ["t/ns/x-partition-", "t/ns/x-partition-a1", "t/ns/x-partitions-1"] {
+        for not_one in [
+            "t/ns/x-partition-",
+            "t/ns/x-partition-a1",
+            "t/ns/x-partitions-1",
+        ] {
             let name = TopicName::parse(not_one).unwrap();
             assert_eq!(name.partition_index(), None, "{not_one}");
             assert!(!name.is_partition(), "{not_one}");

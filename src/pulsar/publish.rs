@@ -102,65 +102,55 @@ impl Batching {
 
 /// A topic's producer: one crate producer (a binary URL's, which routes among the partitions
 /// itself, or a topic that is not partitioned), or one per partition, routed here.
-enum TopicProducer {
-    One(Producer<TokioExecutor>),
-    Partitions {
-        /// In partition order.
-        parts: Vec<Producer<TokioExecutor>>,
-        routing: Option<RoutingPolicy>,
-        /// The partition chosen last (round robin).
-        last: usize,
-    },
+struct TopicProducer {
+    /// One, or each partition's in partition order.
+    parts: Vec<Producer<TokioExecutor>>,
+    routing: Option<RoutingPolicy>,
+    /// The partition chosen last (round robin).
+    last: usize,
 }
 
 impl TopicProducer {
-    async fn send_non_blocking(&mut self, message: OutMessage) -> Result<SendFuture, pulsar::Error> {
-        match self {
-            TopicProducer::One(p) => p.send_non_blocking(message).await,
-            TopicProducer::Partitions {
-                parts,
-                routing,
-                last,
-            } => {
-                let n = choose_partition(routing.as_ref(), &message, parts.len(), last);
-                parts[n].send_non_blocking(message).await
-            }
+    fn one(producer: Producer<TokioExecutor>) -> TopicProducer {
+        TopicProducer {
+            parts: vec![producer],
+            routing: None,
+            last: 0,
         }
+    }
+
+    async fn send_non_blocking(
+        &mut self,
+        message: OutMessage,
+    ) -> Result<SendFuture, pulsar::Error> {
+        let n = match self.parts.len() {
+            1 => 0,
+            len => choose_partition(self.routing.as_ref(), &message, len, &mut self.last),
+        };
+        self.parts[n].send_non_blocking(message).await
     }
 
     fn partitioned(&self) -> bool {
-        match self {
-            TopicProducer::One(p) => p.partitions().is_some(),
-            TopicProducer::Partitions { .. } => true,
-        }
+        self.parts.len() > 1 || self.parts.iter().any(|p| p.partitions().is_some())
     }
 
     async fn check_connection(&self) -> Result<(), pulsar::Error> {
-        match self {
-            TopicProducer::One(p) => p.check_connection().await,
-            TopicProducer::Partitions { parts, .. } => {
-                for p in parts {
-                    p.check_connection().await?;
-                }
-                Ok(())
-            }
+        for p in &self.parts {
+            p.check_connection().await?;
         }
+        Ok(())
     }
 
+    /// Closes every partition's producer; the first failure is returned once all were tried.
     async fn close(&mut self) -> Result<(), pulsar::Error> {
-        match self {
-            TopicProducer::One(p) => p.close().await,
-            TopicProducer::Partitions { parts, .. } => {
-                let mut outcome = Ok(());
-                for p in parts {
-                    let closed = p.close().await;
-                    if outcome.is_ok() {
-                        outcome = closed;
-                    }
-                }
-                outcome
+        let mut outcome = Ok(());
+        for p in &mut self.parts {
+            let closed = p.close().await;
+            if outcome.is_ok() {
+                outcome = closed;
             }
         }
+        outcome
     }
 }
 
@@ -287,11 +277,11 @@ impl Publisher {
                     let name = format!("{}-{}", self.name_prefix, uuid::Uuid::new_v4());
                     let producer = match self.client.route(topic).await? {
                         Route::Whole(pulsar) => {
-                            TopicProducer::One(build(&pulsar, topic, &name, &options).await?)
+                            TopicProducer::one(build(&pulsar, topic, &name, &options).await?)
                         }
                         Route::Parts(parts) if parts.iter().all(|p| !p.partition) => {
                             let part = &parts[0];
-                            TopicProducer::One(
+                            TopicProducer::one(
                                 build(&part.client, &part.topic, &name, &options).await?,
                             )
                         }
@@ -306,7 +296,7 @@ impl Publisher {
                                 }
                             }))
                             .await?;
-                            TopicProducer::Partitions {
+                            TopicProducer {
                                 last: rand::random_range(0..built.len()),
                                 parts: built,
                                 routing: options.routing_policy.clone(),
