@@ -274,6 +274,9 @@ async fn read_partitions(
             Some(Err(e)) => panic!("consumer error: {e}"),
             None => panic!("consumer stream ended"),
         };
+        // As from the crate's own multi-topic consumer: the id names the partition.
+        let n: i32 = msg.topic.rsplit_once("-partition-").unwrap().1.parse().unwrap();
+        assert_eq!(msg.message_id().partition, Some(n), "{}", msg.topic);
         consumer.ack(&msg).await.unwrap();
         *by_topic.entry(msg.topic.clone()).or_insert(0) += 1;
     }
