@@ -21,7 +21,8 @@
 //! the cluster binds its listeners apart (Pulsar 2.9+, PIP-95) — so the crate stays where the HTTP
 //! lookup sent it. When the topic moved meanwhile, the crate follows the broker's binary redirect;
 //! when that address cannot be reached, the crate gives up within its connection retry budget
-//! ([`LOOKUP_CONNECTION_RETRIES`]) and the rebuild that follows looks up over HTTP again.
+//! ([`LOOKUP_RETRIES`]) and the rebuild that follows looks up over HTTP again; so does a broker
+//! that keeps answering `ServiceNotReady`.
 
 use super::error::PulsarIoError;
 use super::lookup::{is_http_url, parts, HttpLookup, TopicName};
@@ -58,14 +59,32 @@ struct Resolver {
     brokers: parking_lot::Mutex<HashMap<String, BrokerSlot>>,
 }
 
-/// Connection attempts (backoff up to 5 s) a crate client of an HTTP lookup makes before the
-/// operation that needed the connection fails: about a minute. Past that the producer or consumer
-/// is rebuilt, and its partition looked up over HTTP again (a binary URL's client retries for as
-/// long as the broker is away: there is no other way back to the cluster).
-pub const LOOKUP_CONNECTION_RETRIES: u32 = 15;
-/// A binary URL's client: practically forever (the crate's default, 12, gives up within about a
-/// minute, and a broker restart can take longer).
-const BINARY_CONNECTION_RETRIES: u32 = 1_000_000;
+/// How long a crate client keeps at something before the operation that needed it fails.
+#[derive(Debug, Clone, Copy)]
+pub struct Retries {
+    /// Attempts to (re)connect to a broker, with backoff up to 5 s.
+    pub connection: u32,
+    /// Lookups, subscriptions and producer creations answered `ServiceNotReady` (or busy) tried
+    /// again, 0.5 s apart; `None`: without end.
+    pub operation: Option<u32>,
+}
+
+/// A binary URL's client: practically forever (the crate's default, 12 connection attempts, gives
+/// up within about a minute, and a broker restart can take longer): there is no other way back to
+/// the cluster than this client's own lookups.
+pub const BINARY_RETRIES: Retries = Retries {
+    connection: 1_000_000,
+    operation: None,
+};
+
+/// A crate client of an HTTP lookup: about a minute of connection attempts, 10 s of a broker not
+/// ready. Past that the producer or consumer fails and is rebuilt, and its partition looked up
+/// over HTTP again, as the Java client looks up again on every reconnect (the crate's own
+/// reconnect looks up over the binary protocol, on the connection it had).
+pub const LOOKUP_RETRIES: Retries = Retries {
+    connection: 15,
+    operation: Some(20),
+};
 
 /// Where a topic's producers and consumers are built ([`Client::route`]).
 pub enum Route {
@@ -190,7 +209,7 @@ impl Resolver {
             brokers.entry(broker.to_string()).or_default().clone()
         };
         let client = slot
-            .get_or_try_init(|| build(broker, &self.token, LOOKUP_CONNECTION_RETRIES))
+            .get_or_try_init(|| build(broker, &self.token, LOOKUP_RETRIES))
             .await?;
         Ok(client.clone())
     }
@@ -208,18 +227,14 @@ pub fn broker_retry_delay(attempt: u32) -> Duration {
     Duration::from_millis(500 * u64::from(attempt.clamp(1, 10)))
 }
 
-/// A crate client on the binary URL `url`, with JWT authentication when `token` is set, that makes
-/// `connection_retries` attempts to (re)connect to a broker before giving up.
-async fn build(
-    url: &str,
-    token: &Secret,
-    connection_retries: u32,
-) -> Result<CrateClient, PulsarIoError> {
+/// A crate client on the binary URL `url`, with JWT authentication when `token` is set, retrying
+/// as `retries` says.
+async fn build(url: &str, token: &Secret, retries: Retries) -> Result<CrateClient, PulsarIoError> {
     let mut builder = Pulsar::builder(url, TokioExecutor)
         .with_connection_retry_options(ConnectionRetryOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
-            max_retries: connection_retries,
+            max_retries: retries.connection,
             connection_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(30),
             connection_max_idle: Duration::from_secs(300),
@@ -227,7 +242,7 @@ async fn build(
         .with_operation_retry_options(OperationRetryOptions {
             operation_timeout: Duration::from_secs(30),
             retry_delay: Duration::from_millis(500),
-            max_retries: None,
+            max_retries: retries.operation,
         });
     if !token.is_empty() {
         builder = builder.with_auth(Authentication {
@@ -256,7 +271,7 @@ pub async fn connect(url: &str, token: &Secret) -> Result<Client, PulsarIoError>
         }))));
     }
     Ok(Client(Kind::Binary(
-        build(url, token, BINARY_CONNECTION_RETRIES).await?,
+        build(url, token, BINARY_RETRIES).await?,
     )))
 }
 
