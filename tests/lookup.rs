@@ -262,6 +262,23 @@ fn shared(topic: &str, subscription: &str) -> SubscribeOptions {
     }
 }
 
+/// Publishes `n` messages (`<prefix><i>`, keyed `k<i>`) to `topic` through a new [`Publisher`] of
+/// `client`, so through lookups of its own, and closes it.
+async fn publish_through(client: &ci_worker::pulsar::Client, topic: &str, n: usize, prefix: &str) {
+    let publisher = Publisher::new(client.clone(), "lookup-test");
+    for i in 0..n {
+        let msg = Outgoing::new(format!("{prefix}{i}")).with_key(format!("k{i}"));
+        common::within(
+            60,
+            "a publish through the HTTP lookup",
+            publisher.publish(topic, msg),
+        )
+        .await
+        .unwrap();
+    }
+    publisher.close().await;
+}
+
 /// Reads `n` messages off `consumer`, acknowledging each; how many came from each partition.
 async fn read_partitions(
     consumer: &mut ci_worker::pulsar::subscribe::PulsarConsumer,
@@ -275,7 +292,13 @@ async fn read_partitions(
             None => panic!("consumer stream ended"),
         };
         // As from the crate's own multi-topic consumer: the id names the partition.
-        let n: i32 = msg.topic.rsplit_once("-partition-").unwrap().1.parse().unwrap();
+        let n: i32 = msg
+            .topic
+            .rsplit_once("-partition-")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
         assert_eq!(msg.message_id().partition, Some(n), "{}", msg.topic);
         consumer.ack(&msg).await.unwrap();
         *by_topic.entry(msg.topic.clone()).or_insert(0) += 1;
@@ -304,21 +327,8 @@ async fn every_partition_is_looked_up_over_http() {
     let partitions: Vec<String> = (0..4).map(|n| format!("{topic}-partition-{n}")).collect();
     assert_eq!(consumer.topics(), partitions);
 
-    // The worker's producers take the partitions in turn: 8 messages, 2 on each.
-    let publisher = Publisher::new(client.clone(), "lookup-test");
-    for i in 0..8 {
-        common::within(
-            60,
-            "a publish through the HTTP lookup",
-            publisher.publish(
-                &topic,
-                Outgoing::new(format!("m{i}")).with_key(format!("k{i}")),
-            ),
-        )
-        .await
-        .unwrap();
-    }
-    publisher.close().await;
+    // The worker's producers take the partitions in turn, keys or not: 8 messages, 2 on each.
+    publish_through(&client, &topic, 8, "m").await;
     let by_topic = read_partitions(&mut consumer, 8).await;
     let expected: BTreeMap<String, usize> = partitions.iter().map(|p| (p.clone(), 2)).collect();
     assert_eq!(by_topic, expected);
@@ -446,17 +456,7 @@ async fn each_partition_is_served_by_the_broker_its_lookup_names() {
     )
     .await
     .unwrap();
-    let publisher = Publisher::new(client.clone(), "lookup-test");
-    for i in 0..8 {
-        common::within(
-            60,
-            "a publish split between two brokers",
-            publisher.publish(&topic, Outgoing::new(format!("m{i}"))),
-        )
-        .await
-        .unwrap();
-    }
-    publisher.close().await;
+    publish_through(&client, &topic, 8, "m").await;
     let by_topic = read_partitions(&mut consumer, 8).await;
     assert_eq!(by_topic.len(), 4, "{by_topic:?}");
     assert_eq!(
@@ -492,17 +492,7 @@ async fn each_partition_is_served_by_the_broker_its_lookup_names() {
 
     // The lookups now answer the other way round: a producer built again follows them.
     *owner.lock().unwrap() = [1, 0, 1, 0];
-    let publisher = Publisher::new(client.clone(), "lookup-test");
-    for i in 0..4 {
-        common::within(
-            60,
-            "a publish after the partitions moved",
-            publisher.publish(&topic, Outgoing::new(format!("moved{i}"))),
-        )
-        .await
-        .unwrap();
-    }
-    publisher.close().await;
+    publish_through(&client, &topic, 4, "moved").await;
     assert_eq!(*lookups.lock().unwrap(), [3; 4]);
     let mut at: BTreeSet<(usize, usize, u64)> = BTreeSet::new();
     for n in 0..4 {

@@ -126,24 +126,26 @@ impl PulsarConsumer {
 
     /// Closes every partition's consumer; the first failure is returned once all were tried.
     pub async fn close(&mut self) -> Result<(), pulsar::Error> {
-        let mut outcome = Ok(());
-        for (_, c) in &mut self.parts {
-            let closed = c.close().await;
-            if outcome.is_ok() {
-                outcome = closed;
-            }
-        }
-        outcome
+        self.each(async |c| c.close().await).await
     }
 
     /// Removes the subscription from every partition; the first failure is returned once all were
     /// tried.
     pub async fn unsubscribe(&mut self) -> Result<(), pulsar::Error> {
+        self.each(async |c| c.unsubscribe().await).await
+    }
+
+    /// `op` on every partition's consumer in turn, each tried whatever the others did; the first
+    /// failure.
+    async fn each(
+        &mut self,
+        mut op: impl AsyncFnMut(&mut CrateConsumer) -> Result<(), pulsar::Error>,
+    ) -> Result<(), pulsar::Error> {
         let mut outcome = Ok(());
         for (_, c) in &mut self.parts {
-            let removed = c.unsubscribe().await;
+            let done = op(c).await;
             if outcome.is_ok() {
-                outcome = removed;
+                outcome = done;
             }
         }
         outcome
