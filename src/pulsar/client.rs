@@ -15,12 +15,12 @@
 //! or consumer on a topic, and when it reconnects one, it sends its binary `CommandLookupTopic`
 //! (without a listener name) over the client's connection and connects to the URL answered; no
 //! public API takes a broker address already looked up (`TopicConsumer::new` and the producer's
-//! constructor are private; `ServiceDiscovery` is a struct over the crate's connection manager,
-//! not a trait). Asked on the connection to the broker the HTTP lookup named, the broker that
-//! owns the partition answers its own address — on the listener that connection came in on, when
-//! the cluster binds its listeners apart (Pulsar 2.9+, PIP-95) — so the crate stays where the HTTP
-//! lookup sent it. When the topic moved meanwhile, the crate follows the broker's binary redirect;
-//! when that address cannot be reached, the crate gives up within its connection retry budget
+//! constructor are private; `ServiceDiscovery` is a struct over the crate's connection manager, not
+//! a trait). Asked on the connection to the broker the HTTP lookup named, the broker that owns the
+//! partition answers its own address — on the listener that connection came in on, when the cluster
+//! binds each listener to an address of its own (PIP-95) — so the crate stays where the HTTP lookup
+//! sent it. When the topic moved meanwhile, the crate follows the broker's binary redirect; when
+//! that address cannot be reached, the crate gives up within its connection retry budget
 //! ([`LOOKUP_RETRIES`]) and the rebuild that follows looks up over HTTP again; so does a broker
 //! that keeps answering `ServiceNotReady`.
 

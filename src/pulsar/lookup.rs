@@ -347,8 +347,9 @@ impl HttpLookup {
         data.broker_url(self.tls, topic)
     }
 
-    /// How many partitions `topic` has (0: not partitioned, or itself a partition). `checkAllowAutoCreation`
-    /// as the Java client sends it: a topic the broker would create on first use is not "not found".
+    /// How many partitions `topic` has (0: not partitioned, or itself a partition).
+    /// `checkAllowAutoCreation` as the Java client sends it: a topic the broker would create on
+    /// first use is not "not found".
     pub async fn partitions(&self, topic: &TopicName) -> Result<u32, LookupError> {
         if topic.is_partition() {
             return Ok(0);
