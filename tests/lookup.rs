@@ -1,17 +1,24 @@
 //! HTTP lookup (`pulsar.url = "http://…"`, TDMQ for Pulsar 2.7.1+'s service URL) against the real
 //! brokers: a job through the worker and the emulator on the plain broker's HTTP URL, the same on
 //! the token broker with its JWT, a worker refused for a missing or wrong token exiting with an
-//! error that names `pulsar.token` and prints no secret, and a client following a lookup service
-//! whose answer changes.
+//! error that names `pulsar.token` and prints no secret, a client following a lookup service
+//! whose answer changes, every partition of a partitioned topic looked up over HTTP (through a
+//! lookup-counting proxy in front of the broker's HTTP port), and each partition's producer and
+//! consumer on the broker its own lookup names (a lookup service that splits the partitions
+//! between the plain and the token broker).
 
 mod common;
 mod stack;
 
+use ci_worker::pulsar::{subscribe, Outgoing, Publisher, SubscribeOptions, SubscriptionKind};
+use ci_worker::secret::Secret;
 use common::JobRequest;
+use futures::StreamExt;
 use serde_json::Value;
 use stack::{all_final, by_request, collect, finals, Stack};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Publishes one job request per id to the stack's request topic on the binary `url`.
@@ -198,4 +205,309 @@ async fn every_producer_built_looks_the_topic_up_again() {
         let msg = common::next_message(&mut results, 30).await;
         assert_eq!(msg.payload.data, payload.as_bytes());
     }
+}
+
+type Json = (
+    axum::http::StatusCode,
+    [(axum::http::header::HeaderName, &'static str); 1],
+    String,
+);
+
+fn json_answer(status: u16, body: String) -> Json {
+    (
+        axum::http::StatusCode::from_u16(status).unwrap(),
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+}
+
+/// Serves `app` on a port of its own; its `http://` URL.
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// An HTTP proxy in front of the broker's HTTP port `target` that records the path and query of
+/// every request it forwards.
+async fn counting_proxy(target: String, seen: Arc<Mutex<Vec<String>>>) -> String {
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (http, target, seen) = (http.clone(), target.clone(), seen.clone());
+        async move {
+            let path = uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            seen.lock().unwrap().push(path.clone());
+            let answer = http.get(format!("{target}{path}")).send().await.unwrap();
+            let status = answer.status().as_u16();
+            json_answer(status, answer.text().await.unwrap())
+        }
+    });
+    serve(app).await
+}
+
+/// Shared subscription options of the tests below: from the earliest message.
+fn shared(topic: &str, subscription: &str) -> SubscribeOptions {
+    SubscribeOptions {
+        topic: topic.to_string(),
+        subscription: subscription.to_string(),
+        name_prefix: "lookup-test".into(),
+        receiver_queue_size: 16,
+        dead_letter: None,
+        from_earliest: true,
+        kind: SubscriptionKind::Shared,
+    }
+}
+
+/// Publishes `n` messages (`<prefix><i>`, keyed `k<i>`) to `topic` through a new [`Publisher`] of
+/// `client`, so through lookups of its own, and closes it.
+async fn publish_through(client: &ci_worker::pulsar::Client, topic: &str, n: usize, prefix: &str) {
+    let publisher = Publisher::new(client.clone(), "lookup-test");
+    for i in 0..n {
+        let msg = Outgoing::new(format!("{prefix}{i}")).with_key(format!("k{i}"));
+        common::within(
+            60,
+            "a publish through the HTTP lookup",
+            publisher.publish(topic, msg),
+        )
+        .await
+        .unwrap();
+    }
+    publisher.close().await;
+}
+
+/// Reads `n` messages off `consumer`, acknowledging each; how many came from each partition.
+async fn read_partitions(
+    consumer: &mut ci_worker::pulsar::subscribe::PulsarConsumer,
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let mut by_topic = BTreeMap::new();
+    for _ in 0..n {
+        let msg = match common::within(30, "a message", consumer.next()).await {
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => panic!("consumer error: {e}"),
+            None => panic!("consumer stream ended"),
+        };
+        // As from the crate's own multi-topic consumer: the id names the partition.
+        let n: i32 = msg
+            .topic
+            .rsplit_once("-partition-")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        assert_eq!(msg.message_id().partition, Some(n), "{}", msg.topic);
+        consumer.ack(&msg).await.unwrap();
+        *by_topic.entry(msg.topic.clone()).or_insert(0) += 1;
+    }
+    by_topic
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partition_is_looked_up_over_http() {
+    common::require_broker(&common::admin_url()).await;
+    let topic = common::unique_topic("lookup-parts");
+    common::create_partitioned_topic(&topic, 4).await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let url = counting_proxy(common::admin_url(), seen.clone()).await;
+    let client = ci_worker::pulsar::connect(&url, &Secret::default())
+        .await
+        .unwrap();
+
+    let mut consumer = common::within(
+        60,
+        "a consumer through the HTTP lookup",
+        subscribe(&client, &shared(&topic, "lookup-parts")),
+    )
+    .await
+    .unwrap();
+    let partitions: Vec<String> = (0..4).map(|n| format!("{topic}-partition-{n}")).collect();
+    assert_eq!(consumer.topics(), partitions);
+
+    // The worker's producers take the partitions in turn, keys or not: 8 messages, 2 on each.
+    publish_through(&client, &topic, 8, "m").await;
+    let by_topic = read_partitions(&mut consumer, 8).await;
+    let expected: BTreeMap<String, usize> = partitions.iter().map(|p| (p.clone(), 2)).collect();
+    assert_eq!(by_topic, expected);
+    consumer.close().await.unwrap();
+
+    let seen = seen.lock().unwrap().clone();
+    let local = topic.rsplit('/').next().unwrap();
+    let lookups = |path: &str| seen.iter().filter(|s| s.as_str() == path).count();
+    for n in 0..4 {
+        let path = format!("/lookup/v2/topic/persistent/public/default/{local}-partition-{n}");
+        assert_eq!(
+            lookups(&path),
+            2,
+            "partition {n} looked up once for the consumer, once for the producer: {seen:?}"
+        );
+    }
+    assert_eq!(
+        lookups(&format!(
+            "/admin/v2/persistent/public/default/{local}/partitions?checkAllowAutoCreation=true"
+        )),
+        2,
+        "{seen:?}"
+    );
+    assert_eq!(
+        lookups(&format!(
+            "/lookup/v2/topic/persistent/public/default/{local}"
+        )),
+        0,
+        "the partitioned topic itself has no owner to look up: {seen:?}"
+    );
+}
+
+/// The stats of `topic` at the broker whose HTTP API is `admin` (with `token`); `null` where it
+/// does not serve the topic.
+async fn stats_at(admin: &str, token: Option<&str>, topic: &str) -> Value {
+    let url = format!("{admin}/admin/v2/{}/stats", topic.replace("://", "/"));
+    let mut req = reqwest::Client::new().get(&url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let text = req.send().await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// Creates `topic` with `n` partitions at the broker whose HTTP API is `admin` (with `token`).
+async fn create_partitioned_at(admin: &str, token: Option<&str>, topic: &str, n: u32) {
+    let url = format!("{admin}/admin/v2/{}/partitions", topic.replace("://", "/"));
+    let mut req = reqwest::Client::new()
+        .put(&url)
+        .header("Content-Type", "application/json")
+        .body(n.to_string());
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let answer = req.send().await.unwrap();
+    assert!(
+        answer.status().is_success(),
+        "PUT {url}: {}",
+        answer.status()
+    );
+}
+
+/// A lookup service that answers `brokers[owner[n]]` for partition `n` of any topic (4 partitions),
+/// counting each partition's lookups.
+async fn splitting_lookup(
+    brokers: [String; 2],
+    owner: Arc<Mutex<[usize; 4]>>,
+    lookups: Arc<Mutex<[usize; 4]>>,
+) -> String {
+    use axum::extract::Path;
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/lookup/v2/topic/persistent/{tenant}/{ns}/{topic}",
+            get(move |Path((_, _, topic)): Path<(String, String, String)>| {
+                let n: Option<usize> = topic
+                    .rsplit_once("-partition-")
+                    .and_then(|(_, n)| n.parse().ok());
+                let answer = match n {
+                    Some(n) if n < 4 => {
+                        lookups.lock().unwrap()[n] += 1;
+                        let broker = &brokers[owner.lock().unwrap()[n]];
+                        json_answer(200, serde_json::json!({ "brokerUrl": broker }).to_string())
+                    }
+                    _ => json_answer(404, r#"{"reason":"not a partition"}"#.into()),
+                };
+                async move { answer }
+            }),
+        )
+        .route(
+            "/admin/v2/persistent/{tenant}/{ns}/{topic}/partitions",
+            get(|| async { json_answer(200, r#"{"partitions":4}"#.into()) }),
+        );
+    serve(app).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_partition_is_served_by_the_broker_its_lookup_names() {
+    let (plain, auth) = (common::pulsar_url(), common::auth_pulsar_url());
+    common::require_broker(&plain).await;
+    common::require_broker(&auth).await;
+    let token = common::auth_token();
+    let admins: [(String, Option<&str>); 2] = [
+        (common::admin_url(), None),
+        (common::auth_admin_url(), Some(token.as_str())),
+    ];
+    let topic = common::unique_topic("lookup-split");
+    for (admin, token) in &admins {
+        create_partitioned_at(admin, *token, &topic, 4).await;
+    }
+    // Even partitions on the plain broker, odd ones on the token broker (which ignores nothing:
+    // the client sends its token to both, and the plain broker has no authentication).
+    let owner = Arc::new(Mutex::new([0, 1, 0, 1]));
+    let lookups = Arc::new(Mutex::new([0; 4]));
+    let url = splitting_lookup([plain, auth], owner.clone(), lookups.clone()).await;
+    let client = ci_worker::pulsar::connect(&url, &Secret::new(token.clone()))
+        .await
+        .unwrap();
+    let partition = |n: usize| format!("{topic}-partition-{n}");
+
+    let mut consumer = common::within(
+        60,
+        "a consumer split between two brokers",
+        subscribe(&client, &shared(&topic, "lookup-split")),
+    )
+    .await
+    .unwrap();
+    publish_through(&client, &topic, 8, "m").await;
+    let by_topic = read_partitions(&mut consumer, 8).await;
+    assert_eq!(by_topic.len(), 4, "{by_topic:?}");
+    assert_eq!(
+        *lookups.lock().unwrap(),
+        [2; 4],
+        "one lookup per partition each for the consumer and the producer"
+    );
+
+    // Each partition's messages and its consumer are at the broker named for it, none at the other.
+    for n in 0..4 {
+        for (b, (admin, token)) in admins.iter().enumerate() {
+            let stats = stats_at(admin, *token, &partition(n)).await;
+            let stored = stats["msgInCounter"].as_u64().unwrap_or(0);
+            let consumers = stats["subscriptions"]["lookup-split"]["consumers"]
+                .as_array()
+                .map_or(0, Vec::len);
+            if b == [0, 1, 0, 1][n] {
+                assert_eq!(
+                    (stored, consumers),
+                    (2, 1),
+                    "partition {n} at its broker {admin}: {stats}"
+                );
+            } else {
+                assert_eq!(
+                    (stored, consumers),
+                    (0, 0),
+                    "partition {n} at the other broker {admin}: {stats}"
+                );
+            }
+        }
+    }
+    consumer.close().await.unwrap();
+
+    // The lookups now answer the other way round: a producer built again follows them.
+    *owner.lock().unwrap() = [1, 0, 1, 0];
+    publish_through(&client, &topic, 4, "moved").await;
+    assert_eq!(*lookups.lock().unwrap(), [3; 4]);
+    let mut at: BTreeSet<(usize, usize, u64)> = BTreeSet::new();
+    for n in 0..4 {
+        for (b, (admin, token)) in admins.iter().enumerate() {
+            let stored = stats_at(admin, *token, &partition(n)).await["msgInCounter"]
+                .as_u64()
+                .unwrap_or(0);
+            at.insert((n, b, stored));
+        }
+    }
+    let expected: BTreeSet<(usize, usize, u64)> = (0..4)
+        .flat_map(|n| {
+            let first = [0, 1, 0, 1][n];
+            [(n, first, 2), (n, 1 - first, 1)]
+        })
+        .collect();
+    assert_eq!(at, expected, "(partition, broker, messages stored)");
 }

@@ -11,9 +11,10 @@ use std::time::Duration;
 pub struct PulsarSettings {
     /// `pulsar://host:port` or `pulsar+ssl://host:port` (binary protocol, lookups on the
     /// connection), or `http://host:port` / `https://host:port` (HTTP lookup, the service URL TDMQ
-    /// for Pulsar 2.7.1+ gives: each topic's broker is looked up over HTTP, then reached over the
-    /// binary protocol at the `brokerUrl` it answered, `brokerUrlTls` for https). Kept as text
-    /// (the client takes it so); its form is checked on loading.
+    /// for Pulsar 2.7.1+ gives: each topic's broker, each partition's of a partitioned topic, is
+    /// looked up over HTTP, then reached over the binary protocol at the `brokerUrl` it answered,
+    /// `brokerUrlTls` for https). Kept as text (the client takes it so); its form is checked on
+    /// loading.
     #[serde(deserialize_with = "pulsar_url")]
     pub url: String,
     /// JWT for token authentication (TDMQ role token); empty = no authentication.
@@ -99,7 +100,8 @@ impl PulsarSettings {
             };
             format!(
                 "pulsar.url {shown}: HTTP lookup (GET /lookup/v2/topic/<domain>/<tenant>/<namespace>/<topic> \
-                 per producer or consumer, then the binary protocol to each topic's {field})"
+                 of the topic or of each of its partitions, per producer or consumer, then the binary \
+                 protocol to each topic's {field})"
             )
         } else {
             format!("pulsar.url {shown}: binary protocol, lookups on the connection")

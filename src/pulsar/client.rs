@@ -1,16 +1,31 @@
 //! The client: one per process, connected with the `[pulsar]` settings.
 //!
 //! A [`Client`] is one of two things, by `pulsar.url`'s scheme:
-//! - `pulsar://` / `pulsar+ssl://`: one crate client on that URL; the crate looks topics up over
-//!   its connection.
-//! - `http://` / `https://` (TDMQ 2.7.1+'s service URL): an HTTP lookup ([`super::lookup`]) per
-//!   producer or consumer built, and one crate client per broker URL the lookups answered (cached:
-//!   a connection per broker, as the crate keeps). Every (re)build of a producer or consumer asks
-//!   [`Client::for_topic`] again, so a topic that moved to another broker is looked up again on
-//!   reconnect.
+//! - `pulsar://` / `pulsar+ssl://`: one crate client on that URL; the crate looks topics and their
+//!   partitions up itself, over its connection.
+//! - `http://` / `https://` (TDMQ 2.7.1+'s service URL): at every producer or consumer built, an
+//!   HTTP lookup ([`super::lookup`]) of the topic, or of each partition of a partitioned topic, and
+//!   one crate client per broker URL those lookups answered (cached: a connection per broker, as
+//!   the crate keeps). [`Client::route`] hands out, per partition, the client of the broker its
+//!   own lookup named, and each partition's producer or consumer is built on it
+//!   ([`super::publish`], [`super::subscribe`]). Every rebuild routes again, so a topic that moved
+//!   is looked up again when a producer or consumer is rebuilt after a failure.
+//!
+//! What the crate still does on its own, and cannot be told otherwise: before creating a producer
+//! or consumer on a topic, and when it reconnects one, it sends its binary `CommandLookupTopic`
+//! (without a listener name) over the client's connection and connects to the URL answered; no
+//! public API takes a broker address already looked up (`TopicConsumer::new` and the producer's
+//! constructor are private; `ServiceDiscovery` is a struct over the crate's connection manager, not
+//! a trait). Asked on the connection to the broker the HTTP lookup named, the broker that owns the
+//! partition answers its own address — on the listener that connection came in on, when the cluster
+//! binds each listener to an address of its own (PIP-95) — so the crate stays where the HTTP lookup
+//! sent it. When the topic moved meanwhile, the crate follows the broker's binary redirect; when
+//! that address cannot be reached, the crate gives up within its connection retry budget
+//! ([`LOOKUP_RETRIES`]) and the rebuild that follows looks up over HTTP again; so does a broker
+//! that keeps answering `ServiceNotReady`.
 
 use super::error::PulsarIoError;
-use super::lookup::{is_http_url, HttpLookup};
+use super::lookup::{is_http_url, parts, HttpLookup, TopicName};
 use crate::config::PulsarSettings;
 use crate::secret::Secret;
 use pulsar::{
@@ -44,9 +59,94 @@ struct Resolver {
     brokers: parking_lot::Mutex<HashMap<String, BrokerSlot>>,
 }
 
+/// How long a crate client keeps at something before the operation that needed it fails.
+#[derive(Debug, Clone, Copy)]
+pub struct Retries {
+    /// Attempts to (re)connect to a broker, with backoff up to 5 s.
+    pub connection: u32,
+    /// Lookups, subscriptions and producer creations answered `ServiceNotReady` (or busy) tried
+    /// again, 0.5 s apart; `None`: without end.
+    pub operation: Option<u32>,
+}
+
+/// A binary URL's client: practically forever (the crate's default, 12 connection attempts, gives
+/// up within about a minute, and a broker restart can take longer): there is no other way back to
+/// the cluster than this client's own lookups.
+pub const BINARY_RETRIES: Retries = Retries {
+    connection: 1_000_000,
+    operation: None,
+};
+
+/// A crate client of an HTTP lookup: about a minute of connection attempts, 10 s of a broker not
+/// ready. Past that the producer or consumer fails and is rebuilt, and its partition looked up
+/// over HTTP again, as the Java client looks up again on every reconnect (the crate's own
+/// reconnect looks up over the binary protocol, on the connection it had).
+pub const LOOKUP_RETRIES: Retries = Retries {
+    connection: 15,
+    operation: Some(20),
+};
+
+/// Where a topic's producers and consumers are built ([`Client::route`]).
+pub enum Route {
+    /// A binary URL: the one crate client, which looks the topic and its partitions up itself.
+    Whole(CrateClient),
+    /// An HTTP lookup: the topic, or each of its partitions in partition order, on the crate
+    /// client of the broker its own lookup named.
+    Parts(Vec<Part>),
+}
+
+/// One topic, or one partition, and where it is served.
+pub struct Part {
+    /// The topic as the caller named it, or `<topic>-partition-<n>` (as the crate names partitions).
+    pub topic: String,
+    /// The broker URL its lookup answered.
+    pub broker: String,
+    pub client: CrateClient,
+    /// Whether this is one partition of a partitioned topic.
+    pub partition: bool,
+}
+
 impl Client {
+    /// Where to build `topic`'s producer or consumer: the one client (binary URL), or, after fresh
+    /// HTTP lookups of the topic's partitions (or of the topic when it is not partitioned), each
+    /// partition on the client of its own broker.
+    pub async fn route(&self, topic: &str) -> Result<Route, PulsarIoError> {
+        let resolver = match &self.0 {
+            Kind::Binary(client) => return Ok(Route::Whole(client.clone())),
+            Kind::Lookup(resolver) => resolver,
+        };
+        let name = TopicName::parse(topic)?;
+        let partitions = resolver.lookup.partitions(&name).await?;
+        let looked_up = parts(&name, partitions)
+            .into_iter()
+            .enumerate()
+            .map(|(n, part)| {
+                let shown = if partitions > 0 {
+                    format!("{topic}-partition-{n}")
+                } else {
+                    topic.to_string()
+                };
+                async move {
+                    let broker = resolver.lookup.broker_of(&part).await?;
+                    tracing::debug!(topic = %shown, broker, "HTTP lookup");
+                    let client = resolver.client_of(&broker).await?;
+                    Ok::<_, PulsarIoError>(Part {
+                        topic: shown,
+                        broker,
+                        client,
+                        partition: partitions > 0,
+                    })
+                }
+            });
+        Ok(Route::Parts(
+            futures::future::try_join_all(looked_up).await?,
+        ))
+    }
+
     /// The crate client to build a producer or consumer on `topic` with: the one client (binary
-    /// URL), or, after a fresh HTTP lookup, the client of the broker that serves `topic`.
+    /// URL), or, after a fresh HTTP lookup, the client of the broker serving `topic` (its first
+    /// partition when it is partitioned: the crate then looks the other partitions up itself, over
+    /// that broker's connection; [`Client::route`] looks each up over HTTP).
     pub async fn for_topic(&self, topic: &str) -> Result<CrateClient, PulsarIoError> {
         Ok(self.for_topic_at(topic).await?.0)
     }
@@ -61,20 +161,33 @@ impl Client {
             Kind::Lookup(resolver) => {
                 let broker = resolver.lookup.broker_url(topic).await?;
                 tracing::debug!(topic, broker, "HTTP lookup");
-                let slot = {
-                    let mut brokers = resolver.brokers.lock();
-                    brokers.entry(broker.clone()).or_default().clone()
-                };
-                let client = slot
-                    .get_or_try_init(|| build(&broker, &resolver.token))
-                    .await?;
-                Ok((client.clone(), Some(broker)))
+                let client = resolver.client_of(&broker).await?;
+                Ok((client, Some(broker)))
             }
         }
     }
 
-    /// The broker URL a fresh lookup answers for `topic`; `None` with a binary URL (the crate looks
-    /// up over its connection).
+    /// How many partitions `topic` has (0: not partitioned), asked over HTTP with an HTTP URL.
+    pub async fn partitions(&self, topic: &str) -> Result<u32, PulsarIoError> {
+        match &self.0 {
+            Kind::Binary(client) => {
+                client
+                    .lookup_partitioned_topic_number(topic)
+                    .await
+                    .map_err(|source| PulsarIoError::Partitions {
+                        topic: topic.to_string(),
+                        source,
+                    })
+            }
+            Kind::Lookup(resolver) => Ok(resolver
+                .lookup
+                .partitions(&TopicName::parse(topic)?)
+                .await?),
+        }
+    }
+
+    /// The broker URL a fresh lookup answers for `topic` (its first partition when partitioned);
+    /// `None` with a binary URL (the crate looks up over its connection).
     pub async fn broker_url(&self, topic: &str) -> Result<Option<String>, PulsarIoError> {
         match &self.0 {
             Kind::Binary(_) => Ok(None),
@@ -85,6 +198,20 @@ impl Client {
     /// Whether this client looks topics up over HTTP.
     pub fn is_http_lookup(&self) -> bool {
         matches!(self.0, Kind::Lookup(_))
+    }
+}
+
+impl Resolver {
+    /// The crate client of `broker`, built on first use.
+    async fn client_of(&self, broker: &str) -> Result<CrateClient, PulsarIoError> {
+        let slot = {
+            let mut brokers = self.brokers.lock();
+            brokers.entry(broker.to_string()).or_default().clone()
+        };
+        let client = slot
+            .get_or_try_init(|| build(broker, &self.token, LOOKUP_RETRIES))
+            .await?;
+        Ok(client.clone())
     }
 }
 
@@ -100,14 +227,14 @@ pub fn broker_retry_delay(attempt: u32) -> Duration {
     Duration::from_millis(500 * u64::from(attempt.clamp(1, 10)))
 }
 
-/// A crate client on the binary URL `url`, with JWT authentication when `token` is set.
-async fn build(url: &str, token: &Secret) -> Result<CrateClient, PulsarIoError> {
+/// A crate client on the binary URL `url`, with JWT authentication when `token` is set, retrying
+/// as `retries` says.
+async fn build(url: &str, token: &Secret, retries: Retries) -> Result<CrateClient, PulsarIoError> {
     let mut builder = Pulsar::builder(url, TokioExecutor)
         .with_connection_retry_options(ConnectionRetryOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
-            // The crate's default (12) gives up within about a minute: a broker restart can take longer.
-            max_retries: 1_000_000,
+            max_retries: retries.connection,
             connection_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(30),
             connection_max_idle: Duration::from_secs(300),
@@ -115,7 +242,7 @@ async fn build(url: &str, token: &Secret) -> Result<CrateClient, PulsarIoError> 
         .with_operation_retry_options(OperationRetryOptions {
             operation_timeout: Duration::from_secs(30),
             retry_delay: Duration::from_millis(500),
-            max_retries: None,
+            max_retries: retries.operation,
         });
     if !token.is_empty() {
         builder = builder.with_auth(Authentication {
@@ -143,7 +270,9 @@ pub async fn connect(url: &str, token: &Secret) -> Result<Client, PulsarIoError>
             brokers: parking_lot::Mutex::default(),
         }))));
     }
-    Ok(Client(Kind::Binary(build(url, token).await?)))
+    Ok(Client(Kind::Binary(
+        build(url, token, BINARY_RETRIES).await?,
+    )))
 }
 
 /// Connects with the `[pulsar]` settings. With an HTTP URL, looks up `pulsar.result_topic` and

@@ -32,6 +32,12 @@ pub enum PulsarIoError {
         #[source]
         source: pulsar::Error,
     },
+    #[error("cannot tell how many partitions {topic} has: {source}")]
+    Partitions {
+        topic: String,
+        #[source]
+        source: pulsar::Error,
+    },
     /// The HTTP lookup (`pulsar.url` `http://` or `https://`) found no broker for a topic.
     #[error(transparent)]
     Lookup(#[from] LookupError),
@@ -47,7 +53,8 @@ impl PulsarIoError {
             PulsarIoError::Connect { source, .. }
             | PulsarIoError::Producer { source, .. }
             | PulsarIoError::Check { source, .. }
-            | PulsarIoError::Subscribe { source, .. } => is_refusal(source),
+            | PulsarIoError::Subscribe { source, .. }
+            | PulsarIoError::Partitions { source, .. } => is_refusal(source),
             PulsarIoError::Publish { .. } => false,
             PulsarIoError::Lookup(e) => e.is_refusal(),
         }

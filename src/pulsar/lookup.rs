@@ -3,16 +3,21 @@
 //! protocol, `pulsar://` and `pulsar+ssl://`, and never implemented HTTP lookup: pulsar-rs#181).
 //!
 //! What Pulsar's Java client (`HttpLookupService`) does, done here before the crate is involved:
-//! `GET /admin/v2/<domain>/<tenant>/<namespace>/<topic>/partitions` tells whether a topic is
-//! partitioned; `GET /lookup/v2/topic/<domain>/<tenant>/<namespace>/<topic>` (of partition 0 for a
-//! partitioned topic) answers the broker that serves it, as [`LookupData`]. The client
-//! ([`super::client`]) then connects a crate client to that broker's binary URL — `brokerUrlTls`
-//! when the service URL is `https`, else `brokerUrl` — and the crate does the rest over that
-//! connection (its own lookups of the other partitions, redirects to another broker). The token
-//! goes as `Authorization: Bearer <jwt>`, and is never part of an error or a log line.
+//! `GET /admin/v2/<domain>/<tenant>/<namespace>/<topic>/partitions?checkAllowAutoCreation=true`
+//! tells whether a topic is partitioned; `GET /lookup/v2/topic/<domain>/<tenant>/<namespace>/<topic>`
+//! of the topic, or of **each** partition (`<topic>-partition-<n>`) of a partitioned one, answers
+//! the broker that serves it, as [`LookupData`]. The client ([`super::client`]) then connects a
+//! crate client to that broker's binary URL — `brokerUrlTls` when the service URL is `https`, else
+//! `brokerUrl` (`nativeUrl` when a lookup names no `brokerUrl`) — and builds that partition's
+//! producer or consumer on it. The token goes as `Authorization: Bearer <jwt>`, and is never part
+//! of an error or a log line. No listener name is sent (Java's `listenerName` query parameter,
+//! the broker's `X-Pulsar-ListenerName` header): the service URL a cluster gives per network
+//! already answers that network's addresses, and the crate's own binary lookup that follows could
+//! not carry one.
 //!
-//! The pure parts ([`TopicName`], [`LookupData::broker_url`], [`LookupError`] from a status) are
-//! apart from the HTTP calls ([`HttpLookup`]) so that they are tested without a server.
+//! The pure parts ([`TopicName`], [`parts`], [`LookupData::broker_url`], [`LookupError`] from a
+//! status) are apart from the HTTP calls ([`HttpLookup`]) so that they are tested without a
+//! server.
 
 use crate::secret::Secret;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -178,9 +183,16 @@ impl TopicName {
 
     /// Whether this is one partition of a partitioned topic (`…-partition-<n>`).
     pub fn is_partition(&self) -> bool {
-        self.local
-            .rsplit_once("-partition-")
-            .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        self.partition_index().is_some()
+    }
+
+    /// `n` when this is partition `n` of a partitioned topic (`…-partition-<n>`).
+    pub fn partition_index(&self) -> Option<u32> {
+        let (_, n) = self.local.rsplit_once("-partition-")?;
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        n.parse().ok()
     }
 
     /// Partition `n` of this (partitioned) topic.
@@ -217,11 +229,13 @@ pub struct LookupData {
     pub http_url: Option<String>,
     #[serde(default)]
     pub http_url_tls: Option<String>,
+    #[serde(default)]
+    pub native_url: Option<String>,
 }
 
 impl LookupData {
     /// The binary URL to connect to: `brokerUrlTls` when the service URL is `https` (`tls`), else
-    /// `brokerUrl`, as the Java client chooses.
+    /// `brokerUrl` (or `nativeUrl` when there is no `brokerUrl`), as the Java client chooses.
     pub fn broker_url(&self, tls: bool, topic: &TopicName) -> Result<String, LookupError> {
         fn given(v: &Option<String>) -> Option<&str> {
             v.as_deref().map(str::trim).filter(|s| !s.is_empty())
@@ -233,7 +247,11 @@ impl LookupData {
                 "pulsar+ssl://",
             )
         } else {
-            (given(&self.broker_url), "brokerUrl", "pulsar://")
+            (
+                given(&self.broker_url).or(given(&self.native_url)),
+                "brokerUrl",
+                "pulsar://",
+            )
         };
         match url {
             Some(u) if u.starts_with(scheme) => Ok(u.to_string()),
@@ -259,13 +277,13 @@ struct PartitionedMetadata {
     partitions: u32,
 }
 
-/// Which topic to look up for `topic`: partition 0 of a partitioned topic (its parent has no
-/// owner), else the topic itself.
-pub fn lookup_target(topic: &TopicName, partitions: u32) -> TopicName {
+/// What is looked up and served on its own for `topic` of `partitions` partitions: each partition
+/// of a partitioned topic (its parent has no owner), in partition order, else the topic itself.
+pub fn parts(topic: &TopicName, partitions: u32) -> Vec<TopicName> {
     if partitions > 0 {
-        topic.partition(0)
+        (0..partitions).map(|n| topic.partition(n)).collect()
     } else {
-        topic.clone()
+        vec![topic.clone()]
     }
 }
 
@@ -309,23 +327,33 @@ impl HttpLookup {
         &self.base
     }
 
-    /// The binary URL of the broker serving `topic` (a fresh lookup every call).
+    /// The binary URL of the broker serving `topic`, or its first partition when it is partitioned
+    /// (a fresh lookup every call).
     pub async fn broker_url(&self, topic: &str) -> Result<String, LookupError> {
         let name = TopicName::parse(topic)?;
-        let target = if name.is_partition() {
-            name.clone()
-        } else {
-            lookup_target(&name, self.partitions(&name).await?)
+        let first = match self.partitions(&name).await? {
+            0 => name,
+            _ => name.partition(0),
         };
-        let data: LookupData = self
-            .get_json(&format!("/lookup/v2/topic/{}", target.path()), &name)
-            .await?;
-        data.broker_url(self.tls, &name)
+        self.broker_of(&first).await
     }
 
-    /// How many partitions `topic` has (0: not partitioned). `checkAllowAutoCreation` as the Java
-    /// client sends it: a topic the broker would create on first use is not "not found".
-    async fn partitions(&self, topic: &TopicName) -> Result<u32, LookupError> {
+    /// The binary URL of the broker serving exactly `topic` (a topic that is not partitioned, or one
+    /// partition): `GET /lookup/v2/topic/…`, fresh every call.
+    pub async fn broker_of(&self, topic: &TopicName) -> Result<String, LookupError> {
+        let data: LookupData = self
+            .get_json(&format!("/lookup/v2/topic/{}", topic.path()), topic)
+            .await?;
+        data.broker_url(self.tls, topic)
+    }
+
+    /// How many partitions `topic` has (0: not partitioned, or itself a partition).
+    /// `checkAllowAutoCreation` as the Java client sends it: a topic the broker would create on
+    /// first use is not "not found".
+    pub async fn partitions(&self, topic: &TopicName) -> Result<u32, LookupError> {
+        if topic.is_partition() {
+            return Ok(0);
+        }
         let meta: PartitionedMetadata = self
             .get_json(
                 &format!(
@@ -446,16 +474,40 @@ mod tests {
     }
 
     #[test]
-    fn partitioned_topics_are_looked_up_by_their_first_partition() {
+    fn partitioned_topics_are_looked_up_partition_by_partition() {
         let t = TopicName::parse("persistent://t/ns/jobs").unwrap();
         assert!(!t.is_partition());
-        assert_eq!(lookup_target(&t, 0), t);
-        let p0 = lookup_target(&t, 4);
-        assert_eq!(p0.to_string(), "persistent://t/ns/jobs-partition-0");
-        assert!(p0.is_partition());
-        assert!(!TopicName::parse("t/ns/x-partition-")
-            .unwrap()
-            .is_partition());
+        assert_eq!(parts(&t, 0), std::slice::from_ref(&t));
+        let all = parts(&t, 4);
+        let names: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            [
+                "persistent://t/ns/jobs-partition-0",
+                "persistent://t/ns/jobs-partition-1",
+                "persistent://t/ns/jobs-partition-2",
+                "persistent://t/ns/jobs-partition-3",
+            ]
+        );
+        for (n, p) in all.iter().enumerate() {
+            assert_eq!(p.partition_index(), Some(n as u32));
+            assert_eq!(p.path(), format!("persistent/t/ns/jobs-partition-{n}"));
+        }
+        let short = TopicName::parse("my-topic-partition-12").unwrap();
+        assert_eq!(short.partition_index(), Some(12));
+        assert_eq!(
+            short.to_string(),
+            "persistent://public/default/my-topic-partition-12"
+        );
+        for not_one in [
+            "t/ns/x-partition-",
+            "t/ns/x-partition-a1",
+            "t/ns/x-partitions-1",
+        ] {
+            let name = TopicName::parse(not_one).unwrap();
+            assert_eq!(name.partition_index(), None, "{not_one}");
+            assert!(!name.is_partition(), "{not_one}");
+        }
     }
 
     #[test]
@@ -493,6 +545,14 @@ mod tests {
         let http_only: LookupData =
             serde_json::from_str(r#"{"brokerUrl":"http://b:8080"}"#).unwrap();
         assert!(http_only.broker_url(false, &topic).is_err());
+        // No brokerUrl: the Java client takes nativeUrl.
+        let native_only: LookupData =
+            serde_json::from_str(r#"{"brokerUrl":null,"nativeUrl":"pulsar://n:6650"}"#).unwrap();
+        assert_eq!(
+            native_only.broker_url(false, &topic).unwrap(),
+            "pulsar://n:6650"
+        );
+        assert!(native_only.broker_url(true, &topic).is_err());
     }
 
     #[test]

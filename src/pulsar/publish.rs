@@ -5,11 +5,16 @@
 //! output is stored. Batching is off except on the topics named with [`Publisher::batch`] (the
 //! results): the crate acknowledges a whole batch with its first message, so a batch consumed by this
 //! crate (the worker's own topics) could lose the rest of it when a consumer dies.
+//!
+//! With an HTTP lookup, a partitioned topic's producer is one crate producer per partition, each on
+//! the broker that partition's own lookup named ([`Client::route`]), and a message goes to the
+//! partition the crate's partitioned producer would choose ([`choose_partition`]).
 
-use super::client::{broker_retry_delay, Client};
+use super::client::{broker_retry_delay, Client, CrateClient, Route};
 use super::error::PulsarIoError;
 use crate::shutdown::Shutdown;
-use pulsar::producer::{Message as OutMessage, ProducerOptions};
+use pulsar::producer::{Message as OutMessage, ProducerOptions, SendFuture};
+use pulsar::routing_policy::RoutingPolicy;
 use pulsar::{Producer, TokioExecutor};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,7 +100,84 @@ impl Batching {
     }
 }
 
-type SharedProducer = Arc<Mutex<Producer<TokioExecutor>>>;
+/// A topic's producer: one crate producer (a binary URL's, which routes among the partitions
+/// itself, or a topic that is not partitioned), or one per partition, routed here.
+struct TopicProducer {
+    /// One, or each partition's in partition order.
+    parts: Vec<Producer<TokioExecutor>>,
+    routing: Option<RoutingPolicy>,
+    /// The partition chosen last (round robin).
+    last: usize,
+}
+
+impl TopicProducer {
+    fn one(producer: Producer<TokioExecutor>) -> TopicProducer {
+        TopicProducer {
+            parts: vec![producer],
+            routing: None,
+            last: 0,
+        }
+    }
+
+    async fn send_non_blocking(
+        &mut self,
+        message: OutMessage,
+    ) -> Result<SendFuture, pulsar::Error> {
+        let n = match self.parts.len() {
+            1 => 0,
+            len => choose_partition(self.routing.as_ref(), &message, len, &mut self.last),
+        };
+        self.parts[n].send_non_blocking(message).await
+    }
+
+    fn partitioned(&self) -> bool {
+        self.parts.len() > 1 || self.parts.iter().any(|p| p.partitions().is_some())
+    }
+
+    async fn check_connection(&self) -> Result<(), pulsar::Error> {
+        for p in &self.parts {
+            p.check_connection().await?;
+        }
+        Ok(())
+    }
+
+    /// Closes every partition's producer; the first failure is returned once all were tried.
+    async fn close(&mut self) -> Result<(), pulsar::Error> {
+        let mut outcome = Ok(());
+        for p in &mut self.parts {
+            let closed = p.close().await;
+            if outcome.is_ok() {
+                outcome = closed;
+            }
+        }
+        outcome
+    }
+}
+
+/// The partition (of `n`) `message` goes to, as the crate's partitioned producer chooses with the
+/// same `routing`: by the key's hash under `RoundRobin` when the message has a key, the policy's
+/// choice under `Custom`, the last partition again under `Single`, else the next in turn after
+/// `last` (which it updates).
+pub fn choose_partition(
+    routing: Option<&RoutingPolicy>,
+    message: &OutMessage,
+    n: usize,
+    last: &mut usize,
+) -> usize {
+    let n = n.max(1);
+    let chosen = match (routing, &message.partition_key) {
+        (Some(RoutingPolicy::RoundRobin), Some(key)) => {
+            return RoutingPolicy::compute_partition_index_for_key(key, n)
+        }
+        (Some(RoutingPolicy::Custom(policy)), _) => return policy.route(message, n) % n,
+        (Some(RoutingPolicy::Single), _) => *last % n,
+        _ => (*last + 1) % n,
+    };
+    *last = chosen;
+    chosen
+}
+
+type SharedProducer = Arc<Mutex<TopicProducer>>;
 /// A topic's producer, built once by whichever publish needs it first while the others wait on it.
 type ProducerSlot = Arc<tokio::sync::OnceCell<SharedProducer>>;
 
@@ -111,6 +193,26 @@ pub struct Publisher {
     rebuilds: Option<prometheus_client::metrics::counter::Counter>,
     /// Topics whose producers batch.
     batched: Arc<HashMap<String, Batching>>,
+}
+
+/// A crate producer on `topic` (a topic, or one partition) on `pulsar`.
+async fn build(
+    pulsar: &CrateClient,
+    topic: &str,
+    name: &str,
+    options: &ProducerOptions,
+) -> Result<Producer<TokioExecutor>, PulsarIoError> {
+    pulsar
+        .producer()
+        .with_topic(topic)
+        .with_name(name)
+        .with_options(options.clone())
+        .build()
+        .await
+        .map_err(|source| PulsarIoError::Producer {
+            topic: topic.to_string(),
+            source,
+        })
 }
 
 /// Attempts of one publish; each failure drops the producer so the next attempt builds a fresh one
@@ -168,24 +270,39 @@ impl Publisher {
         let producer = slot
             .get_or_try_init(|| {
                 Box::pin(async {
-                    let producer = self
-                        .client
-                        .for_topic(topic)
-                        .await?
-                        .producer()
-                        .with_topic(topic)
-                        .with_name(format!("{}-{}", self.name_prefix, uuid::Uuid::new_v4()))
-                        .with_options(
-                            self.batched
-                                .get(topic)
-                                .map_or_else(producer_options, |b| b.options()),
-                        )
-                        .build()
-                        .await
-                        .map_err(|source| PulsarIoError::Producer {
-                            topic: topic.to_string(),
-                            source,
-                        })?;
+                    let options = self
+                        .batched
+                        .get(topic)
+                        .map_or_else(producer_options, |b| b.options());
+                    let name = format!("{}-{}", self.name_prefix, uuid::Uuid::new_v4());
+                    let producer = match self.client.route(topic).await? {
+                        Route::Whole(pulsar) => {
+                            TopicProducer::one(build(&pulsar, topic, &name, &options).await?)
+                        }
+                        Route::Parts(parts) if parts.iter().all(|p| !p.partition) => {
+                            let part = &parts[0];
+                            TopicProducer::one(
+                                build(&part.client, &part.topic, &name, &options).await?,
+                            )
+                        }
+                        Route::Parts(parts) => {
+                            let built = futures::future::try_join_all(parts.iter().map(|part| {
+                                let (name, options) = (&name, &options);
+                                async move {
+                                    let producer =
+                                        build(&part.client, &part.topic, name, options).await?;
+                                    tracing::debug!(topic = %part.topic, broker = %part.broker, "producer on the looked-up broker");
+                                    Ok::<_, PulsarIoError>(producer)
+                                }
+                            }))
+                            .await?;
+                            TopicProducer {
+                                last: rand::random_range(0..built.len()),
+                                parts: built,
+                                routing: options.routing_policy.clone(),
+                            }
+                        }
+                    };
                     Ok::<_, PulsarIoError>(Arc::new(Mutex::new(producer)))
                 })
             })
@@ -264,30 +381,24 @@ impl Publisher {
     ///
     /// A partitioned topic's producer is not pinged: the crate pings all its partitions at once,
     /// mostly over one connection, which keeps a single pong slot, so the pings would cancel each
-    /// other and the producer be rebuilt at every check. The broker answering the topic's partition
-    /// lookup is the check instead.
+    /// other and the producer be rebuilt at every check. The cluster answering the topic's partition
+    /// lookup (over HTTP with an HTTP URL) is the check instead.
     pub async fn check(&self, topic: &str) -> Result<(), PulsarIoError> {
         let producer = self.producer(topic).await?;
-        let partitioned = producer.lock().await.partitions().is_some();
+        let partitioned = producer.lock().await.partitioned();
         let result = if partitioned {
-            match self.client.for_topic(topic).await {
-                Ok(pulsar) => pulsar
-                    .lookup_partitioned_topic_number(topic)
-                    .await
-                    .map(drop),
-                Err(e) => return Err(e),
-            }
+            self.client.partitions(topic).await.map(drop)
         } else {
-            producer.lock().await.check_connection().await
-        };
-        if let Err(source) = result {
-            self.forget(topic, &producer);
-            return Err(PulsarIoError::Check {
+            let connected = producer.lock().await.check_connection().await;
+            connected.map_err(|source| PulsarIoError::Check {
                 topic: topic.to_string(),
                 source,
-            });
+            })
+        };
+        if result.is_err() {
+            self.forget(topic, &producer);
         }
-        Ok(())
+        result
     }
 
     /// Waits until the broker accepts a producer on `topic`, retrying with backoff what a starting
@@ -339,5 +450,69 @@ impl Publisher {
         for p in producers {
             let _ = p.lock().await.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyed(key: &str) -> OutMessage {
+        Outgoing::new("x").with_key(key).into_message()
+    }
+
+    #[test]
+    fn without_a_policy_partitions_take_turns_whatever_the_key() {
+        // The worker's producer options set no policy: the crate's partitioned producer then
+        // takes the partitions in turn, keys or not.
+        assert!(producer_options().routing_policy.is_none());
+        let mut last = 2;
+        let chosen: Vec<usize> = (0..6)
+            .map(|i| choose_partition(None, &keyed(&format!("k{}", i % 2)), 4, &mut last))
+            .collect();
+        assert_eq!(chosen, [3, 0, 1, 2, 3, 0]);
+    }
+
+    #[test]
+    fn round_robin_routes_a_key_by_its_hash_and_the_rest_in_turn() {
+        let policy = RoutingPolicy::RoundRobin;
+        let mut last = 0;
+        let a = choose_partition(Some(&policy), &keyed("request-a"), 4, &mut last);
+        for _ in 0..5 {
+            assert_eq!(
+                choose_partition(Some(&policy), &keyed("request-a"), 4, &mut last),
+                a
+            );
+        }
+        assert_eq!(
+            a,
+            RoutingPolicy::compute_partition_index_for_key("request-a", 4)
+        );
+        let plain = Outgoing::new("x").into_message();
+        let turns: Vec<usize> = (0..4)
+            .map(|_| choose_partition(Some(&policy), &plain, 4, &mut last))
+            .collect();
+        assert_eq!(turns, [1, 2, 3, 0], "keyed messages leave the turn alone");
+    }
+
+    #[test]
+    fn single_and_custom_policies_are_followed() {
+        let mut last = 3;
+        let plain = Outgoing::new("x").into_message();
+        for _ in 0..3 {
+            assert_eq!(
+                choose_partition(Some(&RoutingPolicy::Single), &plain, 4, &mut last),
+                3
+            );
+        }
+        struct Second;
+        impl pulsar::routing_policy::CustomRoutingPolicy for Second {
+            fn route(&self, _: &OutMessage, _: usize) -> usize {
+                1
+            }
+        }
+        let custom = RoutingPolicy::Custom(Arc::new(Second));
+        assert_eq!(choose_partition(Some(&custom), &plain, 4, &mut last), 1);
+        assert_eq!(choose_partition(None, &plain, 1, &mut last), 0);
     }
 }

@@ -6,7 +6,7 @@
 use super::client::Client;
 use super::error::PulsarIoError;
 use super::publish::producer_options;
-use super::subscribe::PulsarConsumer;
+use super::subscribe::CrateConsumer;
 use futures::StreamExt;
 use pulsar::consumer::{ConsumerOptions, InitialPosition, Message as InMessage};
 use pulsar::producer::{Message as OutMessage, SendFuture};
@@ -75,7 +75,7 @@ impl Future for Receipt {
 }
 
 /// An Exclusive subscription from the earliest message, under a subscription name of its own.
-pub struct Tail(PulsarConsumer);
+pub struct Tail(CrateConsumer);
 
 /// One message received by a [`Tail`].
 pub struct TailMessage(InMessage<Vec<u8>>);
