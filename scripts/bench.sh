@@ -50,7 +50,7 @@
 # benchmark's own log filter, default warn,pulsar=error; `--worker-log` sets that of the processes under test),
 # PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh, CARGO_TARGET_DIR.
 # Output: the table on stdout; logs and a copy of the figures (last.md, last.json) in .cache/bench/.
-# Takes about 10–12 minutes on a 2-core machine with the default sections (a first release build comes on top).
+# Takes about 12–14 minutes on a 2-core machine with the default sections (a first release build comes on top).
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
