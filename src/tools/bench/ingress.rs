@@ -194,7 +194,8 @@ type Answer = Pin<Box<dyn Future<Output = Result<HandOver>> + Send>>;
 
 /// Hands events to one source as CI (or a bridge) would.
 enum Sender {
-    Pulsar(RawProducer),
+    // Boxed: the crate's producer is several times the size of the other senders.
+    Pulsar(Box<RawProducer>),
     Cmq {
         client: crate::cmq::client::CmqClient,
         queue: String,
@@ -216,7 +217,9 @@ impl Sender {
         http_port: Option<u16>,
     ) -> Result<Sender> {
         Ok(match ingress {
-            Ingress::Pulsar => Sender::Pulsar(io::producer(&bench.client, &topics.callback).await?),
+            Ingress::Pulsar => Sender::Pulsar(Box::new(
+                io::producer(&bench.client, &topics.callback).await?,
+            )),
             Ingress::Cmq => {
                 let (side, queue) = cmq.context("the cmq runner needs the emulator's CMQ API")?;
                 Sender::Cmq {
@@ -302,7 +305,7 @@ impl Sender {
 
     async fn close(self) {
         if let Sender::Pulsar(producer) = self {
-            producer.close().await;
+            (*producer).close().await;
         }
     }
 }
