@@ -7,8 +7,16 @@
 #   4. runs `ci-worker bench` on the local stack: completion-path throughput against the raw relay
 #      limit and a Python worker on Apache's pulsar-client (scripts/bench-python-worker.py, from the
 #      project's .venv, set up here when missing; `--no-python` leaves it out),
-#      submission-path throughput, end-to-end latency at a steady rate, cost, scaling, the cmq ingress,
-#      broker messages per job (`messages`: topic stats, both ingress modes, about 20 s),
+#      submission-path throughput, end-to-end latency at a steady rate, cost, scaling,
+#      each callback ingress (`ingress`: events published on the callback topic / sent into the
+#      emulator's CMQ queue / POSTed to the worker, into results: a burst and steady runs at
+#      200 and 1,000 events/s, events/s and the latency each source adds; `--ingress`,
+#      `--ingress-events`, `--ingress-rates`, `--ingress-duration-secs`, `--ingress-repeat`,
+#      `--ingress-http-concurrency`, `--cmq-concurrency`; `--only cmq` is its cmq row alone,
+#      `--cmq-events` / `--cmq-rate` the same flags as `--ingress-events` / `--ingress-rates`;
+#      about 5 minutes),
+#      broker messages per job (`messages`: topic stats, events on the Pulsar callback topic, through
+#      CMQ and POSTed to the worker, `--message-ingress pulsar,cmq,http`, about 30 s),
 #      scale-out without duplicate CI jobs (`scaleout`: 3 replicas, replicas killed or replaced while
 #      600 requests are submitted; CI jobs, duplicate results, CI calls, ack lag; about 2 minutes),
 #      memory (`memory`: peak and current RSS of `ci-worker run` with 1,000 / 10,000 jobs waiting for
@@ -26,6 +34,8 @@
 #   scripts/bench.sh [BENCH OPTIONS]      options go to `ci-worker bench` (`--help` lists them), e.g.
 #   scripts/bench.sh --only completion --events 5000      a quick run of one section
 #   BENCH_SKIP_BUILD=1 BENCH_SKIP_CRITERION=1 scripts/bench.sh --only messages   broker messages per job
+#   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only ingress --ingress pulsar,cmq,http   events/s and added latency per source
+#   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only cmq --cmq-concurrency 1,2,4   the cmq source alone, per cmq.concurrency
 #   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only scaleout --scaleout-requests 200 --scaleout-partitions 0 --scaleout-mode kill
 #   BENCH_WORKER_BIN=/path/to/old/ci-worker scripts/bench.sh --only scaleout   an older worker, this bench and emulator
 #   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only memory --memory-jobs 1000,10000 --memory-backlog 5000,50000
@@ -40,7 +50,7 @@
 # benchmark's own log filter, default warn,pulsar=error; `--worker-log` sets that of the processes under test),
 # PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh, CARGO_TARGET_DIR.
 # Output: the table on stdout; logs and a copy of the figures (last.md, last.json) in .cache/bench/.
-# Takes about 10–12 minutes on a 2-core machine with the default sections (a first release build comes on top).
+# Takes about 12–14 minutes on a 2-core machine with the default sections (a first release build comes on top).
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -345,7 +345,7 @@ impl Bench {
         tokio::time::sleep(START_QUIET).await;
         let run = format!("{}-{label}-{}", self.id, short());
         Ok(Stage {
-            run_topics: run_topics(&topics, false),
+            run_topics: run_topics(&topics),
             topics,
             emulator,
             port,

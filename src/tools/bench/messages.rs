@@ -1,28 +1,33 @@
 //! The `messages` section: broker messages per job, read from the broker's own topic stats.
 //!
 //! A burst of `--message-jobs` requests through one `ci-worker run` (short `worker.job_timeout`,
-//! `--message-job-timeout-secs`) against an emulator whose jobs take [`JOB_DURATION_MS`] and whose
-//! completion events reach the worker either on the Pulsar callback topic (`tdmq_delivery = "pulsar"`,
-//! ingress `pulsar`) or through a CMQ queue (`tdmq_delivery = "cmq"`, ingress `cmq`), per
-//! `--message-ingress`. The benchmark counts final results on the result topic until every job has
-//! one, then waits, polling the stats, until every deadline has come due and been settled: at least
-//! the job timeout since the last `submitted` result, and every subscription of the worker with no
-//! backlog, no unacknowledged and no delayed messages, the counters unchanged between two polls.
+//! `--message-job-timeout-secs`) against an emulator whose jobs take [`JOB_DURATION_MS`], per
+//! `--message-ingress` with the completion events delivered as CI (or a bridge) would for that
+//! source ([`Ingress`]): on the Pulsar callback topic (`tdmq_delivery = "pulsar"`, ingress `pulsar`),
+//! into a CMQ queue (`tdmq_delivery = "cmq"`, ingress `cmq`), or POSTed to the worker (jobs
+//! submitted with `CallBackType=Url` and the worker's `/ci/callback/<token>` as `CallBack`, ingress
+//! `http`). The benchmark counts final results on the result topic until every job has one, then
+//! waits, polling the stats, until every deadline has come due and been settled: at least the job
+//! timeout since the last `submitted` result, and every subscription of the worker with no backlog,
+//! no unacknowledged and no delayed messages, the counters unchanged between two polls.
 //!
 //! Counted (`GET /admin/v2/persistent/{tenant}/{ns}/{topic}/stats` of every topic of the namespace
 //! that is one of the run's or one of their partitions, partitions summed, before the burst and after
 //! it settled, the difference, so the worker's start-up does not count): published = `msgInCounter` of
-//! the topics the worker writes (result, deadline, done, dead-letter; the callback topic with ingress
-//! `cmq`, where the worker stores each event itself); delivered = `msgOutCounter` of every subscription
-//! on the run's topics except the benchmark's own (`ci-worker-bench-…`), whatever their name or kind,
-//! so a non-durable subscription counts too (read while the worker is connected: the broker forgets it
-//! with its consumer). The figure is (published + delivered) / jobs; the floor is 4 with events on the
-//! Pulsar callback topic (request and event delivered, `submitted` and final result published), 5 with
-//! the CMQ ingress (the worker also publishes each event into the callback topic).
+//! the topics the worker writes (result, deadline, done, dead-letter; never the callback topic, which
+//! only the `pulsar` source's writer fills and the `cmq` and `http` sources leave unused); delivered
+//! = `msgOutCounter` of every subscription on the run's topics except the benchmark's own
+//! (`ci-worker-bench-…`), whatever their name or kind, so a non-durable subscription counts too
+//! (read while the worker is connected: the broker forgets it with its consumer). The figure is
+//! (published + delivered) / jobs; the floor ([`Ingress::floor`]) is 3 with the `cmq` and `http`
+//! sources (the request delivered, `submitted` and the final result published) and 4 with the
+//! `pulsar` source (the event delivered too). Each job's deadline record adds its publish on top
+//! (cancelled before it is due, it is never delivered), and one that comes due its delivery.
 
+use super::ingress::CALLBACK_TOKEN;
 use super::io::{self, Seen};
 use super::procs::{self, Proc};
-use super::{events, format_of, short, Bench, Kind, MessageIngress, WorkerTopics};
+use super::{events, format_of, short, Bench, Ingress, Kind, WorkerTopics};
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
@@ -121,9 +126,8 @@ pub(super) struct RunTopic {
     worker_writes: bool,
 }
 
-/// The topics a worker reads and writes, in the order of the breakdown; the callback topic counts as
-/// written by the worker when `callback_written` (an ingress that stores the events there itself).
-pub(super) fn run_topics(topics: &WorkerTopics, callback_written: bool) -> Vec<RunTopic> {
+/// The topics a worker reads and writes, in the order of the breakdown.
+pub(super) fn run_topics(topics: &WorkerTopics) -> Vec<RunTopic> {
     let topic = |role, name: &String, worker_writes| RunTopic {
         role,
         name: name.clone(),
@@ -131,7 +135,7 @@ pub(super) fn run_topics(topics: &WorkerTopics, callback_written: bool) -> Vec<R
     };
     vec![
         topic("requests", &topics.request, false),
-        topic("callbacks", &topics.callback, callback_written),
+        topic("callbacks", &topics.callback, false),
         topic("results", &topics.result, true),
         topic("deadlines", &topics.deadline, true),
         topic("done", &topics.done, true),
@@ -202,7 +206,7 @@ impl Bench {
         Ok(())
     }
 
-    fn messages_command(&self, mode: MessageIngress) -> String {
+    fn messages_command(&self, mode: Ingress) -> String {
         self.command(&format!(
             "--only messages --message-ingress {} --message-jobs {}",
             mode.name(),
@@ -210,7 +214,7 @@ impl Bench {
         ))
     }
 
-    async fn messages_run(&mut self, mode: MessageIngress) -> Result<()> {
+    async fn messages_run(&mut self, mode: Ingress) -> Result<()> {
         let n = self.opts.message_jobs.max(1);
         let job_timeout = Duration::from_secs(self.opts.message_job_timeout_secs.max(1));
         let topics = self.worker_topics(None);
@@ -224,7 +228,7 @@ impl Bench {
             "CI_WORKER__WORKER__JOB_TIMEOUT".into(),
             format!("{}s", job_timeout.as_secs()),
         );
-        let run_topics = run_topics(&topics, mode == MessageIngress::Cmq);
+        let run_topics = run_topics(&topics);
         let follower = io::follow(&self.client, &topics.result).await?;
         let mut procs = self.start_workers(
             Kind::Worker,
@@ -297,10 +301,7 @@ impl Bench {
         let b = breakdown(&run_topics, &before, &after);
         let per_job = (b.published + b.delivered) as f64 / n as f64;
         let cmd = self.messages_command(mode);
-        let label = match mode {
-            MessageIngress::Pulsar => "events on the Pulsar callback topic",
-            MessageIngress::Cmq => "events through the CMQ ingress",
-        };
+        let label = mode.describe();
         let mut table = format!(
             "\n  broker messages, ingress {} ({n} jobs):\n  | topic | published by the worker | delivered to the worker |\n  | --- | --- | --- |\n",
             mode.name()
@@ -350,16 +351,17 @@ impl Bench {
         Ok(())
     }
 
-    /// An emulator for this section: jobs of [`JOB_DURATION_MS`], events on the callback topic or into
-    /// the CMQ queue the worker's `ci.mq_name` names (and the worker's ingress settings to match).
+    /// An emulator for this section: jobs of [`JOB_DURATION_MS`], events on the callback topic, into
+    /// the CMQ queue the worker's `ci.mq_name` names, or POSTed to the worker's `http` ingress (and
+    /// the worker's settings to match).
     async fn messages_emulator(
         &mut self,
-        mode: MessageIngress,
+        mode: Ingress,
         topics: &WorkerTopics,
     ) -> Result<(Proc, u16)> {
         match mode {
-            MessageIngress::Pulsar => self.start_emulator(0, JOB_DURATION_MS).await,
-            MessageIngress::Cmq => {
+            Ingress::Pulsar => self.start_emulator(0, JOB_DURATION_MS).await,
+            Ingress::Cmq => {
                 let cmq_port = procs::free_port()?;
                 let extra = [
                     ("CI_WORKER__EMULATOR__TDMQ_DELIVERY", "cmq".to_string()),
@@ -372,6 +374,22 @@ impl Bench {
                 let started = self.start_emulator_with(0, JOB_DURATION_MS, &extra).await?;
                 self.cmq_worker_env(&format!("http://127.0.0.1:{cmq_port}"), &topics.mq_name, 2);
                 Ok(started)
+            }
+            Ingress::Http => {
+                // The worker's port is chosen here: the jobs carry its address for CI's POSTs.
+                let port = procs::free_port()?;
+                self.use_ingress(Ingress::Http, None);
+                for (k, v) in [
+                    ("CI_WORKER__HTTP__LISTEN", format!("127.0.0.1:{port}")),
+                    ("CI_WORKER__CI__CALLBACK_TYPE", "Url".to_string()),
+                    (
+                        "CI_WORKER__CI__CALLBACK_URL",
+                        format!("http://127.0.0.1:{port}/ci/callback/{CALLBACK_TOKEN}"),
+                    ),
+                ] {
+                    self.extra_worker_env.insert(k.into(), v);
+                }
+                self.start_emulator(0, JOB_DURATION_MS).await
             }
         }
     }

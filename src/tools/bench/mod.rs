@@ -17,16 +17,19 @@
 //! - `latency`: a paced publisher at `--rate` requests/s for `--duration-secs`; per request the time
 //!   from its publication to its final result, and the worker's own share of it.
 //! - `scaling`: two `ci-worker run` processes on the same subscriptions against one.
-//! - `cmq`: the `cmq` ingress against the emulator's TDMQ for CMQ API ([`cmq`]): `--cmq-events`
-//!   completion events sent into a queue, then one worker started and timed until all of them are in
-//!   its callback topic (batch 16, for each `--cmq-concurrency`); then a paced sender at
-//!   `--cmq-rate` events/s and, per event, the time from CMQ's answer to its `SendMessage` to the
-//!   event's arrival at a consumer of the callback topic (p50/p99).
+//! - `ingress`: completion events through each source of `worker.callback_ingress` into results
+//!   ([`ingress`]; `--ingress pulsar,cmq,http`): events published on the callback topic, sent into
+//!   the emulator's CMQ queue, POSTed to the worker's `/ci/callback/<token>`. Per source, a burst of
+//!   `--ingress-events` (events/s into results, first to last at a consumer of the result topic),
+//!   steady runs at each of `--ingress-rates` events/s for `--ingress-duration-secs` (events/s, and
+//!   the latency from the hand-over to the result's `publish_time`, p50/p99/max), the sources
+//!   alternating over `--ingress-repeat` passes after a warm-up.
+//! - `cmq`: the `ingress` section's cmq row alone (one runner per `--cmq-concurrency`).
 //! - `throttle`: the submission path against the emulator's `qps_limit` ([`throttle`]).
 //! - `messages`: broker messages per job ([`messages`]): a burst of `--message-jobs` jobs, every
 //!   deadline come due and settled, counted from the broker's topic stats (published by the worker +
-//!   delivered to its subscriptions, per job), with events on the Pulsar callback topic and through
-//!   the CMQ ingress (`--message-ingress`).
+//!   delivered to its subscriptions, per job), with the completion events on the Pulsar callback
+//!   topic, through the CMQ ingress or POSTed to the HTTP ingress (`--message-ingress`).
 //! - `memory`: peak and current RSS of `ci-worker run` ([`memory`]) with `--memory-jobs` jobs
 //!   waiting for callbacks that never come, and working through a backlog of `--memory-backlog`
 //!   completion events, each at several sizes to show whether it grows with them.
@@ -43,6 +46,7 @@
 mod cmq;
 mod cost;
 pub mod events;
+mod ingress;
 mod io;
 mod memory;
 mod messages;
@@ -56,6 +60,7 @@ use crate::pulsar::Client;
 use crate::result::normalize::normalize_event;
 use anyhow::{bail, Context as _, Result};
 use events::{format_of, EventFormat};
+pub use ingress::Ingress;
 use io::Seen;
 use procs::{Proc, Usage};
 use std::collections::{BTreeMap, HashMap};
@@ -70,6 +75,9 @@ pub enum Section {
     Submission,
     Latency,
     Scaling,
+    /// Events through each callback ingress into results.
+    Ingress,
+    /// The `ingress` section's cmq row alone.
     Cmq,
     Messages,
     Scaleout,
@@ -150,34 +158,6 @@ pub enum ScaleoutMode {
     Rolling,
 }
 
-/// How completion events reach the worker in a run of the messages section.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum MessageIngress {
-    /// The emulator publishes them on the callback topic (`tdmq_delivery = "pulsar"`, ingress `pulsar`).
-    Pulsar,
-    /// The emulator puts them into a CMQ queue the worker reads (ingress `cmq`), CI's own path.
-    Cmq,
-}
-
-impl MessageIngress {
-    fn name(self) -> &'static str {
-        match self {
-            MessageIngress::Pulsar => "pulsar",
-            MessageIngress::Cmq => "cmq",
-        }
-    }
-
-    /// Messages per job no worker can go below: request and event delivered, `submitted` and the
-    /// final result published; with CMQ, the event's publication into the callback topic too.
-    fn floor(self) -> u64 {
-        match self {
-            MessageIngress::Pulsar => 4,
-            MessageIngress::Cmq => 5,
-        }
-    }
-}
-
-/// Options of `ci-worker bench`.
 /// Options of the cost and soak sections (flattened into `ci-worker bench`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct CostOptions {
@@ -223,7 +203,7 @@ pub struct BenchOptions {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "completion,submission,latency,scaling,cmq,messages,scaleout,memory,throttle"
+        default_value = "completion,submission,latency,scaling,ingress,messages,scaleout,memory,throttle"
     )]
     pub only: Vec<Section>,
     /// Completion events for the completion-path and scaling figures.
@@ -275,15 +255,40 @@ pub struct BenchOptions {
     /// The broker's pid, to report its CPU share during each run.
     #[arg(long)]
     pub broker_pid: Option<u32>,
-    /// Events of the cmq section's throughput runs.
-    #[arg(long, default_value_t = 20_000)]
-    pub cmq_events: u64,
-    /// `cmq.concurrency` values (receives in flight) of the cmq section.
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    /// Sources of the ingress section, comma-separated: `pulsar` (events published on the callback
+    /// topic), `cmq` (sent into the emulator's CMQ queue), `http` (POSTed to the worker).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "pulsar,cmq,http"
+    )]
+    pub ingress: Vec<Ingress>,
+    /// Events of each burst of the ingress (and cmq) section (`--cmq-events` is the same flag).
+    #[arg(long, alias = "cmq-events", default_value_t = 20_000)]
+    pub ingress_events: u64,
+    /// Offered rates of the ingress section's steady runs, events/s, comma-separated; the latency is
+    /// measured in each (`--cmq-rate` is the same flag).
+    #[arg(
+        long,
+        alias = "cmq-rate",
+        value_delimiter = ',',
+        default_value = "200,1000"
+    )]
+    pub ingress_rates: Vec<u64>,
+    /// Length of each steady run of the ingress section, seconds.
+    #[arg(long, default_value_t = 10)]
+    pub ingress_duration_secs: u64,
+    /// Measured passes over the sources of the ingress section (the order reversed every other pass).
+    #[arg(long, default_value_t = 2)]
+    pub ingress_repeat: u32,
+    /// POSTs in flight in the ingress section's http burst (CI's side; enough that the worker, not
+    /// the sender, sets the pace).
+    #[arg(long, default_value_t = 256)]
+    pub ingress_http_concurrency: usize,
+    /// `cmq.concurrency` values (receive loops) of the cmq source, one runner each.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
     pub cmq_concurrency: Vec<usize>,
-    /// Events per second of the cmq section's latency run (10 s long).
-    #[arg(long, default_value_t = 200)]
-    pub cmq_rate: u64,
     /// Jobs of the messages section's burst.
     #[arg(long, default_value_t = 1000)]
     pub message_jobs: u64,
@@ -291,9 +296,15 @@ pub struct BenchOptions {
     #[arg(long, default_value_t = 3)]
     pub message_job_timeout_secs: u64,
     /// How completion events reach the worker in the messages section, comma-separated: `pulsar`
-    /// (the emulator publishes them on the callback topic) or `cmq` (through a CMQ queue).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "pulsar,cmq")]
-    pub message_ingress: Vec<MessageIngress>,
+    /// (the emulator publishes them on the callback topic), `cmq` (into a CMQ queue the worker
+    /// reads) or `http` (jobs submitted with `CallBackType=Url`, POSTed to the worker).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "pulsar,cmq,http"
+    )]
+    pub message_ingress: Vec<Ingress>,
     /// Jobs left waiting for their callbacks in the memory section, one worker per value.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     pub memory_jobs: Vec<u64>,
@@ -448,7 +459,7 @@ struct Bench {
     completion_topic: Option<String>,
     /// Single-worker completion rates measured so far.
     completion_single: Vec<f64>,
-    /// Environment added to the workers a section starts (the cmq section's ingress settings).
+    /// Environment added to the workers a section starts (its ingress settings, say).
     extra_worker_env: BTreeMap<String, String>,
     /// Structured figures of a section, under its name in the `--json` output's `sections`.
     extra_json: serde_json::Map<String, serde_json::Value>,
@@ -501,6 +512,7 @@ impl Bench {
             Section::Submission,
             Section::Latency,
             Section::Scaling,
+            Section::Ingress,
             Section::Cmq,
             Section::Messages,
             Section::Scaleout,
@@ -512,11 +524,16 @@ impl Bench {
             if !only.contains(&section) {
                 continue;
             }
+            if section == Section::Cmq && only.contains(&Section::Ingress) {
+                // Its runs are the ingress section's cmq row.
+                continue;
+            }
             let outcome = match section {
                 Section::Completion => self.completion().await,
                 Section::Submission => self.submission().await,
                 Section::Latency => self.latency().await,
                 Section::Scaling => self.scaling().await,
+                Section::Ingress => self.ingress().await,
                 Section::Cmq => self.cmq().await,
                 Section::Messages => self.messages().await,
                 Section::Scaleout => self.scaleout().await,
@@ -706,6 +723,11 @@ impl Bench {
                 env.insert("CI_WORKER__WORKER__MAX_IN_FLIGHT".into(), m.to_string());
             }
             env.extend(self.extra_worker_env.clone());
+            // A section may give the worker a port of its own (the address CI is told to POST to).
+            let http_port = env
+                .get("CI_WORKER__HTTP__LISTEN")
+                .and_then(|l| l.rsplit(':').next()?.parse().ok())
+                .unwrap_or(http_port);
             let script = self.opts.python_worker.to_string_lossy().into_owned();
             let (name, args): (String, Vec<&str>) = match kind {
                 Kind::Worker => (format!("worker-{label}-{i}"), vec!["run"]),
