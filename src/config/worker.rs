@@ -48,10 +48,10 @@ pub struct WorkerSettings {
     /// it is submitted (its partition may have moved meanwhile).
     #[serde(with = "duration")]
     pub takeover_grace: Duration,
-    /// Where completion events come in from; each source stores them in `pulsar.callback_topic`:
+    /// Where completion events come in from, each source feeding the completion handler:
     /// `cmq` (read the TDMQ for CMQ queue CI writes to), `http` (CI POSTs them to this worker),
-    /// `kafka` (read the CKafka topic CI writes to, `[kafka]`), `pulsar` (something else writes the
-    /// callback topic). From the environment: comma-separated.
+    /// `kafka` (read the CKafka topic CI writes to, `[kafka]`), `pulsar` (read `pulsar.callback_topic`,
+    /// which something else writes). From the environment: comma-separated.
     /// At least one, each once.
     #[serde(deserialize_with = "ingress_sources")]
     pub callback_ingress: Vec<CallbackIngress>,
