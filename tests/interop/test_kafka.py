@@ -126,3 +126,76 @@ def test_the_sdk_sees_cis_refusal_of_a_bad_kafka_config(emulator):
     assert err.value.get_status_code() == 400
     assert err.value.get_error_code() == "InvalidArgument"
     assert "CallBackKafkaConfig.Topic" in err.value.get_error_msg()
+
+
+def test_the_worker_takes_events_kafka_python_produces(tmp_path, kafka_brokers, kafka_topic):
+    """CI's part played by `kafka-python`: completion events (XML and JSON, and one that is not an
+    event) produced into the topic; `ci-worker run` reads them in its group and Apache's Python
+    `pulsar-client` reads the results and the dead letter it publishes."""
+    import os
+    import pathlib
+    import subprocess
+    import time
+
+    import pulsar
+    from kafka import KafkaProducer
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    binary = root / "target" / "debug" / "ci-worker"
+    if not binary.exists():
+        pytest.fail(f"{binary} is missing: run `cargo build` (scripts/test.sh does)")
+    pulsar_url = _env("PULSAR_URL", "pulsar://127.0.0.1:6650")
+    tag = uuid.uuid4().hex[:12]
+    results_topic = f"persistent://public/default/py-kafka-results-{tag}"
+    dlq_topic = f"persistent://public/default/py-kafka-dlq-{tag}"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "TENCENTCLOUD_SECRET_ID": SECRET_ID,
+        "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
+        "CI_WORKER__PULSAR__URL": pulsar_url,
+        "CI_WORKER__PULSAR__REQUEST_TOPIC": f"persistent://public/default/py-kafka-requests-{tag}",
+        "CI_WORKER__PULSAR__RESULT_TOPIC": results_topic,
+        "CI_WORKER__PULSAR__DEAD_LETTER_TOPIC": dlq_topic,
+        "CI_WORKER__PULSAR__DEADLINE_TOPIC": f"persistent://public/default/py-kafka-deadlines-{tag}",
+        "CI_WORKER__HTTP__LISTEN": f"127.0.0.1:{free_port()}",
+        "CI_WORKER__WORKER__CALLBACK_INGRESS": "kafka",
+        "CI_WORKER__CI__CALLBACK_TYPE": "Kafka",
+        "CI_WORKER__CI__KAFKA_REGION": "ap-guangzhou",
+        "CI_WORKER__CI__KAFKA_INSTANCE_ID": "ckafka-interop",
+        "CI_WORKER__CI__KAFKA_TOPIC": kafka_topic,
+        "CI_WORKER__KAFKA__BROKERS": kafka_brokers,
+        "CI_WORKER__KAFKA__GROUP_ID": f"py-kafka-{tag}",
+    }
+    client = pulsar.Client(pulsar_url)
+    results = client.subscribe(results_topic, f"py-{tag}", initial_position=pulsar.InitialPosition.Earliest)
+    dead = client.subscribe(dlq_topic, f"py-{tag}", initial_position=pulsar.InitialPosition.Earliest)
+    producer = KafkaProducer(bootstrap_servers=kafka_brokers, acks="all")
+    xml = ("<Response><EventName>TaskFinish</EventName><JobsDetail><JobId>py-k-xml</JobId>"
+           "<State>Success</State><Tag>DigitalWatermark</Tag></JobsDetail></Response>")
+    js = json.dumps({"EventName": "TaskFinish",
+                     "JobsDetail": {"JobId": "py-k-json", "State": "Failed", "Tag": "DigitalWatermark"}})
+    for body in (xml, "not an event", js):
+        producer.send(kafka_topic, body.encode(), partition=0).get(timeout=30)
+    producer.close()
+    log = open(tmp_path / "worker.log", "wb")
+    worker = subprocess.Popen([str(binary), "run"], env=env, stdout=log, stderr=log)
+    try:
+        finals = {}
+        deadline = time.monotonic() + 90
+        while len(finals) < 2:
+            remaining = int((deadline - time.monotonic()) * 1000)
+            assert remaining > 0, (tmp_path / "worker.log").read_text()[-4000:]
+            msg = results.receive(timeout_millis=remaining)
+            results.acknowledge(msg)
+            result = json.loads(msg.data())
+            finals[result["job_id"]] = result["state"]
+        assert finals == {"py-k-xml": "succeeded", "py-k-json": "failed"}
+        letter = dead.receive(timeout_millis=30_000)
+        assert letter.data() == b"not an event"
+        props = letter.properties()
+        assert props["ci-worker-dlq-reason"].startswith("unparseable completion event"), props
+        assert props["ci-worker-source-topic"] == f"kafka:{kafka_topic}/0"
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        client.close()
