@@ -337,9 +337,14 @@ proptest! {
         prop_assert_eq!(result.version, RESULT_VERSION);
         // The media trees are CI's JSON conversion of what came with the SDK's list fields always
         // arrays (the reference above), byte for byte, or null when that is not a non-empty object.
-        // An `Operation` written as `[{…}]` counts by its first element, as CI's JSON may write it.
-        let operation = detail
-            .get("Operation")
+        // A `JobsDetail` or an `Operation` written as `[{…}]` counts by its first element, as CI's
+        // JSON may write it.
+        let job = match &detail {
+            Value::Array(items) => items.first(),
+            other => Some(other),
+        };
+        let operation = job
+            .and_then(|j| j.get("Operation"))
             .and_then(|o| match o {
                 Value::Array(items) => items.first(),
                 other => Some(other),
