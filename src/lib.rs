@@ -14,8 +14,8 @@
 //!   [`ci::tree`] (the one tree type CI's documents are read into and a `<Request>` is built as),
 //!   [`ci::lists`] (the elements Tencent's SDK types as lists: always arrays in results),
 //!   [`ci::xml`] (CI's XML read and written), [`ci::response`] (job answers and error bodies),
-//!   [`ci::rules`] (CI's job rules and its closed sets of values), [`ci::client`] (the HTTP client:
-//!   submit, describe, list, cancel).
+//!   [`ci::rules`] (CI's job rules and its closed sets of values), [`ci::cam`] (the CAM actions
+//!   each call needs), [`ci::client`] (the HTTP client: submit, describe, list, cancel, queues).
 //! - [`cmq`]: TDMQ for CMQ, the queue CI's TDMQ callbacks go to, and nothing else: [`cmq::sign`]
 //!   (the API 2.0 signature), [`cmq::api`] (answers and result codes), [`cmq::client`] (batch
 //!   receive with long polling, batch delete, send, create queue).

@@ -39,6 +39,10 @@ pub struct EmulatorSettings {
     /// default: 30 s).
     #[serde(with = "duration")]
     pub cmq_visibility_timeout: Duration,
+    /// `msgRetentionSeconds` of the queues in `cmq_queues`: what TDMQ for CMQ calls the queue's
+    /// Max Message Unack Time (30 s to 12 h), reported by `GetQueueAttributes`.
+    #[serde(with = "duration")]
+    pub cmq_unack_time: Duration,
     /// Pulsar topic for TDMQ callbacks when `tdmq_delivery = "pulsar"`; `{MqName}`, `{MqRegion}`,
     /// `{MqMode}` are substituted.
     pub callback_topic_template: String,
@@ -68,6 +72,16 @@ pub struct EmulatorSettings {
     /// account token); the answer's keys last `temporary_credentials_lifetime` (or the call's
     /// `DurationSeconds` when shorter). Empty = every such call is refused.
     pub web_identity_token_file: String,
+    /// CAM actions refused to every key pair (names of [`crate::ci::cam::ALL`], e.g.
+    /// `ci:CreateMediaJobs`, `cam:PassRole`): a call needing one is answered 403 `AccessDenied`
+    /// after its signature is checked. From the environment: comma-separated.
+    pub denied_actions: Vec<String>,
+    /// The buckets with CI bound, as `<bucket>@<region>`; a call for any other bucket or region is
+    /// answered 404 `NoSuchBucket`. Empty = every bucket. From the environment: comma-separated.
+    pub ci_buckets: Vec<String>,
+    /// The media processing queue `GET /queue` lists is `Paused` (a submitted job is then refused
+    /// 403 `QueuePaused`, after its request was validated).
+    pub media_queue_paused: bool,
     /// Accept every request without checking its signature. Without it the emulator refuses to start
     /// when no key pair is configured, so that a misconfigured setup fails loudly instead of silently
     /// letting unsigned requests through.
@@ -113,6 +127,10 @@ pub(super) const RENAMED: &[Renamed] = &[
 
 /// CMQ's longest `visibilityTimeout`, and the longest lifetime of temporary credentials: 12 h.
 const MAX_SECONDS: u64 = 43_200;
+/// `emulator.cmq_unack_time`'s default: long enough for `worker.job_timeout`'s default (10 min).
+const DEFAULT_UNACK_SECONDS: u64 = 3_600;
+/// TDMQ for CMQ's shortest Max Message Unack Time.
+const MIN_UNACK_SECONDS: u64 = 30;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +158,7 @@ impl Default for EmulatorSettings {
             cmq_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
             cmq_queues: vec!["ci-callbacks".into()],
             cmq_visibility_timeout: Duration::from_secs(30),
+            cmq_unack_time: Duration::from_secs(DEFAULT_UNACK_SECONDS),
             callback_topic_template: "persistent://public/default/{MqName}".into(),
             throttle_rate: 0.0,
             qps_limit: 0,
@@ -149,6 +168,9 @@ impl Default for EmulatorSettings {
             cvm_roles: Vec::new(),
             temporary_credentials_lifetime: Duration::from_secs(7200),
             web_identity_token_file: String::new(),
+            denied_actions: Vec::new(),
+            ci_buckets: Vec::new(),
+            media_queue_paused: false,
             allow_anonymous: false,
         }
     }
@@ -190,6 +212,36 @@ impl EmulatorSettings {
                     &format!("must be whole seconds from 1s to 12h{what}"),
                 ));
             }
+        }
+        let unack = self.cmq_unack_time;
+        if unack.subsec_nanos() != 0 || !(MIN_UNACK_SECONDS..=MAX_SECONDS).contains(&unack.as_secs())
+        {
+            return Err(invalid(
+                "emulator.cmq_unack_time",
+                &value::humane(unack),
+                "must be whole seconds from 30s to 12h (TDMQ for CMQ's Max Message Unack Time)",
+            ));
+        }
+        if let Some(bad) = self
+            .denied_actions
+            .iter()
+            .find(|a| crate::ci::cam::known(a).is_none())
+        {
+            return Err(invalid(
+                "emulator.denied_actions",
+                bad,
+                &format!("must be CAM actions of {}", crate::ci::cam::ALL.join(", ")),
+            ));
+        }
+        if let Some(bad) = self.ci_buckets.iter().find(|b| {
+            b.split_once('@')
+                .is_none_or(|(bucket, region)| bucket.is_empty() || region.is_empty())
+        }) {
+            return Err(invalid(
+                "emulator.ci_buckets",
+                bad,
+                "must be <bucket>@<region> entries, e.g. examplebucket-1250000000@ap-guangzhou",
+            ));
         }
         if let Some(bad) = self.cvm_roles.iter().find(|r| !super::ci::is_role_name(r)) {
             return Err(invalid(

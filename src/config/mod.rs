@@ -15,7 +15,10 @@
 //!   listen addresses, the refusal a typed value gives.
 //! - one file per section, its struct beside its checks: `pulsar`, `ci`, `worker`, `http`, `cmq`,
 //!   `log`, and `emulator` (built with the `emulator` feature).
+//! - `callbacks`: whether an ingress reads the completion events `ci.callback_type` sends (what
+//!   `ci-worker run` warns about and `ci-worker doctor` fails on).
 
+mod callbacks;
 mod ci;
 mod cmq;
 #[cfg(feature = "emulator")]
@@ -30,6 +33,7 @@ mod tests;
 mod value;
 mod worker;
 
+pub use callbacks::{callback_mismatch, CallbackMismatch};
 pub use ci::{is_role_name, CiSettings, DEFAULT_METADATA_ENDPOINT, DEFAULT_STS_ENDPOINT};
 pub use cmq::CmqSettings;
 #[cfg(feature = "emulator")]
@@ -75,13 +79,18 @@ pub struct Settings {
 }
 
 /// Keys holding a list; from the environment their value is split at commas.
-const LIST_KEYS: [(&str, &str); 3] = [
+const LIST_KEYS: [(&str, &str); 5] = [
     (
         "worker.callback_ingress",
         "CI_WORKER__WORKER__CALLBACK_INGRESS",
     ),
     ("emulator.cmq_queues", "CI_WORKER__EMULATOR__CMQ_QUEUES"),
     ("emulator.cvm_roles", "CI_WORKER__EMULATOR__CVM_ROLES"),
+    (
+        "emulator.denied_actions",
+        "CI_WORKER__EMULATOR__DENIED_ACTIONS",
+    ),
+    ("emulator.ci_buckets", "CI_WORKER__EMULATOR__CI_BUCKETS"),
 ];
 
 /// Every key renamed to a humane duration, by section.

@@ -155,7 +155,7 @@ async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr),
 }
 
 /// The CMQ queues that exist from the start (`emulator.cmq_queues`, with
-/// `emulator.cmq_visibility_timeout`).
+/// `emulator.cmq_visibility_timeout` and `emulator.cmq_unack_time`).
 fn initial_queues(settings: &Settings) -> Result<cmq_queues::Queues, EmulatorError> {
     let e = &settings.emulator;
     let queues = cmq_queues::Queues::new();
@@ -165,6 +165,12 @@ fn initial_queues(settings: &Settings) -> Result<cmq_queues::Queues, EmulatorErr
         .map_err(|_| EmulatorError::InvalidSetting {
             key: "emulator.cmq_visibility_timeout",
             reason: format!("{:?} is not within 1s–12h", e.cmq_visibility_timeout),
+        })?;
+    attributes
+        .set("msgRetentionSeconds", e.cmq_unack_time.as_secs())
+        .map_err(|_| EmulatorError::InvalidSetting {
+            key: "emulator.cmq_unack_time",
+            reason: format!("{:?} is out of msgRetentionSeconds' range", e.cmq_unack_time),
         })?;
     let clock = cmq_queues::Clock::now();
     for name in &e.cmq_queues {
