@@ -37,6 +37,10 @@
 //!   replica log, the `cmq`/`http` ingress) and what they share (settling a delivery, the pace of CI
 //!   calls, the record format, bounded memories), and the HTTP probes.
 //!
+//! - [`doctor`]: `ci-worker doctor`: every external dependency the configuration names checked
+//!   before a deployment runs (credentials, CI per bucket, the callback target, the Pulsar
+//!   topics), read-only, one line per check.
+//!
 //! Apart from the product:
 //! - `emulator` (cargo feature `emulator`, on by default): `ci-worker emulator`, a local CI that
 //!   verifies signatures, runs jobs and delivers completion events as CI does.
@@ -52,6 +56,7 @@ pub mod ci;
 pub mod cmq;
 pub mod config;
 pub mod credentials;
+pub mod doctor;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 #[cfg(test)]

@@ -1,0 +1,238 @@
+//! Where CI's completion events go and whether the worker reads them there:
+//! - `callback route`: `ci.callback_type` against `worker.callback_ingress`
+//!   ([`crate::config::callback_mismatch`], what `ci-worker run` warns about);
+//! - `TDMQ` with the `cmq` ingress: `cmq queue <name>`, CMQ API 2.0 `GetQueueAttributes` (what
+//!   `qcloud-cmq-sdk-py3`'s `Queue.get_attributes` calls): the queue exists and the keys may read
+//!   it; `cmq unack time`: the queue's Max Message Unack Time — `msgRetentionSeconds` in the API's
+//!   answer (TDMQ for CMQ: 30 s to 12 h, "the server will automatically acknowledge the message"
+//!   after it, counted from sending) — against `worker.job_timeout`;
+//! - `Url`: `callback url`, not checkable from inside (whether CI reaches it from the internet);
+//! - any other callback type: `kafka topic`, skipped until the Kafka ingress brings its checks.
+
+use super::check::Check;
+use crate::ci::rules::{CallbackType, MqMode};
+use crate::ci::sign::SharedCredentials;
+use crate::cmq::api::code;
+use crate::cmq::client::{CmqClient, CmqError, QueueAttributes};
+use crate::config::{callback_mismatch, CallbackIngress, Settings};
+use std::time::Duration;
+
+pub const ROUTE: &str = "callback route";
+pub const UNACK: &str = "cmq unack time";
+pub const URL: &str = "callback url";
+pub const KAFKA: &str = "kafka topic";
+
+fn queue_name(queue: &str) -> String {
+    format!("cmq queue {queue}")
+}
+
+/// The `callback route` line.
+pub fn judge_route(settings: &Settings) -> Check {
+    match callback_mismatch(settings) {
+        Some(m) => Check::fail(ROUTE, m.consequence(), m.fix()),
+        None => Check::ok(
+            ROUTE,
+            format!(
+                "ci.callback_type = {} is read by worker.callback_ingress {}",
+                settings.ci.callback_type,
+                settings
+                    .worker
+                    .callback_ingress
+                    .iter()
+                    .map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ),
+    }
+}
+
+/// The `cmq queue` line for `GetQueueAttributes`' outcome.
+pub fn judge_queue(
+    settings: &Settings,
+    endpoint: &str,
+    outcome: Result<&QueueAttributes, &CmqError>,
+) -> Check {
+    let queue = settings.cmq_queue();
+    let name = queue_name(queue);
+    let region = settings.ci.mq_region.as_str();
+    let topic_note = if settings.ci.mq_mode == MqMode::Topic {
+        format!(
+            " (ci.mq_mode = Topic: CI writes to topic {}; whether this queue subscribes to it is not checked)",
+            settings.ci.mq_name
+        )
+    } else {
+        String::new()
+    };
+    match outcome {
+        Ok(a) => Check::ok(
+            name,
+            format!(
+                "exists at {endpoint} (visibilityTimeout {}, pollingWaitSeconds {}){topic_note}",
+                seconds(a.visibility_timeout),
+                seconds(a.polling_wait_seconds)
+            ),
+        ),
+        Err(CmqError::Refused { code, message, .. })
+            if *code == code::QUEUE_NOT_EXIST
+                || (*code == code::INVALID_PARAMETER && message.contains("10100")) =>
+        {
+            Check::fail(
+                name,
+                format!("CMQ at {endpoint} has no queue {queue} (code {code}: {message})"),
+                format!(
+                    "create the queue in the TDMQ for CMQ console (region {region}, queue service) with a Max Message Unack Time of at least worker.job_timeout, or set ci.mq_name (cmq.queue) to the queue CI writes to"
+                ),
+            )
+        }
+        Err(CmqError::Refused { code, message, .. }) if *code == code::AUTH_FAILED => Check::fail(
+            name,
+            format!("CMQ at {endpoint} refused the signature (code {code}: {message})"),
+            "use keys of the account that owns the queue (a temporary key with its session token); cmq.signature_method must be one CMQ accepts",
+        ),
+        Err(CmqError::Refused { code, message, .. }) => Check::fail(
+            name,
+            format!("CMQ at {endpoint} refused GetQueueAttributes (code {code}: {message})"),
+            "when the message says CAM (10461 \"no cam authentication\", 4110): grant the credentials' CAM user or role the TDMQ for CMQ queue's read, receive and delete actions; otherwise see CMQ's error codes",
+        ),
+        Err(e) => Check::fail(
+            name,
+            format!("CMQ unreachable at {endpoint}: {e}"),
+            format!("check cmq.endpoint (empty: the public endpoint of ci.mq_region = {region}) and the network"),
+        ),
+    }
+}
+
+fn seconds(v: Option<u64>) -> String {
+    v.map_or_else(|| "not reported".into(), |s| format!("{s}s"))
+}
+
+/// The `cmq unack time` line: the queue keeps an event at least `worker.job_timeout`.
+pub fn judge_unack(msg_retention_seconds: Option<u64>, job_timeout: Duration) -> Check {
+    let Some(unack) = msg_retention_seconds else {
+        return Check::skipped(
+            UNACK,
+            "GetQueueAttributes reported no msgRetentionSeconds (the queue's Max Message Unack Time)",
+        );
+    };
+    let wait = job_timeout.as_secs();
+    if Duration::from_secs(unack) >= job_timeout {
+        Check::ok(
+            UNACK,
+            format!("Max Message Unack Time {unack}s ≥ worker.job_timeout {wait}s"),
+        )
+    } else {
+        Check::fail(
+            UNACK,
+            format!(
+                "Max Message Unack Time {unack}s < worker.job_timeout {wait}s: TDMQ drops an event not deleted within {unack}s of its sending, so events written while the worker is stopped or behind are lost and their jobs' results wait for the deadline's describe"
+            ),
+            format!(
+                "raise the queue's Max Message Unack Time to at least {wait}s (TDMQ for CMQ console: queue → Edit; at most 12h), or lower worker.job_timeout"
+            ),
+        )
+    }
+}
+
+/// The callback lines.
+pub async fn checks(settings: &Settings, credentials: Option<&SharedCredentials>) -> Vec<Check> {
+    let mut out = vec![judge_route(settings)];
+    match settings.ci.callback_type {
+        CallbackType::Tdmq if !settings.has_ingress(CallbackIngress::Cmq) => {
+            out.push(Check::skipped(
+                queue_name(settings.cmq_queue()),
+                "worker.callback_ingress has no cmq: whatever copies CI's TDMQ events into pulsar.callback_topic reads the queue",
+            ));
+        }
+        CallbackType::Tdmq => {
+            let endpoint = settings.cmq_endpoint();
+            let Some(keys) = credentials else {
+                out.push(Check::skipped(
+                    queue_name(settings.cmq_queue()),
+                    "no credentials to sign GetQueueAttributes with",
+                ));
+                return out;
+            };
+            let client = CmqClient::with_shared(
+                &endpoint,
+                keys.clone(),
+                settings.cmq.signature_method,
+                settings.ci.request_timeout,
+            );
+            let outcome = match client {
+                Ok(c) => c.get_queue_attributes(settings.cmq_queue()).await,
+                Err(e) => Err(e),
+            };
+            out.push(judge_queue(settings, &endpoint, outcome.as_ref()));
+            if let Ok(a) = &outcome {
+                out.push(judge_unack(
+                    a.msg_retention_seconds,
+                    settings.worker.job_timeout,
+                ));
+            }
+        }
+        CallbackType::Url => out.push(Check::skipped(
+            URL,
+            format!(
+                "{} must be reachable by CI from the internet: not checkable from inside",
+                settings.ci.callback_url.as_ref().map_or("", |u| u.as_str())
+            ),
+        )),
+        // Other callback types (Kafka) get their checks with their ingress.
+        #[allow(unreachable_patterns)]
+        _ => out.push(Check::skipped(
+            KAFKA,
+            "kafka checks come with the kafka ingress",
+        )),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::check::Status;
+
+    #[test]
+    fn the_unack_time_must_cover_the_job_timeout() {
+        let ten_min = Duration::from_secs(600);
+        assert_eq!(judge_unack(Some(600), ten_min).status, Status::Ok);
+        let short = judge_unack(Some(60), ten_min);
+        assert_eq!(short.status, Status::Fail);
+        assert!(short.detail.starts_with("Max Message Unack Time 60s < worker.job_timeout 600s"));
+        assert!(short.fix.unwrap().contains("at least 600s"));
+        assert_eq!(judge_unack(None, ten_min).status, Status::Skipped);
+    }
+
+    #[test]
+    fn a_missing_queue_says_where_to_create_it() {
+        let s = Settings::default();
+        let missing = CmqError::Refused {
+            action: "GetQueueAttributes",
+            code: 4440,
+            message: "(10100)queue is not existed".into(),
+            request_id: String::new(),
+        };
+        let c = judge_queue(&s, "http://x", Err(&missing));
+        assert_eq!(c.status, Status::Fail);
+        assert_eq!(c.name, "cmq queue ci-callbacks");
+        assert!(c.fix.unwrap().contains("TDMQ for CMQ console (region gz"));
+        let attrs = QueueAttributes {
+            visibility_timeout: Some(30),
+            ..QueueAttributes::default()
+        };
+        let ok = judge_queue(&s, "http://x", Ok(&attrs));
+        assert_eq!(ok.status, Status::Ok);
+        assert!(ok.detail.contains("visibilityTimeout 30s"));
+    }
+
+    #[test]
+    fn the_route_fails_when_no_ingress_reads_the_events() {
+        let mut s = Settings::default();
+        assert_eq!(judge_route(&s).status, Status::Ok);
+        s.worker.callback_ingress = vec![CallbackIngress::Http];
+        let c = judge_route(&s);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("neither cmq nor pulsar"));
+    }
+}
