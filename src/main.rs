@@ -163,7 +163,12 @@ async fn dispatch(command: Command, settings: Settings) -> Result<()> {
 }
 
 /// `ci-worker doctor`: the report on stdout; a failed check is an error (exit 1) after it.
-async fn doctor(settings: &Settings, buckets: &[String], regions: &[String], json: bool) -> Result<()> {
+async fn doctor(
+    settings: &Settings,
+    buckets: &[String],
+    regions: &[String],
+    json: bool,
+) -> Result<()> {
     let targets = ci_worker::doctor::targets(buckets, regions)?;
     let vars: std::collections::HashMap<String, String> = std::env::vars().collect();
     let report = ci_worker::doctor::run(settings, &targets, &vars).await?;

@@ -76,10 +76,18 @@ mod tests {
             (Tdmq, vec![Pulsar], None),
             (Tdmq, vec![Http], Some(CallbackMismatch::TdmqWithoutReader)),
             (Url, vec![Http], None),
-            (Url, vec![Cmq, Pulsar], Some(CallbackMismatch::UrlWithoutHttp)),
+            (
+                Url,
+                vec![Cmq, Pulsar],
+                Some(CallbackMismatch::UrlWithoutHttp),
+            ),
         ];
         for (t, ingress, want) in cases {
-            assert_eq!(callback_mismatch(&settings(t, &ingress)), want, "{t:?} {ingress:?}");
+            assert_eq!(
+                callback_mismatch(&settings(t, &ingress)),
+                want,
+                "{t:?} {ingress:?}"
+            );
         }
     }
 }

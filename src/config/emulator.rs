@@ -214,7 +214,8 @@ impl EmulatorSettings {
             }
         }
         let unack = self.cmq_unack_time;
-        if unack.subsec_nanos() != 0 || !(MIN_UNACK_SECONDS..=MAX_SECONDS).contains(&unack.as_secs())
+        if unack.subsec_nanos() != 0
+            || !(MIN_UNACK_SECONDS..=MAX_SECONDS).contains(&unack.as_secs())
         {
             return Err(invalid(
                 "emulator.cmq_unack_time",

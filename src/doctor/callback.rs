@@ -199,7 +199,9 @@ mod tests {
         assert_eq!(judge_unack(Some(600), ten_min).status, Status::Ok);
         let short = judge_unack(Some(60), ten_min);
         assert_eq!(short.status, Status::Fail);
-        assert!(short.detail.starts_with("Max Message Unack Time 60s < worker.job_timeout 600s"));
+        assert!(short
+            .detail
+            .starts_with("Max Message Unack Time 60s < worker.job_timeout 600s"));
         assert!(short.fix.unwrap().contains("at least 600s"));
         assert_eq!(judge_unack(None, ten_min).status, Status::Skipped);
     }

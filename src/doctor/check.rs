@@ -56,7 +56,11 @@ impl Check {
         }
     }
 
-    pub fn fail(name: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Check {
+    pub fn fail(
+        name: impl Into<String>,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Check {
         Check {
             name: name.into(),
             status: Status::Fail,
@@ -138,7 +142,11 @@ mod tests {
     fn a_line_per_check_and_the_fix_on_failures_only() {
         let mut r = report();
         assert!(r.passed(), "skipped does not fail");
-        r.push(Check::fail("pulsar.result_topic", "does not exist", "create it"));
+        r.push(Check::fail(
+            "pulsar.result_topic",
+            "does not exist",
+            "create it",
+        ));
         assert!(!r.passed());
         let text = r.to_text();
         let lines: Vec<&str> = text.lines().collect();

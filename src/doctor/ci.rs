@@ -301,12 +301,22 @@ mod tests {
     fn access_denied_names_the_actions_of_the_call() {
         let denied = api(403, "AccessDenied", "The operation is prohibited.");
         let (problem, fix) = refusal(Call::Submit, &denied, &target());
-        assert!(problem.contains("lacks ci:CreateMediaJobs or cam:PassRole"), "{problem}");
+        assert!(
+            problem.contains("lacks ci:CreateMediaJobs or cam:PassRole"),
+            "{problem}"
+        );
         assert!(fix.starts_with("grant ci:CreateMediaJobs and cam:PassRole on qcs::ci:ap-guangzhou:uid/<APPID>:bucket/b-1250000000/*"), "{fix}");
         let (problem, _) = refusal(Call::Queues, &denied, &target());
-        assert!(problem.ends_with("lacks ci:DescribeMediaQueues"), "{problem}");
+        assert!(
+            problem.ends_with("lacks ci:DescribeMediaQueues"),
+            "{problem}"
+        );
         // A message that names the action narrows it down.
-        let named = api(403, "AccessDenied", "not authorized to perform cam:PassRole");
+        let named = api(
+            403,
+            "AccessDenied",
+            "not authorized to perform cam:PassRole",
+        );
         let (problem, _) = refusal(Call::Submit, &named, &target());
         assert!(problem.ends_with("lacks cam:PassRole"), "{problem}");
     }
@@ -316,7 +326,10 @@ mod tests {
         let (p, _) = refusal(Call::Queues, &api(401, "SecretidNotExist", "x"), &target());
         assert!(p.starts_with("CI refused the signature"), "{p}");
         let (p, fix) = refusal(Call::Queues, &api(404, "NoSuchBucket", "x"), &target());
-        assert!(p.contains("CI is not bound to it there, or the region is wrong"), "{p}");
+        assert!(
+            p.contains("CI is not bound to it there, or the region is wrong"),
+            "{p}"
+        );
         assert!(fix.contains("Bind bucket"));
         let down = CiError::Transport {
             message: "dns".into(),
@@ -342,7 +355,13 @@ mod tests {
         assert_eq!(judge_queue(&t, &active, "p1").status, Status::Ok);
         let other = judge_queue(&t, &active, "p9");
         assert_eq!(other.status, Status::Fail);
-        assert!(other.detail.contains("ci.queue_id = p9 is not a media queue"), "{}", other.detail);
+        assert!(
+            other
+                .detail
+                .contains("ci.queue_id = p9 is not a media queue"),
+            "{}",
+            other.detail
+        );
         let paused = judge_queue(&t, &[queue("p1", "Paused")], "");
         assert_eq!(paused.status, Status::Fail);
         assert!(paused.detail.contains("is Paused"));

@@ -32,7 +32,9 @@ use std::collections::HashMap;
 /// What keeps the doctor from checking at all (a check that fails is a line of the [`Report`]).
 #[derive(Debug, thiserror::Error)]
 pub enum DoctorError {
-    #[error("--bucket and --region go in pairs: {buckets} bucket(s) and {regions} region(s) given")]
+    #[error(
+        "--bucket and --region go in pairs: {buckets} bucket(s) and {regions} region(s) given"
+    )]
     Unpaired { buckets: usize, regions: usize },
     #[error("cannot build the CI client: {0}")]
     Client(String),

@@ -17,6 +17,7 @@ use super::check::Check;
 use crate::config::{CallbackIngress, PulsarSettings, Settings};
 use crate::pulsar::lookup::TopicName;
 use crate::pulsar::{subscribe, Client, Publisher, SubscribeOptions, SubscriptionKind};
+use crate::shutdown::Shutdown;
 use pulsar::message::proto::command_get_topics_of_namespace::Mode;
 use std::time::Duration;
 
@@ -40,8 +41,8 @@ pub struct Role {
 /// The topics to check, in `[pulsar]`'s order (`done_topic`, unused, is not one).
 pub fn roles(settings: &Settings) -> Vec<Role> {
     let p: &PulsarSettings = &settings.pulsar;
-    let ingress_writes = settings.has_ingress(CallbackIngress::Cmq)
-        || settings.has_ingress(CallbackIngress::Http);
+    let ingress_writes =
+        settings.has_ingress(CallbackIngress::Cmq) || settings.has_ingress(CallbackIngress::Http);
     let role = |key, topic: &String, produce, consume| Role {
         key,
         topic: topic.clone(),
@@ -51,9 +52,19 @@ pub fn roles(settings: &Settings) -> Vec<Role> {
     };
     vec![
         role("pulsar.request_topic", &p.request_topic, false, true),
-        role("pulsar.callback_topic", &p.callback_topic, ingress_writes, true),
+        role(
+            "pulsar.callback_topic",
+            &p.callback_topic,
+            ingress_writes,
+            true,
+        ),
         role("pulsar.result_topic", &p.result_topic, true, false),
-        role("pulsar.dead_letter_topic", &p.dead_letter_topic, true, false),
+        role(
+            "pulsar.dead_letter_topic",
+            &p.dead_letter_topic,
+            true,
+            false,
+        ),
         Role {
             unpartitioned: true,
             ..role("pulsar.deadline_topic", &p.deadline_topic, true, true)
@@ -65,7 +76,9 @@ pub fn roles(settings: &Settings) -> Vec<Role> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Found {
     /// Not partitioned (0) or with this many partitions.
-    Exists { partitions: u32 },
+    Exists {
+        partitions: u32,
+    },
     Missing,
     /// The broker could not be asked.
     Unknown(String),
@@ -117,7 +130,11 @@ pub fn judge_topic(
         return Check::fail(name, format!("refused a producer: {e}"), grant("produce"));
     }
     if let Some(Err(e)) = &subscribed {
-        return Check::fail(name, format!("refused a subscription: {e}"), grant("consume"));
+        return Check::fail(
+            name,
+            format!("refused a subscription: {e}"),
+            grant("consume"),
+        );
     }
     let shape = if partitions == 0 {
         "exists (not partitioned)".to_string()
@@ -177,10 +194,22 @@ async fn bounded<T>(
     }
 }
 
-/// A producer on `topic`, built and closed: nothing is sent.
+/// A producer on `topic`, built and closed: nothing is sent. The broker's answer to its creation
+/// is the proof (no ping: the crate keeps one pong slot per connection, and a ping racing its
+/// keep-alive ping can wait for the next one).
 async fn try_produce(client: &Client, topic: &str) -> Result<(), String> {
     let publisher = Publisher::new(client.clone(), NAME_PREFIX);
-    let outcome = bounded(publisher.check(topic)).await;
+    let stop = Shutdown::new();
+    let outcome = match tokio::time::timeout(
+        CALL_TIMEOUT,
+        publisher.wait_until_connected(topic, &stop),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no producer within {CALL_TIMEOUT:?}")),
+    };
     publisher.close().await;
     outcome
 }
@@ -213,9 +242,11 @@ pub async fn checks(settings: &Settings) -> Vec<Check> {
                 e,
                 "check pulsar.url (TDMQ for Pulsar: the cluster's access address) and pulsar.token (a role's token)",
             )];
-            out.extend(roles.iter().map(|r| {
-                Check::skipped(format!("{} {}", r.key, r.topic), "no broker to ask")
-            }));
+            out.extend(
+                roles
+                    .iter()
+                    .map(|r| Check::skipped(format!("{} {}", r.key, r.topic), "no broker to ask")),
+            );
             return out;
         }
     };
@@ -259,7 +290,10 @@ mod tests {
             ]
         );
         assert!(r[0].consume && !r[0].produce);
-        assert!(r[1].produce && r[1].consume, "the default cmq ingress writes it");
+        assert!(
+            r[1].produce && r[1].consume,
+            "the default cmq ingress writes it"
+        );
         assert!(r[2].produce && !r[2].consume);
         assert!(r[4].unpartitioned && r[4].produce && r[4].consume);
     }
@@ -269,7 +303,9 @@ mod tests {
         let r = &roles(&Settings::default())[4];
         let missing = judge_topic(r, &Found::Missing, None, None);
         assert_eq!(missing.status, Status::Fail);
-        assert!(missing.name.starts_with("pulsar.deadline_topic persistent://"));
+        assert!(missing
+            .name
+            .starts_with("pulsar.deadline_topic persistent://"));
         assert!(missing.fix.unwrap().contains("pulsar-admin topics create"));
         let split = judge_topic(r, &Found::Exists { partitions: 4 }, None, None);
         assert!(split.detail.starts_with("has 4 partitions"));

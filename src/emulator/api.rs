@@ -337,7 +337,11 @@ async fn dispatch(
         ));
     }
     if let Some(action) = shared.faults.denied(call.actions()) {
-        tracing::info!(action, bucket, "emulator: refused by emulator.denied_actions");
+        tracing::info!(
+            action,
+            bucket,
+            "emulator: refused by emulator.denied_actions"
+        );
         // The body is error-codes.md's; which action was missing is not said, as by CI.
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

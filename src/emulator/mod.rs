@@ -170,7 +170,10 @@ fn initial_queues(settings: &Settings) -> Result<cmq_queues::Queues, EmulatorErr
         .set("msgRetentionSeconds", e.cmq_unack_time.as_secs())
         .map_err(|_| EmulatorError::InvalidSetting {
             key: "emulator.cmq_unack_time",
-            reason: format!("{:?} is out of msgRetentionSeconds' range", e.cmq_unack_time),
+            reason: format!(
+                "{:?} is out of msgRetentionSeconds' range",
+                e.cmq_unack_time
+            ),
         })?;
     let clock = cmq_queues::Clock::now();
     for name in &e.cmq_queues {
