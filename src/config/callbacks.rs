@@ -2,7 +2,8 @@
 //! sends: `ci-worker run` warns at start-up, `ci-worker doctor` fails on it. Pure, over the
 //! settings alone.
 
-use super::{CallbackIngress, Settings};
+use super::ci::CiSettings;
+use super::worker::{CallbackIngress, WorkerSettings};
 use crate::ci::rules::CallbackType;
 
 /// CI is told to send completion events where no configured ingress reads them.
@@ -14,15 +15,16 @@ pub enum CallbackMismatch {
     TdmqWithoutReader,
 }
 
-/// The mismatch between `ci.callback_type` and `worker.callback_ingress`, if any.
-pub fn callback_mismatch(settings: &Settings) -> Option<CallbackMismatch> {
-    match settings.ci.callback_type {
-        CallbackType::Url if !settings.has_ingress(CallbackIngress::Http) => {
+/// The mismatch between `ci.callback_type` and `worker.callback_ingress`, if any
+/// ([`super::Settings::callback_mismatch`]).
+pub fn callback_mismatch(ci: &CiSettings, worker: &WorkerSettings) -> Option<CallbackMismatch> {
+    match ci.callback_type {
+        CallbackType::Url if !worker.has_ingress(CallbackIngress::Http) => {
             Some(CallbackMismatch::UrlWithoutHttp)
         }
         CallbackType::Tdmq
-            if !settings.has_ingress(CallbackIngress::Cmq)
-                && !settings.has_ingress(CallbackIngress::Pulsar) =>
+            if !worker.has_ingress(CallbackIngress::Cmq)
+                && !worker.has_ingress(CallbackIngress::Pulsar) =>
         {
             Some(CallbackMismatch::TdmqWithoutReader)
         }
@@ -60,11 +62,19 @@ impl CallbackMismatch {
 mod tests {
     use super::*;
 
-    fn settings(callback_type: CallbackType, ingress: &[CallbackIngress]) -> Settings {
-        let mut s = Settings::default();
-        s.ci.callback_type = callback_type;
-        s.worker.callback_ingress = ingress.to_vec();
-        s
+    fn mismatch(
+        callback_type: CallbackType,
+        ingress: &[CallbackIngress],
+    ) -> Option<CallbackMismatch> {
+        let ci = CiSettings {
+            callback_type,
+            ..CiSettings::default()
+        };
+        let worker = WorkerSettings {
+            callback_ingress: ingress.to_vec(),
+            ..WorkerSettings::default()
+        };
+        callback_mismatch(&ci, &worker)
     }
 
     #[test]
@@ -83,11 +93,7 @@ mod tests {
             ),
         ];
         for (t, ingress, want) in cases {
-            assert_eq!(
-                callback_mismatch(&settings(t, &ingress)),
-                want,
-                "{t:?} {ingress:?}"
-            );
+            assert_eq!(mismatch(t, &ingress), want, "{t:?} {ingress:?}");
         }
     }
 }

@@ -33,7 +33,7 @@ mod tests;
 mod value;
 mod worker;
 
-pub use callbacks::{callback_mismatch, CallbackMismatch};
+pub use callbacks::CallbackMismatch;
 pub use ci::{is_role_name, CiSettings, DEFAULT_METADATA_ENDPOINT, DEFAULT_STS_ENDPOINT};
 pub use cmq::CmqSettings;
 #[cfg(feature = "emulator")]
@@ -239,6 +239,11 @@ impl Settings {
     /// Whether `worker.callback_ingress` names `source`.
     pub fn has_ingress(&self, source: CallbackIngress) -> bool {
         self.worker.has_ingress(source)
+    }
+
+    /// Whether `worker.callback_ingress` reads what `ci.callback_type` sends (`None`: it does).
+    pub fn callback_mismatch(&self) -> Option<CallbackMismatch> {
+        callbacks::callback_mismatch(&self.ci, &self.worker)
     }
 
     /// Whether any credential source is configured (keys, `ci.credentials_file` or `ci.cvm_role`).

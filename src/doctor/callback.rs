@@ -1,6 +1,6 @@
 //! Where CI's completion events go and whether the worker reads them there:
 //! - `callback route`: `ci.callback_type` against `worker.callback_ingress`
-//!   ([`crate::config::callback_mismatch`], what `ci-worker run` warns about);
+//!   ([`Settings::callback_mismatch`], what `ci-worker run` warns about);
 //! - `TDMQ` with the `cmq` ingress: `cmq queue <name>`, CMQ API 2.0 `GetQueueAttributes` (what
 //!   `qcloud-cmq-sdk-py3`'s `Queue.get_attributes` calls): the queue exists and the keys may read
 //!   it; `cmq unack time`: the queue's Max Message Unack Time — `msgRetentionSeconds` in the API's
@@ -14,7 +14,7 @@ use crate::ci::rules::{CallbackType, MqMode};
 use crate::ci::sign::SharedCredentials;
 use crate::cmq::api::code;
 use crate::cmq::client::{CmqClient, CmqError, QueueAttributes};
-use crate::config::{callback_mismatch, CallbackIngress, Settings};
+use crate::config::{CallbackIngress, Settings};
 use std::time::Duration;
 
 pub const ROUTE: &str = "callback route";
@@ -28,7 +28,7 @@ fn queue_name(queue: &str) -> String {
 
 /// The `callback route` line.
 pub fn judge_route(settings: &Settings) -> Check {
-    match callback_mismatch(settings) {
+    match settings.callback_mismatch() {
         Some(m) => Check::fail(ROUTE, m.consequence(), m.fix()),
         None => Check::ok(
             ROUTE,

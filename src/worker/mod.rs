@@ -70,7 +70,7 @@ const EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Says at start-up when CI is told to send events where no configured ingress reads them.
 fn warn_on_mismatched_callbacks(settings: &Settings) {
-    if let Some(mismatch) = crate::config::callback_mismatch(settings) {
+    if let Some(mismatch) = settings.callback_mismatch() {
         tracing::warn!(
             callback_url = settings.ci.callback_url.as_ref().map_or("", |u| u.as_str()),
             ingress = ?settings.worker.callback_ingress,
