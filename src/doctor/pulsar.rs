@@ -171,7 +171,7 @@ async fn find(client: &Client, topic: &str) -> Found {
             .await
             .map_err(|e| e.to_string())?;
         let full = parsed.to_string();
-        Ok(if listed.iter().any(|t| *t == full) {
+        Ok(if listed.contains(&full) {
             Found::Exists { partitions: 0 }
         } else {
             Found::Missing
