@@ -6,6 +6,11 @@
 //!   it; `cmq unack time`: the queue's Max Message Unack Time — `msgRetentionSeconds` in the API's
 //!   answer (TDMQ for CMQ: 30 s to 12 h, "the server will automatically acknowledge the message"
 //!   after it, counted from sending) — against `worker.job_timeout`;
+//!   Tencent lists `GetQueueAttributes` among the CMQ API 2.0 calls retired on 2022-12-31 (TDMQ
+//!   for CMQ's "API 2.0 to 3.0 switch guide", 1111/52720; its API 3.0 counterpart is
+//!   `DescribeCmqQueueDetail` on `tdmq.tencentcloudapi.com`, signed TC3-HMAC-SHA256), while saying
+//!   TDMQ for CMQ stays compatible with the CMQ SDKs: an endpoint that answers the action as
+//!   unknown makes the two lines `skipped`, with what to look at in the console instead;
 //! - `Url`: `callback url`, not checkable from inside (whether CI reaches it from the internet);
 //! - any other callback type: `kafka topic`, skipped until the Kafka ingress brings its checks.
 
@@ -82,6 +87,16 @@ pub fn judge_queue(
                 format!("CMQ at {endpoint} has no queue {queue} (code {code}: {message})"),
                 format!(
                     "create the queue in the TDMQ for CMQ console (region {region}, queue service) with a Max Message Unack Time of at least worker.job_timeout, or set ci.mq_name (cmq.queue) to the queue CI writes to"
+                ),
+            )
+        }
+        Err(CmqError::Refused { code, message, .. })
+            if *code == code::INVALID_PARAMETER && message.contains("10430") =>
+        {
+            Check::skipped(
+                name,
+                format!(
+                    "CMQ at {endpoint} does not serve GetQueueAttributes (code {code}: {message}; TDMQ retired API 2.0's queue management calls): check in the TDMQ for CMQ console (region {region}) that queue {queue} exists with a Max Message Unack Time of at least worker.job_timeout"
                 ),
             )
         }
@@ -163,12 +178,18 @@ pub async fn checks(settings: &Settings, credentials: Option<&SharedCredentials>
                 Ok(c) => c.get_queue_attributes(settings.cmq_queue()).await,
                 Err(e) => Err(e),
             };
-            out.push(judge_queue(settings, &endpoint, outcome.as_ref()));
-            if let Ok(a) = &outcome {
-                out.push(judge_unack(
+            let queue = judge_queue(settings, &endpoint, outcome.as_ref());
+            let unknown = queue.status == super::check::Status::Skipped;
+            out.push(queue);
+            match &outcome {
+                Ok(a) => out.push(judge_unack(
                     a.msg_retention_seconds,
                     settings.worker.job_timeout,
-                ));
+                )),
+                Err(_) if unknown => {
+                    out.push(Check::skipped(UNACK, "needs GetQueueAttributes' answer"))
+                }
+                Err(_) => {}
             }
         }
         CallbackType::Url => out.push(Check::skipped(
@@ -223,6 +244,15 @@ mod tests {
             visibility_timeout: Some(30),
             ..QueueAttributes::default()
         };
+        let retired = CmqError::Refused {
+            action: "GetQueueAttributes",
+            code: 4000,
+            message: "(10430)action name GetQueueAttributes is not existed".into(),
+            request_id: String::new(),
+        };
+        let c = judge_queue(&s, "http://x", Err(&retired));
+        assert_eq!(c.status, Status::Skipped);
+        assert!(c.detail.contains("check in the TDMQ for CMQ console"));
         let ok = judge_queue(&s, "http://x", Ok(&attrs));
         assert_eq!(ok.status, Status::Ok);
         assert!(ok.detail.contains("visibilityTimeout 30s"));
