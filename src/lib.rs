@@ -14,8 +14,8 @@
 //!   [`ci::tree`] (the one tree type CI's documents are read into and a `<Request>` is built as),
 //!   [`ci::lists`] (the elements Tencent's SDK types as lists: always arrays in results),
 //!   [`ci::xml`] (CI's XML read and written), [`ci::response`] (job answers and error bodies),
-//!   [`ci::rules`] (CI's job rules and its closed sets of values), [`ci::client`] (the HTTP client:
-//!   submit, describe, list, cancel).
+//!   [`ci::rules`] (CI's job rules and its closed sets of values), [`ci::cam`] (the CAM actions
+//!   each call needs), [`ci::client`] (the HTTP client: submit, describe, list, cancel, queues).
 //! - [`cmq`]: TDMQ for CMQ, the queue CI's TDMQ callbacks go to, and nothing else: [`cmq::sign`]
 //!   (the API 2.0 signature), [`cmq::api`] (answers and result codes), [`cmq::client`] (batch
 //!   receive with long polling, batch delete, send, create queue).
@@ -39,6 +39,10 @@
 //!   replica log, the `cmq`/`http` ingress) and what they share (settling a delivery, the pace of CI
 //!   calls, the record format, bounded memories), and the HTTP probes.
 //!
+//! - [`doctor`]: `ci-worker doctor`: every external dependency the configuration names checked
+//!   before a deployment runs (credentials, CI per bucket, the callback target, the Pulsar
+//!   topics), read-only, one line per check.
+//!
 //! Apart from the product:
 //! - `emulator` (cargo feature `emulator`, on by default): `ci-worker emulator`, a local CI that
 //!   verifies signatures, runs jobs and delivers completion events as CI does.
@@ -54,6 +58,7 @@ pub mod ci;
 pub mod cmq;
 pub mod config;
 pub mod credentials;
+pub mod doctor;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 #[cfg(test)]

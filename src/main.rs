@@ -49,6 +49,19 @@ enum Command {
     },
     /// Probe the worker's /readyz (or --url) once: exit 0 when ready, 1 with the reason otherwise.
     Health(ci_worker::tools::health::HealthOptions),
+    /// Check every external dependency the configuration names (credentials, CI per bucket, the
+    /// callback target, the Pulsar topics), read-only: one line per check, exit 0 only if none failed.
+    Doctor {
+        /// A bucket jobs are submitted for (`<name>-<APPID>`); repeat with --region, in pairs.
+        #[arg(long = "bucket", value_name = "B")]
+        buckets: Vec<String>,
+        /// The region of the --bucket given at the same place (e.g. ap-guangzhou).
+        #[arg(long = "region", value_name = "R")]
+        regions: Vec<String>,
+        /// One JSON document ({"passed", "checks": [{name, status, detail, fix}]}) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -70,7 +83,7 @@ fn main() -> std::process::ExitCode {
     }
     // A CLI tool prints its results on stdout; keep the client's connection chatter out of the way.
     let quiet = match cli.command {
-        Command::Submit { .. } => true,
+        Command::Submit { .. } | Command::Doctor { .. } => true,
         #[cfg(feature = "bench")]
         Command::Bench(_) => true,
         _ => false,
@@ -140,7 +153,34 @@ async fn dispatch(command: Command, settings: Settings) -> Result<()> {
         }
         #[cfg(feature = "bench")]
         Command::Bench(opts) => ci_worker::tools::bench::run(&settings, *opts).await,
+        Command::Doctor {
+            buckets,
+            regions,
+            json,
+        } => doctor(&settings, &buckets, &regions, json).await,
         Command::Config | Command::Health(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// `ci-worker doctor`: the report on stdout; a failed check is an error (exit 1) after it.
+async fn doctor(
+    settings: &Settings,
+    buckets: &[String],
+    regions: &[String],
+    json: bool,
+) -> Result<()> {
+    let targets = ci_worker::doctor::targets(buckets, regions)?;
+    let vars: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let report = ci_worker::doctor::run(settings, &targets, &vars).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.passed() {
+        Ok(())
+    } else {
+        anyhow::bail!("doctor: some checks failed (the FAIL lines above say how to fix them)")
     }
 }
 

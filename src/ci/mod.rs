@@ -1,5 +1,6 @@
 //! The Cloud Infinite protocol: signature, XML, response models (pure) and the HTTP client (I/O).
 
+pub mod cam;
 pub mod client;
 pub mod lists;
 pub mod response;

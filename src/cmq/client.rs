@@ -1,5 +1,6 @@
 //! A CMQ API 2.0 client over HTTP: the queue actions a reader needs (`BatchReceiveMessage`,
-//! `BatchDeleteMessage`) and the ones that set a queue up or fill it (`CreateQueue`, `SendMessage`).
+//! `BatchDeleteMessage`), the ones that set a queue up or fill it (`CreateQueue`, `SendMessage`),
+//! and `GetQueueAttributes` (what `ci-worker doctor` checks a queue with).
 //!
 //! Requests are `POST <endpoint>/v2/index.php` with the signed parameters form-urlencoded in the
 //! body, as Tencent's SDKs send them. The host signed is the endpoint's, with its port when it names
@@ -76,7 +77,8 @@ pub struct DeleteOutcome {
     pub failed: Vec<DeleteFailure>,
 }
 
-/// Queue attributes for `CreateQueue` (CMQ's defaults when `None`).
+/// Queue attributes for `CreateQueue` (CMQ's defaults when `None`), and as `GetQueueAttributes`
+/// answers them (`None`: not in the answer).
 #[derive(Debug, Clone, Default)]
 pub struct QueueAttributes {
     pub polling_wait_seconds: Option<u64>,
@@ -298,6 +300,31 @@ impl CmqClient {
             .and_then(|v| v.as_str())
             .unwrap_or_default()
             .to_string())
+    }
+
+    /// `GetQueueAttributes`: the settable attributes of `queue`, as Tencent's CMQ SDKs read them
+    /// (`qcloud-cmq-sdk-py3` `Queue.get_attributes`: each one only when the answer has it, a
+    /// number or a numeric string). A queue that does not exist is code 4440 (or 4000 with module
+    /// code 10100 on TDMQ's pages).
+    pub async fn get_queue_attributes(&self, queue: &str) -> Result<QueueAttributes, CmqError> {
+        const ACTION: &str = "GetQueueAttributes";
+        let answer = self
+            .call(ACTION, &[("queueName", queue.to_string())], Duration::ZERO)
+            .await?;
+        if answer.code != code::SUCCESS {
+            return Err(Self::refused(ACTION, answer));
+        }
+        let number = |name: &str| match answer.fields.get(name) {
+            Some(serde_json::Value::Number(n)) => n.as_u64(),
+            Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
+            _ => None,
+        };
+        Ok(QueueAttributes {
+            polling_wait_seconds: number("pollingWaitSeconds"),
+            visibility_timeout: number("visibilityTimeout"),
+            max_msg_size: number("maxMsgSize"),
+            msg_retention_seconds: number("msgRetentionSeconds"),
+        })
     }
 
     /// Creates a queue; an existing one (code 4460) is not an error, so set-up can be repeated.

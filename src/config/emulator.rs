@@ -77,6 +77,16 @@ pub struct EmulatorSettings {
     /// account token); the answer's keys last `temporary_credentials_lifetime` (or the call's
     /// `DurationSeconds` when shorter). Empty = every such call is refused.
     pub web_identity_token_file: String,
+    /// CAM actions refused to every key pair (names of [`crate::ci::cam::ALL`], e.g.
+    /// `ci:CreateMediaJobs`, `cam:PassRole`): a call needing one is answered 403 `AccessDenied`
+    /// after its signature is checked. From the environment: comma-separated.
+    pub denied_actions: Vec<String>,
+    /// The buckets with CI bound, as `<bucket>@<region>`; a call for any other bucket or region is
+    /// answered 404 `NoSuchBucket`. Empty = every bucket. From the environment: comma-separated.
+    pub ci_buckets: Vec<String>,
+    /// The media processing queue `GET /queue` lists is `Paused` (a submitted job is then refused
+    /// 403 `QueuePaused`, after its request was validated).
+    pub media_queue_paused: bool,
     /// Accept every request without checking its signature. Without it the emulator refuses to start
     /// when no key pair is configured, so that a misconfigured setup fails loudly instead of silently
     /// letting unsigned requests through.
@@ -122,6 +132,10 @@ pub(super) const RENAMED: &[Renamed] = &[
 
 /// CMQ's longest `visibilityTimeout`, and the longest lifetime of temporary credentials: 12 h.
 const MAX_SECONDS: u64 = 43_200;
+/// `emulator.cmq_max_unack_time`'s default: long enough for `worker.job_timeout`'s default (10 min).
+const DEFAULT_UNACK_SECONDS: u64 = 3_600;
+/// TDMQ for CMQ's shortest Max Message Unack Time.
+const MIN_UNACK_SECONDS: u64 = 30;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,7 +163,7 @@ impl Default for EmulatorSettings {
             cmq_listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
             cmq_queues: vec!["ci-callbacks".into()],
             cmq_visibility_timeout: Duration::from_secs(30),
-            cmq_max_unack_time: Duration::from_secs(3600),
+            cmq_max_unack_time: Duration::from_secs(DEFAULT_UNACK_SECONDS),
             callback_topic_template: "persistent://public/default/{MqName}".into(),
             kafka_brokers: String::new(),
             throttle_rate: 0.0,
@@ -160,6 +174,9 @@ impl Default for EmulatorSettings {
             cvm_roles: Vec::new(),
             temporary_credentials_lifetime: Duration::from_secs(7200),
             web_identity_token_file: String::new(),
+            denied_actions: Vec::new(),
+            ci_buckets: Vec::new(),
+            media_queue_paused: false,
             allow_anonymous: false,
         }
     }
@@ -204,11 +221,34 @@ impl EmulatorSettings {
             }
         }
         let unack = self.cmq_max_unack_time;
-        if unack.subsec_nanos() != 0 || !(30..=MAX_SECONDS).contains(&unack.as_secs()) {
+        if unack.subsec_nanos() != 0
+            || !(MIN_UNACK_SECONDS..=MAX_SECONDS).contains(&unack.as_secs())
+        {
             return Err(invalid(
                 "emulator.cmq_max_unack_time",
                 &value::humane(unack),
                 "must be whole seconds from 30s to 12h (TDMQ for CMQ's Max Message Unack Time)",
+            ));
+        }
+        if let Some(bad) = self
+            .denied_actions
+            .iter()
+            .find(|a| crate::ci::cam::known(a).is_none())
+        {
+            return Err(invalid(
+                "emulator.denied_actions",
+                bad,
+                &format!("must be CAM actions of {}", crate::ci::cam::ALL.join(", ")),
+            ));
+        }
+        if let Some(bad) = self.ci_buckets.iter().find(|b| {
+            b.split_once('@')
+                .is_none_or(|(bucket, region)| bucket.is_empty() || region.is_empty())
+        }) {
+            return Err(invalid(
+                "emulator.ci_buckets",
+                bad,
+                "must be <bucket>@<region> entries, e.g. examplebucket-1250000000@ap-guangzhou",
             ));
         }
         if let Some(bad) = self.cvm_roles.iter().find(|r| !super::ci::is_role_name(r)) {

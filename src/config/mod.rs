@@ -15,7 +15,10 @@
 //!   listen addresses, the refusal a typed value gives.
 //! - one file per section, its struct beside its checks: `pulsar`, `ci`, `worker`, `http`, `cmq`,
 //!   `kafka`, `log`, and `emulator` (built with the `emulator` feature).
+//! - `callbacks`: whether an ingress reads the completion events `ci.callback_type` sends (what
+//!   `ci-worker run` warns about and `ci-worker doctor` fails on).
 
+mod callbacks;
 mod ci;
 mod cmq;
 #[cfg(feature = "emulator")]
@@ -31,6 +34,7 @@ mod tests;
 mod value;
 mod worker;
 
+pub use callbacks::CallbackMismatch;
 pub use ci::{is_role_name, CiSettings, DEFAULT_METADATA_ENDPOINT, DEFAULT_STS_ENDPOINT};
 pub use cmq::CmqSettings;
 #[cfg(feature = "emulator")]
@@ -78,13 +82,18 @@ pub struct Settings {
 }
 
 /// Keys holding a list; from the environment their value is split at commas.
-const LIST_KEYS: [(&str, &str); 3] = [
+const LIST_KEYS: [(&str, &str); 5] = [
     (
         "worker.callback_ingress",
         "CI_WORKER__WORKER__CALLBACK_INGRESS",
     ),
     ("emulator.cmq_queues", "CI_WORKER__EMULATOR__CMQ_QUEUES"),
     ("emulator.cvm_roles", "CI_WORKER__EMULATOR__CVM_ROLES"),
+    (
+        "emulator.denied_actions",
+        "CI_WORKER__EMULATOR__DENIED_ACTIONS",
+    ),
+    ("emulator.ci_buckets", "CI_WORKER__EMULATOR__CI_BUCKETS"),
 ];
 
 /// Every key renamed to a humane duration, by section.
@@ -242,6 +251,11 @@ impl Settings {
     /// Whether `worker.callback_ingress` names `source`.
     pub fn has_ingress(&self, source: CallbackIngress) -> bool {
         self.worker.has_ingress(source)
+    }
+
+    /// Whether `worker.callback_ingress` reads what `ci.callback_type` sends (`None`: it does).
+    pub fn callback_mismatch(&self) -> Option<CallbackMismatch> {
+        callbacks::callback_mismatch(&self.ci, &self.worker)
     }
 
     /// Whether any credential source is configured (keys, `ci.credentials_file` or `ci.cvm_role`).

@@ -22,6 +22,7 @@ use super::notices::EmulatorEvent;
 use super::shared::{CallKind, Shared};
 use super::store::{CancelRefusal, ListFilter};
 use super::submit;
+use crate::ci::cam::Call;
 use crate::ci::response::CiErrorBody;
 use crate::ci::tree::Node;
 use crate::ci::xml;
@@ -310,6 +311,13 @@ async fn dispatch(
         )
     })?;
     let route = route(method, uri)?;
+    let call = match &route {
+        Route::Submit => Call::Submit,
+        Route::List => Call::List,
+        Route::Describe(_) => Call::Describe,
+        Route::Cancel(_) => Call::Cancel,
+        Route::Queues => Call::Queues,
+    };
     shared.verifier.verify(
         &SignedRequest {
             method,
@@ -319,19 +327,54 @@ async fn dispatch(
         },
         chrono::Utc::now().timestamp(),
     )?;
+    // COS's answer for a bucket it does not know; CI's own for a bucket without CI bound is not
+    // documented (`ci-worker doctor` reads any refusal but a permission's as "not bound").
+    if !shared.faults.ci_bound(&bucket, &region) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NoSuchBucket",
+            format!("The bucket {bucket} has no Cloud Infinite bound in {region}."),
+        ));
+    }
+    if let Some(action) = shared.faults.denied(call.actions()) {
+        tracing::info!(
+            action,
+            bucket,
+            "emulator: refused by emulator.denied_actions"
+        );
+        // The body is error-codes.md's; which action was missing is not said, as by CI.
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "The operation is prohibited.",
+        ));
+    }
     match route {
         Route::Submit => submit(shared, headers, body, &bucket, &region).await,
         Route::List => list(shared, uri, &bucket, &region, request_id),
         Route::Describe(ids) => describe(shared, &ids, &bucket, &region, request_id),
         Route::Cancel(id) => cancel(shared, &id, &bucket, &region),
-        Route::Queues => queues(uri, &bucket, &region, request_id),
+        Route::Queues => queues(
+            uri,
+            &bucket,
+            &region,
+            request_id,
+            shared.faults.media_queue_paused(),
+        ),
     }
 }
 
 /// `GET /queue` (DescribeMediaProcessQueues): the bucket's one media processing queue, the one
 /// its jobs run in when they name none (`queueIds`, `state`, `category`, `pageNumber`, `pageSize`
 /// filter as CI does; ids not found are listed in `NonExistPIDs`).
-fn queues(uri: &Uri, bucket: &str, region: &str, request_id: &str) -> Result<Reply, ApiError> {
+fn queues(
+    uri: &Uri,
+    bucket: &str,
+    region: &str,
+    request_id: &str,
+    paused: bool,
+) -> Result<Reply, ApiError> {
+    let queue_state = if paused { "Paused" } else { "Active" };
     let pairs = auth::query_pairs(uri.query().unwrap_or(""));
     let get = |name: &str| {
         pairs
@@ -375,14 +418,14 @@ fn queues(uri: &Uri, bucket: &str, region: &str, request_id: &str) -> Result<Rep
             .collect()
     });
     let matches = category != "SpeedTranscoding"
-        && state.as_deref().is_none_or(|s| s == "Active")
+        && state.as_deref().is_none_or(|s| s == queue_state)
         && wanted.as_ref().is_none_or(|ids| ids.contains(&default));
     let queues: Vec<Node> = (matches && page_number == 1)
         .then(|| {
             Node::Map(vec![
                 ("QueueId".into(), default.clone().into()),
                 ("Name".into(), "queue-default".to_string().into()),
-                ("State".into(), "Active".to_string().into()),
+                ("State".into(), queue_state.to_string().into()),
                 ("MaxSize".into(), "10000".to_string().into()),
                 ("MaxConcurrent".into(), "10".to_string().into()),
                 ("Category".into(), "Transcoding".to_string().into()),
@@ -497,6 +540,13 @@ async fn submit(
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad_request("InvalidContent", "The request body is not UTF-8."))?;
     let spec = submit::parse_request(text)?;
+    if shared.faults.media_queue_paused() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "QueuePaused",
+            "The queue is suspended.",
+        ));
+    }
     let job = shared.store.insert(bucket, region, spec);
     tracing::info!(job_id = %job.id, bucket, region, tag = %job.spec.tag, object = job.spec.fault_key(), "emulator: job submitted");
     shared.notify(EmulatorEvent::StateChanged {

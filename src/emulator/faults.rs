@@ -13,6 +13,11 @@
 //! `job_duration_ms`, `__hangup__` creates the job but holds the answer for [`HANGUP_DELAY`] (longer
 //! than any sane client timeout), so the client cannot know the job exists: the ambiguous submit a
 //! client must not turn into a second job. Markers combine (`a__slow____fail__.mp4`).
+//!
+//! By setting, a deployment gone wrong (what `ci-worker doctor` must name): `denied_actions` refuses
+//! the calls needing those CAM actions (403 `AccessDenied`), `ci_buckets` lists the only buckets
+//! with CI bound (others: 404 `NoSuchBucket`), `media_queue_paused` reports the media queue
+//! `Paused` and refuses jobs with 403 `QueuePaused`.
 
 use super::error::EmulatorError;
 use crate::config::EmulatorSettings;
@@ -104,6 +109,11 @@ pub(crate) struct Faults {
     duplicate_rate: f64,
     latency: Duration,
     answer_delay: Duration,
+    /// `emulator.denied_actions`, as [`crate::ci::cam`] spells them.
+    denied: Vec<&'static str>,
+    /// `emulator.ci_buckets` as (bucket, region); empty = every bucket.
+    bound: Vec<(String, String)>,
+    media_queue_paused: bool,
 }
 
 impl Faults {
@@ -127,6 +137,23 @@ impl Faults {
             duplicate_rate: e.duplicate_rate,
             latency: e.latency,
             answer_delay: e.answer_delay,
+            denied: e
+                .denied_actions
+                .iter()
+                .map(|a| {
+                    crate::ci::cam::known(a).ok_or_else(|| EmulatorError::InvalidSetting {
+                        key: "emulator.denied_actions",
+                        reason: format!("{a:?} is not a CAM action a CI call needs"),
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            bound: e
+                .ci_buckets
+                .iter()
+                .filter_map(|b| b.split_once('@'))
+                .map(|(b, r)| (b.to_ascii_lowercase(), r.to_ascii_lowercase()))
+                .collect(),
+            media_queue_paused: e.media_queue_paused,
         })
     }
 
@@ -161,6 +188,21 @@ impl Faults {
 
     pub(crate) fn latency(&self) -> Duration {
         self.latency
+    }
+
+    /// The first of `actions` refused to every caller (`emulator.denied_actions`).
+    pub(crate) fn denied(&self, actions: &[&'static str]) -> Option<&'static str> {
+        actions.iter().copied().find(|a| self.denied.contains(a))
+    }
+
+    /// Whether `bucket` in `region` has CI bound (`emulator.ci_buckets`).
+    pub(crate) fn ci_bound(&self, bucket: &str, region: &str) -> bool {
+        self.bound.is_empty() || self.bound.iter().any(|(b, r)| b == bucket && r == region)
+    }
+
+    /// Whether the media processing queue is `Paused` (`emulator.media_queue_paused`).
+    pub(crate) fn media_queue_paused(&self) -> bool {
+        self.media_queue_paused
     }
 
     /// How long an answer is held after its request was handled (`emulator.answer_delay_ms`).
@@ -224,6 +266,29 @@ mod tests {
         .unwrap();
         assert!(one.within_qps_limit());
         assert!(!one.within_qps_limit());
+    }
+
+    #[test]
+    fn a_deployment_gone_wrong_by_setting() {
+        let f = Faults::from_settings(&EmulatorSettings {
+            denied_actions: vec!["cam:passrole".into()],
+            ci_buckets: vec!["b-1250000000@ap-guangzhou".into()],
+            ..EmulatorSettings::default()
+        })
+        .unwrap();
+        use crate::ci::cam::Call;
+        assert_eq!(f.denied(Call::Submit.actions()), Some("cam:PassRole"));
+        assert_eq!(f.denied(Call::Queues.actions()), None);
+        assert!(f.ci_bound("b-1250000000", "ap-guangzhou"));
+        assert!(!f.ci_bound("b-1250000000", "ap-beijing"));
+        assert!(!f.ci_bound("other-1250000000", "ap-guangzhou"));
+        let open = Faults::from_settings(&EmulatorSettings::default()).unwrap();
+        assert!(open.ci_bound("any-1", "any") && !open.media_queue_paused());
+        assert!(Faults::from_settings(&EmulatorSettings {
+            denied_actions: vec!["ci:Nope".into()],
+            ..EmulatorSettings::default()
+        })
+        .is_err());
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! Each file imports only the ones listed before it, so the emulator reads bottom-up from the HTTP
 //! routes to the job data; this file starts and stops it and holds nothing the others import.
 //! - [`error`]: `ApiError` (a refused request) and the `<Error>` body CI writes for it; `EmulatorError`.
-//! - [`faults`]: fault injection (rates from the configuration, markers in object keys).
+//! - [`faults`]: fault injection (rates from the configuration, markers in object keys) and a
+//!   deployment gone wrong (refused CAM actions, unbound buckets, a paused media queue).
 //! - [`metadata`]: the CVM instance metadata path: CAM role key sets that expire, the role listing.
 //! - [`sts`]: STS `AssumeRoleWithWebIdentity` (TKE OIDC): checks the web identity token, issues
 //!   expiring key sets.

@@ -68,24 +68,13 @@ const EXIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Says at start-up when CI is told to send events where no configured ingress reads them.
 fn warn_on_mismatched_callbacks(settings: &Settings) {
-    use crate::ci::rules::CallbackType;
-    let ingress = &settings.worker.callback_ingress;
-    match settings.ci.callback_type {
-        CallbackType::Url if !settings.has_ingress(CallbackIngress::Http) => tracing::warn!(
+    if let Some(mismatch) = settings.callback_mismatch() {
+        tracing::warn!(
             callback_url = settings.ci.callback_url.as_ref().map_or("", |u| u.as_str()),
-            ?ingress,
-            "ci.callback_type = Url but worker.callback_ingress has no http: events reach this worker only if something at ci.callback_url stores them in the callback topic"
-        ),
-        CallbackType::Tdmq
-            if !settings.has_ingress(CallbackIngress::Cmq)
-                && !settings.has_ingress(CallbackIngress::Pulsar) =>
-        {
-            tracing::warn!(
-                ?ingress,
-                "ci.callback_type = TDMQ but worker.callback_ingress has neither cmq nor pulsar: results will come only from the deadline's describe calls"
-            )
-        }
-        _ => {}
+            ingress = ?settings.worker.callback_ingress,
+            "{}",
+            mismatch.consequence()
+        );
     }
 }
 

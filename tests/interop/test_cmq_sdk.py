@@ -53,10 +53,18 @@ def account(endpoint, secret_id=SECRET_ID, secret_key=SECRET_KEY, sign=None):
     return a
 
 
+def tdmq_meta():
+    """QueueMeta with TDMQ's default Max Message Unack Time: the SDK's default (345600 s, CMQ's 4 days
+    before TDMQ) is outside TDMQ for CMQ's range (30 s to 12 h)."""
+    meta = QueueMeta()
+    meta.msgRetentionSeconds = 3600
+    return meta
+
+
 def new_queue(acct, visibility_timeout=None):
     """A fresh queue made with CreateQueue (the SDK sends every QueueMeta attribute)."""
     name = f"py-{uuid.uuid4().hex[:16]}"
-    meta = QueueMeta()
+    meta = tdmq_meta()
     if visibility_timeout is not None:
         meta.visibilityTimeout = visibility_timeout
     q = acct.get_queue(name)
@@ -175,11 +183,13 @@ def test_create_queue_and_its_refusals(cmq_emulator):
         0,
         30,
         65536,
-        345600,
+        3600,
     )
     assert abs(meta.createTime - time.time()) < 5
-    assert server_code(lambda: acct.get_queue(q.queue_name.upper()).create(QueueMeta())) == 4460
-    assert server_code(lambda: acct.get_queue("1-not-a-name").create(QueueMeta())) == 4000
+    assert server_code(lambda: acct.get_queue(q.queue_name.upper()).create(tdmq_meta())) == 4460
+    assert server_code(lambda: acct.get_queue("1-not-a-name").create(tdmq_meta())) == 4000
+    assert server_code(lambda: acct.get_queue(f"py-{uuid.uuid4().hex[:16]}").create(QueueMeta())) == 4000, \
+        "the SDK's 4-day default retention is no Max Message Unack Time"
     assert server_code(lambda: acct.get_queue("no-such-queue").send_message(Message("x"))) == 4440
     assert server_code(lambda: q.batch_receive_message(17, 0)) == 4000
 

@@ -76,19 +76,19 @@ impl ConsumerContext for Group {
         while self.offsets.lock().in_flight_of(&revoked) > 0 && started.elapsed() < REVOKE_WAIT {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let settled = {
-            let mut offsets = self.offsets.lock();
-            let settled: Vec<_> = offsets
-                .to_commit()
-                .into_iter()
-                .filter(|(p, _)| revoked.contains(p))
-                .collect();
-            offsets.forget(&revoked);
-            settled
-        };
+        // Under the lock: an asynchronous commit of an older position must not be sent after this
+        // one, or the group's offset would go back and the new owner repeat what was settled.
+        let mut offsets = self.offsets.lock();
+        let settled: Vec<_> = offsets
+            .to_commit()
+            .into_iter()
+            .filter(|(p, _)| revoked.contains(p))
+            .collect();
         if let Err(error) = commit(consumer, &settled, CommitMode::Sync) {
             tracing::warn!(%error, "kafka ingress: committing before a rebalance failed; the new owner reads the records since the last commit again");
         }
+        offsets.forget(&revoked);
+        drop(offsets);
         tracing::info!(partitions = ?revoked, "kafka ingress: partitions given up");
     }
 
@@ -220,10 +220,12 @@ pub async fn run(ctx: Arc<Context>, stop: Shutdown) -> Result<(), KafkaError> {
         handlers.abort_all();
     }
     committer.abort();
-    let settled = offsets.lock().to_commit();
+    let mut held = offsets.lock();
+    let settled = held.to_commit();
     if let Err(error) = commit(&*consumer, &settled, CommitMode::Sync) {
         tracing::warn!(%error, "kafka ingress: shutdown: the last commit failed; the records since the previous one are read again");
     }
+    drop(held);
     health.abort();
     consumer.unsubscribe();
     tracing::info!("kafka ingress: stopped");
@@ -275,8 +277,10 @@ async fn settle(ctx: &Context, record: &Record, stop: &Shutdown) -> bool {
 }
 
 fn commit_settled(consumer: &StreamConsumer<Group>, offsets: &Mutex<Offsets>) {
-    let settled = offsets.lock().to_commit();
-    // Asynchronous: a commit lost now is covered by the next one, which names a later offset.
+    // Asynchronous (only enqueued: quick), and under the lock so that commits are sent in the order
+    // of their positions. A commit lost now is covered by the next one, which names a later offset.
+    let mut offsets = offsets.lock();
+    let settled = offsets.to_commit();
     if let Err(error) = commit(consumer, &settled, CommitMode::Async) {
         tracing::debug!(%error, "kafka ingress: commit failed; the next one covers it");
     }
