@@ -24,9 +24,9 @@
 //! `pulsar` source (the event delivered too). Each job's deadline record adds its publish on top
 //! (cancelled before it is due, it is never delivered), and one that comes due its delivery.
 
-use super::ingress::CALLBACK_TOKEN;
 use super::io::{self, Seen};
 use super::procs::{self, Proc};
+use super::source::CALLBACK_TOKEN;
 use super::{events, format_of, short, Bench, Ingress, Kind, WorkerTopics};
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;

@@ -52,6 +52,7 @@ mod memory;
 mod messages;
 mod procs;
 mod scaleout;
+mod source;
 mod throttle;
 
 use crate::callback::event::parse_event;
@@ -60,9 +61,9 @@ use crate::pulsar::Client;
 use crate::result::normalize::normalize_event;
 use anyhow::{bail, Context as _, Result};
 use events::{format_of, EventFormat};
-pub use ingress::Ingress;
 use io::Seen;
 use procs::{Proc, Usage};
+pub use source::Ingress;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
