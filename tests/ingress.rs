@@ -501,11 +501,18 @@ async fn events_cmq_dropped_after_the_unack_time_are_found_by_deadlines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cmq_reader_killed_mid_batch_loses_nothing() {
     let mut stack = Stack::via_cmq("ingress-cmq-kill");
+    stack.env.insert(
+        "CI_WORKER__EMULATOR__CMQ_VISIBILITY_TIMEOUT_S".into(),
+        "3".into(),
+    );
+    killed_mid_batch(stack, "cmq").await;
+}
+
+/// 300 jobs through `stack`'s ingress, the worker SIGKILLed once 80 have their final and started
+/// again: every job ends `succeeded` (no second final with another state), no request has a second
+/// CI job, nothing goes through the callback topic. The repeated finals are counted and said.
+async fn killed_mid_batch(mut stack: Stack, source: &str) {
     stack.env.extend([
-        (
-            "CI_WORKER__EMULATOR__CMQ_VISIBILITY_TIMEOUT_S".into(),
-            "3".into(),
-        ),
         ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "300".into()),
         ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "5m".into()),
     ]);
@@ -513,7 +520,7 @@ async fn cmq_reader_killed_mid_batch_loses_nothing() {
     let mut results = stack.follow_in_background(&stack.topics.result).await;
     stack.start_worker();
     let n = 300;
-    let (ids, payloads) = requests("kill", n);
+    let (ids, payloads) = requests(&format!("{source}-kill"), n);
     common::publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
     results
         .until(Duration::from_secs(120), |s| {
@@ -528,8 +535,7 @@ async fn cmq_reader_killed_mid_batch_loses_nothing() {
     results
         .until(Duration::from_secs(240), |s| all_final(s, &ids))
         .await;
-    let seen = results.snapshot();
-    let map = by_request(&seen);
+    let map = by_request(&results.snapshot());
     let mut repeated = 0;
     for id in &ids {
         let f = finals(&map[id]);
@@ -540,7 +546,9 @@ async fn cmq_reader_killed_mid_batch_loses_nothing() {
         .ci_jobs_per_request(common::BUCKET, common::REGION, "DigitalWatermark")
         .await;
     let extra_jobs: usize = jobs.values().map(|n| n - 1).sum();
-    eprintln!("cmq kill: {n} requests, {repeated} repeated finals, {extra_jobs} extra CI jobs");
+    eprintln!(
+        "{source} kill: {n} requests, {repeated} repeated finals, {extra_jobs} extra CI jobs"
+    );
     assert_eq!(extra_jobs, 0, "{jobs:?}");
     callback_topic_unused(&stack).await;
 }
@@ -757,43 +765,7 @@ async fn kafka_unavailable_for_a_while_loses_nothing() {
 /// none with two different ones; the records after the group's last commit are read again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_reader_killed_mid_batch_loses_nothing() {
-    let mut stack = Stack::via_kafka("ingress-kafka-kill", 2).await;
-    stack.env.extend([
-        ("CI_WORKER__EMULATOR__JOB_DURATION_MS".into(), "300".into()),
-        ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "5m".into()),
-    ]);
-    stack.start_emulator().await;
-    let mut results = stack.follow_in_background(&stack.topics.result).await;
-    stack.start_worker();
-    let n = 300;
-    let (ids, payloads) = requests("kafka-kill", n);
-    common::publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
-    results
-        .until(Duration::from_secs(120), |s| {
-            s.iter()
-                .filter(|(_, p, _)| p.get("state").map(String::as_str) == Some("succeeded"))
-                .count()
-                >= 80
-        })
-        .await;
-    stack.kill_worker();
-    stack.start_worker();
-    results
-        .until(Duration::from_secs(240), |s| all_final(s, &ids))
-        .await;
-    let map = by_request(&results.snapshot());
-    let mut repeated = 0;
-    for id in &ids {
-        let f = finals(&map[id]);
-        assert!(f.iter().all(|s| *s == "succeeded"), "{id}: {f:?}");
-        repeated += f.len() - 1;
-    }
-    let jobs = stack
-        .ci_jobs_per_request(common::BUCKET, common::REGION, "DigitalWatermark")
-        .await;
-    let extra_jobs: usize = jobs.values().map(|n| n - 1).sum();
-    eprintln!("kafka kill: {n} requests, {repeated} repeated finals, {extra_jobs} extra CI jobs");
-    assert_eq!(extra_jobs, 0, "{jobs:?}");
+    killed_mid_batch(Stack::via_kafka("ingress-kafka-kill", 2).await, "kafka").await;
 }
 
 /// Two replicas in one group: the second joins while events flow and leaves (SIGTERM) while they
