@@ -10,6 +10,7 @@ mod common;
 mod stack;
 
 use common::JobRequest;
+use pulsar::{Consumer, TokioExecutor};
 use stack::{all_final, by_request, collect, finals, metric, metrics, PrivateBroker, Stack};
 use std::time::Duration;
 
@@ -29,11 +30,12 @@ fn requests(prefix: &str, n: usize) -> (Vec<String>, Vec<Vec<u8>>) {
 }
 
 /// Publishes `n` requests and waits for every final result; asserts one final `succeeded` each.
-async fn run_requests(stack: &Stack, prefix: &str, n: usize) -> Vec<String> {
+/// Returns the follower of the result topic, for what a test expects after the finals.
+async fn run_requests(stack: &Stack, prefix: &str, n: usize) -> Consumer<Vec<u8>, TokioExecutor> {
     let mut results = stack.follow(&stack.topics.result).await;
     let (ids, payloads) = requests(prefix, n);
     common::publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
-    let seen = collect(&mut results, Duration::from_secs(120), |seen| {
+    let seen = collect(&mut results, Duration::from_secs(150), |seen| {
         all_final(seen, &ids)
     })
     .await;
@@ -41,7 +43,16 @@ async fn run_requests(stack: &Stack, prefix: &str, n: usize) -> Vec<String> {
     for id in &ids {
         assert_eq!(finals(&map[id]), ["succeeded"], "{id}: {:?}", map[id]);
     }
-    ids
+    results
+}
+
+/// Starts the emulator and the worker and waits until the worker is ready; its base URL.
+async fn start_ready(stack: &mut Stack) -> String {
+    stack.start_emulator().await;
+    stack.start_worker();
+    let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
+    stack::wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
+    base
 }
 
 /// The source fed the completion handler directly: nothing went through the callback topic.
@@ -284,10 +295,7 @@ async fn cmq_ingress_takes_tdmq_callbacks_to_results() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cmq_unavailable_for_a_while_loses_nothing() {
     let mut stack = Stack::via_cmq("ingress-cmq-outage");
-    stack.start_emulator().await;
-    stack.start_worker();
-    let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
-    stack::wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
+    let base = start_ready(&mut stack).await;
     cmq_outage(&stack, "seconds=4").await;
     let not_ready =
         stack::wait_status(&format!("{base}/readyz"), 503, Duration::from_secs(30)).await;
@@ -355,24 +363,11 @@ async fn events_cmq_delivers_again_give_no_second_final_result() {
     stack
         .env
         .insert("CI_WORKER__CMQ__CONCURRENCY".into(), "1".into());
-    stack.start_emulator().await;
-    stack.start_worker();
-    let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
-    stack::wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
+    start_ready(&mut stack).await;
     // Every attempt at deleting the first batch fails.
     cmq_outage(&stack, "count=3&actions=BatchDeleteMessage").await;
     let n = 10;
-    let mut results = stack.follow(&stack.topics.result).await;
-    let (ids, payloads) = requests("again", n);
-    common::publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
-    let seen = collect(&mut results, Duration::from_secs(120), |seen| {
-        all_final(seen, &ids)
-    })
-    .await;
-    let map = by_request(&seen);
-    for id in &ids {
-        assert_eq!(finals(&map[id]), ["succeeded"], "{id}: {:?}", map[id]);
-    }
+    let mut results = run_requests(&stack, "again", n).await;
     // The undeleted first batch comes again and is handled again: each of those copies was
     // suppressed (a copy counts as suppressed before it counts as handled).
     let text = metric_reaches(stack.worker_http_port, CMQ_SETTLED, n as f64 + 1.0).await;
@@ -465,23 +460,10 @@ async fn events_cmq_dropped_after_the_unack_time_are_found_by_deadlines() {
         ),
         ("CI_WORKER__WORKER__JOB_TIMEOUT".into(), "45s".into()),
     ]);
-    stack.start_emulator().await;
-    stack.start_worker();
-    let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
-    stack::wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
+    start_ready(&mut stack).await;
     cmq_outage(&stack, "seconds=40&actions=BatchReceiveMessage").await;
     let n = 6;
-    let mut results = stack.follow(&stack.topics.result).await;
-    let (ids, payloads) = requests("unack", n);
-    common::publish(&stack.pulsar_url(), None, &stack.topics.request, payloads).await;
-    let seen = collect(&mut results, Duration::from_secs(150), |seen| {
-        all_final(seen, &ids)
-    })
-    .await;
-    let map = by_request(&seen);
-    for id in &ids {
-        assert_eq!(finals(&map[id]), ["succeeded"], "{id}: {:?}", map[id]);
-    }
+    run_requests(&stack, "unack", n).await;
     let text = metrics(stack.worker_http_port).await;
     assert_eq!(
         metric(&text, CMQ_SETTLED),
@@ -719,10 +701,7 @@ async fn kafka_record_the_worker_cannot_read_is_dead_lettered_and_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_unavailable_for_a_while_loses_nothing() {
     let mut stack = Stack::via_kafka("ingress-kafka-outage", 2).await;
-    stack.start_emulator().await;
-    stack.start_worker();
-    let base = format!("http://127.0.0.1:{}", stack.worker_http_port);
-    stack::wait_status(&format!("{base}/readyz"), 200, Duration::from_secs(60)).await;
+    start_ready(&mut stack).await;
     let pid_file = std::path::PathBuf::from(
         std::env::var("KAFKA_DATA_DIR")
             .unwrap_or_else(|_| format!("{}/.cache/kafka/data-9092", env!("CARGO_MANIFEST_DIR"))),
