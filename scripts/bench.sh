@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # The benchmark in one command (figures and their meaning in docs/performance.md):
 #   1. builds ci-worker (release),
-#   2. starts the Apache Pulsar standalone broker if it is not running (and stops it at the end only
-#      if it started it),
+#   2. starts the Apache Pulsar standalone broker if it is not running, and the Apache Kafka broker
+#      (scripts/kafka.sh) when the ingress or messages section runs (each stopped at the end only if
+#      it started it),
 #   3. runs the criterion benches of the pure parts (cargo bench --bench pure),
 #   4. runs `ci-worker bench` on the local stack: completion-path throughput against the raw relay
 #      limit and a Python worker on Apache's pulsar-client (scripts/bench-python-worker.py, from the
 #      project's .venv, set up here when missing; `--no-python` leaves it out),
 #      submission-path throughput, end-to-end latency at a steady rate, cost, scaling,
 #      each callback ingress (`ingress`: events published on the callback topic / sent into the
-#      emulator's CMQ queue / POSTed to the worker, into results: a burst and steady runs at
-#      200 and 1,000 events/s, events/s and the latency each source adds; `--ingress`,
-#      `--ingress-events`, `--ingress-rates`, `--ingress-duration-secs`, `--ingress-repeat`,
-#      `--ingress-http-concurrency`, `--cmq-concurrency`; `--only cmq` is its cmq row alone,
+#      emulator's CMQ queue / POSTed to the worker / produced to a Kafka topic, into results: a
+#      burst and steady runs at 200 and 1,000 events/s, events/s and the latency each source adds;
+#      `--ingress`, `--ingress-events`, `--ingress-rates`, `--ingress-duration-secs`,
+#      `--ingress-repeat`, `--ingress-http-concurrency`, `--cmq-concurrency`, `--kafka-brokers`
+#      (default: scripts/kafka.sh's), `--kafka-partitions`; `--only cmq` is its cmq row alone,
 #      `--cmq-events` / `--cmq-rate` the same flags as `--ingress-events` / `--ingress-rates`;
-#      about 5 minutes),
+#      about 7 minutes),
 #      broker messages per job (`messages`: topic stats, events on the Pulsar callback topic, through
-#      CMQ and POSTed to the worker, `--message-ingress pulsar,cmq,http`, about 30 s),
+#      CMQ, POSTed to the worker and through Kafka, `--message-ingress pulsar,cmq,http,kafka`,
+#      about 40 s),
 #      scale-out without duplicate CI jobs (`scaleout`: 3 replicas, replicas killed or replaced while
 #      600 requests are submitted; CI jobs, duplicate results, CI calls, ack lag; about 2 minutes),
 #      memory (`memory`: peak and current RSS of `ci-worker run` with 1,000 / 10,000 jobs waiting for
@@ -34,7 +37,7 @@
 #   scripts/bench.sh [BENCH OPTIONS]      options go to `ci-worker bench` (`--help` lists them), e.g.
 #   scripts/bench.sh --only completion --events 5000      a quick run of one section
 #   BENCH_SKIP_BUILD=1 BENCH_SKIP_CRITERION=1 scripts/bench.sh --only messages   broker messages per job
-#   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only ingress --ingress pulsar,cmq,http   events/s and added latency per source
+#   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only ingress --ingress pulsar,cmq,http,kafka   events/s and added latency per source
 #   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only cmq --cmq-concurrency 1,2,4   the cmq source alone, per cmq.concurrency
 #   BENCH_SKIP_CRITERION=1 scripts/bench.sh --only scaleout --scaleout-requests 200 --scaleout-partitions 0 --scaleout-mode kill
 #   BENCH_WORKER_BIN=/path/to/old/ci-worker scripts/bench.sh --only scaleout   an older worker, this bench and emulator
@@ -48,7 +51,8 @@
 # binary of the `ci-worker run` processes only, `--worker-bin`), BENCH_SKIP_CRITERION=1,
 # BENCH_CRITERION_ARGS (extra criterion arguments, e.g. "--measurement-time 10"), BENCH_LOG (the
 # benchmark's own log filter, default warn,pulsar=error; `--worker-log` sets that of the processes under test),
-# PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh, CARGO_TARGET_DIR.
+# PULSAR_PORT / PULSAR_HTTP_PORT as for scripts/pulsar.sh, KAFKA_PORT / KAFKA_DATA_DIR as for
+# scripts/kafka.sh, CARGO_TARGET_DIR.
 # Output: the table on stdout; logs and a copy of the figures (last.md, last.json) in .cache/bench/.
 # Takes about 12–14 minutes on a 2-core machine with the default sections (a first release build comes on top).
 set -euo pipefail
@@ -76,10 +80,15 @@ if ! "$REPO_ROOT/.venv/bin/python" -c 'import pulsar' >/dev/null 2>&1; then
 fi
 
 started_broker=0
+started_kafka=0
 cleanup() {
   if ((started_broker)); then
     say "stopping the broker this script started"
     bash scripts/pulsar.sh stop >/dev/null 2>&1 || true
+  fi
+  if ((started_kafka)); then
+    say "stopping the Kafka broker this script started"
+    bash scripts/kafka.sh stop >/dev/null 2>&1 || true
   fi
 }
 trap cleanup EXIT
@@ -89,6 +98,18 @@ if ! bash scripts/pulsar.sh status >/dev/null 2>&1; then
   started_broker=1
 fi
 eval "$(bash scripts/pulsar.sh env)"
+# The kafka source of the ingress and messages sections (in their defaults) reads a real Kafka
+# broker: scripts/kafka.sh's, started here when it is not running and a section may need it.
+if [[ " $* " != *" --only"* || " $* " == *ingress* || " $* " == *messages* ]] &&
+  ! bash scripts/kafka.sh status >/dev/null 2>&1; then
+  say "starting the Apache Kafka broker (scripts/kafka.sh)"
+  bash scripts/kafka.sh start >/dev/null
+  started_kafka=1
+fi
+if bash scripts/kafka.sh status >/dev/null 2>&1; then
+  eval "$(bash scripts/kafka.sh env)"
+  export KAFKA_BROKERS
+fi
 broker_pid=$(cat "$PULSAR_DATA_DIR/pulsar.pid" 2>/dev/null || true)
 
 criterion_summary=""

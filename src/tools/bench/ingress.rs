@@ -10,7 +10,10 @@
 //! - `http`: `POST /ci/callback/<http.callback_token>` to the worker, as CI does for
 //!   `CallBackType=Url`, `--ingress-http-concurrency` POSTs in flight. The worker answers 200 only
 //!   once the event's result is stored, so the hand-over that compares with the others is the POST's
-//!   start; the answer's round trip is reported beside it.
+//!   start; the answer's round trip is reported beside it;
+//! - `kafka`: produced (`acks=all`, keyed by job id) into a fresh topic of `--kafka-partitions`
+//!   partitions on `--kafka-brokers`, as CI does for `CallBackType=Kafka`; the worker reads it in a
+//!   consumer group of its own; hand-over = the broker's acknowledgement of the produce.
 //!
 //! The events are the completion section's (half XML, half JSON, `TaskFinish` with `MediaInfo`) for
 //! jobs the worker did not submit: each carries a marker with a request id of its run, so its result
@@ -19,7 +22,7 @@
 //! counts the run's results by key (no payload is parsed), first to last as it receives them.
 //!
 //! Per runner and pass:
-//! 1. burst: `--ingress-events` events. `pulsar` and `cmq` hold them as a backlog before the worker
+//! 1. burst: `--ingress-events` events. `pulsar`, `cmq` and `kafka` hold them as a backlog before the worker
 //!    starts (the ingress drains it; start-up does not count, the first result starts the clock);
 //!    `http` cannot hold a backlog, so its worker is started and warmed first and the events are
 //!    POSTed at once, `--ingress-http-concurrency` in flight. Events/s into results, the worker's CPU
@@ -36,6 +39,7 @@
 use super::cmq::CmqSide;
 use super::events::{self, EventFormat};
 use super::io::{self, Seen};
+use super::kafka::KafkaSide;
 use super::messages::watch;
 use super::procs::{self, Proc};
 use super::source::{Ingress, CALLBACK_TOKEN};
@@ -50,7 +54,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-/// Events in flight while the benchmark fills a Pulsar backlog.
+/// Events in flight while the benchmark fills a Pulsar or Kafka backlog.
 const PULSAR_WINDOW: usize = 1000;
 /// `SendMessage` calls in flight while the benchmark fills a CMQ backlog.
 const CMQ_WINDOW: usize = 64;
@@ -63,7 +67,7 @@ impl Ingress {
     /// The moment of `h` the latency is counted from (see [`Ingress::hand_over`]).
     fn handed_over_ms(self, h: &HandOver) -> f64 {
         match self {
-            Ingress::Pulsar | Ingress::Cmq => h.answered_ms,
+            Ingress::Pulsar | Ingress::Cmq | Ingress::Kafka => h.answered_ms,
             Ingress::Http => h.sent_ms,
         }
     }
@@ -75,12 +79,15 @@ struct Runner {
     ingress: Ingress,
     /// `cmq.concurrency` (cmq only).
     cmq_concurrency: usize,
+    /// Partitions of the topic (kafka only).
+    kafka_partitions: i32,
 }
 
 impl Runner {
     fn label(self) -> String {
         match self.ingress {
             Ingress::Cmq => format!("cmq (cmq.concurrency {})", self.cmq_concurrency),
+            Ingress::Kafka => format!("kafka ({} partitions)", self.kafka_partitions),
             other => other.name().to_string(),
         }
     }
@@ -137,16 +144,21 @@ enum Sender {
         client: reqwest::Client,
         url: String,
     },
+    Kafka {
+        producer: rdkafka::producer::FutureProducer,
+        topic: String,
+    },
 }
 
 impl Sender {
-    /// A sender into the source a worker of `topics` reads with `ingress`: the callback topic, CMQ
-    /// queue `queue`, or the worker's HTTP port `http_port`.
+    /// A sender into the source a worker of `topics` reads with `ingress`: the callback topic, the
+    /// CMQ queue or Kafka topic `place`, or the worker's HTTP port `http_port`.
     async fn open(
         bench: &Bench,
         ingress: Ingress,
         topics: &WorkerTopics,
-        cmq: Option<(&CmqSide, &str)>,
+        cmq: Option<&CmqSide>,
+        place: Option<&str>,
         http_port: Option<u16>,
     ) -> Result<Sender> {
         Ok(match ingress {
@@ -154,7 +166,8 @@ impl Sender {
                 io::producer(&bench.client, &topics.callback).await?,
             )),
             Ingress::Cmq => {
-                let (side, queue) = cmq.context("the cmq runner needs the emulator's CMQ API")?;
+                let side = cmq.context("the cmq runner needs the emulator's CMQ API")?;
+                let queue = place.context("the cmq runner needs a queue")?;
                 Sender::Cmq {
                     client: side.client.clone(),
                     queue: queue.to_string(),
@@ -170,6 +183,16 @@ impl Sender {
                         .build()
                         .context("the benchmark's HTTP client")?,
                     url: format!("http://127.0.0.1:{port}/ci/callback/{CALLBACK_TOKEN}"),
+                }
+            }
+            Ingress::Kafka => {
+                let side = bench
+                    .kafka
+                    .as_ref()
+                    .context("the kafka runner needs the Kafka cluster")?;
+                Sender::Kafka {
+                    producer: side.producer()?,
+                    topic: place.context("the kafka runner needs a topic")?.to_string(),
                 }
             }
         })
@@ -231,6 +254,29 @@ impl Sender {
                         sent_ms,
                         answered_ms: wall_ms(),
                     })
+                }))
+            }
+            Sender::Kafka { producer, topic } => {
+                let sent_ms = wall_ms();
+                let record = rdkafka::producer::FutureRecord::to(topic.as_str())
+                    .key(e.job_id.as_str())
+                    .payload(e.body.as_slice());
+                // Queued in the producer at once (a full queue is an error, not a wait: the
+                // hand-over window keeps it far from full); the future ends with the broker's answer.
+                let delivery = producer.send_result(record).map_err(|(err, _)| {
+                    anyhow!("queueing an event for Kafka topic {topic}: {err}")
+                })?;
+                Ok(Box::pin(async move {
+                    match delivery.await {
+                        Ok(Ok(_)) => Ok(HandOver {
+                            sent_ms,
+                            answered_ms: wall_ms(),
+                        }),
+                        Ok(Err((err, _))) => {
+                            bail!("the Kafka broker did not store an event: {err}")
+                        }
+                        Err(_) => bail!("the Kafka producer was dropped before its answer"),
+                    }
                 }))
             }
         }
@@ -404,6 +450,9 @@ impl Bench {
                 o.ingress_http_concurrency
             ));
         }
+        if list.contains(&Ingress::Kafka) {
+            args.push_str(&format!(" --kafka-partitions {}", o.kafka_partitions));
+        }
         self.command(&args)
     }
 
@@ -418,18 +467,28 @@ impl Bench {
                     runners.push(Runner {
                         ingress,
                         cmq_concurrency: c,
+                        kafka_partitions: 0,
                     });
                 }
             } else {
                 runners.push(Runner {
                     ingress,
                     cmq_concurrency: 0,
+                    kafka_partitions: if ingress == Ingress::Kafka {
+                        self.opts.kafka_partitions
+                    } else {
+                        0
+                    },
                 });
             }
         }
         runners.dedup();
         if runners.is_empty() {
             bail!("--ingress names no source");
+        }
+        if list.contains(&Ingress::Kafka) {
+            // Before anything starts: a missing broker is named at once.
+            self.kafka_side().await?;
         }
         let cmq = if list.contains(&Ingress::Cmq) {
             Some(self.start_cmq_emulator().await?)
@@ -608,8 +667,14 @@ impl Bench {
             .insert(section.to_string(), serde_json::Value::Object(json));
     }
 
-    /// Sets the settings of the workers started next to read events from `r`'s source.
-    pub(super) fn use_ingress(&mut self, ingress: Ingress, cmq: Option<(&CmqSide, &str, usize)>) {
+    /// Sets the settings of the workers started next to read events from `ingress`: the CMQ queue
+    /// or Kafka topic `place`, `cmq.concurrency` `cmq_concurrency`.
+    pub(super) fn use_ingress(
+        &mut self,
+        ingress: Ingress,
+        place: Option<&str>,
+        cmq: Option<(&CmqSide, usize)>,
+    ) {
         self.extra_worker_env.insert(
             "CI_WORKER__WORKER__CALLBACK_INGRESS".into(),
             ingress.name().into(),
@@ -617,8 +682,13 @@ impl Bench {
         match ingress {
             Ingress::Pulsar => {}
             Ingress::Cmq => {
-                if let Some((side, queue, concurrency)) = cmq {
+                if let (Some((side, concurrency)), Some(queue)) = (cmq, place) {
                     self.cmq_worker_env(&side.endpoint, queue, concurrency);
+                }
+            }
+            Ingress::Kafka => {
+                if let Some(topic) = place {
+                    self.kafka_worker_env(topic);
                 }
             }
             Ingress::Http => {
@@ -640,27 +710,32 @@ impl Bench {
         label: &str,
     ) -> Result<Figures> {
         let topics = self.worker_topics(None);
-        let queue = match (r.ingress, cmq) {
-            (Ingress::Cmq, Some(side)) => Some(side.new_queue(self, label).await?),
-            _ => None,
+        // The runner's own CMQ queue or Kafka topic.
+        let place = match r.ingress {
+            Ingress::Cmq => Some(
+                cmq.context("the cmq runner needs the emulator's CMQ API")?
+                    .new_queue(self, label)
+                    .await?,
+            ),
+            Ingress::Kafka => Some(self.new_kafka_topic(label).await?),
+            Ingress::Pulsar | Ingress::Http => None,
         };
         self.extra_worker_env.clear();
         self.use_ingress(
             r.ingress,
-            cmq.zip(queue.as_deref())
-                .map(|(s, q)| (s, q, r.cmq_concurrency)),
+            place.as_deref(),
+            cmq.map(|side| (side, r.cmq_concurrency)),
         );
-        let cmq_queue = cmq.zip(queue.as_deref());
         let burst_run = format!("{}-{label}-{}", self.id, short());
         let proc_label = format!("ingress-{}-{label}", r.key());
         let limit = Duration::from_secs(60 + n / 200);
         let mut worker: Proc;
         let mut sender: Sender;
         let (seen, worker_cpu, bench_secs) = if r.ingress.holds_backlog() {
-            sender = Sender::open(self, r.ingress, &topics, cmq_queue, None).await?;
+            sender = Sender::open(self, r.ingress, &topics, cmq, place.as_deref(), None).await?;
             let window = match r.ingress {
-                Ingress::Pulsar => PULSAR_WINDOW,
-                _ => CMQ_WINDOW,
+                Ingress::Pulsar | Ingress::Kafka => PULSAR_WINDOW,
+                Ingress::Cmq | Ingress::Http => CMQ_WINDOW,
             };
             let filled = Instant::now();
             hand_over_all(&mut sender, &burst_run, n, window).await?;
@@ -684,7 +759,15 @@ impl Bench {
                 .start_workers(Kind::Worker, 1, &proc_label, &topics, None, None)?
                 .remove(0);
             procs::wait_ready(&mut worker, Duration::from_secs(60)).await?;
-            sender = Sender::open(self, r.ingress, &topics, cmq_queue, worker.http_port).await?;
+            sender = Sender::open(
+                self,
+                r.ingress,
+                &topics,
+                cmq,
+                place.as_deref(),
+                worker.http_port,
+            )
+            .await?;
             let warm = format!("{burst_run}-warm");
             hand_over_all(
                 &mut sender,
@@ -792,6 +875,50 @@ impl Bench {
     }
 }
 
+/// `CallBackKafkaConfig.Region` and `InstanceId` of the benchmark's jobs: checked by the emulator,
+/// not used (one emulator stands for one CKafka instance).
+const KAFKA_REGION: &str = "ap-guangzhou";
+const KAFKA_INSTANCE_ID: &str = "ckafka-bench";
+
+impl Bench {
+    /// The Kafka cluster of `--kafka-brokers`, connected on first use.
+    pub(super) async fn kafka_side(&mut self) -> Result<&mut KafkaSide> {
+        if self.kafka.is_none() {
+            let side =
+                KafkaSide::connect(&self.opts.kafka_brokers, self.opts.kafka_partitions).await?;
+            self.kafka = Some(side);
+        }
+        Ok(self.kafka.as_mut().expect("connected above"))
+    }
+
+    /// A fresh Kafka topic named after the run and `label`.
+    pub(super) async fn new_kafka_topic(&mut self, label: &str) -> Result<String> {
+        let name = format!("bench-{}-{label}-{}", self.id, short());
+        self.kafka_side().await?.new_topic(&name).await
+    }
+
+    /// The `kafka` ingress settings of the workers started next, and the callback CI is given
+    /// (`CallBackType=Kafka`, `CallBackKafkaConfig.Topic = topic`): a consumer group of its own on
+    /// `topic`.
+    pub(super) fn kafka_worker_env(&mut self, topic: &str) {
+        let brokers = self.opts.kafka_brokers.clone();
+        for (k, v) in [
+            ("CI_WORKER__WORKER__CALLBACK_INGRESS", "kafka".to_string()),
+            ("CI_WORKER__CI__CALLBACK_TYPE", "Kafka".to_string()),
+            ("CI_WORKER__CI__KAFKA_REGION", KAFKA_REGION.to_string()),
+            (
+                "CI_WORKER__CI__KAFKA_INSTANCE_ID",
+                KAFKA_INSTANCE_ID.to_string(),
+            ),
+            ("CI_WORKER__CI__KAFKA_TOPIC", topic.to_string()),
+            ("CI_WORKER__KAFKA__BROKERS", brokers),
+            ("CI_WORKER__KAFKA__GROUP_ID", format!("{topic}-group")),
+        ] {
+            self.extra_worker_env.insert(k.to_string(), v);
+        }
+    }
+}
+
 /// The benchmark process's CPU since `before` (taken at `since`), as a share of one core.
 fn bench_share(before: Option<procs::Usage>, since: Instant) -> Option<f64> {
     let (before, after) = (before?, procs::usage_of(std::process::id())?);
@@ -838,6 +965,7 @@ mod tests {
         assert_eq!(Ingress::Pulsar.floor(), 4);
         assert_eq!(Ingress::Cmq.floor(), 3);
         assert_eq!(Ingress::Http.floor(), 3);
+        assert_eq!(Ingress::Kafka.floor(), 3);
     }
 
     #[test]

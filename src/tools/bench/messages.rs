@@ -6,7 +6,8 @@
 //! source ([`Ingress`]): on the Pulsar callback topic (`tdmq_delivery = "pulsar"`, ingress `pulsar`),
 //! into a CMQ queue (`tdmq_delivery = "cmq"`, ingress `cmq`), or POSTed to the worker (jobs
 //! submitted with `CallBackType=Url` and the worker's `/ci/callback/<token>` as `CallBack`, ingress
-//! `http`). The benchmark counts final results on the result topic until every job has one, then
+//! `http`), or into a Kafka topic of `--kafka-brokers` (jobs submitted with `CallBackType=Kafka`,
+//! ingress `kafka`; the Kafka records are not counted: they are not Pulsar messages). The benchmark counts final results on the result topic until every job has one, then
 //! waits, polling the stats, until every deadline has come due and been settled: at least the job
 //! timeout since the last `submitted` result, and every subscription of the worker with no backlog,
 //! no unacknowledged and no delayed messages, the counters unchanged between two polls.
@@ -19,10 +20,10 @@
 //! = `msgOutCounter` of every subscription on the run's topics except the benchmark's own
 //! (`ci-worker-bench-…`), whatever their name or kind, so a non-durable subscription counts too
 //! (read while the worker is connected: the broker forgets it with its consumer). The figure is
-//! (published + delivered) / jobs; the floor ([`Ingress::floor`]) is 3 with the `cmq` and `http`
-//! sources (the request delivered, `submitted` and the final result published) and 4 with the
-//! `pulsar` source (the event delivered too). Each job's deadline record adds its publish on top
-//! (cancelled before it is due, it is never delivered), and one that comes due its delivery.
+//! (published + delivered) / jobs; the floor ([`Ingress::floor`]) is 3 with the `cmq`, `http` and
+//! `kafka` sources (the request delivered, `submitted` and the final result published) and 4 with
+//! the `pulsar` source (the event delivered too). Each job's deadline record adds its publish on
+//! top (cancelled before it is due, it is never delivered), and one that comes due its delivery.
 
 use super::io::{self, Seen};
 use super::procs::{self, Proc};
@@ -352,8 +353,8 @@ impl Bench {
     }
 
     /// An emulator for this section: jobs of [`JOB_DURATION_MS`], events on the callback topic, into
-    /// the CMQ queue the worker's `ci.mq_name` names, or POSTed to the worker's `http` ingress (and
-    /// the worker's settings to match).
+    /// the CMQ queue the worker's `ci.mq_name` names, POSTed to the worker's `http` ingress, or into
+    /// a fresh Kafka topic the worker's `ci.kafka_topic` names (and the worker's settings to match).
     async fn messages_emulator(
         &mut self,
         mode: Ingress,
@@ -378,7 +379,7 @@ impl Bench {
             Ingress::Http => {
                 // The worker's port is chosen here: the jobs carry its address for CI's POSTs.
                 let port = procs::free_port()?;
-                self.use_ingress(Ingress::Http, None);
+                self.use_ingress(Ingress::Http, None, None);
                 for (k, v) in [
                     ("CI_WORKER__HTTP__LISTEN", format!("127.0.0.1:{port}")),
                     ("CI_WORKER__CI__CALLBACK_TYPE", "Url".to_string()),
@@ -390,6 +391,15 @@ impl Bench {
                     self.extra_worker_env.insert(k.into(), v);
                 }
                 self.start_emulator(0, JOB_DURATION_MS).await
+            }
+            Ingress::Kafka => {
+                let topic = self.new_kafka_topic("messages").await?;
+                self.use_ingress(Ingress::Kafka, Some(&topic), None);
+                let extra = [(
+                    "CI_WORKER__EMULATOR__KAFKA_BROKERS",
+                    self.opts.kafka_brokers.clone(),
+                )];
+                self.start_emulator_with(0, JOB_DURATION_MS, &extra).await
             }
         }
     }

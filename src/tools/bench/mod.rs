@@ -18,8 +18,9 @@
 //!   from its publication to its final result, and the worker's own share of it.
 //! - `scaling`: two `ci-worker run` processes on the same subscriptions against one.
 //! - `ingress`: completion events through each source of `worker.callback_ingress` into results
-//!   ([`ingress`]; `--ingress pulsar,cmq,http`): events published on the callback topic, sent into
-//!   the emulator's CMQ queue, POSTed to the worker's `/ci/callback/<token>`. Per source, a burst of
+//!   ([`ingress`]; `--ingress pulsar,cmq,http,kafka`): events published on the callback topic, sent
+//!   into the emulator's CMQ queue, POSTed to the worker's `/ci/callback/<token>`, produced to a
+//!   Kafka topic of `--kafka-brokers` ([`kafka`]). Per source, a burst of
 //!   `--ingress-events` (events/s into results, first to last at a consumer of the result topic),
 //!   steady runs at each of `--ingress-rates` events/s for `--ingress-duration-secs` (events/s, and
 //!   the latency from the hand-over to the result's `publish_time`, p50/p99/max), the sources
@@ -29,7 +30,8 @@
 //! - `messages`: broker messages per job ([`messages`]): a burst of `--message-jobs` jobs, every
 //!   deadline come due and settled, counted from the broker's topic stats (published by the worker +
 //!   delivered to its subscriptions, per job), with the completion events on the Pulsar callback
-//!   topic, through the CMQ ingress or POSTed to the HTTP ingress (`--message-ingress`).
+//!   topic, through the CMQ ingress, POSTed to the HTTP ingress or through a Kafka topic
+//!   (`--message-ingress`).
 //! - `memory`: peak and current RSS of `ci-worker run` ([`memory`]) with `--memory-jobs` jobs
 //!   waiting for callbacks that never come, and working through a backlog of `--memory-backlog`
 //!   completion events, each at several sizes to show whether it grows with them.
@@ -48,6 +50,7 @@ mod cost;
 pub mod events;
 mod ingress;
 mod io;
+mod kafka;
 mod memory;
 mod messages;
 mod procs;
@@ -257,12 +260,13 @@ pub struct BenchOptions {
     #[arg(long)]
     pub broker_pid: Option<u32>,
     /// Sources of the ingress section, comma-separated: `pulsar` (events published on the callback
-    /// topic), `cmq` (sent into the emulator's CMQ queue), `http` (POSTed to the worker).
+    /// topic), `cmq` (sent into the emulator's CMQ queue), `http` (POSTed to the worker), `kafka`
+    /// (produced to a topic of `--kafka-brokers`).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "pulsar,cmq,http"
+        default_value = "pulsar,cmq,http,kafka"
     )]
     pub ingress: Vec<Ingress>,
     /// Events of each burst of the ingress (and cmq) section (`--cmq-events` is the same flag).
@@ -287,6 +291,14 @@ pub struct BenchOptions {
     /// the sender, sets the pace).
     #[arg(long, default_value_t = 256)]
     pub ingress_http_concurrency: usize,
+    /// The Kafka brokers standing for CI's CKafka instance, for the `kafka` source of the ingress
+    /// and messages sections (scripts/kafka.sh's broker; `scripts/bench.sh` starts it when a
+    /// section names kafka).
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Partitions of each Kafka topic the benchmark makes for the `kafka` source.
+    #[arg(long, default_value_t = 4)]
+    pub kafka_partitions: i32,
     /// `cmq.concurrency` values (receive loops) of the cmq source, one runner each.
     #[arg(long, value_delimiter = ',', default_value = "2")]
     pub cmq_concurrency: Vec<usize>,
@@ -298,12 +310,13 @@ pub struct BenchOptions {
     pub message_job_timeout_secs: u64,
     /// How completion events reach the worker in the messages section, comma-separated: `pulsar`
     /// (the emulator publishes them on the callback topic), `cmq` (into a CMQ queue the worker
-    /// reads) or `http` (jobs submitted with `CallBackType=Url`, POSTed to the worker).
+    /// reads), `http` (jobs submitted with `CallBackType=Url`, POSTed to the worker) or `kafka`
+    /// (jobs submitted with `CallBackType=Kafka`, into a topic of `--kafka-brokers`).
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "pulsar,cmq,http"
+        default_value = "pulsar,cmq,http,kafka"
     )]
     pub message_ingress: Vec<Ingress>,
     /// Jobs left waiting for their callbacks in the memory section, one worker per value.
@@ -391,6 +404,7 @@ pub async fn run(settings: &Settings, opts: BenchOptions) -> Result<()> {
         completion_single: Vec::new(),
         extra_worker_env: BTreeMap::new(),
         extra_json: serde_json::Map::new(),
+        kafka: None,
     };
     eprintln!("bench {}: logs in {}", bench.id, bench.log_dir.display());
     let started = Instant::now();
@@ -403,6 +417,10 @@ pub async fn run(settings: &Settings, opts: BenchOptions) -> Result<()> {
         )
         .await;
         eprintln!("bench: deleted {deleted} of {} topics", bench.topics.len());
+        if let Some(kafka) = bench.kafka.as_mut() {
+            let deleted = kafka.delete_topics().await;
+            eprintln!("bench: deleted {deleted} Kafka topics");
+        }
     }
     bench.print(started.elapsed());
     if let Some(path) = &bench.opts.json {
@@ -464,6 +482,8 @@ struct Bench {
     extra_worker_env: BTreeMap<String, String>,
     /// Structured figures of a section, under its name in the `--json` output's `sections`.
     extra_json: serde_json::Map<String, serde_json::Value>,
+    /// The Kafka cluster of the `kafka` source, once a section has used it.
+    kafka: Option<kafka::KafkaSide>,
 }
 
 /// What a process under test is.

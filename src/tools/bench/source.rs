@@ -21,6 +21,8 @@ pub enum Ingress {
     Cmq,
     /// POSTs to the worker (ingress `http`): CI's `CallBackType=Url`.
     Http,
+    /// A Kafka topic (ingress `kafka`): CI's `CallBackType=Kafka`, a CKafka topic.
+    Kafka,
 }
 
 impl Ingress {
@@ -30,6 +32,7 @@ impl Ingress {
             Ingress::Pulsar => CallbackIngress::Pulsar,
             Ingress::Cmq => CallbackIngress::Cmq,
             Ingress::Http => CallbackIngress::Http,
+            Ingress::Kafka => CallbackIngress::Kafka,
         }
     }
 
@@ -37,7 +40,9 @@ impl Ingress {
         self.source().as_str()
     }
 
-    /// Whether the event itself is a broker message the worker receives (the Pulsar callback topic).
+    /// Whether the event itself is a Pulsar message the worker receives (the callback topic). A Kafka
+    /// record is a message too, but not one TDMQ for Pulsar bills or throttles: CKafka is billed by
+    /// its instance's bandwidth and disk.
     pub(super) fn event_on_broker(self) -> bool {
         self.source() == CallbackIngress::Pulsar
     }
@@ -53,13 +58,14 @@ impl Ingress {
             Ingress::Pulsar => "events on the Pulsar callback topic",
             Ingress::Cmq => "events through the CMQ ingress",
             Ingress::Http => "events through the HTTP ingress (CallBackType=Url)",
+            Ingress::Kafka => "events through the Kafka ingress (CallBackType=Kafka)",
         }
     }
 
     /// Whether events can wait in the source before a worker reads them (a burst is then a backlog).
     pub(super) fn holds_backlog(self) -> bool {
         match self {
-            Ingress::Pulsar | Ingress::Cmq => true,
+            Ingress::Pulsar | Ingress::Cmq | Ingress::Kafka => true,
             Ingress::Http => false,
         }
     }
@@ -70,6 +76,7 @@ impl Ingress {
             Ingress::Pulsar => "the broker's receipt of the event",
             Ingress::Cmq => "CMQ's answer to SendMessage",
             Ingress::Http => "the POST's start (answered 200 once the result is stored)",
+            Ingress::Kafka => "the Kafka broker's acknowledgement of the produce (acks=all)",
         }
     }
 }
