@@ -702,16 +702,7 @@ async fn kafka_record_the_worker_cannot_read_is_dead_lettered_and_committed() {
 async fn kafka_unavailable_for_a_while_loses_nothing() {
     let mut stack = Stack::via_kafka("ingress-kafka-outage", 2).await;
     start_ready(&mut stack).await;
-    let pid_file = std::path::PathBuf::from(
-        std::env::var("KAFKA_DATA_DIR")
-            .unwrap_or_else(|_| format!("{}/.cache/kafka/data-9092", env!("CARGO_MANIFEST_DIR"))),
-    )
-    .join("kafka.pid");
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = common::kafka_pid();
     let mut results = stack.follow(&stack.topics.result).await;
     let (ids, payloads) = requests("kafka-outage", 20);
     stack::signal_pid(pid, "STOP");

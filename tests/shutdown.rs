@@ -33,20 +33,22 @@ async fn publish_requests(stack: &Stack, prefix: &str, n: usize) -> Vec<String> 
     ids
 }
 
+/// CI answering in 300 ms, 16 requests in flight, [`SHUTDOWN_TIMEOUT`]: work is always under way.
+const SLOW: [(&str, &str); 4] = [
+    ("CI_WORKER__EMULATOR__LATENCY_MS", "300"),
+    ("CI_WORKER__WORKER__MAX_IN_FLIGHT", "16"),
+    ("CI_WORKER__WORKER__SHUTDOWN_TIMEOUT", "5s"),
+    ("CI_WORKER__WORKER__JOB_TIMEOUT", "5m"),
+];
+
 fn slow_stack(prefix: &str, url: Option<&str>) -> Stack {
     let mut stack = match url {
         Some(url) => Stack::on_broker(prefix, url),
         None => Stack::new(prefix),
     };
-    stack.env.extend(
-        [
-            ("CI_WORKER__EMULATOR__LATENCY_MS", "300"),
-            ("CI_WORKER__WORKER__MAX_IN_FLIGHT", "16"),
-            ("CI_WORKER__WORKER__SHUTDOWN_TIMEOUT", "5s"),
-            ("CI_WORKER__WORKER__JOB_TIMEOUT", "5m"),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
+    stack
+        .env
+        .extend(SLOW.map(|(k, v)| (k.to_string(), v.to_string())));
     stack
 }
 
@@ -154,6 +156,38 @@ async fn sigterm_while_the_broker_stopped_answering_ends_in_time() {
     signal_pid(broker.pid(), "CONT");
     let (status, took) = outcome.unwrap_or_else(|e| std::panic::resume_unwind(e));
     assert_ended_in_time("worker with the broker stopped", status, took);
+    second_worker_finishes(&mut stack, &mut results, seen, &ids).await;
+}
+
+/// The Kafka broker stops answering while the `kafka` ingress has records in hand: the last commit
+/// and leaving the group wait on it, and the exit must not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_kafka_broker_stopped_answering_ends_in_time() {
+    let mut stack = Stack::via_kafka("term-kafka", 2).await;
+    stack
+        .env
+        .extend(SLOW.map(|(k, v)| (k.to_string(), v.to_string())));
+    stack.start_emulator().await;
+    let mut results = stack.follow(&stack.topics.result).await;
+    let ids = publish_requests(&stack, "term-kafka", 200).await;
+    stack.start_worker();
+    // Under way: events are coming back through Kafka into final results.
+    let seen = collect(&mut results, GIVE_UP, |s| {
+        by_request(s)
+            .values()
+            .filter(|r| !finals(r).is_empty())
+            .count()
+            >= 8
+    })
+    .await;
+    let kafka = common::kafka_pid();
+    signal_pid(kafka, "STOP");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        stack.terminate_worker(GIVE_UP)
+    }));
+    signal_pid(kafka, "CONT");
+    let (status, took) = outcome.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    assert_ended_in_time("worker with the Kafka broker stopped", status, took);
     second_worker_finishes(&mut stack, &mut results, seen, &ids).await;
 }
 

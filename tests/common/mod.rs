@@ -385,6 +385,21 @@ pub fn kafka_brokers() -> String {
     env_or("KAFKA_BROKERS", "127.0.0.1:9092")
 }
 
+/// The process id of scripts/kafka.sh's broker (its `KAFKA_DATA_DIR`'s `kafka.pid`), to stop it
+/// with SIGSTOP: a broker that stops answering with its connections open.
+pub fn kafka_pid() -> u32 {
+    let pid_file = std::path::PathBuf::from(
+        std::env::var("KAFKA_DATA_DIR")
+            .unwrap_or_else(|_| format!("{}/.cache/kafka/data-9092", env!("CARGO_MANIFEST_DIR"))),
+    )
+    .join("kafka.pid");
+    std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+}
+
 /// Fails fast, saying what to do, when no Kafka broker listens at [`kafka_brokers`] (librdkafka
 /// itself would retry forever).
 pub async fn require_kafka() {

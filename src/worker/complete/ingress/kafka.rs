@@ -52,6 +52,10 @@ const COMMIT_EVERY: Duration = Duration::from_millis(50);
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
 /// How often the topic's metadata is read for readiness.
 const HEALTH_EVERY: Duration = Duration::from_secs(15);
+/// How long the last commit and leaving the group may take at shutdown. Both wait on the broker; a
+/// broker that does not answer must not hold the exit past the bound README Guarantees gives
+/// (`worker.shutdown_timeout` + 5 s, the producers' close included).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What the consumer's rebalance callbacks share with the read loop.
 struct Group {
@@ -220,15 +224,29 @@ pub async fn run(ctx: Arc<Context>, stop: Shutdown) -> Result<(), KafkaError> {
         handlers.abort_all();
     }
     committer.abort();
-    let mut held = offsets.lock();
-    let settled = held.to_commit();
-    if let Err(error) = commit(&*consumer, &settled, CommitMode::Sync) {
-        tracing::warn!(%error, "kafka ingress: shutdown: the last commit failed; the records since the previous one are read again");
-    }
-    drop(held);
     health.abort();
-    consumer.unsubscribe();
-    tracing::info!("kafka ingress: stopped");
+    // Both hold the consumer: once they are gone, the closing thread below holds its last handle.
+    let _ = committer.await;
+    let _ = health.await;
+    let settled = offsets.lock().to_commit();
+    // On a thread of its own: the synchronous commit and librdkafka's close (leaving the group, in
+    // the consumer's drop) block until the broker answers. Past CLOSE_TIMEOUT the process exits
+    // without them; the group then counts this member gone after its session timeout.
+    let closing = tokio::task::spawn_blocking(move || {
+        let committed = commit(&*consumer, &settled, CommitMode::Sync);
+        consumer.unsubscribe();
+        drop(consumer);
+        committed
+    });
+    match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+        Ok(Ok(Ok(()))) => tracing::info!("kafka ingress: stopped"),
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "kafka ingress: shutdown: the last commit failed; the records since the previous one are read again"),
+        Ok(Err(error)) => tracing::warn!(%error, "kafka ingress: shutdown: closing the consumer failed"),
+        Err(_) => tracing::warn!(
+            timeout_ms = CLOSE_TIMEOUT.as_millis() as u64,
+            "kafka ingress: shutdown: the broker did not answer the last commit in time; the records since the previous one are read again"
+        ),
+    }
     Ok(())
 }
 
