@@ -15,10 +15,8 @@
 
 use super::check::Check;
 use crate::config::{CallbackIngress, PulsarSettings, Settings};
-use crate::pulsar::lookup::TopicName;
 use crate::pulsar::{subscribe, Client, Publisher, SubscribeOptions, SubscriptionKind};
 use crate::shutdown::Shutdown;
-use pulsar::message::proto::command_get_topics_of_namespace::Mode;
 use std::time::Duration;
 
 pub const BROKER: &str = "pulsar broker";
@@ -153,34 +151,10 @@ pub fn judge_topic(
 
 /// Whether `topic` exists, asked without creating it.
 async fn find(client: &Client, topic: &str) -> Found {
-    let Ok(parsed) = TopicName::parse(topic) else {
-        return Found::Unknown(format!("{topic} is not a topic name"));
-    };
-    let ask = async {
-        let pulsar = client.for_topic(topic).await.map_err(|e| e.to_string())?;
-        let partitions = pulsar
-            .lookup_partitioned_topic_number(topic)
-            .await
-            .map_err(|e| e.to_string())?;
-        if partitions > 0 {
-            return Ok(Found::Exists { partitions });
-        }
-        let namespace = format!("{}/{}", parsed.tenant, parsed.namespace);
-        let listed = pulsar
-            .get_topics_of_namespace(namespace, Mode::All)
-            .await
-            .map_err(|e| e.to_string())?;
-        let full = parsed.to_string();
-        Ok(if listed.contains(&full) {
-            Found::Exists { partitions: 0 }
-        } else {
-            Found::Missing
-        })
-    };
-    match tokio::time::timeout(CALL_TIMEOUT, ask).await {
-        Ok(Ok(found)) => found,
-        Ok(Err(e)) => Found::Unknown(e),
-        Err(_) => Found::Unknown(format!("no answer within {CALL_TIMEOUT:?}")),
+    match bounded(client.existing_partitions(topic)).await {
+        Ok(Some(partitions)) => Found::Exists { partitions },
+        Ok(None) => Found::Missing,
+        Err(e) => Found::Unknown(e),
     }
 }
 

@@ -28,6 +28,7 @@ use super::error::PulsarIoError;
 use super::lookup::{is_http_url, parts, HttpLookup, TopicName};
 use crate::config::PulsarSettings;
 use crate::secret::Secret;
+use pulsar::message::proto::command_get_topics_of_namespace::Mode;
 use pulsar::{
     Authentication, ConnectionRetryOptions, OperationRetryOptions, Pulsar, TokioExecutor,
 };
@@ -184,6 +185,25 @@ impl Client {
                 .partitions(&TopicName::parse(topic)?)
                 .await?),
         }
+    }
+
+    /// Whether `topic` exists, asked without creating it (a lookup or a producer would, where the
+    /// broker allows auto-creation): `Some(partitions)` (0: not partitioned) or `None`. A topic that
+    /// is not partitioned is found in its namespace's list.
+    pub async fn existing_partitions(&self, topic: &str) -> Result<Option<u32>, PulsarIoError> {
+        let partitions = self.partitions(topic).await?;
+        if partitions > 0 {
+            return Ok(Some(partitions));
+        }
+        let name = TopicName::parse(topic)?;
+        let namespace = format!("{}/{}", name.tenant, name.namespace);
+        let listed = self
+            .for_topic(topic)
+            .await?
+            .get_topics_of_namespace(namespace.clone(), Mode::All)
+            .await
+            .map_err(|source| PulsarIoError::ListTopics { namespace, source })?;
+        Ok(listed.contains(&name.to_string()).then_some(0))
     }
 
     /// The broker URL a fresh lookup answers for `topic` (its first partition when partitioned);

@@ -38,6 +38,12 @@ pub enum PulsarIoError {
         #[source]
         source: pulsar::Error,
     },
+    #[error("cannot list the topics of namespace {namespace}: {source}")]
+    ListTopics {
+        namespace: String,
+        #[source]
+        source: pulsar::Error,
+    },
     /// The HTTP lookup (`pulsar.url` `http://` or `https://`) found no broker for a topic.
     #[error(transparent)]
     Lookup(#[from] LookupError),
@@ -54,7 +60,8 @@ impl PulsarIoError {
             | PulsarIoError::Producer { source, .. }
             | PulsarIoError::Check { source, .. }
             | PulsarIoError::Subscribe { source, .. }
-            | PulsarIoError::Partitions { source, .. } => is_refusal(source),
+            | PulsarIoError::Partitions { source, .. }
+            | PulsarIoError::ListTopics { source, .. } => is_refusal(source),
             PulsarIoError::Publish { .. } => false,
             PulsarIoError::Lookup(e) => e.is_refusal(),
         }

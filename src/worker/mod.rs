@@ -203,15 +203,9 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), WorkerErr
     // A deadline's position names its partition only on a topic that is not partitioned (the
     // crate's partitioned producer does not say where a message went).
     let deadline_partitions = client
-        .for_topic(&settings.pulsar.deadline_topic)
-        .await?
-        .lookup_partitioned_topic_number(&settings.pulsar.deadline_topic)
+        .partitions(&settings.pulsar.deadline_topic)
         .await
-        .map_err(|e| {
-            WorkerError::Task(format!(
-                "pulsar.deadline_topic: partition lookup failed: {e}"
-            ))
-        })?;
+        .map_err(|e| WorkerError::Task(format!("pulsar.deadline_topic: {e}")))?;
     if deadline_partitions > 0 {
         http.abort();
         return Err(WorkerError::Task(format!(
