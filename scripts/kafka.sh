@@ -30,11 +30,10 @@ set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 POM="$REPO_ROOT/scripts/kafka/pom.xml"
-
-die() { echo "kafka.sh: error: $*" >&2; exit 1; }
-info() { echo "kafka.sh: $*" >&2; }
-
-is_port() { [[ $1 =~ ^[0-9]+$ ]] && (($1 >= 1 && $1 <= 65535)); }
+JVM_TOOL=kafka.sh
+# The jar cache, pid file, start and stop: shared with scripts/pulsar.sh.
+# shellcheck source-path=SCRIPTDIR source=lib/jvm.sh
+source "$REPO_ROOT/scripts/lib/jvm.sh"
 
 KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
 KAFKA_PORT=${KAFKA_PORT:-9092}
@@ -45,8 +44,6 @@ is_port "$KAFKA_CONTROLLER_PORT" || die "KAFKA_CONTROLLER_PORT='$KAFKA_CONTROLLE
 
 KAFKA_DATA_DIR=${KAFKA_DATA_DIR:-$REPO_ROOT/.cache/kafka/data-$KAFKA_PORT}
 KAFKA_CACHE_DIR=${KAFKA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ci-worker/kafka-$KAFKA_VERSION}
-LIB_DIR="$KAFKA_CACHE_DIR/lib"
-LIB_STAMP="$KAFKA_CACHE_DIR/lib.stamp"
 KAFKA_WIPE=${KAFKA_WIPE:-0}
 KAFKA_AUTO_CREATE_TOPICS=${KAFKA_AUTO_CREATE_TOPICS:-false}
 case $KAFKA_AUTO_CREATE_TOPICS in
@@ -74,75 +71,15 @@ BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 # The line KafkaRaftServer logs once the broker and the controller accept requests.
 READY_LINE="Kafka Server started"
 
-# --- jars -------------------------------------------------------------------------------------
-
-lib_wanted_stamp() {
-  local pom_sum
-  pom_sum=$(sha256sum "$POM" | cut -d' ' -f1)
-  echo "kafka=$KAFKA_VERSION pom=$pom_sum"
-}
-
-lib_ready() {
-  [[ -d $LIB_DIR && -f $LIB_STAMP && "$(cat "$LIB_STAMP")" == "$(lib_wanted_stamp)" ]]
-}
-
-cmd_fetch() {
-  [[ -f $POM ]] || die "missing $POM"
-  if lib_ready; then
-    return 0
-  fi
-  command -v mvn >/dev/null || die "Maven (mvn) is not installed; run scripts/setup.sh or apt-get install maven"
-  mkdir -p "$KAFKA_CACHE_DIR"
-  (
-    # One resolver at a time per cache dir; a second caller waits and then finds the stamp.
-    exec 8>"$KAFKA_CACHE_DIR/.fetch.lock"
-    flock 8
-    if lib_ready; then exit 0; fi
-    local partial="$KAFKA_CACHE_DIR/lib.partial" started=$SECONDS
-    rm -rf "$partial" "$LIB_DIR" "$LIB_STAMP"
-    info "resolving Apache Kafka $KAFKA_VERSION jars with Maven into $LIB_DIR (first time: under a minute)"
-    local mvn_log="$KAFKA_CACHE_DIR/mvn.log"
-    # Maven 3.8 prints stray ANSI resets even with -q: keep its output in a log, show it on failure.
-    if ! mvn -B -q -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
-      -Dkafka.version="$KAFKA_VERSION" -Dmdep.prependGroupId=true -DincludeScope=runtime \
-      -DoutputDirectory="$partial" >"$mvn_log" 2>&1 8>&-; then
-      sed 's/\x1b\[[0-9;]*m//g' "$mvn_log" >&2
-      rm -rf "$partial"
-      die "Maven could not resolve org.apache.kafka:kafka_2.13:$KAFKA_VERSION (output above, also in $mvn_log)"
-    fi
-    [[ -f "$partial/org.apache.kafka.kafka_2.13-$KAFKA_VERSION.jar" ]] ||
-      die "resolved jars lack org.apache.kafka.kafka_2.13-$KAFKA_VERSION.jar (in $partial)"
-    mv "$partial" "$LIB_DIR"
-    lib_wanted_stamp >"$LIB_STAMP"
-    info "resolved $(find "$LIB_DIR" -name '*.jar' | wc -l) jars ($(du -sh "$LIB_DIR" | cut -f1)) in $((SECONDS - started)) s"
-  )
-  # Maven's build directory for a pom-only project; nothing useful in it.
-  rm -rf "$REPO_ROOT/scripts/kafka/target"
-}
+# What scripts/lib/jvm.sh works with.
+JVM_PRODUCT="Apache Kafka" JVM_KEY=kafka JVM_VERSION=$KAFKA_VERSION
+JVM_ARTIFACT=org.apache.kafka:kafka_2.13 JVM_FETCH_TIME="under a minute"
+JVM_MAIN_CLASS=kafka.Kafka JVM_CONF=$SERVER_CONF
+CACHE_DIR=$KAFKA_CACHE_DIR DATA_DIR=$KAFKA_DATA_DIR
+LIB_DIR=$(jvm_lib_dir)
+START_TIMEOUT=$KAFKA_START_TIMEOUT STOP_TIMEOUT=$KAFKA_STOP_TIMEOUT POLL_INTERVAL=0.25
 
 # --- process helpers --------------------------------------------------------------------------
-
-# The pid from the pid file if that process is alive and is our broker (same conf file).
-broker_pid() {
-  local pid cmdline
-  [[ -f $PID_FILE ]] || return 1
-  pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
-  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  [[ $cmdline == *kafka.Kafka*"$SERVER_CONF"* ]] || return 1
-  echo "$pid"
-}
-
-port_in_use() { # port -> 0 if something accepts connections on 127.0.0.1:port
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-port_owner() { # best effort description of who listens on a port
-  if command -v ss >/dev/null; then
-    ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:((\(.*\)))/\1/p' | head -n 1
-  fi
-}
 
 # Ready: the server logged its start since the JVM was launched (the log is rotated away at each
 # start) and the client listener accepts connections. Kafka opens its listeners only at the end of
@@ -151,32 +88,8 @@ broker_ready() {
   grep -qF "$READY_LINE" "$BROKER_LOG" 2>/dev/null && port_in_use "$KAFKA_PORT"
 }
 
-print_log_tail() {
-  local n=${1:-60}
-  if [[ -s $BROKER_LOG ]]; then
-    echo "----- last $n lines of $BROKER_LOG -----" >&2
-    tail -n "$n" "$BROKER_LOG" >&2
-  fi
-  if [[ -s $JVM_OUT ]]; then
-    echo "----- last 20 lines of $JVM_OUT -----" >&2
-    tail -n 20 "$JVM_OUT" >&2
-  fi
-  echo "-----" >&2
-}
-
 print_urls() {
   echo "Kafka bootstrap: $BOOTSTRAP"
-}
-
-find_java() {
-  local java=java
-  if [[ -n ${JAVA_HOME:-} && -x $JAVA_HOME/bin/java ]]; then java=$JAVA_HOME/bin/java; fi
-  command -v "$java" >/dev/null || die "Java 17+ is not installed (apt-get install openjdk-17-jre-headless)"
-  local major
-  major=$("$java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p' | head -n 1)
-  [[ $major =~ ^[0-9]+$ ]] || die "cannot tell the version of $java"
-  ((major >= 17)) || die "$java is Java $major; Kafka $KAFKA_VERSION needs Java 17 or newer"
-  echo "$java"
 }
 
 # --- configuration ----------------------------------------------------------------------------
@@ -213,24 +126,7 @@ num.recovery.threads.per.data.dir=1
 log.retention.hours=168
 EOF
 
-  cat >"$CONF_DIR/log4j2.xml" <<EOF
-<?xml version="1.0" encoding="UTF-8"?>
-<!-- Generated by scripts/kafka.sh. -->
-<Configuration status="warn" shutdownHook="disable">
-  <Appenders>
-    <RollingFile name="file" fileName="$BROKER_LOG" filePattern="$LOG_DIR/kafka-%i.log">
-      <PatternLayout pattern="%d{ISO8601} [%t] %-5level %logger{36} - %msg%n"/>
-      <Policies><SizeBasedTriggeringPolicy size="50 MB"/></Policies>
-      <DefaultRolloverStrategy max="3"/>
-    </RollingFile>
-  </Appenders>
-  <Loggers>
-    <Logger name="kafka.log.LogCleaner" level="warn"/>
-    <Logger name="org.apache.kafka.storage" level="warn"/>
-    <Root level="info"><AppenderRef ref="file"/></Root>
-  </Loggers>
-</Configuration>
-EOF
+  write_log4j2 "$CONF_DIR/log4j2.xml" kafka.log.LogCleaner org.apache.kafka.storage
 
   cat >"$CONF_DIR/tools-log4j2.xml" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
@@ -270,25 +166,8 @@ format_storage() { # java
 
 # --- commands ---------------------------------------------------------------------------------
 
-wait_ready() { # pid
-  local pid=$1 deadline=$((SECONDS + KAFKA_START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      rm -f "$PID_FILE"
-      print_log_tail 80
-      die "the broker process $pid exited during startup (logs: $LOG_DIR)"
-    fi
-    if broker_ready; then return 0; fi
-    sleep 0.25
-  done
-  print_log_tail 80
-  die "the broker (pid $pid) was not ready after ${KAFKA_START_TIMEOUT}s (logs: $LOG_DIR); it is still running, stop it with: scripts/kafka.sh stop"
-}
-
 cmd_start() {
-  mkdir -p "$KAFKA_DATA_DIR"
-  exec 9>"$KAFKA_DATA_DIR/.lock"
-  flock 9
+  lock_data_dir
 
   local pid
   if [[ $KAFKA_WIPE == 1 ]] && pid=$(broker_pid); then
@@ -296,25 +175,8 @@ cmd_start() {
     stop_locked
   fi
 
-  if pid=$(broker_pid); then
-    wait_ready "$pid"
-    info "already running (pid $pid)"
-    print_urls
-    return 0
-  fi
-  rm -f "$PID_FILE"
-
-  # Ports: fail clearly instead of letting the JVM die with a BindException.
-  local p role roles=("$KAFKA_PORT:broker (KAFKA_PORT)" "$KAFKA_CONTROLLER_PORT:controller (KAFKA_CONTROLLER_PORT)")
-  for p in "${roles[@]}"; do
-    role=${p#*:}
-    p=${p%%:*}
-    if port_in_use "$p"; then
-      local owner
-      owner=$(port_owner "$p")
-      die "port $p needed for the $role is already in use${owner:+ by $owner}; stop that process or choose other ports"
-    fi
-  done
+  if already_running; then return 0; fi
+  require_free_ports "$KAFKA_PORT:broker (KAFKA_PORT)" "$KAFKA_CONTROLLER_PORT:controller (KAFKA_CONTROLLER_PORT)"
 
   cmd_fetch
   local java
@@ -338,58 +200,7 @@ cmd_start() {
     -cp "$LIB_DIR/*")
 
   info "starting Apache Kafka $KAFKA_VERSION (KRaft, broker + controller; data=$KAFKA_DATA_DIR)"
-  local started=$SECONDS
-  # Run from the data dir (relative paths land there), detached from our stdio and lock fd.
-  (
-    cd "$KAFKA_DATA_DIR"
-    exec nohup "$java" "${jvm[@]}" kafka.Kafka "$SERVER_CONF" </dev/null >>"$JVM_OUT" 2>&1 9>&-
-  ) &
-  pid=$!
-  echo "$pid" >"$PID_FILE"
-  wait_ready "$pid"
-  info "ready after $((SECONDS - started)) s (pid $pid, log $BROKER_LOG)"
-  print_urls
-}
-
-stop_locked() {
-  local pid
-  if ! pid=$(broker_pid); then
-    rm -f "$PID_FILE"
-    return 0
-  fi
-  info "stopping the broker (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + KAFKA_STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then
-    info "still running after ${KAFKA_STOP_TIMEOUT}s: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  fi
-  rm -f "$PID_FILE"
-}
-
-cmd_stop() {
-  [[ -d $KAFKA_DATA_DIR ]] || return 0
-  exec 9>"$KAFKA_DATA_DIR/.lock"
-  flock 9
-  stop_locked
-  exec 9>&-
-}
-
-cmd_status() {
-  local pid
-  if ! pid=$(broker_pid); then
-    echo "not running ($KAFKA_DATA_DIR)"
-    return 1
-  fi
-  if broker_ready; then
-    echo "running (pid $pid)"
-    print_urls
-    return 0
-  fi
-  echo "process $pid is running but the broker is not ready"
-  return 1
+  launch_broker "$java" "${jvm[@]}" kafka.Kafka "$SERVER_CONF"
 }
 
 cmd_env() {
@@ -413,16 +224,6 @@ cmd_topic() { # name [partitions]
   info "topic $name ready ($partitions partition(s) if created now)"
 }
 
-cmd_logs() {
-  local n=${1:-100}
-  [[ -f $BROKER_LOG ]] || die "no log at $BROKER_LOG"
-  tail -n "$n" "$BROKER_LOG"
-}
-
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
-}
-
 case ${1:-} in
 fetch) cmd_fetch ;;
 start) cmd_start ;;
@@ -431,13 +232,13 @@ restart)
   cmd_stop
   KAFKA_WIPE=0 cmd_start
   ;;
-status) cmd_status ;;
+status) report_status "" ;;
 env) cmd_env ;;
 topic) cmd_topic "${2:-}" "${3:-}" ;;
 logs) cmd_logs "${2:-}" ;;
--h | --help | help) usage ;;
+-h | --help | help) usage "${BASH_SOURCE[0]}" ;;
 *)
-  usage >&2
+  usage "${BASH_SOURCE[0]}" >&2
   exit 2
   ;;
 esac

@@ -31,11 +31,10 @@ set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 POM="$REPO_ROOT/scripts/pulsar/pom.xml"
-
-die() { echo "pulsar.sh: error: $*" >&2; exit 1; }
-info() { echo "pulsar.sh: $*" >&2; }
-
-is_port() { [[ $1 =~ ^[0-9]+$ ]] && (($1 >= 1 && $1 <= 65535)); }
+JVM_TOOL=pulsar.sh
+# The jar cache, pid file, start and stop: shared with scripts/kafka.sh.
+# shellcheck source-path=SCRIPTDIR source=lib/jvm.sh
+source "$REPO_ROOT/scripts/lib/jvm.sh"
 
 PULSAR_VERSION=${PULSAR_VERSION:-4.0.7}
 PULSAR_PORT=${PULSAR_PORT:-6650}
@@ -50,8 +49,6 @@ is_port "$PULSAR_ZK_PORT" || die "PULSAR_ZK_PORT='$PULSAR_ZK_PORT' is not a port
 
 PULSAR_DATA_DIR=${PULSAR_DATA_DIR:-$REPO_ROOT/.cache/pulsar/data-$PULSAR_PORT}
 PULSAR_CACHE_DIR=${PULSAR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ci-worker/pulsar-$PULSAR_VERSION}
-LIB_DIR="$PULSAR_CACHE_DIR/lib"
-LIB_STAMP="$PULSAR_CACHE_DIR/lib.stamp"
 PULSAR_WIPE=${PULSAR_WIPE:-0}
 PULSAR_MEM=${PULSAR_MEM:--Xms512m -Xmx1g -XX:MaxDirectMemorySize=1g}
 PULSAR_EXTRA_OPTS=${PULSAR_EXTRA_OPTS:-}
@@ -72,6 +69,14 @@ JVM_OUT="$LOG_DIR/jvm.out"
 
 BROKER_URL="pulsar://127.0.0.1:$PULSAR_PORT"
 ADMIN_URL="http://127.0.0.1:$PULSAR_HTTP_PORT"
+
+# What scripts/lib/jvm.sh works with.
+JVM_PRODUCT="Apache Pulsar" JVM_KEY=pulsar JVM_VERSION=$PULSAR_VERSION
+JVM_ARTIFACT=org.apache.pulsar:pulsar-broker JVM_FETCH_TIME="about a minute"
+JVM_MAIN_CLASS=PulsarStandaloneStarter JVM_CONF="$CONF_DIR/standalone.conf"
+CACHE_DIR=$PULSAR_CACHE_DIR DATA_DIR=$PULSAR_DATA_DIR
+LIB_DIR=$(jvm_lib_dir)
+START_TIMEOUT=$PULSAR_START_TIMEOUT STOP_TIMEOUT=$PULSAR_STOP_TIMEOUT POLL_INTERVAL=0.5
 
 # --- remembered settings (auth / metadata mode) ----------------------------------------------
 
@@ -94,75 +99,7 @@ resolve_modes() {
   case $PULSAR_METADATA in zookeeper | rocksdb) ;; *) die "PULSAR_METADATA must be 'zookeeper' or 'rocksdb' (got '$PULSAR_METADATA')" ;; esac
 }
 
-# --- jars -------------------------------------------------------------------------------------
-
-lib_wanted_stamp() {
-  local pom_sum
-  pom_sum=$(sha256sum "$POM" | cut -d' ' -f1)
-  echo "pulsar=$PULSAR_VERSION pom=$pom_sum"
-}
-
-lib_ready() {
-  [[ -d $LIB_DIR && -f $LIB_STAMP && "$(cat "$LIB_STAMP")" == "$(lib_wanted_stamp)" ]]
-}
-
-cmd_fetch() {
-  [[ -f $POM ]] || die "missing $POM"
-  if lib_ready; then
-    return 0
-  fi
-  command -v mvn >/dev/null || die "Maven (mvn) is not installed; run scripts/setup.sh or apt-get install maven"
-  mkdir -p "$PULSAR_CACHE_DIR"
-  (
-    # One resolver at a time per cache dir; a second caller waits and then finds the stamp.
-    exec 8>"$PULSAR_CACHE_DIR/.fetch.lock"
-    flock 8
-    if lib_ready; then exit 0; fi
-    local partial="$PULSAR_CACHE_DIR/lib.partial" started=$SECONDS
-    rm -rf "$partial" "$LIB_DIR" "$LIB_STAMP"
-    info "resolving Apache Pulsar $PULSAR_VERSION jars with Maven into $LIB_DIR (first time: about a minute)"
-    local mvn_log="$PULSAR_CACHE_DIR/mvn.log"
-    # Maven 3.8 prints stray ANSI resets even with -q: keep its output in a log, show it on failure.
-    if ! mvn -B -q -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
-      -Dpulsar.version="$PULSAR_VERSION" -Dmdep.prependGroupId=true -DincludeScope=runtime \
-      -DoutputDirectory="$partial" >"$mvn_log" 2>&1 8>&-; then
-      sed 's/\x1b\[[0-9;]*m//g' "$mvn_log" >&2
-      rm -rf "$partial"
-      die "Maven could not resolve org.apache.pulsar:pulsar-broker:$PULSAR_VERSION (output above, also in $mvn_log)"
-    fi
-    [[ -f "$partial/org.apache.pulsar.pulsar-broker-$PULSAR_VERSION.jar" ]] ||
-      die "resolved jars lack org.apache.pulsar.pulsar-broker-$PULSAR_VERSION.jar (in $partial)"
-    mv "$partial" "$LIB_DIR"
-    lib_wanted_stamp >"$LIB_STAMP"
-    info "resolved $(find "$LIB_DIR" -name '*.jar' | wc -l) jars ($(du -sh "$LIB_DIR" | cut -f1)) in $((SECONDS - started)) s"
-  )
-  # Maven's build directory for a pom-only project; nothing useful in it.
-  rm -rf "$REPO_ROOT/scripts/pulsar/target"
-}
-
 # --- process helpers --------------------------------------------------------------------------
-
-# The pid from the pid file if that process is alive and is our broker (same conf file).
-broker_pid() {
-  local pid cmdline
-  [[ -f $PID_FILE ]] || return 1
-  pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
-  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  [[ $cmdline == *PulsarStandaloneStarter*"$CONF_DIR/standalone.conf"* ]] || return 1
-  echo "$pid"
-}
-
-port_in_use() { # port -> 0 if something accepts connections on 127.0.0.1:port
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-port_owner() { # best effort description of who listens on a port
-  if command -v ss >/dev/null; then
-    ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*users:((\(.*\)))/\1/p' | head -n 1
-  fi
-}
 
 auth_curl_args() {
   if [[ $PULSAR_AUTH == token && -f $HEADER_FILE ]]; then
@@ -178,19 +115,6 @@ http_ok() { # path -> 0 if the admin API answers 2xx
 
 broker_ready() {
   http_ok /admin/v2/brokers/ready && http_ok /admin/v2/namespaces/public/default
-}
-
-print_log_tail() {
-  local n=${1:-60}
-  if [[ -s $BROKER_LOG ]]; then
-    echo "----- last $n lines of $BROKER_LOG -----" >&2
-    tail -n "$n" "$BROKER_LOG" >&2
-  fi
-  if [[ -s $JVM_OUT ]]; then
-    echo "----- last 20 lines of $JVM_OUT -----" >&2
-    tail -n 20 "$JVM_OUT" >&2
-  fi
-  echo "-----" >&2
 }
 
 print_urls() {
@@ -305,24 +229,7 @@ brokerClientAuthenticationParameters=file://$TOKEN_FILE
 EOF
   fi
 
-  cat >"$CONF_DIR/log4j2.xml" <<EOF
-<?xml version="1.0" encoding="UTF-8"?>
-<!-- Generated by scripts/pulsar.sh. -->
-<Configuration status="warn" shutdownHook="disable">
-  <Appenders>
-    <RollingFile name="file" fileName="$BROKER_LOG" filePattern="$LOG_DIR/pulsar-%i.log">
-      <PatternLayout pattern="%d{ISO8601} [%t] %-5level %logger{36} - %msg%n"/>
-      <Policies><SizeBasedTriggeringPolicy size="50 MB"/></Policies>
-      <DefaultRolloverStrategy max="3"/>
-    </RollingFile>
-  </Appenders>
-  <Loggers>
-    <Logger name="org.apache.zookeeper" level="warn"/>
-    <Logger name="org.apache.bookkeeper.proto" level="warn"/>
-    <Root level="info"><AppenderRef ref="file"/></Root>
-  </Loggers>
-</Configuration>
-EOF
+  write_log4j2 "$CONF_DIR/log4j2.xml" org.apache.zookeeper org.apache.bookkeeper.proto
 
   {
     echo "auth=$PULSAR_AUTH"
@@ -332,39 +239,11 @@ EOF
   } >"$MODE_FILE"
 }
 
-find_java() {
-  local java=java
-  if [[ -n ${JAVA_HOME:-} && -x $JAVA_HOME/bin/java ]]; then java=$JAVA_HOME/bin/java; fi
-  command -v "$java" >/dev/null || die "Java 17+ is not installed (apt-get install openjdk-17-jre-headless)"
-  local major
-  major=$("$java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p' | head -n 1)
-  [[ $major =~ ^[0-9]+$ ]] || die "cannot tell the version of $java"
-  ((major >= 17)) || die "$java is Java $major; Pulsar $PULSAR_VERSION needs Java 17 or newer"
-  echo "$java"
-}
-
 # --- commands ---------------------------------------------------------------------------------
-
-wait_ready() { # pid
-  local pid=$1 deadline=$((SECONDS + PULSAR_START_TIMEOUT))
-  while ((SECONDS < deadline)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      rm -f "$PID_FILE"
-      print_log_tail 80
-      die "the broker process $pid exited during startup (logs: $LOG_DIR)"
-    fi
-    if broker_ready; then return 0; fi
-    sleep 0.5
-  done
-  print_log_tail 80
-  die "the broker (pid $pid) was not ready after ${PULSAR_START_TIMEOUT}s (logs: $LOG_DIR); it is still running, stop it with: scripts/pulsar.sh stop"
-}
 
 cmd_start() {
   command -v curl >/dev/null || die "curl is not installed; run scripts/setup.sh or apt-get install curl"
-  mkdir -p "$PULSAR_DATA_DIR"
-  exec 9>"$PULSAR_DATA_DIR/.lock"
-  flock 9
+  lock_data_dir
 
   local pid
   if [[ $PULSAR_WIPE == 1 ]] && pid=$(broker_pid); then
@@ -373,30 +252,16 @@ cmd_start() {
   fi
   resolve_modes
 
-  if pid=$(broker_pid); then
-    if [[ $(saved_setting auth) != "$PULSAR_AUTH" || $(saved_setting metadata) != "$PULSAR_METADATA" ]]; then
-      die "a broker is already running on this data dir (pid $pid) with auth=$(saved_setting auth) metadata=$(saved_setting metadata); stop it first"
-    fi
-    wait_ready "$pid"
-    info "already running (pid $pid)"
-    print_urls
-    return 0
+  if pid=$(broker_pid) &&
+    [[ $(saved_setting auth) != "$PULSAR_AUTH" || $(saved_setting metadata) != "$PULSAR_METADATA" ]]; then
+    die "a broker is already running on this data dir (pid $pid) with auth=$(saved_setting auth) metadata=$(saved_setting metadata); stop it first"
   fi
-  rm -f "$PID_FILE"
+  if already_running; then return 0; fi
 
-  # Ports: fail clearly instead of letting the JVM die with a BindException.
-  local p role roles=("$PULSAR_PORT:broker (PULSAR_PORT)" "$PULSAR_HTTP_PORT:HTTP admin (PULSAR_HTTP_PORT)"
+  local roles=("$PULSAR_PORT:broker (PULSAR_PORT)" "$PULSAR_HTTP_PORT:HTTP admin (PULSAR_HTTP_PORT)"
     "$PULSAR_BOOKIE_PORT:bookie (PULSAR_BOOKIE_PORT)")
   [[ $PULSAR_METADATA == zookeeper ]] && roles+=("$PULSAR_ZK_PORT:ZooKeeper (PULSAR_ZK_PORT)")
-  for p in "${roles[@]}"; do
-    role=${p#*:}
-    p=${p%%:*}
-    if port_in_use "$p"; then
-      local owner
-      owner=$(port_owner "$p")
-      die "port $p needed for the $role is already in use${owner:+ by $owner}; stop that process or choose other ports"
-    fi
-  done
+  require_free_ports "${roles[@]}"
 
   cmd_fetch
   local java
@@ -412,9 +277,10 @@ cmd_start() {
   local args=(--config "$CONF_DIR/standalone.conf" --no-functions-worker --no-stream-storage
     --advertised-address 127.0.0.1 --bookkeeper-port "$PULSAR_BOOKIE_PORT"
     --bookkeeper-dir "$STORE_DIR/bookkeeper")
-  local zk_env=0
+  # The starter picks its metadata store from this variable; `env` execs java, which keeps the pid.
+  local launcher=(env -u PULSAR_STANDALONE_USE_ZOOKEEPER)
   if [[ $PULSAR_METADATA == zookeeper ]]; then
-    zk_env=1
+    launcher=(env PULSAR_STANDALONE_USE_ZOOKEEPER=1)
     args+=(--zookeeper-port "$PULSAR_ZK_PORT" --zookeeper-dir "$STORE_DIR/zookeeper")
   else
     [[ -d $STORE_DIR/zookeeper ]] && die "$STORE_DIR holds ZooKeeper metadata; use PULSAR_METADATA=zookeeper or PULSAR_WIPE=1"
@@ -440,61 +306,12 @@ cmd_start() {
     -cp "$LIB_DIR/*")
 
   info "starting Apache Pulsar $PULSAR_VERSION standalone (metadata=$PULSAR_METADATA, auth=$PULSAR_AUTH, data=$PULSAR_DATA_DIR)"
-  local started=$SECONDS
-  # Run from the data dir (relative paths land there), detached from our stdio and lock fd.
-  (
-    cd "$PULSAR_DATA_DIR"
-    if [[ $zk_env == 1 ]]; then export PULSAR_STANDALONE_USE_ZOOKEEPER=1; else unset PULSAR_STANDALONE_USE_ZOOKEEPER; fi
-    exec nohup "$java" "${jvm[@]}" org.apache.pulsar.PulsarStandaloneStarter "${args[@]}" \
-      </dev/null >>"$JVM_OUT" 2>&1 9>&-
-  ) &
-  pid=$!
-  echo "$pid" >"$PID_FILE"
-  wait_ready "$pid"
-  info "ready after $((SECONDS - started)) s (pid $pid, log $BROKER_LOG)"
-  print_urls
+  launch_broker "${launcher[@]}" "$java" "${jvm[@]}" org.apache.pulsar.PulsarStandaloneStarter "${args[@]}"
 }
 
-stop_locked() {
-  local pid
-  if ! pid=$(broker_pid); then
-    rm -f "$PID_FILE"
-    return 0
-  fi
-  info "stopping the broker (pid $pid)"
-  kill -TERM "$pid" 2>/dev/null || true
-  local deadline=$((SECONDS + PULSAR_STOP_TIMEOUT))
-  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-  if kill -0 "$pid" 2>/dev/null; then
-    info "still running after ${PULSAR_STOP_TIMEOUT}s: SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-  fi
-  rm -f "$PID_FILE"
-}
-
-cmd_stop() {
-  [[ -d $PULSAR_DATA_DIR ]] || return 0
-  exec 9>"$PULSAR_DATA_DIR/.lock"
-  flock 9
-  stop_locked
-  exec 9>&-
-}
-
-cmd_status() {
+pulsar_status() {
   resolve_modes
-  local pid
-  if ! pid=$(broker_pid); then
-    echo "not running ($PULSAR_DATA_DIR)"
-    return 1
-  fi
-  if broker_ready; then
-    echo "running (pid $pid, auth=$PULSAR_AUTH, metadata=$PULSAR_METADATA)"
-    print_urls
-    return 0
-  fi
-  echo "process $pid is running but the broker is not ready"
-  return 1
+  report_status ", auth=$PULSAR_AUTH, metadata=$PULSAR_METADATA"
 }
 
 cmd_env() {
@@ -512,16 +329,6 @@ cmd_token() {
   cat "$TOKEN_FILE"
 }
 
-cmd_logs() {
-  local n=${1:-100}
-  [[ -f $BROKER_LOG ]] || die "no log at $BROKER_LOG"
-  tail -n "$n" "$BROKER_LOG"
-}
-
-usage() {
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
-}
-
 case ${1:-} in
 fetch) cmd_fetch ;;
 start) cmd_start ;;
@@ -530,13 +337,13 @@ restart)
   cmd_stop
   PULSAR_WIPE=0 cmd_start
   ;;
-status) cmd_status ;;
+status) pulsar_status ;;
 env) cmd_env ;;
 token) cmd_token ;;
 logs) cmd_logs "${2:-}" ;;
--h | --help | help) usage ;;
+-h | --help | help) usage "${BASH_SOURCE[0]}" ;;
 *)
-  usage >&2
+  usage "${BASH_SOURCE[0]}" >&2
   exit 2
   ;;
 esac

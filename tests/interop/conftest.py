@@ -204,3 +204,33 @@ def emulator_process(tmp_path, port, env):
             proc.wait()
             pytest.fail(f"the emulator ignored SIGTERM for 20 s:\n{log_path.read_text()}")
         assert rc == 0, f"the emulator exited with {rc} on SIGTERM:\n{log_path.read_text()}"
+
+
+@contextlib.contextmanager
+def sdk_emulator(tmp_path, secret_id, secret_key, env):
+    """`emulator_process` on a free port for the SDK's tests: its CI API accepts `secret_id` /
+    `secret_key`, a job lasts 300 ms, `env` adds the rest (callback delivery); yields the port."""
+    port = free_port()
+    env = {
+        "TENCENTCLOUD_SECRET_ID": secret_id,
+        "TENCENTCLOUD_SECRET_KEY": secret_key,
+        "CI_WORKER__EMULATOR__JOB_DURATION_MS": "300",
+        **env,
+    }
+    with emulator_process(tmp_path, port, env):
+        yield port
+
+
+def digital_watermark_job(obj, user_data, **fields):
+    """A DigitalWatermark job of `obj` (the dict the SDK turns into CI's XML), `fields` (queue,
+    callback) after its Operation."""
+    return {
+        "Tag": "DigitalWatermark",
+        "Input": {"Object": obj},
+        "Operation": {
+            "DigitalWatermark": {"Type": "Text", "Message": "123456789ab", "Version": "V1"},
+            "Output": {"Bucket": BUCKET, "Region": REGION, "Object": "output/digital.mp4"},
+            "UserData": user_data,
+        },
+        **fields,
+    }

@@ -12,33 +12,25 @@ import xml.etree.ElementTree as ET
 import pulsar
 import pytest
 from qcloud_cos.cos_exception import CosServiceError
-from conftest import BUCKET, REGION, emulator_process, free_port, sdk_client
+from conftest import BUCKET, REGION, digital_watermark_job, sdk_client, sdk_emulator
 
 SECRET_ID = "AKIDemulatorPythonInterop0000000"
 SECRET_KEY = "emulatorpythoninteropsecret01234"
 MQ_NAME = "ci-callback-queue"
 
 
-
-
-
-
 @pytest.fixture
 def emulator(tmp_path, pulsar_url):
     """`ci-worker emulator` on a free port with a unique callback topic; yields (port, topic)."""
-    port = free_port()
     prefix = f"py-emu-{uuid.uuid4().hex[:12]}"
     env = {
-        "TENCENTCLOUD_SECRET_ID": SECRET_ID,
-        "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
         "CI_WORKER__PULSAR__URL": pulsar_url,
-        "CI_WORKER__EMULATOR__JOB_DURATION_MS": "300",
         "CI_WORKER__EMULATOR__CALLBACK_TOPIC_TEMPLATE": f"persistent://public/default/{prefix}-{{MqName}}",
         # These tests read TDMQ events from Pulsar (the bridge setup); test_cmq_sdk.py reads them
         # from the emulator's CMQ queues, as CI delivers them.
         "CI_WORKER__EMULATOR__TDMQ_DELIVERY": "pulsar",
     }
-    with emulator_process(tmp_path, port, env):
+    with sdk_emulator(tmp_path, SECRET_ID, SECRET_KEY, env) as port:
         yield port, f"persistent://public/default/{prefix}-{MQ_NAME}"
 
 
@@ -53,19 +45,14 @@ def tts_job(output):
 
 
 def watermark_job(obj, callback_format, user_data):
-    return {
-        "Tag": "DigitalWatermark",
-        "Input": {"Object": obj},
-        "Operation": {
-            "DigitalWatermark": {"Type": "Text", "Message": "123456789ab", "Version": "V1"},
-            "Output": {"Bucket": BUCKET, "Region": REGION, "Object": "output/digital.mp4"},
-            "UserData": user_data,
-        },
-        "QueueId": "p0123456789abcdef",
-        "CallBackFormat": callback_format,
-        "CallBackType": "TDMQ",
-        "CallBackMqConfig": {"MqRegion": "gz", "MqMode": "Queue", "MqName": MQ_NAME},
-    }
+    return digital_watermark_job(
+        obj,
+        user_data,
+        QueueId="p0123456789abcdef",
+        CallBackFormat=callback_format,
+        CallBackType="TDMQ",
+        CallBackMqConfig={"MqRegion": "gz", "MqMode": "Queue", "MqName": MQ_NAME},
+    )
 
 
 def parse_event(payload):

@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaConsumer
 from kafka.admin import KafkaAdminClient, NewTopic
 from qcloud_cos.cos_exception import CosServiceError
-from conftest import BUCKET, REGION, _env, emulator_process, free_port, require_listening, sdk_client
+from conftest import BUCKET, _env, digital_watermark_job, free_port, require_listening, sdk_client, sdk_emulator
 
 SECRET_ID = "AKIDemulatorKafkaInterop00000000"
 SECRET_KEY = "emulatorkafkainteropsecret012345"
@@ -40,32 +40,23 @@ def kafka_topic(kafka_brokers):
 
 @pytest.fixture
 def emulator(tmp_path, kafka_brokers):
-    port = free_port()
     env = {
-        "TENCENTCLOUD_SECRET_ID": SECRET_ID,
-        "TENCENTCLOUD_SECRET_KEY": SECRET_KEY,
-        "CI_WORKER__EMULATOR__JOB_DURATION_MS": "300",
         "CI_WORKER__EMULATOR__CMQ_LISTEN": f"127.0.0.1:{free_port()}",
         "CI_WORKER__EMULATOR__KAFKA_BROKERS": kafka_brokers,
     }
-    with emulator_process(tmp_path, port, env):
+    with sdk_emulator(tmp_path, SECRET_ID, SECRET_KEY, env) as port:
         yield port
 
 
 def kafka_job(obj, callback_format, user_data, kafka_config):
     """A DigitalWatermark job with a Kafka callback, the dict the SDK turns into CI's XML."""
-    return {
-        "Tag": "DigitalWatermark",
-        "Input": {"Object": obj},
-        "Operation": {
-            "DigitalWatermark": {"Type": "Text", "Message": "123456789ab", "Version": "V1"},
-            "Output": {"Bucket": BUCKET, "Region": REGION, "Object": "output/digital.mp4"},
-            "UserData": user_data,
-        },
-        "CallBackFormat": callback_format,
-        "CallBackType": "Kafka",
-        "CallBackKafkaConfig": kafka_config,
-    }
+    return digital_watermark_job(
+        obj,
+        user_data,
+        CallBackFormat=callback_format,
+        CallBackType="Kafka",
+        CallBackKafkaConfig=kafka_config,
+    )
 
 
 def read_event(value):
