@@ -562,8 +562,8 @@ cleanup() {
   local rc=$?
   if ((STACK_UP == 1)); then
     if ((rc != 0)); then
-      compose ps -a >&2 || true
-      compose logs --no-color --tail 60 >"$WORK/compose-failure.log" 2>&1 || true
+      compose --profile '*' ps -a >&2 || true
+      compose --profile '*' logs --no-color --tail 60 >"$WORK/compose-failure.log" 2>&1 || true
       tail -n 120 "$WORK/compose-failure.log" >&2
       say "compose logs: $WORK/compose-failure.log"
     fi
@@ -697,8 +697,8 @@ say "stack healthy after $((SECONDS - up_started)) s; worker ready ${ready_after
 
 phase "the sample (docker compose --profile sample run --rm sample)"
 sample_user=()
-if [[ $(stat -c %A "$REPO_ROOT/schemas/examples/request.json") != ???????r?? ]]; then
-  say "schemas/examples/request.json is not readable by others (umask?): SAMPLE_USER=$(id -u):$(id -g)"
+if [[ $(stat -c %A "$REPO_ROOT/schemas/examples/request.json" "$REPO_ROOT/schemas/examples/request-kafka.json" | sort -u) != ???????r?? ]]; then
+  say "schemas/examples/request*.json are not readable by others (umask?): SAMPLE_USER=$(id -u):$(id -g)"
   sample_user=(env "SAMPLE_USER=$(id -u):$(id -g)")
 fi
 sample_started=$SECONDS
