@@ -10,14 +10,15 @@
 #      sample-kafka (`--profile kafka-sample run --rm sample-kafka`) ends with a `succeeded` result
 #      and worker-kafka's /metrics counts the event its kafka ingress stored; the topic is described
 #      from the host through KAFKA_HOST_PORT (Kafka's own TopicCommand, when java is here). About 40 s
-#      on a shared 2-core machine (the stand-in's first build about 1.5 minutes more)
+#      on a shared 2-core machine (the Kafka stand-in's first build about 1.5 minutes more)
 #   5. SIGTERM: `docker stop` of the worker, timed; it must exit 0 before its grace period
 #   6. `docker compose down -v` (every profile); then the emulator alone, by the Dockerfile's `docker run`
 # and ends with one summary line (`compose-check: passed: ...` or `compose-check: FAILED: ...`).
 #
 #   scripts/compose-check.sh           the ci-worker image from a binary already built (CI_WORKER_BIN),
 #                                      Dockerfile target runtime-prebuilt; what scripts/test.sh runs
-#                                      (about 2 minutes; the stand-ins' first build about 3 more)
+#                                      (about 2 minutes, 40 s of them the kafka profile; the stand-ins'
+#                                      first build about 4 more)
 #   scripts/compose-check.sh --full    the image from the Dockerfile's whole multi-stage build
 #                                      (`docker compose build`): from a fresh clone and an empty build
 #                                      cache 17 minutes on a shared 2-core machine, 13 of them cargo
