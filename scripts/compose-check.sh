@@ -5,13 +5,20 @@
 #   3. clients ON THE HOST, with no listener name, through PULSAR_HOST_PORT: Apache's Python client
 #      publishes 20 requests and reads their 20 final results; `ci-worker submit --wait` (pulsar-rs)
 #      and Apache's Java client do one each
-#   4. SIGTERM: `docker stop` of the worker, timed; it must exit 0 before its grace period
-#   5. `docker compose down -v`; then the emulator alone, by the Dockerfile's `docker run`
+#   4. profile kafka (`docker compose --profile kafka up --wait`) on the running stack: the Apache
+#      Kafka broker healthy, the one-shot kafka-topic exited 0, worker-kafka ready; the one-shot
+#      sample-kafka (`--profile kafka-sample run --rm sample-kafka`) ends with a `succeeded` result
+#      and worker-kafka's /metrics counts the event its kafka ingress stored; the topic is described
+#      from the host through KAFKA_HOST_PORT (Kafka's own TopicCommand, when java is here). About 40 s
+#      on a shared 2-core machine (the Kafka stand-in's first build about 1.5 minutes more)
+#   5. SIGTERM: `docker stop` of the worker, timed; it must exit 0 before its grace period
+#   6. `docker compose down -v` (every profile); then the emulator alone, by the Dockerfile's `docker run`
 # and ends with one summary line (`compose-check: passed: ...` or `compose-check: FAILED: ...`).
 #
 #   scripts/compose-check.sh           the ci-worker image from a binary already built (CI_WORKER_BIN),
 #                                      Dockerfile target runtime-prebuilt; what scripts/test.sh runs
-#                                      (about 2 minutes; the stand-ins' first build about 3 more)
+#                                      (about 2 minutes, 40 s of them the kafka profile; the stand-ins'
+#                                      first build about 4 more)
 #   scripts/compose-check.sh --full    the image from the Dockerfile's whole multi-stage build
 #                                      (`docker compose build`): from a fresh clone and an empty build
 #                                      cache 17 minutes on a shared 2-core machine, 13 of them cargo
@@ -41,10 +48,30 @@
 #       of that version copied from this machine's rustup (no docs) at /usr/local/rustup, with
 #       CARGO_HOME=/usr/local/cargo as the official image has it. Differs: no rustup, none of
 #       buildpack-deps' other packages (git, curl, libssl-dev, ...).
+#   apache/kafka:<version of docker-compose.yml>
+#       Debian 12 minbase with openjdk-17-jre-headless, and the official image's layout: under
+#       /opt/kafka/libs the broker and tools jars scripts/kafka.sh resolves from Maven Central,
+#       /opt/kafka/config, /etc/kafka/docker (default server.properties, log4j2.yaml,
+#       tools-log4j2.yaml), /var/lib/kafka/data, /mnt/shared/config, user appuser (1000), CMD
+#       /etc/kafka/docker/run. That run script is written here; it does what the official one does
+#       (NAME=value arguments exported, CLUSTER_ID defaulted to the official default, a controller-only
+#       node refuses advertised listeners, KAFKA_LISTENERS derived from KAFKA_ADVERTISED_LISTENERS
+#       when unset) and then calls Kafka's own kafka.docker.KafkaDockerWrapper `setup`, the class the
+#       official image calls, so the KAFKA_* variables become server.properties keys exactly as there
+#       (`_` -> `.`, `__` -> `_`, `___` -> `-`; a mounted /mnt/shared/config/server.properties; the
+#       defaults when no variable is set) and the storage is formatted the same way. The default
+#       server.properties is a one-node broker+controller on 9092/9093 with a static quorum.
+#       bin/: kafka-run-class.sh, kafka-server-start.sh, kafka-storage.sh, kafka-topics.sh,
+#       kafka-broker-api-versions.sh, kafka-consumer-groups.sh (short launchers of their classes,
+#       same KAFKA_HEAP_OPTS / KAFKA_JVM_PERFORMANCE_OPTS / KAFKA_LOG4J_OPTS / KAFKA_OPTS defaults).
+#       Differs: Alpine and Java 21 there (Java 17 here); no other bin/ tools, no connect, no JMX
+#       settings (KAFKA_JMX_*), no class-data-sharing archives (kafka.jsa), no SSL/SASL checks of the
+#       run script (the wrapper still writes their keys), no shipped config/ examples.
 #
 # Environment:
 #   COMPOSE_CHECK_PORT [16650]  host ports: broker P, its HTTP P+1, worker metrics P+2,
-#                               emulator P+3, emulator CMQ P+4; also names the project
+#                               emulator P+3, emulator CMQ P+4, Kafka P+5, worker-kafka metrics
+#                               P+6; also names the project
 #                               (ci-worker-check-P) and the image (ci-worker:check-P)
 #   CI_WORKER_BIN [newest of target/{release,debug}/ci-worker]  the binary of the default mode
 #   COMPOSE_CHECK_PULL [1]      0: never try to pull the official base images
@@ -75,6 +102,7 @@ mkdir -p "$WORK" "$CACHE"
 P=${COMPOSE_CHECK_PORT:-16650}
 export PULSAR_HOST_PORT=$P PULSAR_HOST_HTTP_PORT=$((P + 1)) WORKER_METRICS_PORT=$((P + 2))
 export EMULATOR_PORT=$((P + 3)) EMULATOR_CMQ_PORT=$((P + 4))
+export KAFKA_HOST_PORT=$((P + 5)) WORKER_KAFKA_METRICS_PORT=$((P + 6))
 export CI_WORKER_IMAGE="ci-worker:check-$P"
 PROJECT="ci-worker-check-$P"
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -347,6 +375,157 @@ EOF
     --change 'ENV PULSAR_PID_DIR=/pulsar/logs')
 }
 
+KAFKA_VERSION=""
+standin_kafka() { # rootfs
+  local root=$1 lib
+  lib="${KAFKA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ci-worker/kafka-$KAFKA_VERSION}/lib"
+  KAFKA_VERSION=$KAFKA_VERSION bash "$REPO_ROOT/scripts/kafka.sh" fetch || return 1
+  debootstrap_minbase "$root" openjdk-17-jre-headless || return 1
+  local java_home
+  java_home=$(dirname "$(dirname "$(chroot "$root" readlink -f /usr/bin/java)")")
+  mkdir -p "$root/opt/kafka/bin" "$root/opt/kafka/config" "$root/opt/kafka/logs" "$root/etc/kafka/docker" \
+    "$root/etc/kafka/secrets" "$root/var/lib/kafka/data" "$root/mnt/shared/config" "$root/usr/logs" \
+    "$root/home/appuser"
+  cp -a "$lib" "$root/opt/kafka/libs"
+  # bin/: the launcher every tool goes through, and the tools the compose file and its healthcheck
+  # call, each a one-line wrapper naming its class as the distribution's scripts do.
+  cat >"$root/opt/kafka/bin/kafka-run-class.sh" <<'EOF'
+#!/bin/bash
+# Stand-in for Apache Kafka's bin/kafka-run-class.sh (scripts/compose-check.sh): runs CLASS with the
+# jars of /opt/kafka/libs. The variables the distribution's launcher reads, with its defaults:
+# KAFKA_HEAP_OPTS, KAFKA_JVM_PERFORMANCE_OPTS, KAFKA_LOG4J_OPTS (the tools' console logging unless
+# set), KAFKA_OPTS, LOG_DIR; no JMX, GC log or daemon mode.
+base=/opt/kafka
+if [ $# -lt 1 ]; then
+  echo "usage: $0 CLASS [args]" >&2
+  exit 1
+fi
+class=$1
+shift
+exec "${JAVA_HOME:+$JAVA_HOME/bin/}java" ${KAFKA_HEAP_OPTS:--Xmx256M} \
+  ${KAFKA_JVM_PERFORMANCE_OPTS:--server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true} \
+  "-Dkafka.logs.dir=${LOG_DIR:-$base/logs}" ${KAFKA_LOG4J_OPTS:--Dlog4j2.configurationFile=$base/config/tools-log4j2.yaml} \
+  ${KAFKA_OPTS:-} -cp "$base/libs/*" "$class" "$@"
+EOF
+  cat >"$root/opt/kafka/bin/kafka-server-start.sh" <<'EOF'
+#!/bin/bash
+# Stand-in for bin/kafka-server-start.sh (scripts/compose-check.sh): the broker in the foreground,
+# 1 GB heap and config/log4j2.yaml unless KAFKA_HEAP_OPTS / KAFKA_LOG4J_OPTS say otherwise.
+if [ $# -lt 1 ]; then
+  echo "usage: $0 server.properties [--override property=value]*" >&2
+  exit 1
+fi
+export KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xmx1G -Xms1G}
+export KAFKA_LOG4J_OPTS=${KAFKA_LOG4J_OPTS:--Dlog4j2.configurationFile=/opt/kafka/config/log4j2.yaml}
+exec /opt/kafka/bin/kafka-run-class.sh kafka.Kafka "$@"
+EOF
+  local tool class
+  for tool in kafka-storage.sh:kafka.tools.StorageTool kafka-topics.sh:org.apache.kafka.tools.TopicCommand \
+    kafka-broker-api-versions.sh:org.apache.kafka.tools.BrokerApiVersionsCommand \
+    kafka-consumer-groups.sh:org.apache.kafka.tools.consumer.group.ConsumerGroupCommand; do
+    class=${tool#*:}
+    tool=${tool%%:*}
+    printf '#!/bin/bash\n# Stand-in (scripts/compose-check.sh): %s as the distribution runs it.\nexec /opt/kafka/bin/kafka-run-class.sh %s "$@"\n' \
+      "$class" "$class" >"$root/opt/kafka/bin/$tool"
+  done
+  # The image's defaults (/etc/kafka/docker, which the official Dockerfile copies from the
+  # distribution's config/): a one-node KRaft combined broker and controller for a container started
+  # with no KAFKA_* variables, console logging for the broker, stderr for the tools.
+  cat >"$root/etc/kafka/docker/server.properties" <<'EOF'
+# Stand-in default (scripts/compose-check.sh): used only when no KAFKA_* variable configures the
+# broker. One node, broker and controller (KRaft), static quorum of one, PLAINTEXT on 9092.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@localhost:9093
+listeners=PLAINTEXT://:9092,CONTROLLER://:9093
+advertised.listeners=PLAINTEXT://localhost:9092
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=/tmp/kraft-combined-logs
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+EOF
+  cat >"$root/etc/kafka/docker/log4j2.yaml" <<'EOF'
+# Stand-in (scripts/compose-check.sh): the broker logs to the console.
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: STDOUT
+EOF
+  cat >"$root/etc/kafka/docker/tools-log4j2.yaml" <<'EOF'
+# Stand-in (scripts/compose-check.sh): the command-line tools warn on stderr.
+Configuration:
+  Appenders:
+    Console:
+      name: STDERR
+      target: SYSTEM_ERR
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: WARN
+      AppenderRef:
+        - ref: STDERR
+EOF
+  cp "$root/etc/kafka/docker/server.properties" "$root/etc/kafka/docker/log4j2.yaml" \
+    "$root/etc/kafka/docker/tools-log4j2.yaml" "$root/opt/kafka/config/"
+  cat >"$root/etc/kafka/docker/run" <<'EOF'
+#!/bin/bash
+# Stand-in for the official image's /etc/kafka/docker/run (scripts/compose-check.sh). As there:
+# NAME=value arguments are exported first; CLUSTER_ID defaults to the official image's default; a
+# KRaft controller-only node refuses KAFKA_ADVERTISED_LISTENERS; KAFKA_LISTENERS, when unset, is
+# KAFKA_ADVERTISED_LISTENERS with every host 0.0.0.0. Then Kafka's own kafka.docker.KafkaDockerWrapper
+# (in the jars) writes /opt/kafka/config from the KAFKA_* variables (KAFKA_ dropped, lower case,
+# `_` -> `.`, `__` -> `_`, `___` -> `-`), or from a server.properties in /mnt/shared/config, or the
+# defaults in /etc/kafka/docker when neither says anything, and formats the storage (a storage
+# formatted before is kept); the broker runs in the foreground.
+set -o nounset -o errexit
+for assignment in "$@"; do export "$assignment"; done
+export CLUSTER_ID=${CLUSTER_ID:-5L6g3nShT-eMCtK--X86sw}
+if [[ ${KAFKA_PROCESS_ROLES:-} == controller ]]; then
+  if [[ -n ${KAFKA_ADVERTISED_LISTENERS:-} ]]; then
+    echo "KAFKA_ADVERTISED_LISTENERS is not supported on a KRaft controller." >&2
+    exit 1
+  fi
+  unset KAFKA_ADVERTISED_LISTENERS
+elif [[ -z ${KAFKA_LISTENERS:-} && -n ${KAFKA_ADVERTISED_LISTENERS:-} ]]; then
+  export KAFKA_LISTENERS
+  KAFKA_LISTENERS=$(sed -e 's|://[^:,]*:|://0.0.0.0:|g' <<<"$KAFKA_ADVERTISED_LISTENERS")
+fi
+[[ -w /opt/kafka/config/ ]] || { echo "/opt/kafka/config/ is not writable" >&2; exit 1; }
+echo "===> Configuring (cluster id $CLUSTER_ID) ..."
+if ! out=$(/opt/kafka/bin/kafka-run-class.sh kafka.docker.KafkaDockerWrapper setup \
+  --default-configs-dir /etc/kafka/docker --mounted-configs-dir /mnt/shared/config \
+  --final-configs-dir /opt/kafka/config 2>&1); then
+  grep -qi "already formatted" <<<"$out" || { echo "$out" >&2; exit 1; }
+fi
+echo "===> Launching ..."
+exec /opt/kafka/bin/kafka-server-start.sh /opt/kafka/config/server.properties
+EOF
+  chmod 0755 "$root"/opt/kafka/bin/*.sh "$root/etc/kafka/docker/run"
+  echo 'appuser:x:1000:1000::/home/appuser:/bin/bash' >>"$root/etc/passwd"
+  echo 'appuser:x:1000:' >>"$root/etc/group"
+  chown -R 1000:1000 "$root/opt/kafka" "$root/mnt/shared/config" "$root/usr/logs" "$root/home/appuser"
+  chown -R 1000:0 "$root/var/lib/kafka" "$root/etc/kafka"
+  chmod -R ug+w "$root/etc/kafka" "$root/var/lib/kafka"
+  changes=(--change 'USER appuser' --change "ENV JAVA_HOME=$java_home"
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+    --change 'EXPOSE 9092' --change 'VOLUME ["/etc/kafka/secrets", "/var/lib/kafka/data", "/mnt/shared/config"]'
+    --change 'CMD ["/etc/kafka/docker/run"]')
+}
+
 RUST_VERSION=""
 standin_rust() { # rootfs
   local root=$1 toolchain=""
@@ -384,15 +563,15 @@ cleanup() {
   local rc=$?
   if ((STACK_UP == 1)); then
     if ((rc != 0)); then
-      compose ps -a >&2 || true
-      compose logs --no-color --tail 60 >"$WORK/compose-failure.log" 2>&1 || true
+      compose --profile '*' ps -a >&2 || true
+      compose --profile '*' logs --no-color --tail 60 >"$WORK/compose-failure.log" 2>&1 || true
       tail -n 120 "$WORK/compose-failure.log" >&2
       say "compose logs: $WORK/compose-failure.log"
     fi
     if [[ ${COMPOSE_CHECK_KEEP:-0} == 1 ]]; then
       say "COMPOSE_CHECK_KEEP=1: the stack stays up; stop it with: ${COMPOSE[*]} -p $PROJECT down -v"
     else
-      compose --profile sample down -v --remove-orphans >"$WORK/down.log" 2>&1 || say "down -v failed (log: $WORK/down.log)"
+      compose --profile '*' down -v --remove-orphans >"$WORK/down.log" 2>&1 || say "down -v failed (log: $WORK/down.log)"
     fi
   fi
   stop_daemon
@@ -427,10 +606,11 @@ phase "tools"
 ensure_tools
 ensure_daemon
 
-for port in $PULSAR_HOST_PORT $PULSAR_HOST_HTTP_PORT $WORKER_METRICS_PORT $EMULATOR_PORT $EMULATOR_CMQ_PORT; do
-  port_free "$port" || fail "host port $port is in use (COMPOSE_CHECK_PORT=$P picks P..P+4)"
+for port in $PULSAR_HOST_PORT $PULSAR_HOST_HTTP_PORT $WORKER_METRICS_PORT $EMULATOR_PORT $EMULATOR_CMQ_PORT \
+  $KAFKA_HOST_PORT $WORKER_KAFKA_METRICS_PORT; do
+  port_free "$port" || fail "host port $port is in use (COMPOSE_CHECK_PORT=$P picks P..P+6)"
 done
-compose --profile sample down -v --remove-orphans >/dev/null 2>&1 # a previous run's leftovers
+compose --profile '*' down -v --remove-orphans >/dev/null 2>&1 # a previous run's leftovers
 
 phase "base images"
 exec 9>"$CACHE/stand-ins.lock"
@@ -438,6 +618,9 @@ flock 9
 pulsar_image=$(compose config --images 2>/dev/null | grep '^apachepulsar/pulsar:' | head -n 1)
 [[ -n $pulsar_image ]] || fail "docker-compose.yml names no apachepulsar/pulsar image"
 PULSAR_VERSION=${pulsar_image##*:}
+kafka_image=$(compose --profile kafka config --images 2>/dev/null | grep '^apache/kafka:' | head -n 1)
+[[ -n $kafka_image ]] || fail "docker-compose.yml names no apache/kafka image (profile kafka)"
+KAFKA_VERSION=${kafka_image##*:}
 dockerfile_arg() { sed -n "s/^ARG $1=//p" "$REPO_ROOT/Dockerfile" | head -n 1; }
 runtime_image=$(dockerfile_arg RUNTIME_IMAGE)
 RUST_VERSION=$(dockerfile_arg RUST_VERSION)
@@ -445,6 +628,7 @@ RUST_VERSION=$(dockerfile_arg RUST_VERSION)
   fail "the Dockerfile's RUNTIME_IMAGE is $runtime_image: this script has a stand-in for distroless static-debian12 only"
 ensure_base "$runtime_image" standin_distroless_static "$SUITE"
 ensure_base "$pulsar_image" standin_pulsar "$PULSAR_VERSION" "$(sha256sum <"$REPO_ROOT/scripts/pulsar/pom.xml")"
+ensure_base "$kafka_image" standin_kafka "$KAFKA_VERSION" "$(sha256sum <"$REPO_ROOT/scripts/kafka/pom.xml")"
 if ((FULL == 1)); then
   ensure_base "rust:$RUST_VERSION-bookworm" standin_rust "$RUST_VERSION" \
     "$(rustc "+$RUST_VERSION" --version 2>/dev/null || echo "rustc $RUST_VERSION")"
@@ -514,8 +698,8 @@ say "stack healthy after $((SECONDS - up_started)) s; worker ready ${ready_after
 
 phase "the sample (docker compose --profile sample run --rm sample)"
 sample_user=()
-if [[ $(stat -c %A "$REPO_ROOT/schemas/examples/request.json") != ???????r?? ]]; then
-  say "schemas/examples/request.json is not readable by others (umask?): SAMPLE_USER=$(id -u):$(id -g)"
+if [[ $(stat -c %A "$REPO_ROOT/schemas/examples/request.json" "$REPO_ROOT/schemas/examples/request-kafka.json" | sort -u) != ???????r?? ]]; then
+  say "schemas/examples/request*.json are not readable by others (umask?): SAMPLE_USER=$(id -u):$(id -g)"
   sample_user=(env "SAMPLE_USER=$(id -u):$(id -g)")
 fi
 sample_started=$SECONDS
@@ -673,6 +857,51 @@ else
   SUMMARY+=("host Java client: skipped (no java)")
 fi
 
+phase "profile kafka (docker compose --profile kafka up --wait; ports $KAFKA_HOST_PORT, $WORKER_KAFKA_METRICS_PORT)"
+kafka_started=$SECONDS
+# On the running stack: adds the broker, the topic's one-shot and worker-kafka; `--wait` returns once
+# the broker is healthy, the one-shot has exited 0 (worker-kafka waits for that) and worker-kafka is
+# ready, and fails if any of them does not get there.
+compose --profile kafka up -d --no-build --wait --wait-timeout 600 >"$WORK/up-kafka.log" 2>&1 ||
+  { tail -n 30 "$WORK/up-kafka.log" >&2; fail "docker compose --profile kafka up --wait"; }
+topic_job=$(compose --profile kafka ps -a -q kafka-topic)
+[[ -n $topic_job && $(docker inspect -f '{{.State.ExitCode}}' "$topic_job") == 0 ]] ||
+  fail "the one-shot kafka-topic did not exit 0"
+kafka_up=$((SECONDS - kafka_started))
+say "profile kafka healthy after ${kafka_up} s"
+sample_kafka_started=$SECONDS
+"${sample_user[@]}" "${COMPOSE[@]}" -p "$PROJECT" -f "$REPO_ROOT/docker-compose.yml" --profile kafka --profile kafka-sample \
+  run --rm -T sample-kafka >"$WORK/sample-kafka.out" 2>"$WORK/sample-kafka.err" ||
+  { cat "$WORK/sample-kafka.err" "$WORK/sample-kafka.out" >&2; fail "the sample through Kafka (sample-kafka)"; }
+grep -q '"state": "succeeded"' "$WORK/sample-kafka.out" ||
+  { cat "$WORK/sample-kafka.out" >&2; fail "sample-kafka's final result is not succeeded"; }
+# The final result could also come from the worker's deadline (it asks CI itself): the kafka
+# ingress's own counter says the completion event did come through Kafka.
+stored=$(curl -fsS "http://127.0.0.1:$WORKER_KAFKA_METRICS_PORT/metrics" |
+  awk '/^ci_worker_ingress_events_total[{]/ && /source="kafka"/ && /outcome="stored"/ { print $NF; exit }')
+if ! awk -v n="${stored:-0}" 'BEGIN { exit !(n + 0 >= 1) }'; then
+  curl -fsS "http://127.0.0.1:$WORKER_KAFKA_METRICS_PORT/metrics" | grep ingress_events >&2
+  fail "worker-kafka's kafka ingress stored no event (its /metrics)"
+fi
+SUMMARY+=("profile kafka up in ${kafka_up} s; sample-kafka succeeded in $((SECONDS - sample_kafka_started)) s (kafka ingress stored ${stored%.*})")
+# From the host, through the EXTERNAL listener that KAFKA_HOST_PORT publishes, with Kafka's own
+# TopicCommand from the jars scripts/kafka.sh resolved (the stand-in's; present on any machine that
+# built it).
+kafka_jars="${KAFKA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ci-worker/kafka-$KAFKA_VERSION}/lib"
+if command -v java >/dev/null && ls "$kafka_jars"/org.apache.kafka.kafka-tools-*.jar >/dev/null 2>&1; then
+  printf '%s\n' '<Configuration status="warn"><Appenders><Console name="e" target="SYSTEM_ERR"><PatternLayout pattern="%p %m%n"/></Console></Appenders><Loggers><Root level="warn"><AppenderRef ref="e"/></Root></Loggers></Configuration>' \
+    >"$WORK/kafka-tools-log4j2.xml"
+  java -Xmx256m -Dlog4j2.configurationFile="$WORK/kafka-tools-log4j2.xml" -cp "$kafka_jars/*" org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server "127.0.0.1:$KAFKA_HOST_PORT" --describe --topic ci-callbacks >"$WORK/kafka-topic.out" 2>"$WORK/kafka-topic.err" ||
+    { cat "$WORK/kafka-topic.err" >&2; fail "kafka-topics --describe from the host (127.0.0.1:$KAFKA_HOST_PORT)"; }
+  partitions=$(sed -n 's/.*PartitionCount: *\([0-9]*\).*/\1/p' "$WORK/kafka-topic.out" | head -n 1)
+  [[ $partitions == 3 ]] || { cat "$WORK/kafka-topic.out" >&2; fail "topic ci-callbacks from the host: ${partitions:-no} partitions, not 3"; }
+  SUMMARY+=("host Kafka client: ci-callbacks, 3 partitions, through 127.0.0.1:$KAFKA_HOST_PORT")
+else
+  say "no java or no Kafka jars in $kafka_jars: the host Kafka client check is skipped"
+  SUMMARY+=("host Kafka client: skipped (no java)")
+fi
+
 phase "SIGTERM (docker stop) of the worker"
 grace=$(compose config --format json | python3 -c 'import json, sys
 g = json.load(sys.stdin)["services"]["worker"].get("stop_grace_period", "10s")
@@ -692,7 +921,7 @@ SUMMARY+=("worker SIGTERM: exit 0 in ${stop_took} s (grace ${grace} s)")
 
 phase "docker compose down -v"
 if [[ ${COMPOSE_CHECK_KEEP:-0} != 1 ]]; then
-  compose --profile sample down -v --remove-orphans >"$WORK/down.log" 2>&1 || fail "docker compose down -v (log: $WORK/down.log)"
+  compose --profile '*' down -v --remove-orphans >"$WORK/down.log" 2>&1 || fail "docker compose down -v (log: $WORK/down.log)"
   STACK_UP=0
   left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT")
   [[ -z $left ]] || fail "containers left after down: $left"

@@ -20,7 +20,7 @@
 #   KAFKA_BROKERS, KAFKA_PORT, KAFKA_DATA_DIR    the Kafka broker (127.0.0.1:KAFKA_PORT)
 # Other knobs: TEST_SKIP_SETUP=1, CARGO_TEST_ARGS (extra args after `cargo test --all-targets`),
 # PYTEST_ARGS (extra pytest args), COMPOSE_CHECK_PORT [PULSAR_PORT + 100] (the compose stack's host
-# ports, P..P+4), TEST_SKIP_COMPOSE=1 (no compose check: it needs root for Docker; said in the summary).
+# ports, P..P+6), TEST_SKIP_COMPOSE=1 (no compose check: it needs root for Docker; said in the summary).
 set -uo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -24,8 +24,9 @@ def validator(schema):
     return jsonschema.Draft202012Validator(schema)
 
 
-def test_request_example_is_valid():
-    validator(REQUEST).validate(load("examples/request.json"))
+@pytest.mark.parametrize("name", ["examples/request.json", "examples/request-kafka.json"])
+def test_request_examples_are_valid(name):
+    validator(REQUEST).validate(load(name))
 
 
 @pytest.mark.parametrize(
