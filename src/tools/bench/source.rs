@@ -42,7 +42,7 @@ impl Ingress {
 
     /// Whether the event itself is a Pulsar message the worker receives (the callback topic). A Kafka
     /// record is a message too, but not one TDMQ for Pulsar bills or throttles: CKafka is billed by
-    /// its instance's bandwidth and disk.
+    /// an instance's peak bandwidth, disk and partitions.
     pub(super) fn event_on_broker(self) -> bool {
         self.source() == CallbackIngress::Pulsar
     }
