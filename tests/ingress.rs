@@ -55,6 +55,44 @@ async fn start_ready(stack: &mut Stack) -> String {
     base
 }
 
+/// A CI completion event (XML) of a job that succeeded.
+fn finished_event(job: &str) -> String {
+    format!(
+        "<Response><EventName>TaskFinish</EventName><JobsDetail><JobId>{job}</JobId>\
+         <State>Success</State></JobsDetail></Response>"
+    )
+}
+
+/// Two readable events around an unreadable one: the results of `jobs` (sorted), and the unreadable
+/// body dead-lettered with its reason and `source`. The dead letter's properties.
+async fn handled_around_garbage(
+    results: &mut Consumer<Vec<u8>, TokioExecutor>,
+    dead: &mut Consumer<Vec<u8>, TokioExecutor>,
+    jobs: [&str; 2],
+    garbage: &[u8],
+    source: &str,
+) -> std::collections::HashMap<String, String> {
+    let seen = collect(results, Duration::from_secs(60), |s| s.len() >= 2).await;
+    let mut got: Vec<String> = seen
+        .iter()
+        .map(|(p, _, _)| {
+            let result: serde_json::Value = serde_json::from_slice(p).unwrap();
+            result["job_id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, jobs);
+    let letters = collect(dead, Duration::from_secs(30), |s| !s.is_empty()).await;
+    assert_eq!(letters[0].0, garbage);
+    let props = letters[0].1.clone();
+    assert!(
+        props["ci-worker-dlq-reason"].starts_with("unparseable completion event"),
+        "{props:?}"
+    );
+    assert_eq!(props["ci-worker-source-topic"], source);
+    props
+}
+
 /// The source fed the completion handler directly: nothing went through the callback topic.
 async fn callback_topic_unused(stack: &Stack) {
     let stats = common::topic_stats(&stack.topics.callback).await;
@@ -403,37 +441,26 @@ async fn cmq_message_the_worker_cannot_read_is_dead_lettered_and_deleted() {
     let cmq = cmq_client(&stack);
     let queue = stack.topics.mq_name.clone();
     // In the queue before the worker starts: one batch of three.
-    let good = |job: &str| {
-        format!(
-            "<Response><EventName>TaskFinish</EventName><JobsDetail><JobId>{job}</JobId>\
-             <State>Success</State></JobsDetail></Response>"
-        )
-    };
-    cmq.send_message(&queue, &good("j-before")).await.unwrap();
+    cmq.send_message(&queue, &finished_event("j-before"))
+        .await
+        .unwrap();
     cmq.send_message(&queue, "this is not an event")
         .await
         .unwrap();
-    cmq.send_message(&queue, &good("j-after")).await.unwrap();
+    cmq.send_message(&queue, &finished_event("j-after"))
+        .await
+        .unwrap();
     let mut results = stack.follow(&stack.topics.result).await;
     let mut dead = stack.follow(&stack.topics.dead_letter).await;
     stack.start_worker();
-    let seen = collect(&mut results, Duration::from_secs(60), |s| s.len() >= 2).await;
-    let mut jobs: Vec<String> = seen
-        .iter()
-        .map(|(p, _, _)| {
-            serde_json::from_slice::<serde_json::Value>(p).unwrap()["job_id"].to_string()
-        })
-        .collect();
-    jobs.sort();
-    assert_eq!(jobs, ["\"j-after\"", "\"j-before\""]);
-    let letters = collect(&mut dead, Duration::from_secs(30), |s| !s.is_empty()).await;
-    assert_eq!(letters[0].0, b"this is not an event");
-    let props = &letters[0].1;
-    assert!(
-        props["ci-worker-dlq-reason"].starts_with("unparseable completion event"),
-        "{props:?}"
-    );
-    assert_eq!(props["ci-worker-source-topic"], format!("cmq:{queue}"));
+    let props = handled_around_garbage(
+        &mut results,
+        &mut dead,
+        ["j-after", "j-before"],
+        b"this is not an event",
+        &format!("cmq:{queue}"),
+    )
+    .await;
     assert_eq!(props["cmq-dequeue-count"], "1");
     // Deleted with the others: after the visibility timeout has passed twice, nothing came again.
     metric_reaches(stack.worker_http_port, CMQ_SETTLED, 3.0).await;
@@ -666,38 +693,20 @@ async fn kafka_record_the_worker_cannot_read_is_dead_lettered_and_committed() {
     let mut stack = Stack::via_kafka("ingress-kafka-garbage", 1).await;
     let topic = stack.kafka_topic();
     let producer = kafka_producer();
-    let good = |job: &str| {
-        format!(
-            "<Response><EventName>TaskFinish</EventName><JobsDetail><JobId>{job}</JobId>\
-             <State>Success</State></JobsDetail></Response>"
-        )
-    };
-    produce(&producer, &topic, 0, good("k-before").as_bytes()).await;
+    produce(&producer, &topic, 0, finished_event("k-before").as_bytes()).await;
     produce(&producer, &topic, 0, b"{\"not\": \"an event\"").await;
-    produce(&producer, &topic, 0, good("k-after").as_bytes()).await;
+    produce(&producer, &topic, 0, finished_event("k-after").as_bytes()).await;
     let mut results = stack.follow(&stack.topics.result).await;
     let mut dead = stack.follow(&stack.topics.dead_letter).await;
     stack.start_worker();
-    let seen = collect(&mut results, Duration::from_secs(60), |s| s.len() >= 2).await;
-    let mut jobs: Vec<String> = seen
-        .iter()
-        .map(|(p, _, _)| {
-            serde_json::from_slice::<serde_json::Value>(p).unwrap()["job_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    jobs.sort();
-    assert_eq!(jobs, ["k-after", "k-before"]);
-    let letters = collect(&mut dead, Duration::from_secs(30), |s| !s.is_empty()).await;
-    assert_eq!(letters[0].0, b"{\"not\": \"an event\"");
-    let props = &letters[0].1;
-    assert!(
-        props["ci-worker-dlq-reason"].starts_with("unparseable completion event"),
-        "{props:?}"
-    );
-    assert_eq!(props["ci-worker-source-topic"], format!("kafka:{topic}/0"));
+    let props = handled_around_garbage(
+        &mut results,
+        &mut dead,
+        ["k-after", "k-before"],
+        b"{\"not\": \"an event\"",
+        &format!("kafka:{topic}/0"),
+    )
+    .await;
     assert_eq!(props["kafka-offset"], "1");
     // Past the three records: the unreadable one in the middle did not hold the offset.
     await_committed(&stack, &topic, 1, |offsets| offsets == [3]).await;
