@@ -63,16 +63,22 @@ fn finished_event(job: &str) -> String {
     )
 }
 
-/// Two readable events around an unreadable one: the results of `jobs` (sorted), and the unreadable
-/// body dead-lettered with its reason and `source`. The dead letter's properties.
+/// Starts the worker on a source holding two readable events around an unreadable one: the results
+/// of `jobs` (sorted), and the unreadable body dead-lettered with its reason and `source`. The dead
+/// letter's properties, and the follower of the dead-letter topic.
 async fn handled_around_garbage(
-    results: &mut Consumer<Vec<u8>, TokioExecutor>,
-    dead: &mut Consumer<Vec<u8>, TokioExecutor>,
+    stack: &mut Stack,
     jobs: [&str; 2],
     garbage: &[u8],
     source: &str,
-) -> std::collections::HashMap<String, String> {
-    let seen = collect(results, Duration::from_secs(60), |s| s.len() >= 2).await;
+) -> (
+    std::collections::HashMap<String, String>,
+    Consumer<Vec<u8>, TokioExecutor>,
+) {
+    let mut results = stack.follow(&stack.topics.result).await;
+    let mut dead = stack.follow(&stack.topics.dead_letter).await;
+    stack.start_worker();
+    let seen = collect(&mut results, Duration::from_secs(60), |s| s.len() >= 2).await;
     let mut got: Vec<String> = seen
         .iter()
         .map(|(p, _, _)| {
@@ -82,7 +88,7 @@ async fn handled_around_garbage(
         .collect();
     got.sort();
     assert_eq!(got, jobs);
-    let letters = collect(dead, Duration::from_secs(30), |s| !s.is_empty()).await;
+    let letters = collect(&mut dead, Duration::from_secs(30), |s| !s.is_empty()).await;
     assert_eq!(letters[0].0, garbage);
     let props = letters[0].1.clone();
     assert!(
@@ -90,7 +96,7 @@ async fn handled_around_garbage(
         "{props:?}"
     );
     assert_eq!(props["ci-worker-source-topic"], source);
-    props
+    (props, dead)
 }
 
 /// The source fed the completion handler directly: nothing went through the callback topic.
@@ -450,12 +456,8 @@ async fn cmq_message_the_worker_cannot_read_is_dead_lettered_and_deleted() {
     cmq.send_message(&queue, &finished_event("j-after"))
         .await
         .unwrap();
-    let mut results = stack.follow(&stack.topics.result).await;
-    let mut dead = stack.follow(&stack.topics.dead_letter).await;
-    stack.start_worker();
-    let props = handled_around_garbage(
-        &mut results,
-        &mut dead,
+    let (props, mut dead) = handled_around_garbage(
+        &mut stack,
         ["j-after", "j-before"],
         b"this is not an event",
         &format!("cmq:{queue}"),
@@ -696,12 +698,8 @@ async fn kafka_record_the_worker_cannot_read_is_dead_lettered_and_committed() {
     produce(&producer, &topic, 0, finished_event("k-before").as_bytes()).await;
     produce(&producer, &topic, 0, b"{\"not\": \"an event\"").await;
     produce(&producer, &topic, 0, finished_event("k-after").as_bytes()).await;
-    let mut results = stack.follow(&stack.topics.result).await;
-    let mut dead = stack.follow(&stack.topics.dead_letter).await;
-    stack.start_worker();
-    let props = handled_around_garbage(
-        &mut results,
-        &mut dead,
+    let (props, _) = handled_around_garbage(
+        &mut stack,
         ["k-after", "k-before"],
         b"{\"not\": \"an event\"",
         &format!("kafka:{topic}/0"),
