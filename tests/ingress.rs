@@ -710,6 +710,60 @@ async fn kafka_record_the_worker_cannot_read_is_dead_lettered_and_committed() {
     await_committed(&stack, &topic, 1, |offsets| offsets == [3]).await;
 }
 
+/// A replica takes a partition over from an owner that was killed with records handled past its
+/// committed offset: the commit's metadata names those still in flight then (here records 0 and 3
+/// of 6), and the new owner handles only them, passing over the others without a second final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_records_the_last_owner_handled_are_passed_over() {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    let mut stack = Stack::via_kafka("ingress-kafka-inherit", 1).await;
+    let topic = stack.kafka_topic();
+    let producer = kafka_producer();
+    for i in 0..6 {
+        produce(
+            &producer,
+            &topic,
+            0,
+            finished_event(&format!("inherit-{i}")).as_bytes(),
+        )
+        .await;
+    }
+    // The last owner's commit, as the worker writes it: offset 0, six records from there, the
+    // first and the fourth not handled.
+    let group = stack.env["CI_WORKER__KAFKA__GROUP_ID"].clone();
+    let committer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", common::kafka_brokers())
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(0))
+        .unwrap();
+    list.find_partition(&topic, 0)
+        .unwrap()
+        .set_metadata("ci-worker/1 6 0,3");
+    committer.commit(&list, CommitMode::Sync).unwrap();
+    drop(committer);
+    let mut results = stack.follow(&stack.topics.result).await;
+    stack.start_worker();
+    let seen = collect(&mut results, Duration::from_secs(60), |s| s.len() >= 2).await;
+    let mut jobs: Vec<String> = seen
+        .iter()
+        .map(|(p, _, _)| {
+            let result: serde_json::Value = serde_json::from_slice(p).unwrap();
+            result["job_id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    jobs.sort();
+    assert_eq!(jobs, ["inherit-0", "inherit-3"]);
+    let skipped = "ci_worker_ingress_events_total{source=\"kafka\",outcome=\"skipped\"}";
+    metric_reaches(stack.worker_http_port, skipped, 4.0).await;
+    await_committed(&stack, &topic, 1, |offsets| offsets == [6]).await;
+    let text = metrics(stack.worker_http_port).await;
+    assert_eq!(metric(&text, KAFKA_SETTLED), 2.0, "{text}");
+    assert_eq!(metric(&text, skipped), 4.0, "{text}");
+}
+
 /// The Kafka broker stopped (SIGSTOP) for a while with jobs under way: the emulator's deliveries and
 /// the ingress wait, and every job still gets one final once it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,19 +5,22 @@
 //! Acknowledgement is the group's committed offset: it moves, per partition, only over the
 //! contiguous prefix of records whose outcome (results or dead letter) is stored
 //! ([`super::offsets`]), so a replica that takes a partition over — after a rebalance, or after the
-//! owner was killed — starts at the first record not settled: nothing is skipped. A record whose
+//! owner was killed — starts at the first record not settled: nothing is skipped. The commit's
+//! metadata names the records past that offset still in flight; the next owner reads it when it
+//! takes the partition and passes over the others, which were handled: no second final for them. A record whose
 //! outcome could not be stored is tried again here (Kafka has no per-record redelivery) after the
 //! retry delay, and dead-lettered by the poison guard after `worker.max_redeliveries` attempts.
 //! Replicas share the topic's partitions through the group (cooperative rebalancing: only the
 //! partitions that move pause). Before giving a partition up, the reader waits (at most
 //! [`REVOKE_WAIT`]) for its records in flight and commits what is settled, so a rebalance gives no
-//! second final; a replica killed leaves its uncommitted tail to be read again (a repeated final
-//! with the same state, README Guarantees).
+//! second final; a replica killed leaves what it handled since its last commit (at most
+//! [`COMMIT_EVERY`] of records) to be read again (a repeated final with the same state, README
+//! Guarantees).
 //!
 //! The client is `rdkafka` (librdkafka, built from the crate's bundled source): Kafka's consumer
 //! group protocol, rebalancing and offset commits are what it does well.
 
-use super::offsets::{Offsets, Partition};
+use super::offsets::{Commit, Offsets, Partition};
 use crate::pulsar::consume::Disposition;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{IngressLabels, SourceLabel};
@@ -45,9 +48,12 @@ pub const HEALTH_NAME: &str = "kafka";
 /// again (each a repeated final). So this is also about the most a kill repeats; 64 records in
 /// flight still carry thousands of events per second (each waits one batched result receipt).
 const RECORDS_IN_FLIGHT: usize = 64;
-/// How often settled offsets are committed (when they moved): what a replica killed leaves to be
-/// read again is what it settled since (and what it settled out of order).
+/// How often settled offsets are committed (when they or the records handled past them moved): what
+/// a replica killed leaves to be read again is what it settled since. Commits are asynchronous and
+/// carry every changed partition at once: at most 20 requests a second to the group coordinator.
 const COMMIT_EVERY: Duration = Duration::from_millis(50);
+/// How long reading a partition's last commit (when it is assigned here) may take.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a partition being given up waits for its records in flight.
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
 /// How often the topic's metadata is read for readiness.
@@ -86,7 +92,7 @@ impl ConsumerContext for Group {
         let settled: Vec<_> = offsets
             .to_commit()
             .into_iter()
-            .filter(|(p, _)| revoked.contains(p))
+            .filter(|c| revoked.contains(&c.partition))
             .collect();
         if let Err(error) = commit(consumer, &settled, CommitMode::Sync) {
             tracing::warn!(%error, "kafka ingress: committing before a rebalance failed; the new owner reads the records since the last commit again");
@@ -116,17 +122,47 @@ impl ConsumerContext for Group {
 
 fn commit<C: Consumer<G>, G: ConsumerContext>(
     consumer: &C,
-    settled: &[(Partition, i64)],
+    settled: &[Commit],
     mode: CommitMode,
 ) -> Result<(), KafkaError> {
     if settled.is_empty() {
         return Ok(());
     }
     let mut list = TopicPartitionList::new();
-    for ((topic, partition), offset) in settled {
-        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    for c in settled {
+        let (topic, partition) = &c.partition;
+        list.add_partition_offset(topic, *partition, Offset::Offset(c.offset))?;
+        if let Some(mut element) = list.find_partition(topic, *partition) {
+            element.set_metadata(&c.metadata);
+        }
     }
     consumer.commit(&list, mode)
+}
+
+/// The group's last commit of `partition` (offset and metadata), read when the partition is
+/// assigned here, before its first record is handled. `None` offset: none committed yet.
+async fn last_commit(
+    consumer: &Arc<StreamConsumer<Group>>,
+    partition: &Partition,
+) -> Result<(Option<i64>, String), KafkaError> {
+    let consumer = consumer.clone();
+    let (topic, number) = partition.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&topic, number);
+        let committed = consumer.committed_offsets(list, COMMITTED_TIMEOUT)?;
+        Ok(committed
+            .find_partition(&topic, number)
+            .map(|e| {
+                let offset = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (offset, e.metadata().to_string())
+            })
+            .unwrap_or_default())
+    });
+    read.await.unwrap_or(Err(KafkaError::Canceled))
 }
 
 /// Reads until `stop` is triggered; records in flight then get `worker.shutdown_timeout`, what is
@@ -193,7 +229,24 @@ pub async fn run(ctx: Arc<Context>, stop: Shutdown) -> Result<(), KafkaError> {
             }
         };
         ctx.health.set(HEALTH_NAME, true);
-        offsets.lock().taken(&record.partition, record.offset);
+        if !offsets.lock().knows(&record.partition) {
+            // Newly assigned: what its last owner committed says which records it handled.
+            let (offset, metadata) = match last_commit(&consumer, &record.partition).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(%error, partition = ?record.partition, "kafka ingress: cannot read the partition's last commit; records its last owner handled past the offset are handled again");
+                    (None, String::new())
+                }
+            };
+            let handled = offsets.lock().inherit(&record.partition, offset, &metadata);
+            tracing::info!(partition = ?record.partition, offset, metadata, handled, "kafka ingress: the partition's last commit: records past its offset that are handled are passed over");
+        }
+        if !offsets.lock().taken(&record.partition, record.offset) {
+            // Handled by the partition's last owner (its commit says so).
+            count(&ctx, "skipped");
+            drop(permit);
+            continue;
+        }
         let (ctx, offsets, stop) = (ctx.clone(), offsets.clone(), stop.clone());
         handlers.spawn(async move {
             let arrived = Instant::now();
@@ -299,6 +352,7 @@ fn commit_settled(consumer: &StreamConsumer<Group>, offsets: &Mutex<Offsets>) {
     // of their positions. A commit lost now is covered by the next one, which names a later offset.
     let mut offsets = offsets.lock();
     let settled = offsets.to_commit();
+    tracing::trace!(?settled, "kafka ingress: commit");
     if let Err(error) = commit(consumer, &settled, CommitMode::Async) {
         tracing::debug!(%error, "kafka ingress: commit failed; the next one covers it");
     }
