@@ -63,6 +63,19 @@ fn finished_event(job: &str) -> String {
     )
 }
 
+/// The `job_id`s of the results in `seen`, sorted.
+fn sorted_job_ids(seen: &[stack::Received]) -> Vec<String> {
+    let mut ids: Vec<String> = seen
+        .iter()
+        .map(|(p, _, _)| {
+            let result: serde_json::Value = serde_json::from_slice(p).unwrap();
+            result["job_id"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// Starts the worker on a source holding two readable events around an unreadable one: the results
 /// of `jobs` (sorted), and the unreadable body dead-lettered with its reason and `source`. The dead
 /// letter's properties, and the follower of the dead-letter topic.
@@ -79,15 +92,7 @@ async fn handled_around_garbage(
     let mut dead = stack.follow(&stack.topics.dead_letter).await;
     stack.start_worker();
     let seen = collect(&mut results, Duration::from_secs(60), |s| s.len() >= 2).await;
-    let mut got: Vec<String> = seen
-        .iter()
-        .map(|(p, _, _)| {
-            let result: serde_json::Value = serde_json::from_slice(p).unwrap();
-            result["job_id"].as_str().unwrap_or_default().to_string()
-        })
-        .collect();
-    got.sort();
-    assert_eq!(got, jobs);
+    assert_eq!(sorted_job_ids(&seen), jobs);
     let letters = collect(&mut dead, Duration::from_secs(30), |s| !s.is_empty()).await;
     assert_eq!(letters[0].0, garbage);
     let props = letters[0].1.clone();
@@ -747,15 +752,7 @@ async fn kafka_records_the_last_owner_handled_are_passed_over() {
     let mut results = stack.follow(&stack.topics.result).await;
     stack.start_worker();
     let seen = collect(&mut results, Duration::from_secs(60), |s| s.len() >= 2).await;
-    let mut jobs: Vec<String> = seen
-        .iter()
-        .map(|(p, _, _)| {
-            let result: serde_json::Value = serde_json::from_slice(p).unwrap();
-            result["job_id"].as_str().unwrap_or_default().to_string()
-        })
-        .collect();
-    jobs.sort();
-    assert_eq!(jobs, ["inherit-0", "inherit-3"]);
+    assert_eq!(sorted_job_ids(&seen), ["inherit-0", "inherit-3"]);
     let skipped = "ci_worker_ingress_events_total{source=\"kafka\",outcome=\"skipped\"}";
     metric_reaches(stack.worker_http_port, skipped, 4.0).await;
     await_committed(&stack, &topic, 1, |offsets| offsets == [6]).await;
